@@ -1,0 +1,72 @@
+"""`ernie-ops`: the entry point. Exit status: 0 ok, 1 a check failed, 2 a usage or input error,
+130 interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ernie_ops import __version__
+from ernie_ops.cli.base import Subcommand
+from ernie_ops.cli.doctor import Doctor
+from ernie_ops.cli.models import Models
+from ernie_ops.cli.tiny_model import TinyModel
+from ernie_ops.errors import UserError
+from ernie_ops.log import setup_logging
+
+SUBCOMMANDS: tuple[type[Subcommand], ...] = (Doctor, Models, TinyModel)
+
+EXAMPLES = """\
+examples:
+  ernie-ops doctor                       # what is installed, what is missing, what to do
+  ernie-ops models                       # the ERNIE 4.5 model catalog
+  ernie-ops tiny-model runs/tiny-dense   # a tiny random ERNIE 4.5 checkpoint for CPU runs
+  ernie-ops COMMAND --help               # details and examples of one command
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ernie-ops",
+        description="Fine-tune ERNIE 4.5 with ERNIEKit, serve it with FastDeploy, and validate it.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ernie-ops {__version__}")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_const", const=1, dest="verbosity", default=0)
+    verbosity.add_argument("-q", "--quiet", action="store_const", const=-1, dest="verbosity")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for cls in SUBCOMMANDS:
+        command = cls()
+        p = sub.add_parser(
+            command.name,
+            help=command.help,
+            description=command.description or command.help,
+            epilog=command.epilog(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.add_arguments(p)
+        p.set_defaults(handler=command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    setup_logging(args.verbosity)
+    try:
+        return int(args.handler.run(args) or 0)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""ernie-ops: fine-tune and serve ERNIE 4.5 with ERNIEKit and FastDeploy.
+
+The repository keeps `train/` and `serve/` at the top level (the product's layout); they install
+as the subpackages `ernie_ops.train` and `ernie_ops.serve` so nothing generic like `train` lands
+in site-packages.
+"""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "ernie_ops" / "__init__.py").read_text()).group(1)
+
+packages = ["ernie_ops", *[f"ernie_ops.{p}" for p in find_packages("ernie_ops")]]
+package_dir = {"ernie_ops": "ernie_ops"}
+for top in ("train", "serve"):
+    packages += [f"ernie_ops.{top}"] + [f"ernie_ops.{top}.{p}" for p in find_packages(top)]
+    package_dir[f"ernie_ops.{top}"] = top
+
+setup(
+    name="ernie-ops",
+    version=VERSION,
+    description="Fine-tune ERNIE 4.5 with ERNIEKit and serve it with FastDeploy, validated end to end",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=packages,
+    package_dir=package_dir,
+    package_data={"ernie_ops": ["data/*"]},
+    # The light core: the CLI, recipe checks and the model catalog need nothing heavier.
+    # Paddle / ERNIEKit are extras because GPU nodes bring their own builds (see README).
+    install_requires=[
+        "pyyaml>=6",
+        "omegaconf>=2.3",
+        "huggingface-hub>=0.20",
+        "sentencepiece>=0.1.99",
+        "packaging>=23",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        # CPU machines: Paddle CPU build + the ERNIEKit wheel that ships `ernie` (pins: constraints.txt)
+        "cpu": ["paddlepaddle>=3.1", "erniekit", "paddleformers"],
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27"],
+        "dev": ["pytest>=8", "ruff>=0.6", "mypy>=1.10"],
+    },
+    entry_points={"console_scripts": ["ernie-ops=ernie_ops.cli.main:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Operating System :: POSIX :: Linux",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
