@@ -227,16 +227,14 @@ MODELS: dict[str, ModelSpec] = {
 
 def find_model(name: str) -> ModelSpec:
     """Look a model up by catalog name or hub id (`baidu/ERNIE-4.5-21B-A3B-Paddle`), forgivingly."""
-    key = name.strip().rstrip("/").split("/")[-1]
-    for suffix in ("-Paddle", "-PT", "-Base"):
+    key = name.strip().rstrip("/").split("/")[-1].lower()
+    for suffix in ("-paddle", "-pt", "-base"):  # "-Base-Paddle" drops both
         key = key.removesuffix(suffix)
-    by_lower = {n.lower(): spec for n, spec in MODELS.items()}
-    if key.lower() in by_lower:
-        return by_lower[key.lower()]
     for spec in MODELS.values():
-        if name in spec.hub_ids:
+        if key == spec.name.lower():
             return spec
-    guess = did_you_mean(key, list(MODELS))
+    lowered = {n.lower(): n for n in MODELS}
+    guess = lowered.get(did_you_mean(key, list(lowered)) or "")
     raise UserError(
         f"unknown ERNIE 4.5 model {name!r}",
         hint=(f"did you mean {guess!r}? " if guess else "") + "`ernie-ops models` lists them all",

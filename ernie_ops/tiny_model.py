@@ -9,6 +9,7 @@ use it so that nothing needs a model hub.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import random
@@ -170,11 +171,10 @@ def _corpus(seed: int, lines: int = 3000) -> list[str]:
 def _write_tokenizer(out: Path, spec: TinySpec, seed: int) -> None:
     import sentencepiece as spm
 
-    corpus = out / "corpus.txt"
-    corpus.write_text("\n".join(_corpus(seed)) + "\n", encoding="utf-8")
+    model = io.BytesIO()  # in memory: a file path would be recorded in the model and vary per run
     spm.SentencePieceTrainer.train(
-        input=str(corpus),
-        model_prefix=str(out / "tokenizer"),
+        sentence_iterator=iter(_corpus(seed)),
+        model_writer=model,
         model_type="bpe",
         vocab_size=spec.vocab_size,
         character_coverage=1.0,
@@ -193,8 +193,7 @@ def _write_tokenizer(out: Path, spec: TinySpec, seed: int) -> None:
         num_threads=1,  # deterministic for a seed
         minloglevel=2,
     )
-    corpus.unlink()
-    (out / "tokenizer.vocab").unlink()
+    (out / "tokenizer.model").write_bytes(model.getvalue())
     special_map = {**SPECIAL_TOKENS, "additional_special_tokens": ADDITIONAL_SPECIAL_TOKENS}
     (out / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n")
     config = {

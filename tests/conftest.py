@@ -1,0 +1,50 @@
+"""Shared fixtures: the tiny ERNIE 4.5 models (built once per session) and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny_dense(tmp_path_factory) -> Path:
+    from ernie_ops.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-dense", kind="dense", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_moe(tmp_path_factory) -> Path:
+    from ernie_ops.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-moe", kind="moe", seed=0)
+
+
+def _ernie_ops_exe() -> list[str]:
+    """The installed console script when there is one (what users run), else the module."""
+    exe = shutil.which("ernie-ops", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "ernie_ops"]
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [*_ernie_ops_exe(), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env
+    )
+
+
+@pytest.fixture(scope="session")
+def cli():
+    return run_cli
