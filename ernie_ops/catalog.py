@@ -13,7 +13,7 @@ Where no primary source was found the figure is marked "inferred" and says from 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from ernie_ops.errors import UserError, did_you_mean
 
@@ -78,7 +78,25 @@ class ModelSpec:
         return data
 
 
-_21B_COMMON = dict(
+ERNIE_0_3B = ModelSpec(
+    name="ERNIE-4.5-0.3B",
+    architecture="Ernie4_5_ForCausalLM",  # [cfg]
+    num_layers=18,  # [cfg]
+    hidden_size=1024,  # [cfg]
+    intermediate_size=3072,  # [cfg]
+    num_heads=16,  # [cfg]
+    num_kv_heads=2,  # [cfg]
+    head_dim=128,  # [cfg] set explicitly (not hidden/heads = 64)
+    vocab_size=103424,  # [cfg]
+    max_context=131072,  # [cfg] max_position_embeddings
+    total_params_b=0.36,  # [cfg] parameter count of the safetensors
+    active_params_b=0.36,
+    tie_word_embeddings=True,  # [cfg]
+    hub_ids=("baidu/ERNIE-4.5-0.3B-Paddle", "baidu/ERNIE-4.5-0.3B-PT", "baidu/ERNIE-4.5-0.3B-Base-Paddle"),
+)
+
+ERNIE_21B = ModelSpec(
+    name="ERNIE-4.5-21B-A3B",
     architecture="Ernie4_5_MoeForCausalLM",  # [cfg] (21B-A3B-Thinking repo's config)
     num_layers=28,  # [card], [hf-tf]
     hidden_size=2560,  # [hf-tf], [ek]
@@ -96,9 +114,16 @@ _21B_COMMON = dict(
     num_shared_experts=2,  # [card] Shared Experts 2
     moe_intermediate_size=1536,  # [hf-tf], [ek]
     moe_layer_start=1,  # [hf-tf] moe_layer_start_index=1, interval 1
+    hub_ids=(
+        "baidu/ERNIE-4.5-21B-A3B-Paddle",
+        "baidu/ERNIE-4.5-21B-A3B-PT",
+        "baidu/ERNIE-4.5-21B-A3B-Base-Paddle",
+    ),
 )
 
-_300B_COMMON = dict(
+ERNIE_300B = ModelSpec(
+    name="ERNIE-4.5-300B-A47B",
+    architecture="Ernie4_5_MoeForCausalLM",  # [cfg]
     num_layers=54,  # [card]
     hidden_size=8192,  # [ek]; qkv weight 8192x10240 = (64+2*8)*128
     intermediate_size=28672,  # [ek]
@@ -107,60 +132,55 @@ _300B_COMMON = dict(
     head_dim=128,  # 8192 / 64
     vocab_size=103424,  # [ek]
     max_context=131072,  # [card]
+    total_params_b=300.0,  # [card]
+    active_params_b=47.0,  # [card]
     num_experts=64,  # [card] Text Experts 64/8
     experts_per_token=8,  # [card]
+    num_shared_experts=0,  # [ek] moe_num_shared_experts=0
+    moe_intermediate_size=3584,  # [ek]
     moe_layer_start=3,  # [ek] moe_layer_start_index=3
+    hub_ids=(
+        "baidu/ERNIE-4.5-300B-A47B-Paddle",
+        "baidu/ERNIE-4.5-300B-A47B-PT",
+        "baidu/ERNIE-4.5-300B-A47B-Base-Paddle",
+        "baidu/ERNIE-4.5-300B-A47B-2Bits-Paddle",
+        "baidu/ERNIE-4.5-300B-A47B-W4A8C8-TP4-Paddle",
+    ),
+    notes=("tie_word_embeddings not verified from its config.json.",),
 )
 
-_VL_28B_VISION = VisionSpec(
-    depth=32,  # [vl-tf] vision_config
-    hidden_size=1280,  # [vl-tf]
-    num_heads=16,  # [vl-tf]
-    patch_size=14,  # [vl-tf]
-    spatial_merge_size=2,  # [vl-tf]
-)
-
-_VL_28B_COMMON = dict(
-    _21B_COMMON,
+ERNIE_VL_28B = replace(
+    ERNIE_21B,  # the same text backbone: 28 layers, 2560 hidden, 20/4 heads, 64 text experts top-6
+    name="ERNIE-4.5-VL-28B-A3B",
     architecture="Ernie4_5_VLMoeForConditionalGeneration",  # [vl-tf] converter; FastDeploy
     total_params_b=28.0,  # [card]
     active_params_b=3.0,  # [card]
     num_vision_experts=64,  # [card] Vision Experts 64/6; moe_num_experts [64, 64]
     vision_moe_intermediate_size=512,  # [vl-tf] moe_intermediate_size [1536, 512]
-    vision=_VL_28B_VISION,
+    thinking=True,  # FastDeploy docs: ERNIE-VL has thinking on by default
+    vision=VisionSpec(
+        depth=32,  # [vl-tf] vision_config
+        hidden_size=1280,  # [vl-tf]
+        num_heads=16,  # [vl-tf]
+        patch_size=14,  # [vl-tf]
+        spatial_merge_size=2,  # [vl-tf]
+    ),
+    hub_ids=(
+        "baidu/ERNIE-4.5-VL-28B-A3B-Paddle",
+        "baidu/ERNIE-4.5-VL-28B-A3B-PT",
+        "baidu/ERNIE-4.5-VL-28B-A3B-Base-Paddle",
+    ),
+    notes=("Thinking on by default; switch with chat_template_kwargs.enable_thinking.",),
 )
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec(
-            name="ERNIE-4.5-0.3B",
-            architecture="Ernie4_5_ForCausalLM",  # [cfg]
-            num_layers=18,  # [cfg]
-            hidden_size=1024,  # [cfg]
-            intermediate_size=3072,  # [cfg]
-            num_heads=16,  # [cfg]
-            num_kv_heads=2,  # [cfg]
-            head_dim=128,  # [cfg] set explicitly (not hidden/heads = 64)
-            vocab_size=103424,  # [cfg]
-            max_context=131072,  # [cfg] max_position_embeddings
-            total_params_b=0.36,  # [cfg] parameter count of the safetensors
-            active_params_b=0.36,
-            tie_word_embeddings=True,  # [cfg]
-            hub_ids=("baidu/ERNIE-4.5-0.3B-Paddle", "baidu/ERNIE-4.5-0.3B-PT", "baidu/ERNIE-4.5-0.3B-Base-Paddle"),
-        ),
-        ModelSpec(
-            name="ERNIE-4.5-21B-A3B",
-            **_21B_COMMON,
-            hub_ids=(
-                "baidu/ERNIE-4.5-21B-A3B-Paddle",
-                "baidu/ERNIE-4.5-21B-A3B-PT",
-                "baidu/ERNIE-4.5-21B-A3B-Base-Paddle",
-            ),
-        ),
-        ModelSpec(
+        ERNIE_0_3B,
+        ERNIE_21B,
+        replace(
+            ERNIE_21B,
             name="ERNIE-4.5-21B-A3B-Thinking",
-            **_21B_COMMON,
             thinking=True,
             hub_ids=("baidu/ERNIE-4.5-21B-A3B-Thinking",),
             notes=(
@@ -168,62 +188,35 @@ MODELS: dict[str, ModelSpec] = {
                 "identical to ERNIE-4.5-21B-A3B (same architecture string and parameter count).",
             ),
         ),
-        ModelSpec(
-            name="ERNIE-4.5-300B-A47B",
-            architecture="Ernie4_5_MoeForCausalLM",  # [cfg]
-            **_300B_COMMON,
-            total_params_b=300.0,  # [card]
-            active_params_b=47.0,  # [card]
-            num_shared_experts=0,  # [ek] moe_num_shared_experts=0
-            moe_intermediate_size=3584,  # [ek]
-            hub_ids=(
-                "baidu/ERNIE-4.5-300B-A47B-Paddle",
-                "baidu/ERNIE-4.5-300B-A47B-PT",
-                "baidu/ERNIE-4.5-300B-A47B-Base-Paddle",
-                "baidu/ERNIE-4.5-300B-A47B-2Bits-Paddle",
-                "baidu/ERNIE-4.5-300B-A47B-W4A8C8-TP4-Paddle",
-            ),
-            notes=("tie_word_embeddings not verified from its config.json.",),
-        ),
-        ModelSpec(
-            name="ERNIE-4.5-VL-28B-A3B",
-            **_VL_28B_COMMON,
-            thinking=True,  # FastDeploy docs: ERNIE-VL has thinking on by default
-            hub_ids=(
-                "baidu/ERNIE-4.5-VL-28B-A3B-Paddle",
-                "baidu/ERNIE-4.5-VL-28B-A3B-PT",
-                "baidu/ERNIE-4.5-VL-28B-A3B-Base-Paddle",
-            ),
-            notes=("Thinking on by default; switch with chat_template_kwargs.enable_thinking.",),
-        ),
-        ModelSpec(
+        ERNIE_300B,
+        ERNIE_VL_28B,
+        replace(
+            ERNIE_VL_28B,
             name="ERNIE-4.5-VL-28B-A3B-Thinking",
-            **_VL_28B_COMMON,
-            thinking=True,
             hub_ids=("baidu/ERNIE-4.5-VL-28B-A3B-Thinking",),
             notes=(
                 "Inferred identical to ERNIE-4.5-VL-28B-A3B (28B/3B on its card, same model class); "
                 "its config.json was not checked.",
             ),
         ),
-        ModelSpec(
+        replace(
+            ERNIE_300B,  # [card] layers 54, heads 64/8, text experts 64/8, context 128K
             name="ERNIE-4.5-VL-424B-A47B",
             architecture="Ernie4_5_VLMoeForConditionalGeneration",  # served by the same VL model code
-            **_300B_COMMON,
             total_params_b=424.0,  # [card]
             active_params_b=47.0,  # [card]
             num_vision_experts=64,  # [card] Vision Experts 64/8
-            moe_intermediate_size=3584,  # inferred: the 300B-A47B text backbone
             thinking=True,
             hub_ids=("baidu/ERNIE-4.5-VL-424B-A47B-Paddle", "baidu/ERNIE-4.5-VL-424B-A47B-PT"),
             notes=(
-                "Layers, heads, experts and context from its card; hidden, FFN, vocab and text-expert "
-                "size inferred from the 300B-A47B backbone; vision encoder figures not verified "
-                "(left empty).",
+                "Layers, heads, experts and context from its card; hidden, FFN, vocab, text-expert size "
+                "and shared experts inferred from the 300B-A47B backbone; vision encoder figures not "
+                "verified (left empty).",
             ),
         ),
     )
 }
+
 
 def find_model(name: str) -> ModelSpec:
     """Look a model up by catalog name or hub id (`baidu/ERNIE-4.5-21B-A3B-Paddle`), forgivingly."""

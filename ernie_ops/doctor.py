@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.util
 import importlib.metadata as md
+import importlib.util
 import platform
 import shutil
 import sys
@@ -68,8 +68,6 @@ def _short_error(err: BaseException) -> str:
 def check_python() -> list[Check]:
     version = platform.python_version()
     data = {"version": version, "executable": sys.executable, "platform": platform.platform()}
-    if sys.version_info < (3, 10):
-        return [Check("python", FAIL, f"Python {version}", "use Python 3.10 or newer", data)]
     return [Check("python", OK, f"Python {version} on {platform.system()} {platform.machine()}", data=data)]
 
 
@@ -175,7 +173,14 @@ def check_erniekit() -> list[Check]:
 def check_paddleformers() -> list[Check]:
     found = dist_version("paddleformers")
     if found is None:
-        return [Check("paddleformers", FAIL, "PaddleFormers is not installed", "pip install -c constraints.txt paddleformers")]
+        return [
+            Check(
+                "paddleformers",
+                FAIL,
+                "PaddleFormers is not installed",
+                "pip install -c constraints.txt paddleformers",
+            )
+        ]
     return [Check("paddleformers", OK, f"paddleformers {found[1]}", data={"version": found[1]})]
 
 
@@ -226,7 +231,9 @@ def check_fastdeploy(paddle_version: str | None, gpu_count: int) -> list[Check]:
     series = ".".join(version.split(".")[:2])
     wanted = FASTDEPLOY_PADDLE.get(series)
     if gpu_count == 0:
-        checks.append(Check("fastdeploy", WARN, f"fastdeploy-gpu {version} but no GPU", "FastDeploy needs a GPU", data))
+        checks.append(
+            Check("fastdeploy", WARN, f"fastdeploy-gpu {version} but no GPU", "FastDeploy needs a GPU", data)
+        )
     elif wanted and paddle_version and not paddle_version.startswith(wanted):
         checks.append(
             Check(
@@ -276,7 +283,9 @@ def run_doctor(progress: Callable[[str], None] | None = None) -> Report:
             try:
                 checks += probe()
             except Exception as err:  # a probe must not take the whole report down
-                checks.append(Check(probe.__name__.removeprefix("check_"), FAIL, f"probe crashed: {_short_error(err)}"))
+                checks.append(
+                    Check(probe.__name__.removeprefix("check_"), FAIL, f"probe crashed: {_short_error(err)}")
+                )
         paddle = next((c for c in checks if c.name == "paddle"), None)
         paddle_version = paddle.data.get("version") if paddle else None
         gpus = paddle.data.get("gpu_count", 0) if paddle else 0

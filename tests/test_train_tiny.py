@@ -39,7 +39,10 @@ def test_sft_full_on_the_tiny_model_writes_a_loadable_checkpoint(repo, tiny_dens
     from ernie.modeling_moe import Ernie4_5_MoeForCausalLM
     from safetensors.numpy import load_file
 
-    before, after = load_file(str(tiny_dense / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    before, after = (
+        load_file(str(tiny_dense / "model.safetensors")),
+        load_file(str(out / "model.safetensors")),
+    )
     assert set(before) == set(after)
     assert any((before[k] != after[k]).any() for k in before), "training changed no weight"
     model = Ernie4_5_MoeForCausalLM.from_pretrained(str(out), moe_group="dummy")

@@ -34,7 +34,18 @@ class Models(Subcommand):
 
 
 def _table(specs) -> str:
-    header = ("model", "params", "layers", "hidden", "heads/kv", "experts", "k", "shared", "context", "KV/token")
+    header = (
+        "model",
+        "params",
+        "layers",
+        "hidden",
+        "heads/kv",
+        "experts",
+        "k",
+        "shared",
+        "context",
+        "KV/token",
+    )
     rows = [header]
     for s in specs:
         experts = f"{s.num_experts}+{s.num_vision_experts}v" if s.is_vl else str(s.num_experts or "-")
@@ -53,4 +64,4 @@ def _table(specs) -> str:
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# CPU / development install, from nothing: a virtualenv with PaddlePaddle (CPU build), ERNIEKit,
+# PaddleFormers and ernie-ops (editable, with the serve and dev extras), pinned by constraints.txt.
+#
+#   scripts/setup.sh                   # creates ./.venv
+#   VENV=~/venvs/eo scripts/setup.sh   # elsewhere
+#   PYTHON=python3.11 scripts/setup.sh # with a given interpreter (3.10+)
+#
+# GPU nodes use scripts/setup_gpu.sh instead (paddlepaddle-gpu, ERNIEKit from source, FastDeploy).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+    echo "error: ernie-ops needs Python 3.10+, $PYTHON is $("$PYTHON" --version 2>&1)" >&2
+    echo "  hint: PYTHON=python3.11 scripts/setup.sh" >&2
+    exit 2
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "[setup] creating virtualenv $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+echo "[setup] installing paddlepaddle (CPU), erniekit, paddleformers and ernie-ops into $VENV"
+"$VENV/bin/python" -m pip install --progress-bar off -q -c constraints.txt -e ".[cpu,serve,dev]"
+echo "[setup] done: $("$VENV/bin/ernie-ops" --version); activate with: source $VENV/bin/activate"
