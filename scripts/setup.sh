@@ -12,6 +12,11 @@ cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 
+if ! command -v "$PYTHON" >/dev/null; then
+    echo "error: no Python interpreter '$PYTHON' on PATH" >&2
+    echo "  hint: install Python 3.10+ or name one: PYTHON=python3.11 scripts/setup.sh" >&2
+    exit 2
+fi
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
     echo "error: ernie-ops needs Python 3.10+, $PYTHON is $("$PYTHON" --version 2>&1)" >&2
     echo "  hint: PYTHON=python3.11 scripts/setup.sh" >&2

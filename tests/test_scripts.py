@@ -1,0 +1,45 @@
+"""The shell entry points parse, fail clearly, and CI runs the README's test command."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+
+def _scripts(repo):
+    return sorted((repo / "scripts").glob("*.sh")) + [repo / ".ci" / "run"]
+
+
+def test_every_script_parses(repo):
+    for script in _scripts(repo):
+        subprocess.run(["bash", "-n", str(script)], check=True)
+        assert os.access(script, os.X_OK), f"{script} is not executable"
+
+
+def test_ci_runs_exactly_the_readme_test_command(repo):
+    readme = (repo / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    assert "scripts/test.sh" in blocks[1].split(), "the README's second command is the test command"
+    assert "exec scripts/test.sh" in (repo / ".ci" / "run").read_text()
+
+
+def test_setup_gpu_without_its_indexes_stops_before_installing(repo, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("PADDLE_INDEX", "FASTDEPLOY_INDEX")}
+    env["VENV"] = str(tmp_path / "venv")
+    result = subprocess.run(
+        ["bash", str(repo / "scripts" / "setup_gpu.sh")], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert result.returncode == 2
+    assert "PADDLE_INDEX" in result.stderr and "FASTDEPLOY_INDEX" in result.stderr
+    assert not (tmp_path / "venv").exists(), "nothing may be installed when the inputs are missing"
+
+
+def test_setup_with_a_missing_interpreter_fails_clearly(repo, tmp_path):
+    env = {**os.environ, "PYTHON": "python-that-does-not-exist", "VENV": str(tmp_path / "venv")}
+    result = subprocess.run(
+        ["bash", str(repo / "scripts" / "setup.sh")], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert result.returncode == 2
+    assert "no Python interpreter 'python-that-does-not-exist'" in result.stderr
+    assert not (tmp_path / "venv").exists()
