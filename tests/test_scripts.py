@@ -8,7 +8,7 @@ import subprocess
 
 
 def _scripts(repo):
-    return sorted((repo / "scripts").glob("*.sh")) + [repo / ".ci" / "run"]
+    return [*sorted((repo / "scripts").glob("*.sh")), repo / ".ci" / "run"]
 
 
 def test_every_script_parses(repo):
