@@ -113,6 +113,19 @@ class TinySpec:
 
 KINDS = ("dense", "moe")
 
+# Everyday English covering every letter, so small task datasets tokenize into real pieces.
+COMMON_WORDS = (
+    "the be to of and a in that have it for not on with he as you do at this but his by from they we "
+    "say her she or an will my one all would there their what so up out if about who get which go me "
+    "when make can like time no just him know take people into year your good some could them see "
+    "other than then now look only come its over think also back after use two how our work first well "
+    "way even new want because any these give day most us is are was were answer question user "
+    "assistant reverse sort upper lower count sum list json name value true false null word words "
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
+    "quebec romeo sierra tango uniform victor whiskey xray yankee zulu quick brown fox jumps lazy dog "
+    "chart table document field box image text number date price total invoice"
+).split()
+
 
 def build_tiny_model(out: Path, kind: str = "dense", seed: int = 0, force: bool = False) -> Path:
     """Write a tiny random ERNIE 4.5 checkpoint to `out` (atomically) and return its path."""
@@ -150,9 +163,8 @@ def _corpus(seed: int, lines: int = 3000) -> list[str]:
     """Deterministic pseudo-text with the characters fine-tuning data uses (words, digits, JSON)."""
     rng = random.Random(seed)
     syllables = ["ka", "ro", "mi", "ten", "sa", "lu", "ver", "no", "di", "pa", "zor", "el", "qui", "an"]
-    words = sorted({"".join(rng.choice(syllables) for _ in range(rng.randint(1, 3))) for _ in range(600)})
-    words += "the a of to and is in that it for you what how answer question user assistant".split()
-    words += "reverse sort upper lower count sum list json name value true false null".split()
+    words = sorted({"".join(rng.choice(syllables) for _ in range(rng.randint(1, 3))) for _ in range(300)})
+    words += COMMON_WORDS
     out = []
     for _ in range(lines):
         n = rng.randint(3, 14)

@@ -76,3 +76,29 @@ def test_unrelated_pypi_fastdeploy_is_flagged(monkeypatch):
     _fake_versions(monkeypatch, **{"fastdeploy": "3.1.1", "fastdeploy-gpu": None})
     checks = doctor.check_fastdeploy("3.3.1", 0)
     assert checks[0].status == "warn" and "unrelated" in checks[0].detail
+
+
+def _fake_paddle(*gpus):
+    """A stand-in for paddle.device.cuda with the given (name, major, minor, bytes) devices."""
+    from types import SimpleNamespace
+
+    props = [SimpleNamespace(name=n, major=a, minor=b, total_memory=m) for n, a, b, m in gpus]
+    cuda = SimpleNamespace(get_device_properties=lambda i: props[i])
+    return SimpleNamespace(device=SimpleNamespace(cuda=cuda))
+
+
+# No GPU here: the per-device verdicts run on simulated device properties.
+def test_gpu_report_names_capability_and_memory():
+    checks = doctor._gpu_checks(_fake_paddle(("NVIDIA A800-SXM4-80GB", 8, 0, 80 * 2**30)), 1)
+    assert [c.status for c in checks] == ["ok"]
+    assert "compute capability 8.0" in checks[0].detail and "80 GiB" in checks[0].detail
+
+
+def test_gpu_unsupported_by_fastdeploy_wheels_warns():
+    (check,) = doctor._gpu_checks(_fake_paddle(("Tesla V100-SXM2-32GB", 7, 0, 32 * 2**30)), 1)
+    assert check.status == "warn" and "SM 80/86/89/90" in check.fix
+
+
+def test_cuda_build_without_visible_gpu_warns():
+    (check,) = doctor._gpu_checks(_fake_paddle(), 0)
+    assert check.status == "warn" and "CUDA_VISIBLE_DEVICES" in check.fix
