@@ -15,6 +15,7 @@ import logging
 import random
 import shutil
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -268,9 +269,15 @@ def _model_config_kwargs(spec: TinySpec) -> dict:
 
 
 def _write_model(out: Path, spec: TinySpec, seed: int) -> None:
-    import paddle
-    from ernie.configuration import Ernie4_5_MoeConfig
-    from ernie.modeling_moe import Ernie4_5_MoeForCausalLM
+    with warnings.catch_warnings():  # import-time UserWarnings of paddle / setuptools are noise here
+        warnings.simplefilter("ignore")
+        import paddle
+        from ernie.configuration import Ernie4_5_MoeConfig
+        from ernie.modeling_moe import Ernie4_5_MoeForCausalLM
+        from paddleformers.utils.log import logger as paddleformers_logger
+
+    if not log.isEnabledFor(logging.DEBUG):
+        paddleformers_logger.set_level("WARNING")
 
     paddle.set_device("cpu")
     paddle.seed(seed)

@@ -8,19 +8,21 @@ import sys
 
 from ernie_ops import __version__
 from ernie_ops.cli.base import Subcommand
+from ernie_ops.cli.check import Check
 from ernie_ops.cli.doctor import Doctor
 from ernie_ops.cli.models import Models
 from ernie_ops.cli.tiny_model import TinyModel
 from ernie_ops.errors import UserError
 from ernie_ops.log import setup_logging
 
-SUBCOMMANDS: tuple[type[Subcommand], ...] = (Doctor, Models, TinyModel)
+SUBCOMMANDS: tuple[type[Subcommand], ...] = (Doctor, Models, TinyModel, Check)
 
 EXAMPLES = """\
 examples:
   ernie-ops doctor                       # what is installed, what is missing, what to do
   ernie-ops models                       # the ERNIE 4.5 model catalog
   ernie-ops tiny-model runs/tiny-dense   # a tiny random ERNIE 4.5 checkpoint for CPU runs
+  ernie-ops check my_recipe.yaml         # every problem of an ERNIEKit recipe, before launch
   ernie-ops COMMAND --help               # details and examples of one command
 """
 
@@ -33,9 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"ernie-ops {__version__}")
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("-v", "--verbose", action="store_const", const=1, dest="verbosity", default=0)
-    verbosity.add_argument("-q", "--quiet", action="store_const", const=-1, dest="verbosity")
+    _add_verbosity(parser, default=0)
+    # the same flags after the subcommand; SUPPRESS keeps them from resetting a value given before it
+    common = argparse.ArgumentParser(add_help=False)
+    _add_verbosity(common, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for cls in SUBCOMMANDS:
         command = cls()
@@ -45,10 +48,33 @@ def build_parser() -> argparse.ArgumentParser:
             description=command.description or command.help,
             epilog=command.epilog(),
             formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[common],
         )
         command.add_arguments(p)
         p.set_defaults(handler=command)
     return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, default: object) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="store_const",
+        const=1,
+        dest="verbosity",
+        default=default,
+        help="more logging",
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="store_const",
+        const=-1,
+        dest="verbosity",
+        default=default,
+        help="warnings only",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

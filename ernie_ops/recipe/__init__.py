@@ -1,0 +1,1 @@
+"""Recipes: loading ERNIEKit YAML with line numbers, its schema, the checks, and the library."""
