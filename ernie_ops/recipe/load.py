@@ -57,17 +57,7 @@ def load_recipe(
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         values = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        reason = " ".join(str(getattr(err, "problem", "") or err).split())
-        return None, [
-            error(
-                f"{path}{line}",
-                None,
-                f"not valid YAML: {reason}",
-                "check the indentation and quoting on that line (YAML uses spaces, not tabs)",
-            )
-        ]
+        return None, [_yaml_error(path, err)]
     if root is None:
         return None, [error(str(path), None, "the recipe is empty", "a recipe is `key: value` lines")]
     if not isinstance(values, dict):
@@ -104,6 +94,22 @@ def load_recipe(
     problems += override_problems
     recipe.values = merged
     return recipe, problems
+
+
+def _yaml_error(path: Path, err: Exception) -> Problem:
+    problem = " ".join(str(getattr(err, "problem", "") or err).split())
+    mark = getattr(err, "problem_mark", None)
+    opened = getattr(err, "context_mark", None)
+    if "end of stream" in problem and opened is not None:
+        # an unclosed quote or bracket: the useful line is where it was opened
+        mark, problem = opened, f"{getattr(err, 'context', '')} that is never closed".strip()
+    line = f":{mark.line + 1}" if mark is not None else ""
+    return error(
+        f"{path}{line}",
+        None,
+        f"not valid YAML: {problem}",
+        "check the indentation and quoting on that line (YAML uses spaces, not tabs)",
+    )
 
 
 def _read_text(path: Path) -> tuple[str | None, Problem | None]:

@@ -427,7 +427,7 @@ def _dataset_file(ctx: Context, key: str, path: str, kind: str) -> Iterator[Prob
         yield error(ctx.where(key), key, f"{path} is a directory, expected a JSONL file")
         return
     if kind == "erniekit":
-        yield from _data_matches_stage(ctx, key, local)
+        yield from _data_matches_stage(ctx, key, local, path)
 
 
 def _first_record(path: Path) -> tuple[int, Any] | None:
@@ -438,43 +438,44 @@ def _first_record(path: Path) -> tuple[int, Any] | None:
     return None
 
 
-def _data_matches_stage(ctx: Context, key: str, path: Path) -> Iterator[Problem]:
+def _data_matches_stage(ctx: Context, key: str, path: Path, name: str) -> Iterator[Problem]:
     """Peek at the first record: DPO data in an SFT recipe (or the reverse) fails late or trains wrong."""
+    where = ctx.where(key)
     try:
         first = _first_record(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        yield error(f"{path}:1", key, f"the first record is not JSON ({err})", f"ernie-ops data lint {path}")
+        yield error(where, key, f"{name}: the first record is not JSON ({err})", "fix or regenerate the file")
         return
     if first is None:
-        yield error(ctx.where(key), key, f"{path} has no records")
+        yield error(where, key, f"{name} has no records")
         return
     line, record = first
     if not isinstance(record, dict):
-        yield error(f"{path}:{line}", key, "a record must be a JSON object")
+        yield error(where, key, f"{name}:{line}: a record must be a JSON object")
         return
     fields = set(record)
     looks_dpo = {"response", "sort"} <= fields
     stage = ctx.stage
     if "messages" in fields or "conversations" in fields or {"chosen", "rejected"} <= fields:
         yield error(
-            f"{path}:{line}",
+            where,
             key,
-            "not ERNIEKit's format (this is OpenAI messages / ShareGPT / preference-pair data); "
-            "ERNIEKit's erniekit type needs src/tgt (and response/sort for DPO)",
+            f"{name}:{line} is not in ERNIEKit's format (it is OpenAI messages / ShareGPT / "
+            "preference-pair data); the erniekit type needs src/tgt (and response/sort for DPO)",
             "convert it to src/tgt records",
         )
     elif stage == "DPO" and not looks_dpo:
         yield error(
-            f"{path}:{line}",
+            where,
             key,
-            "SFT data (no response/sort fields) in a DPO recipe",
+            f"{name}:{line} is SFT data (no response/sort fields) but the stage is DPO",
             "point the DPO recipe at preference data, or set stage: SFT",
         )
     elif stage != "DPO" and looks_dpo:
         yield error(
-            f"{path}:{line}",
+            where,
             key,
-            f"DPO data (response/sort fields) in a {stage} recipe",
+            f"{name}:{line} is DPO data (response/sort fields) but the stage is {stage}",
             "set stage: DPO, or point it at SFT data (src/tgt)",
         )
 
@@ -579,9 +580,10 @@ def cpu(ctx: Context) -> Iterator[Problem]:
         return
     for key in GPU_ONLY_ON_CPU:
         if ctx.value(key) is True:
-            origin = "" if ctx.recipe.given(key) else " (ERNIEKit's default)"
+            given = ctx.recipe.given(key)
+            origin = "" if given else " (ERNIEKit's default)"
             yield error(
-                ctx.where(key),
+                ctx.where(key if given else "device"),
                 key,
                 f"true{origin} needs a GPU-only kernel; on device cpu it fails",
                 f"{key}: false",
