@@ -109,10 +109,18 @@ def test_a_recipe_that_needs_a_newer_erniekit_is_checked_against_its_schema(
     recipe = tmp_path / "vl.yaml"
     recipe.write_text(
         (BROKEN / "valid_base.yaml").read_text().replace("stage: SFT", "stage: VL-SFT")
-        + 'ernie_ops:\n  erniekit: ">=1.3"\n'
+        + 'train_dataset_type: erniekit\nernie_ops:\n  erniekit: ">=1.3"\n'
     )
     code, report = run_check(capsys, str(recipe))
     assert code == 0, report["problems"]  # warnings only
     assert "1.3.0" in report["schema"]
     assert any("will not run with this install" in p["message"] for p in report["problems"])
     assert not any(p["key"] == "stage" for p in report["problems"])
+
+
+def test_erniekit_1_3_has_no_default_dataset_type(repo, monkeypatch, capsys):
+    monkeypatch.chdir(repo)
+    code, report = run_check(capsys, str(BROKEN / "valid_base.yaml"), "--erniekit-version", "1.3.0")
+    assert code == 1
+    (problem,) = [p for p in report["problems"] if p["severity"] == "error"]
+    assert problem["key"] == "train_dataset_type" and "no default" in problem["message"]

@@ -350,6 +350,15 @@ def _dataset_split(ctx: Context, split: str) -> Iterator[Problem]:
     if not paths:
         yield error(ctx.where(path_key), path_key, "empty: ERNIEKit needs at least one dataset")
         return
+    for key, example in ((prob_key, "1.0"), (type_key, "erniekit")):
+        if ctx.value(key) is None:
+            yield error(
+                ctx.where(path_key),
+                key,
+                f"not set, and ERNIEKit {ctx.schema.erniekit_version} has no default for it",
+                f"{key}: {example}" + (" (one per dataset)" if len(paths) > 1 else ""),
+            )
+            return
     if not len(paths) == len(probs) == len(kinds):
         yield error(
             ctx.where(path_key),
