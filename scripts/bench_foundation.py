@@ -60,7 +60,7 @@ def main() -> int:
                 "-m",
                 "erniekit.launcher",
                 "train",
-                "recipes/tiny/sft_full_cpu.yaml",
+                "recipes/tiny/sft_cpu.yaml",
                 f"model_name_or_path={tmp}/dense",
                 f"output_dir={tmp}/sft",
                 "overwrite_output_dir=true",  # else the 2nd run auto-resumes from checkpoint-4

@@ -78,7 +78,7 @@ def test_overrides_fix_what_the_file_gets_wrong(repo, monkeypatch, capsys):
     code, report = run_check(
         capsys,
         str(BROKEN / "missing_train_file.yaml"),
-        "train_dataset_path=recipes/data/tiny-sft-train.jsonl",
+        "train_dataset_path=recipes/data/sft-train.jsonl",
     )
     assert code == 0 and report["errors"] == 0
 
@@ -108,8 +108,9 @@ def test_a_recipe_that_needs_a_newer_erniekit_is_checked_against_its_schema(
     monkeypatch.chdir(repo)
     recipe = tmp_path / "vl.yaml"
     recipe.write_text(
-        (BROKEN / "valid_base.yaml").read_text().replace("stage: SFT", "stage: VL-SFT")
-        + 'train_dataset_type: erniekit\nernie_ops:\n  erniekit: ">=1.3"\n'
+        "stage: VL-SFT\nfine_tuning: LoRA\nmodel_name_or_path: baidu/ERNIE-4.5-VL-28B-A3B-Paddle\n"
+        "train_dataset_path: recipes/data/vl-sft-train.jsonl\ntrain_dataset_prob: '1.0'\n"
+        'train_dataset_type: erniekit\nernie_ops:\n  erniekit: ">=1.3"\n'
     )
     code, report = run_check(capsys, str(recipe))
     assert code == 0, report["problems"]  # warnings only

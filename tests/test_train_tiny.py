@@ -22,7 +22,7 @@ def erniekit_train(repo, recipe, *overrides, timeout=600):
 def test_sft_full_on_the_tiny_model_writes_a_loadable_checkpoint(repo, tiny_dense, tmp_path):
     out = tmp_path / "sft"
     result = erniekit_train(
-        repo, "recipes/tiny/sft_full_cpu.yaml", f"model_name_or_path={tiny_dense}", f"output_dir={out}"
+        repo, "recipes/tiny/sft_cpu.yaml", f"model_name_or_path={tiny_dense}", f"output_dir={out}"
     )
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
@@ -61,7 +61,7 @@ def test_moe_sft_on_cpu_stops_at_a_gpu_only_kernel(repo, tiny_moe, tmp_path):
     for dispatch, kernel in (("v2-alltoall-unpad", "expand_modality_expert_id"), ("", "moe_gate_dispatch")):
         result = erniekit_train(
             repo,
-            "recipes/tiny/sft_full_cpu.yaml",
+            "recipes/tiny/sft_cpu.yaml",
             f"model_name_or_path={tiny_moe}",
             f"output_dir={tmp_path / 'moe'}",
             f"moe_multimodal_dispatch_use_allgather={dispatch}",

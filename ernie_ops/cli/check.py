@@ -44,7 +44,7 @@ class Check(Subcommand):
         if args.keys:
             return _print_keys(args.erniekit_version)
         if args.recipe is None:
-            raise UserError("give a recipe to check", hint="ernie-ops check recipes/tiny/sft_full_cpu.yaml")
+            raise UserError("give a recipe to check", hint="ernie-ops check recipes/tiny/sft_cpu.yaml")
         if (args.gpus is not None and args.gpus < 1) or args.nnodes < 1:
             raise UserError("--gpus and --nnodes must be at least 1")
         from ernie_ops.recipe.check import check_recipe

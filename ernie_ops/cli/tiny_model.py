@@ -18,7 +18,7 @@ class TinyModel(Subcommand):
     examples = (
         "ernie-ops tiny-model runs/tiny-dense",
         "ernie-ops tiny-model runs/tiny-moe --kind moe --seed 1",
-        "python -m erniekit.launcher train recipes/tiny/sft_full_cpu.yaml model_name_or_path=runs/tiny-dense",
+        "python -m erniekit.launcher train recipes/tiny/sft_cpu.yaml model_name_or_path=runs/tiny-dense",
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:

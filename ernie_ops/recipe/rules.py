@@ -172,8 +172,14 @@ def _type_problem(f: Field, value: Any) -> tuple[str, str] | None:
                 f"{str(value)!r}",
                 f'write "{joined}"',
             )
-        if isinstance(value, dict | bool):
-            return f"expected text, got {type(value).__name__}", "write a plain value"
+        if isinstance(value, bool):
+            return (
+                f"expected text, got the boolean {str(value).lower()} (YAML reads unquoted "
+                "yes/no/on/off/true/false as booleans)",
+                f'quote it, e.g. "{"yes" if value else "no"}"' + (" (on the command line: key='\"no\"')"),
+            )
+        if isinstance(value, dict):
+            return "expected text, got a mapping", "write a plain value"
         return None  # numbers: ERNIEKit str()s them where it matters (e.g. probabilities)
     if f.type == "list" and not isinstance(value, list | str):
         return f"expected a list, got {type(value).__name__}", "write a YAML list [a, b]"
@@ -464,8 +470,19 @@ def _data_matches_stage(ctx: Context, key: str, path: Path, name: str) -> Iterat
         return
     fields = set(record)
     looks_dpo = {"response", "sort"} <= fields
+    looks_vl = "text_info" in fields
     stage = ctx.stage
-    if "messages" in fields or "conversations" in fields or {"chosen", "rejected"} <= fields:
+    if looks_vl != ("VL" in stage):
+        kind = "multimodal (image_info/text_info)" if looks_vl else "text-only (no text_info)"
+        yield error(
+            where,
+            key,
+            f"{name}:{line} is {kind} data but the stage is {stage}",
+            "VL-SFT takes image_info/text_info records; SFT and DPO take src/tgt",
+        )
+    elif looks_vl:
+        return
+    elif "messages" in fields or "conversations" in fields or {"chosen", "rejected"} <= fields:
         yield error(
             where,
             key,
@@ -603,6 +620,13 @@ def cpu(ctx: Context) -> Iterator[Problem]:
             "fine_tuning",
             "full DPO fails in one CPU process (the reference model is wrapped for fleet)",
             "fine_tuning: LoRA on CPU",
+        )
+    elif ctx.stage == "DPO" and ctx.value("do_eval") is True:
+        yield error(
+            ctx.where("do_eval"),
+            "do_eval",
+            "DPO evaluation wraps the reference model for fleet and fails in one CPU process",
+            "do_eval: false on CPU",
         )
 
 
