@@ -394,12 +394,12 @@ def build_library() -> list[Entry]:
                 m, "dpo", seq, _text(m, "dpo", seq, MOE, dpo), documented_min_gpus=112, notes=(PP_SEG_NOTE,)
             )
         )
-        dpo_lora: dict[str, Any] = {
+        big_lora: dict[str, Any] = {
             "tensor_parallel_degree": 8,
             "pipeline_parallel_degree": 2,
             "offload_optim": None,
         }
-        add(Entry(m, "dpo-lora", seq, _text(m, "dpo-lora", seq, MOE, dpo_lora)))
+        add(Entry(m, "dpo-lora", seq, _text(m, "dpo-lora", seq, MOE, big_lora)))
         dpo_wint: dict[str, Any] = {"tensor_parallel_degree": 8, "offload_optim": None}
         add(
             Entry(
