@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ernie_ops import __version__
@@ -11,11 +12,12 @@ from ernie_ops.cli.base import Subcommand
 from ernie_ops.cli.check import Check
 from ernie_ops.cli.doctor import Doctor
 from ernie_ops.cli.models import Models
+from ernie_ops.cli.recipes import Recipes
 from ernie_ops.cli.tiny_model import TinyModel
 from ernie_ops.errors import UserError
 from ernie_ops.log import setup_logging
 
-SUBCOMMANDS: tuple[type[Subcommand], ...] = (Doctor, Models, TinyModel, Check)
+SUBCOMMANDS: tuple[type[Subcommand], ...] = (Doctor, Models, TinyModel, Check, Recipes)
 
 EXAMPLES = """\
 examples:
@@ -23,6 +25,7 @@ examples:
   ernie-ops models                       # the ERNIE 4.5 model catalog
   ernie-ops tiny-model runs/tiny-dense   # a tiny random ERNIE 4.5 checkpoint for CPU runs
   ernie-ops check my_recipe.yaml         # every problem of an ERNIEKit recipe, before launch
+  ernie-ops recipes                      # the recipe library (model, method, context, GPUs)
   ernie-ops COMMAND --help               # details and examples of one command
 """
 
@@ -92,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `ernie-ops recipes | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
