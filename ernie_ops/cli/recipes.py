@@ -3,6 +3,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from ernie_ops.cli.base import Subcommand
 
@@ -56,7 +57,7 @@ class Recipes(Subcommand):
         if args.model:
             name = "tiny" if args.model == "tiny" else find_model(args.model).name
             entries = [e for e in LIBRARY if e.model == name]
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "model": e.model,
                 "method": e.method,
@@ -70,21 +71,15 @@ class Recipes(Subcommand):
         if args.json:
             print(json.dumps(rows, indent=2))
             return 0
-        header = {
-            "model": "model",
-            "method": "method",
-            "context": "context",
-            "min_gpus": "GPUs (80 GB)",
-            "erniekit": "ERNIEKit",
-            "path": "recipe",
-        }
-        table = [header] + [
-            {**r, "context": f"{r['context'] // 1024}K", "min_gpus": str(r["min_gpus"] or "CPU")}
-            for r in rows
-        ]
-        widths = {k: max(len(str(r[k])) for r in table) for k in header}
-        for r in table:
-            print("  ".join(str(r[k]).ljust(widths[k]) for k in header).rstrip())
+        table = [["model", "method", "context", "GPUs (80 GB)", "ERNIEKit", "recipe"]]
+        for r in rows:
+            gpus = str(r["min_gpus"] or "CPU")
+            table.append(
+                [r["model"], r["method"], f"{r['context'] // 1024}K", gpus, r["erniekit"], r["path"]]
+            )
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        for row in table:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         return 0
 
 

@@ -8,6 +8,7 @@ silently by keeping the last).
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,19 @@ def _read_text(path: Path) -> tuple[str | None, Problem | None]:
 def _merge_overrides(
     values: dict, overrides: list[str] | tuple[str, ...], recipe: LoadedRecipe
 ) -> tuple[dict, list[Problem]]:
+    dates = [k for k, v in values.items() if isinstance(v, datetime.date)]
+    if dates:  # the one YAML type OmegaConf cannot hold
+        return values, [
+            error(
+                recipe.where(k),
+                k,
+                f"YAML reads {values[k]} as a date, which ERNIEKit's OmegaConf merge rejects",
+                f'quote it: {k}: "{values[k]}"',
+            )
+            for k in dates
+        ]
+    if not overrides:
+        return values, []  # merging nothing is the identity; skip OmegaConf's slow import
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 

@@ -13,12 +13,10 @@ ERNIEKit. Loading a cached schema imports nothing heavy.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata as md
 import importlib.util
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -110,6 +108,8 @@ def _source_files() -> list[Path] | None:
 
 def installed_fingerprint() -> tuple[str, str] | None:
     """(erniekit version, source fingerprint) of the installed ERNIEKit, or None if absent."""
+    import importlib.metadata as md  # ~20 ms: only when ERNIEKit is looked at
+
     files = _source_files()
     if not files:
         return None
@@ -198,6 +198,8 @@ def _installed_schema(shipped: dict[str, Path]) -> Schema:
 
 def extract_in_subprocess() -> dict:
     """Run the extraction in a child process: it imports Paddle, this process must not."""
+    import subprocess
+
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "schema.json"
         result = subprocess.run(
@@ -269,6 +271,7 @@ def _jsonable(value: Any) -> Any:
 def extract() -> dict:
     """Read the schema from the installed ERNIEKit's `_TRAIN_ARGS` (the classes `train` parses into)."""
     import dataclasses
+    import importlib.metadata as md
     import typing
 
     from erniekit.hparams import parser

@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""How much sooner `ernie-ops check` reports a recipe mistake than ERNIEKit itself.
+
+For each mistake, a copy of recipes/tiny/sft_cpu.yaml with that one mistake (and the tiny model,
+built here) is given to `ernie-ops check` (wall time to the report, median of --repeat runs) and
+to `python -m erniekit.launcher train` (wall time until it fails, or until it finishes without
+noticing). On a GPU node ERNIEKit also loads a real model before most of these failures, so the
+ratios here are lower bounds. Targets: check < 0.5 s and >= 20x faster.
+
+    .venv/bin/python scripts/bench_check.py                 # table on stdout, JSON in runs/bench/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPE = REPO / "recipes" / "tiny" / "sft_cpu.yaml"
+EXE = shutil.which("ernie-ops", path=str(Path(sys.executable).parent)) or "ernie-ops"
+
+# name -> (line to replace, replacement)
+MISTAKES = {
+    "typo: lerning_rate": ("learning_rate: 0.001", "lerning_rate: 0.001"),
+    "YAML string 1e-3 as learning_rate": ("learning_rate: 0.001", "learning_rate: 1e-3"),
+    "stage: sft (lower case)": ("stage: SFT", "stage: sft"),
+    "compute_type: wint4": ("fine_tuning: Full", "fine_tuning: Full\ncompute_type: wint4"),
+    "missing train file": (
+        "train_dataset_path: recipes/data/sft-train.jsonl",
+        "train_dataset_path: data/train.jsonl",
+    ),
+    "per_device_train_batch_size: 4 (overwritten)": ("batch_size: 1", "per_device_train_batch_size: 4"),
+}
+
+
+def timed(cmd: list[str], timeout: float = 600) -> tuple[float, int, str]:
+    start = time.perf_counter()
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return time.perf_counter() - start, result.returncode, result.stdout + result.stderr
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeat", type=int, default=5, help="check runs per mistake (default 5)")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / "check.json")
+    args = parser.parse_args()
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "tiny"
+        subprocess.run([EXE, "-q", "tiny-model", str(model)], check=True)
+        base = RECIPE.read_text().replace(
+            "model_name_or_path: runs/tiny-dense", f"model_name_or_path: {model}"
+        )
+        for name, (old, new) in MISTAKES.items():
+            assert old in base, old
+            recipe = Path(tmp) / f"{len(results)}.yaml"
+            recipe.write_text(base.replace(old, new))
+            checks = [timed([EXE, "check", str(recipe)]) for _ in range(args.repeat)]
+            check_s = statistics.median(c[0] for c in checks)
+            check_out = checks[0][2]
+            flagged = " error: " in check_out or " warning: " in check_out
+            out_dir = Path(tmp) / f"out{len(results)}"
+            ek_s, ek_rc, _ = timed(
+                [sys.executable, "-m", "erniekit.launcher", "train", str(recipe), f"output_dir={out_dir}"]
+            )
+            results.append(
+                {
+                    "mistake": name,
+                    "check_s": round(check_s, 3),
+                    "check_flagged": flagged,
+                    "erniekit_s": round(ek_s, 2),
+                    "erniekit_reported": ek_rc != 0,
+                    "speedup": round(ek_s / check_s, 1),
+                }
+            )
+
+    width = max(len(r["mistake"]) for r in results)
+    print(f"{'mistake':{width}}  {'check s':>7}  flagged  {'ERNIEKit s':>10}  {'ERNIEKit':<22}  speedup")
+    for r in results:
+        ek = "failed" if r["erniekit_reported"] else "ran on, said nothing"
+        print(
+            f"{r['mistake']:{width}}  {r['check_s']:7.3f}  {'yes' if r['check_flagged'] else 'NO':<7}  "
+            f"{r['erniekit_s']:10.2f}  {ek:<22}  {r['speedup']:6.1f}x"
+        )
+    worst = min(r["speedup"] for r in results)
+    slowest = max(r["check_s"] for r in results)
+    print(f"\ncheck: slowest {slowest:.3f} s (target < 0.5 s); smallest speedup {worst:.1f}x (target >= 20x)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {"machine": platform.platform(), "python": platform.python_version(), "results": results},
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
