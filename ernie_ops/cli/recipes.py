@@ -74,13 +74,15 @@ class Recipes(Subcommand):
         table = [["model", "method", "context", "GPUs (80 GB)", "ERNIEKit", "recipe"]]
         for r in rows:
             gpus = str(r["min_gpus"] or "CPU")
-            table.append(
-                [r["model"], r["method"], f"{r['context'] // 1024}K", gpus, r["erniekit"], r["path"]]
-            )
+            table.append([r["model"], r["method"], _context(r["context"]), gpus, r["erniekit"], r["path"]])
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
         for row in table:
             print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         return 0
+
+
+def _context(tokens: int) -> str:
+    return f"{tokens // 1024}K" if tokens >= 1024 else str(tokens)
 
 
 def _new(args: argparse.Namespace) -> int:
