@@ -12,9 +12,6 @@ ratios here are lower bounds. Targets: check < 0.5 s and >= 20x faster.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import shutil
 import statistics
 import subprocess
@@ -23,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from ernie_ops.benchmark import REPO, bench_parser, print_table, write_report
+
 RECIPE = REPO / "recipes" / "tiny" / "sft_cpu.yaml"
 EXE = shutil.which("ernie-ops", path=str(Path(sys.executable).parent)) or "ernie-ops"
 
@@ -48,12 +46,7 @@ def timed(cmd: list[str], timeout: float = 600) -> tuple[float, int, str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--repeat", type=int, default=5, help="check runs per mistake (default 5)")
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / "check.json")
-    args = parser.parse_args()
+    args = bench_parser(__doc__, "check").parse_args()
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,26 +78,25 @@ def main() -> int:
                 }
             )
 
-    width = max(len(r["mistake"]) for r in results)
-    print(f"{'mistake':{width}}  {'check s':>7}  flagged  {'ERNIEKit s':>10}  {'ERNIEKit':<22}  speedup")
+    rows = [["mistake", "check s", "flagged", "ERNIEKit s", "ERNIEKit", "speedup"]]
     for r in results:
         ek = "failed" if r["erniekit_reported"] else "ran on, said nothing"
-        print(
-            f"{r['mistake']:{width}}  {r['check_s']:7.3f}  {'yes' if r['check_flagged'] else 'NO':<7}  "
-            f"{r['erniekit_s']:10.2f}  {ek:<22}  {r['speedup']:6.1f}x"
+        flagged = "yes" if r["check_flagged"] else "NO"
+        rows.append(
+            [
+                r["mistake"],
+                f"{r['check_s']:.3f}",
+                flagged,
+                f"{r['erniekit_s']:.2f}",
+                ek,
+                f"{r['speedup']:.1f}x",
+            ]
         )
+    print_table(rows)
     worst = min(r["speedup"] for r in results)
     slowest = max(r["check_s"] for r in results)
     print(f"\ncheck: slowest {slowest:.3f} s (target < 0.5 s); smallest speedup {worst:.1f}x (target >= 20x)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {"machine": platform.platform(), "python": platform.python_version(), "results": results},
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"wrote {args.out}")
+    write_report(args.out, results=results, targets={"check_s": 0.5, "speedup": 20})
     return 0
 
 

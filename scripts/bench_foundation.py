@@ -8,9 +8,6 @@ building the tiny models, and a tiny ERNIEKit SFT run on CPU (reference: about 8
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import shutil
 import statistics
 import subprocess
@@ -19,7 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from ernie_ops.benchmark import REPO, bench_parser, print_table, write_report
+from ernie_ops.cli.main import SUBCOMMANDS
+
 EXE = shutil.which("ernie-ops", path=str(Path(sys.executable).parent)) or "ernie-ops"
 
 
@@ -33,16 +32,11 @@ def timed(cmd: list[str], repeat: int, cwd: Path = REPO) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--repeat", type=int, default=5, help="runs per fast command (default 5)")
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / "foundation.json")
-    args = parser.parse_args()
+    args = bench_parser(__doc__, "foundation").parse_args()
 
     results: dict[str, dict] = {}
     targets = {}
-    for sub in ("", "doctor", "models", "tiny-model"):
+    for sub in ("", *(cls.name for cls in SUBCOMMANDS)):
         name = f"ernie-ops {sub} --help".replace("  ", " ")
         results[name] = timed([EXE, *([sub] if sub else []), "--help"], args.repeat)
         targets[name] = 1.0
@@ -69,19 +63,12 @@ def main() -> int:
         )
         targets["erniekit SFT, tiny dense, 4 steps (CPU)"] = 8.0  # reference figure, not a hard target
 
-    width = max(map(len, results))
-    print(f"{'what':{width}}  {'median s':>9}  {'max s':>7}  {'target s':>8}")
+    rows = [["what", "median s", "max s", "target s"]]
     for name, r in results.items():
         target = f"{targets[name]:.1f}" if name in targets else "-"
-        print(f"{name:{width}}  {r['median_s']:9.3f}  {r['max_s']:7.3f}  {target:>8}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {
-        "machine": {"python": platform.python_version(), "platform": platform.platform()},
-        "results": results,
-        "targets_s": targets,
-    }
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+        rows.append([name, f"{r['median_s']:.3f}", f"{r['max_s']:.3f}", target])
+    print_table(rows)
+    write_report(args.out, results=results, targets_s=targets)
     return 0
 
 
