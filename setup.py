@@ -28,7 +28,7 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir=package_dir,
-    package_data={"ernie_ops": ["data/*"]},
+    package_data={"ernie_ops.recipe": ["snapshots/*.json"]},
     # The light core: the CLI, recipe checks and the model catalog need nothing heavier.
     # Paddle / ERNIEKit are extras because GPU nodes bring their own builds (see README).
     install_requires=[
@@ -38,6 +38,8 @@ setup(
         "sentencepiece>=0.1.99",
         "packaging>=23",
         "tqdm>=4.60",
+        "orjson>=3.9",  # data lint/convert: the fastest JSON parser available
+        "numpy>=1.24",
     ],
     extras_require={
         # CPU machines: Paddle CPU build + the ERNIEKit wheel that ships `ernie` (pins: constraints.txt)

@@ -4,7 +4,7 @@
 only the fields of those dataclasses and drops everything else without a word. The valid keys,
 their types and defaults are therefore exactly the fields of `_TRAIN_ARGS`. Extracting them means
 importing ERNIEKit (and so Paddle: seconds), so it runs once per ERNIEKit build in a subprocess
-and is cached; snapshots for known versions ship in `ernie_ops/data/` for machines without
+and is cached; snapshots for known versions ship in `ernie_ops/recipe/snapshots/` for machines without
 ERNIEKit. Loading a cached schema imports nothing heavy.
 
     python -m ernie_ops.recipe.schema [OUT.json]   # extract from the installed ERNIEKit
@@ -25,7 +25,7 @@ from typing import Any
 
 from ernie_ops.errors import UserError
 
-SNAPSHOT_DIR = Path(__file__).resolve().parent.parent / "data"
+SNAPSHOT_DIR = Path(__file__).resolve().parent / "snapshots"
 PINNED_VERSION = "1.0.1"  # constraints.txt: the only erniekit wheel that ships `ernie`
 SCHEMA_FORMAT = 1
 
