@@ -10,6 +10,7 @@ import sys
 from ernie_ops import __version__
 from ernie_ops.cli.base import Subcommand
 from ernie_ops.cli.check import Check
+from ernie_ops.cli.data import Data
 from ernie_ops.cli.doctor import Doctor
 from ernie_ops.cli.models import Models
 from ernie_ops.cli.recipes import Recipes
@@ -17,7 +18,7 @@ from ernie_ops.cli.tiny_model import TinyModel
 from ernie_ops.errors import UserError
 from ernie_ops.log import setup_logging
 
-SUBCOMMANDS: tuple[type[Subcommand], ...] = (Doctor, Models, TinyModel, Check, Recipes)
+SUBCOMMANDS: tuple[type[Subcommand], ...] = (Doctor, Models, TinyModel, Check, Recipes, Data)
 
 EXAMPLES = """\
 examples:
@@ -26,6 +27,7 @@ examples:
   ernie-ops tiny-model runs/tiny-dense   # a tiny random ERNIE 4.5 checkpoint for CPU runs
   ernie-ops check my_recipe.yaml         # every problem of an ERNIEKit recipe, before launch
   ernie-ops recipes                      # the recipe library (model, method, context, GPUs)
+  ernie-ops data lint train.jsonl        # every bad training record, with its line and reason
   ernie-ops COMMAND --help               # details and examples of one command
 """
 

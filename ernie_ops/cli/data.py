@@ -1,0 +1,180 @@
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ernie_ops.cli.base import Subcommand
+from ernie_ops.data.formats import FORMATS  # light: no heavy import
+
+FORMAT_CHOICES = ("auto", *FORMATS)
+
+
+class Data(Subcommand):
+    name = "data"
+    help = "lint, convert, preview and split training data for ERNIEKit"
+    description = (
+        "Work on training data before ERNIEKit sees it (ERNIEKit skips records it cannot read with a "
+        "warning, and hangs when it skips them all). Formats: erniekit-sft, erniekit-dpo, alpaca, "
+        "messages (OpenAI), sharegpt, preference (prompt/chosen/rejected); JSONL or JSON arrays, .gz too."
+    )
+    examples = (
+        "ernie-ops data lint train.jsonl eval.jsonl",
+        "ernie-ops data lint chats.jsonl --tokenizer runs/tiny-dense --max-seq-len 4096",
+        "ernie-ops data convert chats.jsonl train.jsonl --to erniekit-sft",
+        "ernie-ops data preview train.jsonl --tokenizer baidu/ERNIE-4.5-0.3B-Paddle -n 3",
+        "ernie-ops data split all.jsonl --eval-fraction 0.05 --seed 0",
+    )
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+        fmt = dict(choices=FORMAT_CHOICES, default="auto", help="input format (default: detect)")
+
+        lint = self._action(actions, "lint", "report every bad record with file:line and the reason", 0, 1)
+        lint.add_argument("files", nargs="+", type=Path, metavar="FILE")
+        lint.add_argument("--format", **fmt)  # type: ignore[arg-type]
+        lint.add_argument(
+            "--tokenizer", type=Path, metavar="MODEL_DIR", help="token statistics with this tokenizer"
+        )
+        lint.add_argument(
+            "--max-seq-len", type=int, default=4096, help="ERNIEKit's max_seq_len (default 4096)"
+        )
+        lint.add_argument(
+            "--max-bad", type=float, default=0.0, help="fail above this bad fraction (default 0)"
+        )
+        lint.add_argument("--histogram", type=Path, help="token-length histogram PNG (default runs/lint/...)")
+        lint.add_argument("--json", action="store_true", help="summary as JSON on stdout")
+
+        convert = self._action(actions, "convert", "convert into ERNIEKit's format; rejects go to a file", 2)
+        convert.add_argument("input", type=Path, metavar="IN")
+        convert.add_argument("output", type=Path, metavar="OUT")
+        convert.add_argument("--to", required=True, choices=("erniekit-sft", "erniekit-dpo"))
+        convert.add_argument("--from", dest="format", **fmt)  # type: ignore[arg-type]
+        convert.add_argument("--json", action="store_true", help="summary as JSON on stdout")
+
+        preview = self._action(
+            actions, "preview", "show records through the chat template, trained tokens marked", 3
+        )
+        preview.add_argument("file", type=Path, metavar="FILE")
+        preview.add_argument("--tokenizer", type=Path, required=True, metavar="MODEL_DIR")
+        preview.add_argument("-n", type=int, default=3, help="records to show (default 3)")
+        preview.add_argument("--format", **fmt)  # type: ignore[arg-type]
+        preview.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+
+        split = self._action(actions, "split", "deterministic train/eval split", 4)
+        split.add_argument("input", type=Path, metavar="IN")
+        split.add_argument("--eval-fraction", type=float, default=0.05, help="default 0.05")
+        split.add_argument("--seed", type=int, default=0)
+        split.add_argument("--out-dir", type=Path, help="default: beside IN (IN-train.jsonl, IN-eval.jsonl)")
+
+    def _action(self, actions, name: str, help: str, *examples: int) -> argparse.ArgumentParser:
+        picked = [self.examples[i] for i in examples if i < len(self.examples)]
+        return actions.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog="examples:\n" + "\n".join(f"  {e}" for e in picked),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    def run(self, args: argparse.Namespace) -> int:
+        return {"lint": _lint, "convert": _convert, "preview": _preview, "split": _split}[args.action](args)
+
+
+def _lint(args: argparse.Namespace) -> int:
+    from ernie_ops.data.lint import TokenCounter, histogram, lint_file
+
+    tokens = TokenCounter(args.tokenizer, args.max_seq_len) if args.tokenizer else None
+
+    def report(path: Path, line: int, reason: str) -> None:
+        if not args.json:
+            print(f"{path}:{line}: bad: {reason}")
+
+    results = [lint_file(path, args.format, report, tokens) for path in args.files]
+    records = sum(r.records for r in results)
+    bad = sum(r.bad for r in results)
+    plots = []
+    for r in results:
+        if r.tokens and r.tokens.lengths:
+            out = args.histogram or Path("runs/lint") / f"{r.path.name}.token-lengths.png"
+            if len(results) > 1 and args.histogram:
+                out = out.with_name(f"{out.stem}-{r.path.name}{out.suffix}")
+            plots.append(str(histogram(r.tokens, out, f"{r.path.name}: tokens per record")))
+    fraction = bad / records if records else 0.0
+    ok = fraction <= args.max_bad and records > 0
+    if args.json:
+        print(json.dumps({"ok": ok, "files": [r.to_dict() for r in results], "histograms": plots}, indent=2))
+        return 0 if ok else 1
+    rows = [["file", "format", "records", "bad", "duplicates", "not expressible in ERNIEKit"]]
+    for r in results:
+        unsupported = sum(r.unsupported.values())
+        rows.append(
+            [str(r.path), r.format or "?", str(r.records), str(r.bad), str(r.duplicates), str(unsupported)]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print()
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    for r in results:
+        for reason, count in r.reasons.most_common(8):
+            print(f"  {r.path.name}: {count} x {reason}")
+        for reason, count in r.unsupported.most_common():
+            print(f"  {r.path.name}: {count} x not convertible: {reason}")
+        if r.tokens:
+            s = r.tokens.summary()
+            if s["records"]:
+                print(
+                    f"  {r.path.name}: tokens min {s['min']}, median {s['median']:.0f}, p95 {s['p95']:.0f}, "
+                    f"max {s['max']}; at max_seq_len {s['max_seq_len']} ERNIEKit truncates {s['truncated']} "
+                    f"and drops {s['dropped']}"
+                )
+    for plot in plots:
+        print(f"  histogram: {plot}")
+    if records == 0:
+        print("no records found", file=sys.stderr)
+    verdict = "ok" if ok else f"too many bad records ({fraction:.2%} > --max-bad {args.max_bad:.2%})"
+    print(f"{records} record(s), {bad} bad: {verdict}")
+    return 0 if ok else 1
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from ernie_ops.data.convert import convert
+
+    result = convert(args.input, args.output, args.to, args.format)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    head = f"{result.source} ({result.format}) -> {result.output} ({args.to})"
+    print(f"{head}: {result.written} of {result.records} written")
+    for reason, count in result.rejected.most_common():
+        print(f"  rejected {count} x {reason}")
+    if result.rejected:
+        print(f"  rejected records, with their line numbers: {result.rejects}")
+    return 0
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from ernie_ops.data.preview import preview
+
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+    legend = "highlighted" if color else "in [[double brackets]]"
+    print(f"# trained-on tokens (the loss mask ERNIEKit uses) are {legend}\n")
+    shown = 0
+    for r in preview(args.file, args.tokenizer, args.n, color, args.format):
+        print(f"--- {args.file}:{r.line}  ({r.tokens} tokens, {r.trained} trained on)")
+        print(r.text)
+        print()
+        shown += 1
+    if not shown:
+        print(f"no SFT conversations found in {args.file}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _split(args: argparse.Namespace) -> int:
+    from ernie_ops.data.split import split
+
+    train, ev, n_train, n_eval = split(args.input, args.eval_fraction, args.seed, args.out_dir)
+    print(f"{train}: {n_train} records\n{ev}: {n_eval} records")
+    return 0

@@ -1,0 +1,104 @@
+"""Stream records out of JSONL or JSON-array files (plain or .gz), each with its line number.
+
+A record that cannot be read (bad UTF-8, invalid JSON) is yielded with its error rather than
+raised, so one bad line never hides the rest of the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from ernie_ops.errors import UserError
+
+
+@dataclass(slots=True)
+class Item:
+    line: int
+    value: Any  # the parsed JSON, None when unreadable
+    raw: bytes  # the record's bytes (for duplicates and reject files)
+    error: str | None = None
+
+
+def open_binary(path: Path) -> IO[bytes]:
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, expected a JSONL or JSON file")
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")  # type: ignore[return-value]
+
+
+def read_items(path: Path) -> Iterator[Item]:
+    with open_binary(path) as f:
+        first = _first_byte(f)
+    if first == b"[":
+        yield from _json_array(path)
+    else:
+        yield from _jsonl(path)
+
+
+def _first_byte(f: IO[bytes]) -> bytes:
+    while True:
+        chunk = f.read(1)
+        if not chunk or not chunk.isspace():
+            return chunk
+
+
+def _jsonl(path: Path) -> Iterator[Item]:
+    loads = orjson.loads
+    with open_binary(path) as f:
+        for number, raw in enumerate(f, 1):
+            raw = raw.strip()
+            if not raw:
+                continue  # ERNIEKit's reader skips blank lines too (json.loads fails, it moves on)
+            try:
+                yield Item(number, loads(raw), raw)
+            except orjson.JSONDecodeError as err:
+                yield Item(number, None, raw, _json_error(raw, err))
+
+
+def _json_error(raw: bytes, err: Exception) -> str:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"not UTF-8 (byte 0x{raw[bad.start]:02x} at column {bad.start + 1})"
+    return f"invalid JSON: {str(err).split(':')[0]}"
+
+
+def _json_array(path: Path) -> Iterator[Item]:
+    """A JSON array is parsed whole (arrays cannot be streamed by line); line numbers are kept."""
+    with open_binary(path) as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        line = data[: bad.start].count(b"\n") + 1
+        yield Item(
+            line, None, b"", f"not UTF-8 (byte 0x{data[bad.start]:02x}); the whole array is unreadable"
+        )
+        return
+    decoder = json.JSONDecoder()
+    pos, line, end = text.index("[") + 1, 1 + text.count("\n", 0, text.index("[")), len(text)
+    while True:
+        start = pos
+        while pos < end and text[pos] in " \t\r\n,":
+            pos += 1
+        line += text.count("\n", start, pos)
+        if pos >= end or text[pos] == "]":
+            return
+        try:
+            value, stop = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as err:
+            yield Item(
+                line + text.count("\n", pos, err.pos), None, b"", f"invalid JSON: {err.msg}; stopped here"
+            )
+            return
+        yield Item(line, value, text[pos:stop].encode())
+        line += text.count("\n", pos, stop)
+        pos = stop
