@@ -37,6 +37,11 @@ class Check(Subcommand):
             help="check against a shipped schema snapshot (default: installed)",
         )
         parser.add_argument("--keys", action="store_true", help="list the valid keys with type and default")
+        parser.add_argument(
+            "--no-data-lint",
+            action="store_true",
+            help="do not lint the dataset files (only their first record)",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         from ernie_ops.errors import UserError
@@ -55,6 +60,7 @@ class Check(Subcommand):
             gpus=args.gpus,
             nnodes=args.nnodes,
             erniekit_version=args.erniekit_version,
+            lint_data=not args.no_data_lint,
         )
         if args.format == "json":
             print(json.dumps(report.to_dict(), indent=2))

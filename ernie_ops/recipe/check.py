@@ -52,6 +52,7 @@ def check_recipe(
     nnodes: int = 1,
     erniekit_version: str | None = None,
     cwd: Path | None = None,
+    lint_data: bool = True,
 ) -> CheckReport:
     path = Path(path)
     recipe, problems = load_recipe(path, overrides)
@@ -60,7 +61,7 @@ def check_recipe(
     schema, schema_problems = _pick_schema(
         erniekit_version, recipe.metadata.get("erniekit"), recipe.where("ernie_ops")
     )
-    ctx = Context(recipe=recipe, schema=schema, gpus=gpus, nnodes=nnodes, cwd=(cwd or Path.cwd()))
+    ctx = Context(recipe, schema, gpus, nnodes, cwd or Path.cwd(), lint_data)
     problems += schema_problems
     for rule in RULES:
         problems.extend(rule(ctx))

@@ -62,6 +62,7 @@ class Context:
     gpus: int | None
     nnodes: int
     cwd: Path
+    lint_data: bool = True  # lint every local dataset file (off: only its first record is looked at)
 
     def value(self, key: str) -> Any:
         """What ERNIEKit will use: the recipe's value, else the dataclass default."""
@@ -442,7 +443,32 @@ def _dataset_file(ctx: Context, key: str, path: str, kind: str) -> Iterator[Prob
         yield error(ctx.where(key), key, f"{path} is a directory, expected a JSONL file")
         return
     if kind == "erniekit":
-        yield from _data_matches_stage(ctx, key, local, path)
+        mismatch = list(_data_matches_stage(ctx, key, local, path))
+        yield from mismatch
+        if not mismatch and ctx.lint_data:
+            yield from _lint_dataset(ctx, key, local, path)
+
+
+def _lint_dataset(ctx: Context, key: str, local: Path, name: str) -> Iterator[Problem]:
+    """ERNIEKit skips records it cannot read with a warning; when it skips them all, it hangs."""
+    from ernie_ops.data.lint import lint_file
+
+    fmt = "erniekit-vl" if "VL" in ctx.stage else "erniekit-dpo" if ctx.stage == "DPO" else "erniekit-sft"
+    first: list[str] = []
+
+    def keep_first(path: Path, line: int, reason: str) -> None:
+        if not first:
+            first.append(f"{name}:{line}: {reason}")
+
+    result = lint_file(local, fmt, keep_first, progress=False)
+    if result.bad:
+        hang = " (all of them: ERNIEKit would hang)" if result.bad == result.records else ""
+        yield error(
+            ctx.where(key),
+            key,
+            f"{result.bad} of {result.records} records are bad{hang}; ERNIEKit skips them. First: {first[0]}",
+            f"ernie-ops data lint {name} lists them all",
+        )
 
 
 def _first_record(path: Path) -> tuple[int, Any] | None:

@@ -1,0 +1,290 @@
+"""`ernie-ops data`: every format in and out, the bad-record corpus, ERNIEKit's own reader, split, preview."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ernie_ops.cli.main import main
+from ernie_ops.data.convert import convert
+from ernie_ops.data.formats import detect, parse
+from ernie_ops.data.lint import TokenCounter, lint_file
+from ernie_ops.data.split import split
+
+HERE = Path(__file__).parent
+GOOD = HERE / "data_good"
+BAD = HERE / "data_bad"
+BAD_EXPECTED = yaml.safe_load((BAD / "EXPECTED.yaml").read_text())
+SFT_SOURCES = ["erniekit-sft", "alpaca", "messages", "sharegpt"]
+DPO_SOURCES = ["erniekit-dpo", "preference"]
+
+
+def lines_of(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+@pytest.mark.parametrize("name", sorted(BAD_EXPECTED))
+def test_bad_record_is_reported_with_its_line_and_reason(name, capsys):
+    want = BAD_EXPECTED[name]
+    assert main(["data", "lint", str(BAD / name)]) == 1
+    out = capsys.readouterr().out
+    flagged = re.findall(rf"^{re.escape(str(BAD / name))}:(\d+): bad: (.*)$", out, re.M)
+    assert (str(want["line"]),) in [(line,) for line, _ in flagged], out
+    assert any(want["contains"] in reason for line, reason in flagged if int(line) == want["line"]), out
+    assert len(flagged) == 1, "only the broken record is flagged"
+
+
+def test_every_bad_file_has_an_expectation():
+    assert {p.name for p in BAD.glob("*.jsonl")} == set(BAD_EXPECTED)
+
+
+@pytest.mark.parametrize("path", sorted(GOOD.iterdir()), ids=lambda p: p.name)
+def test_good_files_lint_clean(path):
+    result = lint_file(path, progress=False)
+    assert (result.records, result.bad, result.duplicates) == (2, 0, 0), result.to_dict()
+    assert result.format == path.name.split(".")[0].removesuffix("-array")
+
+
+def test_max_bad_allows_a_fraction(capsys):
+    path = str(BAD / "missing_field.jsonl")  # 1 bad of 2
+    assert main(["data", "lint", path, "--max-bad", "0.4"]) == 1
+    assert main(["data", "lint", path, "--max-bad", "0.5"]) == 0
+    report = json.loads(_json_lint(capsys, path))
+    assert report["files"][0]["reasons"] == {"missing field 'tgt'": 1}
+
+
+def _json_lint(capsys, *args):
+    capsys.readouterr()
+    main(["data", "lint", *args, "--json", "--max-bad", "1"])
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("source", SFT_SOURCES)
+def test_convert_to_erniekit_sft_keeps_the_conversation(source, tmp_path):
+    out = tmp_path / "out.jsonl"
+    result = convert(GOOD / f"{source}.jsonl", out, "erniekit-sft", progress=False)
+    assert (result.records, result.written, dict(result.rejected)) == (2, 2, {})
+    records = lines_of(out)
+    for original, converted in zip(lines_of(GOOD / f"{source}.jsonl"), records, strict=True):
+        before = parse(source, original)
+        after = parse("erniekit-sft", converted)
+        assert (after.system, after.users, after.assistants) == (
+            before.system,
+            before.users,
+            before.assistants,
+        )
+        assert after.labels == before.labels
+    assert not list(tmp_path.glob(".*")), "no temporary files left behind"
+    assert not (tmp_path / "out.rejects.jsonl").exists()
+
+
+@pytest.mark.parametrize("source", DPO_SOURCES)
+def test_convert_to_erniekit_dpo_keeps_the_pair(source, tmp_path):
+    out = tmp_path / "out.jsonl"
+    result = convert(GOOD / f"{source}.jsonl", out, "erniekit-dpo", progress=False)
+    assert result.written == 2
+    for original, converted in zip(lines_of(GOOD / f"{source}.jsonl"), lines_of(out), strict=True):
+        before, after = parse(source, original), parse("erniekit-dpo", converted)
+        assert (after.chosen, after.rejected, after.users) == (before.chosen, before.rejected, before.users)
+
+
+def test_json_array_and_gzip_inputs(tmp_path):
+    assert (
+        convert(GOOD / "messages-array.json", tmp_path / "a.jsonl", "erniekit-sft", progress=False).written
+        == 2
+    )
+    assert (
+        convert(GOOD / "alpaca.jsonl.gz", tmp_path / "b.jsonl", "erniekit-sft", progress=False).written == 2
+    )
+
+
+def test_what_erniekit_cannot_express_goes_to_the_reject_file_with_its_line(tmp_path):
+    source = tmp_path / "in.jsonl"
+    records = [
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
+        {
+            "messages": [
+                {"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "w"}}]},
+            ]
+        },
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "What is this?"},
+                        {"type": "image_url", "image_url": {"url": "x.png"}},
+                    ],
+                },
+                {"role": "assistant", "content": "A cat."},
+            ]
+        },
+        {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "Hello"}]},
+    ]
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "out.jsonl"
+    result = convert(source, out, "erniekit-sft", progress=False)
+    assert (result.records, result.written, sum(result.rejected.values())) == (4, 1, 3)
+    rejects = lines_of(tmp_path / "out.rejects.jsonl")
+    assert [r["line"] for r in rejects] == [2, 3, 4]
+    assert (
+        "tool" in rejects[0]["reason"]
+        and "image_url" in rejects[1]["reason"]
+        and "empty" in rejects[2]["reason"]
+    )
+    assert rejects[0]["record"] == records[1]  # kept whole, nothing lost
+
+
+def test_preference_cannot_become_sft_and_says_so(tmp_path):
+    result = convert(GOOD / "preference.jsonl", tmp_path / "o.jsonl", "erniekit-sft", progress=False)
+    assert result.written == 0 and "erniekit-dpo" in next(iter(result.rejected))
+
+
+def test_convert_cli_refuses_to_overwrite_its_input(capsys):
+    path = str(GOOD / "messages.jsonl")
+    assert main(["data", "convert", path, path, "--to", "erniekit-sft"]) == 2
+    assert "overwrite the input" in capsys.readouterr().err
+
+
+def test_detect_names_each_format():
+    for path in GOOD.glob("*.jsonl"):
+        assert detect(lines_of(path)[0]) == path.stem
+
+
+@pytest.mark.slow
+def test_converted_records_read_back_through_erniekit_s_own_reader(tmp_path, tiny_dense):
+    """ERNIEKit's reader (process_example) and tokenizer see the same conversation we converted."""
+    from ernie.dataset.finetuning import process_example
+    from ernie.tokenizer import Ernie4_5_Tokenizer
+
+    tok = Ernie4_5_Tokenizer.from_pretrained(str(tiny_dense))
+    for source in ("messages", "sharegpt", "alpaca"):
+        out = tmp_path / f"{source}.jsonl"
+        convert(GOOD / f"{source}.jsonl", out, "erniekit-sft", progress=False)
+        for original, line in zip(
+            lines_of(GOOD / f"{source}.jsonl"), out.read_text().splitlines(), strict=True
+        ):
+            example = process_example(json.loads(line), str(out))
+            expected = parse(source, original)
+            want = ([{"role": "system", "content": expected.system}] if expected.system else []) + [
+                m
+                for u, a in zip(expected.users, expected.assistants, strict=True)
+                for m in ({"role": "user", "content": u}, {"role": "assistant", "content": a})
+            ]
+            assert example.request["messages"] == want
+            assert example.label == (expected.labels or [1] * len(expected.users))
+            assert len(tok.encode_chat_inputs(example.request)) == len(expected.users)
+
+
+@pytest.mark.slow
+def test_erniekit_trains_on_converted_messages(tmp_path, tiny_dense, repo):
+    data = tmp_path / "chat.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"Count to {i}"},
+                        {"role": "assistant", "content": " ".join(map(str, range(1, i + 2)))},
+                    ]
+                }
+            )
+            + "\n"
+            for i in range(16)
+        )
+    )
+    train = tmp_path / "train.jsonl"
+    assert main(["data", "convert", str(data), str(train), "--to", "erniekit-sft"]) == 0
+    cmd = [
+        sys.executable,
+        "-m",
+        "erniekit.launcher",
+        "train",
+        "recipes/tiny/sft_cpu.yaml",
+        f"model_name_or_path={tiny_dense}",
+        f"train_dataset_path={train}",
+        f"eval_dataset_path={train}",
+        f"output_dir={tmp_path / 'out'}",
+        "max_steps=2",
+    ]
+    result = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-2000:]
+    assert "SKIP" not in log
+    losses = [float(x) for x in re.findall(r"\bloss: ([-+\w.]+), learning_rate", log)]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+
+
+def test_split_is_exact_deterministic_and_complete(tmp_path):
+    source = tmp_path / "all.jsonl"
+    source.write_text("".join(json.dumps({"src": [f"q{i}"], "tgt": [f"a{i}"]}) + "\n" for i in range(200)))
+    train, ev, n_train, n_eval = split(source, 0.05, seed=0)
+    assert (n_train, n_eval) == (190, 10)
+    first = (train.read_text(), ev.read_text())
+    split(source, 0.05, seed=0)
+    assert (train.read_text(), ev.read_text()) == first
+    assert sorted(first[0].splitlines() + first[1].splitlines()) == sorted(source.read_text().splitlines())
+    split(source, 0.05, seed=1)
+    assert ev.read_text() != first[1]
+
+
+def test_split_refuses_what_it_cannot_split(tmp_path, capsys):
+    one = tmp_path / "one.jsonl"
+    one.write_text('{"src": ["q"], "tgt": ["a"]}\n')
+    assert main(["data", "split", str(one)]) == 2
+    assert "cannot be split" in capsys.readouterr().err
+
+
+def test_lint_with_the_tokenizer_counts_what_erniekit_drops(tiny_dense, tmp_path, capsys):
+    path = GOOD / "erniekit-sft.jsonl"
+    counter = TokenCounter(tiny_dense, max_seq_len=4096)
+    result = lint_file(path, tokens=counter, progress=False)
+    stats = result.tokens.summary()
+    assert stats["records"] == 2 and stats["dropped"] == 0 and 0 < stats["min"] <= stats["max"]
+    small = lint_file(path, tokens=TokenCounter(tiny_dense, max_seq_len=12), progress=False)
+    assert small.tokens.dropped == 2 and small.bad == 2
+    png = tmp_path / "h.png"
+    assert main(["data", "lint", str(path), "--tokenizer", str(tiny_dense), "--histogram", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert "median" in capsys.readouterr().out
+
+
+def test_preview_marks_exactly_the_trained_turns(tiny_dense, capsys):
+    assert (
+        main(
+            [
+                "data",
+                "preview",
+                str(GOOD / "erniekit-sft.jsonl"),
+                "--tokenizer",
+                str(tiny_dense),
+                "--color",
+                "never",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "[[Hello!<|end_of_sentence|>]]" in out
+    assert "User: 2+2?" in out and "[[4" not in out  # label 0: not trained on
+    assert "[[6<|end_of_sentence|>]]" in out
+
+
+def test_check_lints_the_recipe_datasets(repo, monkeypatch, capsys):
+    monkeypatch.chdir(repo)
+    recipe = str(HERE / "broken_recipes" / "valid_base.yaml")
+    bad = str(BAD / "missing_field.jsonl")
+    assert main(["check", recipe, f"train_dataset_path={bad}", "--format", "json"]) == 1
+    problems = json.loads(capsys.readouterr().out)["problems"]
+    assert any(
+        "1 of 2 records are bad" in p["message"] and "missing_field.jsonl:2" in p["message"] for p in problems
+    )
+    assert main(["check", recipe, f"train_dataset_path={bad}", "--no-data-lint"]) == 0
