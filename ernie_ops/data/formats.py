@@ -78,14 +78,34 @@ def detect(record: Any) -> str | None:
 
 
 def _text(value: Any, where: str, *, allow_empty: bool = False) -> str:
-    if not isinstance(value, str):
+    if type(value) is not str:
         raise Bad(f"{where} must be a string, got {type(value).__name__}")
-    if not allow_empty and not value.strip():
+    if not allow_empty and (not value or value.isspace()):
         raise Bad(f"{where} is empty")
-    bad = CONTROL.search(value)
-    if bad:
-        raise Bad(f"{where} contains the control character U+{ord(bad.group()):04X}")
     return value
+
+
+# A control character can only reach a string through a JSON escape (or a raw DEL byte): look for
+# those in the raw bytes first (C speed), and walk the record only when one is there.
+_ESCAPED_CONTROL = re.compile(rb"\\u00(?:0[0-8bBcCeEfF]|1[0-9a-fA-F]|7[fF])|\x7f")
+
+
+def control_character(raw: bytes, record: Any) -> str | None:
+    """The reason a record carries a control character (other than tab/newline/CR), else None."""
+    if not _ESCAPED_CONTROL.search(raw):
+        return None
+    stack = [("", record)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            bad = CONTROL.search(value)
+            if bad:
+                return f"{where or 'the record'} contains the control character U+{ord(bad.group()):04X}"
+        elif isinstance(value, dict):
+            stack.extend((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
+    return None
 
 
 def _texts(value: Any, where: str) -> list[str]:
@@ -206,9 +226,13 @@ ROLE_ALIASES = {
 TOOL_ROLES = {"tool", "function", "function_call", "observation", "ipython"}
 
 
-def _content(message: dict, where: str) -> str:
-    content = message.get("content", message.get("value"))
-    if isinstance(content, list):  # OpenAI content parts
+def _content(content: Any, where: str) -> str:
+    """A message's text: a string, or OpenAI content parts (text only; images are Unsupported)."""
+    if type(content) is str:
+        if not content or content.isspace():
+            raise Bad(f"{where}.content is empty")
+        return content
+    if isinstance(content, list):
         texts = []
         for i, part in enumerate(content):
             kind = part.get("type") if isinstance(part, dict) else None
@@ -220,44 +244,46 @@ def _content(message: dict, where: str) -> str:
                 )
             else:
                 raise Bad(f"{where}.content[{i}] has unknown type {kind!r}")
-        content = "".join(texts)
+        return _content("".join(texts), where)
     if content is None:
         raise Bad(f"{where} has no content")
-    return _text(content, f"{where}.content")
+    raise Bad(f"{where}.content must be a string, got {type(content).__name__}")
 
 
 def _turns(messages: Any, where: str, role_key: str) -> tuple[str | None, list[str], list[str], list[int]]:
-    """(system, users, assistants, labels) from a list of role/content messages, in strict order."""
+    """(system, users, assistants, labels) from a list of role/content messages, in strict order.
+    The hot loop of lint and convert: positions are formatted only when something is wrong."""
     if not isinstance(messages, list) or not messages:
         raise Bad(f"{where} must be a non-empty list")
+    content_key = "content" if role_key == "role" else "value"
     system, users, assistants, labels = None, [], [], []
     expected = "user"
     for i, m in enumerate(messages):
-        here = f"{where}[{i}]"
-        if not isinstance(m, dict):
-            raise Bad(f"{here} must be an object")
+        if type(m) is not dict:
+            raise Bad(f"{where}[{i}] must be an object")
         raw_role = m.get(role_key)
-        if raw_role in TOOL_ROLES or m.get("tool_calls") or m.get("function_call"):
-            raise Unsupported("tool calls / tool results: ERNIEKit's erniekit SFT format has no tool fields")
-        role = ROLE_ALIASES.get(raw_role) if isinstance(raw_role, str) else None
-        if role is None:
-            raise Bad(f"{here}.{role_key} {raw_role!r} is not user, assistant or system")
+        role = ROLE_ALIASES.get(raw_role) if type(raw_role) is str else None
+        if role is None or m.get("tool_calls") or m.get("function_call"):
+            if raw_role in TOOL_ROLES or m.get("tool_calls") or m.get("function_call"):
+                raise Unsupported(
+                    "tool calls / tool results: ERNIEKit's erniekit SFT format has no tool fields"
+                )
+            raise Bad(f"{where}[{i}].{role_key} {raw_role!r} is not user, assistant or system")
+        text = _content(m.get(content_key), f"{where}[{i}]")
         if role == "system":
             if i != 0:
-                raise Bad(f"{here}: a system message is only allowed first")
-            system = _content(m, here)
-            continue
-        if role != expected:
-            raise Bad(f"{here}: roles out of order ({role} where {expected} was expected)")
-        text = _content(m, here)
-        if role == "user":
+                raise Bad(f"{where}[{i}]: a system message is only allowed first")
+            system = text
+        elif role != expected:
+            raise Bad(f"{where}[{i}]: roles out of order ({role} where {expected} was expected)")
+        elif role == "user":
             users.append(text)
             expected = "assistant"
         else:
             assistants.append(text)
             weight = m.get("weight", 1)
-            if weight not in (0, 1):
-                raise Bad(f"{here}.weight must be 0 or 1")
+            if weight != 1 and weight != 0:
+                raise Bad(f"{where}[{i}].weight must be 0 or 1")
             labels.append(int(weight))
             expected = "user"
     return system, users, assistants, labels
@@ -287,9 +313,8 @@ def _side(value: Any, where: str) -> list[str]:
     if isinstance(value, str):
         return [_text(value, where)]
     if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
-        return [
-            _content(m, f"{where}[{i}]") for i, m in enumerate(value) if m.get("role") == "assistant"
-        ] or [_content(value[-1], f"{where}[-1]")]
+        answers = [m for m in value if m.get("role") == "assistant"] or value[-1:]
+        return [_content(m.get("content"), f"{where}[{i}]") for i, m in enumerate(answers)]
     raise Bad(f"{where} must be a string or a list of messages")
 
 

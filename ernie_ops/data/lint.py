@@ -13,7 +13,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ernie_ops.data.formats import FORMATS, Bad, Conversation, Parsed, Preference, Unsupported, detect, parse
+from ernie_ops.data.formats import (
+    FORMATS,
+    Bad,
+    Conversation,
+    Parsed,
+    Preference,
+    Unsupported,
+    control_character,
+    detect,
+    parse,
+)
 from ernie_ops.data.read import Item, read_items
 from ernie_ops.errors import UserError
 
@@ -101,7 +111,11 @@ def parsed_items(
                 yield item, None, None, f"bad: unknown format (fields: {keys}); pass --format"
                 continue
         try:
-            yield item, detected, parse(detected, item.value), None
+            parsed = parse(detected, item.value)
+            control = control_character(item.raw, item.value)
+            if control:
+                raise Bad(control)
+            yield item, detected, parsed, None
         except Bad as err:
             yield item, detected, None, f"bad: {err}"
         except Unsupported as err:
