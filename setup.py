@@ -40,6 +40,7 @@ setup(
         "tqdm>=4.60",
         "orjson>=3.9",  # data lint/convert: the fastest JSON parser available
         "numpy>=1.24",
+        "msgspec>=0.18",  # data lint/convert: typed decoding for the common formats
     ],
     extras_require={
         # CPU machines: Paddle CPU build + the ERNIEKit wheel that ships `ernie` (pins: constraints.txt)

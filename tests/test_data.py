@@ -288,3 +288,41 @@ def test_check_lints_the_recipe_datasets(repo, monkeypatch, capsys):
         "1 of 2 records are bad" in p["message"] and "missing_field.jsonl:2" in p["message"] for p in problems
     )
     assert main(["check", recipe, f"train_dataset_path={bad}", "--no-data-lint"]) == 0
+
+
+@pytest.mark.parametrize("fmt", ["messages", "sharegpt", "erniekit-sft", "alpaca"])
+def test_fast_path_accepts_exactly_what_the_precise_path_accepts(fmt):
+    from ernie_ops.data.fast import FAST, maybe_control
+    from ernie_ops.data.formats import Bad, Unsupported, control_character
+
+    raws = [
+        raw
+        for path in (GOOD / f"{fmt}.jsonl", *sorted(BAD.glob("*.jsonl")))
+        for raw in path.read_bytes().splitlines()
+    ]
+    user, bot = {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}
+    edge_cases = [  # what the corpus does not spell out
+        {"messages": [user, {**bot, "weight": 2}]},
+        {"messages": [user, {**bot, "name": "x"}]},
+        {"messages": [{**user, "content": "a\u0007"}, bot]},
+        {
+            "conversations": [
+                {"from": "system", "value": "s"},
+                {"from": "human", "value": "a"},
+                {"from": "gpt", "value": " "},
+            ]
+        },
+        {"src": "a", "tgt": "b", "system": 3},
+        {"instruction": "a", "input": 5, "output": "b"},
+    ]
+    raws += [json.dumps(r).encode() for r in edge_cases]
+    for raw in raws:
+        fast = None if maybe_control(raw) else FAST[fmt](raw)  # as parsed_items consults it
+        try:
+            value = json.loads(raw)
+            precise = parse(fmt, value)
+            accepted = control_character(raw, value) is None
+        except (ValueError, Bad, Unsupported):
+            precise, accepted = None, False
+        if fast is not None:
+            assert accepted and fast == precise, raw

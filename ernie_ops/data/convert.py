@@ -66,7 +66,8 @@ def convert(source: Path, out: Path, to: str, fmt: str = "auto", progress: bool 
             assert problem is not None
             reason = problem.partition(": ")[2]
             result.rejected[reason_kind(reason)] += 1
-            record = item.value if item.value is not None else item.raw.decode("utf-8", "replace")
+            value = item.load()
+            record = value if value is not None else item.raw.decode("utf-8", "replace")
             bad.write(dumps({"line": item.line, "reason": reason, "record": record}) + b"\n")
     if not result.rejected:
         result.rejects.unlink()

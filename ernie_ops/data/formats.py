@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 FORMATS = ("erniekit-sft", "erniekit-dpo", "erniekit-vl", "alpaca", "messages", "sharegpt", "preference")
-CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")  # C0 controls but tab, newline, CR
 
 
 class Bad(ValueError):
@@ -85,9 +85,9 @@ def _text(value: Any, where: str, *, allow_empty: bool = False) -> str:
     return value
 
 
-# A control character can only reach a string through a JSON escape (or a raw DEL byte): look for
-# those in the raw bytes first (C speed), and walk the record only when one is there.
-_ESCAPED_CONTROL = re.compile(rb"\\u00(?:0[0-8bBcCeEfF]|1[0-9a-fA-F]|7[fF])|\x7f")
+# A control character can only reach a string through a JSON escape (raw ones are invalid JSON):
+# look for those in the raw bytes first (C speed), and walk the record only when one is there.
+_ESCAPED_CONTROL = re.compile(rb"\\u00(?:0[0-8bBcCeEfF]|1[0-9a-fA-F])")
 
 
 def control_character(raw: bytes, record: Any) -> str | None:

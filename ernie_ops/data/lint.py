@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ernie_ops.data.fast import FAST, maybe_control
 from ernie_ops.data.formats import (
     FORMATS,
     Bad,
@@ -24,7 +25,7 @@ from ernie_ops.data.formats import (
     detect,
     parse,
 )
-from ernie_ops.data.read import Item, read_items
+from ernie_ops.data.read import UNPARSED, Item, read_items
 from ernie_ops.errors import UserError
 
 Report = Callable[[Path, int, str], None]  # (file, line, reason) for each bad record
@@ -96,23 +97,27 @@ def parsed_items(
     if fmt != "auto" and fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}", hint=f"one of: auto, {', '.join(FORMATS)}")
     detected = None if fmt == "auto" else fmt
+    fast = FAST.get(detected) if detected else None
     for item in _with_progress(path, read_items(path), progress):
+        if fast is not None and item.value is UNPARSED and not maybe_control(item.raw):
+            parsed = fast(item.raw)  # typed decoding: None sends the record down the precise path
+            if parsed is not None:
+                yield item, detected, parsed, None
+                continue
+        value = item.load()
         if item.error:
             yield item, detected, None, f"bad: {item.error}"
             continue
         if detected is None:
-            detected = detect(item.value)
+            detected = detect(value)
             if detected is None:
-                keys = (
-                    ", ".join(list(item.value)[:6])
-                    if isinstance(item.value, dict)
-                    else type(item.value).__name__
-                )
+                keys = ", ".join(list(value)[:6]) if isinstance(value, dict) else type(value).__name__
                 yield item, None, None, f"bad: unknown format (fields: {keys}); pass --format"
                 continue
+            fast = FAST.get(detected)
         try:
-            parsed = parse(detected, item.value)
-            control = control_character(item.raw, item.value)
+            parsed = parse(detected, value)
+            control = control_character(item.raw, value)
             if control:
                 raise Bad(control)
             yield item, detected, parsed, None

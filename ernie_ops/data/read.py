@@ -17,13 +17,24 @@ import orjson
 
 from ernie_ops.errors import UserError
 
+UNPARSED = object()
+
 
 @dataclass(slots=True)
 class Item:
     line: int
-    value: Any  # the parsed JSON, None when unreadable
-    raw: bytes  # the record's bytes (for duplicates and reject files)
+    value: Any  # the parsed JSON; UNPARSED until load(); None when unreadable
+    raw: bytes  # the record's bytes (for duplicates, reject files and typed fast paths)
     error: str | None = None
+
+    def load(self) -> Any:
+        """Parse the raw bytes (JSONL records are parsed only when a fast path needs it)."""
+        if self.value is UNPARSED:
+            try:
+                self.value = orjson.loads(self.raw)
+            except orjson.JSONDecodeError as err:
+                self.value, self.error = None, _json_error(self.raw, err)
+        return self.value
 
 
 def open_binary(path: Path) -> IO[bytes]:
@@ -51,16 +62,14 @@ def _first_byte(f: IO[bytes]) -> bytes:
 
 
 def _jsonl(path: Path) -> Iterator[Item]:
-    loads = orjson.loads
     with open_binary(path) as f:
         for number, raw in enumerate(f, 1):
-            raw = raw.strip()
-            if not raw:
+            # kept as read (JSON parsers allow the trailing newline; no copy on the hot path)
+            if raw.isspace():
                 continue  # ERNIEKit's reader skips blank lines too (json.loads fails, it moves on)
-            try:
-                yield Item(number, loads(raw), raw)
-            except orjson.JSONDecodeError as err:
-                yield Item(number, None, raw, _json_error(raw, err))
+            if raw[-1:] != b"\n":  # the last line: same bytes as the others, for duplicates
+                raw += b"\n"
+            yield Item(number, UNPARSED, raw)
 
 
 def _json_error(raw: bytes, err: Exception) -> str:
