@@ -31,9 +31,10 @@ def test_sft_full_on_the_tiny_model_writes_a_loadable_checkpoint(repo, tiny_dens
     assert len(losses) == 4, log[-3000:]
     assert all(math.isfinite(x) for x in losses)
     assert losses[-1] < losses[0]  # 4 steps at lr 1e-3 on a 48-example task move the loss down
-    for name in ("config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"):
+    # unified checkpoints: sharded names even for one shard
+    for name in ("config.json", "model.safetensors.index.json", "tokenizer.model", "tokenizer_config.json"):
         assert (out / name).is_file(), name
-    assert (out / "checkpoint-4" / "model.safetensors").is_file()
+    assert (out / "checkpoint-4" / "model-00001-of-00001.safetensors").is_file()
 
     import paddle
     from ernie.modeling_moe import Ernie4_5_MoeForCausalLM
@@ -41,7 +42,7 @@ def test_sft_full_on_the_tiny_model_writes_a_loadable_checkpoint(repo, tiny_dens
 
     before, after = (
         load_file(str(tiny_dense / "model.safetensors")),
-        load_file(str(out / "model.safetensors")),
+        load_file(str(out / "model-00001-of-00001.safetensors")),
     )
     assert set(before) == set(after)
     assert any((before[k] != after[k]).any() for k in before), "training changed no weight"

@@ -270,6 +270,9 @@ TINY: dict[str, Any] = {
     "save_steps": 4,
     "save_strategy": "steps",
     "disable_tqdm": True,
+    # resume on CPU needs it: without it ERNIEKit saves model.safetensors but resumes from
+    # model_state.pdparams ("Can't find a valid checkpoint"); the GPU recipes set it too
+    "unified_checkpoint": True,
 }
 
 OFFSET_NOTE = (
