@@ -86,7 +86,9 @@ def test_tiny_recipe_trains_on_cpu(entry, repo, tiny_dense, tmp_path):
     assert result.returncode == 0, log[-3000:]
     losses = [float(x) for x in LOSS.findall(log)]
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses), log[-2000:]
-    weights = "peft_model.safetensors.index.json" if "lora" in entry.method else "model.safetensors.index.json"
+    weights = (
+        "peft_model.safetensors.index.json" if "lora" in entry.method else "model.safetensors.index.json"
+    )
     assert (out / weights).is_file()
 
 

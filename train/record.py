@@ -50,6 +50,7 @@ class RunRecord:
     run_dir: str  # absolute
     recipe_source: str  # the recipe file the user gave
     overrides: list[str] = field(default_factory=list)
+    recipe_sha256: str | None = None  # of recipe.yaml: a resume refuses a changed recipe
     status: str = "created"
     stage: str = "SFT"
     fine_tuning: str = "LoRA"  # as ERNIEKit resolves it: Full or LoRA
@@ -57,7 +58,9 @@ class RunRecord:
     output_dir: str = ""  # absolute: where ERNIEKit writes checkpoints
     seed: int | None = None
     max_steps: int | None = None
-    versions: dict[str, str] = field(default_factory=dict)  # ernie_ops, erniekit, paddleformers, paddle, python
+    versions: dict[str, str] = field(
+        default_factory=dict
+    )  # ernie_ops, erniekit, paddleformers, paddle, python
     git_commit: str | None = None
     host: str = ""
     device: str = "cpu"  # cpu | gpu

@@ -12,13 +12,29 @@ from ernie_ops.cli.base import Subcommand
 from ernie_ops.cli.check import Check
 from ernie_ops.cli.data import Data
 from ernie_ops.cli.doctor import Doctor
+from ernie_ops.cli.export import Export
+from ernie_ops.cli.hub import Pull, Push
 from ernie_ops.cli.models import Models
 from ernie_ops.cli.recipes import Recipes
 from ernie_ops.cli.tiny_model import TinyModel
+from ernie_ops.cli.train import Train
+from ernie_ops.cli.verify import Verify
 from ernie_ops.errors import UserError
 from ernie_ops.log import setup_logging
 
-SUBCOMMANDS: tuple[type[Subcommand], ...] = (Doctor, Models, TinyModel, Check, Recipes, Data)
+SUBCOMMANDS: tuple[type[Subcommand], ...] = (
+    Doctor,
+    Models,
+    TinyModel,
+    Check,
+    Recipes,
+    Data,
+    Train,
+    Export,
+    Verify,
+    Pull,
+    Push,
+)
 
 EXAMPLES = """\
 examples:

@@ -1,0 +1,387 @@
+"""`ernie-ops export RUN_DIR`: the servable checkpoint of a finished run, verified and recorded.
+
+- LoRA runs: ERNIEKit's own export merges the adapter into the base weights
+  (`python -m erniekit.launcher export recipe.yaml lora=True device=cpu ...`). ERNIEKit always
+  writes to `<output_dir>/export/`, so it is pointed at a staging directory inside the run (the
+  adapter's files symlinked in) and the result is renamed to `<run_dir>/export/` only once it is
+  complete: a failure never leaves half an export behind.
+- Full runs: the final checkpoint already is servable; it is recorded in place (no copy of the
+  weights), after the config fix-ups below.
+
+Then the checkpoint is verified (`ernie_ops.train.verify`) and run.json records checkpoint,
+export and verification.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ernie_ops.errors import UserError
+from ernie_ops.train.record import EXPORT_DIR, LOG_DIR, RECIPE_FILE, RunRecord
+from ernie_ops.train.verify import (
+    CONFIG,
+    DENSE_ARCH,
+    GENERATION_CONFIG,
+    MOE_ARCH,
+    PREPROCESSOR_CONFIG,
+    TOKENIZER_FILES,
+    VerifyReport,
+    is_moe,
+    load_tensors,
+    verify_checkpoint,
+    weight_files,
+    weights_dtype,
+)
+
+log = logging.getLogger(__name__)
+
+EXPORT_LOG = "export.log"
+LOG_TAIL = 15  # lines of ERNIEKit's log quoted when its export fails
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# ERNIE 4.5's published sampling defaults (generation_config.json of the public checkpoints), for a
+# base model that has none
+GENERATION_DEFAULTS: dict[str, Any] = {
+    "do_sample": True,
+    "top_p": 0.8,
+    "temperature": 0.8,
+    "repetition_penalty": 1.0,
+    "frequency_penalty": 0.0,
+    "presence_penalty": 0.0,
+}
+
+
+class ExportFailed(Exception):
+    """ERNIEKit's export did not produce a checkpoint; the message quotes the end of its log."""
+
+
+@dataclass
+class ExportResult:
+    path: Path  # the servable checkpoint
+    checkpoint: Path  # the training checkpoint it came from (the adapter for LoRA)
+    merged: bool  # a LoRA merge was run
+    report: VerifyReport
+    record: RunRecord
+
+
+def export_run(run_dir: Path | str, **options: Any) -> Path:
+    """Export and verify a finished run; the servable checkpoint's path (see `export_and_verify`)."""
+    return export_and_verify(run_dir, **options).path
+
+
+def export_and_verify(
+    run_dir: Path | str,
+    *,
+    base_model: Path | str | None = None,
+    force: bool = False,
+    forward: bool = True,
+    timeout: float | None = None,
+) -> ExportResult:
+    """Export a finished run (merge LoRA, or locate the full checkpoint), verify it, record both."""
+    run_dir = Path(run_dir).resolve()
+    record = RunRecord.load(run_dir)
+    record.run_dir = str(run_dir)  # a moved run directory still saves where it is now
+    _require_succeeded(record)
+    output = _output_dir(record)
+    if record.is_lora:
+        checkpoint = _final_checkpoint(output, _is_adapter, "a LoRA adapter (lora_config.json + weights)")
+        base = _base_model(record, base_model)
+        path = merge_lora(run_dir, checkpoint, base, force=force, timeout=timeout)
+    else:
+        checkpoint = _final_checkpoint(output, _has_model_weights, "model weights (model.safetensors)")
+        path = checkpoint
+        for change in fix_config(path / CONFIG, weights_dtype(load_tensors(path)[0])):
+            log.info("%s: %s", path / CONFIG, change)
+        _readable(path, weight_files(path)[1])
+    log.info("verifying %s", path)
+    report = verify_checkpoint(path, forward=forward)
+    record.checkpoint, record.exported, record.verified = str(checkpoint), str(path), report.ok
+    record.save()
+    return ExportResult(path, checkpoint, record.is_lora, report, record)
+
+
+def _require_succeeded(record: RunRecord) -> None:
+    if record.status == "succeeded":
+        return
+    why = f": {record.failure}" if record.failure else ""
+    raise UserError(
+        f"run {record.name} did not succeed (status {record.status}{why}); there is nothing to export",
+        where=record.run_dir,
+        hint=f"see {Path(record.run_dir) / LOG_DIR / 'train.log'}; export a run whose status is succeeded",
+    )
+
+
+def _output_dir(record: RunRecord) -> Path:
+    output = Path(record.output_dir) if record.output_dir else None
+    if output is None or not output.is_dir():
+        raise UserError(
+            f"the run's output directory {record.output_dir or '(none recorded)'} does not exist",
+            where=record.run_dir,
+            hint="ERNIEKit's output_dir holds the checkpoint; was it moved or deleted?",
+        )
+    return output
+
+
+def _has_model_weights(path: Path) -> bool:
+    return bool(weight_files(path)[1])
+
+
+def _is_adapter(path: Path) -> bool:
+    # ERNIEKit's own test (is_valid_model_dir): a weights file next to the LoRA config
+    weights = any(p.is_file() and p.suffix in (".safetensors", ".pdparams") for p in path.iterdir())
+    return (path / "lora_config.json").is_file() and weights
+
+
+def _final_checkpoint(output: Path, complete: Callable[[Path], bool], what: str) -> Path:
+    """ERNIEKit's rule: output_dir itself when it holds the weights, else the highest checkpoint-N."""
+    if complete(output):
+        return output
+    steps = sorted(
+        (int(m.group(1)), p)
+        for p in output.iterdir()
+        if (m := CHECKPOINT.match(p.name)) and p.is_dir() and complete(p)
+    )
+    if not steps:
+        raise UserError(
+            f"no checkpoint in {output}: neither it nor a checkpoint-N directory holds {what}",
+            hint="the run ended before ERNIEKit saved; check save_steps / max_steps in the recipe",
+        )
+    return steps[-1][1]
+
+
+def _base_model(record: RunRecord, override: Path | str | None) -> Path:
+    """The base checkpoint the adapter was trained on; the merge needs its weights on disk."""
+    name = str(override or record.model_name_or_path or _recipe_value(record, "model_name_or_path") or "")
+    candidates = [Path(name).expanduser()]
+    if not candidates[0].is_absolute():
+        candidates.append(Path(record.run_dir) / name)
+    for path in candidates:
+        if name and (path / CONFIG).is_file():
+            return path.resolve()
+    raise UserError(
+        f"the base model {name or '(none recorded)'} is not a local checkpoint directory",
+        where=record.run_dir,
+        hint="merging LoRA needs the base weights on disk: pass --base-model DIR",
+    )
+
+
+def _recipe_value(record: RunRecord, key: str) -> Any:
+    import yaml
+
+    recipe = Path(record.run_dir) / RECIPE_FILE
+    if not recipe.is_file():
+        return None
+    values = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
+    return values.get(key) if isinstance(values, dict) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# the LoRA merge
+
+
+def merge_lora(
+    run_dir: Path, adapter: Path, base: Path, *, force: bool = False, timeout: float | None = None
+) -> Path:
+    """Merge `adapter` into `base` with ERNIEKit's export; `<run_dir>/export/` appears complete or
+    not at all."""
+    target = run_dir / EXPORT_DIR
+    if target.exists() and not force:
+        raise UserError(
+            f"{target} already exists",
+            hint=f"pass --force to export again, or check it with `ernie-ops verify {target}`",
+        )
+    recipe = run_dir / RECIPE_FILE
+    if not recipe.is_file():
+        raise UserError(f"{recipe} is missing; ERNIEKit's export reads the run's recipe", where=str(run_dir))
+    staging = Path(tempfile.mkdtemp(prefix=f".{EXPORT_DIR}-", dir=run_dir))  # same filesystem: rename
+    try:
+        # ERNIEKit writes <output_dir>/export and reads the adapter from output_dir, so the staging
+        # output_dir gets the adapter's files as symlinks (nothing big is copied)
+        work = staging / "output"
+        work.mkdir()
+        for file in adapter.iterdir():
+            if file.is_file():
+                (work / file.name).symlink_to(file.resolve())
+        produced = _erniekit_export(recipe, base, work, run_dir / LOG_DIR / EXPORT_LOG, timeout)
+        complete_export(produced, base, adapter)
+        _replace(target, produced, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("wrote %s", target)
+    return target
+
+
+def _erniekit_export(recipe: Path, base: Path, work: Path, log_file: Path, timeout: float | None) -> Path:
+    cmd = [
+        sys.executable,
+        "-m",
+        "erniekit.launcher",  # `erniekit export` would go through its GPU launcher
+        "export",
+        str(recipe),
+        "lora=True",
+        "device=cpu",  # ERNIEKit refuses a LoRA merge on "gpu"; on CPU it merges in numpy
+        f"model_name_or_path={base}",
+        f"output_dir={work}",
+    ]
+    log.info("merging the LoRA adapter into %s with ERNIEKit's export (log: %s)", base, log_file)
+    rc = _run_logged(cmd, log_file, cwd=work.parent, timeout=timeout)
+    produced = work / EXPORT_DIR
+    if rc != 0:
+        raise ExportFailed(_failure(f"ERNIEKit's export exited with status {rc}", log_file))
+    if not produced.is_dir() or not _has_model_weights(produced):
+        raise ExportFailed(_failure("ERNIEKit's export ended without writing merged weights", log_file))
+    # the merge runs in worker processes whose exceptions are printed but not propagated: ERNIEKit
+    # then logs "Successfully finished merging", exits 0 and leaves an index naming shards it never
+    # wrote. Only the output itself tells, so compare it with the base.
+    merged, problems = load_tensors(produced)
+    lost = sorted(set(load_tensors(base)[0]) - set(merged))
+    if problems or lost:
+        what = "; ".join(problems) or f"{len(lost)} base tensor(s) missing, e.g. {lost[0]}"
+        raise ExportFailed(
+            _failure(f"ERNIEKit's export exited 0 but its output is incomplete ({what})", log_file)
+        )
+    return produced
+
+
+def _run_logged(cmd: list[str], log_file: Path, cwd: Path, timeout: float | None) -> int:
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log_file.open("w", encoding="utf-8") as out:
+        out.write("$ " + " ".join(cmd) + "\n")
+        out.flush()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired as err:
+            _stop(proc)
+            message = f"ERNIEKit's export did not finish in {timeout:.0f} s"
+            raise ExportFailed(_failure(message, log_file)) from err
+        except BaseException:  # Ctrl-C: do not leave the merge running behind us
+            _stop(proc)
+            raise
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _failure(message: str, log_file: Path) -> str:
+    lines = [ANSI.sub("", line) for line in log_file.read_text(errors="replace").splitlines()]
+    tail = "\n".join(f"  | {line}" for line in lines[-LOG_TAIL:])
+    return f"{message}; nothing was exported. Last lines of {log_file}:\n{tail}"
+
+
+def _replace(target: Path, produced: Path, staging: Path) -> None:
+    """Move the finished export into place; an old one (--force) is set aside first, then removed
+    with the staging directory."""
+    if target.exists():
+        target.rename(staging / "previous")
+    produced.rename(target)
+
+
+# ---------------------------------------------------------------------------------------------
+# what ERNIEKit's export leaves out
+
+
+def complete_export(export: Path, base: Path, adapter: Path) -> None:
+    """Make ERNIEKit's merged output a checkpoint that serves like the public ERNIE 4.5 ones."""
+    config = export / CONFIG
+    if not config.is_file():
+        # ERNIEKit copies the base's config.json and only logs at DEBUG when there is none; the
+        # adapter directory has the config ERNIEKit trained with
+        _copy_first(CONFIG, export, adapter)
+    for change in fix_config(config, weights_dtype(load_tensors(export)[0])):
+        log.info("export config.json: %s", change)
+    # ERNIEKit copies tokenizer.model, tokenizer_config.json and special_tokens_map.json from the
+    # base (silently skipping missing ones) and never generation_config.json (sampling defaults and
+    # eos for servers) nor preprocessor_config.json (VL image processing)
+    for name in (*TOKENIZER_FILES, "added_tokens.json", GENERATION_CONFIG, PREPROCESSOR_CONFIG):
+        if not (export / name).exists():
+            _copy_first(name, export, base, adapter)
+    if not (export / GENERATION_CONFIG).exists():
+        _write_generation_defaults(export)
+    _ensure_chat_template(export / "tokenizer_config.json", adapter / "tokenizer_config.json")
+    _readable(export, [p.name for p in export.iterdir() if p.is_file()])
+
+
+def fix_config(path: Path, dtype: str | None) -> list[str]:
+    """Make config.json a Paddle ERNIE 4.5 config; the changes made, in words."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    changes = []
+    torch_dtype = config.pop("torch_dtype", None)
+    if torch_dtype is not None:
+        # a PyTorch (Hugging Face) key: Paddle loaders read "dtype", and its presence makes the
+        # checkpoint look like a PyTorch one to tools that tell the two apart by it
+        changes.append(f'removed "torch_dtype": {torch_dtype!r}')
+    if "dtype" not in config and (dtype or torch_dtype):
+        # ERNIEKit's trained config.json has no "dtype" (its config class does not save one);
+        # without it PaddleFormers falls back to float32 whatever the weights are
+        config["dtype"] = dtype or torch_dtype
+        changes.append(f'set "dtype": {config["dtype"]!r} (the dtype of the weights)')
+    if not is_moe(config) and config.get("architectures") == [MOE_ARCH]:
+        # ERNIEKit saves every model as its MoE class; a model without experts is the dense
+        # architecture, which FastDeploy dispatches on (as in ERNIE-4.5-0.3B's own config.json)
+        config.update(architectures=[DENSE_ARCH], model_type="ernie4_5")
+        changes.append(f"architectures {MOE_ARCH} -> {DENSE_ARCH} (no experts)")
+    if changes:
+        _write_json(path, config)
+    return changes
+
+
+def _copy_first(name: str, dest: Path, *sources: Path) -> None:
+    for source in sources:
+        if (source / name).is_file():
+            shutil.copy2(source / name, dest / name)
+            return
+
+
+def _write_generation_defaults(export: Path) -> None:
+    config = json.loads((export / CONFIG).read_text(encoding="utf-8"))
+    ids = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
+    _write_json(export / GENERATION_CONFIG, {**GENERATION_DEFAULTS, **ids})
+
+
+def _ensure_chat_template(path: Path, fallback: Path) -> None:
+    """A base without a chat template (a pre-trained, not chat, model) gets the one the run trained
+    with: ERNIEKit's data pipeline formats every example with it, so that is what the model learnt."""
+    if not path.is_file() or not fallback.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    template = json.loads(fallback.read_text(encoding="utf-8")).get("chat_template")
+    if not config.get("chat_template") and template:
+        config["chat_template"] = template
+        _write_json(path, config)
+
+
+def _readable(directory: Path, names: list[str]) -> None:
+    # safetensors' save_file creates files with mode 0600 (ERNIEKit's merged shard, its full
+    # checkpoints); a server running as another user (a container, a service account) could not
+    # read them. Give them the mode any other file gets here (0666 less the umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in names:
+        file = directory / name
+        if file.is_file() and not file.is_symlink():
+            file.chmod(0o666 & ~umask)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

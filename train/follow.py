@@ -1,0 +1,228 @@
+"""Follow ERNIEKit while it runs: parse its log into metrics, show progress, and never hang.
+
+The watchdog stops a run that stops making progress (no new log line for `stall_seconds`) or whose
+data-loader thread died (ERNIEKit's main process then waits forever, see shared reference), and
+says what it saw. Ctrl-C (or SIGTERM) stops the whole process tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+STEP = re.compile(r"\bloss: (?P<loss>[-+\w.]+), learning_rate: (?P<lr>[-+\w.]+), global_step: (?P<step>\d+)")
+EVAL = re.compile(r"\beval_loss: (?P<loss>[-+\w.]+),")
+PAIR = re.compile(r"(\w+): ([-+]?[\d.]+(?:[eE][-+]?\d+)?|nan|inf)")
+# ERNIEKit's data loader thread dies with this when every example was skipped; the main process
+# then waits forever for a batch.
+LOADER_DIED = (
+    re.compile(r"Exception in thread .*DataLoader|Exception in thread"),
+    re.compile(r"int\(\) argument must be .*NoneType"),
+)
+SKIPPED = re.compile(r"\[SKIP\]|even one turn|Skip (loading|parsing) error data")
+LOADER_GRACE_S = 10.0  # after the loader dies: time for ERNIEKit to fail on its own
+
+
+@dataclass
+class Outcome:
+    exit_code: int | None
+    status: str  # succeeded | failed | stopped | interrupted
+    failure: str | None = None
+    last_step: int | None = None
+    tail: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Follower:
+    """Reads ERNIEKit's output line by line and turns it into metrics, progress and verdicts."""
+
+    metrics_path: Path
+    log_path: Path
+    max_steps: int | None
+    on_step: Callable[[dict[str, Any]], None] | None = None
+    echo: bool = False
+    records: int | None = None  # training records: a run that skips each of them twice is hopeless
+    tail: deque = field(default_factory=lambda: deque(maxlen=40))
+    last_step: int | None = None
+    skipped: int = 0
+    skipped_since_step: int = 0
+    loader_died_at: float | None = None
+    last_progress: float = field(default_factory=time.monotonic)  # a step, or any line but a skip
+
+    @property
+    def skipping_everything(self) -> bool:
+        """ERNIEKit's iterable dataset loops forever when every example is skipped, logging [SKIP]."""
+        return self.records is not None and self.skipped_since_step > 2 * self.records + 10
+
+    def feed(self, line: str) -> None:
+        line = ANSI.sub("", line.rstrip("\n"))
+        self.tail.append(line)
+        if self.echo:
+            print(line, flush=True)
+        if SKIPPED.search(line):
+            self.skipped += 1
+            self.skipped_since_step += 1
+        else:
+            self.last_progress = time.monotonic()
+        if self.loader_died_at is None and any(p.search(line) for p in LOADER_DIED):
+            self.loader_died_at = time.monotonic()
+        step = STEP.search(line)
+        if step:
+            record = _numbers(line[step.start() :])
+            record["step"] = int(step.group("step"))
+            record["time"] = round(time.time(), 3)
+            self.last_step = record["step"]
+            self.skipped_since_step = 0
+            self._write(record)
+            if self.on_step:
+                self.on_step(record)
+            return
+        evaluation = EVAL.search(line)
+        if evaluation:
+            numbers = _numbers(line[evaluation.start() :])
+            record = {k: v for k, v in numbers.items() if k.startswith("eval_")}
+            record["step"] = self.last_step
+            record["time"] = round(time.time(), 3)
+            self._write(record)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        with self.metrics_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _numbers(text: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in PAIR.findall(text):
+        try:
+            out[key] = float(value)
+        except ValueError:
+            continue
+    if "global_step" in out:
+        out.pop("global_step")
+    return out
+
+
+def _pump(stream: IO[str], lines: queue.Queue, log: IO[str]) -> None:
+    for line in stream:
+        log.write(line)
+        log.flush()
+        lines.put(line)
+    lines.put(None)
+
+
+def kill_tree(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM the child's process group (paddle.distributed.launch workers included), then SIGKILL."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def supervise(
+    command: list[str],
+    env: dict[str, str],
+    follower: Follower,
+    stall_seconds: float,
+    cwd: Path | None = None,
+) -> Outcome:
+    """Run the command to its end, the watchdog's verdict, or Ctrl-C; never hang."""
+    with follower.log_path.open("a", encoding="utf-8") as log:
+        process = subprocess.Popen(
+            command,
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,  # its own process group: one signal reaches every worker
+        )
+        lines: queue.Queue = queue.Queue()
+        assert process.stdout is not None
+        threading.Thread(target=_pump, args=(process.stdout, lines, log), daemon=True).start()
+        previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            return _watch(process, lines, follower, stall_seconds)
+        except KeyboardInterrupt:
+            kill_tree(process)
+            return Outcome(
+                process.returncode, "interrupted", "interrupted (Ctrl-C or SIGTERM)", follower.last_step
+            )
+        finally:
+            signal.signal(signal.SIGTERM, previous_term)
+            kill_tree(process)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _watch(
+    process: subprocess.Popen, lines: queue.Queue, follower: Follower, stall_seconds: float
+) -> Outcome:
+    finished = False
+    while not finished:
+        try:
+            line = lines.get(timeout=1.0)
+        except queue.Empty:
+            line = ""
+        if line is None:
+            finished = True
+        elif line:
+            follower.feed(line)
+        now = time.monotonic()
+        if follower.skipping_everything:
+            kill_tree(process)
+            why = (
+                f"ERNIEKit skipped {follower.skipped_since_step} examples in a row without a training step "
+                f"({follower.records} records): none fits (max_seq_len? chat template?), it would loop "
+                "forever. "
+                "See which: ernie-ops data lint TRAIN.jsonl --tokenizer MODEL_DIR --max-seq-len N"
+            )
+            return Outcome(process.returncode, "stopped", why, follower.last_step, list(follower.tail))
+        if follower.loader_died_at is not None and now - follower.loader_died_at > LOADER_GRACE_S:
+            kill_tree(process)
+            why = "ERNIEKit's data loader died and its main process would wait forever"
+            if follower.skipped:
+                why += f"; it skipped {follower.skipped} example(s) first: no usable record left"
+            return Outcome(process.returncode, "stopped", why, follower.last_step, list(follower.tail))
+        if not finished and now - follower.last_progress > stall_seconds:
+            kill_tree(process)
+            why = f"no progress for {stall_seconds:.0f} s (no training step, no log line but skips): stalled"
+            if follower.skipped:
+                why += f" after skipping {follower.skipped} example(s) (likely every record was unusable)"
+            return Outcome(process.returncode, "stopped", why, follower.last_step, list(follower.tail))
+    code = process.wait()
+    if code == 0:
+        return Outcome(0, "succeeded", None, follower.last_step, list(follower.tail))
+    return Outcome(code, "failed", _diagnose(follower.tail, code), follower.last_step, list(follower.tail))
+
+
+def _diagnose(tail: deque, code: int) -> str:
+    """The most telling line of a failure: the last exception message, if there is one."""
+    for line in reversed(tail):
+        match = re.match(r"^\s*(\w+(?:Error|Exception)|RuntimeError|NotFound)[:(].*", line)
+        if match:
+            return f"ERNIEKit exited with {code}: {line.strip()[:400]}"
+    return f"ERNIEKit exited with {code}"
