@@ -43,3 +43,30 @@ def test_setup_with_a_missing_interpreter_fails_clearly(repo, tmp_path):
     assert result.returncode == 2
     assert "no Python interpreter 'python-that-does-not-exist'" in result.stderr
     assert not (tmp_path / "venv").exists()
+
+
+def test_train_scripts_explain_themselves(repo):
+    for name in ("train.sh", "train_multinode.sh"):
+        result = subprocess.run(
+            ["bash", str(repo / "scripts" / name), "--help"], capture_output=True, text=True
+        )
+        assert result.returncode == 2 and "ernie-ops" in result.stdout + result.stderr
+
+
+def test_multinode_script_checks_its_environment_first(repo):
+    env = {k: v for k, v in os.environ.items() if k not in ("NNODES", "MASTER")}
+    result = subprocess.run(
+        ["bash", str(repo / "scripts" / "train_multinode.sh"), "x.yaml"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 2 and "NNODES MASTER" in result.stderr
+    env.update(NNODES="1", MASTER="10.0.0.1:8080")
+    result = subprocess.run(
+        ["bash", str(repo / "scripts" / "train_multinode.sh"), "x.yaml"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 2 and "2 or more" in result.stderr

@@ -1,0 +1,258 @@
+"""`ernie-ops train`: the launch command, then real ERNIEKit runs on CPU end to end (record, metrics,
+checkpoint, export, verify), a run killed and resumed, and runs that must be refused or stopped."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ernie_ops.errors import UserError
+from ernie_ops.train.launch import build_command, launch_env, parse_gpus
+from ernie_ops.train.record import RunRecord
+
+# ----------------------------------------------------------------------------------- launch command
+
+
+def test_cpu_command_is_the_single_process_launcher(tmp_path):
+    cmd = build_command(tmp_path / "r.yaml", [], tmp_path / "logs")
+    assert cmd == [sys.executable, "-m", "erniekit.launcher", "train", str(tmp_path / "r.yaml")]
+
+
+def test_one_gpu_uses_paddle_distributed_launch(tmp_path):
+    cmd = build_command(tmp_path / "r.yaml", [0], tmp_path / "logs")
+    assert cmd[:3] == [sys.executable, "-m", "paddle.distributed.launch"]
+    assert cmd[cmd.index("--gpus") + 1] == "0"
+    assert cmd[cmd.index("--log_dir") + 1] == str(tmp_path / "logs")
+    assert "--master" not in cmd and "--nnodes" not in cmd
+    assert cmd[-3].endswith("erniekit/launcher.py") and cmd[-2:] == ["train", str(tmp_path / "r.yaml")]
+
+
+def test_eight_gpus(tmp_path):
+    cmd = build_command(tmp_path / "r.yaml", list(range(8)), tmp_path / "logs")
+    assert cmd[cmd.index("--gpus") + 1] == "0,1,2,3,4,5,6,7"
+
+
+def test_two_nodes_of_eight_gpus(tmp_path):
+    cmd = build_command(
+        tmp_path / "r.yaml", list(range(8)), tmp_path / "logs", nnodes=2, master="10.0.0.1:8080"
+    )
+    assert cmd[cmd.index("--master") + 1] == "10.0.0.1:8080"
+    assert cmd[cmd.index("--nnodes") + 1] == "2"
+    assert cmd.index("--nnodes") < cmd.index("train")
+
+
+def test_nodes_need_a_master_and_gpus(tmp_path):
+    with pytest.raises(UserError, match="--master"):
+        build_command(tmp_path / "r.yaml", [0, 1], tmp_path, nnodes=2)
+    with pytest.raises(UserError, match="needs GPUs"):
+        build_command(tmp_path / "r.yaml", [], tmp_path, nnodes=2)
+
+
+def test_stale_paddle_variables_are_dropped():
+    env = launch_env({"PADDLE_TRAINER_ID": "3", "PADDLE_TRAINERS_NUM": "8", "HOME": "/root"})
+    assert "PADDLE_TRAINER_ID" not in env and "PADDLE_TRAINERS_NUM" not in env and env["HOME"] == "/root"
+    assert env["FLAGS_set_to_1d"] == "False" and env["PYTHONUNBUFFERED"] == "1"
+
+
+@pytest.mark.parametrize("text", ["0,0", "a", "", "-1"])
+def test_bad_gpu_lists_are_user_errors(text):
+    with pytest.raises(UserError):
+        parse_gpus(text)
+
+
+# ----------------------------------------------------------------------------------- real runs
+
+
+def train(cli, repo, runs, *args, timeout=600):
+    return cli("train", *args, "--runs-dir", str(runs), "--gpus", "cpu", cwd=repo, timeout=timeout)
+
+
+def only_run(runs: Path) -> Path:
+    (run,) = [p for p in runs.iterdir() if p.is_dir()]
+    return run
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["sft_cpu", "sft_lora_cpu", "dpo_lora_cpu"])
+def test_tiny_recipe_runs_end_to_end_and_exports(recipe, cli, repo, tiny_dense, tmp_path):
+    runs = tmp_path / "runs"
+    result = train(cli, repo, runs, f"recipes/tiny/{recipe}.yaml", f"model_name_or_path={tiny_dense}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = only_run(runs)
+    record = RunRecord.load(run)
+    assert (record.status, record.exit_code, record.last_step, record.max_steps) == ("succeeded", 0, 4, 4)
+    assert record.versions["erniekit"] and record.versions["paddle"] and record.command
+    assert record.data and all(len(d.sha256) == 64 and d.records for d in record.data)
+    assert (run / "recipe.yaml").is_file() and (run / "logs" / "train.log").is_file()
+    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    losses = [m["loss"] for m in metrics(run) if "loss" in m]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    if recipe == "sft_cpu":
+        assert losses[-1] < losses[0]  # lr 1e-3 on a 48-example task: the loss moves down
+    else:
+        assert all(0 < x < 20 for x in losses)
+    assert record.checkpoint and Path(record.checkpoint).is_dir()
+
+    exported = cli("export", str(run), cwd=repo, timeout=600)
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    record = RunRecord.load(run)
+    assert record.verified is True and Path(record.exported).is_dir()
+    verified = cli("verify", record.exported, cwd=repo, timeout=300)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+@pytest.mark.gpu
+def test_full_dpo_runs_on_a_gpu(cli, repo, tiny_dense, tmp_path):
+    """Full DPO does not run on CPU with ERNIEKit 1.0.1: its trainer wraps the reference model with
+    fleet.distributed_model, which needs a distributed (GPU) launch. `ernie-ops check` refuses it on
+    device cpu; on a GPU node this test runs it."""
+    runs = tmp_path / "runs"
+    result = cli(
+        "train",
+        "recipes/tiny/dpo_lora_cpu.yaml",
+        f"model_name_or_path={tiny_dense}",
+        "fine_tuning=Full",
+        "device=gpu",
+        "--gpus",
+        "0",
+        "--runs-dir",
+        str(runs),
+        cwd=repo,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_same_final_step(repo, tiny_dense, tmp_path):
+    runs = tmp_path / "runs"
+    exe = shutil.which("ernie-ops", path=str(Path(sys.executable).parent))
+    args = [
+        exe,
+        "train",
+        "recipes/tiny/sft_cpu.yaml",
+        f"model_name_or_path={tiny_dense}",
+        "max_steps=60",
+        "save_steps=5",
+        "eval_steps=1000",
+        "--runs-dir",
+        str(runs),
+        "--gpus",
+        "cpu",
+    ]
+    first = subprocess.Popen(args, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        runs_now = [p for p in runs.iterdir()] if runs.is_dir() else []
+        done = runs_now and (runs_now[0] / "metrics.jsonl").is_file() and len(metrics(runs_now[0])) >= 12
+        if done or first.poll() is not None:
+            break
+        time.sleep(0.2)
+    first.send_signal(signal.SIGINT)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 130, out + err
+    run = only_run(runs)
+    record = RunRecord.load(run)
+    assert record.status == "interrupted" and record.last_step < 60
+    interrupted_at = record.last_step
+
+    resumed = subprocess.run(
+        [exe, "train", "--resume", str(run)], cwd=repo, capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    record = RunRecord.load(run)
+    assert record.status == "succeeded" and record.last_step == 60
+    (checkpoint,) = record.resumed_from
+    resumed_step = int(checkpoint.rsplit("checkpoint-", 1)[1])
+    assert 5 <= resumed_step <= interrupted_at  # the last complete checkpoint, not step 0
+    steps = [m["step"] for m in metrics(run) if "loss" in m]
+    assert steps[-1] == 60 and resumed_step + 1 in steps[steps.index(interrupted_at) + 1 :]
+
+
+@pytest.mark.slow
+def test_a_run_whose_every_example_is_skipped_is_stopped_not_hung(cli, repo, tiny_dense, tmp_path):
+    runs = tmp_path / "runs"
+    start = time.monotonic()
+    # every record is longer than 16 tokens: ERNIEKit skips each one and would loop forever
+    result = train(
+        cli,
+        repo,
+        runs,
+        "recipes/tiny/sft_cpu.yaml",
+        f"model_name_or_path={tiny_dense}",
+        "max_seq_len=16",
+        "--stall-timeout",
+        "300",
+    )
+    assert result.returncode == 1
+    assert time.monotonic() - start < 200
+    assert "skipped" in result.stderr and "data lint" in result.stderr
+    record = RunRecord.load(only_run(runs))
+    assert record.status == "stopped" and "skipped" in record.failure
+
+
+def test_a_dataset_the_lint_rejects_is_refused_before_launch(cli, repo, tiny_dense, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"src": ["hi"], "tgt": [""]}\n{"src": ["yo"], "tgt": ["  "]}\n')
+    runs = tmp_path / "runs"
+    result = train(
+        cli,
+        repo,
+        runs,
+        "recipes/tiny/sft_cpu.yaml",
+        f"model_name_or_path={tiny_dense}",
+        f"train_dataset_path={bad}",
+    )
+    assert result.returncode == 1
+    assert "refused" in result.stderr and "2 of 2 records are bad" in result.stderr
+    assert not runs.exists(), "nothing is created for a refused run"
+
+
+def test_dry_run_prints_the_recipe_and_command_and_launches_nothing(cli, repo, tiny_dense, tmp_path):
+    runs = tmp_path / "runs"
+    result = train(
+        cli, repo, runs, "recipes/tiny/sft_cpu.yaml", f"model_name_or_path={tiny_dense}", "--dry-run"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "erniekit.launcher train" in result.stdout and f"model_name_or_path: {tiny_dense}" in result.stdout
+    assert "output_dir: " + str(runs.resolve()) in result.stdout
+    assert not runs.exists()
+
+
+def test_resume_refuses_a_changed_recipe(cli, repo, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text("stage: SFT\n")
+    RunRecord(
+        name="x",
+        run_dir=str(run),
+        recipe_source="x.yaml",
+        status="interrupted",
+        recipe_sha256="0" * 64,
+        output_dir=str(run / "output"),
+    ).save()
+    result = cli("train", "--resume", str(run), cwd=repo)
+    assert (
+        result.returncode == 2
+        and "changed since the run started" in result.stderr
+        and "--force" in result.stderr
+    )
+
+
+def test_train_needs_a_recipe_or_resume(cli, repo):
+    result = cli("train", cwd=repo)
+    assert result.returncode == 2 and "--resume" in result.stderr
+    result = cli("train", "nope.yaml", cwd=repo)
+    assert result.returncode == 2 and "no such recipe" in result.stderr
