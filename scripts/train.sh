@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
 if [ "$#" -eq 0 ]; then usage >&2; exit 2; fi
 if [ "$1" = "-h" ] || [ "$1" = "--help" ]; then usage; exit 0; fi
 if [ ! -x "$VENV/bin/ernie-ops" ]; then
