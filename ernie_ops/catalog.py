@@ -17,6 +17,16 @@ from dataclasses import asdict, dataclass, field, replace
 
 from ernie_ops.errors import UserError, did_you_mean
 
+# ERNIE 4.5's published sampling defaults (generation_config.json of the public checkpoints)
+GENERATION_DEFAULTS: dict[str, object] = {
+    "do_sample": True,
+    "top_p": 0.8,
+    "temperature": 0.8,
+    "repetition_penalty": 1.0,
+    "frequency_penalty": 0.0,
+    "presence_penalty": 0.0,
+}
+
 
 @dataclass(frozen=True)
 class VisionSpec:

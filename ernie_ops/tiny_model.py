@@ -297,16 +297,7 @@ def _write_model(out: Path, spec: TinySpec, seed: int) -> None:
 
 
 def _write_generation_config(out: Path) -> None:
-    # ERNIE 4.5's published sampling defaults (generation_config.json of the public checkpoints)
-    config = {
-        "do_sample": True,
-        "top_p": 0.8,
-        "temperature": 0.8,
-        "repetition_penalty": 1.0,
-        "frequency_penalty": 0.0,
-        "presence_penalty": 0.0,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "pad_token_id": 0,
-    }
+    from ernie_ops.catalog import GENERATION_DEFAULTS
+
+    config = {**GENERATION_DEFAULTS, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
     (out / "generation_config.json").write_text(json.dumps(config, indent=2) + "\n")

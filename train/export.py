@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ernie_ops.catalog import GENERATION_DEFAULTS
 from ernie_ops.errors import UserError
 from ernie_ops.train.record import EXPORT_DIR, LOG_DIR, RECIPE_FILE, RunRecord
 from ernie_ops.train.verify import (
@@ -50,16 +51,6 @@ EXPORT_LOG = "export.log"
 LOG_TAIL = 15  # lines of ERNIEKit's log quoted when its export fails
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# ERNIE 4.5's published sampling defaults (generation_config.json of the public checkpoints), for a
-# base model that has none
-GENERATION_DEFAULTS: dict[str, Any] = {
-    "do_sample": True,
-    "top_p": 0.8,
-    "temperature": 0.8,
-    "repetition_penalty": 1.0,
-    "frequency_penalty": 0.0,
-    "presence_penalty": 0.0,
-}
 
 
 class ExportFailed(Exception):
