@@ -1,0 +1,178 @@
+"""Before FastDeploy starts: the model is a verified local checkpoint (a missing path makes
+FastDeploy try a hub download; a LoRA adapter cannot be served), the ports are free and do not
+collide with another instance, and the GPUs exist with enough memory for the plan."""
+
+from __future__ import annotations
+
+import json
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from ernie_ops.catalog import MODELS, ModelSpec
+from ernie_ops.errors import UserError
+
+STATE_DIR = Path("runs") / "serve"  # one JSON per running server: status / stop read them
+
+
+@dataclass
+class Target:
+    model_dir: Path
+    spec: ModelSpec | None  # the catalog model it is (None: not a public ERNIE 4.5 shape, e.g. tiny)
+    is_vl: bool
+    is_moe: bool
+    run_dir: Path | None = None
+
+
+def resolve_model(model: str) -> Target:
+    path = Path(model).expanduser()
+    run_dir = None
+    if (path / "run.json").is_file():
+        from ernie_ops.train.record import RunRecord
+
+        record = RunRecord.load(path)
+        run_dir = path
+        if record.exported:
+            path = Path(record.exported)
+        elif record.is_lora:
+            raise UserError(
+                f"{model} is a LoRA run: FastDeploy serves merged checkpoints only",
+                hint=f"export first: ernie-ops export {model}",
+            )
+        elif record.checkpoint:
+            path = Path(record.checkpoint)
+        else:
+            raise UserError(f"{model} has no finished checkpoint (status {record.status})")
+    if not path.is_dir():
+        looks_hub = model.count("/") == 1 and not model.startswith((".", "/", "~"))
+        raise UserError(
+            f"{model} is not a local directory; FastDeploy would try to download it from a hub",
+            hint=f"ernie-ops pull {model}" if looks_hub else "give the path of a checkpoint directory",
+        )
+    if (path / "lora_config.json").is_file() and not any(path.glob("model*.safetensors*")):
+        raise UserError(
+            f"{path} holds a LoRA adapter, not a model", hint="merge it first: ernie-ops export RUN_DIR"
+        )
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise UserError(f"{path} has no config.json: not a checkpoint")
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    arch = (config.get("architectures") or [""])[0]
+    is_moe = bool(config.get("moe_num_experts"))
+    return Target(path.resolve(), _catalog_match(config), "VL" in arch, is_moe, run_dir)
+
+
+def _catalog_match(config: dict) -> ModelSpec | None:
+    experts = config.get("moe_num_experts") or 0
+    experts = experts[0] if isinstance(experts, list) else experts
+    for spec in MODELS.values():
+        if (spec.num_layers, spec.hidden_size, spec.num_experts) == (
+            config.get("num_hidden_layers"),
+            config.get("hidden_size"),
+            experts,
+        ):
+            return spec
+    return None
+
+
+def check_checkpoint(target: Target) -> None:
+    from ernie_ops.train.verify import verify_checkpoint
+
+    report = verify_checkpoint(target.model_dir, forward=False)
+    failed = [c for c in report.checks if c.status == "fail"]
+    if failed:
+        lines = "\n".join(f"  {c.name}: {c.detail}" for c in failed)
+        raise UserError(
+            f"{target.model_dir} does not pass verify:\n{lines}", hint=f"ernie-ops verify {target.model_dir}"
+        )
+
+
+def running_servers(state_dir: Path = STATE_DIR) -> list[dict]:
+    out = []
+    for path in sorted(state_dir.glob("*.json")) if state_dir.is_dir() else []:
+        try:
+            out.append({**json.loads(path.read_text()), "state_file": str(path)})
+        except ValueError:
+            continue
+    return out
+
+
+def check_ports(profile, state_dir: Path = STATE_DIR) -> None:
+    ports = {"port": profile.port, **{k[2:]: v for k, v in profile.side_ports.items()}}
+    for name, port in ports.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("0.0.0.0" if profile.host in ("0.0.0.0", "") else profile.host, port))
+            except OSError:
+                raise UserError(
+                    f"{name} {port} is already in use", hint=f"set {name.replace('-', '_')} to a free port"
+                ) from None
+    mine = profile.side_ports["--engine-worker-queue-port"]
+    for other in running_servers(state_dir):
+        command = other.get("command") or []
+        flag = "--engine-worker-queue-port"
+        theirs = int(command[command.index(flag) + 1]) if flag in command else None
+        if theirs is not None and theirs % 256 == mine % 256:
+            raise UserError(
+                f"engine_worker_queue_port {mine} shares its low byte with {theirs} of the server on port "
+                f"{other.get('port')}: FastDeploy builds before 2026-03 derive IPC keys from that byte and "
+                "collide",
+                hint="pick an engine_worker_queue_port whose value modulo 256 differs",
+            )
+
+
+def gpu_inventory() -> list[tuple[int, str, float]]:
+    """(index, name, memory GiB) per visible GPU, from nvidia-smi (no Paddle import)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return []
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    rows = []
+    for line in out.stdout.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 3 and parts[0].isdigit():
+            rows.append((int(parts[0]), parts[1], float(parts[2]) / 1024))
+    return rows
+
+
+def check_gpus(profile, target: Target) -> str | None:
+    """Refuse what cannot start; return the planner's explanation when it fits."""
+    inventory = gpu_inventory()
+    if not inventory:
+        raise UserError(
+            "no GPU visible: FastDeploy serves on GPUs only",
+            hint="on this machine use the embedded CPU backend (backend: paddle) once it lands",
+        )
+    visible = {i for i, _, _ in inventory}
+    missing = [g for g in profile.gpus if g not in visible]
+    if missing:
+        raise UserError(f"gpus {missing} are not visible here (visible: {sorted(visible)})")
+    if target.spec is None:
+        return None
+    from ernie_ops.serve.planner import find_gpu, plan_serve
+
+    name = next(n for i, n, _ in inventory if i == profile.gpus[0])
+    plan = plan_serve(
+        target.spec,
+        find_gpu(name),
+        gpus=len(profile.gpus),
+        quantization=profile.quantization if isinstance(profile.quantization, str) else "wint4",
+        max_model_len=profile.max_model_len,
+        max_num_seqs=profile.max_num_seqs,
+        gpu_memory_utilization=profile.gpu_memory_utilization,
+        tensor_parallel=profile.tensor_parallel_size,
+    )
+    if not plan.fits:
+        raise UserError(
+            f"the planner says this does not fit:\n{plan.explain()}",
+            hint="quantize further, add GPUs (tensor_parallel_size), or lower max_model_len / max_num_seqs",
+        )
+    return plan.explain()

@@ -1,0 +1,289 @@
+"""Serve profiles: one YAML file per deployment, validated like recipes (file:line, what, a fix).
+
+A profile names the model (a checkpoint, a run directory or a hub id already pulled), the backend,
+FastDeploy's engine settings and the ports. `mm_processor_kwargs` is type-checked key by key because
+FastDeploy drops every kwarg when one has the wrong type; the API key is only ever read from an
+environment variable or a file, never stored in the profile or written into logs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from ernie_ops.errors import UserError, did_you_mean
+from ernie_ops.recipe.load import LoadedRecipe, load_recipe
+from ernie_ops.recipe.problems import Problem, error
+
+BACKENDS = ("fastdeploy", "paddle")
+QUANTIZATIONS = ("bf16", "wint8", "wint4", "wint2", "block_wise_fp8", "tensor_wise_fp8", "w4a8", "mix_quant")
+# ERNIE-4.5-VL processor kwargs and the types FastDeploy's processor expects (shared reference)
+MM_PROCESSOR_KWARGS: dict[str, type] = {
+    "spatial_conv_size": int,
+    "temporal_conv_size": int,
+    "image_min_pixels": int,
+    "image_max_pixels": int,
+    "video_min_pixels": int,
+    "video_max_pixels": int,
+    "video_target_frames": int,
+    "video_frames_sample": str,
+    "video_max_frames": int,
+    "video_min_frames": int,
+    "video_fps": int,
+}
+MM_KINDS = ("image", "video", "audio")
+
+
+@dataclass
+class ServeProfile:
+    model: str  # checkpoint directory, run directory (its export is served) or a pulled hub id
+    backend: str = "fastdeploy"
+    fastdeploy_version: str = "2.5"
+    gpus: list[int] = field(default_factory=lambda: [0])
+    quantization: str | dict = "bf16"  # a name, or a mix_quant spec {dense_quant_type, moe_quant_type}
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    enable_expert_parallel: bool = False
+    max_model_len: int = 32768  # FastDeploy's own default is 2048
+    max_num_seqs: int = 32  # FastDeploy's own default is 8
+    max_num_batched_tokens: int | None = None
+    gpu_memory_utilization: float = 0.9
+    host: str = "0.0.0.0"
+    port: int = 8180
+    metrics_port: int | None = None  # None: port + 1
+    engine_worker_queue_port: int | None = None  # None: port + 2
+    cache_queue_port: int | None = None  # None: port + 3
+    served_model_name: str | None = None
+    reasoning_parser: str | None = None
+    tool_call_parser: str | None = None
+    limit_mm_per_prompt: dict | None = None
+    mm_processor_kwargs: dict | None = None
+    api_key_env: str | None = None  # the name of an environment variable holding the key
+    api_key_file: str | None = None  # or a file holding it
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = False
+    speculative_config: dict | None = None
+    graph_optimization_config: dict | None = None
+    load_choices: str | None = None  # 2.3+: default_v1 (FastDeploy's default) or default
+    startup_timeout: float = 1800.0  # weights of the big models load for minutes
+    ernie_ops: dict | None = None  # metadata block (model name, GPU type, notes)
+
+    @property
+    def side_ports(self) -> dict[str, int]:
+        return {
+            "--metrics-port": self.metrics_port or self.port + 1,
+            "--engine-worker-queue-port": self.engine_worker_queue_port or self.port + 2,
+            "--cache-queue-port": self.cache_queue_port or self.port + 3,
+        }
+
+
+FIELD_TYPES = get_type_hints(ServeProfile)
+
+
+def _type_ok(name: str, value: Any) -> bool:
+    hint = str(FIELD_TYPES[name])
+    if value is None:
+        return "None" in hint
+    checks = {
+        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        "bool": lambda v: isinstance(v, bool),
+        "str": lambda v: isinstance(v, str),
+        "dict": lambda v: isinstance(v, dict),
+        "list": lambda v: isinstance(v, list),
+    }
+    return any(check(value) for kind, check in checks.items() if kind in hint)
+
+
+def _expected(name: str) -> str:
+    hint = FIELD_TYPES[name]
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "").replace("NoneType", "null")
+
+
+def validate(recipe: LoadedRecipe) -> tuple[ServeProfile | None, list[Problem]]:
+    values = dict(recipe.values)
+    problems: list[Problem] = []
+    known = {f.name for f in fields(ServeProfile)}
+    version = values.get("fastdeploy_version")
+    if isinstance(version, int | float) and not isinstance(version, bool):
+        values["fastdeploy_version"] = str(version)  # `2.5` unquoted is a YAML float: mean the same
+    for key in list(values):
+        if key not in known:
+            guess = did_you_mean(key, list(known))
+            problems.append(
+                error(
+                    recipe.where(key),
+                    key,
+                    "unknown serve-profile key",
+                    f"did you mean {guess!r}?" if guess else "",
+                )
+            )
+            values.pop(key)
+        elif not _type_ok(key, values[key]):
+            problems.append(error(recipe.where(key), key, f"expected {_expected(key)}, got {values[key]!r}"))
+            values.pop(key)
+    if "model" not in values:
+        problems.append(
+            error(recipe.where(), "model", "not set", "model: path/to/checkpoint (or a run directory)")
+        )
+        return None, problems
+    profile = ServeProfile(**values)
+    problems += _rules(profile, recipe)
+    return profile, problems
+
+
+def _rules(p: ServeProfile, recipe: LoadedRecipe) -> list[Problem]:
+    where = recipe.where
+    out: list[Problem] = []
+    if p.backend not in BACKENDS:
+        out.append(error(where("backend"), "backend", f"{p.backend!r} is not one of {', '.join(BACKENDS)}"))
+    if isinstance(p.quantization, str) and p.quantization not in QUANTIZATIONS:
+        guess = did_you_mean(p.quantization, list(QUANTIZATIONS))
+        out.append(
+            error(
+                where("quantization"),
+                "quantization",
+                f"{p.quantization!r} is not a FastDeploy quantization ({', '.join(QUANTIZATIONS)})",
+                f"did you mean {guess!r}?" if guess else "",
+            )
+        )
+    elif isinstance(p.quantization, dict) and p.quantization.get("quantization") != "mix_quant":
+        out.append(
+            error(
+                where("quantization"),
+                "quantization",
+                "a mapping must be a mix_quant spec",
+                "{quantization: mix_quant, dense_quant_type: wint8, moe_quant_type: wint4}",
+            )
+        )
+    ranks = p.tensor_parallel_size * p.data_parallel_size
+    if p.tensor_parallel_size < 1 or p.data_parallel_size < 1 or not p.gpus or len(p.gpus) % ranks:
+        out.append(
+            error(
+                where("tensor_parallel_size"),
+                "tensor_parallel_size",
+                f"tensor {p.tensor_parallel_size} x data parallel {p.data_parallel_size} does not divide "
+                f"the {len(p.gpus)} GPU(s) listed in gpus",
+                f"gpus: a list of {ranks} GPU indices, or sizes that divide {len(p.gpus)}",
+            )
+        )
+    if len(set(p.gpus)) != len(p.gpus):
+        out.append(error(where("gpus"), "gpus", f"{p.gpus} lists a GPU twice"))
+    ports = {"port": p.port, **{k[2:].replace("-", "_"): v for k, v in p.side_ports.items()}}
+    seen: dict[int, str] = {}
+    for name, port in ports.items():
+        if not 1024 <= port <= 65535:
+            out.append(error(where(name), name, f"{port} is not a usable port (1024-65535)"))
+        if port in seen:
+            out.append(
+                error(
+                    where(name),
+                    name,
+                    f"{port} is also {seen[port]}: FastDeploy needs four different ports",
+                    "set port, metrics_port, engine_worker_queue_port, cache_queue_port apart",
+                )
+            )
+        seen[port] = name
+    if p.max_num_batched_tokens is not None and not (
+        p.max_num_seqs <= p.max_num_batched_tokens <= p.max_model_len * p.max_num_seqs
+    ):
+        out.append(
+            error(
+                where("max_num_batched_tokens"),
+                "max_num_batched_tokens",
+                "must be >= max_num_seqs and <= max_model_len x max_num_seqs",
+            )
+        )
+    if not 0 < p.gpu_memory_utilization <= 1:
+        out.append(error(where("gpu_memory_utilization"), "gpu_memory_utilization", "must be in (0, 1]"))
+    out += _mm_rules(p, where)
+    if p.api_key_env and p.api_key_file:
+        out.append(error(where("api_key_file"), "api_key_file", "give api_key_env or api_key_file, not both"))
+    return out
+
+
+def _mm_rules(p: ServeProfile, where) -> list[Problem]:
+    out: list[Problem] = []
+    for key, value in (p.mm_processor_kwargs or {}).items():
+        expected = MM_PROCESSOR_KWARGS.get(key)
+        here = f"mm_processor_kwargs.{key}"
+        if expected is None:
+            guess = did_you_mean(str(key), list(MM_PROCESSOR_KWARGS))
+            out.append(
+                error(
+                    where("mm_processor_kwargs"),
+                    here,
+                    "not an ERNIE-4.5-VL processor key (FastDeploy would drop every kwarg)",
+                    f"did you mean {guess!r}?" if guess else "",
+                )
+            )
+        elif not isinstance(value, expected) or isinstance(value, bool):
+            out.append(
+                error(
+                    where("mm_processor_kwargs"),
+                    here,
+                    f"{value!r} is not {expected.__name__}: FastDeploy would silently drop ALL the kwargs",
+                    f"give an {expected.__name__}"
+                    + (f", e.g. {int(value)}" if isinstance(value, float) else ""),
+                )
+            )
+    for kind, limit in (p.limit_mm_per_prompt or {}).items():
+        if kind not in MM_KINDS or not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            out.append(
+                error(
+                    where("limit_mm_per_prompt"),
+                    f"limit_mm_per_prompt.{kind}",
+                    f"expected one of {', '.join(MM_KINDS)} with a count >= 0",
+                )
+            )
+    return out
+
+
+def load_profile(path: Path, sets: list[str] | tuple[str, ...] = ()) -> ServeProfile:
+    """The validated profile, or a UserError listing every problem (file:line, what, fix)."""
+    recipe, problems = load_recipe(path, sets)
+    profile = None
+    if recipe is not None:
+        profile, more = validate(recipe)
+        problems += more
+    errors = [p for p in problems if p.severity == "error"]
+    if errors or profile is None:
+        raise UserError(
+            "the serve profile has problems:\n" + "\n".join(p.render() for p in errors or problems)
+        )
+    return profile
+
+
+def profile_for_checkpoint(model: str, sets: list[str] | tuple[str, ...] = ()) -> ServeProfile:
+    """`ernie-ops serve CHECKPOINT`: the defaults, with --set overrides."""
+    import tempfile
+
+    import yaml
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "profile.yaml"
+        path.write_text(yaml.safe_dump({"model": model}))
+        return load_profile(path, sets)
+
+
+def api_key(p: ServeProfile) -> str | None:
+    """The key, read at launch time (never from the profile itself)."""
+    import os
+
+    if p.api_key_env:
+        key = os.environ.get(p.api_key_env)
+        if not key:
+            raise UserError(f"api_key_env: the environment variable {p.api_key_env} is not set")
+        return key
+    if p.api_key_file:
+        path = Path(p.api_key_file).expanduser()
+        if not path.is_file():
+            raise UserError(f"api_key_file: {path} does not exist")
+        return path.read_text(encoding="utf-8").strip()
+    return None
+
+
+def as_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)

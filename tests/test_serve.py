@@ -1,0 +1,162 @@
+"""Serve profiles, the FastDeploy command builder per version, and the pre-flight checks.
+
+FastDeploy cannot run here (GPU only); everything before its process starts is tested for real."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from ernie_ops.cli.main import main
+from ernie_ops.errors import UserError
+from ernie_ops.serve.fastdeploy import VERSIONS, build_launch, check_command, dialect, flag_table
+from ernie_ops.serve.preflight import check_ports, resolve_model
+from ernie_ops.serve.profile import load_profile
+
+PROFILES = sorted((Path(__file__).parent.parent / "recipes" / "serve").glob("*.yaml"))
+
+
+def write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
+def test_every_shipped_profile_builds_a_valid_command_for_its_version(path):
+    profile = load_profile(path)
+    launch = build_launch(profile, Path("/models/x"), is_vl="-VL-" in path.stem)
+    table = flag_table(dialect(profile.fastdeploy_version).version)
+    flags = [a for a in launch.argv[3:] if a.startswith("--")]
+    assert all(f in table or f.replace("--no-", "--") in table for f in flags)
+    assert launch.argv[1:3] == ["-m", "fastdeploy.entrypoints.openai.api_server"]
+    assert (
+        "exact FastDeploy command" in path.read_text()
+        and f"ernie-ops serve {path.relative_to(path.parents[2])}" in path.read_text()
+    )
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_each_dialect_builds_or_says_which_parser_it_lacks(version, tmp_path):
+    for path in PROFILES:
+        profile = load_profile(path, [f"fastdeploy_version={version}"])
+        try:
+            build_launch(profile, Path("/m"), is_vl="-VL-" in path.stem)
+        except UserError as err:
+            assert "parser" in str(err) and f"FastDeploy {version}" in str(err), err
+
+
+def test_dialect_differences(tmp_path):
+    vl = write(tmp_path, "model: /m\nreasoning_parser: ernie-45-vl\nfastdeploy_version: '2.0'\n")
+    assert "--enable-mm" in build_launch(load_profile(vl), Path("/m"), is_vl=True).argv
+    assert (
+        "--enable-mm" not in build_launch(load_profile(vl, ["fastdeploy_version=2.1"]), Path("/m"), True).argv
+    )
+    x1 = write(tmp_path, "model: /m\nreasoning_parser: ernie-x1\n", "x1.yaml")
+    argv = build_launch(load_profile(x1, ["fastdeploy_version=2.1"]), Path("/m")).argv
+    assert argv[argv.index("--reasoning-parser") + 1] == "ernie_x1"
+    argv = build_launch(load_profile(x1, ["fastdeploy_version=2.3"]), Path("/m")).argv
+    assert argv[argv.index("--reasoning-parser") + 1] == "ernie-x1"
+    with pytest.raises(UserError, match=r"--load-choices does not exist in FastDeploy 2\.2"):
+        check_command(["--load-choices", "default_v1"], "2.2")
+    off = write(tmp_path, "model: /m\nenable_prefix_caching: false\n", "off.yaml")
+    assert "--no-enable-prefix-caching" in build_launch(load_profile(off), Path("/m")).argv
+    assert (
+        "--enable-prefix-caching"
+        not in build_launch(load_profile(off, ["fastdeploy_version=2.1"]), Path("/m")).argv
+    )
+
+
+def test_flag_values_are_type_checked():
+    with pytest.raises(UserError, match="not an int"):
+        check_command(["--max-num-seqs", "lots"], "2.5")
+    with pytest.raises(UserError, match="not JSON"):
+        check_command(["--mm-processor-kwargs", "{video_fps: 2"], "2.5")
+    with pytest.raises(UserError, match="does not exist"):
+        check_command(["--max-sequences", "8"], "2.5")
+
+
+@pytest.mark.parametrize(
+    "body, line, text",
+    [
+        ("model: /m\nmm_processor_kwargs:\n  video_fps: 1.5\n", 2, "would silently drop ALL the kwargs"),
+        ("model: /m\nmm_processor_kwargs: {image_max_pixel: 100}\n", 2, "did you mean 'image_max_pixels'"),
+        ("model: /m\nquantization: wint3\n", 2, "is not a FastDeploy quantization"),
+        ("model: /m\ngpus: [0, 1, 2]\ntensor_parallel_size: 2\n", 3, "does not divide the 3 GPU(s)"),
+        ("model: /m\nport: 8180\nmetrics_port: 8180\n", 3, "FastDeploy needs four different ports"),
+        ("model: /m\nmax_num_seq: 64\n", 2, "did you mean 'max_num_seqs'"),
+        ("model: /m\nmax_model_len: '32k'\n", 2, "expected int"),
+        ("model: /m\nlimit_mm_per_prompt: {images: 4}\n", 2, "expected one of image, video, audio"),
+    ],
+)
+def test_bad_profiles_are_rejected_with_file_and_line(tmp_path, body, line, text):
+    path = write(tmp_path, body)
+    with pytest.raises(UserError) as err:
+        load_profile(path)
+    assert f"{path}:{line}:" in str(err.value) and text in str(err.value)
+
+
+def test_the_api_key_never_reaches_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("MY_FD_KEY", "sk-very-secret")
+    launch = build_launch(load_profile(write(tmp_path, "model: /m\napi_key_env: MY_FD_KEY\n")), Path("/m"))
+    assert launch.env["FD_API_KEY"] == "sk-very-secret"
+    assert "sk-very-secret" not in " ".join(launch.argv) and "sk-very-secret" not in launch.shown()
+    monkeypatch.delenv("MY_FD_KEY")
+    with pytest.raises(UserError, match="MY_FD_KEY is not set"):
+        build_launch(load_profile(write(tmp_path, "model: /m\napi_key_env: MY_FD_KEY\n")), Path("/m"))
+
+
+def test_print_command_cli(capsys):
+    assert main(["serve", str(PROFILES[0]), "--print-command", "--set", "port=8380"]) == 0
+    out = capsys.readouterr().out
+    assert "--port 8380" in out and "--metrics-port 8381" in out
+
+
+# ------------------------------------------------------------------------------------ pre-flight
+
+
+def test_a_lora_run_is_refused_until_exported(tmp_path):
+    from ernie_ops.train.record import RunRecord
+
+    RunRecord(
+        name="r", run_dir=str(tmp_path), recipe_source="x", status="succeeded", fine_tuning="LoRA"
+    ).save()
+    with pytest.raises(UserError) as err:
+        resolve_model(str(tmp_path))
+    assert "LoRA" in err.value.message and "ernie-ops export" in err.value.hint
+
+
+def test_a_hub_id_that_is_not_local_is_refused_before_fastdeploy_downloads(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as err:
+        resolve_model("baidu/ERNIE-4.5-0.3B-Paddle")
+    assert "download" in err.value.message and err.value.hint == "ernie-ops pull baidu/ERNIE-4.5-0.3B-Paddle"
+
+
+def test_the_tiny_checkpoint_resolves_and_is_not_a_catalog_model(tiny_dense):
+    target = resolve_model(str(tiny_dense))
+    assert target.model_dir == tiny_dense.resolve() and target.spec is None and not target.is_moe
+
+
+def test_ports_in_use_and_low_byte_collisions_are_refused(tmp_path):
+    profile = load_profile(write(tmp_path, "model: /m\nport: 18180\n"))
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 18181))
+        busy.listen()
+        with pytest.raises(UserError, match="metrics-port 18181 is already in use"):
+            check_ports(profile, tmp_path / "state")
+    state = tmp_path / "state"
+    state.mkdir()
+    other = {"port": 20000, "command": ["python", "--engine-worker-queue-port", str(18182 + 256)]}
+    (state / "20000.json").write_text(json.dumps(other))
+    with pytest.raises(UserError, match="low byte"):
+        check_ports(profile, state)
+
+
+def test_serving_here_stops_at_the_missing_gpu_after_verifying(tiny_dense, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert main(["serve", str(tiny_dense), "--set", "port=18480"]) == 2
+    assert "no GPU visible" in capsys.readouterr().err
