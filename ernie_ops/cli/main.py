@@ -16,6 +16,7 @@ from ernie_ops.cli.export import Export
 from ernie_ops.cli.hub import Pull, Push
 from ernie_ops.cli.models import Models
 from ernie_ops.cli.recipes import Recipes
+from ernie_ops.cli.serve import Serve
 from ernie_ops.cli.tiny_model import TinyModel
 from ernie_ops.cli.train import Train
 from ernie_ops.cli.verify import Verify
@@ -34,6 +35,7 @@ SUBCOMMANDS: tuple[type[Subcommand], ...] = (
     Verify,
     Pull,
     Push,
+    Serve,
 )
 
 EXAMPLES = """\
