@@ -160,3 +160,40 @@ def test_serving_here_stops_at_the_missing_gpu_after_verifying(tiny_dense, capsy
     monkeypatch.chdir(tmp_path)
     assert main(["serve", str(tiny_dense), "--set", "port=18480"]) == 2
     assert "no GPU visible" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_real_fastdeploy_serves_ernie_0_3b(cli, tmp_path):
+    """On a GPU node with fastdeploy-gpu installed: pull ERNIE-4.5-0.3B, serve it detached, ask it
+    something over the OpenAI API, stop it. Skipped where no GPU is visible."""
+    import httpx
+
+    model = tmp_path / "ERNIE-4.5-0.3B-Paddle"
+    pulled = cli("pull", "baidu/ERNIE-4.5-0.3B-Paddle", "--local-dir", str(model), timeout=3600)
+    assert pulled.returncode == 0, pulled.stderr
+    port = 18680
+    started = cli(
+        "serve",
+        str(model),
+        "--set",
+        f"port={port}",
+        "--set",
+        "max_model_len=4096",
+        "--detach",
+        cwd=tmp_path,
+        timeout=1800,
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        reply = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            timeout=120,
+            json={
+                "model": "default",
+                "messages": [{"role": "user", "content": "Say hello."}],
+                "max_tokens": 16,
+            },
+        )
+        assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
+    finally:
+        assert cli("serve", "stop", "--port", str(port), cwd=tmp_path).returncode == 0
