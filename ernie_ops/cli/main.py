@@ -15,6 +15,7 @@ from ernie_ops.cli.doctor import Doctor
 from ernie_ops.cli.export import Export
 from ernie_ops.cli.hub import Pull, Push
 from ernie_ops.cli.models import Models
+from ernie_ops.cli.plan import Plan
 from ernie_ops.cli.recipes import Recipes
 from ernie_ops.cli.serve import Serve
 from ernie_ops.cli.tiny_model import TinyModel
@@ -36,6 +37,7 @@ SUBCOMMANDS: tuple[type[Subcommand], ...] = (
     Pull,
     Push,
     Serve,
+    Plan,
 )
 
 EXAMPLES = """\
