@@ -96,3 +96,17 @@ def find_gpu(name: str) -> GpuSpec:
         f"unknown GPU {name!r}",
         hint=hint + "known: " + ", ".join(g.name for g in GPUS),
     )
+
+
+def gpu_from_smi(name: str, memory_gib: float) -> GpuSpec:
+    """The catalog GPU for an nvidia-smi row ("NVIDIA A800-SXM4-80GB", 79.3): the model in the name,
+    the variant by memory (H20 comes with 96 and 141 GB)."""
+    words = [_key(t) for t in name.replace("-", " ").split()]
+    tokens = {*words, *(a + b for a, b in zip(words, words[1:], strict=False))}  # "RTX 4090" -> rtx4090
+    candidates = [g for g in GPUS if {_key(g.name.split("-")[0]), *map(_key, g.aliases)} & tokens]
+    if not candidates:
+        raise UserError(
+            f"nvidia-smi reports a GPU ernie-ops does not know: {name!r}",
+            hint="known: " + ", ".join(g.name for g in GPUS),
+        )
+    return min(candidates, key=lambda g: abs(g.memory_gib - memory_gib))

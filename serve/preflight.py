@@ -157,12 +157,13 @@ def check_gpus(profile, target: Target) -> str | None:
         raise UserError(f"gpus {missing} are not visible here (visible: {sorted(visible)})")
     if target.spec is None:
         return None
-    from ernie_ops.serve.planner import find_gpu, plan_serve
+    from ernie_ops.serve.gpus import gpu_from_smi
+    from ernie_ops.serve.planner import plan_serve
 
-    name = next(n for i, n, _ in inventory if i == profile.gpus[0])
+    name, memory = next((n, m) for i, n, m in inventory if i == profile.gpus[0])
     plan = plan_serve(
         target.spec,
-        find_gpu(name),
+        gpu_from_smi(name, memory),
         gpus=len(profile.gpus),
         quantization=profile.quantization if isinstance(profile.quantization, str) else "wint4",
         max_model_len=profile.max_model_len,

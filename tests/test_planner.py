@@ -309,3 +309,19 @@ def test_cli_plan_train(cli, repo):
     assert no.returncode == 1 and "DOES NOT FIT" in no.stdout and "assumes:" in no.stdout
     missing = cli("plan", "train", "nope.yaml", "--gpus", "1", timeout=30)
     assert missing.returncode == 2
+
+
+@pytest.mark.parametrize(
+    "smi, memory, expected",
+    [
+        ("NVIDIA H800", 79.6, "H800-80G"),
+        ("NVIDIA A800-SXM4-80GB", 79.3, "A800-80G"),
+        ("NVIDIA H20", 95.6, "H20-96G"),
+        ("NVIDIA H20", 140.4, "H20-141G"),
+        ("NVIDIA GeForce RTX 4090", 23.6, "RTX4090-24G"),
+    ],
+)
+def test_nvidia_smi_names_map_to_the_catalog(smi, memory, expected):
+    from ernie_ops.serve.gpus import gpu_from_smi
+
+    assert gpu_from_smi(smi, memory).name == expected

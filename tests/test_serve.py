@@ -197,3 +197,42 @@ def test_real_fastdeploy_serves_ernie_0_3b(cli, tmp_path):
         assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
     finally:
         assert cli("serve", "stop", "--port", str(port), cwd=tmp_path).returncode == 0
+
+
+# No GPU here: the GPU pre-flight runs on a simulated nvidia-smi inventory.
+def test_gpu_preflight_asks_the_planner(monkeypatch, tmp_path):
+    from ernie_ops.catalog import MODELS
+    from ernie_ops.serve import preflight
+    from ernie_ops.serve.preflight import Target, check_gpus
+
+    monkeypatch.setattr(preflight, "gpu_inventory", lambda: [(0, "NVIDIA H800", 79.6)])
+    target = Target(Path("/m"), MODELS["ERNIE-4.5-21B-A3B"], is_vl=False, is_moe=True)
+    fits = load_profile(write(tmp_path, "model: /m\nquantization: wint4\nmax_num_seqs: 8\n"))
+    assert "FITS" in (check_gpus(fits, target) or "")
+    too_big = load_profile(
+        write(tmp_path, "model: /m\nquantization: bf16\nmax_model_len: 131072\nmax_num_seqs: 256\n")
+    )
+    with pytest.raises(UserError, match="does not fit"):
+        check_gpus(too_big, target)
+    elsewhere = load_profile(write(tmp_path, "model: /m\ngpus: [3]\n"))
+    with pytest.raises(UserError, match=r"gpus \[3\] are not visible"):
+        check_gpus(elsewhere, target)
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
+def test_every_shipped_profile_fits_the_gpu_it_is_sized_for(path):
+    from ernie_ops.catalog import find_model
+    from ernie_ops.serve.planner import plan_serve
+
+    profile = load_profile(path)
+    plan = plan_serve(
+        find_model(profile.model),
+        profile.ernie_ops["gpu"],
+        gpus=len(profile.gpus),
+        quantization=profile.quantization,
+        max_model_len=profile.max_model_len,
+        max_num_seqs=profile.max_num_seqs,
+        gpu_memory_utilization=profile.gpu_memory_utilization,
+        tensor_parallel=profile.tensor_parallel_size,
+    )
+    assert plan.fits, plan.explain()
