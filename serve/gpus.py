@@ -9,6 +9,8 @@ SM 8.9 (Ada) and 9.0 (Hopper); FastDeploy's block_wise_fp8 needs them.
 
 from __future__ import annotations
 
+import itertools
+
 from dataclasses import asdict, dataclass
 
 from ernie_ops.errors import UserError, did_you_mean
@@ -102,7 +104,7 @@ def gpu_from_smi(name: str, memory_gib: float) -> GpuSpec:
     """The catalog GPU for an nvidia-smi row ("NVIDIA A800-SXM4-80GB", 79.3): the model in the name,
     the variant by memory (H20 comes with 96 and 141 GB)."""
     words = [_key(t) for t in name.replace("-", " ").split()]
-    tokens = {*words, *(a + b for a, b in zip(words, words[1:], strict=False))}  # "RTX 4090" -> rtx4090
+    tokens = {*words, *(a + b for a, b in itertools.pairwise(words))}  # "RTX 4090" -> rtx4090
     candidates = [g for g in GPUS if {_key(g.name.split("-")[0]), *map(_key, g.aliases)} & tokens]
     if not candidates:
         raise UserError(

@@ -1,0 +1,835 @@
+"""Supervise a FastDeploy server: start it, wait until it answers, watch it, stop the whole tree.
+
+FastDeploy keeps its HTTP port closed until the weights are loaded (a minute or more for the big
+models), so "connection refused" is the normal state during start-up; what matters is whether the
+process is still alive. A process that dies is reported at once, with the tails of its logs and the
+likely cause (`diagnose`), instead of after the start-up timeout. The server runs in its own process
+group, so one signal reaches the API server, the engine and every worker; stopping is SIGTERM, a
+grace period, then SIGKILL, and also reaches workers that left the group.
+
+`detach=True` leaves the server running and records it in a JSON state file that `server_status`
+and `stop_server` read back. An `--api-key` value is never printed or stored (shown as `***`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+POLL_S = 0.25  # how often the child and /health are checked while waiting
+PROGRESS_EVERY_S = 5.0  # one progress line this often when the output is not a terminal
+HEALTH_EVERY_S = 10.0  # after ready: /health checked this often (404 = a worker stopped beating)
+PROBE_TIMEOUT_S = 2.0
+STOP_GRACE_S = 10.0
+TAIL_LINES = 20
+TAIL_BYTES = 64 * 1024
+SECRET_FLAGS = ("--api-key",)
+SECRET_ENV = ("FD_API_KEY",)
+MASK = "***"
+HEADER = "=== ernie-ops serve:"  # our line in server.log that separates runs
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+EXCEPTION_LINE = re.compile(
+    r"^\s*(?:[\w.]+(?:Error|Exception|NotMet)|RuntimeError|KeyError|SystemExit)\b[:(]"
+)
+
+# ---------------------------------------------------------------------------------------------
+# diagnosis
+
+
+@dataclass(frozen=True)
+class Known:
+    """One failure FastDeploy users hit: how it shows in the logs, what it means, the fix."""
+
+    pattern: re.Pattern[str]
+    cause: str
+    fix: str
+
+
+# Most specific first: an OOM inside a worker also ends in "Failed to launch worker processes" and
+# "Failed to initialize FastDeploy LLM engine", which say only that something went wrong.
+KNOWN_FAILURES: tuple[Known, ...] = (
+    Known(
+        re.compile(
+            r"out of memory|ResourceExhausted|cudaErrorMemoryAllocation|\bOOM\b"
+            r"|(not enough|insufficient) (gpu |device )?memory",
+            re.I,
+        ),
+        "the GPU ran out of memory at start-up (weights + KV cache do not fit)",
+        "lower --gpu-memory-utilization (e.g. 0.8), --max-num-seqs or --max-model-len, quantize "
+        "(--quantization wint8 / wint4), or add GPUs (--tensor-parallel-size)",
+    ),
+    Known(
+        re.compile(
+            r"no kernel image is available|cudaErrorNoKernelImageForDevice|unsupported (gpu|sm|arch)"
+            r"|(sm|compute capability)[ _]?\d+ is not supported",
+            re.I,
+        ),
+        "this GPU's architecture has no FastDeploy kernels (prebuilt wheels cover SM80/86/89/90 only)",
+        "run on an A100/A800/A30/L20/H20/H800-class GPU, or build FastDeploy from source for this SM",
+    ),
+    Known(
+        re.compile(r"address already in use|Errno 98\b|port \d+ is (already )?(in use|occupied)", re.I),
+        "a port FastDeploy needs is already taken (another server on this host?)",
+        "pick free ports for all four: --port, --metrics-port, --engine-worker-queue-port and "
+        "--cache-queue-port (or stop the other server: ernie-ops serve --stop)",
+    ),
+    Known(
+        re.compile(
+            r"(reasoning|tool)[ _](call[ _])?(helper|parser)\b[^\n]*not (found|registered|supported)"
+            r"|not found in (reasoning|tool)_?parsers?"
+            r"|(unknown|invalid|unsupported) (reasoning|tool)[ _-]?(call[ _-]?)?parser",
+            re.I,
+        ),
+        "the --reasoning-parser / --tool-call-parser name is unknown to this FastDeploy version",
+        "use a name this version knows: ernie-45-vl, ernie-45-vl-thinking, ernie-x1 (2.1/2.2: ernie_x1; "
+        "2.0: only ernie-45-vl), qwen3",
+    ),
+    Known(
+        re.compile(r"Too many image items in prompt|Too many (video|audio) items", re.I),
+        "a request had more images/videos than --limit-mm-per-prompt allows (default: 1 of each)",
+        """raise the limit, e.g. --limit-mm-per-prompt '{"image": 4, "video": 1}'""",
+    ),
+    Known(
+        re.compile(r"cannot unpack non-iterable bool object"),
+        "a torch (-PT) checkpoint on FastDeploy 2.0/2.1, which reads Paddle checkpoints only",
+        "serve the -Paddle checkpoint, or upgrade to FastDeploy >= 2.2",
+    ),
+    Known(
+        re.compile(
+            r"Repo(sitory)? ?Not ?Found|(download|downloading)[^\n]{0,80}(model|repo)"
+            r"|(model|path)[^\n]{0,80}(does not exist|not found|no such file)",
+            re.I,
+        ),
+        "the --model path was not found, so FastDeploy treated it as a hub id and tried to download it",
+        "pass the absolute path of a local checkpoint directory (config.json + weights), or fetch it "
+        "first: ernie-ops pull baidu/ERNIE-4.5-0.3B-Paddle",
+    ),
+    Known(
+        re.compile(r"undefined symbol|fastdeploy_ops|(paddle|fastdeploy)[^\n]*version[^\n]*mismatch", re.I),
+        "the paddlepaddle-gpu and fastdeploy-gpu builds do not match",
+        "install the pair that belongs together (FD 2.0->Paddle 3.1.0, 2.1->3.1.1, 2.2->3.2.0, "
+        "2.3->3.2.1, 2.4->3.3.0, 2.5->3.3.1): scripts/setup_gpu.sh",
+    ),
+    Known(
+        re.compile(r"Failed to launch worker processes", re.I),
+        "FastDeploy's worker processes failed to start",
+        "read workerlog.* in the log directory; usual causes: mismatched paddlepaddle-gpu / fastdeploy-gpu "
+        "builds, a GPU already busy (nvidia-smi), an unsupported GPU (SM80/86/89/90 only)",
+    ),
+    Known(
+        re.compile(r"Worker Service Not Healthy", re.I),
+        "a worker stopped sending heartbeats (hung or crashed) while the API server stayed up",
+        "read workerlog.*; restart the server, and lower --max-num-seqs if it happens under load",
+    ),
+    Known(
+        re.compile(r"Failed to initialize FastDeploy LLM engine", re.I),
+        "the FastDeploy engine failed to start (the cause is earlier in workerlog.* / fastdeploy.log)",
+        "read workerlog.* in the log directory; check the model path, GPU memory and the ports",
+    ),
+)
+
+
+def diagnose(log_text: str) -> str | None:
+    """The likely cause of a failure from FastDeploy's logs, with a one-line fix; None if unknown."""
+    text = ANSI.sub("", log_text)
+    for known in KNOWN_FAILURES:
+        match = known.pattern.search(text)
+        if match:
+            cause = known.cause
+            port = _port_near(text, match) if "port" in known.fix else None
+            if port:
+                cause += f" (port {port})"
+            return f"{cause}. Fix: {known.fix}"
+    return None
+
+
+def _port_near(text: str, match: re.Match[str]) -> str | None:
+    """The port number on the line of an address-in-use error, when it says which."""
+    start = text.rfind("\n", 0, match.start()) + 1
+    end = text.find("\n", match.end())
+    line = text[start : end if end >= 0 else len(text)]
+    found = re.search(r"\(\s*'[^']*',\s*(\d{2,5})\)|port[ =:]*(\d{2,5})|:(\d{2,5})\b", line, re.I)
+    return next((g for g in found.groups() if g), None) if found else None
+
+
+def _last_exception(lines: Iterable[str]) -> str | None:
+    """When no known failure matches: the last exception line is usually the best hint."""
+    found = None
+    for line in lines:
+        if EXCEPTION_LINE.match(line):
+            found = line.strip()[:300]
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# secrets
+
+
+@dataclass
+class Redactor:
+    """Hides API keys: in the command (`--api-key ***`) and anywhere they appear in log text."""
+
+    secrets: list[str] = field(default_factory=list)
+
+    @classmethod
+    def for_run(cls, command: list[str], env: dict[str, str] | None = None) -> Redactor:
+        secrets = [value for _, value in _secret_args(command)]
+        secrets += [env[name] for name in SECRET_ENV if env and env.get(name)]
+        # longest first so a key that contains another is hidden whole
+        return cls(sorted({s for s in secrets if s}, key=len, reverse=True))
+
+    def command(self, command: list[str]) -> list[str]:
+        out = list(command)
+        for index, _ in _secret_args(command):
+            flag, eq, _value = out[index].partition("=")
+            out[index] = f"{flag}={MASK}" if eq else MASK
+        return out
+
+    def text(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, MASK)
+        return text
+
+
+def _secret_args(command: list[str]) -> list[tuple[int, str]]:
+    """(index, value) of every secret value: `--api-key X` and `--api-key=X`."""
+    found = []
+    for i, arg in enumerate(command):
+        if arg in SECRET_FLAGS and i + 1 < len(command):
+            found.append((i + 1, command[i + 1]))
+        elif arg.partition("=")[0] in SECRET_FLAGS and "=" in arg:
+            found.append((i, arg.partition("=")[2]))
+    return found
+
+
+def show_command(command: list[str]) -> str:
+    """The command as a shell line with secrets hidden (`--api-key ***`, unquoted so it reads plainly)."""
+    shown = Redactor().command(command)
+    hidden = {i for i, _ in _secret_args(command)}
+    return " ".join(arg if i in hidden else shlex.quote(arg) for i, arg in enumerate(shown))
+
+
+def redact_command(command: list[str]) -> list[str]:
+    """The command with every `--api-key` value replaced by ***."""
+    return Redactor().command(command)
+
+
+# ---------------------------------------------------------------------------------------------
+# logs
+
+
+@dataclass
+class Logs:
+    """The server's logs in log_dir, read from where they stood when this run started.
+
+    Old workerlog.* files from an earlier run must not be mistaken for this run's (an OOM from
+    yesterday is not today's cause), so each file is read from its size at start.
+    """
+
+    log_dir: Path
+    start: dict[str, int] = field(default_factory=dict)
+
+    def mark(self) -> None:
+        self.start = {p.name: p.stat().st_size for p in self._files()}
+
+    @property
+    def server_log(self) -> Path:
+        return self.log_dir / "server.log"
+
+    def _files(self) -> list[Path]:
+        if not self.log_dir.is_dir():
+            return []
+        files = [p for p in self.log_dir.iterdir() if p.is_file() and _is_log(p.name)]
+        return sorted(files, key=lambda p: (p.name != "server.log", p.name))
+
+    def lines(self, path: Path, limit: int | None = None) -> list[str]:
+        """This run's lines of one file (the last TAIL_BYTES at most), cleaned of colours and \\r bars."""
+        try:
+            with path.open("rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                begin = self.start.get(path.name, 0)
+                begin = 0 if begin > size else begin  # truncated since: all of it is new
+                f.seek(max(begin, size - TAIL_BYTES))
+                data = f.read()
+        except OSError:
+            return []
+        out = []
+        for raw in data.decode("utf-8", "replace").split("\n"):
+            # progress bars rewrite one line with \r: the last state is the one that counts
+            parts = [p for p in ANSI.sub("", raw).split("\r") if p.strip()]
+            if parts:
+                out.append(parts[-1].rstrip())
+        return out[-limit:] if limit else out
+
+    def tails(self, limit: int = TAIL_LINES) -> dict[str, list[str]]:
+        """server.log and workerlog.* (the files a person reads first), non-empty ones only."""
+        out = {}
+        for path in self._files():
+            if path.name == "server.log" or path.name.startswith("workerlog."):
+                lines = self.lines(path, limit)
+                if lines:
+                    out[path.name] = lines
+        return out
+
+    def all_text(self) -> str:
+        return "\n".join("\n".join(self.lines(p)) for p in self._files())
+
+    def last_line(self) -> str | None:
+        """The newest meaningful line of the most recently written log: what the server is doing."""
+        files = sorted(self._files(), key=_mtime, reverse=True)
+        for path in files:
+            for line in reversed(self.lines(path, 5)):
+                if len(line.strip()) > 3 and not line.startswith(HEADER):
+                    return line.strip()
+        return None
+
+
+def _is_log(name: str) -> bool:
+    return name.endswith(".log") or name.startswith("workerlog.")
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# processes
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat from the state on (state, ppid, pgrp, ...); None if gone or no /proc."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2 :].split()
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie has exited: it only waits to be reaped)."""
+    if pid <= 0:  # never let 0 / -1 reach kill(): they mean "my group" / "every process"
+        return False
+    stat = _proc_stat(pid)
+    if stat is not None:
+        return stat[0] != "Z"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not Path("/proc").is_dir()  # /proc exists but not this pid: gone
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks: tells a server from a later process with its pid."""
+    stat = _proc_stat(pid)
+    return int(stat[19]) if stat is not None and len(stat) > 19 else None
+
+
+def _processes() -> list[tuple[int, int, int]]:
+    """(pid, ppid, pgid) of every live process, from /proc (empty where there is none)."""
+    out = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat is not None and stat[0] != "Z":
+                out.append((int(entry.name), int(stat[1]), int(stat[2])))
+    return out
+
+
+def _tree(pid: int, pgid: int) -> set[int]:
+    """The server's live processes: its process group plus every descendant (workers that left it)."""
+    table = _processes()
+    members = {p for p, _, g in table if g == pgid}
+    if _alive(pid):
+        members.add(pid)
+    children: dict[int, list[int]] = {}
+    for p, parent, _ in table:
+        children.setdefault(parent, []).append(p)
+    todo = list(members)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in members:
+                members.add(child)
+                todo.append(child)
+    return members
+
+
+def _signal_tree(pgid: int, pids: Iterable[int], sig: int) -> None:
+    if pgid > 1 and pgid != os.getpgrp():  # never our own group (the CLI and its shell)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+    for pid in pids:
+        if pid > 1 and pid != os.getpid():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+
+def stop_tree(
+    pid: int, pgid: int, grace: float = STOP_GRACE_S, reap: Callable[[], object] | None = None
+) -> bool:
+    """SIGTERM the server's group and descendants, wait `grace`, then SIGKILL what is left.
+
+    `reap` collects the leader's exit status when it is our child (else it stays a zombie and looks
+    alive to kill(0)). Returns whether anything was running.
+    """
+    reap = reap or (lambda: _reap(pid))
+    targets = _tree(pid, pgid)
+    if not targets and not _group_exists(pgid):
+        return False
+    _signal_tree(pgid, targets, signal.SIGTERM)
+    if _wait_gone(pid, pgid, targets, grace, reap):
+        return True
+    targets |= _tree(pid, pgid)  # workers started while stopping
+    _signal_tree(pgid, targets, signal.SIGKILL)
+    _wait_gone(pid, pgid, targets, 5.0, reap)
+    return True
+
+
+def _wait_gone(pid: int, pgid: int, targets: set[int], timeout: float, reap: Callable[[], object]) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        reap()
+        if not any(_alive(p) for p in targets) and not _group_exists(pgid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _group_exists(pgid: int) -> bool:
+    if pgid <= 1:
+        return False
+    if Path("/proc").is_dir():
+        return any(g == pgid for _, _, g in _processes())
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _reap(pid: int) -> None:
+    if pid <= 0:  # waitpid(-1) would collect any child of ours, not this one
+        return
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP
+
+
+def probe_host(host: str) -> str:
+    """Where to reach a server bound to `host` from this machine (a wildcard means loopback)."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+def server_url(host: str, port: int) -> str:
+    address = probe_host(host)
+    return f"http://[{address}]:{port}" if ":" in address else f"http://{address}:{port}"
+
+
+def probe_health(
+    host: str, port: int, api_key: str | None = None, timeout: float = PROBE_TIMEOUT_S
+) -> int | None:
+    """The HTTP status of GET /health, or None when nothing answers (the port is still closed)."""
+    import http.client
+
+    connection = http.client.HTTPConnection(probe_host(host), port, timeout=timeout)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        connection.request("GET", "/health", headers=headers)
+        return connection.getresponse().status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        connection.close()
+
+
+def _port_taken(host: str, port: int) -> bool:
+    """Something already listens there: its /health would be mistaken for our server's."""
+    import socket
+
+    try:
+        with socket.create_connection((probe_host(host), port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+
+@dataclass
+class Console:
+    """Progress on stdout (one rewritten line on a terminal), problems on stderr, secrets hidden."""
+
+    redactor: Redactor
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    err: TextIO = field(default_factory=lambda: sys.stderr)
+    _live: bool = False  # a \r progress line is showing
+
+    def say(self, message: str) -> None:
+        self._end_live()
+        print(self.redactor.text(message), file=self.out, flush=True)
+
+    def warn(self, message: str) -> None:
+        self._end_live()
+        self.out.flush()
+        print(self.redactor.text(message), file=self.err, flush=True)
+
+    def progress(self, message: str) -> None:
+        message = self.redactor.text(message)
+        if _isatty(self.out):
+            width = 119
+            print("\r" + message[:width].ljust(width), end="", file=self.out, flush=True)
+            self._live = True
+        else:
+            print(message, file=self.out, flush=True)
+
+    def _end_live(self) -> None:
+        if self._live:
+            print(file=self.out, flush=True)
+            self._live = False
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _report_failure(console: Console, headline: str, logs: Logs, code: int | None = None) -> None:
+    """What happened, the log tails a person would open, and the likely cause with its fix."""
+    console.warn(f"error: {headline}")
+    tails = logs.tails()
+    for name, lines in tails.items():
+        console.warn(f"--- {logs.log_dir / name} (last {len(lines)} lines) ---")
+        console.warn("\n".join("  " + line for line in lines))
+    if not tails:
+        console.warn(f"(no log output in {logs.log_dir})")
+    cause = diagnose(logs.all_text())
+    if cause is None:
+        last = _last_exception(line for lines in tails.values() for line in lines)
+        cause = f"not a known FastDeploy failure; the last error: {last}" if last else None
+    if cause is None and code is not None and code < 0:
+        cause = (
+            f"killed by signal {_signal_name(-code)} (SIGKILL without an error: often the host's OOM killer)"
+        )
+    if cause:
+        console.warn(f"likely cause: {cause}")
+    console.warn(f"full logs: {logs.log_dir}")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+def _exit_text(code: int) -> str:
+    return f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with status {code}"
+
+
+# ---------------------------------------------------------------------------------------------
+# run / status / stop
+
+
+class _Interrupted(Exception):
+    """SIGTERM, turned into the same path as Ctrl-C."""
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise _Interrupted
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM to the supervisor stops the server like Ctrl-C does (only the main thread may set it)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@dataclass
+class _Server:
+    process: subprocess.Popen
+    host: str
+    port: int
+    logs: Logs
+    console: Console
+    api_key: str | None
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def url(self) -> str:
+        return server_url(self.host, self.port)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def stop(self, grace: float = STOP_GRACE_S) -> None:
+        stop_tree(self.process.pid, self.process.pid, grace, reap=self.process.poll)
+
+    def health(self) -> int | None:
+        return probe_health(self.host, self.port, self.api_key)
+
+
+def run_server(
+    command: list[str],
+    env: dict[str, str],
+    log_dir: Path,
+    host: str,
+    port: int,
+    startup_timeout: float,
+    detach: bool,
+    state_file: Path,
+) -> int:
+    """Start the server, wait until GET /health answers 200, then supervise it (or detach).
+
+    `env` is the child's whole environment; FD_LOG_DIR is set to log_dir so FastDeploy's own logs
+    (workerlog.N, fastdeploy.log) land beside server.log. Returns 0 ready (detach) or stopped
+    cleanly, 1 failed (died, timed out, port taken), 130 interrupted (Ctrl-C / SIGTERM).
+    """
+    redactor = Redactor.for_run(command, env)
+    console = Console(redactor)
+    shown = show_command(command)
+    url = server_url(host, port)
+    if _port_taken(host, port):
+        console.warn(
+            f"error: {probe_host(host)}:{port} is already in use (another server?): its /health would look "
+            f"like ours. Fix: choose another --port (and --metrics-port, --engine-worker-queue-port, "
+            f"--cache-queue-port), or stop the other server"
+        )
+        return 1
+    log_dir.mkdir(parents=True, exist_ok=True)
+    logs = Logs(log_dir)
+    logs.mark()
+    secrets = [v for _, v in _secret_args(command)] + [env.get(name, "") for name in SECRET_ENV]
+    api_key = next((s for s in secrets if s), None)
+    console.say(f"starting: {shown}")
+    console.say(
+        f"logs: {log_dir} (server.log, workerlog.*); waiting for {url}/health (up to {startup_timeout:.0f} s)"
+    )
+    server: _Server | None = None
+    with _sigterm_interrupts():
+        try:
+            server = _start(command, env, logs, host, port, console, api_key)
+            status = _wait_ready(server, startup_timeout)
+            if status is not None:
+                return status
+            console.say(f"ready: {url} (pid {server.process.pid}, after {server.elapsed():.0f} s)")
+            if detach:
+                _write_state(state_file, server, redactor.command(command))
+                console.say(f"detached; state in {state_file}. Stop it with: ernie-ops serve --stop")
+                return 0
+            console.say("serving; Ctrl-C stops the server")
+            return _supervise(server)
+        except (KeyboardInterrupt, _Interrupted):
+            if server is not None:
+                console.warn(
+                    "interrupted: stopping the server (SIGTERM, then SIGKILL after the grace period)"
+                )
+                server.stop()
+                console.warn(f"stopped (pid {server.process.pid} and its workers)")
+            return 130
+
+
+def _start(
+    command: list[str],
+    env: dict[str, str],
+    logs: Logs,
+    host: str,
+    port: int,
+    console: Console,
+    api_key: str | None,
+) -> _Server:
+    child_env = {**env, "FD_LOG_DIR": str(logs.log_dir)}
+    # unbuffered: the progress line shows server.log's newest line, which must not sit in a buffer
+    child_env.setdefault("PYTHONUNBUFFERED", "1")
+    with logs.server_log.open("a", encoding="utf-8") as log:
+        log.write(f"{HEADER} started {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
+        log.flush()
+        process = subprocess.Popen(
+            command,
+            env=child_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own group: one signal reaches engine and workers; Ctrl-C is ours
+        )
+    return _Server(process, host, port, logs, console, api_key)
+
+
+def _wait_ready(server: _Server, startup_timeout: float) -> int | None:
+    """None once /health is 200; else the exit status for run_server (the server is then stopped)."""
+    console = server.console
+    last_progress = 0.0
+    status: int | None = None
+    while True:
+        code = server.process.poll()
+        if code is not None:
+            _report_failure(
+                console,
+                f"the server {_exit_text(code)} after {server.elapsed():.0f} s, before it was ready",
+                server.logs,
+                code,
+            )
+            server.stop(grace=2.0)  # workers it may have left behind
+            return 1
+        status = server.health()
+        if status == 200 and server.process.poll() is None:
+            return None
+        if server.elapsed() > startup_timeout:
+            server.stop()
+            _report_failure(
+                console,
+                f"not ready after {startup_timeout:.0f} s (last /health: {status or 'connection refused'}); "
+                "stopped it. A big model can need minutes: raise the start-up timeout if the log shows "
+                "progress; a silent hang is often a port clash",
+                server.logs,
+            )
+            return 1
+        now = time.monotonic()
+        every = POLL_S * 4 if _isatty(console.out) else PROGRESS_EVERY_S
+        if now - last_progress >= every:
+            last_progress = now
+            state = "loading" if status is None else f"/health {status}"
+            last = server.logs.last_line() or "(no log output yet)"
+            console.progress(f"  {server.elapsed():5.0f} s  {state}  | {last[:160]}")
+        time.sleep(POLL_S)
+
+
+def _supervise(server: _Server) -> int:
+    """Until the server exits on its own (reported, 1) or Ctrl-C / SIGTERM (raised to the caller)."""
+    next_check = time.monotonic() + HEALTH_EVERY_S
+    unhealthy = False
+    while True:
+        code = server.process.poll()
+        if code is not None:
+            server.stop(grace=2.0)  # workers it left behind
+            if code == 0:
+                server.console.say(f"the server exited on its own (status 0) after {server.elapsed():.0f} s")
+                return 0
+            _report_failure(
+                server.console,
+                f"the server {_exit_text(code)} after {server.elapsed():.0f} s",
+                server.logs,
+                code,
+            )
+            return 1
+        if time.monotonic() >= next_check:
+            next_check = time.monotonic() + HEALTH_EVERY_S
+            status = server.health()
+            if status != 200 and not unhealthy:
+                meaning = {
+                    404: "a worker stopped beating (Worker Service Not Healthy)",
+                    304: "weights cleared",
+                }
+                server.console.warn(
+                    f"warning: /health answered {status}: {meaning.get(status or 0, 'no answer')}"
+                )
+            elif status == 200 and unhealthy:
+                server.console.say("healthy again")
+            unhealthy = status != 200
+        time.sleep(POLL_S)
+
+
+def _write_state(state_file: Path, server: _Server, shown_command: list[str]) -> None:
+    pid = server.process.pid
+    state = {
+        "pid": pid,
+        "pgid": os.getpgid(pid),
+        "start_ticks": _start_ticks(pid),
+        "host": server.host,
+        "port": server.port,
+        "url": server.url,
+        "log_dir": str(server.logs.log_dir),
+        "command": shown_command,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    partial = state_file.with_name(state_file.name + ".tmp")
+    partial.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    partial.replace(state_file)  # atomic: a reader never sees half a file
+
+
+def _read_state(state_file: Path) -> dict[str, Any] | None:
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) and isinstance(state.get("pid"), int) else None
+
+
+def _is_ours(state: dict[str, Any]) -> bool:
+    """The recorded server is alive, and its pid has not been reused by another process since."""
+    pid = state["pid"]
+    if not _alive(pid):
+        return False
+    recorded, now = state.get("start_ticks"), _start_ticks(pid)
+    return recorded is None or now is None or recorded == now
+
+
+def server_status(state_file: Path) -> dict[str, Any]:
+    """{"running", "healthy" (None when not running), "pid", "url", ...} of a detached server."""
+    state = _read_state(state_file)
+    if state is None:
+        reason = "no state file" if not state_file.exists() else "unreadable state file"
+        return {"running": False, "healthy": None, "state_file": str(state_file), "reason": reason}
+    running = _is_ours(state)
+    status = probe_health(state["host"], state["port"]) if running else None
+    return {
+        **state,
+        "running": running,
+        "healthy": None if not running else status == 200,
+        "health_status": status,
+        "url": state.get("url") or server_url(state["host"], state["port"]),
+        "state_file": str(state_file),
+    }
+
+
+def stop_server(state_file: Path, timeout: float = 30.0) -> bool:
+    """Stop a detached server's whole tree and remove its state file; True if something was stopped."""
+    state = _read_state(state_file)
+    if state is None:
+        with contextlib.suppress(FileNotFoundError):
+            state_file.unlink()
+        return False
+    pid, pgid = state["pid"], state.get("pgid", state["pid"])
+    stopped = False
+    # a reused pid is someone else's process: leave it alone; workers left in the group are still ours
+    if _is_ours(state) or _group_exists(pgid):
+        stopped = stop_tree(pid if _is_ours(state) else -1, pgid, timeout)
+    with contextlib.suppress(FileNotFoundError):
+        state_file.unlink()
+    return stopped
