@@ -10,7 +10,6 @@ SM 8.9 (Ada) and 9.0 (Hopper); FastDeploy's block_wise_fp8 needs them.
 from __future__ import annotations
 
 import itertools
-
 from dataclasses import asdict, dataclass
 
 from ernie_ops.errors import UserError, did_you_mean
