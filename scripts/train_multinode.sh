@@ -8,13 +8,11 @@
 # Environment: NNODES (required, > 1), MASTER (required: the first node's IP:PORT, the same on every
 # node), GPUS (default 0..7), VENV (default .venv). Paths must be the same on every node (shared
 # storage). The recipe is checked against NNODES x GPUS before anything starts.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-VENV="${VENV:-.venv}"
+USAGE_LINES=10
+# shellcheck source=scripts/lib/node.sh
+source "$(dirname "$0")/lib/node.sh"
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
-if [ "$#" -eq 0 ]; then usage >&2; exit 2; fi
-if [ "$1" = "-h" ] || [ "$1" = "--help" ]; then usage; exit 0; fi
+handle_help "$@"
 missing=()
 [ -n "${NNODES:-}" ] || missing+=(NNODES)
 [ -n "${MASTER:-}" ] || missing+=(MASTER)
@@ -30,13 +28,6 @@ if ! [[ "$MASTER" =~ ^[^:]+:[0-9]+$ ]]; then
     echo "error: MASTER=$MASTER: expected IP:PORT of the first node, e.g. 10.0.0.1:8080" >&2
     exit 2
 fi
-if ! command -v nvidia-smi > /dev/null; then
-    echo "error: nvidia-smi not found: multi-node training needs GPU nodes" >&2
-    exit 2
-fi
-if [ ! -x "$VENV/bin/ernie-ops" ]; then
-    echo "error: $VENV/bin/ernie-ops not found (scripts/setup_gpu.sh, or set VENV)" >&2
-    exit 2
-fi
-"$VENV/bin/ernie-ops" -q doctor > /dev/null || { "$VENV/bin/ernie-ops" doctor; exit 1; }
+need_gpu "multi-node training needs GPU nodes"
+need_ernie_ops
 exec "$VENV/bin/ernie-ops" train "$@" --gpus "${GPUS:-0,1,2,3,4,5,6,7}" --nnodes "$NNODES" --master "$MASTER"
