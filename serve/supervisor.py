@@ -60,6 +60,11 @@ class Known:
 # "Failed to initialize FastDeploy LLM engine", which say only that something went wrong.
 KNOWN_FAILURES: tuple[Known, ...] = (
     Known(
+        re.compile(r"No module named '?fastdeploy"),
+        "FastDeploy is not installed in this Python environment",
+        "install fastdeploy-gpu from Paddle's package index (scripts/setup_gpu.sh), or serve on CPU",
+    ),
+    Known(
         re.compile(
             r"out of memory|ResourceExhausted|cudaErrorMemoryAllocation|\bOOM\b"
             r"|(not enough|insufficient) (gpu |device )?memory",
@@ -82,7 +87,7 @@ KNOWN_FAILURES: tuple[Known, ...] = (
         re.compile(r"address already in use|Errno 98\b|port \d+ is (already )?(in use|occupied)", re.I),
         "a port FastDeploy needs is already taken (another server on this host?)",
         "pick free ports for all four: --port, --metrics-port, --engine-worker-queue-port and "
-        "--cache-queue-port (or stop the other server: ernie-ops serve --stop)",
+        "--cache-queue-port (or stop the other server: ernie-ops serve stop)",
     ),
     Known(
         re.compile(
@@ -650,7 +655,7 @@ def run_server(
             console.say(f"ready: {url} (pid {server.process.pid}, after {server.elapsed():.0f} s)")
             if detach:
                 _write_state(state_file, server, redactor.command(command))
-                console.say(f"detached; state in {state_file}. Stop it with: ernie-ops serve --stop")
+                console.say(f"detached; state in {state_file}. Stop it with: ernie-ops serve stop")
                 return 0
             console.say("serving; Ctrl-C stops the server")
             return _supervise(server)

@@ -236,3 +236,18 @@ def test_every_shipped_profile_fits_the_gpu_it_is_sized_for(path):
         tensor_parallel=profile.tensor_parallel_size,
     )
     assert plan.fits, plan.explain()
+
+
+# No GPU and no FastDeploy here: with a simulated GPU inventory the whole path runs for real up to the
+# FastDeploy process, which fails to start; the supervisor must say why at once.
+def test_serve_without_fastdeploy_installed_fails_fast_with_the_reason(
+    tiny_dense, monkeypatch, capsys, tmp_path
+):
+    from ernie_ops.serve import preflight
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(preflight, "gpu_inventory", lambda: [(0, "NVIDIA H800", 79.6)])
+    assert main(["serve", str(tiny_dense), "--set", "port=18880", "--set", "startup_timeout=60"]) == 1
+    out = capsys.readouterr()
+    assert "FastDeploy is not installed" in out.out + out.err
+    assert (tmp_path / "runs" / "serve").is_dir()
