@@ -1,0 +1,611 @@
+"""The embedded CPU inference engine: ERNIE 4.5 on Paddle with a KV cache and continuous batching.
+
+It is the core the embedded OpenAI-compatible server stands on (the server is a separate module).
+The model is ERNIEKit's own `Ernie4_5_MoeForCausalLM` in float32 (Paddle has no bf16 CPU kernels),
+the tokenizer `ernie.tokenizer.Ernie4_5_Tokenizer`.
+
+Why not `model.generate()`: it re-feeds the whole sequence at every step (`past_key_values` stays
+None), which is about 20x slower than passing the cache back. Here a request's prompt is run once
+(prefill) and every later step feeds only the newest token, its position id and the cache.
+
+Batching design: one running batch with a *left-padded* shared KV cache.
+- A new request is prefilled alone (batch 1, no padding, so prefill is exact), then its cache is
+  left-padded (or the batch's is) to a common length and stacked on the batch dimension.
+- `valid[row, col]` records which cache columns hold real tokens; the boolean attention mask passed
+  to the model is exactly that, so a padded column gets weight exp(min - max) == 0 and a row's
+  result does not depend on who else is in the batch (up to float summation order).
+- Each row carries its own position ids (the count of its real tokens), so RoPE sees the positions
+  the request would have alone.
+- Finished / cancelled rows are sliced out, and cache columns that are padding for every remaining
+  row are trimmed, so a long request leaving does not keep the batch wide.
+ERNIEKit's attention concatenates the cache every step anyway, so re-stacking it costs no more than
+the step itself. Requests that cannot run together are never needed: every row feeds one token.
+
+Threading: `submit` / `cancel` may be called from any thread; `step` runs in one thread at a time
+(the engine thread started by `start()`, or the caller of `generate` / `stream` when none is running).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import queue
+import threading
+import time
+import warnings
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ernie_ops.errors import UserError
+
+log = logging.getLogger(__name__)
+
+FINISH_STOP = "stop"
+FINISH_LENGTH = "length"
+FINISH_CANCELLED = "cancelled"
+FINISH_ERROR = "error"
+
+
+@dataclass
+class SamplingParams:
+    """How one request is decoded; temperature 0 means greedy."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k cut
+    repetition_penalty: float = 1.0  # >1 discourages tokens already in the prompt or the output
+    seed: int | None = None  # the same seed gives the same sample (numpy RNG per request)
+    stop: list[str] = field(default_factory=list)  # strings that end generation, not included
+    stop_token_ids: list[int] = field(default_factory=list)  # ids that end generation, not included
+    ignore_eos: bool = False
+    return_logits: bool = False  # keep every step's logits row (tests, debugging)
+
+    def check(self) -> None:
+        problems = []
+        if self.max_tokens < 1:
+            problems.append(f"max_tokens must be >= 1, not {self.max_tokens}")
+        if self.temperature < 0:
+            problems.append(f"temperature must be >= 0, not {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1], not {self.top_p}")
+        if self.top_k < 0:
+            problems.append(f"top_k must be >= 0, not {self.top_k}")
+        if self.repetition_penalty <= 0:
+            problems.append(f"repetition_penalty must be > 0, not {self.repetition_penalty}")
+        if any(not s for s in self.stop):
+            problems.append("stop strings must not be empty")
+        if problems:
+            raise UserError("; ".join(problems))
+
+
+@dataclass
+class Result:
+    """A finished request. finish_reason: "stop", "length", "cancelled" or "error"."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    finish_reason: str
+    error: str | None = None
+    logits: list[np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New output of a streamed request; finish_reason is set on the last one only."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# detokenization and sampling (pure functions of the tokenizer / logits)
+
+
+class Detokenizer:
+    """Turns a growing list of token ids into text deltas that never split a character.
+
+    Decoding one piece at a time breaks byte-fallback pieces (a CJK character is 3 pieces) and can
+    lose a piece's leading space, so every step decodes a short window: the ids from `prefix` on,
+    and the same window without the new ids; the delta is the difference. Text ending in U+FFFD is
+    an incomplete UTF-8 sequence: it is held back until the next piece completes it.
+    """
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # the window starts here (one piece of context before `read`)
+        self.read = 0  # ids before this have been emitted
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return after[len(before) :]
+
+    def flush(self) -> str:
+        """What is left when the request ends (an incomplete character comes out as U+FFFD)."""
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        self.prefix = self.read = len(self.ids)
+        return after[len(before) :] if len(after) > len(before) else ""
+
+
+def sample(logits: np.ndarray, params: SamplingParams, seen: Sequence[int], rng: np.random.Generator) -> int:
+    """One token id from a logits row."""
+    row = logits.astype(np.float64)
+    if params.repetition_penalty != 1.0 and len(seen):
+        # CTRL-style: shrink positive logits, grow negative ones, of every token already seen
+        ids = np.unique(np.asarray(seen, dtype=np.int64))
+        vals = row[ids]
+        row[ids] = np.where(vals > 0, vals / params.repetition_penalty, vals * params.repetition_penalty)
+    if params.temperature == 0:
+        return int(np.argmax(row))
+    row = row / params.temperature
+    if 0 < params.top_k < row.size:
+        kth = np.partition(row, -params.top_k)[-params.top_k]
+        row = np.where(row < kth, -np.inf, row)
+    probs = np.exp(row - row.max())
+    probs /= probs.sum()
+    if params.top_p < 1.0:
+        order = np.argsort(-probs, kind="stable")
+        cumulative = np.cumsum(probs[order])
+        # keep the smallest head whose mass reaches top_p (always at least the best token)
+        keep = order[: int(np.searchsorted(cumulative, params.top_p)) + 1]
+        kept = np.zeros_like(probs)
+        kept[keep] = probs[keep]
+        probs = kept / kept.sum()
+    return int(rng.choice(probs.size, p=probs))
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest tail of `text` that could still grow into a stop string."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:n]):
+                longest = n
+                break
+    return longest
+
+
+# ---------------------------------------------------------------------------------------------
+# requests and the running batch
+
+
+class _Request:
+    """Engine-side state of one request; touched only by the stepping thread once admitted."""
+
+    def __init__(self, request_id: str, prompt: list[int], params: SamplingParams, tokenizer: Any):
+        self.id = request_id
+        self.prompt = prompt
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+        self.output: list[int] = []
+        self.pending: int | None = None  # sampled but not yet fed to the model
+        self.detok = Detokenizer(tokenizer)
+        self.text = ""
+        self.emitted = 0  # characters of `text` already streamed
+        self.emitted_ids = 0
+        self.logits: list[np.ndarray] | None = [] if params.return_logits else None
+        self.finish_reason: str | None = None
+        self.error: str | None = None
+        self.deltas: queue.Queue[Delta | None] = queue.Queue()
+        self.done = threading.Event()
+
+    def result(self) -> Result:
+        return Result(
+            self.id,
+            self.prompt,
+            list(self.output),
+            self.text,
+            self.finish_reason or "",
+            self.error,
+            self.logits,
+        )
+
+
+class RequestHandle:
+    """What `Engine.submit` returns: stream the deltas, or wait for the result."""
+
+    def __init__(self, engine: Engine, request: _Request):
+        self._engine = engine
+        self._request = request
+
+    @property
+    def request_id(self) -> str:
+        return self._request.id
+
+    @property
+    def finished(self) -> bool:
+        return self._request.done.is_set()
+
+    def stream(self) -> Iterator[Delta]:
+        """Deltas as they are produced; drives the engine itself when no engine thread runs."""
+        while True:
+            try:
+                delta = self._request.deltas.get(timeout=0.05 if self._engine.running else 0)
+            except queue.Empty:
+                if not self._engine.running:
+                    self._engine.step()
+                continue
+            if delta is None:
+                return
+            yield delta
+
+    def result(self, timeout: float | None = None) -> Result:
+        if not self._engine.running:
+            while not self._request.done.is_set():
+                self._engine.step()
+        if not self._request.done.wait(timeout):
+            raise TimeoutError(f"request {self.request_id} not finished after {timeout} s")
+        return self._request.result()
+
+
+@dataclass
+class _Batch:
+    """The running rows and their shared left-padded KV cache (one [k, v] pair per layer)."""
+
+    rows: list[_Request] = field(default_factory=list)
+    cache: list[list[Any]] = field(default_factory=list)  # [B, L, kv_heads, head_dim] tensors
+    valid: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))  # [B, L]
+
+    @property
+    def length(self) -> int:
+        return int(self.valid.shape[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# the engine
+
+
+class Engine:
+    """Continuous-batching, KV-cached generation on one CPU process."""
+
+    def __init__(self, model: Any, tokenizer: Any, max_batch_size: int = 8, max_length: int | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.max_length = max_length or int(getattr(model.config, "max_position_embeddings", 4096))
+        # ERNIE 4.5 ends a chat turn with <|end_of_sentence|> and a document with </s>: either ends
+        eos = [getattr(tokenizer, "eos_token_id", None), getattr(tokenizer, "sep_token_id", None)]
+        self.eos_token_ids = {int(i) for i in eos if i is not None}
+        self._batch = _Batch()
+        self._waiting: deque[_Request] = deque()
+        self._cancelled: set[str] = set()
+        self._lock = threading.Lock()  # guards _waiting and _cancelled (the cross-thread inbox)
+        self._step_lock = threading.Lock()  # one stepping thread at a time
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._ids = itertools.count()
+
+    # -- loading ------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, model_dir: Path | str, max_batch_size: int = 8) -> Engine:
+        """Load a dense ERNIE 4.5 Paddle checkpoint in float32 on the CPU."""
+        path = Path(model_dir)
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise UserError(
+                f"{path} has no config.json", hint="give an ERNIE 4.5 Paddle checkpoint directory"
+            )
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        if int(config.get("moe_num_experts") or 0) > 0:
+            raise UserError(
+                f"{path} is a MoE model: the embedded CPU engine runs dense ERNIE 4.5 only",
+                hint="ERNIEKit's MoE dispatch kernel (moe_gate_dispatch) is GPU-only in Paddle; "
+                "serve MoE models with FastDeploy on a GPU",
+            )
+        with warnings.catch_warnings():  # import-time UserWarnings of paddle / setuptools are noise
+            warnings.simplefilter("ignore")
+            import paddle
+            from ernie.modeling_moe import Ernie4_5_MoeForCausalLM
+            from ernie.tokenizer import Ernie4_5_Tokenizer
+
+        paddle.set_device("cpu")
+        started = time.perf_counter()
+        # moe_group "dummy": no process group is needed; fp32: no bf16 CPU kernels
+        model = Ernie4_5_MoeForCausalLM.from_pretrained(str(path), moe_group="dummy", dtype="float32")
+        model.eval()
+        tokenizer = Ernie4_5_Tokenizer.from_pretrained(str(path))
+        log.info("loaded %s in %.1f s", path, time.perf_counter() - started)
+        return cls(model, tokenizer, max_batch_size=max_batch_size)
+
+    # -- text helpers -------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of a conversation in ERNIE 4.5's chat format, ending with "Assistant: "."""
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.encode(str(text))
+
+    # -- the model ----------------------------------------------------------------------------
+
+    def _forward(
+        self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, cache: list[list[Any]] | None
+    ) -> tuple[np.ndarray, list[list[Any]]]:
+        """Logits of every fed position [B, S, V] and the new cache; mask is bool [B, 1, S, L]."""
+        import paddle
+
+        with paddle.no_grad():
+            out = self.model(
+                input_ids=paddle.to_tensor(ids, dtype="int64"),
+                position_ids=paddle.to_tensor(positions, dtype="int64"),
+                attention_mask=paddle.to_tensor(mask),
+                past_key_values=cache or None,
+                use_cache=True,
+                return_dict=True,
+            )
+        return out.logits.numpy(), [list(kv) for kv in out.past_key_values]
+
+    def full_logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Logits [n, V] of one sequence in a single uncached forward (the reference for tests)."""
+        n = len(token_ids)
+        mask = np.tril(np.ones((n, n), dtype=bool))[None, None]
+        logits, _ = self._forward(np.asarray([token_ids]), np.arange(n)[None], mask, None)
+        return logits[0]
+
+    # -- submitting ---------------------------------------------------------------------------
+
+    def submit(
+        self, prompt: str | Sequence[int], params: SamplingParams | None = None, request_id: str | None = None
+    ) -> RequestHandle:
+        """Queue a request (thread-safe); it joins the running batch at the next step."""
+        params = params or SamplingParams()
+        params.check()
+        ids = self.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
+        if not ids:
+            raise UserError("the prompt is empty")
+        if len(ids) >= self.max_length:
+            raise UserError(f"the prompt has {len(ids)} tokens; the model takes at most {self.max_length}")
+        request = _Request(request_id or f"req-{next(self._ids)}", ids, params, self.tokenizer)
+        with self._lock:
+            self._waiting.append(request)
+        self._wake.set()
+        return RequestHandle(self, request)
+
+    def cancel(self, request_id: str) -> None:
+        """Stop a request at the next step (finish_reason "cancelled"); unknown ids are ignored."""
+        with self._lock:
+            self._cancelled.add(request_id)
+        self._wake.set()
+
+    def generate(
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+    ) -> list[Result]:
+        """Run prompts to the end, batched together; results in the order of the prompts."""
+        per_prompt = list(params) if isinstance(params, Sequence) else [params] * len(prompts)
+        if len(per_prompt) != len(prompts):
+            raise UserError(f"{len(prompts)} prompts but {len(per_prompt)} SamplingParams")
+        handles = [self.submit(p, sp) for p, sp in zip(prompts, per_prompt, strict=True)]
+        return [h.result() for h in handles]
+
+    # -- the engine thread --------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Step in a background thread from now on (what a server does)."""
+        if self.running:
+            return
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="ernie-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            if not self.has_work():
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            self.step()
+
+    def has_work(self) -> bool:
+        with self._lock:
+            return bool(self._waiting or self._batch.rows)
+
+    # -- one scheduler step -------------------------------------------------------------------
+
+    def step(self) -> int:
+        """Cancel, admit (prefill), decode one token for every running request, retire.
+
+        Returns the number of requests still running.
+        """
+        with self._step_lock:
+            try:
+                self._apply_cancellations()
+                self._admit()
+                if self._batch.rows:
+                    self._decode()
+            except Exception as err:  # a failed forward fails its requests, not the engine thread
+                log.exception("engine step failed")
+                self._fail_all(f"{type(err).__name__}: {err}")
+            return len(self._batch.rows)
+
+    def _apply_cancellations(self) -> None:
+        with self._lock:
+            cancelled, self._cancelled = self._cancelled, set()
+            for request in [r for r in self._waiting if r.id in cancelled]:
+                self._waiting.remove(request)
+                self._finish(request, FINISH_CANCELLED)
+        gone = [i for i, r in enumerate(self._batch.rows) if r.id in cancelled]
+        for i in gone:
+            self._finish(self._batch.rows[i], FINISH_CANCELLED)
+        if gone:
+            self._retire()
+
+    def _admit(self) -> None:
+        while len(self._batch.rows) < self.max_batch_size:
+            with self._lock:
+                if not self._waiting:
+                    return
+                request = self._waiting.popleft()
+            self._prefill(request)
+
+    def _prefill(self, request: _Request) -> None:
+        """Run the prompt alone, sample its first token, and stack its cache onto the batch."""
+        n = len(request.prompt)
+        mask = np.tril(np.ones((n, n), dtype=bool))[None, None]
+        logits, cache = self._forward(np.asarray([request.prompt]), np.arange(n)[None], mask, None)
+        self._accept(request, logits[0, -1])
+        if request.finish_reason is None:
+            self._join(request, cache, np.ones((1, n), dtype=bool))
+
+    def _join(self, request: _Request, cache: list[list[Any]], valid: np.ndarray) -> None:
+        import paddle
+
+        batch = self._batch
+        if not batch.rows:
+            batch.rows, batch.cache, batch.valid = [request], cache, valid
+            return
+        width = max(batch.length, valid.shape[1])
+        old = [[_left_pad(t, width) for t in kv] for kv in batch.cache]
+        new = [[_left_pad(t, width) for t in kv] for kv in cache]
+        batch.cache = [
+            [paddle.concat([a, b], axis=0) for a, b in zip(o, n, strict=True)]
+            for o, n in zip(old, new, strict=True)
+        ]
+        batch.valid = np.concatenate([_left_pad_mask(batch.valid, width), _left_pad_mask(valid, width)])
+        batch.rows.append(request)
+
+    def _decode(self) -> None:
+        """Feed every row its pending token with its own position; one batched forward."""
+        batch = self._batch
+        ids = np.asarray([[r.pending] for r in batch.rows])
+        positions = batch.valid.sum(axis=1, keepdims=True)  # real tokens so far = this token's position
+        valid = np.concatenate([batch.valid, np.ones((len(batch.rows), 1), dtype=bool)], axis=1)
+        logits, batch.cache = self._forward(ids, positions, valid[:, None, None, :], batch.cache)
+        batch.valid = valid
+        for row, request in enumerate(batch.rows):
+            self._accept(request, logits[row, -1])
+        self._retire()
+
+    def _retire(self) -> None:
+        """Drop finished rows from the batch and cache columns no remaining row uses."""
+        import paddle
+
+        batch = self._batch
+        keep = [i for i, r in enumerate(batch.rows) if r.finish_reason is None]
+        if len(keep) == len(batch.rows):
+            return
+        if not keep:
+            self._batch = _Batch()
+            return
+        index = paddle.to_tensor(keep, dtype="int64")
+        valid = batch.valid[keep]
+        start = int(np.argmax(valid.any(axis=0)))  # leading columns that are padding for all rows
+        batch.cache = [[paddle.index_select(t, index, axis=0)[:, start:] for t in kv] for kv in batch.cache]
+        batch.valid = valid[:, start:]
+        batch.rows = [batch.rows[i] for i in keep]
+
+    # -- per-request bookkeeping --------------------------------------------------------------
+
+    def _accept(self, request: _Request, logits: np.ndarray) -> None:
+        """Sample the next token from a logits row and decide whether the request is done."""
+        params = request.params
+        if request.logits is not None:
+            request.logits.append(logits.copy())
+        token = sample(logits, params, [*request.prompt, *request.output], request.rng)
+        stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_token_ids)
+        if token in stop_ids:
+            self._finish(request, FINISH_STOP)
+            return
+        request.output.append(token)
+        request.pending = token
+        searched_from = max(0, len(request.text) - max((len(s) for s in params.stop), default=0))
+        request.text += request.detok.add(token)
+        if params.stop and self._cut_at_stop(request, searched_from):
+            self._finish(request, FINISH_STOP, flush=False)  # the text ends where the stop string began
+        elif len(request.output) >= params.max_tokens or len(request.prompt) + len(request.output) >= (
+            self.max_length
+        ):
+            self._finish(request, FINISH_LENGTH)
+        else:
+            self._emit(request, final=False)
+
+    @staticmethod
+    def _cut_at_stop(request: _Request, searched_from: int) -> bool:
+        hits = [i for s in request.params.stop if (i := request.text.find(s, searched_from)) >= 0]
+        if not hits:
+            return False
+        request.text = request.text[: min(hits)]
+        return True
+
+    def _emit(self, request: _Request, final: bool) -> None:
+        """Stream the text that can no longer change (a possible stop-string start is held back)."""
+        safe = (
+            len(request.text) if final else len(request.text) - _held_back(request.text, request.params.stop)
+        )
+        if safe <= request.emitted and not final:
+            return
+        delta = Delta(
+            request.text[request.emitted : safe],
+            request.output[request.emitted_ids :],
+            request.finish_reason if final else None,
+        )
+        request.emitted, request.emitted_ids = max(safe, request.emitted), len(request.output)
+        request.deltas.put(delta)
+
+    def _finish(self, request: _Request, reason: str, error: str | None = None, flush: bool = True) -> None:
+        if flush:  # an incomplete character at the very end still comes out (as U+FFFD)
+            request.text += request.detok.flush()
+            if request.params.stop:
+                self._cut_at_stop(request, 0)
+        request.finish_reason, request.error = reason, error
+        self._emit(request, final=True)
+        request.deltas.put(None)
+        request.done.set()
+
+    def _fail_all(self, error: str) -> None:
+        with self._lock:
+            failed = [*self._batch.rows, *self._waiting]
+            self._waiting.clear()
+        for request in failed:
+            if request.finish_reason is None:
+                self._finish(request, FINISH_ERROR, error, flush=False)
+        self._batch = _Batch()
+
+
+def _left_pad(tensor: Any, width: int) -> Any:
+    """[B, L, H, D] -> [B, width, H, D] with zeros in front (masked out, so their value is moot)."""
+    import paddle
+
+    missing = width - int(tensor.shape[1])
+    if missing == 0:
+        return tensor
+    zeros = paddle.zeros([tensor.shape[0], missing, *tensor.shape[2:]], dtype=tensor.dtype)
+    return paddle.concat([zeros, tensor], axis=1)
+
+
+def _left_pad_mask(valid: np.ndarray, width: int) -> np.ndarray:
+    return np.pad(valid, ((0, 0), (width - valid.shape[1], 0)), constant_values=False)
