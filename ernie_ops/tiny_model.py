@@ -139,8 +139,13 @@ def build_tiny_model(out: Path, kind: str = "dense", seed: int = 0, force: bool 
             hint="choose another directory or pass --force to replace it",
         )
     spec = TinySpec(kind=kind)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as err:
+        raise UserError(
+            f"cannot write to {out.parent}: {err.strerror}", hint="choose a writable directory"
+        ) from err
     try:
         log.info("training the sentencepiece tokenizer (vocab %d)", spec.vocab_size)
         _write_tokenizer(staging, spec, seed)

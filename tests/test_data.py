@@ -326,3 +326,14 @@ def test_fast_path_accepts_exactly_what_the_precise_path_accepts(fmt):
             precise, accepted = None, False
         if fast is not None:
             assert accepted and fast == precise, raw
+
+
+@pytest.mark.parametrize("action", [["lint"], ["convert", "--to", "erniekit-sft"]])
+def test_a_missing_input_is_a_clear_error(action, cli, tmp_path):
+    args = [
+        action[0],
+        str(tmp_path / "nope.jsonl"),
+        *([str(tmp_path / "out.jsonl")] if action[0] == "convert" else []),
+    ]
+    result = cli("data", *args, *action[1:])
+    assert result.returncode == 2 and "no such file" in result.stderr and "Traceback" not in result.stderr

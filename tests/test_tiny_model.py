@@ -136,3 +136,10 @@ def test_cli_builds_a_model(tmp_path, cli):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "m" / "model.safetensors").is_file()
     assert json.loads((tmp_path / "m" / "tiny_model.json").read_text())["seed"] == 3
+
+
+def test_an_unwritable_destination_is_a_clear_error(cli, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = cli("tiny-model", str(blocker / "model"))
+    assert result.returncode == 2 and "cannot write to" in result.stderr and "Traceback" not in result.stderr

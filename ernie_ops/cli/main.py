@@ -120,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `ernie-ops recipes | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as err:  # a file or device the user named is missing, unreadable or full
+        if args.verbosity > 0:
+            raise
+        where = f": {err.filename}" if err.filename else ""
+        print(f"error: {err.strerror or err}{where}\n  hint: -v shows the traceback", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from ernie_ops.data.formats import (
     detect,
     parse,
 )
-from ernie_ops.data.read import UNPARSED, Item, read_items
+from ernie_ops.data.read import UNPARSED, Item, read_items, require_file
 from ernie_ops.errors import UserError
 
 Report = Callable[[Path, int, str], None]  # (file, line, reason) for each bad record
@@ -94,6 +94,7 @@ def parsed_items(
 ) -> Iterator[tuple[Item, str | None, Parsed | None, str | None]]:
     """(item, format, parsed record, problem) for each record. The format is detected from the
     first readable record when `fmt` is auto; problem is "bad: ..." or "unsupported: ..."."""
+    require_file(path)
     if fmt != "auto" and fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}", hint=f"one of: auto, {', '.join(FORMATS)}")
     detected = None if fmt == "auto" else fmt

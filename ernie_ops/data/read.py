@@ -37,11 +37,16 @@ class Item:
         return self.value
 
 
-def open_binary(path: Path) -> IO[bytes]:
+def require_file(path: Path) -> Path:
     if path.is_dir():
         raise UserError(f"{path} is a directory, expected a JSONL or JSON file")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
+    return path
+
+
+def open_binary(path: Path) -> IO[bytes]:
+    require_file(path)
     return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")  # type: ignore[return-value]
 
 
