@@ -46,7 +46,8 @@ setup(
         # CPU machines: Paddle CPU build + the ERNIEKit wheel that ships `ernie` (pins: constraints.txt)
         "cpu": ["paddlepaddle>=3.1", "erniekit", "paddleformers"],
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27"],
-        "dev": ["pytest>=8", "ruff>=0.6", "mypy>=1.10"],
+        # openai: the client the server tests drive
+        "dev": ["pytest>=8", "ruff>=0.6", "mypy>=1.10", "openai>=1.0"],
     },
     entry_points={"console_scripts": ["ernie-ops=ernie_ops.cli.main:main"]},
     classifiers=[

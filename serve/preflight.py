@@ -97,8 +97,26 @@ def running_servers(state_dir: Path = STATE_DIR) -> list[dict]:
     return out
 
 
-def check_ports(profile, state_dir: Path = STATE_DIR) -> None:
-    ports = {"port": profile.port, **{k[2:]: v for k, v in profile.side_ports.items()}}
+def choose_backend(requested: str | None) -> tuple[str, str | None]:
+    """(backend, the one-line reason when it was chosen for the user)."""
+    if requested:
+        return requested, None
+    import importlib.util
+
+    from ernie_ops.train.launch import detect_gpus
+
+    has_fastdeploy = importlib.util.find_spec("fastdeploy") is not None
+    gpus = detect_gpus()
+    if has_fastdeploy and gpus:
+        return "fastdeploy", None
+    missing = "no GPU" if not gpus else "no FastDeploy"
+    return "paddle", f"{missing} here: serving with the embedded CPU backend (backend: paddle)"
+
+
+def check_ports(profile, state_dir: Path = STATE_DIR, only_main: bool = False) -> None:
+    ports = {"port": profile.port}
+    if not only_main:  # the embedded server has no side ports
+        ports.update({k[2:]: v for k, v in profile.side_ports.items()})
     for name, port in ports.items():
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

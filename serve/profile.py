@@ -39,7 +39,7 @@ MM_KINDS = ("image", "video", "audio")
 @dataclass
 class ServeProfile:
     model: str  # checkpoint directory, run directory (its export is served) or a pulled hub id
-    backend: str = "fastdeploy"
+    backend: str | None = None  # None: FastDeploy where it and a GPU exist, else the embedded CPU server
     fastdeploy_version: str = "2.5"
     gpus: list[int] = field(default_factory=lambda: [0])
     quantization: str | dict = "bf16"  # a name, or a mix_quant spec {dense_quant_type, moe_quant_type}
@@ -137,7 +137,7 @@ def validate(recipe: LoadedRecipe) -> tuple[ServeProfile | None, list[Problem]]:
 def _rules(p: ServeProfile, recipe: LoadedRecipe) -> list[Problem]:
     where = recipe.where
     out: list[Problem] = []
-    if p.backend not in BACKENDS:
+    if p.backend is not None and p.backend not in BACKENDS:
         out.append(error(where("backend"), "backend", f"{p.backend!r} is not one of {', '.join(BACKENDS)}"))
     if isinstance(p.quantization, str) and p.quantization not in QUANTIZATIONS:
         guess = did_you_mean(p.quantization, list(QUANTIZATIONS))

@@ -158,7 +158,7 @@ def test_ports_in_use_and_low_byte_collisions_are_refused(tmp_path):
 
 def test_serving_here_stops_at_the_missing_gpu_after_verifying(tiny_dense, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    assert main(["serve", str(tiny_dense), "--set", "port=18480"]) == 2
+    assert main(["serve", str(tiny_dense), "--backend", "fastdeploy", "--set", "port=18480"]) == 2
     assert "no GPU visible" in capsys.readouterr().err
 
 
@@ -247,7 +247,39 @@ def test_serve_without_fastdeploy_installed_fails_fast_with_the_reason(
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(preflight, "gpu_inventory", lambda: [(0, "NVIDIA H800", 79.6)])
-    assert main(["serve", str(tiny_dense), "--set", "port=18880", "--set", "startup_timeout=60"]) == 1
+    args = [
+        "serve",
+        str(tiny_dense),
+        "--backend",
+        "fastdeploy",
+        "--set",
+        "port=18880",
+        "--set",
+        "startup_timeout=60",
+    ]
+    assert main(args) == 1
     out = capsys.readouterr()
     assert "FastDeploy is not installed" in out.out + out.err
     assert (tmp_path / "runs" / "serve").is_dir()
+
+
+def test_without_gpu_the_embedded_backend_serves_with_the_same_lifecycle(tiny_dense, cli, tmp_path):
+    """No GPU here: `serve` picks the embedded CPU server, says so, and status/stop manage it."""
+    import openai
+
+    port = 18990
+    started = cli("serve", str(tiny_dense), "--set", f"port={port}", "--detach", cwd=tmp_path, timeout=180)
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert "embedded CPU backend" in started.stdout
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+        reply = client.chat.completions.create(
+            model=tiny_dense.name, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0
+        )
+        assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 4
+        status = json.loads(cli("serve", "status", cwd=tmp_path).stdout)
+        assert [s["port"] for s in status] == [port]
+    finally:
+        stopped = cli("serve", "stop", "--port", str(port), cwd=tmp_path)
+    assert stopped.returncode == 0
+    assert "no detached server" in cli("serve", "status", cwd=tmp_path).stdout

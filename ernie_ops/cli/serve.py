@@ -40,6 +40,12 @@ class Serve(Subcommand):
         )
         parser.add_argument("--detach", action="store_true", help="return once the server is ready")
         parser.add_argument("--port", type=int, help="with stop/status: which server")
+        parser.add_argument(
+            "--backend",
+            choices=("fastdeploy", "paddle"),
+            help="fastdeploy (GPU) or paddle (the embedded CPU server); default: fastdeploy where it "
+            "and a GPU exist, else paddle",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         if args.target in ("status", "stop"):
@@ -53,12 +59,13 @@ class Serve(Subcommand):
             profile = load_profile(target, args.sets)
         else:
             profile = profile_for_checkpoint(args.target, args.sets)
-        if profile.backend != "fastdeploy":
-            from ernie_ops.errors import UserError
+        from ernie_ops.serve.preflight import choose_backend
 
-            raise UserError(
-                "backend paddle (the embedded CPU server) is not built yet", hint="backend: fastdeploy"
-            )
+        profile.backend, reason = choose_backend(args.backend or profile.backend)
+        if reason:
+            print(reason)
+        if profile.backend == "paddle":
+            return _start_embedded(profile, args)
         if args.print_command:
             model_dir = Path(profile.model).expanduser()
             try:
@@ -73,12 +80,11 @@ class Serve(Subcommand):
 
 
 def _start(profile, args: argparse.Namespace) -> int:
-    import datetime as dt
+    """FastDeploy: pre-flight (checkpoint, ports, GPUs + planner), then supervised."""
     import os
 
     from ernie_ops.serve.fastdeploy import build_launch
-    from ernie_ops.serve.preflight import STATE_DIR, check_checkpoint, check_gpus, check_ports, resolve_model
-    from ernie_ops.serve.supervisor import run_server
+    from ernie_ops.serve.preflight import check_checkpoint, check_gpus, check_ports, resolve_model
 
     target = resolve_model(profile.model)
     check_checkpoint(target)
@@ -87,22 +93,69 @@ def _start(profile, args: argparse.Namespace) -> int:
     if plan:
         print(plan)
     launch = build_launch(profile, target.model_dir, target.is_vl, python=sys.executable)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    log_dir = (target.run_dir / "logs" if target.run_dir else STATE_DIR) / f"serve-{profile.port}-{stamp}"
-    log_dir.mkdir(parents=True, exist_ok=True)
     print(f"command: {launch.shown()}")
-    env = {**os.environ, **launch.env, "FD_LOG_DIR": str(log_dir)}
-    state = STATE_DIR / f"{profile.port}.json"
+    return _supervise(profile, args, launch.argv, {**os.environ, **launch.env}, target.run_dir)
+
+
+def _start_embedded(profile, args: argparse.Namespace) -> int:
+    """The embedded CPU server, supervised exactly like FastDeploy (readiness, logs, status/stop)."""
+    import os
+    import shlex
+
+    from ernie_ops.serve.preflight import check_checkpoint, check_ports, resolve_model
+    from ernie_ops.serve.profile import api_key
+
+    host = "127.0.0.1" if profile.host == "0.0.0.0" else profile.host  # no TLS: one machine by default
+    command = [
+        sys.executable,
+        "-m",
+        "ernie_ops.serve.openai_server",
+        "--model",
+        profile.model,
+        "--host",
+        host,
+        "--port",
+        str(profile.port),
+        "--max-batch-size",
+        str(profile.max_num_seqs),
+    ]
+    if profile.served_model_name:
+        command += ["--served-model-name", profile.served_model_name]
+    if args.print_command:
+        print(" ".join(shlex.quote(c) for c in command))
+        return 0
+    target = resolve_model(profile.model)
+    command[command.index("--model") + 1] = str(target.model_dir)
+    check_checkpoint(target)
+    check_ports(profile, only_main=True)
+    env = dict(os.environ)
+    key = api_key(profile)
+    if key:
+        env["ERNIE_OPS_API_KEY"] = key  # the environment, never the command line
+    print(f"command: {' '.join(shlex.quote(c) for c in command)}")
+    return _supervise(profile, args, command, env, target.run_dir)
+
+
+def _supervise(profile, args: argparse.Namespace, command: list[str], env: dict[str, str], run_dir) -> int:
+    import datetime as dt
+
+    from ernie_ops.serve.preflight import STATE_DIR
+    from ernie_ops.serve.supervisor import run_server
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    log_dir = (run_dir / "logs" if run_dir else STATE_DIR) / f"serve-{profile.port}-{stamp}"
+    log_dir.mkdir(parents=True, exist_ok=True)
     STATE_DIR.mkdir(parents=True, exist_ok=True)
+    host = "127.0.0.1" if profile.host == "0.0.0.0" else profile.host
     return run_server(
-        launch.argv,
-        env,
+        command,
+        {**env, "FD_LOG_DIR": str(log_dir)},
         log_dir,
-        "127.0.0.1" if profile.host == "0.0.0.0" else profile.host,
+        host,
         profile.port,
         profile.startup_timeout,
         args.detach,
-        state,
+        STATE_DIR / f"{profile.port}.json",
     )
 
 

@@ -1,0 +1,717 @@
+"""The embedded OpenAI-compatible HTTP server over the CPU engine (`serve/engine.py`).
+
+It speaks the subset of the API FastDeploy serves, so the smoke / bench / eval clients cannot tell the
+two apart: `/v1/chat/completions`, `/v1/completions` (streaming or not), `/v1/models`, `/health`,
+`/metrics`. The wire shapes are in `protocol.py`; this module maps them to engine requests.
+
+Threads: the engine steps in its own thread; every request gets a small pump thread that moves the
+engine's deltas onto an asyncio queue, so the event loop never blocks on the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import hmac
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from ernie_ops.errors import UserError
+from ernie_ops.serve.engine import FINISH_CANCELLED, FINISH_ERROR, Delta, Engine, SamplingParams
+from ernie_ops.serve.protocol import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    DeltaMessage,
+    ErrorInfo,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    ResponseMessage,
+    SamplingFields,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI, Request
+    from fastapi.responses import Response
+
+log = logging.getLogger(__name__)
+
+THINK_END = "</think>"
+DEFAULT_MAX_WAITING = 64
+DISCONNECT_POLL_S = 0.25  # how often a quiet request checks whether its client is still there
+SHUTDOWN_DRAIN_S = 10.0  # how long shutdown waits for cancelled requests to leave the engine
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class APIError(Exception):
+    """A request the server refuses; becomes an OpenAI-style error body with this status."""
+
+    def __init__(
+        self, status: int, message: str, type_: str, param: str | None = None, code: str | None = None
+    ):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+    def body(self) -> dict[str, Any]:
+        info = ErrorInfo(message=self.message, type=self.type, param=self.param, code=self.code)
+        return ErrorResponse(error=info).model_dump()
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, "invalid_request_error", param, code)
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics: Prometheus text exposition written by hand (prometheus_client is not a dependency)
+
+
+@dataclass
+class _Histogram:
+    buckets: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    n: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * len(self.buckets)
+
+    def observe(self, value: float) -> None:
+        # counts are per bucket here and made cumulative when written out
+        i = bisect.bisect_left(self.buckets, value)
+        if i < len(self.counts):
+            self.counts[i] += 1
+        self.total += value
+        self.n += 1
+
+    def lines(self, name: str) -> Iterator[str]:
+        cumulative = 0
+        for bound, count in zip(self.buckets, self.counts, strict=True):
+            cumulative += count
+            yield f'{name}_bucket{{le="{bound}"}} {cumulative}'
+        yield f'{name}_bucket{{le="+Inf"}} {self.n}'
+        yield f"{name}_sum {self.total}"
+        yield f"{name}_count {self.n}"
+
+
+class Metrics:
+    """Counters the server updates from the event loop and reads for /metrics (lock: cheap insurance)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: dict[tuple[str, int], int] = {}
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.ttft = _Histogram(LATENCY_BUCKETS)
+        self.e2e = _Histogram(LATENCY_BUCKETS)
+
+    def request_done(self, endpoint: str, status: int) -> None:
+        with self._lock:
+            self.requests[endpoint, status] = self.requests.get((endpoint, status), 0) + 1
+
+    def tokens(self, prompt: int, completion: int) -> None:
+        with self._lock:
+            self.prompt_tokens += prompt
+            self.completion_tokens += completion
+
+    def first_token(self, seconds: float) -> None:
+        with self._lock:
+            self.ttft.observe(seconds)
+
+    def finished(self, seconds: float) -> None:
+        with self._lock:
+            self.e2e.observe(seconds)
+
+    def render(self, running: int, waiting: int) -> str:
+        p = "ernie_ops"
+        out = [
+            f"# HELP {p}_requests_total HTTP API requests by endpoint and status code.",
+            f"# TYPE {p}_requests_total counter",
+        ]
+        with self._lock:
+            for (endpoint, status), n in sorted(self.requests.items()):
+                out.append(f'{p}_requests_total{{endpoint="{endpoint}",status="{status}"}} {n}')
+            out += [
+                f"# HELP {p}_prompt_tokens_total Prompt tokens of admitted requests.",
+                f"# TYPE {p}_prompt_tokens_total counter",
+                f"{p}_prompt_tokens_total {self.prompt_tokens}",
+                f"# HELP {p}_generation_tokens_total Tokens generated.",
+                f"# TYPE {p}_generation_tokens_total counter",
+                f"{p}_generation_tokens_total {self.completion_tokens}",
+                f"# HELP {p}_num_requests_running Requests in the engine's running batch.",
+                f"# TYPE {p}_num_requests_running gauge",
+                f"{p}_num_requests_running {running}",
+                f"# HELP {p}_num_requests_waiting Requests queued for a batch slot.",
+                f"# TYPE {p}_num_requests_waiting gauge",
+                f"{p}_num_requests_waiting {waiting}",
+                f"# HELP {p}_time_to_first_token_seconds Time from arrival to the first token.",
+                f"# TYPE {p}_time_to_first_token_seconds histogram",
+                *self.ttft.lines(f"{p}_time_to_first_token_seconds"),
+                f"# HELP {p}_e2e_request_latency_seconds Time from arrival to the last token.",
+                f"# TYPE {p}_e2e_request_latency_seconds histogram",
+                *self.e2e.lines(f"{p}_e2e_request_latency_seconds"),
+            ]
+        return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# reasoning split (the way FastDeploy's ERNIE reasoning parsers do it)
+
+
+def split_reasoning(text: str, thinking: bool) -> tuple[str | None, str | None]:
+    """(reasoning_content, content) of a whole output.
+
+    Text before the first `</think>` is reasoning; without one the output is content, unless the
+    request was in thinking mode (then it is a thought cut short, as the stream already showed it).
+    """
+    reasoning, marker, content = text.partition(THINK_END)
+    if marker:
+        return reasoning, content
+    return (text, None) if thinking else (None, text)
+
+
+class ReasoningStream:
+    """The streaming counterpart of `split_reasoning`: routes text deltas to reasoning or content.
+
+    In thinking mode text is reasoning until `</think>`; otherwise it is content from the start
+    (a later `</think>` is dropped, the text already sent cannot be taken back). A tail that could be
+    the start of `</think>` is held back so the marker never leaks when split across deltas.
+    """
+
+    def __init__(self, thinking: bool):
+        self.in_reasoning = thinking
+        self.done = False  # the marker has been seen: everything from now on is content
+        self.buffer = ""
+
+    def feed(self, text: str, final: bool = False) -> tuple[str, str]:
+        if self.done:
+            return "", text
+        self.buffer += text
+        before, marker, after = self.buffer.partition(THINK_END)
+        if marker:
+            self.done, self.buffer = True, ""
+            return (before, after) if self.in_reasoning else ("", before + after)
+        keep = 0 if final else _marker_prefix(self.buffer)
+        ready, self.buffer = self.buffer[: len(self.buffer) - keep], self.buffer[len(self.buffer) - keep :]
+        return (ready, "") if self.in_reasoning else ("", ready)
+
+
+def _marker_prefix(text: str) -> int:
+    for n in range(min(len(THINK_END) - 1, len(text)), 0, -1):
+        if text.endswith(THINK_END[:n]):
+            return n
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the server state and request plumbing
+
+
+@dataclass
+class ServerState:
+    engine: Engine
+    model_name: str
+    api_key: str | None
+    max_waiting: int
+    metrics: Metrics = field(default_factory=Metrics)
+    in_flight: dict[str, float] = field(default_factory=dict)  # request id -> arrival time
+    thinking_default: bool = False
+
+    @property
+    def capacity(self) -> int:
+        return self.engine.max_batch_size + self.max_waiting
+
+    def load(self) -> tuple[int, int]:
+        """(running, waiting): the engine admits in arrival order up to its batch size."""
+        n = len(self.in_flight)
+        return min(n, self.engine.max_batch_size), max(0, n - self.engine.max_batch_size)
+
+
+@dataclass
+class Prepared:
+    """A validated request turned into engine terms."""
+
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    stream: bool
+    include_usage: bool
+    thinking: bool = False
+
+
+def _check_auth(state: ServerState, request: Request) -> None:
+    if state.api_key is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    # compare_digest: the time taken must not reveal how much of the key was right
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), state.api_key.encode()):
+        raise APIError(401, "invalid or missing API key", "authentication_error", code="invalid_api_key")
+
+
+async def _parse(request: Request, model: type[SamplingFields]) -> Any:
+    """The JSON body validated against `model`; any problem is a 400 naming the field."""
+    body = await request.body()
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as err:
+        first = err.errors()[0]
+        if first["type"] == "json_invalid":
+            raise bad_request(f"the request body is not valid JSON: {first['msg']}") from None
+        param = ".".join(str(p) for p in first["loc"]) or None
+        message = first["msg"].removeprefix("Value error, ")
+        raise bad_request(f"{param}: {message}" if param else message, param=param) from None
+
+
+def _sampling(
+    req: SamplingFields, prompt_len: int, max_len: int, limit: int | None, default: int
+) -> SamplingParams:
+    room = max_len - prompt_len
+    max_tokens = limit if limit is not None else min(default, room) if default else room
+    if max_tokens > room or room <= 0:
+        raise bad_request(
+            f"this model's maximum context length is {max_len} tokens; the prompt has {prompt_len} "
+            f"and {max_tokens} more were requested",
+            param="max_tokens" if limit is not None and prompt_len < max_len else "messages",
+            code="context_length_exceeded",
+        )
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=max(req.top_k, 0),
+        repetition_penalty=req.repetition_penalty,
+        seed=req.seed,
+        stop=req.stop_list(),
+        stop_token_ids=list(req.stop_token_ids),
+        ignore_eos=req.ignore_eos,
+    )
+
+
+def _check_model(state: ServerState, name: str) -> None:
+    if name != state.model_name:
+        raise APIError(
+            404,
+            f"the model `{name}` does not exist; this server serves `{state.model_name}`",
+            "invalid_request_error",
+            param="model",
+            code="model_not_found",
+        )
+
+
+def _prepare_chat(state: ServerState, req: ChatCompletionRequest) -> Prepared:
+    _check_model(state, req.model)
+    messages = [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages
+    ]
+    tokenizer = state.engine.tokenizer
+    try:
+        text = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, **req.chat_template_kwargs
+        )
+    except Exception as err:  # a template error is caused by what the client sent
+        raise bad_request(f"the chat template failed on these messages: {err}", param="messages") from None
+    ids = state.engine.encode(str(text))
+    thinking = bool(req.chat_template_kwargs.get("enable_thinking", state.thinking_default))
+    params = _sampling(req, len(ids), state.engine.max_length, req.token_limit(), default=0)
+    return Prepared(f"chatcmpl-{uuid.uuid4().hex}", ids, params, req.stream, _usage_wanted(req), thinking)
+
+
+def _prepare_completion(state: ServerState, req: CompletionRequest) -> Prepared:
+    _check_model(state, req.model)
+    prompt = req.single_prompt()
+    ids = state.engine.encode(prompt) if isinstance(prompt, str) else list(prompt)
+    if not ids:
+        raise bad_request("the prompt is empty", param="prompt")
+    vocab = int(getattr(state.engine.tokenizer, "vocab_size", 0) or 0)
+    if vocab and any(not 0 <= i < vocab for i in ids):
+        raise bad_request(f"prompt token ids must be in [0, {vocab})", param="prompt")
+    # OpenAI's completions default is 16 new tokens
+    params = _sampling(req, len(ids), state.engine.max_length, req.max_tokens, default=16)
+    return Prepared(f"cmpl-{uuid.uuid4().hex}", ids, params, req.stream, _usage_wanted(req))
+
+
+def _usage_wanted(req: SamplingFields) -> bool:
+    return req.stream_options is not None and req.stream_options.include_usage
+
+
+def _pump(stream: Iterator[Delta], loop: asyncio.AbstractEventLoop, q: asyncio.Queue[Delta | None]) -> None:
+    """Move the engine's deltas onto the event loop (runs in its own thread)."""
+    try:
+        for delta in stream:
+            loop.call_soon_threadsafe(q.put_nowait, delta)
+    except RuntimeError:  # the event loop closed under us (shutdown): nobody is listening
+        return
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(q.put_nowait, None)
+
+
+@dataclass
+class _Ticket:
+    """An admitted request: its deltas arrive on `queue`; `release` must run however it ends."""
+
+    state: ServerState
+    request_id: str
+    queue: asyncio.Queue[Delta | None]
+    arrived: float
+    finished: bool = False
+
+    def release(self) -> None:
+        if self.state.in_flight.pop(self.request_id, None) is not None and not self.finished:
+            self.state.engine.cancel(self.request_id)  # the client left (or failed): free the slot
+
+
+def _admit(state: ServerState, prep: Prepared) -> _Ticket:
+    """Submit to the engine, or refuse with 429 when the waiting queue is full."""
+    if len(state.in_flight) >= state.capacity:
+        raise APIError(
+            429,
+            f"the server is busy ({len(state.in_flight)} requests in flight); retry later",
+            "rate_limit_error",
+            code="too_many_requests",
+        )
+    try:
+        handle = state.engine.submit(prep.prompt_ids, prep.params, request_id=prep.request_id)
+    except UserError as err:
+        raise bad_request(err.message) from None
+    ticket = _Ticket(state, prep.request_id, asyncio.Queue(), time.perf_counter())
+    state.in_flight[prep.request_id] = ticket.arrived
+    state.metrics.tokens(len(prep.prompt_ids), 0)
+    loop = asyncio.get_running_loop()
+    threading.Thread(target=_pump, args=(handle.stream(), loop, ticket.queue), daemon=True).start()
+    return ticket
+
+
+async def _deltas(ticket: _Ticket, request: Request) -> AsyncIterator[Delta]:
+    """The request's deltas until the last one, or until the client is seen to be gone."""
+    metrics, first = ticket.state.metrics, True
+    while True:
+        try:
+            delta = await asyncio.wait_for(ticket.queue.get(), DISCONNECT_POLL_S)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                return
+            continue
+        if delta is None:
+            ticket.finished = True
+            return
+        if first and (delta.text or delta.token_ids):
+            metrics.first_token(time.perf_counter() - ticket.arrived)
+            first = False
+        metrics.tokens(0, len(delta.token_ids))
+        if delta.finish_reason is not None:
+            ticket.finished = True
+            metrics.finished(time.perf_counter() - ticket.arrived)
+        yield delta
+
+
+def _refusal(reason: str | None) -> APIError | None:
+    """The error for a request that ended without a client-facing finish reason."""
+    if reason == FINISH_CANCELLED:
+        return APIError(503, "the request was cancelled (the server is shutting down)", "server_error")
+    if reason == FINISH_ERROR or reason is None:
+        return APIError(500, "the engine failed while generating; see the server log", "server_error")
+    return None
+
+
+async def _collect(state: ServerState, prep: Prepared, request: Request) -> tuple[str, int, str]:
+    """Run a request to the end: (text, completion tokens, finish reason)."""
+    ticket = _admit(state, prep)
+    parts: list[str] = []
+    n_tokens, reason = 0, None
+    try:
+        async for delta in _deltas(ticket, request):
+            parts.append(delta.text)
+            n_tokens += len(delta.token_ids)
+            reason = delta.finish_reason or reason
+    finally:
+        ticket.release()
+    if not ticket.finished:  # the client is gone; nobody reads this
+        raise APIError(499, "the client closed the request", "client_closed_request")
+    error = _refusal(reason)
+    if error is not None:
+        raise error
+    return "".join(parts), n_tokens, str(reason)
+
+
+def _sse(payload: BaseModel | dict[str, Any]) -> str:
+    if isinstance(payload, BaseModel):
+        return f"data: {payload.model_dump_json(exclude_none=True)}\n\n"
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+async def _chat_stream(state: ServerState, prep: Prepared, request: Request) -> AsyncIterator[str]:
+    def chunk(delta: DeltaMessage, finish: str | None = None) -> ChatCompletionChunk:
+        choice = ChatChunkChoice(delta=delta, finish_reason=finish)  # type: ignore[arg-type]
+        return ChatCompletionChunk(id=prep.request_id, model=state.model_name, choices=[choice])
+
+    ticket = _admit(state, prep)  # before the first chunk, so a refusal is still an HTTP error
+    try:
+        splitter = ReasoningStream(prep.thinking)
+        n_tokens = 0
+        yield _sse(chunk(DeltaMessage(role="assistant", content="")))
+        async for delta in _deltas(ticket, request):
+            n_tokens += len(delta.token_ids)
+            final = delta.finish_reason is not None
+            error = _refusal(delta.finish_reason) if final else None
+            if error is not None:
+                yield _sse(error.body())
+                break
+            reasoning, content = splitter.feed(delta.text, final=final)
+            if reasoning or content or final:
+                message = DeltaMessage(reasoning_content=reasoning or None, content=content or None)
+                yield _sse(chunk(message, delta.finish_reason))
+        if not ticket.finished:
+            return
+        if prep.include_usage:
+            usage = Usage.of(len(prep.prompt_ids), n_tokens)
+            yield _sse(
+                ChatCompletionChunk(id=prep.request_id, model=state.model_name, choices=[], usage=usage)
+            )
+        yield "data: [DONE]\n\n"
+    finally:
+        ticket.release()
+
+
+async def _completion_stream(state: ServerState, prep: Prepared, request: Request) -> AsyncIterator[str]:
+    def chunk(text: str, finish: str | None = None, usage: Usage | None = None) -> CompletionResponse:
+        choices = [] if usage else [CompletionChoice(text=text, finish_reason=finish)]  # type: ignore[arg-type]
+        return CompletionResponse(id=prep.request_id, model=state.model_name, choices=choices, usage=usage)
+
+    ticket = _admit(state, prep)
+    try:
+        n_tokens = 0
+        # an empty first chunk sends the 200 header at once (OpenAI's stream starts with text)
+        yield _sse(chunk(""))
+        async for delta in _deltas(ticket, request):
+            n_tokens += len(delta.token_ids)
+            final = delta.finish_reason is not None
+            error = _refusal(delta.finish_reason) if final else None
+            if error is not None:
+                yield _sse(error.body())
+                break
+            if delta.text or final:
+                yield _sse(chunk(delta.text, delta.finish_reason))
+        if not ticket.finished:
+            return
+        if prep.include_usage:
+            yield _sse(chunk("", usage=Usage.of(len(prep.prompt_ids), n_tokens)))
+        yield "data: [DONE]\n\n"
+    finally:
+        ticket.release()
+
+
+# ---------------------------------------------------------------------------------------------
+# the app
+
+
+def _template_thinks(tokenizer: Any) -> bool:
+    """Whether the chat template thinks unless told otherwise (ERNIE's thinking models' templates do)."""
+    template = getattr(tokenizer, "chat_template", None)
+    return isinstance(template, str) and "enable_thinking" in template and "<think>" in template
+
+
+def create_app(
+    engine: Engine, model_name: str, api_key: str | None = None, max_waiting: int = DEFAULT_MAX_WAITING
+) -> FastAPI:
+    """The FastAPI app; it starts the engine thread on startup and stops it on shutdown.
+
+    Up to `engine.max_batch_size` requests run at once and `max_waiting` more may queue; beyond
+    that a request gets 429 at once rather than an unbounded wait.
+    """
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    state = ServerState(engine, model_name, api_key or None, max_waiting)
+    state.thinking_default = _template_thinks(engine.tokenizer)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine.start()
+        log.info("serving %s (engine thread running)", model_name)
+        yield
+        # uvicorn has drained (or, after its graceful timeout, cut) the connections; cancel what is
+        # still in flight and let the engine thread apply that before it stops, so no request is
+        # left half-done for a pump thread to drive on its own
+        for request_id in list(state.in_flight):
+            engine.cancel(request_id)
+        deadline = time.monotonic() + SHUTDOWN_DRAIN_S
+        while engine.has_work() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.to_thread(engine.stop)
+
+    app = FastAPI(title="ernie-ops embedded OpenAI-compatible server", lifespan=lifespan)
+    app.state.server = state
+
+    def error_response(err: APIError) -> JSONResponse:
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, err: APIError) -> JSONResponse:
+        return error_response(err)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+        return error_response(bad_request(str(err.errors()[:1])))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        type_ = "not_found_error" if err.status_code == 404 else "invalid_request_error"
+        return error_response(APIError(err.status_code, str(err.detail), type_))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return error_response(APIError(500, f"internal error: {type(err).__name__}", "server_error"))
+
+    async def completion_endpoint(request: Request, endpoint: str) -> Response:
+        status = 200
+        try:
+            _check_auth(state, request)
+            if endpoint == "chat":
+                prep = _prepare_chat(state, await _parse(request, ChatCompletionRequest))
+            else:
+                prep = _prepare_completion(state, await _parse(request, CompletionRequest))
+            if prep.stream:
+                stream = _chat_stream if endpoint == "chat" else _completion_stream
+                body = stream(state, prep, request)
+                first = await _first_chunk(body)  # a 429 / 400 must come before the 200 header
+                return StreamingResponse(
+                    _prepend(first, body),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                )
+            text, n_tokens, reason = await _collect(state, prep, request)
+            usage = Usage.of(len(prep.prompt_ids), n_tokens)
+            if endpoint == "chat":
+                reasoning, content = split_reasoning(text, prep.thinking)
+                message = ResponseMessage(content=content, reasoning_content=reasoning)
+                choice = ChatChoice(message=message, finish_reason=reason)  # type: ignore[arg-type]
+                result: BaseModel = ChatCompletionResponse(
+                    id=prep.request_id, model=model_name, choices=[choice], usage=usage
+                )
+            else:
+                choice_c = CompletionChoice(text=text, finish_reason=reason)  # type: ignore[arg-type]
+                result = CompletionResponse(
+                    id=prep.request_id, model=model_name, choices=[choice_c], usage=usage
+                )
+            return JSONResponse(result.model_dump(mode="json"))
+        except APIError as err:
+            status = err.status
+            return error_response(err)
+        finally:
+            state.metrics.request_done(endpoint, status)
+
+    async def chat_completions(request: Request) -> Response:
+        return await completion_endpoint(request, "chat")
+
+    async def completions(request: Request) -> Response:
+        return await completion_endpoint(request, "completions")
+
+    async def models(request: Request) -> JSONResponse:
+        _check_auth(state, request)
+        card = ModelCard(id=model_name, max_model_len=engine.max_length)
+        return JSONResponse(ModelList(data=[card]).model_dump(mode="json"))
+
+    async def health(request: Request) -> Response:
+        if engine.running:
+            return PlainTextResponse("ok")
+        return error_response(APIError(503, "the engine is not running", "server_error"))
+
+    async def metrics(request: Request) -> PlainTextResponse:
+        running, waiting = state.load()
+        return PlainTextResponse(
+            state.metrics.render(running, waiting), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    # plain Starlette routes: the handlers take the Request positionally (no FastAPI injection,
+    # which would need the annotations importable at module level)
+    app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
+    app.add_route("/v1/completions", completions, methods=["POST"])
+    app.add_route("/v1/models", models, methods=["GET"])
+    app.add_route("/health", health, methods=["GET"])
+    app.add_route("/metrics", metrics, methods=["GET"])
+    return app
+
+
+async def _first_chunk(body: AsyncIterator[str]) -> str:
+    """Run a stream up to its first chunk, so errors raised before any output are still HTTP errors."""
+    return await body.__anext__()
+
+
+async def _prepend(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
+def run(
+    model_dir: Path | str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    served_model_name: str | None = None,
+    max_batch_size: int = 8,
+    max_waiting: int = DEFAULT_MAX_WAITING,
+) -> None:
+    """Load the checkpoint, then serve it until interrupted (the port opens only once it is loaded).
+
+    Binds loopback unless told otherwise: the embedded server has no TLS and is meant for one machine.
+    """
+    import uvicorn
+
+    engine = Engine.load(model_dir, max_batch_size=max_batch_size)
+    name = served_model_name or Path(model_dir).name
+    app = create_app(engine, name, api_key=api_key, max_waiting=max_waiting)
+    # in-flight streams get this long to finish on Ctrl-C / SIGTERM before they are cancelled
+    uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=30, log_level="info")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m ernie_ops.serve.openai_server`: what `ernie-ops serve --backend paddle` supervises.
+    The API key comes from $ERNIE_OPS_API_KEY, never from the command line (it would show in `ps`)."""
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(description="The embedded CPU OpenAI-compatible server.")
+    parser.add_argument("--model", required=True, type=Path)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--served-model-name")
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--max-waiting", type=int, default=DEFAULT_MAX_WAITING)
+    args = parser.parse_args(argv)
+    run(
+        args.model,
+        host=args.host,
+        port=args.port,
+        api_key=os.environ.get("ERNIE_OPS_API_KEY") or None,
+        served_model_name=args.served_model_name,
+        max_batch_size=args.max_batch_size,
+        max_waiting=args.max_waiting,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
