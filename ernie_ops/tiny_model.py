@@ -87,7 +87,8 @@ class TinySpec:
     """Toy-sized shapes that keep ERNIE 4.5's structure (GQA, head_dim set, tied embeddings)."""
 
     kind: str = "dense"
-    vocab_size: int = 1024
+    vocab_size: int = 1024  # the model's; a larger one pads the tokenizer with inert pieces
+    tokenizer_vocab_size: int = 1024  # pieces sentencepiece learns from the corpus
     hidden_size: int = 64
     intermediate_size: int = 128
     num_hidden_layers: int = 2
@@ -128,8 +129,13 @@ COMMON_WORDS = (
 ).split()
 
 
-def build_tiny_model(out: Path, kind: str = "dense", seed: int = 0, force: bool = False) -> Path:
-    """Write a tiny random ERNIE 4.5 checkpoint to `out` (atomically) and return its path."""
+def build_tiny_model(
+    out: Path, kind: str = "dense", seed: int = 0, force: bool = False, spec: TinySpec | None = None
+) -> Path:
+    """Write a tiny random ERNIE 4.5 checkpoint to `out` (atomically) and return its path.
+    `spec` gives other shapes (e.g. the real ERNIE-4.5-0.3B shape for benchmarks)."""
+    if spec is not None:
+        kind = spec.kind
     if kind not in KINDS:
         raise UserError(f"--kind must be one of {', '.join(KINDS)}, not {kind!r}")
     out = Path(out)
@@ -138,7 +144,7 @@ def build_tiny_model(out: Path, kind: str = "dense", seed: int = 0, force: bool 
             f"{out} already exists and is not empty",
             hint="choose another directory or pass --force to replace it",
         )
-    spec = TinySpec(kind=kind)
+    spec = spec or TinySpec(kind=kind)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -194,7 +200,7 @@ def _write_tokenizer(out: Path, spec: TinySpec, seed: int) -> None:
         sentence_iterator=iter(_corpus(seed)),
         model_writer=model,
         model_type="bpe",
-        vocab_size=spec.vocab_size,
+        vocab_size=spec.tokenizer_vocab_size,
         character_coverage=1.0,
         byte_fallback=True,  # any UTF-8 text encodes; no example is lost to <unk>
         split_digits=True,
@@ -211,7 +217,7 @@ def _write_tokenizer(out: Path, spec: TinySpec, seed: int) -> None:
         num_threads=1,  # deterministic for a seed
         minloglevel=2,
     )
-    (out / "tokenizer.model").write_bytes(model.getvalue())
+    (out / "tokenizer.model").write_bytes(_padded(model.getvalue(), spec.vocab_size))
     special_map = {**SPECIAL_TOKENS, "additional_special_tokens": ADDITIONAL_SPECIAL_TOKENS}
     (out / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n")
     config = {
@@ -225,6 +231,20 @@ def _write_tokenizer(out: Path, spec: TinySpec, seed: int) -> None:
         "chat_template": CHAT_TEMPLATE,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+def _padded(model: bytes, size: int) -> bytes:
+    """The tokenizer with inert pieces appended up to the model's vocabulary, so every id a random
+    model can emit decodes; their scores are far below every real piece, so encoding is unchanged."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()  # type: ignore[attr-defined]  # generated protobuf: no stubs
+    normal = proto.SentencePiece.NORMAL
+    proto.ParseFromString(model)
+    for i in range(size - len(proto.pieces)):
+        piece = proto.pieces.add()
+        piece.piece, piece.score, piece.type = f"\u2581w{i}", -1e6 - i, normal
+    return proto.SerializeToString()
 
 
 def _model_config_kwargs(spec: TinySpec) -> dict:

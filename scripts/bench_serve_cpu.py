@@ -1,0 +1,707 @@
+#!/usr/bin/env python
+"""CPU serving speed of the embedded engine at the real ERNIE-4.5-0.3B shape, against its targets.
+
+A random checkpoint with ERNIE-4.5-0.3B's shapes (hidden 1024, 18 layers, 16 heads / 2 KV heads,
+head_dim 128, intermediate 3072, vocab 103424, tied embeddings; float32) is built once with
+ERNIEKit's classes and cached (--model-dir). Its tokenizer is the tiny model's, padded with inert
+pieces to the model's vocab so every sampled id decodes. Then, in one run:
+
+- the engine in-process: batch 1 and 8 concurrent requests (64-token prompts, 32 new tokens, greedy,
+  EOS ignored): time to first token, decode tokens/s (after the first token) and end-to-end
+  output tokens/s (prefill included);
+- PyTorch + transformers' own `Ernie4_5ForCausalLM` (random weights, same shape, same threads)
+  `generate` with the KV cache at batch 1 and a static batch of 8, in a child process; its decode
+  rate is B * (N - 1) / (t(N new) - t(1 new)), its end-to-end rate B * N / t(N new);
+- the memory-bandwidth floor at batch 1: fp32 weight bytes / copy bandwidth (numpy copy of a large
+  array split over the same threads; bytes read + written, as STREAM counts a copy);
+- the OpenAI-compatible server as a child process on a free loopback port: 16 concurrent streaming
+  clients (aggregate output tokens/s, TTFT p50 / p90, end-to-end p50), then a soak of 200 requests
+  (random prompt lengths and max_tokens, streaming and not, at most 16 in flight) counting errors,
+  with the server's VmRSS before and after.
+
+Targets (from the issue): engine batch 1 >= 0.9x PyTorch batch 1; 8 concurrent >= 1.0x PyTorch static
+batch 8; batch 1 within 2x of the bandwidth floor; soak 0 errors and RSS after <= 1.1x before.
+A missed target is reported, not an exit status: the script fails only when something breaks.
+
+    .venv/bin/python scripts/bench_serve_cpu.py            # full run, about 10 minutes on 2 cores
+    .venv/bin/python scripts/bench_serve_cpu.py --quick    # smoke run, about a minute (model cached)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ernie_ops.benchmark import bench_parser, print_table, write_report
+
+DEFAULT_MODEL_DIR = Path(tempfile.gettempdir()) / "ernie-ops-bench" / "ernie45-0.3b-random"
+SEED = 0
+PROMPT_LEN = 64
+NEW_TOKENS = 32
+BATCH = 8
+CLIENTS = 16
+SERVED_NAME = "ernie45-0.3b-random"
+# ERNIE-4.5-0.3B's shapes (its public config.json)
+SHAPE = dict(
+    vocab_size=103424,
+    hidden_size=1024,
+    intermediate_size=3072,
+    num_hidden_layers=18,
+    num_attention_heads=16,
+    num_key_value_heads=2,
+    head_dim=128,
+    max_position_embeddings=131072,
+    rope_theta=500000.0,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# the checkpoint
+
+
+def build_model(out: Path) -> Path:
+    """The random 0.3B-shaped checkpoint at `out`, built once (tiny_model.json records the shape)."""
+    from ernie_ops.tiny_model import TinySpec, build_tiny_model
+
+    spec = TinySpec(**SHAPE)
+    marker = out / "tiny_model.json"
+    if marker.is_file() and all(json.loads(marker.read_text()).get(k) == v for k, v in SHAPE.items()):
+        print(f"model: cached at {out}")
+        return out
+    print(f"model: building the 0.3B-shaped random checkpoint at {out} (once)", flush=True)
+    started = time.perf_counter()
+    build_tiny_model(out, seed=SEED, force=True, spec=spec)
+    print(f"model: built in {time.perf_counter() - started:.0f} s", flush=True)
+    return out
+
+
+def weight_bytes(model_dir: Path) -> int:
+    """Weight bytes one decode step reads: every tensor, the embedding table counted once.
+
+    The embedding lookup reads one row; the LM head (tied: the same table) reads it all. ERNIEKit's
+    save_pretrained writes `lm_head.weight` beside `embed_tokens.weight` even when tied, so the
+    table is left out when a separate LM head is stored.
+    """
+    sizes: dict[str, int] = {}
+    for file in sorted(model_dir.glob("*.safetensors")):
+        with file.open("rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        for name, info in header.items():
+            if name != "__metadata__":
+                sizes[name] = info["data_offsets"][1] - info["data_offsets"][0]
+    if any(k.endswith("lm_head.weight") for k in sizes):
+        sizes = {k: v for k, v in sizes.items() if not k.endswith("embed_tokens.weight")}
+    return sum(sizes.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+
+
+def prompts(n: int, length: int, seed: int) -> list[list[int]]:
+    """Fixed token-id prompts from the tokenizer's real pieces (ids 3..999)."""
+    rng = random.Random(seed)
+    return [[rng.randrange(3, 1000) for _ in range(length)] for _ in range(n)]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def vm_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# memory bandwidth
+
+
+def copy_bandwidth(threads: int, mib: int, repeat: int) -> float:
+    """GB/s of a numpy array copy split over `threads` (read + write bytes), best of `repeat`."""
+    import numpy as np
+
+    src = np.ones(mib * 2**20 // 8, dtype=np.float64)
+    dst = np.zeros_like(src)
+    parts = np.array_split(np.arange(src.size), threads)
+    bounds = [(int(p[0]), int(p[-1]) + 1) for p in parts]
+
+    def copy(lo: int, hi: int) -> None:
+        np.copyto(dst[lo:hi], src[lo:hi])  # releases the GIL for large copies
+
+    best = float("inf")
+    for _ in range(repeat + 1):  # the first pass faults the pages in
+        workers = [threading.Thread(target=copy, args=b) for b in bounds]
+        started = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        best = min(best, time.perf_counter() - started)
+    return 2 * src.nbytes / best / 1e9
+
+
+# ---------------------------------------------------------------------------------------------
+# the engine, in-process
+
+
+def engine_run(engine: Any, batch: list[list[int]], new_tokens: int) -> dict[str, float]:
+    """Submit all prompts at once to the running engine; per-request token timestamps."""
+    from ernie_ops.serve.engine import SamplingParams
+
+    params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+    started = time.perf_counter()
+    handles = [engine.submit(p, params) for p in batch]
+    stamps: list[list[tuple[float, int]]] = [[] for _ in handles]
+
+    def consume(i: int) -> None:
+        for delta in handles[i].stream():
+            if delta.token_ids:
+                stamps[i].append((time.perf_counter(), len(delta.token_ids)))
+
+    readers = [threading.Thread(target=consume, args=(i,)) for i in range(len(handles))]
+    for r in readers:
+        r.start()
+    for r in readers:
+        r.join()
+    ended = time.perf_counter()
+    results = [h.result() for h in handles]
+    bad = [r for r in results if len(r.token_ids) != new_tokens or r.finish_reason != "length"]
+    if bad:
+        raise RuntimeError(f"engine: {bad[0].request_id} ended {bad[0].finish_reason!r} {bad[0].error or ''}")
+    first = [s[0][0] for s in stamps]
+    tokens = len(batch) * new_tokens
+    decode_s = ended - max(first)  # every row is decoding from the last first token on
+    # tokens produced after the slowest row's first token / the time since then
+    late = sum(n for s in stamps for t, n in s if t > max(first))
+    return {
+        "ttft_s": statistics.median(f - started for f in first),
+        "ttft_max_s": max(first) - started,
+        "decode_tok_s": late / decode_s if decode_s > 0 else float("nan"),
+        "e2e_tok_s": tokens / (ended - started),
+        "wall_s": ended - started,
+    }
+
+
+def plan(label: str, repeat: int, quick: bool, new_tokens: int) -> tuple[int, int]:
+    """(warm-up new tokens at the measured shape, measured runs): batch 8 is measured once."""
+    if quick:
+        return 2, 1
+    return (new_tokens, repeat) if label == "batch1" else (8, 1)
+
+
+def bench_engine(model_dir: Path, repeat: int, new_tokens: int, quick: bool) -> dict[str, Any]:
+    from ernie_ops.serve.engine import Engine
+
+    started = time.perf_counter()
+    engine = Engine.load(model_dir, max_batch_size=BATCH)
+    load_s = time.perf_counter() - started
+    engine.start()
+    try:
+        out: dict[str, Any] = {"load_s": load_s}
+        for label, n in (("batch1", 1), ("batch8", BATCH)):
+            warm, times = plan(label, repeat, quick, new_tokens)
+            engine_run(engine, prompts(n, PROMPT_LEN, 99), warm)  # first-touch allocations, not counted
+            runs = [engine_run(engine, prompts(n, PROMPT_LEN, SEED + r), new_tokens) for r in range(times)]
+            out[label] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            out[label]["runs"] = len(runs)
+            print(
+                f"engine {label}: decode {out[label]['decode_tok_s']:.2f} tok/s, "
+                f"e2e {out[label]['e2e_tok_s']:.2f} tok/s, TTFT {out[label]['ttft_s']:.3f} s",
+                flush=True,
+            )
+        return out
+    finally:
+        engine.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch + transformers (child process, so the two frameworks' OpenMP runtimes never meet)
+
+
+def torch_phase(threads: int, repeat: int, new_tokens: int, quick: bool, out: Path) -> None:
+    import torch
+    from transformers import Ernie4_5Config, Ernie4_5ForCausalLM
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(SEED)
+    config = Ernie4_5Config(
+        **SHAPE, tie_word_embeddings=True, use_bias=False, hidden_act="silu", rms_norm_eps=1e-5
+    )
+    started = time.perf_counter()
+    model = Ernie4_5ForCausalLM(config).to(torch.float32).eval()
+    build_s = time.perf_counter() - started
+    params = sum(p.numel() for p in model.parameters())
+
+    def timed(batch: list[list[int]], n: int) -> float:
+        ids = torch.tensor(batch, dtype=torch.long)
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            gen = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=n,
+                min_new_tokens=n,  # EOS suppressed: fixed lengths
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=0,
+            )
+            elapsed = time.perf_counter() - t0
+        assert gen.shape[1] == ids.shape[1] + n, gen.shape
+        return elapsed
+
+    result: dict[str, Any] = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "params": params,
+        "build_s": build_s,
+    }
+    for label, b in (("batch1", 1), ("batch8", BATCH)):
+        warm, times = plan(label, repeat, quick, new_tokens)
+        timed(prompts(b, PROMPT_LEN, 99), warm)  # first-touch allocations, not counted
+        full, one = [], []
+        for r in range(times):
+            batch = prompts(b, PROMPT_LEN, SEED + r)
+            one.append(timed(batch, 1))
+            full.append(timed(batch, new_tokens))
+        t_full, t_one = statistics.median(full), statistics.median(one)
+        result[label] = {
+            "ttft_s": t_one,
+            "decode_tok_s": b * (new_tokens - 1) / (t_full - t_one),
+            "e2e_tok_s": b * new_tokens / t_full,
+            "wall_s": t_full,
+            "runs": times,
+        }
+        print(
+            f"pytorch {label}: decode {result[label]['decode_tok_s']:.2f} tok/s, "
+            f"e2e {result[label]['e2e_tok_s']:.2f} tok/s",
+            flush=True,
+        )
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def bench_torch(
+    threads: int, repeat: int, new_tokens: int, quick: bool, env: dict[str, str]
+) -> dict[str, Any]:
+    try:
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            return {"skipped": "torch is not installed (pip install torch==2.13.0)"}
+    except ImportError:
+        return {"skipped": "torch is not installed"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "torch.json"
+        cmd = [
+            sys.executable,
+            __file__,
+            "--torch-phase",
+            str(out),
+            "--threads",
+            str(threads),
+            "--repeat",
+            str(repeat),
+            "--new-tokens",
+            str(new_tokens),
+            *(["--quick"] if quick else []),
+        ]
+        proc = subprocess.run(cmd, env=env, timeout=900, text=True, stdout=sys.stdout, stderr=subprocess.PIPE)
+        if proc.returncode != 0 or not out.is_file():
+            raise RuntimeError(f"the PyTorch phase failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        return json.loads(out.read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# the server
+
+
+class Server:
+    """`python -m ernie_ops.serve.openai_server` on a free loopback port; always stopped on exit."""
+
+    def __init__(self, model_dir: Path, env: dict[str, str], log_path: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        cmd = [
+            sys.executable,
+            "-m",
+            "ernie_ops.serve.openai_server",
+            "--model",
+            str(model_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--served-model-name",
+            SERVED_NAME,
+            "--max-batch-size",
+            str(BATCH),
+        ]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float) -> float:
+        import httpx
+
+        started = time.perf_counter()
+        while time.perf_counter() - started < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return time.perf_counter() - started
+            time.sleep(0.5)
+        raise RuntimeError(f"the server was not healthy after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        self._log.flush()
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown
+            try:
+                self.proc.wait(40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+
+async def one_request(
+    client: Any, url: str, prompt: list[int], max_tokens: int, stream: bool
+) -> dict[str, Any]:
+    """One /v1/completions call; times to the first text and to the end, the completion tokens."""
+    body: dict[str, Any] = {
+        "model": SERVED_NAME,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": stream,
+    }
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    started = time.perf_counter()
+    ttft, tokens, finish = None, None, None
+    if not stream:
+        r = await client.post(f"{url}/v1/completions", json=body)
+        ended = time.perf_counter()
+        if r.status_code != 200:
+            return {"error": f"HTTP {r.status_code}: {r.text[:200]}"}
+        data = r.json()
+        tokens, finish = data["usage"]["completion_tokens"], data["choices"][0]["finish_reason"]
+        ttft = ended - started
+    else:
+        async with client.stream("POST", f"{url}/v1/completions", json=body) as r:
+            if r.status_code != 200:
+                return {"error": f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"}
+            done = False
+            async for line in r.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                payload = line[6:]
+                if payload == "[DONE]":
+                    done = True
+                    break
+                chunk = json.loads(payload)
+                if "error" in chunk:
+                    return {"error": f"stream error: {chunk['error'].get('message')}"}
+                for choice in chunk.get("choices") or []:
+                    if choice.get("text") and ttft is None:
+                        ttft = time.perf_counter() - started
+                    finish = choice.get("finish_reason") or finish
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+            ended = time.perf_counter()
+            if not done:
+                return {"error": "stream ended without [DONE]"}
+    if tokens != max_tokens or finish != "length":
+        return {"error": f"got {tokens} tokens (finish {finish!r}), wanted {max_tokens}"}
+    return {"ttft_s": ttft, "e2e_s": ended - started, "tokens": tokens, "start": started, "end": ended}
+
+
+async def concurrent_clients(url: str, n: int, new_tokens: int) -> dict[str, Any]:
+    import httpx
+
+    limits = httpx.Limits(max_connections=n + 4)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10), limits=limits) as client:
+        await one_request(client, url, prompts(1, 16, 99)[0], 4, True)  # warm-up
+        started = time.perf_counter()
+        results = await asyncio.gather(
+            *(one_request(client, url, p, new_tokens, True) for p in prompts(n, PROMPT_LEN, SEED + 100))
+        )
+        wall = time.perf_counter() - started
+    errors = [r["error"] for r in results if "error" in r]
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {n} concurrent requests failed, first: {errors[0]}")
+    ttfts = [r["ttft_s"] for r in results]
+    return {
+        "clients": n,
+        "tok_s": sum(r["tokens"] for r in results) / wall,
+        "ttft_p50_s": pct(ttfts, 0.5),
+        "ttft_p90_s": pct(ttfts, 0.9),
+        "e2e_p50_s": pct([r["e2e_s"] for r in results], 0.5),
+        "wall_s": wall,
+    }
+
+
+async def soak(url: str, n: int, concurrency: int, max_prompt: int, max_new: int, deadline_s: float) -> dict:
+    import httpx
+
+    rng = random.Random(SEED + 7)
+    jobs = [
+        (
+            [rng.randrange(3, 1000) for _ in range(rng.randint(1, max_prompt))],
+            rng.randint(1, max_new),
+            rng.random() < 0.5,
+        )
+        for _ in range(n)
+    ]
+    gate = asyncio.Semaphore(concurrency)
+    errors: list[str] = []
+    tokens = 0
+
+    async def run(client: Any, job: tuple[list[int], int, bool]) -> None:
+        nonlocal tokens
+        async with gate:
+            try:
+                r = await one_request(client, url, *job)
+            except Exception as err:  # a transport error is an error of the soak, not of this script
+                r = {"error": f"{type(err).__name__}: {err}"}
+        if "error" in r:
+            errors.append(r["error"])
+        else:
+            tokens += r["tokens"]
+
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    started = time.perf_counter()
+    async with httpx.AsyncClient(timeout=httpx.Timeout(300, connect=10), limits=limits) as client:
+        tasks = [asyncio.ensure_future(run(client, job)) for job in jobs]
+        _, pending = await asyncio.wait(tasks, timeout=deadline_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    if pending:
+        errors.extend(["not finished before the soak's deadline"] * len(pending))
+    return {
+        "requests": n,
+        "concurrency": concurrency,
+        "errors": len(errors),
+        "first_errors": errors[:5],
+        "tokens": tokens,
+        "wall_s": time.perf_counter() - started,
+    }
+
+
+def bench_server(model_dir: Path, env: dict[str, str], quick: bool, new_tokens: int) -> dict[str, Any]:
+    log_path = Path(tempfile.gettempdir()) / f"bench_serve_cpu.server.{os.getpid()}.log"
+    server = Server(model_dir, env, log_path)
+    try:
+        ready_s = server.wait_ready(timeout=300)
+        print(f"server: healthy on {server.url} after {ready_s:.1f} s (log {log_path})", flush=True)
+        clients = 4 if quick else CLIENTS
+        conc = asyncio.run(concurrent_clients(server.url, clients, new_tokens))
+        print(
+            f"server {clients} clients: {conc['tok_s']:.2f} tok/s, TTFT p50 {conc['ttft_p50_s']:.2f} s "
+            f"p90 {conc['ttft_p90_s']:.2f} s, e2e p50 {conc['e2e_p50_s']:.2f} s",
+            flush=True,
+        )
+        n, max_prompt, max_new = (10, 16, 4) if quick else (200, 24, 8)
+        rss_before = vm_rss_mb(server.proc.pid)
+        soaked = asyncio.run(
+            soak(server.url, n, CLIENTS, max_prompt, max_new, deadline_s=120 if quick else 420)
+        )
+        time.sleep(1.0)  # let the last responses' buffers go
+        rss_after = vm_rss_mb(server.proc.pid)
+        soaked.update(
+            rss_before_mb=rss_before,
+            rss_after_mb=rss_after,
+            rss_ratio=rss_after / rss_before,
+            max_prompt=max_prompt,
+            max_tokens=max_new,
+        )
+        print(
+            f"soak: {n} requests, {soaked['errors']} errors, {soaked['wall_s']:.0f} s, RSS "
+            f"{rss_before:.0f} -> {rss_after:.0f} MiB",
+            flush=True,
+        )
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"the server died during the run:\n{server.log_tail()}")
+        return {"ready_s": ready_s, "concurrent": conc, "soak": soaked}
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = bench_parser(__doc__, "serve_cpu", repeat=2)
+    parser.add_argument("--quick", action="store_true", help="a ~1 minute smoke run (fewer, shorter runs)")
+    parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="cached checkpoint")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="threads for Paddle and PyTorch"
+    )
+    parser.add_argument("--new-tokens", type=int, default=None, help=argparse_hidden())
+    parser.add_argument("--torch-phase", type=Path, default=None, help=argparse_hidden())
+    args = parser.parse_args()
+    new_tokens = args.new_tokens or (4 if args.quick else NEW_TOKENS)
+    repeat = 1 if args.quick else max(1, args.repeat)
+
+    threads = str(args.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
+    os.environ.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)  # before paddle / torch load
+
+    if args.torch_phase is not None:
+        torch_phase(args.threads, repeat, new_tokens, args.quick, args.torch_phase)
+        return 0
+
+    # SIGTERM ends the run like Ctrl-C does, so the `finally`s stop the server
+    signal.signal(signal.SIGTERM, _interrupt)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
+    started = time.perf_counter()
+    model_dir = build_model(args.model_dir)
+    wbytes = weight_bytes(model_dir)
+
+    bandwidth = copy_bandwidth(args.threads, 256 if args.quick else 1024, 2 if args.quick else 3)
+    floor = bandwidth * 1e9 / wbytes
+    print(f"bandwidth: {bandwidth:.1f} GB/s copy, weights {wbytes / 1e9:.2f} GB -> floor {floor:.2f} tok/s")
+
+    eng = bench_engine(model_dir, repeat, new_tokens, args.quick)
+    gc.collect()
+    pt = bench_torch(args.threads, repeat, new_tokens, args.quick, env)
+    srv = bench_server(model_dir, env, args.quick, new_tokens)
+
+    # -- the table ------------------------------------------------------------------------------
+    def f(x: float, d: int = 2) -> str:
+        return f"{x:.{d}f}"
+
+    has_pt = "skipped" not in pt
+    e1, e8 = eng["batch1"], eng["batch8"]
+    r1 = e1["decode_tok_s"] / pt["batch1"]["decode_tok_s"] if has_pt else float("nan")
+    r8 = e8["e2e_tok_s"] / pt["batch8"]["e2e_tok_s"] if has_pt else float("nan")
+    floor_ratio = floor / e1["decode_tok_s"]
+    conc, sk = srv["concurrent"], srv["soak"]
+    targets = {
+        "batch1_vs_pytorch": {"target": ">= 0.9", "value": r1, "met": bool(has_pt and r1 >= 0.9)},
+        "batch8_vs_pytorch_static8": {"target": ">= 1.0", "value": r8, "met": bool(has_pt and r8 >= 1.0)},
+        "batch1_floor_gap": {"target": "<= 2.0", "value": floor_ratio, "met": floor_ratio <= 2.0},
+        "soak_errors": {"target": "== 0", "value": sk["errors"], "met": sk["errors"] == 0},
+        "soak_rss_ratio": {"target": "<= 1.10", "value": sk["rss_ratio"], "met": sk["rss_ratio"] <= 1.10},
+    }
+
+    def met(key: str) -> str:
+        if "pytorch" in key and not has_pt:
+            return "n/a"
+        return "yes" if targets[key]["met"] else "NO"
+
+    pt1 = pt.get("batch1", {})
+    pt8 = pt.get("batch8", {})
+    na = "skipped"
+    rows = [
+        ["measurement", "value", "target", "met"],
+        ["engine batch 1 decode tok/s", f(e1["decode_tok_s"]), "", ""],
+        ["engine batch 1 e2e tok/s (prefill incl.)", f(e1["e2e_tok_s"]), "", ""],
+        ["engine batch 1 TTFT s", f(e1["ttft_s"], 3), "", ""],
+        ["bandwidth floor batch 1 tok/s", f(floor), "", ""],
+        ["  floor / engine batch 1", f(floor_ratio) + "x", "<= 2x", met("batch1_floor_gap")],
+        ["pytorch batch 1 decode tok/s", f(pt1["decode_tok_s"]) if has_pt else na, "", ""],
+        ["pytorch batch 1 e2e tok/s", f(pt1["e2e_tok_s"]) if has_pt else na, "", ""],
+        ["  engine / pytorch batch 1 (decode)", f(r1) + "x", ">= 0.9x", met("batch1_vs_pytorch")],
+        [f"engine {BATCH} concurrent e2e tok/s", f(e8["e2e_tok_s"]), "", ""],
+        [f"engine {BATCH} concurrent decode tok/s", f(e8["decode_tok_s"]), "", ""],
+        [
+            f"engine {BATCH} concurrent TTFT p50 / max s",
+            f"{e8['ttft_s']:.2f} / {e8['ttft_max_s']:.2f}",
+            "",
+            "",
+        ],
+        [f"pytorch static batch {BATCH} e2e tok/s", f(pt8["e2e_tok_s"]) if has_pt else na, "", ""],
+        [f"pytorch static batch {BATCH} decode tok/s", f(pt8["decode_tok_s"]) if has_pt else na, "", ""],
+        [f"  engine / pytorch batch {BATCH} (e2e)", f(r8) + "x", ">= 1.0x", met("batch8_vs_pytorch_static8")],
+        [f"server {conc['clients']} streaming clients tok/s", f(conc["tok_s"]), "", ""],
+        ["server TTFT p50 / p90 s", f"{conc['ttft_p50_s']:.2f} / {conc['ttft_p90_s']:.2f}", "", ""],
+        ["server e2e latency p50 s", f(conc["e2e_p50_s"]), "", ""],
+        [f"soak {sk['requests']} requests: errors", str(sk["errors"]), "0", met("soak_errors")],
+        [
+            "soak server RSS before -> after MiB",
+            f"{sk['rss_before_mb']:.0f} -> {sk['rss_after_mb']:.0f}",
+            "",
+            "",
+        ],
+        ["  RSS after / before", f(sk["rss_ratio"], 3), "<= 1.10", met("soak_rss_ratio")],
+    ]
+    print()
+    print_table(rows)
+    total = time.perf_counter() - started
+    print(
+        f"\n{PROMPT_LEN}-token prompts, {new_tokens} new tokens, greedy, EOS ignored; {args.threads} threads;"
+        f" runs (median): batch 1 {e1['runs']}, batch {BATCH} {e8['runs']}, each after a warm-up;"
+        f" soak prompts 1-{sk['max_prompt']} tokens, max_tokens 1-{sk['max_tokens']}; total {total:.0f} s"
+    )
+    write_report(
+        args.out,
+        settings={
+            "quick": args.quick,
+            "threads": args.threads,
+            "prompt_tokens": PROMPT_LEN,
+            "new_tokens": new_tokens,
+            "repeat": repeat,
+            "shape": SHAPE,
+            "model_dir": str(model_dir),
+        },
+        weight_bytes=wbytes,
+        copy_bandwidth_gb_s=bandwidth,
+        bandwidth_floor_tok_s=floor,
+        engine=eng,
+        pytorch=pt,
+        server=srv,
+        targets=targets,
+        total_s=total,
+    )
+    return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def argparse_hidden() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    sys.exit(main())
