@@ -8,6 +8,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from ernie_ops.text import format_table
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -21,14 +23,8 @@ def bench_parser(doc: str | None, name: str, repeat: int = 5) -> argparse.Argume
 
 
 def print_table(rows: list[list[str]]) -> None:
-    """Left-aligned text columns, first row the header."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print(
-            "  ".join(
-                c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
+    """The first column left-aligned, the figures right-aligned."""
+    print(format_table(rows, right=set(range(1, len(rows[0])))))
 
 
 def write_report(path: Path, **report: Any) -> None:

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from ernie_ops.text import strip_ansi
+
 POLL_S = 0.25  # how often the child and /health are checked while waiting
 PROGRESS_EVERY_S = 5.0  # one progress line this often when the output is not a terminal
 HEALTH_EVERY_S = 10.0  # after ready: /health checked this often (404 = a worker stopped beating)
@@ -38,7 +40,6 @@ SECRET_FLAGS = ("--api-key",)
 SECRET_ENV = ("FD_API_KEY",)
 MASK = "***"
 HEADER = "=== ernie-ops serve:"  # our line in server.log that separates runs
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 EXCEPTION_LINE = re.compile(
     r"^\s*(?:[\w.]+(?:Error|Exception|NotMet)|RuntimeError|KeyError|SystemExit)\b[:(]"
 )
@@ -147,7 +148,7 @@ KNOWN_FAILURES: tuple[Known, ...] = (
 
 def diagnose(log_text: str) -> str | None:
     """The likely cause of a failure from FastDeploy's logs, with a one-line fix; None if unknown."""
-    text = ANSI.sub("", log_text)
+    text = strip_ansi(log_text)
     for known in KNOWN_FAILURES:
         match = known.pattern.search(text)
         if match:
@@ -272,7 +273,7 @@ class Logs:
         out = []
         for raw in data.decode("utf-8", "replace").split("\n"):
             # progress bars rewrite one line with \r: the last state is the one that counts
-            parts = [p for p in ANSI.sub("", raw).split("\r") if p.strip()]
+            parts = [p for p in strip_ansi(raw).split("\r") if p.strip()]
             if parts:
                 out.append(parts[-1].rstrip())
         return out[-limit:] if limit else out

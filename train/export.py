@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -29,7 +28,8 @@ from typing import Any
 
 from ernie_ops.catalog import GENERATION_DEFAULTS
 from ernie_ops.errors import UserError
-from ernie_ops.train.record import EXPORT_DIR, LOG_DIR, RECIPE_FILE, RunRecord
+from ernie_ops.text import strip_ansi
+from ernie_ops.train.record import EXPORT_DIR, LOG_DIR, RECIPE_FILE, RunRecord, checkpoints
 from ernie_ops.train.verify import (
     CONFIG,
     DENSE_ARCH,
@@ -49,8 +49,6 @@ log = logging.getLogger(__name__)
 
 EXPORT_LOG = "export.log"
 LOG_TAIL = 15  # lines of ERNIEKit's log quoted when its export fails
-CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class ExportFailed(Exception):
@@ -138,17 +136,13 @@ def _final_checkpoint(output: Path, complete: Callable[[Path], bool], what: str)
     """ERNIEKit's rule: output_dir itself when it holds the weights, else the highest checkpoint-N."""
     if complete(output):
         return output
-    steps = sorted(
-        (int(m.group(1)), p)
-        for p in output.iterdir()
-        if (m := CHECKPOINT.match(p.name)) and p.is_dir() and complete(p)
-    )
+    steps = [p for p in checkpoints(output) if complete(p)]
     if not steps:
         raise UserError(
             f"no checkpoint in {output}: neither it nor a checkpoint-N directory holds {what}",
             hint="the run ended before ERNIEKit saved; check save_steps / max_steps in the recipe",
         )
-    return steps[-1][1]
+    return steps[-1]
 
 
 def _base_model(record: RunRecord, override: Path | str | None) -> Path:
@@ -273,7 +267,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def _failure(message: str, log_file: Path) -> str:
-    lines = [ANSI.sub("", line) for line in log_file.read_text(errors="replace").splitlines()]
+    lines = [strip_ansi(line) for line in log_file.read_text(errors="replace").splitlines()]
     tail = "\n".join(f"  | {line}" for line in lines[-LOG_TAIL:])
     return f"{message}; nothing was exported. Last lines of {log_file}:\n{tail}"
 

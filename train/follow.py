@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
+from ernie_ops.text import strip_ansi
+
 STEP = re.compile(r"\bloss: (?P<loss>[-+\w.]+), learning_rate: (?P<lr>[-+\w.]+), global_step: (?P<step>\d+)")
 EVAL = re.compile(r"\beval_loss: (?P<loss>[-+\w.]+),")
 PAIR = re.compile(r"(\w+): ([-+]?[\d.]+(?:[eE][-+]?\d+)?|nan|inf)")
@@ -68,7 +69,7 @@ class Follower:
         return self.records is not None and self.skipped_since_step > 2 * self.records + 10
 
     def feed(self, line: str) -> None:
-        line = ANSI.sub("", line.rstrip("\n"))
+        line = strip_ansi(line.rstrip("\n"))
         self.tail.append(line)
         if self.echo:
             print(line, flush=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -36,12 +37,26 @@ EXPORT_DIR = "export"
 STATUSES = ("created", "running", "succeeded", "failed", "stopped", "interrupted")
 
 
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")  # ERNIEKit's periodic checkpoints in output_dir
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """ERNIEKit's checkpoint-N directories, oldest first."""
+    if not output_dir.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), p) for p in output_dir.iterdir() if (m := CHECKPOINT.match(p.name)) and p.is_dir()
+    ]
+    return [p for _, p in sorted(found)]
+
+
 @dataclass
 class DataFile:
     path: str  # absolute
     sha256: str
     bytes: int
     records: int | None = None
+    split: str = "train"  # train | eval
 
 
 @dataclass

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import importlib.metadata as md
 import json
 import logging
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -30,10 +28,10 @@ from ernie_ops.train.record import (
     TRAIN_LOG,
     DataFile,
     RunRecord,
+    checkpoints,
 )
 
 log = logging.getLogger(__name__)
-CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 PATH_KEYS = ("model_name_or_path", "train_dataset_path", "eval_dataset_path")
 
 
@@ -109,12 +107,17 @@ def sha256_text(text: str) -> str:
 
 
 def versions() -> dict[str, str]:
+    from ernie_ops.doctor import dist_version
+
     out = {"ernie_ops": __version__, "python": platform.python_version()}
-    for name in ("erniekit", "paddleformers", "paddlepaddle-gpu", "paddlepaddle"):
-        try:
-            out.setdefault("paddle" if name.startswith("paddlepaddle") else name, md.version(name))
-        except md.PackageNotFoundError:
-            continue
+    for key, names in (
+        ("erniekit", ("erniekit",)),
+        ("paddleformers", ("paddleformers",)),
+        ("paddle", ("paddlepaddle-gpu", "paddlepaddle")),
+    ):
+        found = dist_version(*names)
+        if found:
+            out[key] = found[1]
     return out
 
 
@@ -132,17 +135,18 @@ def git_commit() -> str | None:
 
 
 def fingerprint(values: dict[str, Any]) -> list[DataFile]:
+    """sha256, size and record count of every local dataset file, in one read of each."""
     files = []
-    for key in ("train_dataset_path", "eval_dataset_path"):
-        for part in str(values.get(key) or "").split(","):
+    for split in ("train", "eval"):
+        for part in str(values.get(f"{split}_dataset_path") or "").split(","):
             path = Path(part)
             if part and path.is_file():
-                digest = hashlib.sha256()
+                digest, records = hashlib.sha256(), 0
                 with path.open("rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        digest.update(chunk)
-                records = sum(1 for line in path.open("rb") if line.strip())
-                files.append(DataFile(str(path), digest.hexdigest(), path.stat().st_size, records))
+                    for line in f:
+                        digest.update(line)
+                        records += not line.isspace()
+                files.append(DataFile(str(path), digest.hexdigest(), path.stat().st_size, records, split))
     return files
 
 
@@ -156,13 +160,6 @@ def checkpoint_complete(path: Path) -> bool:
         return False
     weights = ("model.safetensors.index.json", "peft_model.safetensors.index.json", "model_state.pdparams")
     return any((path / w).is_file() for w in weights) or (path / "lora_model_state.pdparams").is_file()
-
-
-def checkpoints(output_dir: Path) -> list[Path]:
-    if not output_dir.is_dir():
-        return []
-    found = [p for p in output_dir.iterdir() if p.is_dir() and CHECKPOINT.match(p.name)]
-    return sorted(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))  # type: ignore[union-attr]
 
 
 def set_aside_incomplete(output_dir: Path) -> list[str]:
@@ -319,7 +316,7 @@ def _follow(record: RunRecord, options: TrainOptions) -> Outcome:
                 metrics.get("learning_rate"),
             )
 
-    train_records = [d.records or 0 for d in record.data if d.path in str(record_train_paths(record))]
+    train_records = [d.records or 0 for d in record.data if d.split == "train"]
     follower = Follower(
         run_dir / METRICS_FILE,
         run_dir / LOG_DIR / TRAIN_LOG,
@@ -334,12 +331,6 @@ def _follow(record: RunRecord, options: TrainOptions) -> Outcome:
         bar.close()
 
 
-def record_train_paths(record: RunRecord) -> list[str]:
-    text = (record.path / RECIPE_FILE).read_text(encoding="utf-8")
-    values = yaml.safe_load(text) or {}
-    return [p for p in str(values.get("train_dataset_path") or "").split(",") if p]
-
-
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / METRICS_FILE
     if not path.is_file():
@@ -348,8 +339,9 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _plot(run_dir: Path) -> Path | None:
-    steps = [m for m in read_metrics(run_dir) if "loss" in m and m.get("step") is not None]
-    evals = [m for m in read_metrics(run_dir) if "eval_loss" in m and m.get("step") is not None]
+    metrics = read_metrics(run_dir)
+    steps = [m for m in metrics if "loss" in m and m.get("step") is not None]
+    evals = [m for m in metrics if "eval_loss" in m and m.get("step") is not None]
     if not steps:
         return None
     import matplotlib

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ernie_ops.errors import UserError
+from ernie_ops.text import strip_ansi
 
 log = logging.getLogger(__name__)
 
@@ -516,11 +517,8 @@ def _check_forward(path: Path, tensors: dict[str, Tensor], report: VerifyReport)
 
 
 def _tail(text: str, lines: int = 3) -> str:
-    kept = [ANSI.sub("", line).strip() for line in text.strip().splitlines() if line.strip()]
+    kept = [strip_ansi(line).strip() for line in text.strip().splitlines() if line.strip()]
     return " | ".join(kept[-lines:]) or "no output"
-
-
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ernie_ops.cli.base import Subcommand
 from ernie_ops.data.formats import FORMATS  # light: no heavy import
+from ernie_ops.text import format_table
 
 FORMAT_CHOICES = ("auto", *FORMATS)
 
@@ -112,10 +113,8 @@ def _lint(args: argparse.Namespace) -> int:
         rows.append(
             [str(r.path), r.format or "?", str(r.records), str(r.bad), str(r.duplicates), str(unsupported)]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print()
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print(format_table(rows))
     for r in results:
         for reason, count in r.reasons.most_common(8):
             print(f"  {r.path.name}: {count} x {reason}")

@@ -4,6 +4,7 @@ import argparse
 import json
 
 from ernie_ops.cli.base import Subcommand
+from ernie_ops.text import format_table
 
 
 class Models(Subcommand):
@@ -63,5 +64,4 @@ def _table(specs) -> str:
                 f"{s.kv_cache_bytes_per_token() // 1024} KiB",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    return format_table([list(r) for r in rows])

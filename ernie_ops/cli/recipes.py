@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ernie_ops.cli.base import Subcommand
+from ernie_ops.text import format_table
 
 
 class Recipes(Subcommand):
@@ -75,9 +76,7 @@ class Recipes(Subcommand):
         for r in rows:
             gpus = str(r["min_gpus"] or "CPU")
             table.append([r["model"], r["method"], _context(r["context"]), gpus, r["erniekit"], r["path"]])
-        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-        for row in table:
-            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        print(format_table(table))
         return 0
 
 
