@@ -41,6 +41,12 @@ setup(
         "orjson>=3.9",  # data lint/convert: the fastest JSON parser available
         "numpy>=1.24",
         "msgspec>=0.18",  # data lint/convert: typed decoding for the common formats
+        # smoke / bench / eval / compare work against any endpoint, so they need no extra:
+        "aiohttp>=3.9",  # the HTTP client: cheaper per request than httpx (scripts/bench_loadgen.py)
+        "matplotlib>=3.7",  # plots: loss curves, token histograms, latency and score charts
+        "pillow>=10",  # example suite images, the smoke test's PNG
+        "scipy>=1.10",  # optimal box matching (linear_sum_assignment) for the iou judge
+        "markdown-it-py>=3",  # reports: Markdown rendered to one self-contained HTML page
     ],
     extras_require={
         # CPU machines: Paddle CPU build + the ERNIEKit wheel that ships `ernie` (pins: constraints.txt)

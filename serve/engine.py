@@ -51,6 +51,10 @@ FINISH_LENGTH = "length"
 FINISH_CANCELLED = "cancelled"
 FINISH_ERROR = "error"
 
+# At most this many (padded) prompt tokens go through one prefill forward: several waiting prompts
+# share a forward, so the time to first token does not grow a prefill per queued request.
+PREFILL_TOKENS = 4096
+
 
 @dataclass
 class SamplingParams:
@@ -257,17 +261,182 @@ class RequestHandle:
         return self._request.result()
 
 
+class DenseForward:
+    """A lean numpy forward of dense ERNIE 4.5 over the weights of ERNIEKit's model (shared, not copied).
+
+    The same arithmetic as ERNIEKit's `Ernie4_5_MoeForCausalLM` in float32 (RMSNorm, fused QKV with
+    GQA, interleaved RoPE, softmax attention, SwiGLU MLP, tied or untied LM head), checked against it
+    to float tolerance by the tests. Why numpy: on CPU, Paddle's matmul goes through its bundled MKL,
+    which takes a slow generic path on non-Intel CPUs, and ERNIEKit adds many small ops per layer
+    (cache concatenation, mask construction, casts); numpy's OpenBLAS gemv/gemm is several times
+    faster at these shapes and each layer is a handful of calls.
+    """
+
+    def __init__(self, model: Any):
+        config = model.config
+        problems = [
+            name
+            for name, bad in (
+                ("MoE layers", bool(getattr(config, "use_moe", False))),
+                ("LayerNorm instead of RMSNorm", not getattr(config, "use_rmsnorm", True)),
+                ("3-D RoPE", bool(config.get("rope_3d", False))),
+            )
+            if bad
+        ]
+        if problems:
+            raise UserError(f"the CPU engine cannot run this model: {', '.join(problems)}")
+        self.heads = int(config.num_attention_heads)
+        self.kv_heads = int(config.num_key_value_heads or self.heads)
+        self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
+        self.eps = float(config.rms_norm_eps)
+        self.inner = int(config.intermediate_size)
+        self.scale = np.float32(1.0 / self.head_dim**0.5)  # scale_qk_coeff cancels out in ERNIEKit
+        ratio = float(getattr(config, "compression_ratio", 1.0) or 1.0)
+        dims = np.arange(0, self.head_dim, 2, dtype=np.float32) / self.head_dim
+        self.inv_freq = (1.0 / float(config.rope_theta) ** dims / ratio).astype(np.float32)
+
+        self.layers = [
+            _Layer(
+                _array(layer.input_layernorm.weight),
+                _array(layer.post_attention_layernorm.weight),
+                _Linear.of(layer.self_attn.qkv_proj),
+                _Linear.of(layer.self_attn.o_proj),
+                _Linear.of(layer.mlp.up_gate_proj),
+                _Linear.of(layer.mlp.down_proj),
+            )
+            for layer in model.ernie.layers
+        ]
+        self.embed = _array(model.ernie.embed_tokens.weight)
+        self.norm = _array(model.ernie.norm.weight)
+        head = _array(model.lm_head.weight)
+        bias = getattr(model.lm_head, "bias", None)
+        # tied: the [V, hidden] embedding table, so logits = x @ table.T; untied: [hidden, V]
+        self.head = _Linear(
+            head.T if config.tie_word_embeddings else head, None if bias is None else _array(bias)
+        )
+
+    def new_cache(self, batch: int, capacity: int) -> list[np.ndarray]:
+        """Keys and values of every layer: [2 * layers] arrays of [batch, kv_heads, capacity, head_dim]."""
+        shape = (batch, self.kv_heads, capacity, self.head_dim)
+        return [np.zeros(shape, dtype=np.float32) for _ in range(2 * len(self.layers))]
+
+    def _norm(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        variance = np.mean(np.square(x), axis=-1, keepdims=True)
+        return x / np.sqrt(variance + self.eps) * weight
+
+    def _rope(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+        """ERNIE's RoPE rotates interleaved pairs (x[2i], x[2i+1]) by angle i; x is [B, S, heads, D]."""
+        pairs = x.reshape(*x.shape[:-1], -1, 2)
+        even, odd = pairs[..., 0], pairs[..., 1]
+        out = np.empty_like(pairs)
+        out[..., 0] = even * cos - odd * sin
+        out[..., 1] = odd * cos + even * sin
+        return out.reshape(x.shape)
+
+    def forward(
+        self, ids: np.ndarray, positions: np.ndarray, bias: np.ndarray, cache: list[np.ndarray], at: int
+    ) -> np.ndarray:
+        """Logits [B, V] of the last fed position of every row.
+
+        ids / positions: [B, S]; the S new keys and values are written into `cache` at columns
+        [at, at + S) and every query attends to columns [0, at + S) with the additive `bias`
+        [B, S, at + S] (0 or -inf).
+        """
+        rows, steps = ids.shape
+        heads, kv, dim = self.heads, self.kv_heads, self.head_dim
+        end = at + steps
+        angles = positions[..., None].astype(np.float32) * self.inv_freq
+        cos, sin = np.cos(angles)[:, :, None], np.sin(angles)[:, :, None]  # [B, S, 1, D/2]
+        x = self.embed[ids]  # [B, S, hidden]
+        for i, w in enumerate(self.layers):
+            qkv = w.qkv(self._norm(x, w.ln1))
+            qkv = qkv.reshape(rows, steps, heads + 2 * kv, dim)
+            q = self._rope(qkv[:, :, :heads], cos, sin)
+            keys, values = cache[2 * i], cache[2 * i + 1]
+            keys[:, :, at:end] = self._rope(qkv[:, :, heads : heads + kv], cos, sin).transpose(0, 2, 1, 3)
+            values[:, :, at:end] = qkv[:, :, heads + kv :].transpose(0, 2, 1, 3)
+            out = self._attend(q, keys[:, :, :end], values[:, :, :end], bias)
+            x = x + w.o(out)
+            gate_up = w.up_gate(self._norm(x, w.ln2))
+            gate, up = gate_up[..., : self.inner], gate_up[..., self.inner :]
+            x = x + w.down(gate / (1.0 + np.exp(-gate)) * up)  # SwiGLU: silu(gate) * up
+        return self.head(self._norm(x[:, -1], self.norm))
+
+    def _attend(self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        """Softmax attention with GQA: q [B, S, heads, D], keys / values [B, kv, L, D] -> [B, S, heads * D].
+
+        The query heads sharing a KV head are stacked as rows of one matmul (no repeated keys). A
+        prompt is done per row and in query blocks, so the score matrix stays small.
+        """
+        rows, steps, heads, dim = q.shape
+        kv, group = self.kv_heads, heads // self.kv_heads
+        q = q.reshape(rows, steps, kv, group, dim).transpose(0, 2, 3, 1, 4)  # [B, kv, group, S, D]
+        out = np.empty((rows, kv, group, steps, dim), dtype=np.float32)
+        block = rows if steps == 1 else 1  # decode: every row at once; prefill: a row at a time
+        for r in range(0, rows, block):
+            k, v = keys[r : r + block], values[r : r + block]
+            for s in range(0, steps, 256):
+                qs = q[r : r + block, :, :, s : s + 256]
+                n, width = qs.shape[3], k.shape[2]
+                scores = qs.reshape(-1, kv, group * n, dim) @ k.swapaxes(-1, -2)
+                scores = scores.reshape(-1, kv, group, n, width) * self.scale
+                scores += bias[r : r + block, None, None, s : s + n]
+                scores -= scores.max(axis=-1, keepdims=True)  # every row has a valid column: finite
+                np.exp(scores, out=scores)
+                scores /= scores.sum(axis=-1, keepdims=True)
+                mixed = scores.reshape(-1, kv, group * n, width) @ v
+                out[r : r + block, :, :, s : s + n] = mixed.reshape(-1, kv, group, n, dim)
+        return out.transpose(0, 3, 1, 2, 4).reshape(rows, steps, heads * dim)
+
+
+def _array(param: Any) -> np.ndarray:
+    """A zero-copy, read-only numpy view of a Paddle parameter's memory (DLPack)."""
+    return np.from_dlpack(param.detach())
+
+
+@dataclass(frozen=True)
+class _Linear:
+    weight: np.ndarray  # [in, out], Paddle's layout
+    bias: np.ndarray | None
+
+    @classmethod
+    def of(cls, layer: Any) -> _Linear:
+        bias = getattr(layer, "bias", None)
+        return cls(_array(layer.weight), None if bias is None else _array(bias))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        y = x @ self.weight
+        return y if self.bias is None else y + self.bias
+
+
+@dataclass(frozen=True)
+class _Layer:
+    ln1: np.ndarray  # RMSNorm weights before attention / before the MLP
+    ln2: np.ndarray
+    qkv: _Linear
+    o: _Linear
+    up_gate: _Linear  # [hidden, 2 * inner]: the gate half, then the up half
+    down: _Linear
+
+
 @dataclass
 class _Batch:
-    """The running rows and their shared left-padded KV cache (one [k, v] pair per layer)."""
+    """The running rows and their shared left-padded KV cache.
+
+    Every row's newest token sits at column `length - 1`, so a decode step writes all rows' new
+    keys / values into the same column, in place. `bias[row, col]` is 0 where the row has a real
+    token and -inf where it is padding; `positions[row]` is the row's next position id.
+    """
 
     rows: list[_Request] = field(default_factory=list)
-    cache: list[list[Any]] = field(default_factory=list)  # [B, L, kv_heads, head_dim] tensors
-    valid: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))  # [B, L]
+    cache: list[np.ndarray] = field(default_factory=list)  # [B, kv_heads, capacity, head_dim] each
+    bias: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))  # [B, capacity]
+    positions: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # [B]
+    length: int = 0  # columns in use
 
     @property
-    def length(self) -> int:
-        return int(self.valid.shape[1])
+    def capacity(self) -> int:
+        return int(self.bias.shape[1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,7 +447,8 @@ class Engine:
     """Continuous-batching, KV-cached generation on one CPU process."""
 
     def __init__(self, model: Any, tokenizer: Any, max_batch_size: int = 8, max_length: int | None = None):
-        self.model = model
+        self.model = model  # ERNIEKit's: the weights, and the reference forward of `full_logits`
+        self.net = DenseForward(model)
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.max_length = max_length or int(getattr(model.config, "max_position_embeddings", 4096))
@@ -331,7 +501,9 @@ class Engine:
     # -- text helpers -------------------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        # no attention mask: ERNIE's tokenizer builds it as an n x n causal matrix (quadratic time
+        # and memory; a 4,000-word prompt took 12 s and a 128K one would exhaust memory)
+        return list(self.tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"])
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of a conversation in ERNIE 4.5's chat format, ending with "Assistant: "."""
@@ -340,29 +512,22 @@ class Engine:
 
     # -- the model ----------------------------------------------------------------------------
 
-    def _forward(
-        self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, cache: list[list[Any]] | None
-    ) -> tuple[np.ndarray, list[list[Any]]]:
-        """Logits of every fed position [B, S, V] and the new cache; mask is bool [B, 1, S, L]."""
+    def full_logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Logits [n, V] of one sequence in one uncached forward of ERNIEKit's own model.
+
+        The reference the tests hold the fast path to; serving never calls it.
+        """
         import paddle
 
+        n = len(token_ids)
         with paddle.no_grad():
             out = self.model(
-                input_ids=paddle.to_tensor(ids, dtype="int64"),
-                position_ids=paddle.to_tensor(positions, dtype="int64"),
-                attention_mask=paddle.to_tensor(mask),
-                past_key_values=cache or None,
-                use_cache=True,
+                input_ids=paddle.to_tensor([list(token_ids)], dtype="int64"),
+                position_ids=paddle.to_tensor(np.arange(n)[None], dtype="int64"),
+                attention_mask=paddle.to_tensor(np.tril(np.ones((n, n), dtype=bool))[None, None]),
                 return_dict=True,
             )
-        return out.logits.numpy(), [list(kv) for kv in out.past_key_values]
-
-    def full_logits(self, token_ids: Sequence[int]) -> np.ndarray:
-        """Logits [n, V] of one sequence in a single uncached forward (the reference for tests)."""
-        n = len(token_ids)
-        mask = np.tril(np.ones((n, n), dtype=bool))[None, None]
-        logits, _ = self._forward(np.asarray([token_ids]), np.arange(n)[None], mask, None)
-        return logits[0]
+        return np.asarray(out.logits.numpy()[0])
 
     # -- submitting ---------------------------------------------------------------------------
 
@@ -465,55 +630,72 @@ class Engine:
             self._retire()
 
     def _admit(self) -> None:
+        """Prefill waiting requests into free rows, several prompts per forward."""
         while len(self._batch.rows) < self.max_batch_size:
             with self._lock:
+                free = self.max_batch_size - len(self._batch.rows)
                 if not self._waiting:
                     return
-                request = self._waiting.popleft()
-            self._prefill(request)
+                group = _prefill_group(list(self._waiting)[:free], PREFILL_TOKENS)
+                for request in group:
+                    self._waiting.remove(request)
+            self._prefill(group)
 
-    def _prefill(self, request: _Request) -> None:
-        """Run the prompt alone, sample its first token, and stack its cache onto the batch."""
-        n = len(request.prompt)
-        mask = np.tril(np.ones((n, n), dtype=bool))[None, None]
-        logits, cache = self._forward(np.asarray([request.prompt]), np.arange(n)[None], mask, None)
-        self._accept(request, logits[0, -1])
-        if request.finish_reason is None:
-            self._join(request, cache, np.ones((1, n), dtype=bool))
+    def _prefill(self, group: list[_Request]) -> None:
+        """Run the prompts left-padded to a common length, sample each first token, join the batch.
 
-    def _join(self, request: _Request, cache: list[list[Any]], valid: np.ndarray) -> None:
-        import paddle
-
-        batch = self._batch
-        if not batch.rows:
-            batch.rows, batch.cache, batch.valid = [request], cache, valid
+        A pad query attends to itself only and no real query attends to a pad key, so each row gets
+        what it would alone (up to float summation order).
+        """
+        width = max(len(r.prompt) for r in group)
+        pads = np.asarray([width - len(r.prompt) for r in group])
+        cols = np.arange(width)
+        real = cols[None, :] >= pads[:, None]  # [B, width]
+        ids = np.zeros((len(group), width), dtype=np.int64)
+        for row, request in enumerate(group):
+            ids[row, pads[row] :] = request.prompt
+        positions = np.maximum(cols[None, :] - pads[:, None], 0)
+        allowed = (cols[None, None, :] <= cols[None, :, None]) & real[:, None, :]
+        allowed |= np.eye(width, dtype=bool)[None]
+        bias = np.where(allowed, np.float32(0), np.float32(-np.inf))  # [B, width, width]
+        capacity = _with_room(width)
+        cache = self.net.new_cache(len(group), capacity)
+        logits = self.net.forward(ids, positions, bias, cache, 0)
+        for row, request in enumerate(group):
+            self._accept(request, logits[row])
+        keep = [i for i, r in enumerate(group) if r.finish_reason is None]
+        if not keep:
             return
-        width = max(batch.length, valid.shape[1])
-        old = [[_left_pad(t, width) for t in kv] for kv in batch.cache]
-        new = [[_left_pad(t, width) for t in kv] for kv in cache]
-        batch.cache = [
-            [paddle.concat([a, b], axis=0) for a, b in zip(o, n, strict=True)]
-            for o, n in zip(old, new, strict=True)
-        ]
-        batch.valid = np.concatenate([_left_pad_mask(batch.valid, width), _left_pad_mask(valid, width)])
-        batch.rows.append(request)
+        valid = np.full((len(keep), capacity), -np.inf, dtype=np.float32)
+        valid[:, :width][real[keep]] = 0
+        new = _Batch(
+            [group[i] for i in keep],
+            cache if len(keep) == len(group) else [c[keep] for c in cache],
+            valid,
+            np.asarray([len(group[i].prompt) for i in keep], dtype=np.int64),
+            width,
+        )
+        self._batch = _merge(self._batch, new) if self._batch.rows else new
 
     def _decode(self) -> None:
-        """Feed every row its pending token with its own position; one batched forward."""
+        """Feed every row its pending token at column `length`; one batched forward."""
         batch = self._batch
-        ids = np.asarray([[r.pending] for r in batch.rows])
-        positions = batch.valid.sum(axis=1, keepdims=True)  # real tokens so far = this token's position
-        valid = np.concatenate([batch.valid, np.ones((len(batch.rows), 1), dtype=bool)], axis=1)
-        logits, batch.cache = self._forward(ids, positions, valid[:, None, None, :], batch.cache)
-        batch.valid = valid
+        if batch.length == batch.capacity:  # no free column left: copy into a larger cache
+            batch = self._batch = _relayout(batch, list(range(len(batch.rows))), 0)
+        at = batch.length
+        batch.bias[:, at] = 0
+        ids = np.asarray([[r.pending] for r in batch.rows], dtype=np.int64)
+        logits = self.net.forward(
+            ids, batch.positions[:, None], batch.bias[:, None, : at + 1], batch.cache, at
+        )
+        batch.length += 1
+        batch.positions += 1
         for row, request in enumerate(batch.rows):
-            self._accept(request, logits[row, -1])
+            self._accept(request, logits[row])
         self._retire()
 
     def _retire(self) -> None:
         """Drop finished rows from the batch and cache columns no remaining row uses."""
-        import paddle
-
         batch = self._batch
         keep = [i for i, r in enumerate(batch.rows) if r.finish_reason is None]
         if len(keep) == len(batch.rows):
@@ -521,12 +703,9 @@ class Engine:
         if not keep:
             self._batch = _Batch()
             return
-        index = paddle.to_tensor(keep, dtype="int64")
-        valid = batch.valid[keep]
-        start = int(np.argmax(valid.any(axis=0)))  # leading columns that are padding for all rows
-        batch.cache = [[paddle.index_select(t, index, axis=0)[:, start:] for t in kv] for kv in batch.cache]
-        batch.valid = valid[:, start:]
-        batch.rows = [batch.rows[i] for i in keep]
+        real = np.isfinite(batch.bias[keep, : batch.length])
+        start = int(np.argmax(real.any(axis=0)))  # leading columns that are padding for every row
+        self._batch = _relayout(batch, keep, start)
 
     # -- per-request bookkeeping --------------------------------------------------------------
 
@@ -596,16 +775,53 @@ class Engine:
         self._batch = _Batch()
 
 
-def _left_pad(tensor: Any, width: int) -> Any:
-    """[B, L, H, D] -> [B, width, H, D] with zeros in front (masked out, so their value is moot)."""
-    import paddle
+def _prefill_group(waiting: list[_Request], budget: int) -> list[_Request]:
+    """The first waiting request and those after it that fit one padded prefill of `budget` tokens.
 
-    missing = width - int(tensor.shape[1])
-    if missing == 0:
-        return tensor
-    zeros = paddle.zeros([tensor.shape[0], missing, *tensor.shape[2:]], dtype=tensor.dtype)
-    return paddle.concat([zeros, tensor], axis=1)
+    Prompts are left-padded to the longest, so a much longer prompt waits for a later group rather
+    than making every row pay for its length.
+    """
+    group = [waiting[0]]
+    for request in waiting[1:]:
+        lengths = [len(r.prompt) for r in (*group, request)]
+        longest = max(lengths)
+        if longest * len(lengths) <= budget and longest <= 2 * min(lengths) + 32:
+            group.append(request)
+    return group
 
 
-def _left_pad_mask(valid: np.ndarray, width: int) -> np.ndarray:
-    return np.pad(valid, ((0, 0), (width - valid.shape[1], 0)), constant_values=False)
+def _with_room(length: int) -> int:
+    """Cache columns to allocate for `length` used ones: room to decode a while before copying."""
+    return length + length // 2 + 32
+
+
+def _relayout(batch: _Batch, keep: list[int], start: int) -> _Batch:
+    """A copy of the batch with rows `keep` and columns from `start` on, with room to grow."""
+    used = batch.length - start
+    capacity = _with_room(used)
+    cache = []
+    for old in batch.cache:
+        new = np.zeros((len(keep), *old.shape[1:2], capacity, *old.shape[3:]), dtype=np.float32)
+        new[:, :, :used] = old[keep, :, start : batch.length]
+        cache.append(new)
+    bias = np.full((len(keep), capacity), -np.inf, dtype=np.float32)
+    bias[:, :used] = batch.bias[keep, start : batch.length]
+    return _Batch([batch.rows[i] for i in keep], cache, bias, batch.positions[keep], used)
+
+
+def _merge(a: _Batch, b: _Batch) -> _Batch:
+    """One batch of both: each right-aligned at the longer length (so every row writes the same
+    next column), with room to grow."""
+    length = max(a.length, b.length)
+    capacity = _with_room(length)
+    rows = len(a.rows) + len(b.rows)
+    cache = []
+    for x, y in zip(a.cache, b.cache, strict=True):
+        new = np.zeros((rows, x.shape[1], capacity, x.shape[3]), dtype=np.float32)
+        new[: len(a.rows), :, length - a.length : length] = x[:, :, : a.length]
+        new[len(a.rows) :, :, length - b.length : length] = y[:, :, : b.length]
+        cache.append(new)
+    bias = np.full((rows, capacity), -np.inf, dtype=np.float32)
+    bias[: len(a.rows), length - a.length : length] = a.bias[:, : a.length]
+    bias[len(a.rows) :, length - b.length : length] = b.bias[:, : b.length]
+    return _Batch([*a.rows, *b.rows], cache, bias, np.concatenate([a.positions, b.positions]), length)

@@ -14,14 +14,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
-import uvicorn
+from standin_openai import serving
 
 from ernie_ops.serve.engine import Engine, SamplingParams
 from ernie_ops.serve.openai_server import ReasoningStream, create_app, split_reasoning
@@ -29,28 +28,6 @@ from ernie_ops.serve.openai_server import ReasoningStream, create_app, split_rea
 MODEL = "tiny-ernie"
 KEY = "sk-test-0123456789"
 THINK_END_ID = 26  # "</think>" is one piece of the tiny tokenizer (checked in the test that uses it)
-
-
-@contextlib.contextmanager
-def serving(app, graceful_s: float = 5.0) -> Iterator[tuple[str, uvicorn.Server]]:
-    """Run `app` with uvicorn on a free loopback port in a thread; stop it on exit."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=graceful_s)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}", server
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
 
 
 def wait_idle(engine: Engine, timeout: float = 5.0) -> bool:

@@ -20,3 +20,25 @@ class Subcommand:
 
     def epilog(self) -> str:
         return "examples:\n" + "\n".join(f"  {e}" for e in self.examples) if self.examples else ""
+
+
+def add_endpoint_arguments(parser: argparse.ArgumentParser, url_optional: bool = False) -> None:
+    """URL, --model and --api-key-env: how `smoke`, `bench` and `eval` name an OpenAI endpoint."""
+    parser.add_argument(
+        "url",
+        metavar="URL",
+        nargs="?" if url_optional else None,
+        help="the server, e.g. http://127.0.0.1:8180 (or .../v1)",
+    )
+    parser.add_argument("--model", help="served model name (default: the first /v1/models lists)")
+    parser.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="environment variable holding the API key (keys never go on the command line)",
+    )
+
+
+def endpoint_from(args: argparse.Namespace):  # -> Endpoint; the import stays lazy for `--help` speed
+    from ernie_ops.validate.client import Endpoint
+
+    return Endpoint.parse(args.url, args.api_key_env, args.model)

@@ -9,15 +9,19 @@ import sys
 
 from ernie_ops import __version__
 from ernie_ops.cli.base import Subcommand
+from ernie_ops.cli.bench import Bench
 from ernie_ops.cli.check import Check
+from ernie_ops.cli.compare import Compare
 from ernie_ops.cli.data import Data
 from ernie_ops.cli.doctor import Doctor
+from ernie_ops.cli.evaluate import Eval
 from ernie_ops.cli.export import Export
 from ernie_ops.cli.hub import Pull, Push
 from ernie_ops.cli.models import Models
 from ernie_ops.cli.plan import Plan
 from ernie_ops.cli.recipes import Recipes
 from ernie_ops.cli.serve import Serve
+from ernie_ops.cli.smoke import Smoke
 from ernie_ops.cli.tiny_model import TinyModel
 from ernie_ops.cli.train import Train
 from ernie_ops.cli.verify import Verify
@@ -38,6 +42,10 @@ SUBCOMMANDS: tuple[type[Subcommand], ...] = (
     Push,
     Serve,
     Plan,
+    Smoke,
+    Bench,
+    Eval,
+    Compare,
 )
 
 EXAMPLES = """\
@@ -48,6 +56,7 @@ examples:
   ernie-ops check my_recipe.yaml         # every problem of an ERNIEKit recipe, before launch
   ernie-ops recipes                      # the recipe library (model, method, context, GPUs)
   ernie-ops data lint train.jsonl        # every bad training record, with its line and reason
+  ernie-ops smoke http://127.0.0.1:8180  # a functional checklist against any OpenAI endpoint
   ernie-ops COMMAND --help               # details and examples of one command
 """
 

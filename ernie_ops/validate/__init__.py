@@ -1,0 +1,1 @@
+"""Validate a deployment: smoke test, load benchmark, evaluation, comparison."""
