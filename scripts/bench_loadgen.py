@@ -286,9 +286,8 @@ def main() -> int:
     client_core, server_core = cores()
     if client_core is not None:
         os.sched_setaffinity(0, {client_core})
-    print(
-        f"generator on core {client_core}, null server on core {server_core}; {n} requests x {args.chunks} chunks"
-    )
+    cores_used = f"generator on core {client_core}, null server on core {server_core}"
+    print(f"{cores_used}; {n} requests x {args.chunks} chunks")
 
     results: list[dict[str, Any]] = []
     server = NullServer(server_core)

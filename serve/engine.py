@@ -405,7 +405,8 @@ class _Linear:
         return cls(_array(layer.weight), None if bias is None else _array(bias))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        y = x @ self.weight
+        # one 2-D gemm over all rows (numpy would run a 3-D input as one small gemm per batch row)
+        y = (x.reshape(-1, x.shape[-1]) @ self.weight).reshape(*x.shape[:-1], -1)
         return y if self.bias is None else y + self.bias
 
 

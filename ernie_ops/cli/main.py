@@ -18,6 +18,7 @@ from ernie_ops.cli.evaluate import Eval
 from ernie_ops.cli.export import Export
 from ernie_ops.cli.hub import Pull, Push
 from ernie_ops.cli.models import Models
+from ernie_ops.cli.pipeline import PipelineCommand
 from ernie_ops.cli.plan import Plan
 from ernie_ops.cli.recipes import Recipes
 from ernie_ops.cli.serve import Serve
@@ -46,6 +47,7 @@ SUBCOMMANDS: tuple[type[Subcommand], ...] = (
     Bench,
     Eval,
     Compare,
+    PipelineCommand,
 )
 
 EXAMPLES = """\

@@ -59,6 +59,11 @@ class Comparison:
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "passed": self.passed}
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Comparison:
+        values = {k: v for k, v in data.items() if k != "passed"}
+        return cls(**{**values, "metrics": [MetricDelta(**m) for m in data.get("metrics", [])]})
+
 
 def load_items(path: Path) -> list[dict[str, Any]]:
     """The per-item results of an `ernie-ops eval` report (eval.json)."""

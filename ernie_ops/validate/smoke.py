@@ -58,6 +58,11 @@ class SmokeReport:
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "passed": self.passed, "counts": self.counts()}
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SmokeReport:
+        checks = [Check(**c) for c in data.get("checks", [])]
+        return cls(data["endpoint"], data["model"], data.get("expected", []), checks)
+
 
 def default_expectations(model: str) -> set[str]:
     """What the catalog says the served model can do (nothing for names it does not know)."""

@@ -1,0 +1,1 @@
+"""`ernie-ops pipeline` and `ernie-ops demo`: recipe to validated endpoint, with a report."""

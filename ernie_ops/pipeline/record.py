@@ -1,0 +1,92 @@
+"""The pipeline record: `pipeline.json` in the pipeline's directory, one entry per stage.
+
+Layout of a pipeline directory (`runs/<name>-<time>/`):
+    pipeline.json   this record: the spec, every stage's status, times, summary, diagnosis, outputs
+    <train run>/    the training run `ernie-ops train` made (run.json, logs, loss.png, export/)
+    logs/           the servers' start-up output
+    smoke.json, bench/, eval/ (tuned/, base/), compare.json
+    report.md, report.html
+
+A stage's `outputs` are what later stages read (the run directory, the export, the endpoints), so
+`--resume` needs nothing but this file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ernie_ops.data.write import atomic_output
+from ernie_ops.errors import UserError
+
+RECORD_FILE = "pipeline.json"
+STAGES = (
+    "check",
+    "lint",
+    "train",
+    "export",
+    "verify",
+    "serve",
+    "smoke",
+    "bench",
+    "eval",
+    "compare",
+    "stop",
+    "report",
+)
+PENDING, RUNNING, PASSED, FAILED, SKIPPED = "pending", "running", "passed", "failed", "skipped"
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class StageRecord:
+    status: str = PENDING
+    started: str | None = None
+    ended: str | None = None
+    seconds: float | None = None
+    summary: str = ""
+    diagnosis: str | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+    runs: int = 0  # how many times it ran (a resumed pipeline shows what was not redone)
+
+
+@dataclass
+class PipelineRecord:
+    name: str
+    dir: str
+    spec: dict[str, Any]
+    created: str = field(default_factory=utc_now)
+    status: str = RUNNING  # running | passed | failed | interrupted
+    verdict: str | None = None  # SHIP | DO NOT SHIP, once compare ran
+    stages: dict[str, StageRecord] = field(default_factory=lambda: {s: StageRecord() for s in STAGES})
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir)
+
+    def out(self, stage: str, key: str, default: Any = None) -> Any:
+        return self.stages[stage].outputs.get(key, default)
+
+    def save(self) -> Path:
+        target = self.path / RECORD_FILE
+        with atomic_output(target) as f:
+            f.write(json.dumps(asdict(self), indent=2, default=str).encode() + b"\n")
+        return target
+
+    @classmethod
+    def load(cls, directory: Path) -> PipelineRecord:
+        path = Path(directory) / RECORD_FILE
+        if not path.is_file():
+            raise UserError(
+                f"{directory} is not a pipeline directory (no {RECORD_FILE})",
+                hint="give the directory `ernie-ops pipeline` printed, e.g. runs/<name>-<time>",
+            )
+        data = json.loads(path.read_text(encoding="utf-8"))
+        stages = {name: StageRecord(**data.get("stages", {}).get(name, {})) for name in STAGES}
+        return cls(**{**data, "stages": stages})

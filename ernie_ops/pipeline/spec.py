@@ -1,0 +1,174 @@
+"""PIPELINE.yaml: what `ernie-ops pipeline` runs, validated like recipes (file:line, what, a fix).
+
+    name: support-bot                   # the run directory is runs/<name>-<time>/
+    recipe: recipes/ERNIE-4.5-21B-A3B/sft_lora_8k.yaml
+    overrides: [train_dataset_path=data/train.jsonl, eval_dataset_path=data/eval.jsonl]
+    serve_profile: recipes/serve/ERNIE-4.5-21B-A3B_wint4_1x80G.yaml   # optional
+    serve_set: [max_model_len=8192]     # profile overrides (`model` and the port are the pipeline's)
+    backend: null                       # fastdeploy | paddle | null: FastDeploy where it can run
+    smoke_expect: [thinking]            # optional; default: what the catalog says of the base model
+    eval_suite: data/eval_suite.jsonl
+    eval_judge: exact                   # judge of items without their own
+    eval_max_tokens: 256
+    eval_concurrency: 4
+    eval_body: {}                       # extra request fields, e.g. chat_template_kwargs
+    compare_base: true                  # also serve and evaluate the base model
+    max_drop: 0.0                       # how far below the base any metric may fall
+    bench_concurrency: [1, 8]           # the load benchmark; [] skips it
+    bench_num_prompts: 32
+    bench_output_len: 64
+
+Relative paths resolve against the current directory, as ERNIEKit resolves a recipe's. The verdict
+is SHIP when the smoke test passed, no metric fell more than `max_drop` below the base, and the
+tuned model's overall score is above the base's (a fine-tune that changes nothing is not shipped).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ernie_ops.errors import UserError, did_you_mean
+from ernie_ops.recipe.load import load_recipe
+from ernie_ops.recipe.problems import Problem, error
+
+
+@dataclass
+class PipelineSpec:
+    recipe: str
+    eval_suite: str
+    name: str = "pipeline"
+    overrides: list[str] = field(default_factory=list)
+    serve_profile: str | None = None
+    serve_set: list[str] = field(default_factory=list)
+    backend: str | None = None
+    smoke_expect: list[str] | None = None
+    eval_judge: str = "exact"
+    eval_max_tokens: int = 256
+    eval_concurrency: int = 4
+    eval_body: dict[str, Any] = field(default_factory=dict)
+    compare_base: bool = True
+    max_drop: float = 0.0
+    bench_concurrency: list[int] = field(default_factory=lambda: [1, 4])
+    bench_num_prompts: int = 16
+    bench_output_len: int = 32
+    startup_timeout: float | None = None  # seconds for a server to become ready (default: the profile's)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+TYPES: dict[str, tuple[type, ...]] = {
+    "recipe": (str,),
+    "eval_suite": (str,),
+    "name": (str,),
+    "overrides": (list,),
+    "serve_profile": (str, type(None)),
+    "serve_set": (list,),
+    "backend": (str, type(None)),
+    "smoke_expect": (list, type(None)),
+    "eval_judge": (str,),
+    "eval_max_tokens": (int,),
+    "eval_concurrency": (int,),
+    "eval_body": (dict,),
+    "compare_base": (bool,),
+    "max_drop": (float, int),
+    "bench_concurrency": (list,),
+    "bench_num_prompts": (int,),
+    "bench_output_len": (int,),
+    "startup_timeout": (float, int, type(None)),
+}
+REQUIRED = ("recipe", "eval_suite")
+PATHS = ("recipe", "eval_suite", "serve_profile")
+
+
+def load_pipeline(path: Path, sets: list[str] | tuple[str, ...] = ()) -> PipelineSpec:
+    """The validated spec, or one UserError listing every problem (`file:line: ...`)."""
+    loaded, problems = load_recipe(path, sets)
+    spec = None
+    if loaded is not None:
+        spec, more = validate(loaded.values, loaded.where)
+        problems += more
+    errors = [p for p in problems if p.severity == "error"]
+    if errors or spec is None:
+        raise UserError(
+            f"the pipeline {path} has problems:\n" + "\n".join(p.render() for p in errors or problems),
+            hint="the format is in `python -m pydoc ernie_ops.pipeline.spec`",
+        )
+    return spec
+
+
+def validate(
+    values: dict[str, Any], where: Any = lambda key=None: "flags"
+) -> tuple[PipelineSpec | None, list[Problem]]:
+    """Check types, required keys, files that must exist and the values with a fixed set of choices."""
+    problems: list[Problem] = []
+    known = [f.name for f in fields(PipelineSpec)]
+    clean: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in TYPES:
+            guess = did_you_mean(str(key), known)
+            problems.append(
+                error(
+                    where(key), str(key), "unknown pipeline key", f"did you mean {guess!r}?" if guess else ""
+                )
+            )
+        elif (isinstance(value, bool) and bool not in TYPES[key]) or not isinstance(value, TYPES[key]):
+            expected = " or ".join("null" if t is type(None) else t.__name__ for t in TYPES[key])
+            problems.append(error(where(key), key, f"expected {expected}, got {value!r}"))
+        else:
+            clean[key] = value
+    for key in REQUIRED:
+        if key not in values:
+            problems.append(error(where(), key, "not set", f"{key}: path/to/file"))
+    for key in PATHS:
+        if isinstance(clean.get(key), str) and not Path(clean[key]).expanduser().is_file():
+            problems.append(error(where(key), key, f"{clean[key]}: no such file"))
+    problems += _choices(clean, where)
+    if any(p.severity == "error" for p in problems):
+        return None, problems
+    spec = PipelineSpec(**clean)
+    spec.max_drop = float(spec.max_drop)
+    spec.overrides = [str(o) for o in spec.overrides]
+    spec.serve_set = [str(s) for s in spec.serve_set]
+    return spec, problems
+
+
+def _choices(values: dict[str, Any], where: Any) -> list[Problem]:
+    from ernie_ops.validate.judges import JUDGES
+    from ernie_ops.validate.smoke import CAPABILITIES
+
+    out = []
+    if values.get("backend") not in (None, "fastdeploy", "paddle"):
+        out.append(
+            error(
+                where("backend"), "backend", f"expected fastdeploy, paddle or null, not {values['backend']!r}"
+            )
+        )
+    if values.get("eval_judge", "exact") not in JUDGES:
+        out.append(error(where("eval_judge"), "eval_judge", f"expected one of {', '.join(JUDGES)}"))
+    for cap in values.get("smoke_expect") or ():
+        if cap not in CAPABILITIES:
+            out.append(
+                error(
+                    where("smoke_expect"),
+                    "smoke_expect",
+                    f"{cap!r}: expected one of {', '.join(CAPABILITIES)}",
+                )
+            )
+    for key in ("overrides", "serve_set"):
+        for item in values.get(key) or ():
+            if "=" not in str(item):
+                out.append(error(where(key), key, f"{item!r} is not key=value"))
+    levels = values.get("bench_concurrency") or []
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in levels):
+        out.append(
+            error(
+                where("bench_concurrency"), "bench_concurrency", f"expected positive integers, got {levels!r}"
+            )
+        )
+    for key in ("eval_max_tokens", "eval_concurrency", "bench_num_prompts", "bench_output_len"):
+        if key in values and values[key] < 1:
+            out.append(error(where(key), key, f"must be >= 1, not {values[key]}"))
+    return out
