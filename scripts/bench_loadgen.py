@@ -14,10 +14,12 @@ chunks at each `--concurrency`:
 - httpx: a plain `httpx.AsyncClient` streaming loop.
 
 Requests/s and chunks/s per client, with the CPU each side used (the server's core must not be the
-limit). Then latency agreement: a second null server waits `--delay-ms` before each chunk; each
-request's TTFT and end-to-end latency as the generator measured them are compared with the server's
-own timestamps (arrival, first chunk written, last byte written; perf_counter_ns, the same
-CLOCK_MONOTONIC in both processes). Targets: >= 1000 streamed requests/s; p99 |difference| <= 5 ms.
+limit; requests per CPU-second of the generator are what it does on a core of its own, which a
+shared machine does not always give it). Then latency agreement (unpinned): a second null server
+waits `--delay-ms` before each chunk; each request's TTFT and end-to-end latency as the generator
+measured them are compared with the server's own timestamps (arrival, first chunk written, last
+byte written; perf_counter_ns, the same CLOCK_MONOTONIC in both processes), at concurrency 1 and 16.
+Targets: >= 1000 streamed requests/s; |difference| <= 5 ms (median and p99 both reported).
 
     .venv/bin/python scripts/bench_loadgen.py            # ~2 minutes
     .venv/bin/python scripts/bench_loadgen.py --quick    # ~20 s
@@ -201,18 +203,24 @@ CLIENTS: dict[str, Callable[[str, int, int, int], Awaitable[int]]] = {
     "aiohttp, one session": aiohttp_shared,
     "httpx": httpx_loop,
 }
+SHARE = {"httpx": 0.2}  # of the requests per run: httpx is an order of magnitude slower
 
 
 def ceiling(server: NullServer, client: str, n: int, concurrency: int, chunks: int) -> dict[str, float]:
-    """One run: requests/s, chunks/s, and the CPU share each side used."""
+    """One run: requests/s and chunks/s of wall time and per CPU-second of the generator (what one
+    core would give it alone: other processes on a shared machine lower the first, not the second),
+    and the CPU share each side used."""
     cpu_server, cpu_client = server.cpu_seconds(), time.process_time()
     start = time.perf_counter()
     streamed = asyncio.run(CLIENTS[client](server.url, n, concurrency, chunks))
     wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu_client
     return {
         "req_s": n / wall,
         "chunks_s": streamed / wall,
-        "client_cpu": (time.process_time() - cpu_client) / wall,
+        "req_per_cpu_s": n / cpu,
+        "chunks_per_cpu_s": streamed / cpu,
+        "client_cpu": cpu / wall,
         "server_cpu": (server.cpu_seconds() - cpu_server) / wall,
     }
 
@@ -284,31 +292,50 @@ def main() -> int:
     repeat = 1 if args.quick else args.repeat
     levels = loadgen.parse_levels(args.concurrency)
     client_core, server_core = cores()
+    allowed = os.sched_getaffinity(0)
     if client_core is not None:
         os.sched_setaffinity(0, {client_core})
     cores_used = f"generator on core {client_core}, null server on core {server_core}"
     print(f"{cores_used}; {n} requests x {args.chunks} chunks")
 
+    load = [round(os.getloadavg()[0], 2)]
     results: list[dict[str, Any]] = []
     server = NullServer(server_core)
     try:
         for concurrency in levels:
             for client in CLIENTS:
-                runs = [ceiling(server, client, n, concurrency, args.chunks) for _ in range(repeat)]
+                count = max(int(n * SHARE.get(client, 1.0)), concurrency)
+                runs = [ceiling(server, client, count, concurrency, args.chunks) for _ in range(repeat)]
                 row = {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
-                row |= {"client": client, "concurrency": concurrency, "runs": [r["req_s"] for r in runs]}
+                row |= {"client": client, "concurrency": concurrency, "requests": count}
+                row["runs_req_s"] = [round(r["req_s"]) for r in runs]
                 results.append(row)
                 print(f"  {client} at {concurrency}: {row['req_s']:.0f} req/s", flush=True)
     finally:
         server.stop()
 
-    delayed = NullServer(server_core, args.delay_ms)
+    # agreement is about what the generator measures, not its capacity: no pinning, so neither side
+    # waits for its one core while another process on this shared machine holds it
+    os.sched_setaffinity(0, allowed)
+    delayed = NullServer(None, args.delay_ms)
     try:
         agree = [asyncio.run(agreement(delayed.url, 60 if args.quick else 300, c, 8)) for c in (1, 16)]
     finally:
         delayed.stop()
 
-    table = [["client", "concurrency", "req/s", "chunks/s", "client CPU", "server CPU", "vs ours"]]
+    table = [
+        [
+            "client",
+            "concurrency",
+            "req/s",
+            "chunks/s",
+            "req/CPU-s",
+            "chunks/CPU-s",
+            "client CPU",
+            "server CPU",
+        ]
+    ]
+    table[0].append("vs ours")
     for row in results:
         mine = next(
             r for r in results if r["concurrency"] == row["concurrency"] and r["client"].startswith("ours")
@@ -319,9 +346,11 @@ def main() -> int:
                 str(row["concurrency"]),
                 f"{row['req_s']:.0f}",
                 f"{row['chunks_s']:.0f}",
+                f"{row['req_per_cpu_s']:.0f}",
+                f"{row['chunks_per_cpu_s']:.0f}",
                 f"{row['client_cpu']:.0%}",
                 f"{row['server_cpu']:.0%}",
-                f"{row['req_s'] / mine['req_s']:.2f}x",
+                f"{row['req_per_cpu_s'] / mine['req_per_cpu_s']:.2f}x",
             ]
         )
     print()
@@ -353,14 +382,23 @@ def main() -> int:
     print_table(rows)
 
     best = max(r["req_s"] for r in results if r["client"].startswith("ours"))
-    worst_p99 = max(max(a["ttft_diff_ms"]["p99_abs"], a["e2e_diff_ms"]["p99_abs"]) for a in agree)
-    met = {"ceiling": best >= TARGET_RPS, "agreement": worst_p99 <= TARGET_AGREEMENT_MS}
+    median = max(max(a["ttft_diff_ms"]["median_abs"], a["e2e_diff_ms"]["median_abs"]) for a in agree)
+    p99 = max(max(a["ttft_diff_ms"]["p99_abs"], a["e2e_diff_ms"]["p99_abs"]) for a in agree)
+    met = {
+        "ceiling": best >= TARGET_RPS,
+        "agreement_median": median <= TARGET_AGREEMENT_MS,
+        "agreement_p99": p99 <= TARGET_AGREEMENT_MS,
+    }
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    print(f"\ntarget: >= {TARGET_RPS:.0f} streamed req/s (wall): {best:.0f} -> {verdict(met['ceiling'])}")
+    print(f"target: client vs server |diff| <= {TARGET_AGREEMENT_MS:g} ms, worst level:")
+    print(f"  median {median:.2f} ms -> {verdict(met['agreement_median'])}")
+    print(f"  p99 {p99:.2f} ms -> {verdict(met['agreement_p99'])}")
     print(
-        f"\ntarget: >= {TARGET_RPS:.0f} streamed req/s: {best:.0f} -> {'met' if met['ceiling'] else 'MISSED'}"
-    )
-    print(
-        f"target: client vs server latency p99 |diff| <= {TARGET_AGREEMENT_MS:g} ms: {worst_p99:.2f} ms -> "
-        f"{'met' if met['agreement'] else 'MISSED'}"
+        f"load average before/after (other processes on this machine): {load[0]} / {os.getloadavg()[0]:.2f}"
     )
     write_report(
         args.out,
@@ -370,9 +408,10 @@ def main() -> int:
             "repeat": repeat,
             "cores": [client_core, server_core],
         },
+        load_average=[load[0], round(os.getloadavg()[0], 2)],
         ceiling=results,
         agreement=agree,
-        targets={"streamed_req_s": TARGET_RPS, "agreement_p99_ms": TARGET_AGREEMENT_MS, "met": met},
+        targets={"streamed_req_s": TARGET_RPS, "agreement_ms": TARGET_AGREEMENT_MS, "met": met},
     )
     return 0
 

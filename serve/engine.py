@@ -1,28 +1,36 @@
-"""The embedded CPU inference engine: ERNIE 4.5 on Paddle with a KV cache and continuous batching.
+"""The embedded CPU inference engine: ERNIE 4.5 with a KV cache and continuous batching.
 
 It is the core the embedded OpenAI-compatible server stands on (the server is a separate module).
-The model is ERNIEKit's own `Ernie4_5_MoeForCausalLM` in float32 (Paddle has no bf16 CPU kernels),
-the tokenizer `ernie.tokenizer.Ernie4_5_Tokenizer`.
+The checkpoint is loaded with ERNIEKit's own `Ernie4_5_MoeForCausalLM` in float32 (Paddle has no
+bf16 CPU kernels), the tokenizer is `ernie.tokenizer.Ernie4_5_Tokenizer`.
 
-Why not `model.generate()`: it re-feeds the whole sequence at every step (`past_key_values` stays
-None), which is about 20x slower than passing the cache back. Here a request's prompt is run once
-(prefill) and every later step feeds only the newest token, its position id and the cache.
+The forward that serves requests is `DenseForward`: dense ERNIE 4.5's arithmetic written out in numpy
+over the loaded weights (embedding and LM head shared zero-copy with Paddle, layer weights kept in
+[out, in] layout). ERNIEKit's model stays loaded as the reference: `full_logits` runs it, and the
+tests hold the fast path to it within float tolerance. Why not ERNIEKit's forward: on CPU it costs
+about 3x more per decode step and 4x more per prompt, because Paddle's matmul goes through its
+bundled MKL (a slow generic path on non-Intel CPUs, slower gemv everywhere), its attention
+concatenates the cache every step, builds masks and casts, and its LM head runs over every prompt
+position. Why not `model.generate()`: it re-feeds the whole sequence at every step.
 
-Batching design: one running batch with a *left-padded* shared KV cache.
-- A new request is prefilled alone (batch 1, no padding, so prefill is exact), then its cache is
-  left-padded (or the batch's is) to a common length and stacked on the batch dimension.
-- `valid[row, col]` records which cache columns hold real tokens; the boolean attention mask passed
-  to the model is exactly that, so a padded column gets weight exp(min - max) == 0 and a row's
-  result does not depend on who else is in the batch (up to float summation order).
-- Each row carries its own position ids (the count of its real tokens), so RoPE sees the positions
-  the request would have alone.
-- Finished / cancelled rows are sliced out, and cache columns that are padding for every remaining
-  row are trimmed, so a long request leaving does not keep the batch wide.
-ERNIEKit's attention concatenates the cache every step anyway, so re-stacking it costs no more than
-the step itself. Requests that cannot run together are never needed: every row feeds one token.
+Batching design: one running batch with a *left-padded* KV cache, preallocated and written in place.
+- Waiting requests are prefilled together (as many as there are free rows, within PREFILL_TOKENS
+  padded tokens and similar lengths): left-padded to the longest prompt, a pad query attends only to
+  itself and no real query to a pad key, positions count real tokens only, and only the last
+  position goes through the LM head. The group's cache is then merged with the running one,
+  right-aligned at the longer length.
+- Every row's newest token is in the same column, so a decode step writes all rows' keys and values
+  into the next free column of per-layer [B, kv_heads, capacity, head_dim] arrays; attention reads
+  columns [0, length] with an additive bias (0 for a real token, -inf for padding), so padding gets
+  weight 0 and a row's result does not depend on who else is in the batch (up to float summation
+  order). Capacity grows by half when full (one copy), not every step.
+- Each row carries its own position ids, so RoPE sees the positions the request would have alone.
+- Finished / cancelled rows are dropped and cache columns that are padding for every remaining row
+  trimmed (one copy), so a long request leaving does not keep the batch wide.
 
 Threading: `submit` / `cancel` may be called from any thread; `step` runs in one thread at a time
 (the engine thread started by `start()`, or the caller of `generate` / `stream` when none is running).
+numpy's BLAS uses OMP_NUM_THREADS / OPENBLAS_NUM_THREADS threads.
 """
 
 from __future__ import annotations
@@ -262,14 +270,12 @@ class RequestHandle:
 
 
 class DenseForward:
-    """A lean numpy forward of dense ERNIE 4.5 over the weights of ERNIEKit's model (shared, not copied).
+    """A lean numpy forward of dense ERNIE 4.5 over the weights of ERNIEKit's loaded model.
 
-    The same arithmetic as ERNIEKit's `Ernie4_5_MoeForCausalLM` in float32 (RMSNorm, fused QKV with
-    GQA, interleaved RoPE, softmax attention, SwiGLU MLP, tied or untied LM head), checked against it
-    to float tolerance by the tests. Why numpy: on CPU, Paddle's matmul goes through its bundled MKL,
-    which takes a slow generic path on non-Intel CPUs, and ERNIEKit adds many small ops per layer
-    (cache concatenation, mask construction, casts); numpy's OpenBLAS gemv/gemm is several times
-    faster at these shapes and each layer is a handful of calls.
+    The same float32 arithmetic as ERNIEKit's `Ernie4_5_MoeForCausalLM` (RMSNorm, fused QKV with
+    GQA, interleaved RoPE, softmax attention, SwiGLU MLP, tied or untied LM head), held to it within
+    float tolerance by the tests. The embedding / LM head table and the norms are zero-copy views of
+    the Paddle parameters; the layer weights are copied once into [out, in] layout (see `_Linear`).
     """
 
     def __init__(self, model: Any):
@@ -310,10 +316,9 @@ class DenseForward:
         self.norm = _array(model.ernie.norm.weight)
         head = _array(model.lm_head.weight)
         bias = getattr(model.lm_head, "bias", None)
-        # tied: the [V, hidden] embedding table, so logits = x @ table.T; untied: [hidden, V]
-        self.head = _Linear(
-            head.T if config.tie_word_embeddings else head, None if bias is None else _array(bias)
-        )
+        # [V, hidden] (a view): the tied embedding table as it is, an untied [hidden, V] transposed
+        self.vocab_rows = head if config.tie_word_embeddings else head.T
+        self.head_bias = None if bias is None else _array(bias)
 
     def new_cache(self, batch: int, capacity: int) -> list[np.ndarray]:
         """Keys and values of every layer: [2 * layers] arrays of [batch, kv_heads, capacity, head_dim]."""
@@ -360,7 +365,12 @@ class DenseForward:
             gate_up = w.up_gate(self._norm(x, w.ln2))
             gate, up = gate_up[..., : self.inner], gate_up[..., self.inner :]
             x = x + w.down(gate / (1.0 + np.exp(-gate)) * up)  # SwiGLU: silu(gate) * up
-        return self.head(self._norm(x[:, -1], self.norm))
+        return self._logits(self._norm(x[:, -1], self.norm))
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        """x [B, hidden] @ the LM head -> [B, V] (a gemv for one row, else by blocks of vocabulary)."""
+        out = (self.vocab_rows @ x[0])[None] if len(x) == 1 else _skinny_matmul(x, self.vocab_rows)
+        return out if self.head_bias is None else out + self.head_bias
 
     def _attend(self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, bias: np.ndarray) -> np.ndarray:
         """Softmax attention with GQA: q [B, S, heads, D], keys / values [B, kv, L, D] -> [B, S, heads * D].
@@ -396,18 +406,40 @@ def _array(param: Any) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Linear:
-    weight: np.ndarray  # [in, out], Paddle's layout
+    """y = x @ W + b, with W kept transposed ([out, in], contiguous: a copy of Paddle's [in, out]).
+
+    OpenBLAS's gemm at a handful of rows (decoding a batch) is about twice as fast with the weight as
+    the left operand in [out, in] layout, taken a block of output rows at a time, as x @ W (measured
+    at 4 and 8 rows on the 0.3B shapes); one row (gemv) and prompt-sized inputs are as fast either way.
+    """
+
+    weight_t: np.ndarray  # [out, in]
     bias: np.ndarray | None
 
     @classmethod
     def of(cls, layer: Any) -> _Linear:
         bias = getattr(layer, "bias", None)
-        return cls(_array(layer.weight), None if bias is None else _array(bias))
+        return cls(np.ascontiguousarray(_array(layer.weight).T), None if bias is None else _array(bias))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        # one 2-D gemm over all rows (numpy would run a 3-D input as one small gemm per batch row)
-        y = (x.reshape(-1, x.shape[-1]) @ self.weight).reshape(*x.shape[:-1], -1)
+        flat = x.reshape(-1, x.shape[-1])  # one 2-D gemm over all rows, not one per batch row
+        if len(flat) == 1:  # gemv down contiguous rows
+            y = (self.weight_t @ flat[0])[None]
+        elif len(flat) <= 32:
+            y = _skinny_matmul(flat, self.weight_t)
+        else:
+            y = flat @ self.weight_t.T
+        y = y.reshape(*x.shape[:-1], -1)
         return y if self.bias is None else y + self.bias
+
+
+def _skinny_matmul(x: np.ndarray, rows: np.ndarray, block: int = 1024) -> np.ndarray:
+    """x [M, in] @ rows.T for a few rows of x, `rows` [out, in] taken `block` output rows at a time."""
+    out_t = np.empty((rows.shape[0], x.shape[0]), dtype=np.float32)
+    x_t = np.ascontiguousarray(x.T)
+    for start in range(0, rows.shape[0], block):
+        np.matmul(rows[start : start + block], x_t, out=out_t[start : start + block])
+    return out_t.T
 
 
 @dataclass(frozen=True)
@@ -640,7 +672,13 @@ class Engine:
                 group = _prefill_group(list(self._waiting)[:free], PREFILL_TOKENS)
                 for request in group:
                     self._waiting.remove(request)
-            self._prefill(group)
+            try:
+                self._prefill(group)
+            except Exception as err:  # the group is in neither the queue nor the batch: fail it here
+                for request in group:
+                    if request.finish_reason is None:
+                        self._finish(request, FINISH_ERROR, f"{type(err).__name__}: {err}", flush=False)
+                raise
 
     def _prefill(self, group: list[_Request]) -> None:
         """Run the prompts left-padded to a common length, sample each first token, join the batch.

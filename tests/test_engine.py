@@ -69,6 +69,24 @@ def test_request_joining_mid_way_matches_alone(engine, alone):
         assert r.token_ids == a.token_ids
 
 
+def test_long_decode_past_the_cache_capacity_matches_full_forward(engine):
+    # the cache is preallocated with room for about half the prompt more; decoding 48 tokens after
+    # a short prompt outgrows it (it is copied into a larger one) and must not change the logits
+    results = engine.generate(PROMPTS[2:4], greedy(48, return_logits=True))
+    for r in results:
+        full = engine.full_logits(r.prompt_token_ids + r.token_ids)
+        start = len(r.prompt_token_ids) - 1
+        np.testing.assert_allclose(np.stack(r.logits), full[start : start + 48], atol=1e-4, rtol=0)
+
+
+def test_rows_finishing_at_prefill_leave_the_others_exact(engine, alone):
+    # prompts prefilled together; the ones done after their first token leave the group at once
+    params = [greedy(1), greedy(16), greedy(1), greedy(16)]
+    results = engine.generate(PROMPTS, params)
+    for a, r, p in zip(alone, results, params, strict=True):
+        assert r.token_ids == a.token_ids[: p.max_tokens]
+
+
 def test_max_tokens_gives_length(engine):
     r = engine.generate(["Hello"], greedy(5))[0]
     assert r.finish_reason == "length"

@@ -27,7 +27,8 @@ class Bench(Subcommand):
         "Load-test a running OpenAI-compatible server (FastDeploy, vLLM, `ernie-ops serve`) with streamed "
         "chat requests at each concurrency level in turn (closed loop: at most C requests in flight). "
         "Reports TTFT, TPOT, ITL and end-to-end latency (mean, p50, p90, p99), request and token "
-        "throughput, and goodput under the SLO given; writes bench.json, bench.png and bench.md to --out. "
+        "throughput, and goodput under the SLO given; writes bench.json, bench.png, bench.md and "
+        "bench.html to --out. "
         "Requests go to URL only; each is bounded by --timeout and each level by --max-duration. "
         "Exit status: 0 every request of every level completed, 1 a request failed or a level was "
         "cut short, 2 a usage error."
@@ -115,15 +116,12 @@ class Bench(Subcommand):
         result = loadgen.bench(endpoint, workload, run)
 
         out: Path = args.out or Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S")
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "bench.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-        image = loadgen.plot(result, out / "bench.png")
-        (out / "bench.md").write_text(loadgen.markdown(result, image.name if image else None))
+        image = loadgen.write(result, out)
         if args.json:
             print(json.dumps(result.to_dict(), indent=2))
         else:
             print(loadgen.text_report(result))
-            print(f"\nwrote {out}/bench.json, bench.md{', bench.png' if image else ''}")
+            print(f"\nwrote {out}/bench.json, bench.md, bench.html{', bench.png' if image else ''}")
         for problem in result.problems():
             print(f"FAILED: {problem}", file=sys.stderr)
         return 0 if result.ok else 1

@@ -26,7 +26,7 @@ def write_pipeline_report(record: PipelineRecord) -> tuple[Path, Path]:
         "## Training\n\n" + _training(record),
         "## Serving\n\n" + _serving(record),
         "## Smoke test\n\n" + _smoke(record),
-        "## Load benchmark\n\n" + _bench(record),
+        _bench(record),
         "## Evaluation: tuned vs base\n\n" + _evaluation(record),
     ]
     return write_report(record.path, "report", "\n\n".join(sections) + "\n", f"pipeline {record.name}")
@@ -149,7 +149,7 @@ def _bench(record: PipelineRecord) -> str:
     bench = record.stages["bench"]
     md = Path(record.out("bench", "dir") or "/nonexistent") / "bench.md"
     if not md.is_file():
-        return f"Load benchmark {bench.status}."
+        return f"## Load test\n\nLoad test {bench.status}."
     return md.read_text(encoding="utf-8").replace(
         "](bench.png)", f"]({_rel(record, md.parent / 'bench.png')})"
     )

@@ -234,14 +234,11 @@ def bench(p: Pipeline) -> str | None:
     from ernie_ops.validate import loadgen
 
     out = p.record.path / "bench"
-    workload = loadgen.Workload.synthetic(
-        loadgen.Length.parse("64"), loadgen.Length.parse(str(p.spec.bench_output_len))
-    )
-    options = loadgen.Options(
-        levels=list(p.spec.bench_concurrency), num_prompts=p.spec.bench_num_prompts, out=out
-    )
+    output_len = loadgen.Length.parse(str(p.spec.bench_output_len), "bench_output_len")
+    workload = loadgen.Workload.synthetic(loadgen.Length.parse("64"), output_len)
+    options = loadgen.Options(list(p.spec.bench_concurrency), p.spec.bench_num_prompts, progress=False)
     result = loadgen.bench(_endpoint(p, "tuned"), workload, options)
-    result.write(out)
+    loadgen.write(result, out)
     p.outputs.update(dir=str(out), levels=[level.to_dict() for level in result.levels])
     if not result.ok:
         raise StageFailed("the load benchmark had failed requests: " + "; ".join(result.problems()))

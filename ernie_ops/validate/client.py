@@ -173,6 +173,7 @@ async def request(
             f"{endpoint.base}/{path}",
             data=orjson.dumps(payload),
             timeout=aiohttp.ClientTimeout(total=timeout) if timeout else None,
+            allow_redirects=False,  # load and prompts go to the endpoint given, nowhere else
         ) as resp:
             reply.status = resp.status
             if resp.status != 200 or not payload.get("stream"):

@@ -19,7 +19,9 @@ far above what a real model server streams on this hardware, so the figures desc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
+import json
 import random
 import sys
 import time
@@ -61,6 +63,7 @@ WORDS = tuple(
     true leave color red friends easy""".split()
 )
 ERRORS_KEPT = 5  # distinct error messages kept per level
+CANCELLED = "cancelled: the level's time limit was reached"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,7 +450,7 @@ class BenchResult:
         return lines
 
     def to_dict(self) -> dict[str, Any]:
-        slo = {k: v for k, v in self.slo.__dict__.items()}
+        slo = dataclasses.asdict(self.slo)
         return {
             "url": self.url,
             "model": self.model,
@@ -463,9 +466,6 @@ class BenchResult:
 
 # ---------------------------------------------------------------------------------------------
 # running
-
-
-CANCELLED = "cancelled: the level's time limit was reached"
 
 
 @dataclass
@@ -684,6 +684,18 @@ def markdown(result: BenchResult, image: str | None = "bench.png") -> str:
     lines += ["", "**Result:** " + ("every request completed." if result.ok else "failed.")]
     lines += [f"- {p}" for p in problems]
     return "\n".join(lines) + "\n"
+
+
+def write(result: BenchResult, out: Path) -> Path | None:
+    """bench.json, bench.png (when anything completed), bench.md and a self-contained bench.html
+    in `out`; returns the plot's path."""
+    from ernie_ops.validate.report import write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    image = plot(result, out / "bench.png")
+    write_report(out, "bench", markdown(result, image.name if image else None), f"load test {result.url}")
+    return image
 
 
 def plot(result: BenchResult, out: Path) -> Path | None:
