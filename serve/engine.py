@@ -399,6 +399,14 @@ class DenseForward:
         return out.transpose(0, 3, 1, 2, 4).reshape(rows, steps, heads * dim)
 
 
+def _release_linears(model: Any) -> None:
+    """Free the memory of ERNIEKit's attention and MLP weights (the engine computes with copies)."""
+    for layer in model.ernie.layers:
+        for block in (layer.self_attn, layer.mlp):
+            for param in block.parameters():
+                param._clear_data()
+
+
 def _array(param: Any) -> np.ndarray:
     """A zero-copy, read-only numpy view of a Paddle parameter's memory (DLPack)."""
     return np.from_dlpack(param.detach())
@@ -419,7 +427,10 @@ class _Linear:
     @classmethod
     def of(cls, layer: Any) -> _Linear:
         bias = getattr(layer, "bias", None)
-        return cls(np.ascontiguousarray(_array(layer.weight).T), None if bias is None else _array(bias))
+        # copies, both: Paddle's own linear weights are freed once every layer is copied (`release`)
+        return cls(
+            np.ascontiguousarray(_array(layer.weight).T), None if bias is None else np.array(_array(bias))
+        )
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         flat = x.reshape(-1, x.shape[-1])  # one 2-D gemm over all rows, not one per batch row
@@ -479,9 +490,19 @@ class _Batch:
 class Engine:
     """Continuous-batching, KV-cached generation on one CPU process."""
 
-    def __init__(self, model: Any, tokenizer: Any, max_batch_size: int = 8, max_length: int | None = None):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        max_batch_size: int = 8,
+        max_length: int | None = None,
+        reference: bool = True,
+    ):
         self.model = model  # ERNIEKit's: the weights, and the reference forward of `full_logits`
         self.net = DenseForward(model)
+        self.reference = reference
+        if not reference:  # the fast path holds its own copies of the linear layers: free Paddle's
+            _release_linears(model)  # (~1 GB at the 0.3B shape); norms and embeddings stay shared
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.max_length = max_length or int(getattr(model.config, "max_position_embeddings", 4096))
@@ -501,8 +522,9 @@ class Engine:
     # -- loading ------------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, model_dir: Path | str, max_batch_size: int = 8) -> Engine:
-        """Load a dense ERNIE 4.5 Paddle checkpoint in float32 on the CPU."""
+    def load(cls, model_dir: Path | str, max_batch_size: int = 8, reference: bool = False) -> Engine:
+        """Load a dense ERNIE 4.5 Paddle checkpoint in float32 on the CPU; `reference` keeps ERNIEKit's
+        own forward usable (`full_logits`, for tests) at the cost of a second copy of the weights."""
         path = Path(model_dir)
         config_file = path / "config.json"
         if not config_file.is_file():
@@ -529,7 +551,7 @@ class Engine:
         model.eval()
         tokenizer = Ernie4_5_Tokenizer.from_pretrained(str(path))
         log.info("loaded %s in %.1f s", path, time.perf_counter() - started)
-        return cls(model, tokenizer, max_batch_size=max_batch_size)
+        return cls(model, tokenizer, max_batch_size=max_batch_size, reference=reference)
 
     # -- text helpers -------------------------------------------------------------------------
 
@@ -550,6 +572,8 @@ class Engine:
 
         The reference the tests hold the fast path to; serving never calls it.
         """
+        if not self.reference:
+            raise RuntimeError("ERNIEKit's weights were released: load with Engine.load(..., reference=True)")
         import paddle
 
         n = len(token_ids)

@@ -45,7 +45,7 @@ def greedy(max_tokens: int, **kwargs) -> SamplingParams:
 
 @pytest.fixture(scope="module")
 def engine(tiny_dense) -> Iterator[Engine]:
-    eng = Engine.load(tiny_dense, max_batch_size=4)
+    eng = Engine.load(tiny_dense, max_batch_size=4, reference=True)
     yield eng
     eng.stop()
 

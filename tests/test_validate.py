@@ -88,10 +88,10 @@ def test_endpoint_key_comes_from_the_environment(monkeypatch):
 
 def test_smoke_passes_on_the_embedded_backend(embedded, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(KEY_ENV, KEY)
-    out = tmp_path / "smoke.json"
-    code = main(["smoke", embedded, "--api-key-env", KEY_ENV, "--out", str(out), "--concurrency", "4"])
+    code = main(["smoke", embedded, "--api-key-env", KEY_ENV, "--out", str(tmp_path), "--concurrency", "4"])
     printed = capsys.readouterr().out
-    report = json.loads(out.read_text())
+    report = json.loads((tmp_path / "smoke.json").read_text())
+    assert "| stop | PASS |" in (tmp_path / "smoke.md").read_text() and (tmp_path / "smoke.html").is_file()
     status = {c["name"]: c["status"] for c in report["checks"]}
     assert code == 0, printed
     assert report["passed"] and report["model"] == "tiny-ernie"

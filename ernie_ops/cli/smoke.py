@@ -22,7 +22,7 @@ class Smoke(Subcommand):
     examples = (
         "ernie-ops smoke http://127.0.0.1:8180",
         "ernie-ops smoke http://gpu-node:8180/v1 --model ERNIE-4.5-21B-A3B-Thinking --api-key-env ERNIE_KEY",
-        "ernie-ops smoke 127.0.0.1:8180 --expect json,tools --json > smoke.json",
+        "ernie-ops smoke 127.0.0.1:8180 --expect json,tools --out runs/smoke-wint4",
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -41,7 +41,9 @@ class Smoke(Subcommand):
         )
         parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
         parser.add_argument("--json", action="store_true", help="the report as JSON on stdout")
-        parser.add_argument("--out", type=Path, help="also write the JSON report to this file")
+        parser.add_argument(
+            "--out", type=Path, metavar="DIR", help="write smoke.json, smoke.md and smoke.html here"
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         from ernie_ops.validate.smoke import parse_expect, run_smoke
@@ -66,8 +68,12 @@ class Smoke(Subcommand):
         print(f"{report.model} at {report.endpoint}: {summary} (expected: {expected})", file=stream)
         data = report.to_json()
         if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(data, indent=2) + "\n")
+            from ernie_ops.validate.report import write_report
+            from ernie_ops.validate.smoke import markdown
+
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "smoke.json").write_text(json.dumps(data, indent=2) + "\n")
+            write_report(args.out, "smoke", "# Smoke test\n\n" + markdown(report), f"smoke {report.model}")
         if args.json:
             print(json.dumps(data, indent=2))
         return 0 if report.passed else 1
