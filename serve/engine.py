@@ -5,9 +5,10 @@ The checkpoint is loaded with ERNIEKit's own `Ernie4_5_MoeForCausalLM` in float3
 bf16 CPU kernels), the tokenizer is `ernie.tokenizer.Ernie4_5_Tokenizer`.
 
 The forward that serves requests is `DenseForward`: dense ERNIE 4.5's arithmetic written out in numpy
-over the loaded weights (embedding and LM head shared zero-copy with Paddle, layer weights kept in
-[out, in] layout). ERNIEKit's model stays loaded as the reference: `full_logits` runs it, and the
-tests hold the fast path to it within float tolerance. Why not ERNIEKit's forward: on CPU it costs
+over the loaded weights (embedding, norms and LM head shared zero-copy with Paddle, the linear
+layers copied once into [out, in] layout, after which Paddle's copies are freed). With
+`reference=True` (the tests) ERNIEKit's model stays whole: `full_logits` runs it, and the tests hold
+the fast path to it within float tolerance. Why not ERNIEKit's forward: on CPU it costs
 about 3x more per decode step and 4x more per prompt, because Paddle's matmul goes through its
 bundled MKL (a slow generic path on non-Intel CPUs, slower gemv everywhere), its attention
 concatenates the cache every step, builds masks and casts, and its LM head runs over every prompt

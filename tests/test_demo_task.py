@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ernie_ops.cli.main import main
-from ernie_ops.demo_task import DEMO_SPEC, DemoTask, answer, write_demo_task
+from ernie_ops.pipeline.demo_task import DEMO_SPEC, DemoTask, answer, write_demo_task
 from ernie_ops.recipe.check import check_recipe
 from ernie_ops.tiny_model import TinySpec
 from ernie_ops.validate.judges import score

@@ -121,3 +121,22 @@ def test_failed_export_stops_the_pipeline_and_resume_completes_it(tiny_dense, tm
     assert not list((tmp_path / "runs" / "serve").glob("*.json"))  # every server stopped
     html = (directory / "report.html").read_text()
     assert "data:image/png;base64," in html and "<script" not in html
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path, monkeypatch, capsys):
+    """`ernie-ops demo` on this CPU: every stage passes and the fine-tune beats the base on held-out
+    numbers it never saw (a real effect of training: the base model cannot answer at all)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--runs-dir", str(tmp_path / "runs")]) == 0
+    (directory,) = (tmp_path / "runs").glob("demo-*")
+    record = PipelineRecord.load(directory)
+    assert all(record.stages[s].status == "passed" for s in STAGES), record.stages
+    tuned, base = record.out("eval", "tuned")["score"], record.out("eval", "base")["score"]
+    assert tuned > base and tuned >= 0.8, (tuned, base)
+    assert record.verdict == "SHIP"
+    report = (directory / "report.md").read_text()
+    assert report.startswith("# Pipeline `demo`: SHIP") and "## Evaluation: tuned vs base" in report
+    assert (directory / "report.html").stat().st_size > 10_000  # the plots are inside
+    assert "held-out accuracy: tuned" in capsys.readouterr().out
+    assert (directory / "pipeline.yaml").is_file()  # `ernie-ops pipeline` can rerun it

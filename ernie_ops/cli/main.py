@@ -18,7 +18,7 @@ from ernie_ops.cli.evaluate import Eval
 from ernie_ops.cli.export import Export
 from ernie_ops.cli.hub import Pull, Push
 from ernie_ops.cli.models import Models
-from ernie_ops.cli.pipeline import PipelineCommand
+from ernie_ops.cli.pipeline import Demo, PipelineCommand
 from ernie_ops.cli.plan import Plan
 from ernie_ops.cli.recipes import Recipes
 from ernie_ops.cli.serve import Serve
@@ -48,10 +48,12 @@ SUBCOMMANDS: tuple[type[Subcommand], ...] = (
     Eval,
     Compare,
     PipelineCommand,
+    Demo,
 )
 
 EXAMPLES = """\
 examples:
+  ernie-ops demo                         # the whole pipeline on this CPU, report and verdict at the end
   ernie-ops doctor                       # what is installed, what is missing, what to do
   ernie-ops models                       # the ERNIE 4.5 model catalog
   ernie-ops tiny-model runs/tiny-dense   # a tiny random ERNIE 4.5 checkpoint for CPU runs

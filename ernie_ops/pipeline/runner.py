@@ -61,9 +61,13 @@ class Pipeline:
         self.outputs: dict[str, Any] = {}  # the running stage's outputs
 
     @classmethod
-    def create(cls, spec: PipelineSpec, runs_dir: Path = Path("runs"), **kwargs: Any) -> Pipeline:
-        directory = (runs_dir / f"{spec.name}-{dt.datetime.now():%Y%m%d-%H%M%S}").resolve()
-        directory.mkdir(parents=True, exist_ok=False)
+    def create(
+        cls, spec: PipelineSpec, runs_dir: Path = Path("runs"), directory: Path | None = None, **kwargs: Any
+    ) -> Pipeline:
+        """A new pipeline in `directory` (default: a new `runs_dir/<name>-<time>/`)."""
+        if directory is None:
+            directory = (runs_dir / f"{spec.name}-{dt.datetime.now():%Y%m%d-%H%M%S}").resolve()
+            directory.mkdir(parents=True, exist_ok=False)
         record = PipelineRecord(spec.name, str(directory), spec.to_json())
         record.save()
         return cls(spec, record, **kwargs)

@@ -17,6 +17,7 @@
     bench_concurrency: [1, 8]           # the load benchmark; [] skips it
     bench_num_prompts: 32
     bench_output_len: 64
+    bench_ignore_eos: false             # true: every request generates bench_output_len tokens
 
 Relative paths resolve against the current directory, as ERNIEKit resolves a recipe's. The verdict
 is SHIP when the smoke test passed, no metric fell more than `max_drop` below the base, and the
@@ -53,6 +54,7 @@ class PipelineSpec:
     bench_concurrency: list[int] = field(default_factory=lambda: [1, 4])
     bench_num_prompts: int = 16
     bench_output_len: int = 32
+    bench_ignore_eos: bool = False
     startup_timeout: float | None = None  # seconds for a server to become ready (default: the profile's)
 
     def to_json(self) -> dict[str, Any]:
@@ -77,6 +79,7 @@ TYPES: dict[str, tuple[type, ...]] = {
     "bench_concurrency": (list,),
     "bench_num_prompts": (int,),
     "bench_output_len": (int,),
+    "bench_ignore_eos": (bool,),
     "startup_timeout": (float, int, type(None)),
 }
 REQUIRED = ("recipe", "eval_suite")

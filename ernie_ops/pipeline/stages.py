@@ -235,7 +235,9 @@ def bench(p: Pipeline) -> str | None:
 
     out = p.record.path / "bench"
     output_len = loadgen.Length.parse(str(p.spec.bench_output_len), "bench_output_len")
-    workload = loadgen.Workload.synthetic(loadgen.Length.parse("64"), output_len)
+    workload = loadgen.Workload.synthetic(
+        loadgen.Length.parse("64"), output_len, ignore_eos=p.spec.bench_ignore_eos
+    )
     options = loadgen.Options(list(p.spec.bench_concurrency), p.spec.bench_num_prompts, progress=False)
     result = loadgen.bench(_endpoint(p, "tuned"), workload, options)
     loadgen.write(result, out)
