@@ -47,6 +47,15 @@ def test_spec_problems_are_all_reported_with_lines(tmp_path):
     assert f"{spec}:7: error: overrides: 'max_steps' is not key=value" in text
 
 
+def test_the_shipped_gpu_pipeline_is_valid(tmp_path, monkeypatch):
+    """recipes/pipelines/*.yaml name a recipe and a serve profile that exist; the suite is the user's."""
+    monkeypatch.chdir(REPO)
+    suite = write_example_suites(tmp_path)[-1]
+    for path in (REPO / "recipes" / "pipelines").glob("*.yaml"):
+        spec = load_pipeline(path, [f"eval_suite={suite}"])
+        assert spec.backend == "fastdeploy" and spec.serve_profile and Path(spec.recipe).is_file()
+
+
 def test_spec_requires_recipe_and_suite(tmp_path, capsys):
     spec = write(tmp_path / "p.yaml", "name: x\n")
     assert main(["pipeline", str(spec)]) == 2

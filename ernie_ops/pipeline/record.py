@@ -7,8 +7,8 @@ Layout of a pipeline directory (`runs/<name>-<time>/`):
     smoke.json, bench/, eval/ (tuned/, base/), compare.json
     report.md, report.html
 
-A stage's `outputs` are what later stages read (the run directory, the export, the endpoints), so
-`--resume` needs nothing but this file.
+A stage's `outputs` are what later stages read (the run directory, the export, the scores), and
+`endpoints` the servers started (so they are always stopped), so `--resume` needs nothing but this file.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ class PipelineRecord:
     created: str = field(default_factory=utc_now)
     status: str = RUNNING  # running | passed | failed | interrupted
     verdict: str | None = None  # SHIP | DO NOT SHIP, once compare ran
+    endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> the server started for it
     stages: dict[str, StageRecord] = field(default_factory=lambda: {s: StageRecord() for s in STAGES})
 
     @property

@@ -115,7 +115,7 @@ def _training(record: PipelineRecord) -> str:
 
 
 def _serving(record: PipelineRecord) -> str:
-    endpoints = record.out("serve", "endpoints") or {}
+    endpoints = record.endpoints
     if not endpoints:
         return "No server was started."
     spec = record.spec
@@ -124,7 +124,7 @@ def _serving(record: PipelineRecord) -> str:
     text = f"Backend: {spec.get('backend') or 'auto'}; profile: {profile}; settings: {settings}.\n\n"
     rows: list[list[object]] = [["role", "endpoint", "served name", "checkpoint"]]
     rows += [[role, e["url"], e["model"], f"`{e['checkpoint']}`"] for role, e in endpoints.items()]
-    text += md_table(rows)
+    text += md_table(rows) + "\nOne server at a time: the base model is served after the tuned one stops.\n"
     log = Path(endpoints.get("tuned", {}).get("log", "/nonexistent"))
     if log.is_file():
         head = [

@@ -181,7 +181,7 @@ class Pipeline:
         if until is not None and until != STAGES[-1]:
             pending = [s for s in STAGES if self.record.stages[s].status == PENDING]
             self.say(f"stopped after {until} as asked; the rest ({', '.join(pending)}) runs with --resume")
-            for role, e in (self.record.out("serve", "endpoints") or {}).items():
+            for role, e in self.record.endpoints.items():
                 if until in ("serve", *NEEDS_SERVERS):
                     self.say(
                         f"{role} server left running at {e['url']}: ernie-ops serve stop --port {e['port']}"

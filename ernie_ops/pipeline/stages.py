@@ -121,45 +121,48 @@ def _failed_checks(report: Any) -> str:
 
 
 def serve(p: Pipeline) -> str:
-    """The tuned checkpoint (and the base model) through `ernie-ops serve --detach`, on free ports."""
-    targets = {"tuned": p.record.out("export", "path")}
-    if p.spec.compare_base:
-        targets["base"] = p.record.out("train", "base_model")
-    endpoints: dict[str, Any] = {}
-    p.outputs["endpoints"] = endpoints
-    for role, model in targets.items():
-        port = free_port_block()
-        name = f"{p.spec.name}-{role}"
-        command = [sys.executable, "-m", "ernie_ops", "serve"]
-        if p.spec.serve_profile:
-            command += [p.spec.serve_profile, "--set", f"model={model}"]
-        else:
-            command.append(str(model))
-        for setting in [*p.spec.serve_set, f"port={port}", f"served_model_name={name}"]:
-            command += ["--set", setting]
-        if p.spec.startup_timeout:
-            command += ["--set", f"startup_timeout={p.spec.startup_timeout}"]
-        if p.spec.backend:
-            command += ["--backend", p.spec.backend]
-        command.append("--detach")
-        log = p.record.path / "logs" / f"serve-{role}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        p.say(f"starting the {role} server on port {port} (log: {log})")
-        with open(log, "w", encoding="utf-8") as f:
-            code = subprocess.run(
-                command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            ).returncode
-        endpoints[role] = {
-            "url": f"http://127.0.0.1:{port}",
-            "port": port,
-            "model": name,
-            "checkpoint": str(model),
-            "log": str(log),
-        }
-        if code != 0:
-            tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-20:])
-            raise StageFailed(f"the {role} server did not start (exit {code}):\n{tail}")
-    return ", ".join(f"{role} at {e['url']}" for role, e in endpoints.items())
+    """The tuned checkpoint through `ernie-ops serve --detach` on a free port. The base model is
+    served later, by `eval`, after this server stops: two servers of a large model rarely fit one
+    GPU, and the comparison needs the same serving settings for both, not both at once."""
+    endpoint = start_server(p, "tuned", p.record.out("export", "path"))
+    return f"tuned at {endpoint['url']}"
+
+
+def start_server(p: Pipeline, role: str, model: str) -> dict[str, Any]:
+    port = free_port_block()
+    name = f"{p.spec.name}-{role}"
+    command = [sys.executable, "-m", "ernie_ops", "serve"]
+    if p.spec.serve_profile:
+        command += [p.spec.serve_profile, "--set", f"model={model}"]
+    else:
+        command.append(str(model))
+    for setting in [*p.spec.serve_set, f"port={port}", f"served_model_name={name}"]:
+        command += ["--set", setting]
+    if p.spec.startup_timeout:
+        command += ["--set", f"startup_timeout={p.spec.startup_timeout}"]
+    if p.spec.backend:
+        command += ["--backend", p.spec.backend]
+    command.append("--detach")
+    log = p.record.path / "logs" / f"serve-{role}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    p.say(f"starting the {role} server on port {port} (log: {log})")
+    endpoint = {
+        "url": f"http://127.0.0.1:{port}",
+        "port": port,
+        "model": name,
+        "checkpoint": str(model),
+        "log": str(log),
+    }
+    p.record.endpoints[role] = endpoint
+    p.record.save()
+    with open(log, "w", encoding="utf-8") as f:
+        code = subprocess.run(
+            command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        ).returncode
+    if code != 0:
+        tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-20:])
+        raise StageFailed(f"the {role} server did not start (exit {code}):\n{tail}")
+    return endpoint
 
 
 def free_port_block(size: int = 4) -> int:
@@ -188,7 +191,7 @@ def stop_servers(p: Pipeline) -> list[str]:
     from ernie_ops.serve.supervisor import stop_server
 
     stopped = []
-    for role, endpoint in (p.record.out("serve", "endpoints") or {}).items():
+    for role, endpoint in p.record.endpoints.items():
         state = STATE_DIR / f"{endpoint['port']}.json"
         if state.exists() and stop_server(state):
             stopped.append(f"{role} (port {endpoint['port']})")
@@ -203,7 +206,7 @@ def stop(p: Pipeline) -> str:
 def _endpoint(p: Pipeline, role: str) -> Any:
     from ernie_ops.validate.client import Endpoint
 
-    e = p.record.out("serve", "endpoints")[role]
+    e = p.record.endpoints[role]
     return Endpoint.parse(e["url"], model=e["model"])
 
 
@@ -257,6 +260,10 @@ def evaluate(p: Pipeline) -> str:
     roles = ["tuned", "base"] if p.spec.compare_base else ["tuned"]
     reports = {}
     for role in roles:
+        if role == "base":  # one server at a time (see `serve`)
+            for server in stop_servers(p):
+                p.say(f"stopped the {server} server")
+            start_server(p, "base", p.record.out("train", "base_model"))
         p.say(f"evaluating the {role} model on {suite.name} ({len(suite.items)} items)")
         report = asyncio.run(
             run_eval(
