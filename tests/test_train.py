@@ -144,7 +144,7 @@ def test_a_killed_run_resumes_to_the_same_final_step(repo, tiny_dense, tmp_path)
         "train",
         "recipes/tiny/sft_cpu.yaml",
         f"model_name_or_path={tiny_dense}",
-        "max_steps=60",
+        "max_steps=300",  # long enough to be interrupted mid-way even when the log arrives in bursts
         "save_steps=5",
         "eval_steps=1000",
         "--runs-dir",
@@ -156,7 +156,8 @@ def test_a_killed_run_resumes_to_the_same_final_step(repo, tiny_dense, tmp_path)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         runs_now = [p for p in runs.iterdir()] if runs.is_dir() else []
-        done = runs_now and (runs_now[0] / "metrics.jsonl").is_file() and len(metrics(runs_now[0])) >= 12
+        # checkpoints land on disk as they are written; the log may arrive in bursts
+        done = runs_now and (runs_now[0] / "output" / "checkpoint-10").is_dir()
         if done or first.poll() is not None:
             break
         time.sleep(0.2)
@@ -165,7 +166,7 @@ def test_a_killed_run_resumes_to_the_same_final_step(repo, tiny_dense, tmp_path)
     assert first.returncode == 130, out + err
     run = only_run(runs)
     record = RunRecord.load(run)
-    assert record.status == "interrupted" and record.last_step < 60
+    assert record.status == "interrupted" and record.last_step < 300
     interrupted_at = record.last_step
 
     resumed = subprocess.run(
@@ -173,12 +174,12 @@ def test_a_killed_run_resumes_to_the_same_final_step(repo, tiny_dense, tmp_path)
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     record = RunRecord.load(run)
-    assert record.status == "succeeded" and record.last_step == 60
+    assert record.status == "succeeded" and record.last_step == 300
     (checkpoint,) = record.resumed_from
     resumed_step = int(checkpoint.rsplit("checkpoint-", 1)[1])
     assert 5 <= resumed_step <= interrupted_at  # the last complete checkpoint, not step 0
     steps = [m["step"] for m in metrics(run) if "loss" in m]
-    assert steps[-1] == 60 and resumed_step + 1 in steps[steps.index(interrupted_at) + 1 :]
+    assert steps[-1] == 300 and resumed_step + 1 in steps[steps.index(interrupted_at) + 1 :]
 
 
 @pytest.mark.slow
