@@ -337,3 +337,80 @@ def test_a_missing_input_is_a_clear_error(action, cli, tmp_path):
     ]
     result = cli("data", *args, *action[1:])
     assert result.returncode == 2 and "no such file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_block_fast_path_reports_what_record_by_record_reading_does(tmp_path):
+    """Thousands of good records (many 64 KB blocks) with bad ones at known lines: every block that
+    holds one falls back to record-by-record reading, and lines stay exact across blocks."""
+
+    def chat(i: int, answer: str = "fine") -> str:
+        turns = [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": f"question {i} " + "x" * 200},
+            {"role": "assistant", "content": answer},
+        ]
+        return json.dumps({"messages": turns})
+
+    bad = {  # line -> (text, part of the reason)
+        500: ('{"messages": [', "invalid JSON"),
+        900: (chat(900, answer="  \u3000"), "is empty"),
+        1500: (chat(1500, answer="a\u001bb"), "control character U+001B"),
+        2100: (chat(5), "duplicate of line 5"),
+        2500: ('{"messages": [{"role": "assistant", "content": "a"}]}', "roles out of order"),
+        2999: (chat(7), "duplicate of line 7"),  # the unterminated last line
+    }
+    lines = [bad[n][0] if n in bad else chat(n) for n in range(1, 3000)]
+    lines[1199] = "  "  # blank lines are skipped, not counted, and do not shift line numbers
+    source = tmp_path / "mixed.jsonl"
+    source.write_text("\n".join(lines))
+    reported: list[tuple[int, str]] = []
+    result = lint_file(source, report=lambda _p, line, why: reported.append((line, why)), progress=False)
+    assert (result.records, result.bad, result.duplicates) == (2998, 6, 2)
+    assert [line for line, _ in reported] == [500, 900, 1500, 2500, 2100, 2999]  # duplicates last
+    for line, why in reported:
+        assert bad[line][1] in why, (line, why)
+    converted = convert(source, tmp_path / "out.jsonl", "erniekit-sft", progress=False)
+    assert (converted.records, converted.written) == (2998, 2994)
+    rejects = lines_of(tmp_path / "out.rejects.jsonl")
+    assert [r["line"] for r in rejects] == [500, 900, 1500, 2500]
+    assert rejects[0]["record"] == '{"messages": ['
+
+
+def test_fast_block_check_agrees_with_the_record_by_record_check():
+    from ernie_ops.data.fast import FAST_FORMATS
+
+    user, bot = {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}
+    good = {"messages": [user, bot]}
+    odd = [
+        {"messages": []},
+        {"messages": [{"role": "system", "content": "s"}]},
+        {"messages": [user, bot], "tools": [{"type": "function"}]},
+        {"messages": [user, {**bot, "weight": 0}, user, bot]},  # good, with labels
+        {"messages": [user, bot] * 70},  # longer than the precomputed shapes
+        {"messages": [user, {**bot, "content": " "}]},
+        {"messages": [{**user, "weight": 0}, bot]},  # a user's weight is ignored
+        {"messages": [{"role": "system", "content": "s"}, user, {**bot, "weight": 0}]},
+    ]
+    messages = FAST_FORMATS["messages"]
+    for record in odd:
+        raws = [json.dumps(good).encode(), json.dumps(record).encode()]
+        one = [messages.one(raw) for raw in raws]
+        block = messages.block(raws, build=True)
+        assert block == (one if None not in one else None), record
+        if one[1] is not None:
+            assert one[1] == parse("messages", record), record
+
+
+@pytest.mark.parametrize("source", SFT_SOURCES)
+def test_a_conversation_encodes_as_its_erniekit_sft_line(source):
+    """convert writes blocks of Conversations with one msgspec call: the same records as
+    to_erniekit_sft, key order included."""
+    import msgspec
+
+    from ernie_ops.data.formats import to_erniekit_sft
+
+    for record in lines_of(GOOD / f"{source}.jsonl"):
+        parsed = parse(source, record)
+        assert parsed.system is None or parsed.system  # never "": omitted exactly when absent
+        encoded = msgspec.json.encode(parsed)
+        assert list(json.loads(encoded).items()) == list(to_erniekit_sft(parsed).items())

@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import orjson
 
-from ernie_ops.data.formats import TARGETS, Unsupported
-from ernie_ops.data.lint import parsed_items, reason_kind
+from ernie_ops.data.formats import TARGETS, Conversation, Unsupported
+from ernie_ops.data.lint import Batch, Problem, parsed_batches, reason_kind
 from ernie_ops.data.write import atomic_output
 from ernie_ops.errors import UserError
 
@@ -49,26 +51,52 @@ def convert(source: Path, out: Path, to: str, fmt: str = "auto", progress: bool 
         raise UserError(f"--to must be one of {', '.join(TARGETS)}, not {to!r}")
     if out.resolve() == source.resolve():
         raise UserError("the output would overwrite the input", hint="write to another file")
-    emit = TARGETS[to]
     result = ConvertResult(source, out, rejects_path(out))
-    dumps = orjson.dumps
     with atomic_output(out) as good, atomic_output(result.rejects) as bad:
-        for item, detected, parsed, problem in parsed_items(source, fmt, progress):
-            result.records += 1
-            result.format = result.format or detected
-            if problem is None and parsed is not None:
-                try:
-                    good.write(dumps(emit(parsed)) + b"\n")
-                    result.written += 1
-                    continue
-                except Unsupported as err:
-                    problem = f"unsupported: {err}"
-            assert problem is not None
-            reason = problem.partition(": ")[2]
-            result.rejected[reason_kind(reason)] += 1
-            value = item.load()
-            record = value if value is not None else item.raw.decode("utf-8", "replace")
-            bad.write(dumps({"line": item.line, "reason": reason, "record": record}) + b"\n")
+        for batch in parsed_batches(source, fmt, progress):
+            result.records += len(batch.raws)
+            result.format = result.format or batch.format
+            lines, written, problems = _encode(batch, to)
+            good.write(lines)  # one write per batch
+            result.written += written
+            for p in problems:
+                result.rejected[reason_kind(p.reason)] += 1
+                record = _record(p, batch.raws[p.index])
+                bad.write(
+                    orjson.dumps({"line": batch.lines[p.index], "reason": p.reason, "record": record}) + b"\n"
+                )
     if not result.rejected:
         result.rejects.unlink()
     return result
+
+
+_encode_lines = msgspec.json.Encoder().encode_lines
+
+
+def _encode(batch: Batch, to: str) -> tuple[bytes, int, list[Problem]]:
+    """(JSONL of the batch's records in the target format, how many, every problem: the batch's
+    own and what the target cannot express, in line order)."""
+    if to == "erniekit-sft" and set(map(type, batch.parsed)) == {Conversation}:
+        # a Conversation encodes as its erniekit-sft line (formats.Conversation): one C call
+        return _encode_lines(batch.parsed), len(batch.parsed), []
+    emit, dumps = TARGETS[to], orjson.dumps
+    written, problems = [], list(batch.problems)
+    for i, parsed in enumerate(batch.parsed):
+        if parsed is not None:
+            try:
+                written.append(dumps(emit(parsed)) + b"\n")
+            except Unsupported as err:
+                problems.append(Problem(i, "unsupported", str(err)))
+    problems.sort(key=lambda p: p.index)
+    return b"".join(written), len(written), problems
+
+
+def _record(problem: Problem, raw: bytes) -> Any:
+    """The rejected record, whole: as parsed JSON when it is JSON, else as text."""
+    if problem.value is not None:
+        return problem.value
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        value = None
+    return value if value is not None else raw.decode("utf-8", "replace")

@@ -1,39 +1,54 @@
 """Typed fast paths for the common formats: msgspec decodes straight into small structs (in C),
 and a few list-level checks accept the record. Anything unusual returns None and goes down the
 precise path in formats.py, which gives the reason; both paths accept exactly the same records
-(tests/test_data.py holds them to that)."""
+(tests/test_data.py holds them to that).
+
+`FastFormat.block` takes a whole block of lines at once: one C-level map decodes them all, so a
+clean block costs no Python per record beyond the list-level checks; a block with any record
+outside the common shape returns None and its lines take the per-record way."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from itertools import accumulate, chain
+from operator import attrgetter
+from typing import Annotated, Any, Literal
 
 import msgspec
 
-from ernie_ops.data.formats import Conversation, Parsed
+from ernie_ops.data.formats import ESCAPED_CONTROL, Conversation, Parsed
+
+# messages: the role is a msgspec tag, so the decoder itself rejects unknown roles, extra fields
+# (tool_calls, name, ...), non-string and empty contents and weights other than 0/1; what is
+# left in Python is the order of the roles, compared as one list of types. gc=False: decoded
+# JSON holds no reference cycles, and untracked structs keep the collector out of the hot loop.
+_Content = Annotated[str, msgspec.Meta(min_length=1)]
 
 
-class _Part(msgspec.Struct):
-    type: str
-    text: Any = None
+class _System(msgspec.Struct, tag_field="role", tag="system", forbid_unknown_fields=True, gc=False):
+    content: _Content
+    weight: Any = None  # ignored, as in formats.py
 
 
-class _Message(msgspec.Struct, forbid_unknown_fields=True):
-    """Any other field (tool_calls, function_call, name, ...) takes the precise path."""
+class _User(msgspec.Struct, tag_field="role", tag="user", forbid_unknown_fields=True, gc=False):
+    content: _Content
+    weight: Any = None  # ignored, as in formats.py
 
-    role: Any = None
-    content: Any = None
-    weight: Any = 1
+
+class _Assistant(msgspec.Struct, tag_field="role", tag="assistant", forbid_unknown_fields=True, gc=False):
+    content: _Content
+    weight: Literal[0, 1] = 1  # true/false/1.0 are accepted by formats.py: they take that path
+
+
+class _Messages(msgspec.Struct, gc=False):
+    messages: list[_System | _User | _Assistant]
+    tools: Any = None
 
 
 class _ShareGPTTurn(msgspec.Struct, rename={"speaker": "from"}):
     speaker: Any = None
     value: Any = None
-
-
-class _Messages(msgspec.Struct):
-    messages: list[_Message]
-    tools: Any = None
 
 
 class _ShareGPT(msgspec.Struct):
@@ -59,17 +74,43 @@ class _Alpaca(msgspec.Struct):
     history: Any = None
 
 
-def _decoder(kind: type) -> Callable[[bytes], Any]:
-    decode: Callable[[bytes], Any] = msgspec.json.Decoder(kind).decode
-    errors = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError)
+_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError)
 
-    def run(raw: bytes) -> Any:
+
+@dataclass(frozen=True)
+class FastFormat:
+    kind: type  # the struct a record decodes into; msgspec raises on anything outside it
+    check: Callable[[list[Any]], bool]  # are all these records in the common shape?
+    build: Callable[[list[Any]], list[Parsed]]  # the records of ones that passed the check
+    decode: Callable[[bytes], Any] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "decode", msgspec.json.Decoder(self.kind).decode)
+
+    def one(self, raw: bytes) -> Parsed | None:
+        """The record, or None: the precise path in formats.py decides and says why."""
         try:
-            return decode(raw)
-        except errors:
+            record = self.decode(raw)
+        except _ERRORS:
             return None
+        return self.build([record])[0] if self.check([record]) else None
 
-    return run
+    def block(self, lines: list[bytes], build: bool) -> list[Any] | None:
+        """The records of a block of lines (parsed when `build`, else as decoded), if every one is
+        in the common shape, else None. Blank lines fail to decode too, so a clean block's
+        records align with its lines."""
+        try:
+            records = list(map(self.decode, lines))
+        except _ERRORS:
+            return None
+        if not self.check(records):
+            return None
+        return self.build(records) if build else records
+
+
+def _checked_by(parse: Callable[[Any], Parsed | None]) -> tuple[Callable, Callable]:
+    """(check, build) for formats whose checks are cheap next to decoding: both parse."""
+    return (lambda records: all(map(parse, records))), (lambda records: list(map(parse, records)))
 
 
 _STR_ONLY = {str}
@@ -84,41 +125,68 @@ def _system_ok(system: Any) -> bool:
     return system is None or type(system) is str
 
 
-_messages = _decoder(_Messages)
+def _shape(n: int) -> list[type[msgspec.Struct]]:
+    pairs = [_User, _Assistant] * (n // 2)
+    return [_System, *pairs] if n % 2 else pairs
 
 
-def fast_messages(raw: bytes) -> Parsed | None:
-    r = _messages(raw)
-    if r is None or r.tools:
-        return None
-    msgs = r.messages
-    roles = [m.role for m in msgs]
-    start = 1 if roles and roles[0] == "system" else 0
-    n = (len(roles) - start) // 2
-    if n == 0 or len(roles) - start != 2 * n:
-        return None
-    if roles[start::2] != ["user"] * n or roles[start + 1 :: 2] != ["assistant"] * n:
-        return None
-    contents = [m.content for m in msgs]
-    if not _texts_ok(contents):
-        return None
-    system = contents[0] if start else None
-    users, assistants = contents[start::2], contents[start + 1 :: 2]
-    weights = [m.weight for m in msgs[start + 1 :: 2]]
-    if weights.count(1) == n:
-        return Conversation(system, users, assistants)
-    if weights.count(0) + weights.count(1) != n or True in weights or False in weights:
-        return None
-    return Conversation(system, users, assistants, weights)
+# the message types of every plain conversation up to 128 messages: [system,] user/assistant pairs
+_SHAPES = {n: _shape(n) for n in range(2, 129)}
+_content, _weight = attrgetter("content"), attrgetter("weight")
 
 
-_sharegpt = _decoder(_ShareGPT)
+_messages_of, _tools_of = attrgetter("messages"), attrgetter("tools")
+
+
+def _messages_check(records: list[_Messages]) -> bool:
+    """Plain conversations only, checked for the whole block in a few C-level passes over all its
+    messages at once (a Python loop per record costs more than decoding the record)."""
+    if any(map(_tools_of, records)):
+        return False
+    lists = list(map(_messages_of, records))
+    try:
+        expected = list(chain.from_iterable(map(_SHAPES.__getitem__, map(len, lists))))
+    except KeyError:  # 0, 1 or over 128 messages
+        return False
+    msgs = list(chain.from_iterable(lists))
+    return list(map(type, msgs)) == expected and not any(map(str.isspace, map(_content, msgs)))
+
+
+def _messages_build(records: list[_Messages]) -> list[Parsed]:
+    """Conversations cut out of one flat list of the block's contents (fewer Python steps per
+    record than building each from its own messages)."""
+    lists = list(map(_messages_of, records))
+    msgs = list(chain.from_iterable(lists))
+    contents = list(map(_content, msgs))
+    any_untrained = 0 in list(map(_weight, msgs))  # usually not: then no record has labels
+    out: list[Parsed] = []
+    start = 0
+    for end in accumulate(map(len, lists)):
+        first = start + (end - start) % 2  # past the system prompt, if there is one
+        labels = _labels(msgs[first + 1 : end : 2]) if any_untrained else None
+        system = contents[start] if first > start else None
+        out.append(
+            Conversation(
+                system=system,
+                users=contents[first:end:2],
+                assistants=contents[first + 1 : end : 2],
+                labels=labels,
+            )
+        )
+        start = end
+    return out
+
+
+def _labels(assistants: list[_Assistant]) -> list[int] | None:
+    weights = list(map(_weight, assistants))
+    return weights if 0 in weights else None
+
+
 _HUMAN, _GPT = {"human", "user"}, {"gpt", "assistant"}
 
 
-def fast_sharegpt(raw: bytes) -> Parsed | None:
-    r = _sharegpt(raw)
-    if r is None or r.images or r.videos or not _system_ok(r.system):
+def _sharegpt(r: _ShareGPT) -> Parsed | None:
+    if r.images or r.videos or not _system_ok(r.system):
         return None
     turns = r.conversations
     start = 1 if turns and turns[0].speaker == "system" else 0
@@ -132,45 +200,39 @@ def fast_sharegpt(raw: bytes) -> Parsed | None:
     if not _texts_ok(values):
         return None
     system = values[0] if start else None
-    return Conversation(r.system or system, values[start::2], values[start + 1 :: 2])
+    return Conversation(system=r.system or system, users=values[start::2], assistants=values[start + 1 :: 2])
 
 
-_ernie_sft = _decoder(_ErnieSFT)
-
-
-def fast_erniekit_sft(raw: bytes) -> Parsed | None:
-    r = _ernie_sft(raw)
-    if r is None or r.is_system is not None or r.label is not None or not _system_ok(r.system):
+def _erniekit_sft(r: _ErnieSFT) -> Parsed | None:
+    if r.is_system is not None or r.label is not None or not _system_ok(r.system):
         return None
-    users = [r.src] if type(r.src) is str else r.src
-    assistants = [r.tgt] if type(r.tgt) is str else r.tgt
+    users = [r.src] if isinstance(r.src, str) else r.src
+    assistants = [r.tgt] if isinstance(r.tgt, str) else r.tgt
     if not users or len(users) != len(assistants) or not (_texts_ok(users) and _texts_ok(assistants)):
         return None
-    return Conversation(r.system or None, users, assistants)
+    return Conversation(system=r.system or None, users=users, assistants=assistants)
 
 
-_alpaca = _decoder(_Alpaca)
-
-
-def fast_alpaca(raw: bytes) -> Parsed | None:
-    r = _alpaca(raw)
-    if r is None or r.history or not _system_ok(r.system) or not _texts_ok([r.instruction, r.output]):
+def _alpaca(r: _Alpaca) -> Parsed | None:
+    if r.history or not _system_ok(r.system) or not _texts_ok([r.instruction, r.output]):
         return None
     extra = r.input or ""
     if type(extra) is not str:
         return None
     user = f"{r.instruction}\n{extra}" if extra.strip() else r.instruction
-    return Conversation(r.system or None, [user], [r.output])
+    return Conversation(system=r.system or None, users=[user], assistants=[r.output])
 
 
-FAST: dict[str, Callable[[bytes], Parsed | None]] = {
-    "messages": fast_messages,
-    "sharegpt": fast_sharegpt,
-    "erniekit-sft": fast_erniekit_sft,
-    "alpaca": fast_alpaca,
+FAST_FORMATS: dict[str, FastFormat] = {
+    "messages": FastFormat(_Messages, _messages_check, _messages_build),
+    "sharegpt": FastFormat(_ShareGPT, *_checked_by(_sharegpt)),
+    "erniekit-sft": FastFormat(_ErnieSFT, *_checked_by(_erniekit_sft)),
+    "alpaca": FastFormat(_Alpaca, *_checked_by(_alpaca)),
 }
+FAST: dict[str, Callable[[bytes], Parsed | None]] = {name: f.one for name, f in FAST_FORMATS.items()}
 
 
 def maybe_control(raw: bytes) -> bool:
-    """Could this record hold a control character? In valid JSON only a \\u00XX escape can carry one."""
-    return b"\\u00" in raw
+    """Could these bytes (a record or a block) hold a control character other than tab/newline/CR?
+    The backslash test is a memchr: a block without any escape skips the regex."""
+    return b"\\" in raw and ESCAPED_CONTROL.search(raw) is not None

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 FORMATS = ("erniekit-sft", "erniekit-dpo", "erniekit-vl", "alpaca", "messages", "sharegpt", "preference")
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")  # C0 controls but tab, newline, CR
 
@@ -25,9 +27,17 @@ class Unsupported(ValueError):
     """The record is valid, but ERNIEKit's erniekit format cannot express it."""
 
 
-@dataclass(slots=True)
-class Conversation:
-    system: str | None
+class Conversation(
+    msgspec.Struct,
+    kw_only=True,
+    omit_defaults=True,
+    rename={"users": "src", "assistants": "tgt", "labels": "label"},
+):
+    """An SFT record. Its msgspec JSON encoding is ERNIEKit's erniekit-sft line (what
+    to_erniekit_sft writes: system and labels left out when absent; every parser keeps `system`
+    None or non-empty), so convert writes a block of them in one C call."""
+
+    system: str | None = None
     users: list[str]
     assistants: list[str]
     labels: list[int] | None = None  # per assistant turn: 1 trains on it, 0 does not
@@ -87,12 +97,12 @@ def _text(value: Any, where: str, *, allow_empty: bool = False) -> str:
 
 # A control character can only reach a string through a JSON escape (raw ones are invalid JSON):
 # look for those in the raw bytes first (C speed), and walk the record only when one is there.
-_ESCAPED_CONTROL = re.compile(rb"\\u00(?:0[0-8bBcCeEfF]|1[0-9a-fA-F])")
+ESCAPED_CONTROL = re.compile(rb"\\u00(?:0[0-8bBcCeEfF]|1[0-9a-fA-F])")
 
 
 def control_character(raw: bytes, record: Any) -> str | None:
     """The reason a record carries a control character (other than tab/newline/CR), else None."""
-    if not _ESCAPED_CONTROL.search(raw):
+    if not ESCAPED_CONTROL.search(raw):
         return None
     stack = [("", record)]
     while stack:
@@ -150,7 +160,7 @@ def parse_erniekit_sft(r: dict) -> Conversation:
         labels = labels[1:] if labels else None
         if not users:
             raise Bad("is_system: 1 leaves no turn to train on")
-    return Conversation(system, users, assistants, labels)
+    return Conversation(system=system, users=users, assistants=assistants, labels=labels)
 
 
 def parse_erniekit_dpo(r: dict) -> Preference:
@@ -213,7 +223,7 @@ def parse_alpaca(r: dict) -> Conversation:
         assistants.append(_text(pair[1], f"history[{i}][1]"))
     users.append(f"{instruction}\n{extra}" if extra.strip() else instruction)
     assistants.append(output)
-    return Conversation(_system(r), users, assistants)
+    return Conversation(system=_system(r), users=users, assistants=assistants)
 
 
 ROLE_ALIASES = {
@@ -295,7 +305,9 @@ def parse_messages(r: dict) -> Conversation:
     system, users, assistants, labels = _turns(_field(r, "messages"), "messages", "role")
     if len(assistants) != len(users):
         raise Bad("the conversation ends with a user message: nothing to learn from")
-    return Conversation(system, users, assistants, labels if 0 in labels else None)
+    return Conversation(
+        system=system, users=users, assistants=assistants, labels=labels if 0 in labels else None
+    )
 
 
 def parse_sharegpt(r: dict) -> Conversation:
@@ -305,7 +317,7 @@ def parse_sharegpt(r: dict) -> Conversation:
     system = _system(r) or system
     if len(assistants) != len(users):
         raise Bad("the conversation ends with a human turn: nothing to learn from")
-    return Conversation(system, users, assistants)
+    return Conversation(system=system, users=users, assistants=assistants)
 
 
 def _side(value: Any, where: str) -> list[str]:

@@ -1,7 +1,8 @@
 """`ernie-ops data lint`: every bad record of a dataset, with its line and reason, in one pass.
 
-Memory stays flat with file size: records are streamed; duplicates are found from two compact
-arrays (a 64-bit hash and a line number per record, 16 bytes each) sorted once at the end.
+Memory stays flat with file size but for 12 bytes per record: records are streamed in blocks;
+duplicates are found from compact arrays of a 64-bit hash and a line number per record
+(RecordHashes).
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import re
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ernie_ops.data.fast import FAST, maybe_control
+from ernie_ops.data.fast import FAST, FAST_FORMATS, maybe_control
 from ernie_ops.data.formats import (
     FORMATS,
     Bad,
@@ -25,7 +27,16 @@ from ernie_ops.data.formats import (
     detect,
     parse,
 )
-from ernie_ops.data.read import UNPARSED, Item, read_items, require_file
+from ernie_ops.data.read import (
+    UNPARSED,
+    Chunk,
+    Item,
+    chunk_items,
+    is_json_array,
+    read_chunks,
+    read_items,
+    require_file,
+)
 from ernie_ops.errors import UserError
 
 Report = Callable[[Path, int, str], None]  # (file, line, reason) for each bad record
@@ -89,59 +100,117 @@ def reason_kind(reason: str) -> str:
     return re.sub(r"\d+", "N", re.sub(r"\[\d+\]", "[i]", reason))
 
 
-def parsed_items(
-    path: Path, fmt: str = "auto", progress: bool = True
-) -> Iterator[tuple[Item, str | None, Parsed | None, str | None]]:
-    """(item, format, parsed record, problem) for each record. The format is detected from the
-    first readable record when `fmt` is auto; problem is "bad: ..." or "unsupported: ..."."""
+@dataclass(slots=True)
+class Problem:
+    index: int  # in its batch
+    kind: str  # "bad" or "unsupported"
+    reason: str
+    value: Any = None  # the parsed JSON, when it could be parsed
+
+
+@dataclass(slots=True)
+class Batch:
+    """Consecutive records. `parsed[i]` is None for a record with a problem (and for every record
+    when the caller did not ask for them: lint without a tokenizer only needs the verdicts)."""
+
+    format: str | None
+    lines: Sequence[int]
+    raws: list[bytes]
+    parsed: list[Parsed | None]
+    problems: list[Problem]
+
+
+def parsed_batches(
+    path: Path, fmt: str = "auto", progress: bool = True, build: bool = True
+) -> Iterator[Batch]:
+    """Every record of a file, in batches. The format is detected from the first readable record
+    when `fmt` is auto. A JSONL block whose records are all in their format's common shape takes
+    one typed, C-level decode (fast.py); any other block goes record by record, and a record the
+    typed decoder rejects goes down the precise path, which says why."""
     require_file(path)
     if fmt != "auto" and fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}", hint=f"one of: auto, {', '.join(FORMATS)}")
-    detected = None if fmt == "auto" else fmt
-    fast = FAST.get(detected) if detected else None
-    for item in _with_progress(path, read_items(path), progress):
-        if fast is not None and item.value is UNPARSED and not maybe_control(item.raw):
-            parsed = fast(item.raw)  # typed decoding: None sends the record down the precise path
-            if parsed is not None:
-                yield item, detected, parsed, None
-                continue
-        value = item.load()
-        if item.error:
-            yield item, detected, None, f"bad: {item.error}"
-            continue
-        if detected is None:
-            detected = detect(value)
-            if detected is None:
-                keys = ", ".join(list(value)[:6]) if isinstance(value, dict) else type(value).__name__
-                yield item, None, None, f"bad: unknown format (fields: {keys}); pass --format"
-                continue
-            fast = FAST.get(detected)
-        try:
-            parsed = parse(detected, value)
-            control = control_character(item.raw, value)
-            if control:
-                raise Bad(control)
-            yield item, detected, parsed, None
-        except Bad as err:
-            yield item, detected, None, f"bad: {err}"
-        except Unsupported as err:
-            yield item, detected, None, f"unsupported: {err}"
+    state = _Detection(None if fmt == "auto" else fmt)
+    if is_json_array(path):
+        yield _item_batch(list(read_items(path)), state, build)
+        return
+    for chunk in _with_progress(path, read_chunks(path), progress):
+        fast = FAST_FORMATS.get(state.format or "")
+        records = fast.block(chunk.lines, build) if fast and not maybe_control(chunk.data) else None
+        if records is not None:
+            lines = range(chunk.first, chunk.first + len(records))
+            yield Batch(state.format, lines, chunk.lines, records if build else [None] * len(records), [])
+        else:
+            yield _item_batch(chunk_items(chunk), state, build)
 
 
-def _with_progress(path: Path, items: Iterator[Item], enabled: bool) -> Iterator[Item]:
+@dataclass
+class _Detection:
+    format: str | None  # None until the first readable record shows it
+
+
+def _item_batch(items: list[Item], state: _Detection, build: bool) -> Batch:
+    """Records one at a time: the typed decoder where it accepts them, else formats.py."""
+    parsed: list[Parsed | None] = []
+    problems = []
+    for i, item in enumerate(items):
+        fast = FAST.get(state.format or "")
+        record = fast(item.raw) if fast and item.value is UNPARSED and not maybe_control(item.raw) else None
+        if record is None:
+            record, problem = _precise(item, state)
+            if problem:
+                kind, reason = problem
+                problems.append(Problem(i, kind, reason, item.value))
+        parsed.append(record if build else None)
+    return Batch(state.format, [item.line for item in items], [item.raw for item in items], parsed, problems)
+
+
+def _precise(item: Item, state: _Detection) -> tuple[Parsed | None, tuple[str, str] | None]:
+    """(record, None) or (None, ("bad" or "unsupported", why)), by formats.py."""
+    value = item.load()
+    if item.error:
+        return None, ("bad", item.error)
+    if state.format is None:
+        state.format = detect(value)
+        if state.format is None:
+            keys = ", ".join(list(value)[:6]) if isinstance(value, dict) else type(value).__name__
+            return None, ("bad", f"unknown format (fields: {keys}); pass --format")
+    try:
+        parsed = parse(state.format, value)
+        control = control_character(item.raw, value)
+        if control:
+            raise Bad(control)
+        return parsed, None
+    except Bad as err:
+        return None, ("bad", str(err))
+    except Unsupported as err:
+        return None, ("unsupported", str(err))
+
+
+def parsed_items(
+    path: Path, fmt: str = "auto", progress: bool = True
+) -> Iterator[tuple[Item, str | None, Parsed | None, str | None]]:
+    """(item, format, parsed record, problem) for each record, problem as "bad: ..." or
+    "unsupported: ..." (for callers that want records one by one, such as preview)."""
+    for batch in parsed_batches(path, fmt, progress):
+        problems = {p.index: p for p in batch.problems}
+        for i, (line, raw, parsed) in enumerate(zip(batch.lines, batch.raws, batch.parsed, strict=True)):
+            p = problems.get(i)
+            value = p.value if p and p.value is not None else UNPARSED
+            yield Item(line, value, raw), batch.format, parsed, f"{p.kind}: {p.reason}" if p else None
+
+
+def _with_progress(path: Path, chunks: Iterator[Chunk], enabled: bool) -> Iterator[Chunk]:
     if not enabled:
-        yield from items
+        yield from chunks
         return
     from tqdm import tqdm
 
-    size = path.stat().st_size
+    size = path.stat().st_size  # of the file as stored: a .gz bar stops short of 100%
     with tqdm(total=size, unit="B", unit_scale=True, desc=path.name, disable=None, leave=False) as bar:
-        done = 0
-        for n, item in enumerate(items, 1):
-            done += len(item.raw) + 1
-            if n % 20000 == 0:
-                bar.update(min(done, size) - bar.n)
-            yield item
+        for chunk in chunks:
+            bar.update(min(len(chunk.data), size - bar.n))
+            yield chunk
 
 
 def lint_file(
@@ -152,7 +221,7 @@ def lint_file(
     progress: bool = True,
 ) -> FileLint:
     result = FileLint(path, tokens=TokenStats(tokens.max_seq_len) if tokens else None)
-    hashes, lines = array("q"), array("Q")
+    seen = RecordHashes()
 
     def flag(line: int, reason: str) -> None:
         result.bad += 1
@@ -160,50 +229,79 @@ def lint_file(
         if report:
             report(path, line, reason)
 
-    for item, detected, parsed, problem in parsed_items(path, fmt, progress):
-        result.records += 1
-        result.format = result.format or detected
-        hashes.append(hash(item.raw))
-        lines.append(item.line)
-        # VL records are not counted: their image tokens depend on the VL processor
-        if problem is None and isinstance(parsed, Conversation | Preference) and tokens and result.tokens:
-            status = tokens.add(parsed, result.tokens)
-            if status == "dropped":
-                problem = (
-                    f"bad: over max_seq_len {tokens.max_seq_len} even for its last turn: ERNIEKit drops it"
-                )
-        if problem is None:
-            continue
-        kind, _, reason = problem.partition(": ")
-        if kind == "unsupported":
-            result.unsupported[reason] += 1
-        else:
-            flag(item.line, reason)
-    for line, first in _duplicates(hashes, lines):
+    for batch in parsed_batches(path, fmt, progress, build=tokens is not None):
+        result.records += len(batch.raws)
+        result.format = result.format or batch.format
+        seen.add(batch.raws, batch.lines)
+        problems = batch.problems
+        if tokens and result.tokens:
+            problems = sorted(problems + _token_problems(batch, tokens, result.tokens), key=lambda p: p.index)
+        for problem in problems:
+            if problem.kind == "unsupported":
+                result.unsupported[problem.reason] += 1
+            else:
+                flag(batch.lines[problem.index], problem.reason)
+    for line, first in seen.duplicates():
         result.duplicates += 1
         flag(line, f"duplicate of line {first}")
     return result
 
 
-def _duplicates(hashes: array, lines: array) -> Iterator[tuple[int, int]]:
-    """(line, line of its first copy) for every repeated record, in line order."""
+def _token_problems(batch: Batch, tokens: TokenCounter, stats: TokenStats) -> list[Problem]:
+    """Count the tokens of each good record; the ones ERNIEKit would drop are bad.
+    VL records are not counted: their image tokens depend on the VL processor."""
+    dropped = f"over max_seq_len {tokens.max_seq_len} even for its last turn: ERNIEKit drops it"
+    return [
+        Problem(i, "bad", dropped)
+        for i, parsed in enumerate(batch.parsed)
+        if isinstance(parsed, Conversation | Preference) and tokens.add(parsed, stats) == "dropped"
+    ]
+
+
+class RecordHashes:
+    """Finds repeated records from a 64-bit hash and a line number per record (12 bytes): about
+    7 MB for a 1 GB file of 1.7 KB records, plus 9 bytes per record for a moment at the end.
+    That is the only memory that grows with the file; exact duplicate detection in one pass needs
+    some per-record state, and this is the least we found."""
+
+    def __init__(self) -> None:
+        self.hashes = array("q")
+        self.lines = array("I")
+
+    def add(self, raws: list[bytes], lines: Sequence[int]) -> None:
+        self.hashes.extend(map(hash, raws))
+        self.lines.extend(lines)
+
+    def duplicates(self) -> list[tuple[int, int]]:
+        """(line, line of its first copy) for every repeated record, in line order."""
+        import numpy as np
+
+        h = np.frombuffer(self.hashes, dtype=np.int64)
+        ordered = np.sort(h)
+        repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])  # few: usually none
+        del ordered
+        if not repeated.size:
+            return []
+        first: dict[int, int] = {}
+        pairs = []
+        for i in _members(h, repeated):
+            line, key = int(self.lines[i]), int(h[i])
+            if key in first:
+                pairs.append((line, first[key]))
+            else:
+                first[key] = line
+        return sorted(pairs)
+
+
+def _members(h: Any, values: Any, step: int = 1 << 16) -> Iterator[int]:
+    """Indexes of the elements of `h` that are in the sorted array `values`, in order, in slices
+    so that the temporaries stay small."""
     import numpy as np
 
-    if len(hashes) < 2:
-        return
-    h = np.frombuffer(hashes, dtype=np.int64)
-    order = np.argsort(h, kind="stable")
-    sorted_h = h[order]
-    repeat = np.flatnonzero(sorted_h[1:] == sorted_h[:-1]) + 1
-    if not repeat.size:
-        return
-    ln = np.frombuffer(lines, dtype=np.uint64)
-    # the first copy of each group is the group's first element in the stable order
-    group_start = np.maximum.accumulate(
-        np.where(np.r_[True, sorted_h[1:] != sorted_h[:-1]], np.arange(h.size), 0)
-    )
-    pairs = sorted((int(ln[order[i]]), int(ln[order[group_start[i]]])) for i in repeat)
-    yield from pairs
+    for start in range(0, h.size, step):
+        part = h[start : start + step]
+        at = np.minimum(np.searchsorted(values, part), values.size - 1)
+        yield from (start + np.flatnonzero(values[at] == part)).tolist()
 
 
 class TokenCounter:

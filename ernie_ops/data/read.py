@@ -1,7 +1,9 @@
 """Stream records out of JSONL or JSON-array files (plain or .gz), each with its line number.
 
 A record that cannot be read (bad UTF-8, invalid JSON) is yielded with its error rather than
-raised, so one bad line never hides the rest of the file.
+raised, so one bad line never hides the rest of the file. JSONL is read in blocks of whole lines
+(`read_chunks`): splitting a 64 KB block in C is cheaper than iterating a file line by line, and
+it lets the typed fast path decode a block of records per call.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import orjson
 
@@ -24,7 +26,7 @@ UNPARSED = object()
 class Item:
     line: int
     value: Any  # the parsed JSON; UNPARSED until load(); None when unreadable
-    raw: bytes  # the record's bytes (for duplicates, reject files and typed fast paths)
+    raw: bytes  # the record's bytes, without the newline (duplicates, reject files, fast paths)
     error: str | None = None
 
     def load(self) -> Any:
@@ -50,13 +52,24 @@ def open_binary(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")  # type: ignore[return-value]
 
 
-def read_items(path: Path) -> Iterator[Item]:
+def is_json_array(path: Path) -> bool:
     with open_binary(path) as f:
-        first = _first_byte(f)
-    if first == b"[":
+        return _first_byte(f) == b"["
+
+
+def read_items(path: Path) -> Iterator[Item]:
+    if is_json_array(path):
         yield from _json_array(path)
-    else:
-        yield from _jsonl(path)
+        return
+    for chunk in read_chunks(path):
+        yield from chunk_items(chunk)
+
+
+def chunk_items(chunk: Chunk) -> list[Item]:
+    # ERNIEKit's reader skips blank lines too (json.loads fails, it moves on)
+    return [
+        Item(n, UNPARSED, raw) for n, raw in enumerate(chunk.lines, chunk.first) if raw and not raw.isspace()
+    ]
 
 
 def _first_byte(f: IO[bytes]) -> bytes:
@@ -66,15 +79,39 @@ def _first_byte(f: IO[bytes]) -> bytes:
             return chunk
 
 
-def _jsonl(path: Path) -> Iterator[Item]:
+class Chunk(NamedTuple):
+    first: int  # the number of its first line
+    data: bytes  # whole lines, each ending in a newline
+    lines: list[bytes]  # the same lines without their newlines, blank ones included
+
+
+CHUNK = 1 << 16  # 64 KB: a block's lines and decoded records stay in the CPU caches (measured best)
+
+
+def read_chunks(path: Path, size: int = CHUNK) -> Iterator[Chunk]:
+    """Blocks of whole JSONL lines (a newline is added to an unterminated last line). A line
+    longer than `size` makes a longer block."""
+    line, pending = 1, []
     with open_binary(path) as f:
-        for number, raw in enumerate(f, 1):
-            # kept as read (JSON parsers allow the trailing newline; no copy on the hot path)
-            if raw.isspace():
-                continue  # ERNIEKit's reader skips blank lines too (json.loads fails, it moves on)
-            if raw[-1:] != b"\n":  # the last line: same bytes as the others, for duplicates
-                raw += b"\n"
-            yield Item(number, UNPARSED, raw)
+        while block := f.read(size):
+            cut = block.rfind(b"\n") + 1
+            if not cut:
+                pending.append(block)
+                continue
+            pending.append(block[:cut])
+            chunk = _chunk(line, b"".join(pending))
+            pending = [block[cut:]]
+            yield chunk
+            line += len(chunk.lines)
+    tail = b"".join(pending)
+    if tail:
+        yield _chunk(line, tail + b"\n")
+
+
+def _chunk(first: int, data: bytes) -> Chunk:
+    lines = data.split(b"\n")
+    lines.pop()  # the empty piece after the final newline
+    return Chunk(first, data, lines)
 
 
 def _json_error(raw: bytes, err: Exception) -> str:
