@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from ernie_ops.cli.base import Subcommand
+from ernie_ops.cli.base import Subcommand, add_endpoint_arguments, endpoint_from
 from ernie_ops.errors import UserError
 
 
@@ -41,9 +41,7 @@ class Bench(Subcommand):
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("url", metavar="URL", help="the server: host:port, http://host:port or .../v1")
-        parser.add_argument("--model", help="served model name (default: the first /v1/models lists)")
-        parser.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key")
+        add_endpoint_arguments(parser)
         parser.add_argument(
             "--dataset",
             default="synthetic",
@@ -88,7 +86,6 @@ class Bench(Subcommand):
 
     def run(self, args: argparse.Namespace) -> int:
         from ernie_ops.validate import loadgen
-        from ernie_ops.validate.client import Endpoint
 
         levels = loadgen.parse_levels(args.concurrency)
         output_len = loadgen.Length.parse(args.output_len, "--output-len")
@@ -102,7 +99,7 @@ class Bench(Subcommand):
             workload = loadgen.Workload.synthetic(input_len, output_len, **options)
         else:
             workload = loadgen.Workload.from_file(Path(args.dataset), output_len, **options)
-        endpoint = Endpoint.parse(args.url, args.api_key_env, args.model)
+        endpoint = endpoint_from(args)
         slo = loadgen.SLO(args.slo_ttft_ms, args.slo_tpot_ms, args.slo_e2e_ms)
         run = loadgen.Options(
             levels,
