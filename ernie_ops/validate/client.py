@@ -177,7 +177,9 @@ async def request(
         ) as resp:
             reply.status = resp.status
             if resp.status != 200 or not payload.get("stream"):
-                _read_body(reply, await resp.read())
+                raw = await resp.read()
+                reply.end = time.perf_counter()
+                _read_body(reply, raw)
             else:
                 await _read_stream(reply, resp)
     except asyncio.TimeoutError:
@@ -186,7 +188,8 @@ async def request(
         reply.error = f"cannot connect to {endpoint.root}: {err.os_error.strerror or err}"
     except (aiohttp.ClientError, OSError) as err:
         reply.error = f"{type(err).__name__}: {err}".rstrip(": ")
-    reply.end = time.perf_counter()
+    # the reply ended when its last byte arrived, not after the connection went back to the pool
+    reply.end = reply.end or time.perf_counter()
     return reply
 
 
@@ -208,7 +211,7 @@ def _read_body(reply: Reply, raw: bytes) -> None:
     reply.tool_calls = message.get("tool_calls") or []
     reply.finish_reason = choice.get("finish_reason")
     _read_usage(reply, reply.body.get("usage"))
-    reply.first = time.perf_counter()
+    reply.first = reply.end
     if reply.text or reply.reasoning:
         reply.chunk_times.append(reply.first)
 
@@ -238,6 +241,7 @@ async def _read_stream(reply: Reply, resp: aiohttp.ClientResponse) -> None:
             outcome = _event(reply, line[5:].strip(), now, text, reasoning)
             if outcome is not None:
                 if outcome:  # data: [DONE]
+                    reply.end = now
                     reply.text = "".join(text)
                     reply.reasoning = "".join(reasoning)
                 return
