@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -456,65 +456,70 @@ def _sse(payload: BaseModel | dict[str, Any]) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
-async def _chat_stream(state: ServerState, prep: Prepared, request: Request) -> AsyncIterator[str]:
+async def _stream(
+    state: ServerState,
+    prep: Prepared,
+    request: Request,
+    first: str,
+    render: Callable[[Delta, bool], str | None],
+    usage_event: Callable[[Usage], str],
+) -> AsyncIterator[str]:
+    """The SSE body both endpoints share: `first` at once (it sends the 200 header), each delta as
+    `render` draws it, a refusal as an error event, usage when asked for, then `data: [DONE]`."""
+    ticket = _admit(state, prep)  # before the first chunk, so a refusal is still an HTTP error
+    try:
+        n_tokens = 0
+        yield first
+        async for delta in _deltas(ticket, request):
+            n_tokens += len(delta.token_ids)
+            final = delta.finish_reason is not None
+            error = _refusal(delta.finish_reason) if final else None
+            if error is not None:
+                yield _sse(error.body())
+                break
+            event = render(delta, final)
+            if event:
+                yield event
+        if not ticket.finished:
+            return
+        if prep.include_usage:
+            yield usage_event(Usage.of(len(prep.prompt_ids), n_tokens))
+        yield "data: [DONE]\n\n"
+    finally:
+        ticket.release()
+
+
+def _chat_stream(state: ServerState, prep: Prepared, request: Request) -> AsyncIterator[str]:
     def chunk(delta: DeltaMessage, finish: str | None = None) -> ChatCompletionChunk:
         choice = ChatChunkChoice(delta=delta, finish_reason=finish)  # type: ignore[arg-type]
         return ChatCompletionChunk(id=prep.request_id, model=state.model_name, choices=[choice])
 
-    ticket = _admit(state, prep)  # before the first chunk, so a refusal is still an HTTP error
-    try:
-        splitter = ReasoningStream(prep.thinking)
-        n_tokens = 0
-        yield _sse(chunk(DeltaMessage(role="assistant", content="")))
-        async for delta in _deltas(ticket, request):
-            n_tokens += len(delta.token_ids)
-            final = delta.finish_reason is not None
-            error = _refusal(delta.finish_reason) if final else None
-            if error is not None:
-                yield _sse(error.body())
-                break
-            reasoning, content = splitter.feed(delta.text, final=final)
-            if reasoning or content or final:
-                message = DeltaMessage(reasoning_content=reasoning or None, content=content or None)
-                yield _sse(chunk(message, delta.finish_reason))
-        if not ticket.finished:
-            return
-        if prep.include_usage:
-            usage = Usage.of(len(prep.prompt_ids), n_tokens)
-            yield _sse(
-                ChatCompletionChunk(id=prep.request_id, model=state.model_name, choices=[], usage=usage)
-            )
-        yield "data: [DONE]\n\n"
-    finally:
-        ticket.release()
+    splitter = ReasoningStream(prep.thinking)
+
+    def render(delta: Delta, final: bool) -> str | None:
+        reasoning, content = splitter.feed(delta.text, final=final)
+        if not (reasoning or content or final):
+            return None
+        message = DeltaMessage(reasoning_content=reasoning or None, content=content or None)
+        return _sse(chunk(message, delta.finish_reason))
+
+    def usage_event(usage: Usage) -> str:
+        return _sse(ChatCompletionChunk(id=prep.request_id, model=state.model_name, choices=[], usage=usage))
+
+    first = _sse(chunk(DeltaMessage(role="assistant", content="")))
+    return _stream(state, prep, request, first, render, usage_event)
 
 
-async def _completion_stream(state: ServerState, prep: Prepared, request: Request) -> AsyncIterator[str]:
+def _completion_stream(state: ServerState, prep: Prepared, request: Request) -> AsyncIterator[str]:
     def chunk(text: str, finish: str | None = None, usage: Usage | None = None) -> CompletionResponse:
         choices = [] if usage else [CompletionChoice(text=text, finish_reason=finish)]  # type: ignore[arg-type]
         return CompletionResponse(id=prep.request_id, model=state.model_name, choices=choices, usage=usage)
 
-    ticket = _admit(state, prep)
-    try:
-        n_tokens = 0
-        # an empty first chunk sends the 200 header at once (OpenAI's stream starts with text)
-        yield _sse(chunk(""))
-        async for delta in _deltas(ticket, request):
-            n_tokens += len(delta.token_ids)
-            final = delta.finish_reason is not None
-            error = _refusal(delta.finish_reason) if final else None
-            if error is not None:
-                yield _sse(error.body())
-                break
-            if delta.text or final:
-                yield _sse(chunk(delta.text, delta.finish_reason))
-        if not ticket.finished:
-            return
-        if prep.include_usage:
-            yield _sse(chunk("", usage=Usage.of(len(prep.prompt_ids), n_tokens)))
-        yield "data: [DONE]\n\n"
-    finally:
-        ticket.release()
+    def render(delta: Delta, final: bool) -> str | None:
+        return _sse(chunk(delta.text, delta.finish_reason)) if delta.text or final else None
+
+    # an empty first chunk sends the 200 header at once (OpenAI's stream starts with text)
+    return _stream(state, prep, request, _sse(chunk("")), render, lambda usage: _sse(chunk("", usage=usage)))
 
 
 # ---------------------------------------------------------------------------------------------

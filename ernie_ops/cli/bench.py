@@ -6,18 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-from ernie_ops.cli.base import Subcommand, add_endpoint_arguments, endpoint_from
+from ernie_ops.cli.base import Subcommand, add_endpoint_arguments, endpoint_from, positive_float
 from ernie_ops.errors import UserError
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
-    return value
 
 
 class Bench(Subcommand):
@@ -69,17 +59,21 @@ class Bench(Subcommand):
         )
         parser.add_argument("--temperature", type=float, default=0.0, help="default 0 (greedy)")
         parser.add_argument(
-            "--max-duration", type=_positive, default=600.0, metavar="S", help="per level (default 600 s)"
+            "--max-duration",
+            type=positive_float,
+            default=600.0,
+            metavar="S",
+            help="per level (default 600 s)",
         )
         parser.add_argument(
-            "--timeout", type=_positive, default=300.0, metavar="S", help="per request (default 300 s)"
+            "--timeout", type=positive_float, default=300.0, metavar="S", help="per request (default 300 s)"
         )
         parser.add_argument(
             "--warmup", type=int, default=1, metavar="N", help="uncounted requests first (default 1)"
         )
-        parser.add_argument("--slo-ttft-ms", type=_positive, metavar="X", help="goodput: TTFT <= X ms")
-        parser.add_argument("--slo-tpot-ms", type=_positive, metavar="Y", help="goodput: TPOT <= Y ms")
-        parser.add_argument("--slo-e2e-ms", type=_positive, metavar="Z", help="goodput: latency <= Z ms")
+        parser.add_argument("--slo-ttft-ms", type=positive_float, metavar="X", help="goodput: TTFT <= X ms")
+        parser.add_argument("--slo-tpot-ms", type=positive_float, metavar="Y", help="goodput: TPOT <= Y ms")
+        parser.add_argument("--slo-e2e-ms", type=positive_float, metavar="Z", help="goodput: latency <= Z ms")
         parser.add_argument("--seed", type=int, default=0, help="prompt and length sampling (default 0)")
         parser.add_argument("--out", type=Path, metavar="DIR", help="default runs/bench-<timestamp>/")
         parser.add_argument("--json", action="store_true", help="the result as JSON on stdout")

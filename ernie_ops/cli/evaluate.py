@@ -1,14 +1,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ernie_ops.cli.base import Subcommand, add_endpoint_arguments, endpoint_from
+from ernie_ops.cli.base import Subcommand, add_endpoint_arguments, endpoint_from, positive_float, positive_int
 from ernie_ops.errors import UserError
 
 
@@ -40,11 +39,18 @@ class Eval(Subcommand):
             default="exact",
             help="judge of items without their own `judge` field (default exact)",
         )
-        parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
         parser.add_argument(
-            "--max-tokens", type=int, default=512, help="per item unless it sets its own (default 512)"
+            "--concurrency", type=positive_int, default=4, help="requests in flight (default 4)"
         )
-        parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request (default 300)")
+        parser.add_argument(
+            "--max-tokens",
+            type=positive_int,
+            default=512,
+            help="per item unless it sets its own (default 512)",
+        )
+        parser.add_argument(
+            "--timeout", type=positive_float, default=300.0, help="seconds per request (default 300)"
+        )
         parser.add_argument(
             "--body",
             type=_json_object,
@@ -136,6 +142,8 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def _run(endpoint: Any, suite: Any, args: argparse.Namespace, log: Any) -> Any:
+    import asyncio
+
     from tqdm import tqdm
 
     from ernie_ops.validate.evaluate import run_eval

@@ -1,12 +1,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
 
-from ernie_ops.cli.base import Subcommand, add_endpoint_arguments, endpoint_from
+from ernie_ops.cli.base import Subcommand, add_endpoint_arguments, endpoint_from, positive_float, positive_int
 
 
 class Smoke(Subcommand):
@@ -34,18 +33,22 @@ class Smoke(Subcommand):
             "(default: what the catalog says of the served model)",
         )
         parser.add_argument(
-            "--max-tokens", type=int, default=16, help="tokens per check request (default 16)"
+            "--max-tokens", type=positive_int, default=16, help="tokens per check request (default 16)"
         )
         parser.add_argument(
-            "--concurrency", type=int, default=8, help="requests in the concurrent check (default 8)"
+            "--concurrency", type=positive_int, default=8, help="requests in the concurrent check (default 8)"
         )
-        parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+        parser.add_argument(
+            "--timeout", type=positive_float, default=120.0, help="seconds per request (default 120)"
+        )
         parser.add_argument("--json", action="store_true", help="the report as JSON on stdout")
         parser.add_argument(
             "--out", type=Path, metavar="DIR", help="write smoke.json, smoke.md and smoke.html here"
         )
 
     def run(self, args: argparse.Namespace) -> int:
+        import asyncio
+
         from ernie_ops.validate.smoke import parse_expect, run_smoke
 
         expect = parse_expect(args.expect) if args.expect is not None else None

@@ -16,6 +16,13 @@ from typing import Any
 import msgspec
 
 FORMATS = ("erniekit-sft", "erniekit-dpo", "erniekit-vl", "alpaca", "messages", "sharegpt", "preference")
+
+
+def erniekit_format(stage: str) -> str:
+    """The dataset format an ERNIEKit stage reads (SFT, DPO, or a VL stage)."""
+    return "erniekit-vl" if "VL" in stage else "erniekit-dpo" if stage == "DPO" else "erniekit-sft"
+
+
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")  # C0 controls but tab, newline, CR
 
 

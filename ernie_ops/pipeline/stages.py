@@ -36,13 +36,13 @@ def check(p: Pipeline) -> str:
 
 
 def lint(p: Pipeline) -> str:
+    from ernie_ops.data.formats import erniekit_format
     from ernie_ops.data.lint import lint_file
     from ernie_ops.recipe.load import load_recipe
 
     recipe, _ = load_recipe(Path(p.spec.recipe), p.spec.overrides)
     assert recipe is not None  # the check stage read it
-    stage = str(recipe.values.get("stage", "SFT"))
-    fmt = "erniekit-dpo" if stage == "DPO" else "erniekit-vl" if "VL" in stage else "erniekit-sft"
+    fmt = erniekit_format(str(recipe.values.get("stage", "SFT")))
     files = []
     for key in ("train_dataset_path", "eval_dataset_path"):
         for name in str(recipe.values.get(key) or "").split(","):

@@ -451,9 +451,10 @@ def _dataset_file(ctx: Context, key: str, path: str, kind: str) -> Iterator[Prob
 
 def _lint_dataset(ctx: Context, key: str, local: Path, name: str) -> Iterator[Problem]:
     """ERNIEKit skips records it cannot read with a warning; when it skips them all, it hangs."""
+    from ernie_ops.data.formats import erniekit_format
     from ernie_ops.data.lint import lint_file
 
-    fmt = "erniekit-vl" if "VL" in ctx.stage else "erniekit-dpo" if ctx.stage == "DPO" else "erniekit-sft"
+    fmt = erniekit_format(ctx.stage)
     first: list[str] = []
 
     def keep_first(path: Path, line: int, reason: str) -> None:

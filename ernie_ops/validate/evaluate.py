@@ -150,8 +150,8 @@ def plot_scores(report: EvalReport, path: Path, baseline: EvalReport | None = No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r[0] for r in summary_rows(report)[1:]]
-    ours = [float(r[2]) for r in summary_rows(report)[1:]]
+    rows = summary_rows(report)[1:]
+    names, ours = [r[0] for r in rows], [float(r[2]) for r in rows]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2), dpi=100)
     ys = range(len(names))
     height = 0.4 if baseline else 0.6

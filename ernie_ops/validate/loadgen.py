@@ -670,13 +670,10 @@ def markdown(result: BenchResult, image: str | None = "bench.png") -> str:
     lines = ["## Load test", ""]
     lines += [f"- {line}" for line in _header(result)]
     if result.levels:
+        from ernie_ops.validate.report import md_table
+
         rows = table_rows(result)
-        lines += [
-            "",
-            "| " + " | ".join(rows[0]) + " |",
-            "|" + "|".join(["---"] + ["---:"] * (len(rows[0]) - 1)) + "|",
-        ]
-        lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+        lines += ["", md_table(rows, right=set(range(1, len(rows[0])))).rstrip("\n")]
         lines += ["", "Latencies in ms; throughput per second of wall time of each level."]
     if image and result.levels:
         lines += ["", f"![latency against throughput]({image})"]

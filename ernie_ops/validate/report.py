@@ -26,11 +26,13 @@ img { max-width: 100%; }
 """
 
 
-def md_table(rows: Sequence[Sequence[object]]) -> str:
-    """A Markdown table; the first row is the header. Pipes in cells are escaped."""
+def md_table(rows: Sequence[Sequence[object]], right: set[int] | None = None) -> str:
+    """A Markdown table; the first row is the header, `right` columns right-aligned (figures).
+    Pipes in cells are escaped."""
     cells = [[str(c).replace("|", "\\|").replace("\n", " ") for c in row] for row in rows]
     header, *body = cells
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rule = "".join("---:|" if i in (right or ()) else "---|" for i in range(len(header)))
+    lines = ["| " + " | ".join(header) + " |", "|" + rule]
     lines += ["| " + " | ".join(row) + " |" for row in body]
     return "\n".join(lines) + "\n"
 

@@ -64,13 +64,20 @@ class SmokeReport:
         return cls(data["endpoint"], data["model"], data.get("expected", []), checks)
 
 
-def default_expectations(model: str) -> set[str]:
-    """What the catalog says the served model can do (nothing for names it does not know)."""
+def _catalog(model: str | None) -> Any:
+    """The served model's catalog entry, or None for a name the catalog does not know."""
     from ernie_ops.catalog import find_model
 
     try:
-        spec = find_model(model)
+        return find_model(model or "")
     except UserError:
+        return None
+
+
+def default_expectations(model: str) -> set[str]:
+    """What the catalog says the served model can do (nothing for names it does not know)."""
+    spec = _catalog(model)
+    if spec is None:
         return set()
     expected = {"thinking"} if spec.thinking or spec.vision else set()
     return expected | ({"vision"} if spec.vision else set())
@@ -303,7 +310,9 @@ async def check_vision(ctx: _Context) -> Verdict:
 
 
 async def check_overlong(ctx: _Context) -> Verdict:
-    context = ctx.max_model_len or _catalog_context(ctx.endpoint.model) or DEFAULT_CONTEXT
+    context = (
+        ctx.max_model_len or getattr(_catalog(ctx.endpoint.model), "max_context", None) or DEFAULT_CONTEXT
+    )
     words = context + 512  # each " hello" is at least one token in any vocabulary
     body = {"messages": [{"role": "user", "content": "hello " * words}], "max_tokens": 8}
     # its own connection: a server may close one it refused a large body on, and the shared pool
@@ -316,15 +325,6 @@ async def check_overlong(ctx: _Context) -> Verdict:
     if reply.ok:
         return False, f"{evidence}: the server accepted a prompt longer than its context"
     return False, f"{evidence}: {reply.error}"
-
-
-def _catalog_context(model: str | None) -> int | None:
-    from ernie_ops.catalog import find_model
-
-    try:
-        return find_model(model or "").max_context
-    except UserError:
-        return None
 
 
 async def check_concurrent(ctx: _Context) -> Verdict:
