@@ -15,7 +15,7 @@ import pytest
 from ernie_ops.cli.main import main
 from ernie_ops.errors import UserError
 from ernie_ops.validate import loadgen
-from ernie_ops.validate.client import Endpoint, Reply, _read_stream
+from ernie_ops.validate.client import Endpoint, Reply, _read_stream, request, session
 from ernie_ops.validate.null_server import Behaviour, fail_every, serve_in_thread
 
 
@@ -48,6 +48,32 @@ def test_known_workload_gives_exact_counts_and_the_servers_delays():
     data = json.loads(json.dumps(result.to_dict()))
     assert data["levels"][0]["ttft_ms"]["p99"] >= data["levels"][0]["ttft_ms"]["p50"]
     assert "replies" not in data["levels"][0]
+    assert data["levels"][1]["send_lag_ms"]["n"] == 8
+
+
+def test_latencies_start_when_the_request_is_written():
+    # the client's timestamps against the null server's own (same CLOCK_MONOTONIC): the request is
+    # written after it was due and before the server has it; the first chunk is written before it
+    # arrives; TTFT and E2E are measured from the write, and the lag before it is reported apart
+    with serve_in_thread(Behaviour(delay_ms=5)) as server:
+        endpoint = Endpoint.parse(server.url, model="null-model")
+
+        async def go() -> list[Reply]:
+            async with session(endpoint, 4) as client:
+                body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True}
+                return await asyncio.gather(
+                    *(request(client, endpoint, body | {"user": str(i)}) for i in range(4))
+                )
+
+        replies = asyncio.run(go())
+        rows = {r.user: r for r in server.records}
+    for i, reply in enumerate(replies):
+        row = rows[str(i)]
+        assert reply.ok and reply.sent is not None and reply.first is not None
+        assert reply.start <= reply.sent <= row.arrival_ns / 1e9
+        assert row.first_ns is not None and row.first_ns / 1e9 <= reply.first
+        assert reply.ttft == reply.first - reply.sent and reply.latency == reply.end - reply.sent
+        assert reply.send_lag == reply.sent - reply.start
 
 
 def test_goodput_counts_the_requests_meeting_the_slo():

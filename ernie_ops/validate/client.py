@@ -94,12 +94,29 @@ def session(endpoint: Endpoint, concurrency: int = 64, timeout: float = 600.0) -
     )
     return aiohttp.ClientSession(
         connector=connector,
+        trace_configs=[_SENT],
         headers=endpoint.headers(),
         timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=10),
         json_serialize=lambda obj: orjson.dumps(obj).decode(),
         # the server's clock is not ours; no cookies, no redirects to other hosts
         cookie_jar=aiohttp.DummyCookieJar(),
     )
+
+
+async def _body_sent(_session: Any, context: Any, _params: Any) -> None:
+    """aiohttp calls this as each piece of a request body is written to the connection."""
+    reply = context.trace_request_ctx
+    if isinstance(reply, Reply):
+        reply.sent = time.perf_counter()
+
+
+# TTFT and E2E start when the request leaves, not when it was due: with many streams in lockstep a
+# single-threaded client handles the replies that end together one after another, and on Python
+# < 3.12 aiohttp writes every body from a task of its own that runs only after all of them, so the
+# time between (the send lag) is this client's queueing, not the server's latency. It is reported
+# on its own (`Reply.send_lag`, the bench's lag column) so a saturated generator shows.
+_SENT = aiohttp.TraceConfig()
+_SENT.on_request_chunk_sent.append(_body_sent)
 
 
 @dataclass
@@ -115,7 +132,8 @@ class Reply:
     completion_tokens: int | None = None
     error: str | None = None  # the server's error message, or what went wrong on the way
     body: dict[str, Any] | None = None  # the JSON body (non-streaming replies and errors)
-    start: float = 0.0
+    start: float = 0.0  # when request() was called
+    sent: float | None = None  # when the body was written (None: no body was written)
     first: float | None = None  # arrival of the first chunk carrying output (content, reasoning, tool call)
     end: float = 0.0
     chunk_times: list[float] = field(default_factory=list)  # arrival of every chunk carrying output
@@ -125,12 +143,22 @@ class Reply:
         return self.status == 200 and self.error is None
 
     @property
+    def origin(self) -> float:
+        """Where the server's part begins: the request written, else (nothing written) called."""
+        return self.start if self.sent is None else self.sent
+
+    @property
+    def send_lag(self) -> float | None:
+        """From the call to the body written: the client's own queueing."""
+        return None if self.sent is None else self.sent - self.start
+
+    @property
     def latency(self) -> float:
-        return self.end - self.start
+        return self.end - self.origin
 
     @property
     def ttft(self) -> float | None:
-        return None if self.first is None else self.first - self.start
+        return None if self.first is None else self.first - self.origin
 
     @property
     def itl(self) -> list[float]:
@@ -174,6 +202,7 @@ async def request(
             data=orjson.dumps(payload),
             timeout=aiohttp.ClientTimeout(total=timeout) if timeout else None,
             allow_redirects=False,  # load and prompts go to the endpoint given, nowhere else
+            trace_request_ctx=reply,
         ) as resp:
             reply.status = resp.status
             if resp.status != 200 or not payload.get("stream"):
