@@ -3,8 +3,11 @@
 
 For each size, a file of OpenAI-style chat records (system prompt, 1-3 turns, ~1 KB each, all
 distinct) is generated, then three runs each in a fresh process on one core: the ceiling (read
-every line and parse it with orjson, nothing else), lint, and convert to erniekit-sft. Reports MB/s
-and peak RSS. Targets: lint and convert at >= 60% of the ceiling; RSS flat in the file size.
+every line and parse it with orjson, nothing else), lint, convert to erniekit-sft, and a bare
+round trip (parse with orjson, dump with orjson, write: what any converter must at least do, with
+no checks and no change of format; the reference for convert, which also writes its whole
+output). Reports MB/s and peak RSS. Targets: lint and convert at >= 60% of the ceiling; RSS flat in
+the file size.
 
     .venv/bin/python scripts/bench_data.py                  # 100 MB and 1 GB (needs ~3 GB of disk)
     .venv/bin/python scripts/bench_data.py --sizes-mb 20    # quick
@@ -38,11 +41,21 @@ from ernie_ops.data.convert import convert
 r = convert(Path(P), Path(P + ".out"), "erniekit-sft", progress=False)
 assert r.written == r.records
 """,
+    "roundtrip": """
+import orjson
+with open(P, "rb") as f, open(P + ".out", "wb", buffering=1 << 20) as out:
+    for line in f:
+        out.write(orjson.dumps(orjson.loads(line)) + b"\\n")
+""",
 }
+# before the clock starts: the previous run's output is deleted (freeing a 1 GB file takes the
+# kernel ~0.5 s, which would otherwise land on every convert run but the first)
+SETUP = dict.fromkeys(("convert", "roundtrip"), 'Path(P + ".out").unlink(missing_ok=True)')
 TIMER = """
 import resource, sys, time
 from pathlib import Path
 P = sys.argv[1]
+{setup}
 start = time.perf_counter()
 {body}
 print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
@@ -69,7 +82,7 @@ def generate(path: Path, size_mb: int, seed: int = 0) -> int:
 
 def run(kind: str, path: Path) -> tuple[float, float]:
     """(seconds, peak RSS in MB) of one measurement in a fresh, single-threaded process."""
-    code = TIMER.format(body=CHILD[kind])
+    code = TIMER.format(setup=SETUP.get(kind, ""), body=CHILD[kind])
     env_one_core = ["taskset", "-c", "0"] if Path("/usr/bin/taskset").exists() else []
     out = subprocess.run(
         [*env_one_core, sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
@@ -90,7 +103,7 @@ def main() -> int:
             records = generate(path, size)
             mb = path.stat().st_size / 1e6
             row = {"size_mb": round(mb, 1), "records": records}
-            kinds = ("ceiling", "lint", "convert")
+            kinds = ("ceiling", "lint", "convert", "roundtrip")
             # interleaved (ceiling, lint, convert, ceiling, ...): on shared cores a burst of load
             # then hits every kind alike instead of one kind's whole series; best of the repeats
             runs = [[run(kind, path) for kind in kinds] for _ in range(args.repeat)]
@@ -100,6 +113,7 @@ def main() -> int:
                 row[f"{kind}_rss_mb"] = round(best[1], 1)
             row["lint_vs_ceiling"] = round(row["lint_mb_s"] / row["ceiling_mb_s"], 3)
             row["convert_vs_ceiling"] = round(row["convert_mb_s"] / row["ceiling_mb_s"], 3)
+            row["roundtrip_vs_ceiling"] = round(row["roundtrip_mb_s"] / row["ceiling_mb_s"], 3)
             results.append(row)
             path.unlink()
             Path(str(path) + ".out").unlink(missing_ok=True)
@@ -114,6 +128,8 @@ def main() -> int:
             "convert MB/s",
             "conv/ceil",
             "convert RSS MB",
+            "round trip MB/s",
+            "rt/ceil",
             "ceiling RSS MB",
         ]
     ]
@@ -129,6 +145,8 @@ def main() -> int:
                 str(r["convert_mb_s"]),
                 f"{r['convert_vs_ceiling']:.0%}",
                 str(r["convert_rss_mb"]),
+                str(r["roundtrip_mb_s"]),
+                f"{r['roundtrip_vs_ceiling']:.0%}",
                 str(r["ceiling_rss_mb"]),
             ]
         )

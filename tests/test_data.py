@@ -7,6 +7,7 @@ import math
 import re
 import subprocess
 import sys
+from itertools import accumulate
 from pathlib import Path
 
 import pytest
@@ -337,6 +338,36 @@ def test_a_missing_input_is_a_clear_error(action, cli, tmp_path):
     ]
     result = cli("data", *args, *action[1:])
     assert result.returncode == 2 and "no such file" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 8, 13, 64])
+def test_blocks_hold_every_line_whole_and_numbered(size, tmp_path):
+    """Lines longer than a block, blank lines, a block ending right at a newline, an unterminated
+    last line: the blocks' lines are the file's lines, each numbered by its place in the file."""
+    from ernie_ops.data.read import read_chunks
+
+    data = b'{"a": 1}\n\n' + b"x" * 40 + b"\n\n\n" + b"\n".join(b"%d" % i for i in range(30)) + b"\nend"
+    (tmp_path / "f.jsonl").write_bytes(data)
+    chunks = list(read_chunks(tmp_path / "f.jsonl", size))
+    assert [line for c in chunks for line in c.lines] == data.split(b"\n")
+    assert [c.first for c in chunks] == list(accumulate([1] + [len(c.lines) for c in chunks[:-1]]))
+    assert all(c.lines for c in chunks)
+
+
+def test_a_control_character_cut_by_a_block_end_is_still_found(tmp_path, monkeypatch):
+    import functools
+
+    from ernie_ops.data import lint, read
+
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a\u0001b"}]
+    record = json.dumps({"messages": turns})  # the control character escaped: \u0001
+    cut = record.index("\\u0001") + 3  # the block ends inside the escape
+    source = tmp_path / "cut.jsonl"
+    source.write_text(record + "\n")
+    monkeypatch.setattr(lint, "read_chunks", functools.partial(read.read_chunks, size=cut))
+    reported: list[str] = []
+    lint_file(source, "messages", report=lambda _p, _line, why: reported.append(why), progress=False)
+    assert len(reported) == 1 and "control character U+0001" in reported[0]
 
 
 def test_block_fast_path_reports_what_record_by_record_reading_does(tmp_path):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate, chain
 from operator import attrgetter
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import msgspec
 
@@ -80,8 +80,8 @@ _ERRORS = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError)
 @dataclass(frozen=True)
 class FastFormat:
     kind: type  # the struct a record decodes into; msgspec raises on anything outside it
-    check: Callable[[list[Any]], bool]  # are all these records in the common shape?
-    build: Callable[[list[Any]], list[Parsed]]  # the records of ones that passed the check
+    check: Callable[[list[Any]], bool]  # are all these records in the common shape? (verdicts only)
+    build: Callable[[list[Any]], list[Parsed] | None]  # their records, None if one is not in it
     decode: Callable[[bytes], Any] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -93,7 +93,8 @@ class FastFormat:
             record = self.decode(raw)
         except _ERRORS:
             return None
-        return self.build([record])[0] if self.check([record]) else None
+        built = self.build([record])
+        return built[0] if built else None
 
     def block(self, lines: list[bytes], build: bool) -> list[Any] | None:
         """The records of a block of lines (parsed when `build`, else as decoded), if every one is
@@ -103,14 +104,19 @@ class FastFormat:
             records = list(map(self.decode, lines))
         except _ERRORS:
             return None
-        if not self.check(records):
-            return None
-        return self.build(records) if build else records
+        if build:
+            return self.build(records)
+        return records if self.check(records) else None
 
 
 def _checked_by(parse: Callable[[Any], Parsed | None]) -> tuple[Callable, Callable]:
-    """(check, build) for formats whose checks are cheap next to decoding: both parse."""
-    return (lambda records: all(map(parse, records))), (lambda records: list(map(parse, records)))
+    """(check, build) for formats checked record by record: parsing is the check."""
+
+    def build(records: list[Any]) -> list[Parsed] | None:
+        parsed = list(map(parse, records))
+        return cast(list[Parsed], parsed) if all(parsed) else None
+
+    return (lambda records: build(records) is not None), build
 
 
 _STR_ONLY = {str}
@@ -138,25 +144,34 @@ _content, _weight = attrgetter("content"), attrgetter("weight")
 _messages_of, _tools_of = attrgetter("messages"), attrgetter("tools")
 
 
-def _messages_check(records: list[_Messages]) -> bool:
-    """Plain conversations only, checked for the whole block in a few C-level passes over all its
+def _plain(records: list[_Messages]) -> tuple[list[list[Any]], list[Any]] | None:
+    """(each record's messages, all of them in one list) when every record is a plain
+    conversation, else None. Checked for the whole block in a few C-level passes over all its
     messages at once (a Python loop per record costs more than decoding the record)."""
     if any(map(_tools_of, records)):
-        return False
+        return None
     lists = list(map(_messages_of, records))
     try:
         expected = list(chain.from_iterable(map(_SHAPES.__getitem__, map(len, lists))))
     except KeyError:  # 0, 1 or over 128 messages
-        return False
+        return None
     msgs = list(chain.from_iterable(lists))
-    return list(map(type, msgs)) == expected and not any(map(str.isspace, map(_content, msgs)))
+    if list(map(type, msgs)) != expected or any(map(str.isspace, map(_content, msgs))):
+        return None
+    return lists, msgs
 
 
-def _messages_build(records: list[_Messages]) -> list[Parsed]:
+def _messages_check(records: list[_Messages]) -> bool:
+    return _plain(records) is not None
+
+
+def _messages_build(records: list[_Messages]) -> list[Parsed] | None:
     """Conversations cut out of one flat list of the block's contents (fewer Python steps per
     record than building each from its own messages)."""
-    lists = list(map(_messages_of, records))
-    msgs = list(chain.from_iterable(lists))
+    plain = _plain(records)
+    if plain is None:
+        return None
+    lists, msgs = plain
     contents = list(map(_content, msgs))
     any_untrained = 0 in list(map(_weight, msgs))  # usually not: then no record has labels
     out: list[Parsed] = []

@@ -136,7 +136,9 @@ def parsed_batches(
         return
     for chunk in _with_progress(path, read_chunks(path), progress):
         fast = FAST_FORMATS.get(state.format or "")
-        records = fast.block(chunk.lines, build) if fast and not maybe_control(chunk.data) else None
+        # the block, and its first line whole (it may have begun in the block before)
+        control = maybe_control(chunk.data) or maybe_control(chunk.lines[0])
+        records = fast.block(chunk.lines, build) if fast and not control else None
         if records is not None:
             lines = range(chunk.first, chunk.first + len(records))
             yield Batch(state.format, lines, chunk.lines, records if build else [None] * len(records), [])

@@ -81,37 +81,34 @@ def _first_byte(f: IO[bytes]) -> bytes:
 
 class Chunk(NamedTuple):
     first: int  # the number of its first line
-    data: bytes  # whole lines, each ending in a newline
-    lines: list[bytes]  # the same lines without their newlines, blank ones included
+    data: bytes  # the block as read: whole-block byte scans; its first line may begin in the block before
+    lines: list[bytes]  # its whole lines without their newlines, blank ones included
 
 
 CHUNK = 1 << 16  # 64 KB: a block's lines and decoded records stay in the CPU caches (measured best)
 
 
 def read_chunks(path: Path, size: int = CHUNK) -> Iterator[Chunk]:
-    """Blocks of whole JSONL lines (a newline is added to an unterminated last line). A line
-    longer than `size` makes a longer block."""
-    line, pending = 1, []
+    """Blocks of whole JSONL lines; an unterminated last line counts. Each block read is split
+    where it lies and only the line cut by its end is carried over (no copy of the block). A line
+    longer than `size` makes a longer chunk."""
+    line, pending = 1, []  # pending: the pieces of a line not yet ended
     with open_binary(path) as f:
         while block := f.read(size):
-            cut = block.rfind(b"\n") + 1
-            if not cut:
+            lines = block.split(b"\n")
+            if len(lines) == 1:
                 pending.append(block)
                 continue
-            pending.append(block[:cut])
-            chunk = _chunk(line, b"".join(pending))
-            pending = [block[cut:]]
-            yield chunk
-            line += len(chunk.lines)
-    tail = b"".join(pending)
-    if tail:
-        yield _chunk(line, tail + b"\n")
-
-
-def _chunk(first: int, data: bytes) -> Chunk:
-    lines = data.split(b"\n")
-    lines.pop()  # the empty piece after the final newline
-    return Chunk(first, data, lines)
+            if pending:
+                pending.append(lines[0])
+                lines[0] = b"".join(pending)
+            tail = lines.pop()
+            pending = [tail] if tail else []
+            yield Chunk(line, block, lines)
+            line += len(lines)
+    if pending:
+        tail = b"".join(pending)
+        yield Chunk(line, tail, [tail])
 
 
 def _json_error(raw: bytes, err: Exception) -> str:
