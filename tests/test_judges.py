@@ -260,6 +260,19 @@ def test_iou_unparseable_and_empty():
     assert score("[]", item("iou", expected)).fn == 2
 
 
+def test_iou_scales_answers_in_a_grid_to_the_images_pixels():
+    # a 320x240 image: pixel box (32, 24, 160, 120) is (100, 100, 500, 500) on a 0-1000 grid
+    expected = boxes(("red circle", [32, 24, 160, 120]))
+    grid = '[{"label": "red circle", "bbox": [100, 100, 500, 500]}]'
+    fractions = '[{"label": "red circle", "bbox": [0.1, 0.1, 0.5, 0.5]}]'
+    norm1000 = item("iou", expected, box_space="norm1000", image_size=(320, 240))
+    result = score(grid, norm1000)
+    assert (result.value, result.tp) == (1.0, 1)
+    assert "answer in norm1000, scaled to 320x240 pixels" in result.detail
+    assert score(fractions, item("iou", expected, box_space="norm1", image_size=(320, 240))).value == 1.0
+    assert score(grid, item("iou", expected)).value == 0.0  # the same numbers read as pixels miss
+
+
 def test_read_boxes_one_object():
     assert read_boxes({"label": "A", "bbox": [3, 4, 1, 2]}) == ([("a", (1.0, 2.0, 3.0, 4.0))], 0)
     assert read_boxes("nope") == ([], 1)

@@ -32,7 +32,8 @@ def test_spec_problems_are_all_reported_with_lines(tmp_path):
     spec = write(
         tmp_path / "p.yaml",
         f"recipe: {RECIPE}\neval_suite: {tmp_path}/missing.jsonl\neval_judg: exact\n"
-        "compare_base: maybe\nbackend: vllm\nbench_concurrency: [1, 0]\noverrides: [max_steps]\n",
+        "compare_base: maybe\nbackend: vllm\nbench_concurrency: [1, 0]\noverrides: [max_steps]\n"
+        "eval_box_space: percent\n",
     )
     with pytest.raises(UserError) as err:
         load_pipeline(spec)
@@ -45,6 +46,7 @@ def test_spec_problems_are_all_reported_with_lines(tmp_path):
     assert f"{spec}:5: error: backend: expected fastdeploy, paddle or null" in text
     assert f"{spec}:6: error: bench_concurrency: expected positive integers" in text
     assert f"{spec}:7: error: overrides: 'max_steps' is not key=value" in text
+    assert f"{spec}:8: error: eval_box_space: expected one of pixels, norm1000, norm1" in text
 
 
 def test_the_shipped_gpu_pipeline_is_valid(tmp_path, monkeypatch):

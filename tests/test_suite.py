@@ -94,6 +94,27 @@ def test_judge_precedence_item_field_wins_over_the_default(tmp_path):
     assert "did you mean 'exact'?" in str(err.value)
 
 
+def test_box_space_item_field_wins_over_the_default_and_reads_the_image_size(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (320, 240)).save(tmp_path / "shapes.png")
+    box = {"prompt": "Where?", "image": "shapes.png", "judge": "iou", "expected": []}
+    path = write(tmp_path, box, box | {"box_space": "pixels"}, box | {"box_space": "norm1"}, GOOD)
+    items = load_suite(path, box_space="norm1000").items
+    assert [(i.box_space, i.image_size) for i in items] == [
+        ("norm1000", (320, 240)),
+        ("pixels", None),
+        ("norm1", (320, 240)),
+        ("pixels", None),  # not an iou item: the default does not apply
+    ]
+    assert [i.box_space for i in load_suite(path).items] == ["pixels", "pixels", "norm1", "pixels"]
+    # the default applied to an iou item without an image is a problem of that item's line
+    path = write(tmp_path, box | {"image": None} | {"expected": []}, name="noimage.jsonl")
+    path.write_text(json.dumps({"prompt": "Where?", "judge": "iou", "expected": []}) + "\n")
+    with pytest.raises(UserError, match=r":1: box_space norm1000 \(--box-space\) scales the answer"):
+        load_suite(path, box_space="norm1000")
+
+
 def test_request_messages_text_only_keeps_string_content():
     item = SuiteItem(id="a", prompt="What is 2 + 2?", system="Be brief.")
     assert item.request_messages() == [
@@ -199,11 +220,26 @@ BAD_LINES = [
     ({"prompt": "p", "expected": 1, "image": "a.gif"}, "image 'a.gif' is not a PNG or JPEG"),
     ({"prompt": "p", "expected": 1, "image": []}, "image is []; expected a path or a list of paths"),
     ({"id": "line-1", "prompt": "p", "expected": 1}, "id 'line-1' is already used on line 1"),
+    (
+        {"prompt": "p", "expected": [], "judge": "iou", "box_space": "norm100"},
+        "box_space is 'norm100'; expected one of pixels, norm1000, norm1; did you mean 'norm1000'?",
+    ),
+    ({"prompt": "p", "expected": 1, "box_space": "norm1"}, "box_space is read only by the iou judge"),
+    ({"prompt": "p", "expected": [], "judge": "iou", "box_space": [1]}, "box_space is [1]; expected one"),
+    (
+        {"prompt": "p", "expected": [], "judge": "iou", "box_space": "norm1000"},
+        "box_space norm1000 scales the answer to the item's image, and it has none",
+    ),
+    (
+        {"prompt": "p", "expected": [], "judge": "iou", "box_space": "norm1", "image": "fake.png"},
+        "cannot read the size of fake.png",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("line", "message"), BAD_LINES, ids=[m for _, m in BAD_LINES])
 def test_each_problem_is_reported_with_its_line(tmp_path, line, message):
+    (tmp_path / "fake.png").write_bytes(PNG)
     path = write(tmp_path, GOOD, "", line)
     report = problems(path)
     assert f"{path}:3: " in report and message in report, report
@@ -230,7 +266,8 @@ def test_every_problem_at_once_with_suggestions(tmp_path):
         f"  {path}:2: invalid JSON: unexpected character, expected a string key; "
         "expected one JSON object per line; fix or remove the line",
         f"  {path}:3: unknown field 'imgae'; expected one of id, prompt, messages, system, image, expected, "
-        "judge, choices, tolerance, iou_threshold, fullmatch, max_tokens, tags; did you mean 'image'?",
+        "judge, choices, tolerance, iou_threshold, box_space, fullmatch, max_tokens, tags; "
+        "did you mean 'image'?",
         f"  {path}:4: image file 'chrt.png' not found (looked for {tmp_path / 'chrt.png'}); "
         "expected a path relative to the suite file's folder; did you mean 'chart.png'?",
         f'  {path}:6: tags is 3; expected a list of strings; e.g. "tags": ["chart"]',

@@ -149,6 +149,29 @@ def test_eval_perfect_server_scores_one_on_every_example_suite(suites, tmp_path)
             assert len(lines) == len(report["items"]) == len(load_suite(suites / name).items)
 
 
+def test_eval_box_space_scales_a_models_grid_answers(suites, tmp_path):
+    # a model answering on a 0-1000 grid (as many VL models do) scores 1.0 once told so, and is
+    # wrongly scored as pixels without --box-space
+    suite = suites / "boxes.jsonl"
+    reference = reference_answers()["boxes.jsonl"]
+    answers = {}
+    for it in load_suite(suite, box_space="norm1000").items:
+        assert it.image_size is not None
+        size = it.image_size * 2  # (w, h, w, h): x1, y1, x2, y2
+        grid = [
+            {"label": b["label"], "bbox": [v * 1000 / n for v, n in zip(b["bbox"], size, strict=True)]}
+            for b in json.loads(reference[it.id])
+        ]
+        answers[prompt_key(it.request_messages())] = json.dumps(grid)
+    with serving(create_standin(answers)) as (url, _):
+        scores = {}
+        for space in ("norm1000", "pixels"):
+            out = tmp_path / space
+            assert main(["eval", url, "--suite", str(suite), "--box-space", space, "--out", str(out)]) == 0
+            scores[space] = json.loads((out / "eval.json").read_text())["summary"]["all"]["score"]
+    assert scores["norm1000"] == 1.0 and scores["pixels"] < 0.5
+
+
 def test_eval_half_wrong_server_scores_its_known_fraction(suites, tmp_path, capsys):
     items = load_suite(suites / "text.jsonl").items
     wrong = {i.id for i in items[::2]}

@@ -9,6 +9,7 @@ from typing import Any
 
 from ernie_ops.cli.base import Subcommand, add_endpoint_arguments, endpoint_from, positive_float, positive_int
 from ernie_ops.errors import UserError
+from ernie_ops.validate.judges import BOX_SPACES
 
 
 class Eval(Subcommand):
@@ -28,6 +29,7 @@ class Eval(Subcommand):
         "ernie-ops eval http://127.0.0.1:8180 --suite suites/text.jsonl",
         "ernie-ops eval http://gpu-node:8180 --suite suites/chart_qa.jsonl --concurrency 8 --out runs/wint4",
         "ernie-ops eval http://127.0.0.1:8180 --suite ours.jsonl --baseline http://127.0.0.1:8181",
+        "ernie-ops eval http://gpu-node:8180 --suite suites/boxes.jsonl --box-space norm1000",
         'ernie-ops eval URL --suite s.jsonl --body \'{"chat_template_kwargs": {"enable_thinking": false}}\'',
     )
 
@@ -38,6 +40,13 @@ class Eval(Subcommand):
             "--judge",
             default="exact",
             help="judge of items without their own `judge` field (default exact)",
+        )
+        parser.add_argument(
+            "--box-space",
+            choices=list(BOX_SPACES),
+            default="pixels",
+            help="coordinates of the model's boxes (iou items without their own `box_space`): pixels "
+            "(default), norm1000 (a 0-1000 grid over the image) or norm1 (fractions)",
         )
         parser.add_argument(
             "--concurrency", type=positive_int, default=4, help="requests in flight (default 4)"
@@ -91,7 +100,7 @@ class Eval(Subcommand):
         from ernie_ops.validate.report import write_report
         from ernie_ops.validate.suite import check_judge, load_suite
 
-        suite = load_suite(args.suite, check_judge(args.judge))
+        suite = load_suite(args.suite, check_judge(args.judge), args.box_space)
         endpoint = endpoint_from(args)
         out = args.out or Path("runs") / f"eval-{suite.name}-{datetime.now():%Y%m%d-%H%M%S}"
         log = sys.stderr if args.json else sys.stdout

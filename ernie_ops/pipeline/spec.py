@@ -9,6 +9,7 @@
     smoke_expect: [thinking]            # optional; default: what the catalog says of the base model
     eval_suite: data/eval_suite.jsonl
     eval_judge: exact                   # judge of items without their own
+    eval_box_space: pixels              # iou answers' coordinates: pixels | norm1000 | norm1
     eval_max_tokens: 256
     eval_concurrency: 4
     eval_body: {}                       # extra request fields, e.g. chat_template_kwargs
@@ -46,6 +47,7 @@ class PipelineSpec:
     backend: str | None = None
     smoke_expect: list[str] | None = None
     eval_judge: str = "exact"
+    eval_box_space: str = "pixels"
     eval_max_tokens: int = 256
     eval_concurrency: int = 4
     eval_body: dict[str, Any] = field(default_factory=dict)
@@ -71,6 +73,7 @@ TYPES: dict[str, tuple[type, ...]] = {
     "backend": (str, type(None)),
     "smoke_expect": (list, type(None)),
     "eval_judge": (str,),
+    "eval_box_space": (str,),
     "eval_max_tokens": (int,),
     "eval_concurrency": (int,),
     "eval_body": (dict,),
@@ -139,7 +142,7 @@ def validate(
 
 
 def _choices(values: dict[str, Any], where: Any) -> list[Problem]:
-    from ernie_ops.validate.judges import JUDGES
+    from ernie_ops.validate.judges import BOX_SPACES, JUDGES
     from ernie_ops.validate.smoke import CAPABILITIES
 
     out = []
@@ -151,6 +154,10 @@ def _choices(values: dict[str, Any], where: Any) -> list[Problem]:
         )
     if values.get("eval_judge", "exact") not in JUDGES:
         out.append(error(where("eval_judge"), "eval_judge", f"expected one of {', '.join(JUDGES)}"))
+    if values.get("eval_box_space", "pixels") not in BOX_SPACES:
+        out.append(
+            error(where("eval_box_space"), "eval_box_space", f"expected one of {', '.join(BOX_SPACES)}")
+        )
     for cap in values.get("smoke_expect") or ():
         if cap not in CAPABILITIES:
             out.append(

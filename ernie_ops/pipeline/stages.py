@@ -256,7 +256,7 @@ def evaluate(p: Pipeline) -> str:
     from ernie_ops.validate.evaluate import plot_scores, run_eval
     from ernie_ops.validate.suite import load_suite
 
-    suite = load_suite(p.spec.eval_suite, p.spec.eval_judge)
+    suite = load_suite(p.spec.eval_suite, p.spec.eval_judge, p.spec.eval_box_space)
     roles = ["tuned", "base"] if p.spec.compare_base else ["tuned"]
     reports = {}
     for role in roles:

@@ -15,6 +15,8 @@ The judges, and what `Score.value` means for each:
          tp = right fields; fp = predicted fields wrong or extra; fn = expected fields missing or
          wrong (a wrong field counts once on each side).
 - iou    F1 of boxes matched one-to-one (same label, IoU >= threshold, optimal assignment).
+         Expected boxes are in pixels; the answer's are in the item's `box_space` (pixels, or a
+         0-1000 or 0-1 grid over the image, scaled to its pixels before matching).
 - json   1/0: the answer holds JSON and, when `expected` is a small schema, satisfies it.
 - regex  1/0: `re.search` (or `re.fullmatch` of the stripped answer with `"fullmatch": true`).
 - choice 1/0: the option the answer picks (see `pick_choice`) is the expected one.
@@ -37,6 +39,10 @@ if TYPE_CHECKING:
 
 DEFAULT_TOLERANCE = 1e-6  # relative, for numbers (exact, f1); an item's `tolerance` replaces it
 DEFAULT_IOU_THRESHOLD = 0.5
+# the coordinate spaces an answer's boxes may use: the extent of the grid laid over the image
+# (None: the image's own pixels). Models differ: Qwen2-VL answers on a 0-1000 grid, Qwen2.5-VL in
+# pixels; ERNIE-4.5-VL's tokenizer has 1001 location tokens <|LOC_0|> ... <|LOC_1000|>.
+BOX_SPACES: dict[str, float | None] = {"pixels": None, "norm1000": 1000.0, "norm1": 1.0}
 
 
 @dataclass(frozen=True)
@@ -320,6 +326,7 @@ def iou(prediction: str, item: SuiteItem) -> Score:
         predicted, unusable = read_boxes(extract_json(prediction))
     except NoJSON:
         return Score(0.0, fn=len(expected), detail=f"no JSON boxes in the answer; {len(expected)} missing")
+    predicted = to_pixels(predicted, item)
     matches = match_boxes(predicted, expected, threshold)
     tp = len(matches)
     fp, fn = len(predicted) - tp + unusable, len(expected) - tp
@@ -331,7 +338,22 @@ def iou(prediction: str, item: SuiteItem) -> Score:
     parts += [f"missing {', '.join(repr(expected[j][0]) for j in missing)}"] if missing else []
     parts += [f"unmatched {', '.join(repr(predicted[i][0]) for i in extra)}"] if extra else []
     parts += [f"{unusable} unusable (no label or not 4 coordinates)"] if unusable else []
+    if item.image_size and BOX_SPACES[item.box_space]:
+        parts.append(
+            f"answer in {item.box_space}, scaled to {item.image_size[0]}x{item.image_size[1]} pixels"
+        )
     return Score(_f1(tp, fp, fn), tp, fp, fn, "; ".join(parts))
+
+
+def to_pixels(boxes: list[Box], item: SuiteItem) -> list[Box]:
+    """The answer's boxes in the image's pixels (`load_suite` records the image size of every
+    item whose space is not pixels)."""
+    extent = BOX_SPACES[item.box_space]
+    if extent is None:
+        return boxes
+    assert item.image_size is not None, "load_suite reads the image size for a scaled box space"
+    sx, sy = item.image_size[0] / extent, item.image_size[1] / extent
+    return [(label, (x1 * sx, y1 * sy, x2 * sx, y2 * sy)) for label, (x1, y1, x2, y2) in boxes]
 
 
 JSON_TYPES: dict[str, Callable[[Any], bool]] = {

@@ -17,13 +17,17 @@ Fields of an item (only `prompt` or `messages`, and usually `expected`, are requ
     choices        options of a `choice` item; listed after the prompt as "A. ..." lines
     tolerance      relative tolerance for numbers (exact, f1); default 1e-6
     iou_threshold  IoU a box must reach to match (iou); default 0.5
+    box_space      the coordinates the answer's boxes are in (iou): pixels, norm1000 (a 0-1000
+                   grid over the image) or norm1 (fractions); default the CLI's --box-space
+                   (pixels). `expected` is always in pixels of the item's (first) image.
     fullmatch      true: the regex must match the whole (stripped) answer (regex)
     max_tokens     int, the item's own completion budget
     tags           [str], scores are also summarized per tag
 
 Which judge scores an item: its own `judge` field when it has one, else the default judge given
-to `load_suite` (the CLI's `--judge`, "exact" when not given). An item's field always wins: a
-suite mixing judges cannot be re-judged wholesale, as each judge reads its own `expected` shape.
+to `load_suite` (the CLI's `--judge`, "exact" when not given); `box_space` likewise. An item's
+field always wins: a suite mixing judges cannot be re-judged wholesale, as each judge reads its
+own `expected` shape.
 After loading, `SuiteItem.judge` holds the judge that will score it.
 
 Every problem of a suite is reported at once, each as `file:line: what is wrong; what was
@@ -41,7 +45,7 @@ from typing import Any, TypeGuard
 
 from ernie_ops.data.read import read_items
 from ernie_ops.errors import UserError, did_you_mean
-from ernie_ops.validate.judges import JSON_TYPES, JUDGES, choice_index, schema_type
+from ernie_ops.validate.judges import BOX_SPACES, JSON_TYPES, JUDGES, choice_index, schema_type
 
 FIELDS = (
     "id",
@@ -54,6 +58,7 @@ FIELDS = (
     "choices",
     "tolerance",
     "iou_threshold",
+    "box_space",
     "fullmatch",
     "max_tokens",
     "tags",
@@ -62,6 +67,7 @@ JUDGE_FIELDS = {  # fields only some judges read: anywhere else they would be si
     "choices": ("choice",),
     "tolerance": ("exact", "f1"),
     "iou_threshold": ("iou",),
+    "box_space": ("iou",),
     "fullmatch": ("regex",),
 }
 EXPECTED = {  # what `expected` must be, per judge (shown in errors)
@@ -92,6 +98,8 @@ class SuiteItem:
     choices: tuple[str, ...] = ()
     tolerance: float | None = None
     iou_threshold: float | None = None
+    box_space: str = "pixels"
+    image_size: tuple[int, int] | None = None  # (width, height) of the first image, for box_space
     fullmatch: bool = False
     max_tokens: int | None = None
     tags: tuple[str, ...] = ()
@@ -163,12 +171,15 @@ def check_judge(name: str, what: str = "judge") -> str:
     return name
 
 
-def load_suite(path: str | Path, default_judge: str = "exact") -> Suite:
-    """Read and check a suite; `default_judge` scores the items without their own `judge`.
+def load_suite(path: str | Path, default_judge: str = "exact", box_space: str = "pixels") -> Suite:
+    """Read and check a suite; `default_judge` scores the items without their own `judge`, and
+    `box_space` is the coordinate space of iou answers for items without their own.
 
     Raises one UserError listing every problem, each `file:line: ...`."""
     path = Path(path)
     check_judge(default_judge, "default judge")
+    if box_space not in BOX_SPACES:
+        raise UserError(f"unknown box space {box_space!r}; expected one of {', '.join(BOX_SPACES)}")
     suite = Suite(path, default_judge=default_judge)
     problems: list[str] = []
     seen: dict[str, int] = {}
@@ -178,7 +189,7 @@ def load_suite(path: str | Path, default_judge: str = "exact") -> Suite:
         if record.error:
             report(record.error, "one JSON object per line", "fix or remove the line")
             continue
-        item = _check_item(value, record.line, path.parent, default_judge, report)
+        item = _check_item(value, record.line, path.parent, (default_judge, box_space), report)
         if item is None:
             continue
         if item.id in seen:
@@ -223,8 +234,11 @@ class _Reporter:
         )
 
 
-def _check_item(value: Any, line: int, base: Path, default_judge: str, report: _Reporter) -> SuiteItem | None:
-    """The item of one record (reporting its problems), or None when it is not an object."""
+def _check_item(
+    value: Any, line: int, base: Path, defaults: tuple[str, str], report: _Reporter
+) -> SuiteItem | None:
+    """The item of one record (reporting its problems), or None when it is not an object.
+    `defaults`: (judge, box space) of items without their own."""
     if not isinstance(value, dict):
         report(f"a JSON {type(value).__name__}", "a JSON object", 'e.g. {"prompt": "...", "expected": "..."}')
         return None
@@ -239,8 +253,42 @@ def _check_item(value: Any, line: int, base: Path, default_judge: str, report: _
     item = SuiteItem(id=f"line-{line}", line=line)
     _check_identity(value, item, report)
     _check_request(value, item, base, report)
-    _check_scoring(value, item, default_judge, report)
+    _check_scoring(value, item, defaults[0], report)
+    _check_box_space(value, item, defaults[1], report)
     return item
+
+
+def _check_box_space(value: dict, item: SuiteItem, default: str, report: _Reporter) -> None:
+    """box_space of an iou item, and the size of the image its answer is scaled to."""
+    space = value.get("box_space", default)
+    if not isinstance(space, str) or space not in BOX_SPACES:
+        guess = did_you_mean(space, list(BOX_SPACES)) if isinstance(space, str) else None
+        report(
+            f"box_space is {space!r}",
+            f"one of {', '.join(BOX_SPACES)}",
+            f"did you mean {guess!r}?" if guess else None,
+        )
+        return
+    if item.judge != "iou" or BOX_SPACES[space] is None:
+        return
+    own = "box_space" in value
+    if not item.images:
+        report(
+            f"box_space {space}{'' if own else ' (--box-space)'} scales the answer to the item's image, "
+            "and it has none",
+            "an image",
+            'add "image", or give the item "box_space": "pixels"',
+        )
+        return
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(item.images[0]) as image:
+            item.image_size = image.size
+    except (OSError, UnidentifiedImageError) as err:
+        report(f"cannot read the size of {item.images[0].name}: {err}", "a readable PNG or JPEG")
+        return
+    item.box_space = space
 
 
 def _is_str_list(value: Any) -> TypeGuard[list[str]]:
