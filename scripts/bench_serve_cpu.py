@@ -8,7 +8,9 @@ pieces to the model's vocab so every sampled id decodes. Then, in one run:
 
 - the engine in-process: batch 1 and 8 concurrent requests (64-token prompts, 32 new tokens, greedy,
   EOS ignored): time to first token, decode tokens/s (after the first token) and end-to-end
-  output tokens/s (prefill included);
+  output tokens/s (prefill included); then a 2048-token prompt (1024 with --quick) arriving while
+  4 streams decode, prefilled whole and in chunks: the streams' longest gap between tokens while
+  it is prefilled, and its own time to first token;
 - PyTorch + transformers' own `Ernie4_5ForCausalLM` (random weights, same shape, same threads)
   `generate` with the KV cache at batch 1 and a static batch of 8, in a child process; its decode
   rate is B * (N - 1) / (t(N new) - t(1 new)), its end-to-end rate B * N / t(N new);
@@ -213,6 +215,33 @@ def engine_run(engine: Any, batch: list[list[int]], new_tokens: int) -> dict[str
     }
 
 
+def long_prompt_arrival(engine: Any, chunk: int, long_len: int) -> dict[str, float]:
+    """Four streams decoding when a `long_len`-token prompt arrives: their longest gap between tokens
+    while it is prefilled (in chunks of `chunk` tokens), and its time to first token."""
+    from ernie_ops.serve.engine import SamplingParams
+
+    engine.prefill_chunk = chunk
+    params = SamplingParams(max_tokens=10_000, temperature=0.0, ignore_eos=True)
+    running = [engine.submit(p, params) for p in prompts(4, PROMPT_LEN, 7)]
+    streams = [h.stream() for h in running]
+    for s in streams:  # every stream is decoding
+        next(s)
+    submitted = time.perf_counter()
+    long = engine.submit(prompts(1, long_len, 8)[0], SamplingParams(max_tokens=1, temperature=0.0))
+    gaps, last = [], time.perf_counter()
+    while not long.finished:
+        next(streams[0])
+        now = time.perf_counter()
+        gaps.append(now - last)
+        last = now
+    ttft = time.perf_counter() - submitted
+    for h in running:
+        engine.cancel(h.request_id)
+    for h in running:
+        h.result()
+    return {"max_gap_s": max(gaps), "ttft_long_s": ttft, "chunk": chunk}
+
+
 def plan(label: str, repeat: int, quick: bool, new_tokens: int) -> tuple[int, int]:
     """(warm-up new tokens at the measured shape, measured runs): batch 8 is measured once."""
     if quick:
@@ -221,7 +250,7 @@ def plan(label: str, repeat: int, quick: bool, new_tokens: int) -> tuple[int, in
 
 
 def bench_engine(model_dir: Path, repeat: int, new_tokens: int, quick: bool) -> dict[str, Any]:
-    from ernie_ops.serve.engine import Engine
+    from ernie_ops.serve.engine import PREFILL_CHUNK, Engine
 
     started = time.perf_counter()
     engine = Engine.load(model_dir, max_batch_size=BATCH)
@@ -238,6 +267,14 @@ def bench_engine(model_dir: Path, repeat: int, new_tokens: int, quick: bool) -> 
             print(
                 f"engine {label}: decode {out[label]['decode_tok_s']:.2f} tok/s, "
                 f"e2e {out[label]['e2e_tok_s']:.2f} tok/s, TTFT {out[label]['ttft_s']:.3f} s",
+                flush=True,
+            )
+        long_len = 1024 if quick else 2048
+        for label, chunk in (("long_whole", 10**9), ("long_chunked", PREFILL_CHUNK)):
+            out[label] = long_prompt_arrival(engine, chunk, long_len) | {"long_tokens": long_len}
+            print(
+                f"engine {long_len}-token prompt arriving ({label}): streams' longest gap "
+                f"{out[label]['max_gap_s']:.2f} s, its TTFT {out[label]['ttft_long_s']:.2f} s",
                 flush=True,
             )
         return out
@@ -650,6 +687,19 @@ def main() -> int:
         [f"pytorch static batch {BATCH} e2e tok/s", f(pt8["e2e_tok_s"]) if has_pt else na, "", ""],
         [f"pytorch static batch {BATCH} decode tok/s", f(pt8["decode_tok_s"]) if has_pt else na, "", ""],
         [f"  engine / pytorch batch {BATCH} (e2e)", f(r8) + "x", ">= 1.0x", met("batch8_vs_pytorch_static8")],
+        [
+            f"{eng['long_whole']['long_tokens']}-token prompt arriving: 4 streams' longest gap s, "
+            "whole / chunked prefill",
+            f"{eng['long_whole']['max_gap_s']:.2f} / {eng['long_chunked']['max_gap_s']:.2f}",
+            "",
+            "",
+        ],
+        [
+            "  its TTFT s, whole / chunked",
+            f"{eng['long_whole']['ttft_long_s']:.2f} / {eng['long_chunked']['ttft_long_s']:.2f}",
+            "",
+            "",
+        ],
         [f"server {conc['clients']} streaming clients tok/s", f(conc["tok_s"]), "", ""],
         ["server TTFT p50 / p90 s", f"{conc['ttft_p50_s']:.2f} / {conc['ttft_p90_s']:.2f}", "", ""],
         ["server e2e latency p50 s", f(conc["e2e_p50_s"]), "", ""],

@@ -25,6 +25,10 @@ Batching design: one running batch with a *left-padded* KV cache, preallocated a
   columns [0, length] with an additive bias (0 for a real token, -inf for padding), so padding gets
   weight 0 and a row's result does not depend on who else is in the batch (up to float summation
   order). Capacity grows by half when full (one copy), not every step.
+- A prompt longer than `prefill_chunk` tokens is prefilled on its own, one chunk per scheduler step,
+  in a cache of its own that joins the batch after its last chunk: the running rows decode a token
+  between chunks, so a long prompt arriving does not stall every stream for its whole prefill (and
+  its attention bias is chunk x length, not length x length).
 - Each row carries its own position ids, so RoPE sees the positions the request would have alone.
 - Finished / cancelled rows are dropped and cache columns that are padding for every remaining row
   trimmed (one copy), so a long request leaving does not keep the batch wide.
@@ -63,6 +67,8 @@ FINISH_ERROR = "error"
 # At most this many (padded) prompt tokens go through one prefill forward: several waiting prompts
 # share a forward, so the time to first token does not grow a prefill per queued request.
 PREFILL_TOKENS = 4096
+# A longer prompt is prefilled this many tokens per step, between the running rows' decode steps.
+PREFILL_CHUNK = 256  # on 2 cores at the 0.3B shape: ~2 s of prefill between two decode steps
 
 
 @dataclass
@@ -465,6 +471,15 @@ class _Layer:
 
 
 @dataclass
+class _Filling:
+    """A long prompt being prefilled a chunk per step, into a cache of its own."""
+
+    request: _Request
+    cache: list[np.ndarray]
+    done: int = 0  # prompt tokens already in the cache
+
+
+@dataclass
 class _Batch:
     """The running rows and their shared left-padded KV cache.
 
@@ -498,6 +513,7 @@ class Engine:
         max_batch_size: int = 8,
         max_length: int | None = None,
         reference: bool = True,
+        prefill_chunk: int = PREFILL_CHUNK,
     ):
         self.model = model  # ERNIEKit's: the weights, and the reference forward of `full_logits`
         self.net = DenseForward(model)
@@ -506,11 +522,13 @@ class Engine:
             _release_linears(model)  # (~1 GB at the 0.3B shape); norms and embeddings stay shared
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
+        self.prefill_chunk = prefill_chunk
         self.max_length = max_length or int(getattr(model.config, "max_position_embeddings", 4096))
         # ERNIE 4.5 ends a chat turn with <|end_of_sentence|> and a document with </s>: either ends
         eos = [getattr(tokenizer, "eos_token_id", None), getattr(tokenizer, "sep_token_id", None)]
         self.eos_token_ids = {int(i) for i in eos if i is not None}
         self._batch = _Batch()
+        self._filling: _Filling | None = None
         self._waiting: deque[_Request] = deque()
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()  # guards _waiting and _cancelled (the cross-thread inbox)
@@ -655,12 +673,13 @@ class Engine:
 
     def has_work(self) -> bool:
         with self._lock:
-            return bool(self._waiting or self._batch.rows)
+            return bool(self._waiting or self._batch.rows or self._filling)
 
     # -- one scheduler step -------------------------------------------------------------------
 
     def step(self) -> int:
-        """Cancel, admit (prefill), decode one token for every running request, retire.
+        """Cancel, admit (prefill; the next chunk of a long prompt), decode one token for every
+        running request, retire.
 
         Returns the number of requests still running.
         """
@@ -668,6 +687,8 @@ class Engine:
             try:
                 self._apply_cancellations()
                 self._admit()
+                if self._filling is not None:
+                    self._fill()
                 if self._batch.rows:
                     self._decode()
             except Exception as err:  # a failed forward fails its requests, not the engine thread
@@ -681,6 +702,9 @@ class Engine:
             for request in [r for r in self._waiting if r.id in cancelled]:
                 self._waiting.remove(request)
                 self._finish(request, FINISH_CANCELLED)
+        if self._filling is not None and self._filling.request.id in cancelled:
+            self._finish(self._filling.request, FINISH_CANCELLED)
+            self._filling = None
         gone = [i for i, r in enumerate(self._batch.rows) if r.id in cancelled]
         for i in gone:
             self._finish(self._batch.rows[i], FINISH_CANCELLED)
@@ -688,13 +712,23 @@ class Engine:
             self._retire()
 
     def _admit(self) -> None:
-        """Prefill waiting requests into free rows, several prompts per forward."""
-        while len(self._batch.rows) < self.max_batch_size:
+        """Prefill waiting requests into free rows: short prompts several per forward; the first
+        long one (over `prefill_chunk` tokens) starts filling, a chunk per step (`_fill`)."""
+        while True:
             with self._lock:
-                free = self.max_batch_size - len(self._batch.rows)
-                if not self._waiting:
+                free = self.max_batch_size - len(self._batch.rows) - (self._filling is not None)
+                if free <= 0 or not self._waiting:
                     return
-                group = _prefill_group(list(self._waiting)[:free], PREFILL_TOKENS)
+                long = [r for r in self._waiting if len(r.prompt) > self.prefill_chunk]
+                if long and self._filling is None:
+                    self._waiting.remove(long[0])
+                    cache = self.net.new_cache(1, _with_room(len(long[0].prompt)))
+                    self._filling = _Filling(long[0], cache)
+                    continue
+                short = [r for r in self._waiting if len(r.prompt) <= self.prefill_chunk][:free]
+                if not short:
+                    return
+                group = _prefill_group(short, PREFILL_TOKENS)
                 for request in group:
                     self._waiting.remove(request)
             try:
@@ -739,6 +773,34 @@ class Engine:
             np.asarray([len(group[i].prompt) for i in keep], dtype=np.int64),
             width,
         )
+        self._batch = _merge(self._batch, new) if self._batch.rows else new
+
+    def _fill(self) -> None:
+        """Feed the long prompt its next chunk; after the last, sample its first token and let it
+        join the batch (its cache right-aligned with the running rows', as a prefill group's)."""
+        assert self._filling is not None
+        request, cache, at = self._filling.request, self._filling.cache, self._filling.done
+        end = min(at + self.prefill_chunk, len(request.prompt))
+        positions = np.arange(at, end)
+        causal = np.arange(end)[None, :] <= positions[:, None]  # [chunk, end]
+        bias = np.where(causal, np.float32(0), np.float32(-np.inf))[None]
+        try:
+            ids = np.asarray([request.prompt[at:end]], dtype=np.int64)
+            logits = self.net.forward(ids, positions[None], bias, cache, at)
+        except Exception as err:  # the request is in neither the queue nor the batch: fail it here
+            self._filling = None
+            self._finish(request, FINISH_ERROR, f"{type(err).__name__}: {err}", flush=False)
+            raise
+        self._filling.done = end
+        if end < len(request.prompt):
+            return
+        self._filling = None
+        self._accept(request, logits[0])
+        if request.finish_reason is not None:
+            return
+        valid = np.full((1, cache[0].shape[2]), -np.inf, dtype=np.float32)
+        valid[:, :end] = 0
+        new = _Batch([request], cache, valid, np.asarray([end], dtype=np.int64), end)
         self._batch = _merge(self._batch, new) if self._batch.rows else new
 
     def _decode(self) -> None:

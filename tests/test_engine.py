@@ -79,6 +79,45 @@ def test_long_decode_past_the_cache_capacity_matches_full_forward(engine):
         np.testing.assert_allclose(np.stack(r.logits), full[start : start + 48], atol=1e-4, rtol=0)
 
 
+def test_a_long_prompt_prefilled_in_chunks_matches_full_forward(engine, alone, monkeypatch):
+    # chunks of 5 tokens: the 11-token prompt takes three steps (5, 5, 1) before its first token
+    monkeypatch.setattr(engine, "prefill_chunk", 5)
+    r = engine.generate([PROMPTS[1]], greedy(16, return_logits=True))[0]
+    assert len(r.prompt_token_ids) == 11
+    full = engine.full_logits(r.prompt_token_ids + r.token_ids)
+    start = len(r.prompt_token_ids) - 1
+    np.testing.assert_allclose(np.stack(r.logits), full[start : start + 16], atol=1e-4, rtol=0)
+    assert r.token_ids == alone[1].token_ids
+
+
+def test_running_rows_keep_decoding_while_a_long_prompt_fills(engine, alone, monkeypatch):
+    monkeypatch.setattr(engine, "prefill_chunk", 3)
+    short = engine.submit(PROMPTS[2], greedy(16))  # "alpha": within one chunk, prefilled at once
+    engine.step()
+    long = engine.submit(PROMPTS[1], greedy(16))  # 11 tokens: four chunks (3, 3, 3, 2)
+    produced, waited = [], []
+    for _ in range(4):
+        before = len(short._request.output)
+        engine.step()
+        produced.append(len(short._request.output) - before)
+        waited.append(len(long._request.output))
+    assert produced == [1, 1, 1, 1]  # one token per step for the running row, chunk after chunk
+    # nothing until its last chunk; then its first token, and a second from the same step's decode
+    assert waited == [0, 0, 0, 2]
+    assert short.result().token_ids == alone[2].token_ids
+    assert long.result().token_ids == alone[1].token_ids
+
+
+def test_cancel_while_a_long_prompt_fills(engine, monkeypatch):
+    monkeypatch.setattr(engine, "prefill_chunk", 3)
+    handle = engine.submit(PROMPTS[1], greedy(16))
+    engine.step()
+    engine.cancel(handle.request_id)
+    result = handle.result()
+    assert (result.finish_reason, result.token_ids) == ("cancelled", [])
+    assert not engine.has_work()
+
+
 def test_rows_finishing_at_prefill_leave_the_others_exact(engine, alone):
     # prompts prefilled together; the ones done after their first token leave the group at once
     params = [greedy(1), greedy(16), greedy(1), greedy(16)]
