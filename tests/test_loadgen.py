@@ -76,6 +76,18 @@ def test_latencies_start_when_the_request_is_written():
         assert reply.send_lag == reply.sent - reply.start
 
 
+def test_a_busy_client_is_reported(monkeypatch, capsys):
+    with serve_in_thread() as server:
+        monkeypatch.setattr(loadgen, "BUSY_CLIENT", 10.0)  # never
+        result = run(server.url, [4], 40)
+        assert result.levels[0].client_cpu > 0 and "used" not in capsys.readouterr().out
+        monkeypatch.setattr(loadgen, "BUSY_CLIENT", 0.0)  # any use of the CPU counts as busy
+        result = run(server.url, [4], 40)
+    out = capsys.readouterr().out
+    assert f"at concurrency 4 this client used {result.levels[0].client_cpu:.0%} of a core" in out
+    assert result.to_dict()["levels"][0]["client_cpu"] == round(result.levels[0].client_cpu, 3)
+
+
 def test_goodput_counts_the_requests_meeting_the_slo():
     # one at a time, odd arrivals wait 80 ms for their first token: exactly half miss a 40 ms TTFT
     def plan(index: int, body: dict) -> Behaviour:

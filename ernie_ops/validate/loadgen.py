@@ -63,6 +63,7 @@ WORDS = tuple(
     true leave color red friends easy""".split()
 )
 ERRORS_KEPT = 5  # distinct error messages kept per level
+BUSY_CLIENT = 0.9  # of a core: above it, a level's figures may be this client's limit
 CANCELLED = "cancelled: the level's time limit was reached"
 
 
@@ -357,6 +358,7 @@ class Level:
     itl_ms: Stats = field(default_factory=Stats)
     e2e_ms: Stats = field(default_factory=Stats)
     send_lag_ms: Stats = field(default_factory=Stats)  # this client's queueing, not in the latencies
+    client_cpu: float = 0.0  # of one core, used by this process during the level
     errors: dict[str, int] = field(default_factory=dict)  # the first few distinct messages, counted
     replies: list[Reply | None] = field(default_factory=list, repr=False)  # per planned request; not in JSON
 
@@ -366,6 +368,7 @@ class Level:
             out[key] = dict(out[key].__dict__)
         for key in (
             "duration_s",
+            "client_cpu",
             "request_throughput",
             "output_throughput",
             "total_token_throughput",
@@ -524,8 +527,17 @@ async def run(
             await run_level(client, endpoint, warm, min(options.levels), options, progress=False)
         for concurrency in options.levels:
             planned = workload.requests(requests_per_level(options, concurrency))
+            cpu = time.process_time()
             replies, duration = await run_level(client, endpoint, planned, concurrency, options)
-            result.levels.append(summarize(concurrency, planned, replies, duration, options.slo))
+            level = summarize(concurrency, planned, replies, duration, options.slo)
+            level.client_cpu = (time.process_time() - cpu) / duration if duration > 0 else 0.0
+            result.levels.append(level)
+            if level.client_cpu > BUSY_CLIENT:
+                say(
+                    f"bench: at concurrency {concurrency} this client used {level.client_cpu:.0%} of a "
+                    "core: the figures may be the client's limit, not the server's (fewer levels, "
+                    "or a second bench process on another core)"
+                )
     return result
 
 
@@ -673,13 +685,15 @@ def text_report(result: BenchResult) -> str:
 
 
 def _lag_note(result: BenchResult) -> str:
-    """The generator's own queueing per level: large values mean the client, not the server, was busy."""
+    """The generator's own queueing and CPU per level: large values mean the client, not the
+    server, was busy."""
     lags = ", ".join(
         f"c={lv.concurrency} {_ms(lv.send_lag_ms.p50)}/{_ms(lv.send_lag_ms.p99)}" for lv in result.levels
     )
+    cpu = ", ".join(f"c={lv.concurrency} {lv.client_cpu:.0%}" for lv in result.levels)
     return (
         f"latencies start when a request is written; before that it waited in this client "
-        f"(send lag p50/p99 ms: {lags})"
+        f"(send lag p50/p99 ms: {lags}); this client's CPU, of one core: {cpu}"
     )
 
 
