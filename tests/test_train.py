@@ -183,6 +183,40 @@ def test_a_killed_run_resumes_to_the_same_final_step(repo, tiny_dense, tmp_path)
 
 
 @pytest.mark.slow
+def _checkpoint(path: Path, optimizer_index: str | None) -> Path:
+    """A unified checkpoint as PaddleFormers writes it: weights and optimizer state in safetensors
+    shards named by index files, beside trainer_state.json."""
+    path.mkdir(parents=True)
+    (path / "trainer_state.json").write_text("{}")
+    (path / "model-00001-of-00001.safetensors").write_bytes(b"w")
+    index = {"metadata": {}, "weight_map": {"embed": "model-00001-of-00001.safetensors"}}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    (path / "optimizer-00001-of-00001.safetensors").write_bytes(b"o")
+    if optimizer_index is not None:
+        (path / "optimizer.safetensors.index.json").write_text(optimizer_index)
+    return path
+
+
+def test_a_checkpoint_cut_short_mid_save_is_not_resumed_from(tmp_path):
+    # seen in a CI run: SIGINT while checkpoint-15 was saved left its weights and trainer state
+    # beside an empty optimizer index, and PaddleFormers' resume failed parsing it
+    from ernie_ops.train.run import checkpoint_complete, set_aside_incomplete
+
+    whole = json.dumps({"weight_map": {"m": "optimizer-00001-of-00001.safetensors"}, "master_weights": {}})
+    missing = json.dumps({"weight_map": {"m": "optimizer-00002-of-00002.safetensors"}})
+    out = tmp_path / "output"
+    cases = {"checkpoint-5": whole, "checkpoint-10": None, "checkpoint-15": "", "checkpoint-20": missing}
+    made = {name: _checkpoint(out / name, index) for name, index in cases.items()}
+    assert {n: checkpoint_complete(p) for n, p in made.items()} == {
+        "checkpoint-5": True,
+        "checkpoint-10": True,  # no optimizer index (weights only): nothing to contradict
+        "checkpoint-15": False,
+        "checkpoint-20": False,
+    }
+    assert sorted(set_aside_incomplete(out)) == ["checkpoint-15", "checkpoint-20"]
+    assert (out / "checkpoint-15.incomplete").is_dir() and not (out / "checkpoint-15").exists()
+
+
 def test_a_run_whose_every_example_is_skipped_is_stopped_not_hung(cli, repo, tiny_dense, tmp_path):
     runs = tmp_path / "runs"
     start = time.monotonic()

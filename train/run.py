@@ -155,11 +155,26 @@ def fingerprint(values: dict[str, Any]) -> list[DataFile]:
 
 
 def checkpoint_complete(path: Path) -> bool:
-    """A checkpoint ERNIEKit can resume from: its trainer state and weights were fully written."""
+    """A checkpoint ERNIEKit can resume from: its trainer state and weights were fully written, and
+    every sharded-state index in it (weights, optimizer) parses and names only shards on disk. A
+    kill mid-save has been seen to leave trainer_state.json and the weights beside an empty
+    optimizer index, which PaddleFormers' resume then fails to parse."""
     if not (path / "trainer_state.json").is_file():
         return False
     weights = ("model.safetensors.index.json", "peft_model.safetensors.index.json", "model_state.pdparams")
-    return any((path / w).is_file() for w in weights) or (path / "lora_model_state.pdparams").is_file()
+    if not any((path / w).is_file() for w in weights) and not (path / "lora_model_state.pdparams").is_file():
+        return False
+    return all(_index_whole(index) for index in path.glob("*.index.json"))
+
+
+def _index_whole(index: Path) -> bool:
+    try:
+        value = json.loads(index.read_text(encoding="utf-8"))
+        maps = [value.get("weight_map") or {}, value.get("master_weights") or {}]
+        shards = {f for m in maps if isinstance(m, dict) for f in m.values()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
+    return all(isinstance(f, str) and (index.parent / f).is_file() for f in shards)
 
 
 def set_aside_incomplete(output_dir: Path) -> list[str]:
