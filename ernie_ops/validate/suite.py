@@ -162,13 +162,20 @@ class Suite:
 
 def check_judge(name: str, what: str = "judge") -> str:
     """`name` when it is a judge, else a UserError naming the closest one."""
-    if name not in JUDGES:
-        guess = did_you_mean(name, list(JUDGES))
-        raise UserError(
-            f"unknown {what} {name!r}; expected one of {', '.join(JUDGES)}",
-            hint=f"did you mean {guess!r}?" if guess else None,
-        )
+    return _check_name(name, list(JUDGES), what)
+
+
+def _check_name(name: str, names: list[str], what: str) -> str:
+    if name not in names:
+        expected = f"expected one of {', '.join(names)}"
+        raise UserError(f"unknown {what} {name!r}; {expected}", hint=_guess(name, names))
     return name
+
+
+def _guess(value: Any, names: list[str]) -> str | None:
+    """ "did you mean 'x'?" for a string close to one of `names`, else None."""
+    guess = did_you_mean(value, names) if isinstance(value, str) else None
+    return f"did you mean {guess!r}?" if guess else None
 
 
 def load_suite(path: str | Path, default_judge: str = "exact", box_space: str = "pixels") -> Suite:
@@ -178,8 +185,7 @@ def load_suite(path: str | Path, default_judge: str = "exact", box_space: str = 
     Raises one UserError listing every problem, each `file:line: ...`."""
     path = Path(path)
     check_judge(default_judge, "default judge")
-    if box_space not in BOX_SPACES:
-        raise UserError(f"unknown box space {box_space!r}; expected one of {', '.join(BOX_SPACES)}")
+    _check_name(box_space, list(BOX_SPACES), "box space")
     suite = Suite(path, default_judge=default_judge)
     problems: list[str] = []
     seen: dict[str, int] = {}
@@ -244,12 +250,8 @@ def _check_item(
         return None
     for key in value:
         if key not in FIELDS:
-            guess = did_you_mean(key, FIELDS)
-            report(
-                f"unknown field {key!r}",
-                f"one of {', '.join(FIELDS)}",
-                f"did you mean {guess!r}?" if guess else "remove it",
-            )
+            fix = _guess(key, list(FIELDS)) or "remove it"
+            report(f"unknown field {key!r}", f"one of {', '.join(FIELDS)}", fix)
     item = SuiteItem(id=f"line-{line}", line=line)
     _check_identity(value, item, report)
     _check_request(value, item, base, report)
@@ -262,12 +264,7 @@ def _check_box_space(value: dict, item: SuiteItem, default: str, report: _Report
     """box_space of an iou item, and the size of the image its answer is scaled to."""
     space = value.get("box_space", default)
     if not isinstance(space, str) or space not in BOX_SPACES:
-        guess = did_you_mean(space, list(BOX_SPACES)) if isinstance(space, str) else None
-        report(
-            f"box_space is {space!r}",
-            f"one of {', '.join(BOX_SPACES)}",
-            f"did you mean {guess!r}?" if guess else None,
-        )
+        report(f"box_space is {space!r}", f"one of {', '.join(BOX_SPACES)}", _guess(space, list(BOX_SPACES)))
         return
     if item.judge != "iou" or BOX_SPACES[space] is None:
         return
@@ -396,12 +393,7 @@ def _check_scoring(value: dict, item: SuiteItem, default_judge: str, report: _Re
     """judge, the judge-specific fields and expected."""
     judge = value.get("judge", default_judge)
     if not isinstance(judge, str) or judge not in JUDGES:
-        guess = did_you_mean(judge, list(JUDGES)) if isinstance(judge, str) else None
-        report(
-            f"unknown judge {judge!r}",
-            f"one of {', '.join(JUDGES)}",
-            f"did you mean {guess!r}?" if guess else None,
-        )
+        report(f"unknown judge {judge!r}", f"one of {', '.join(JUDGES)}", _guess(judge, list(JUDGES)))
         return  # the rest depends on the judge
     item.judge = judge
     for key, judges in JUDGE_FIELDS.items():
