@@ -340,6 +340,16 @@ def test_a_missing_input_is_a_clear_error(action, cli, tmp_path):
     assert result.returncode == 2 and "no such file" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_gz_name_on_plain_text_is_a_clear_error_and_alike_reasons_count_together(cli, tmp_path):
+    (tmp_path / "plain.jsonl.gz").write_text('{"src": "a", "tgt": "b"}\n')
+    result = cli("data", "lint", str(tmp_path / "plain.jsonl.gz"))
+    assert result.returncode == 2 and "named .gz but not gzip-compressed" in result.stderr
+    assert "Traceback" not in result.stderr
+    (tmp_path / "bad.jsonl").write_bytes(b'{"src": "\xff"}\n{"src": "a\xc3"}\n')
+    result = cli("data", "lint", str(tmp_path / "bad.jsonl"))
+    assert "2 x not UTF-8 (byte 0x.. at column N)" in result.stdout
+
+
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 8, 13, 64])
 def test_blocks_hold_every_line_whole_and_numbered(size, tmp_path):
     """Lines longer than a block, blank lines, a block ending right at a newline, an unterminated

@@ -132,7 +132,12 @@ def _lint(args: argparse.Namespace) -> int:
         print(f"  histogram: {plot}")
     if records == 0:
         print("no records found", file=sys.stderr)
-    verdict = "ok" if ok else f"too many bad records ({fraction:.2%} > --max-bad {args.max_bad:.2%})"
+    if ok:
+        verdict = "ok"
+    elif records == 0:
+        verdict = "nothing to train on"
+    else:
+        verdict = f"too many bad records ({fraction:.2%} > --max-bad {args.max_bad:.2%})"
     print(f"{records} record(s), {bad} bad: {verdict}")
     return 0 if ok else 1
 

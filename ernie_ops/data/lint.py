@@ -96,8 +96,10 @@ class FileLint:
 
 
 def reason_kind(reason: str) -> str:
-    """A reason without its specifics, to count alike problems together."""
-    return re.sub(r"\d+", "N", re.sub(r"\[\d+\]", "[i]", reason))
+    """A reason without its specifics (indexes, byte values, line and column numbers), to count
+    alike problems together; numbers inside words such as UTF-8 stay."""
+    reason = re.sub(r"0x[0-9a-fA-F]+", "0x..", re.sub(r"\[\d+\]", "[i]", reason))
+    return re.sub(r"(?<![\w-])\d+(?![\w])", "N", reason)
 
 
 @dataclass(slots=True)

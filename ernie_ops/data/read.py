@@ -47,9 +47,17 @@ def require_file(path: Path) -> Path:
     return path
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 def open_binary(path: Path) -> IO[bytes]:
     require_file(path)
-    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")  # type: ignore[return-value]
+    if path.suffix != ".gz":
+        return path.open("rb")
+    with path.open("rb") as f:
+        if f.read(2) != GZIP_MAGIC:
+            raise UserError(f"{path}: named .gz but not gzip-compressed", hint="rename it without .gz")
+    return gzip.open(path, "rb")  # type: ignore[return-value]
 
 
 def is_json_array(path: Path) -> bool:
