@@ -47,6 +47,7 @@ setup(
         "pillow>=10",  # example suite images, the smoke test's PNG
         "scipy>=1.10",  # optimal box matching (linear_sum_assignment) for the iou judge
         "markdown-it-py>=3",  # reports: Markdown rendered to one self-contained HTML page
+        "psutil>=5.9",  # process trees and start times: supervision, run and port ownership
     ],
     extras_require={
         # CPU machines: Paddle CPU build + the ERNIEKit wheel that ships `ernie` (pins: constraints.txt)

@@ -22,6 +22,15 @@ class UserError(Exception):
         return text
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP ended the command. A KeyboardInterrupt, so every cleanup that runs on
+    Ctrl-C (temporary files, child processes, run records) runs for these signals too."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def did_you_mean(word: str, choices: list[str] | tuple[str, ...] | set[str]) -> str | None:
     """The closest choice to a misspelt word, or None when nothing is close."""
     import difflib

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+from types import FrameType
 
 from ernie_ops import __version__
 from ernie_ops.cli.base import Subcommand
@@ -26,7 +28,7 @@ from ernie_ops.cli.smoke import Smoke
 from ernie_ops.cli.tiny_model import TinyModel
 from ernie_ops.cli.train import Train
 from ernie_ops.cli.verify import Verify
-from ernie_ops.errors import UserError
+from ernie_ops.errors import Terminated, UserError
 from ernie_ops.log import setup_logging
 
 SUBCOMMANDS: tuple[type[Subcommand], ...] = (
@@ -122,11 +124,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     setup_logging(args.verbosity)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
     try:
         return int(args.handler.run(args) or 0)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Terminated as stop:
+        print(f"terminated by {signal.Signals(stop.signum).name}", file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -139,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {err.filename}" if err.filename else ""
         print(f"error: {err.strerror or err}{where}\n  hint: -v shows the traceback", file=sys.stderr)
         return 2
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    # once: a second signal during cleanup must not cut the cleanup short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    raise Terminated(signum)
 
 
 if __name__ == "__main__":

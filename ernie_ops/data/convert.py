@@ -16,8 +16,8 @@ import orjson
 
 from ernie_ops.data.formats import TARGETS, Conversation, Unsupported
 from ernie_ops.data.lint import Batch, Problem, parsed_batches, reason_kind
-from ernie_ops.data.write import atomic_output
 from ernie_ops.errors import UserError
+from ernie_ops.files import atomic_output
 
 
 @dataclass

@@ -6,8 +6,8 @@ import random
 from pathlib import Path
 
 from ernie_ops.data.read import open_binary
-from ernie_ops.data.write import atomic_output
 from ernie_ops.errors import UserError
+from ernie_ops.files import atomic_output
 
 
 def split_paths(source: Path, out_dir: Path | None) -> tuple[Path, Path]:

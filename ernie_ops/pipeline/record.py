@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ernie_ops.data.write import atomic_output
 from ernie_ops.errors import UserError
+from ernie_ops.files import atomic_output
 
 RECORD_FILE = "pipeline.json"
 STAGES = (

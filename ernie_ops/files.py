@@ -1,0 +1,129 @@
+"""Files the toolkit reads and writes: only regular files, never its own input, always atomically.
+
+Every command that writes user-visible output goes through `atomic_output`: the data appears under
+its name whole or not at all, a `.gz` name gets gzip, the file follows the umask, an existing target
+that is not a regular file (a FIFO, `/dev/null`) or that is one of the command's inputs (also
+through symlinks and hard links) is refused before anything is written, and the temporary file is
+deleted on any exception, Ctrl-C, and the SIGTERM / SIGHUP that `ernie_ops.cli.main` turns into
+exceptions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import gzip
+import os
+import stat
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO
+
+from ernie_ops.errors import UserError
+
+PathLike = str | os.PathLike[str]
+
+
+def regular_file(path: PathLike, what: str = "file") -> Path:
+    """PATH if it names a readable regular file (through symlinks); a UserError naming it otherwise.
+
+    A FIFO would block the reader forever and `/dev/zero` would be read until memory runs out, so
+    neither is opened."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} does not exist", hint="check the path") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UserError(
+                f"{what} {path} is a symlink loop", hint="point the link at a real file"
+            ) from None
+        raise UserError(f"cannot read {what} {path}: {err.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UserError(f"{what} {path} is a directory", hint="name a file inside it")
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(
+            f"{what} {path} is not a regular file ({_kind(st.st_mode)})",
+            hint="copy the data into a regular file first",
+        )
+    return path
+
+
+def check_output(path: PathLike, inputs: Iterable[PathLike] = ()) -> Path:
+    """PATH if writing it replaces neither an input nor something that is not a regular file."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return path  # nothing there yet (a dangling symlink is replaced, as `mv` would)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UserError(f"output {path} is a symlink loop", hint="remove it or write elsewhere") from None
+        raise UserError(f"cannot write {path}: {err.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(
+            f"output {path} exists and is not a regular file ({_kind(st.st_mode)}); it is not replaced",
+            hint="write to a regular file",
+        )
+    for source in inputs:
+        with contextlib.suppress(OSError):
+            if os.path.samefile(source, path):
+                raise UserError(
+                    f"output {path} is the input {source}: writing it would destroy the input",
+                    hint="write to another file",
+                )
+    return path
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a file"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_output(
+    path: PathLike, inputs: Iterable[PathLike] = (), compress: bool | None = None
+) -> Iterator[IO[bytes]]:
+    """A binary file object whose content replaces PATH only when the block ends without an error.
+
+    `compress` defaults to the name: `.gz` is written as gzip."""
+    path = check_output(path, inputs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask like any file
+        with os.fdopen(fd, "wb", buffering=1 << 20) as raw:
+            if compress if compress is not None else path.name.endswith(".gz"):
+                # mtime=0: the same data gives the same bytes (fingerprints, caches)
+                with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) as gz:
+                    yield gz  # type: ignore[misc]
+            else:
+                yield raw
+        check_output(path, inputs)  # nothing became a FIFO or an input while we wrote
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: PathLike, text: str, inputs: Iterable[PathLike] = ()) -> Path:
+    """`Path.write_text`, atomically and with the checks of `atomic_output`."""
+    with atomic_output(path, inputs, compress=False) as f:
+        f.write(text.encode("utf-8"))
+    return Path(path)
