@@ -10,6 +10,8 @@ from typing import Any
 from ernie_ops.cli.base import Subcommand, add_endpoint_arguments, endpoint_from, positive_float, positive_int
 from ernie_ops.errors import UserError
 
+SHOWN_FAILURES = 5  # items below 1.0 printed on the console (the report lists more)
+
 
 class Eval(Subcommand):
     name = "eval"
@@ -172,16 +174,19 @@ def _run(endpoint: Any, suite: Any, args: argparse.Namespace, log: Any) -> Any:
 
 def _print_summary(candidate: Any, baseline: Any, verdict: Any, log: Any) -> None:
     from ernie_ops.text import format_table
-    from ernie_ops.validate.evaluate import failures, summary_rows
+    from ernie_ops.validate.evaluate import and_more, failures, summary_rows
 
     for report in (baseline, candidate):
         if report is None:
             continue
         print(f"\n{report.model} at {report.endpoint}: score {report.score:.3f}", file=log)
         print(format_table(summary_rows(report), right={1, 2, 3, 4, 5}), file=log)
-        for item in failures(report, limit=5):
+        bad = failures(report)
+        for item in bad[:SHOWN_FAILURES]:
             why = item["error"] or item["detail"]
             print(f"  below 1.0: {item['id']} ({item['judge']} {item['score']:.2f}): {why}", file=log)
+        if more := and_more(len(bad), SHOWN_FAILURES):
+            print(f"  {more}", file=log)
     if verdict is not None:
         state = "PASS" if verdict.passed else "FAIL: " + ", ".join(m.metric for m in verdict.regressions)
         print(f"\ncompare (max drop {verdict.max_drop:g}): {state}", file=log)

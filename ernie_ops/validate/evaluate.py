@@ -21,6 +21,8 @@ from ernie_ops.validate.client import Endpoint, Reply, request, resolve_model, s
 from ernie_ops.validate.judges import Score, failed, score, summarize
 from ernie_ops.validate.suite import Suite, SuiteItem
 
+LISTED = 20  # items below 1.0 the report lists (results.jsonl has them all)
+
 
 @dataclass
 class EvalReport:
@@ -137,10 +139,15 @@ def summary_rows(report: EvalReport) -> list[list[str]]:
     return rows
 
 
-def failures(report: EvalReport, limit: int = 20) -> list[dict[str, Any]]:
+def failures(report: EvalReport) -> list[dict[str, Any]]:
     """Items that scored below 1, worst first (request errors first of all)."""
     bad = [i for i in report.items if i["error"] or i["score"] < 1.0]
-    return sorted(bad, key=lambda i: (i["error"] is None, i["score"]))[:limit]
+    return sorted(bad, key=lambda i: (i["error"] is None, i["score"]))
+
+
+def and_more(total: int, shown: int) -> str:
+    """The line under a listing cut short, so no reader takes it for all of them ("" when it is)."""
+    return f"... and {total - shown} more below 1.0 (results.jsonl has every item)" if total > shown else ""
 
 
 def plot_scores(report: EvalReport, path: Path, baseline: EvalReport | None = None) -> Path:
@@ -190,8 +197,12 @@ def markdown(report: EvalReport, plot: str | None = None) -> str:
     bad = failures(report)
     if bad:
         rows: list[list[object]] = [["id", "judge", "score", "why", "prediction"]]
-        for i in bad:
+        for i in bad[:LISTED]:
             shown = " ".join(str(i["prediction"]).split())
             rows.append([i["id"], i["judge"], f"{i['score']:.2f}", i["error"] or i["detail"], shown[:80]])
-        lines += [f"\nItems below 1.0 (worst first, at most {len(bad)}):\n", md_table(rows)]
+        more = and_more(len(bad), LISTED)
+        lines += [
+            f"\n{len(bad)} items below 1.0, worst first:\n",
+            md_table(rows) + (f"\n{more}\n" if more else ""),
+        ]
     return "\n".join(lines)
