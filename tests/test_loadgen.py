@@ -54,7 +54,9 @@ def test_known_workload_gives_exact_counts_and_the_servers_delays():
 def test_latencies_start_when_the_request_is_written():
     # the client's timestamps against the null server's own (same CLOCK_MONOTONIC): the request is
     # written after it was due and before the server has it; the first chunk is written before it
-    # arrives; TTFT and E2E are measured from the write, and the lag before it is reported apart
+    # arrives; TTFT and E2E are measured from the write, and the lag before it is reported apart.
+    # Each side stamps a write just before making it, so the order holds on a loaded machine too
+    # (the server stamped after its write: under load the client read it first, 5 runs in 20)
     with serve_in_thread(Behaviour(delay_ms=5)) as server:
         endpoint = Endpoint.parse(server.url, model="null-model")
 

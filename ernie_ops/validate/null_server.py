@@ -12,7 +12,10 @@ Endpoints: `GET /health`, `GET /v1/models`, `POST /v1/chat/completions` and `/v1
 `stream_options.include_usage`), and `GET /v1/null/timestamps[?clear=1]`: per request, the server's
 `time.perf_counter_ns()` at arrival (request fully read), first output chunk written and last byte
 written. On Linux that clock is CLOCK_MONOTONIC, the same in every process, so a client in another
-process can compare its own `time.perf_counter()` readings with them. The request's `user` field
+process can compare its own `time.perf_counter()` readings with them. A write is stamped just
+before it happens (the client may read the bytes before this thread runs again), as the client
+stamps its request just before writing it: client and server times keep their order by
+construction, however loaded the machine. The request's `user` field
 (standard OpenAI) is recorded with them to match client and server records.
 """
 
@@ -259,8 +262,8 @@ class _Connection(asyncio.Protocol):
         server.records.append(record)
         plan = server.behaviour(record.index, body)
         if plan.status != 200:
-            self.transport.write(_error(plan.status, f"null server: planned HTTP {plan.status}"))
             record.last_ns = time.perf_counter_ns()
+            self.transport.write(_error(plan.status, f"null server: planned HTTP {plan.status}"))
             return
         enc = server.encoded(chat, str(body.get("model") or server.model))
         usage = None
@@ -272,8 +275,8 @@ class _Connection(asyncio.Protocol):
         elif plan.delay_ms <= 0 and not plan.ttft_ms:
             # everything at once: one write, the client parses the chunks as fast as it can
             first = STREAM_HEAD + b"\r\n" + enc.opening
-            self.transport.write(first + b"".join(enc.tokens(k)) + (usage or b"") + enc.done)
             record.first_ns = record.last_ns = time.perf_counter_ns()
+            self.transport.write(first + b"".join(enc.tokens(k)) + (usage or b"") + enc.done)
         else:
             self.streaming = asyncio.ensure_future(self._stream(enc, k, usage, plan, record))
 
@@ -289,8 +292,8 @@ class _Connection(asyncio.Protocol):
         reply = {**enc.base, "object": "chat.completion" if enc.chat else "text_completion"}
         reply["choices"] = [choice | {"finish_reason": "length"}]
         reply["usage"] = usage
-        self.transport.write(_response(200, orjson.dumps(reply)))
         record.first_ns = record.last_ns = time.perf_counter_ns()
+        self.transport.write(_response(200, orjson.dumps(reply)))
 
     async def _stream(
         self, enc: _Encoded, k: int, usage: bytes | None, plan: Behaviour, record: Record
@@ -304,11 +307,11 @@ class _Connection(asyncio.Protocol):
                     await asyncio.sleep(delay / 1000)
                 if self.transport is None:
                     return
-                self.transport.write(token)
                 if i == 0:
                     record.first_ns = time.perf_counter_ns()
-            self.transport.write((usage or b"") + enc.done)
+                self.transport.write(token)
             record.last_ns = time.perf_counter_ns()
+            self.transport.write((usage or b"") + enc.done)
         finally:
             self.streaming = None
         self._next()
