@@ -28,6 +28,7 @@ from typing import Any
 
 from ernie_ops.catalog import GENERATION_DEFAULTS
 from ernie_ops.errors import UserError
+from ernie_ops.proc import die_with_parent
 from ernie_ops.text import strip_ansi
 from ernie_ops.train.record import EXPORT_DIR, LOG_DIR, RECIPE_FILE, RunRecord, checkpoints
 from ernie_ops.train.verify import (
@@ -105,7 +106,7 @@ def _require_succeeded(record: RunRecord) -> None:
         return
     why = f": {record.failure}" if record.failure else ""
     raise UserError(
-        f"run {record.name} did not succeed (status {record.status}{why}); there is nothing to export",
+        f"run {record.name} did not succeed (status {record.describe_status()}{why}); nothing to export",
         where=record.run_dir,
         hint=f"see {Path(record.run_dir) / LOG_DIR / 'train.log'}; export a run whose status is succeeded",
     )
@@ -245,7 +246,9 @@ def _run_logged(cmd: list[str], log_file: Path, cwd: Path, timeout: float | None
     with log_file.open("w", encoding="utf-8") as out:
         out.write("$ " + " ".join(cmd) + "\n")
         out.flush()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env, preexec_fn=die_with_parent()
+        )
         try:
             return proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired as err:

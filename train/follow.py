@@ -2,7 +2,8 @@
 
 The watchdog stops a run that stops making progress (no new log line for `stall_seconds`) or whose
 data-loader thread died (ERNIEKit's main process then waits forever, see shared reference), and
-says what it saw. Ctrl-C (or SIGTERM) stops the whole process tree.
+says what it saw. Ctrl-C (or SIGTERM, SIGHUP) stops the whole process tree, and the trainer dies
+with `ernie-ops` even when that is killed outright. A disk too full for the log stops the run.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from ernie_ops.proc import die_with_parent
 from ernie_ops.text import strip_ansi
 
 STEP = re.compile(r"\bloss: (?P<loss>[-+\w.]+), learning_rate: (?P<lr>[-+\w.]+), global_step: (?P<step>\d+)")
@@ -44,6 +46,7 @@ class Outcome:
     failure: str | None = None
     last_step: int | None = None
     tail: list[str] = field(default_factory=list)
+    signum: int | None = None  # the signal that interrupted it (SIGINT for Ctrl-C)
 
 
 @dataclass
@@ -100,8 +103,12 @@ class Follower:
             self._write(record)
 
     def _write(self, record: dict[str, Any]) -> None:
-        with self.metrics_path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with self.metrics_path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as err:
+            err.filename = err.filename or str(self.metrics_path)  # a failed write names no file
+            raise
 
 
 def _numbers(text: str) -> dict[str, Any]:
@@ -117,10 +124,20 @@ def _numbers(text: str) -> dict[str, Any]:
 
 
 def _pump(stream: IO[str], lines: queue.Queue, log: IO[str]) -> None:
-    for line in stream:
-        log.write(line)
-        log.flush()
-        lines.put(line)
+    """Copy the trainer's output to the log and the watcher. A log that cannot be written (a full
+    disk) ends the pump with the error: the watcher then stops the run instead of waiting on a
+    trainer blocked on a pipe nobody reads."""
+    try:
+        for line in stream:
+            log.write(line)
+            log.flush()
+            lines.put(line)
+    except OSError as err:
+        err.filename = err.filename or getattr(log, "name", None)  # a failed write names no file
+        lines.put(err)
+        return
+    except ValueError:  # the log was closed: supervise() is over, nobody listens
+        return
     lines.put(None)
 
 
@@ -146,9 +163,16 @@ def supervise(
     follower: Follower,
     stall_seconds: float,
     cwd: Path | None = None,
+    *,
+    death_signal: int = signal.SIGKILL,
+    pass_fds: tuple[int, ...] = (),
 ) -> Outcome:
-    """Run the command to its end, the watchdog's verdict, or Ctrl-C; never hang."""
-    with follower.log_path.open("a", encoding="utf-8") as log:
+    """Run the command to its end, the watchdog's verdict, or Ctrl-C / SIGTERM / SIGHUP; never hang.
+
+    The child gets DEATH_SIGNAL when this process dies, even by SIGKILL (SIGTERM for a launcher
+    that must take its workers down itself); PASS_FDS (lock descriptors) are inherited by it."""
+    log = follower.log_path.open("a", encoding="utf-8")
+    try:
         process = subprocess.Popen(
             command,
             env=env,
@@ -158,25 +182,33 @@ def supervise(
             text=True,
             errors="replace",
             start_new_session=True,  # its own process group: one signal reaches every worker
+            preexec_fn=die_with_parent(death_signal),
+            pass_fds=pass_fds,
         )
-        lines: queue.Queue = queue.Queue()
-        assert process.stdout is not None
-        threading.Thread(target=_pump, args=(process.stdout, lines, log), daemon=True).start()
-        previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
-        try:
-            return _watch(process, lines, follower, stall_seconds)
-        except KeyboardInterrupt:
-            kill_tree(process)
-            return Outcome(
-                process.returncode, "interrupted", "interrupted (Ctrl-C or SIGTERM)", follower.last_step
-            )
-        finally:
-            signal.signal(signal.SIGTERM, previous_term)
-            kill_tree(process)
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+    except BaseException:
+        log.close()
+        raise
+    lines: queue.Queue = queue.Queue()
+    assert process.stdout is not None
+    pump = threading.Thread(target=_pump, args=(process.stdout, lines, log), daemon=True)
+    pump.start()
+    try:
+        return _watch(process, lines, follower, stall_seconds)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or Terminated (SIGTERM, SIGHUP)
+        kill_tree(process)
+        signum = getattr(stop, "signum", signal.SIGINT)
+        why = (
+            "interrupted (Ctrl-C)"
+            if signum == signal.SIGINT
+            else f"terminated by {signal.Signals(signum).name}"
+        )
+        tail = list(follower.tail)
+        return Outcome(process.returncode, "interrupted", why, follower.last_step, tail, signum)
+    finally:
+        kill_tree(process)
+        pump.join(timeout=10)  # the pipe ends with the process tree; then nothing writes the log
+        with contextlib.suppress(OSError):  # a full disk fails the last flush: the run is over anyway
+            log.close()
 
 
 def _watch(
@@ -188,10 +220,18 @@ def _watch(
             line = lines.get(timeout=1.0)
         except queue.Empty:
             line = ""
-        if line is None:
-            finished = True
-        elif line:
-            follower.feed(line)
+        try:
+            if isinstance(line, Exception):
+                raise line
+            if line is None:
+                finished = True
+            elif line:
+                follower.feed(line)
+        except OSError as err:  # the log or metrics file cannot be written: the record would be lost
+            kill_tree(process)
+            where = f" {err.filename}" if err.filename else ""
+            why = f"cannot write{where}: {err.strerror or err}; stopped the run (free space, then resume it)"
+            return Outcome(process.returncode, "failed", why, follower.last_step, list(follower.tail))
         now = time.monotonic()
         if follower.skipping_everything:
             kill_tree(process)

@@ -6,6 +6,7 @@ Layout of a run directory (`runs/<name>-<timestamp>/` by default):
     logs/           ERNIEKit's console log (train.log) and, on GPUs, its worker logs
     metrics.jsonl   one JSON object per logged step (step, loss, learning_rate, ...)
     loss.png        the loss curve, written at the end
+    run.lock        held (flock) by `ernie-ops train` and its trainer while the run is live
     output/         ERNIEKit's output_dir (unless the recipe names another one; run.json says which)
     export/         the servable checkpoint `ernie-ops export` writes (merged LoRA, or the full one)
 
@@ -15,16 +16,18 @@ Serve and eval read `run.json` back, so the lineage from data to endpoint is one
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ernie_ops.errors import UserError
+from ernie_ops.files import write_text_atomic
+from ernie_ops.proc import Lock, Owner
 
 RUN_FILE = "run.json"
+RUN_LOCK = "run.lock"
+OWNER_GONE = "owner gone"  # recorded running, but nobody holds its lock: killed before recording an end
 RECIPE_FILE = "recipe.yaml"
 LOG_DIR = "logs"
 TRAIN_LOG = "train.log"
@@ -38,6 +41,12 @@ STATUSES = ("created", "running", "succeeded", "failed", "stopped", "interrupted
 
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")  # ERNIEKit's periodic checkpoints in output_dir
+
+
+def output_lock(output_dir: Path) -> Path:
+    """The lock of an output_dir outside its run directory, beside it (not in it: the directory may be
+    pushed to a hub as the checkpoint itself)."""
+    return output_dir.parent / f".{output_dir.name}.ernie-ops.lock"
 
 
 def checkpoints(output_dir: Path) -> list[Path]:
@@ -102,16 +111,31 @@ class RunRecord:
     def is_lora(self) -> bool:
         return self.fine_tuning.lower() == "lora"
 
+    @property
+    def lock(self) -> Path:
+        return self.path / RUN_LOCK
+
+    def owner(self) -> Owner | None:
+        """The live process that holds this run (ernie-ops train or its trainer), if any."""
+        return Lock.holder(self.lock)
+
+    def live_status(self) -> str:
+        """The status as it is now: a run recorded `running` whose lock nobody holds lost its owner
+        (killed by SIGKILL, a lost node) before it could record how it ended."""
+        if self.status == "running" and self.owner() is None:
+            return OWNER_GONE
+        return self.status
+
+    def describe_status(self) -> str:
+        status = self.live_status()
+        if status != OWNER_GONE:
+            return status
+        last = Lock.last_owner(self.lock)
+        return f"{OWNER_GONE} (was {last.describe()})" if last else OWNER_GONE
+
     def save(self) -> Path:
         """Write run.json atomically (a crash never leaves half a record)."""
-        target = self.path / RUN_FILE
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".run.", suffix=".json")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(asdict(self), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, target)
-        return target
+        return write_text_atomic(self.path / RUN_FILE, json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
     def load(cls, run_dir: Path | str) -> RunRecord:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
+import itertools
 import json
 import logging
+import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -18,17 +22,22 @@ import yaml
 
 from ernie_ops import __version__
 from ernie_ops.errors import UserError
+from ernie_ops.files import atomic_output, write_text_atomic
+from ernie_ops.proc import Lock
 from ernie_ops.train.follow import Follower, Outcome, supervise
 from ernie_ops.train.launch import build_command, detect_gpus, launch_env
 from ernie_ops.train.record import (
     LOG_DIR,
     LOSS_PLOT,
     METRICS_FILE,
+    OWNER_GONE,
     RECIPE_FILE,
+    RUN_LOCK,
     TRAIN_LOG,
     DataFile,
     RunRecord,
     checkpoints,
+    output_lock,
 )
 
 log = logging.getLogger(__name__)
@@ -201,24 +210,95 @@ def final_checkpoint(output_dir: Path) -> Path | None:
 # --------------------------------------------------------------------------------------------
 # the run
 
+SPACE_RESERVE = ".space-reserve"  # freed at the end, so a full disk still lets the run record its end
+RESERVE_BYTES = 1 << 20
 
-def prepare(options: TrainOptions) -> tuple[RunRecord, str, list[str]]:
-    """A new run: check the recipe, create the run directory, write the resolved recipe."""
+
+def _check(recipe: Path, overrides: tuple[str, ...], gpus: int | None, nnodes: int) -> None:
     from ernie_ops.recipe.check import check_recipe
 
-    assert options.recipe is not None
-    gpus = detect_gpus() if options.gpus is None else options.gpus
-    report = check_recipe(options.recipe, options.overrides, gpus=len(gpus) or None, nnodes=options.nnodes)
+    report = check_recipe(recipe, overrides, gpus=gpus, nnodes=nnodes)
     for problem in report.problems:
         print(problem.render(), file=sys.stderr)
     if report.errors:
-        raise CheckFailed(
-            f"{len(report.errors)} error(s) in {options.recipe}: fix them first (ernie-ops check)"
+        raise CheckFailed(f"{len(report.errors)} error(s) in {recipe}: fix them first (ernie-ops check)")
+
+
+def claim_run_dir(runs_dir: Path, name: str, stamp: str) -> Path:
+    """A new run directory, created exclusively: runs started in the same second get one each."""
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"--runs-dir {runs_dir} is not a directory", hint="name a directory") from None
+    for n in itertools.count(1):
+        path = (runs_dir / (f"{name}-{stamp}" if n == 1 else f"{name}-{stamp}-{n}")).resolve()
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def _hold(path: Path, held: list[Lock], busy: str, hint: str) -> None:
+    """Take the ownership lock at PATH for as long as HELD lasts; a UserError naming the owner if live."""
+    lock = Lock(path)
+    if not lock.acquire():
+        owner = Lock.holder(path) or Lock.last_owner(path)
+        raise UserError(f"{busy} by {owner.describe() if owner else 'another process'}", hint=hint)
+    held.append(lock)
+
+
+def _claim_output(output: Path, run_dir: Path, options: TrainOptions, held: list[Lock]) -> list[str]:
+    """A new run's output_dir outside its run directory: never one a live run writes, and one that
+    holds another run's checkpoints only with --force (ERNIEKit would silently resume from them)."""
+    if output.is_relative_to(run_dir):
+        return []  # inside the new run directory: nobody else's
+    if not options.dry_run:
+        _hold(
+            output_lock(output),
+            held,
+            f"output_dir {output} is being written",
+            "wait for that run, or stop it",
         )
+    found = checkpoints(output)
+    if not found:
+        return []
+    if not options.force:
+        raise UserError(
+            f"output_dir {output} already holds {len(found)} checkpoint(s) of another run: ERNIEKit would "
+            f"silently resume from {found[-1].name}",
+            hint="continue that run with `ernie-ops train --resume RUN_DIR`, give another output_dir=..., or "
+            "pass --force to train from scratch (its checkpoints are moved aside, not deleted)",
+        )
+    aside = output / f"replaced-{run_dir.name}"
+    if options.dry_run:
+        return [f"--force: would move {len(found)} checkpoint(s) of another run to {aside}"]
+    aside.mkdir()
+    for path in found:
+        path.rename(aside / path.name)
+    return [f"--force: moved {len(found)} checkpoint(s) of another run to {aside} (delete it to free space)"]
+
+
+def prepare(options: TrainOptions, held: list[Lock]) -> tuple[RunRecord, str, list[str]]:
+    """A new run: check the recipe, claim the run directory and its output_dir (locks in HELD)."""
+    assert options.recipe is not None
+    gpus = detect_gpus() if options.gpus is None else options.gpus
+    _check(options.recipe, options.overrides, len(gpus) or None, options.nnodes)
     name = options.run_name or options.recipe.stem
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = (options.runs_dir / f"{name}-{stamp}").resolve()
-    values, notes = resolve_recipe(options, gpus, run_dir)
+    if options.dry_run:
+        run_dir = (options.runs_dir / f"{name}-{stamp}").resolve()
+    else:
+        run_dir = claim_run_dir(options.runs_dir, name, stamp)
+        _hold(run_dir / RUN_LOCK, held, f"{run_dir} is in use", "start the run again")
+    try:
+        values, notes = resolve_recipe(options, gpus, run_dir)
+        notes += _claim_output(Path(values["output_dir"]), run_dir, options, held)
+    except BaseException:
+        if not options.dry_run:
+            shutil.rmtree(run_dir, ignore_errors=True)  # refused: leave nothing behind
+        raise
     text = dump_recipe(values)
     record = RunRecord(
         name=name,
@@ -230,7 +310,7 @@ def prepare(options: TrainOptions) -> tuple[RunRecord, str, list[str]]:
         model_name_or_path=str(values.get("model_name_or_path", "")),
         output_dir=str(values["output_dir"]),
         seed=values.get("seed"),
-        max_steps=values.get("max_steps") if isinstance(values.get("max_steps"), int) else None,
+        max_steps=_max_steps(values),
         versions=versions(),
         git_commit=git_commit(),
         host=platform.node(),
@@ -244,58 +324,102 @@ def prepare(options: TrainOptions) -> tuple[RunRecord, str, list[str]]:
     return record, text, notes
 
 
+def _max_steps(values: dict[str, Any]) -> int | None:
+    steps = values.get("max_steps")
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+
+
 class CheckFailed(Exception):
     """The recipe did not pass `ernie-ops check`: nothing was launched (exit 1, not a usage error)."""
 
 
 def train(options: TrainOptions) -> tuple[RunRecord, Outcome | None]:
-    if options.resume is not None:
-        record, text, notes = _prepare_resume(options)
-    else:
-        record, text, notes = prepare(options)
-    run_dir = record.path
-    for note in notes:
-        log.info(note)
-    recipe_path = run_dir / RECIPE_FILE
-    command = build_command(recipe_path, record.gpus, run_dir / LOG_DIR, record.nnodes, record.master)
-    record.command = command
-    if options.dry_run:
-        print(text)
-        print("# command:\n" + " ".join(command))
-        return record, None
-    (run_dir / LOG_DIR).mkdir(parents=True, exist_ok=True)
-    if options.resume is None:
-        recipe_path.write_text(text, encoding="utf-8")
-    record.status, record.started_at = "running", record.started_at or utc_now()
-    record.save()
-    log.info("run directory: %s", run_dir)
-    log.info("command: %s", " ".join(command))
-    outcome = _follow(record, options)
-    record.status, record.exit_code, record.failure = outcome.status, outcome.exit_code, outcome.failure
-    record.last_step, record.ended_at = outcome.last_step, utc_now()
-    if outcome.status == "succeeded":
-        final = final_checkpoint(Path(record.output_dir))
-        record.checkpoint = str(final) if final else None
-    record.save()
-    _plot(run_dir)
-    return record, outcome
+    held: list[Lock] = []  # the run's locks: the trainer inherits them, released when the run is over
+    try:
+        if options.resume is not None:
+            record, text, notes = _prepare_resume(options, held)
+        else:
+            record, text, notes = prepare(options, held)
+        run_dir = record.path
+        for note in notes:
+            log.info(note)
+        recipe_path = run_dir / RECIPE_FILE
+        command = build_command(recipe_path, record.gpus, run_dir / LOG_DIR, record.nnodes, record.master)
+        record.command = command
+        if options.dry_run:
+            print(text)
+            print("# command:\n" + " ".join(command))
+            return record, None
+        (run_dir / LOG_DIR).mkdir(parents=True, exist_ok=True)
+        write_text_atomic(recipe_path, text)
+        reserve = _reserve_space(run_dir)
+        record.status, record.started_at = "running", record.started_at or utc_now()
+        record.save()
+        log.info("run directory: %s", run_dir)
+        log.info("command: %s", " ".join(command))
+        outcome = _follow(record, options, tuple(lock.fd for lock in held if lock.fd is not None))
+        record.status, record.exit_code, record.failure = outcome.status, outcome.exit_code, outcome.failure
+        record.last_step, record.ended_at = outcome.last_step, utc_now()
+        if outcome.status == "succeeded":
+            final = final_checkpoint(Path(record.output_dir))
+            record.checkpoint = str(final) if final else None
+        reserve.unlink(missing_ok=True)  # the trainer is gone: the reserve makes room for the record
+        record.save()
+        _plot(run_dir)
+        return record, outcome
+    finally:
+        for lock in held:
+            lock.release()
 
 
-def _prepare_resume(options: TrainOptions) -> tuple[RunRecord, str, list[str]]:
+def _reserve_space(run_dir: Path) -> Path:
+    """Set a little space aside for the run's last record; refuse to start on a full disk."""
+    path = run_dir / SPACE_RESERVE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        path.unlink(missing_ok=True)
+        if err.errno == errno.ENOSPC:
+            raise UserError(
+                f"no space left on the disk of {run_dir}", hint="free space, or choose another --runs-dir"
+            ) from None
+        raise
+    return path
+
+
+def _prepare_resume(options: TrainOptions, held: list[Lock]) -> tuple[RunRecord, str, list[str]]:
     assert options.resume is not None
     record = RunRecord.load(options.resume)
-    text = (record.path / RECIPE_FILE).read_text(encoding="utf-8")
+    output = Path(record.output_dir)
+    status = record.describe_status()
+    if not options.dry_run:
+        busy, hint = f"{record.path} is being trained now", "wait for it, or stop it and resume then"
+        _hold(record.lock, held, busy, hint)
+        if not output.is_relative_to(record.path):
+            _hold(output_lock(output), held, f"its output_dir {output} is being written", hint)
+    recipe_path = record.path / RECIPE_FILE
+    text = recipe_path.read_text(encoding="utf-8")
     if record.recipe_sha256 and sha256_text(text) != record.recipe_sha256 and not options.force:
         raise UserError(
-            f"{record.path / RECIPE_FILE} changed since the run started",
+            f"{recipe_path} changed since the run started",
             hint="a resumed run must use the same recipe; pass --force to resume with the edited one",
         )
+    notes = [f"the run's owner is gone: {status}; resuming it"] if status.startswith(OWNER_GONE) else []
+    if options.overrides:
+        text, more = _override(record, text, options)
+        notes += more
     if record.status == "succeeded":
-        raise UserError(f"{record.path} already finished", hint="start a new run instead")
-    output = Path(record.output_dir)
-    moved = set_aside_incomplete(output)
+        raise UserError(
+            f"{record.path} already finished (step {record.last_step}/{record.max_steps or '?'})",
+            hint="start a new run, or train it further: ernie-ops train --resume RUN_DIR max_steps=N",
+        )
+    moved = set_aside_incomplete(output) if not options.dry_run else []
     done = [p for p in checkpoints(output) if checkpoint_complete(p)]
-    notes = [f"set aside incomplete checkpoint(s): {', '.join(moved)}"] if moved else []
+    notes += [f"set aside incomplete checkpoint(s): {', '.join(moved)}"] if moved else []
     if done:
         record.resumed_from.append(str(done[-1]))
         notes.append(f"resuming from {done[-1]}")
@@ -304,7 +428,34 @@ def _prepare_resume(options: TrainOptions) -> tuple[RunRecord, str, list[str]]:
     return record, text, notes
 
 
-def _follow(record: RunRecord, options: TrainOptions) -> Outcome:
+def _override(record: RunRecord, text: str, options: TrainOptions) -> tuple[str, list[str]]:
+    """Apply key=value overrides to a resumed run's recipe (e.g. max_steps=600 to train further)."""
+    from omegaconf import OmegaConf
+
+    recipe_path = record.path / RECIPE_FILE
+    _check(recipe_path, options.overrides, len(record.gpus) or None, record.nnodes)
+    merged = OmegaConf.merge(yaml.safe_load(text) or {}, OmegaConf.from_cli(list(options.overrides)))
+    values: dict[str, Any] = OmegaConf.to_container(merged)  # type: ignore[assignment]
+    if str(values.get("output_dir")) != record.output_dir:
+        raise UserError(
+            "a resumed run keeps its output_dir (its checkpoints are there)",
+            hint="start a new run for another output_dir",
+        )
+    steps = _max_steps(values)
+    if record.status == "succeeded":
+        if steps is None or record.last_step is None or steps <= record.last_step:
+            raise UserError(
+                f"{record.path} already finished at step {record.last_step}",
+                hint=f"train it further with max_steps above {record.last_step}, or start a new run",
+            )
+        record.status, record.checkpoint, record.exported, record.verified = "created", None, None, None
+    text = dump_recipe(values)
+    record.overrides += list(options.overrides)
+    record.recipe_sha256, record.max_steps = sha256_text(text), steps
+    return text, [f"applied to the resumed run: {' '.join(options.overrides)}"]
+
+
+def _follow(record: RunRecord, options: TrainOptions, locks: tuple[int, ...]) -> Outcome:
     from tqdm import tqdm
 
     run_dir = record.path
@@ -341,7 +492,11 @@ def _follow(record: RunRecord, options: TrainOptions) -> Outcome:
         records=sum(train_records) or None,
     )
     try:
-        return supervise(record.command, launch_env(), follower, options.stall_seconds)
+        # one CPU process dies outright with us; paddle.distributed.launch gets SIGTERM to stop its workers
+        death = signal.SIGTERM if record.gpus else signal.SIGKILL
+        return supervise(
+            record.command, launch_env(), follower, options.stall_seconds, death_signal=death, pass_fds=locks
+        )
     finally:
         bar.close()
 
@@ -381,6 +536,12 @@ def _plot(run_dir: Path) -> Path | None:
     ax.legend()
     fig.tight_layout()
     out = run_dir / LOSS_PLOT
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_output(out) as f:
+            fig.savefig(f, dpi=110, format="png")
+    except OSError as err:  # the record is saved; a missing plot is no reason to fail the run
+        log.warning("loss plot not written: %s", err)
+        return None
+    finally:
+        plt.close(fig)
     return out

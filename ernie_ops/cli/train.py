@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -14,8 +15,12 @@ class Train(Subcommand):
         "Check the recipe (and lint its data), create a run directory (resolved recipe, run.json with "
         "versions, data fingerprints, command and outcome, logs, metrics.jsonl, loss.png), launch ERNIEKit "
         "(one CPU process, or paddle.distributed.launch on GPUs and nodes) and follow it with a progress "
-        "bar. A run that stops making progress, or whose data loader dies, is stopped and explained. "
-        "Exit 0 succeeded, 1 failed / stopped / refused by the check, 2 usage error, 130 interrupted."
+        "bar. A run that stops making progress, whose data loader dies, or whose files no longer fit on "
+        "the disk is stopped and explained. The trainer dies with ernie-ops (even when that is killed) "
+        "and a run is locked while it is live: --resume refuses a live run, and reports one whose "
+        "owner is gone. An output_dir holding another run's checkpoints is refused (see --force). "
+        "Exit 0 succeeded, 1 failed / stopped / refused by the check, 2 usage error, 130 interrupted "
+        "(128+N for signal N)."
     )
     examples = (
         "ernie-ops train recipes/tiny/sft_cpu.yaml",
@@ -24,6 +29,7 @@ class Train(Subcommand):
         "ernie-ops train my.yaml --gpus 0,1,2,3,4,5,6,7 --nnodes 2 --master 10.0.0.1:8080   # on each node",
         "ernie-ops train my.yaml --dry-run",
         "ernie-ops train --resume runs/sft_cpu-20261123-101500",
+        "ernie-ops train --resume runs/sft_cpu-20261123-101500 max_steps=600   # train a run further",
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -36,9 +42,19 @@ class Train(Subcommand):
         parser.add_argument("--master", metavar="IP:PORT", help="first node's address (with --nnodes > 1)")
         parser.add_argument("--dry-run", action="store_true", help="print the resolved recipe and command")
         parser.add_argument(
-            "--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint"
+            "--resume",
+            type=Path,
+            metavar="RUN_DIR",
+            help="continue a run from its last checkpoint; key=value overrides after it are applied to "
+            "its recipe (max_steps=N trains a finished run further)",
         )
-        parser.add_argument("--force", action="store_true", help="resume even though recipe.yaml changed")
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="with --resume: resume even though recipe.yaml changed; for a new run: train from scratch "
+            "into an output_dir that holds another run's checkpoints (they are moved to "
+            "OUTPUT_DIR/replaced-<run>/, not deleted)",
+        )
         parser.add_argument(
             "--stall-timeout",
             type=float,
@@ -53,14 +69,24 @@ class Train(Subcommand):
         from ernie_ops.train.launch import parse_gpus
         from ernie_ops.train.run import CheckFailed, TrainOptions, train
 
-        if (args.recipe is None) == (args.resume is None):
-            raise UserError("give a recipe, or --resume RUN_DIR (not both)", hint="ernie-ops train --help")
+        overrides = list(args.overrides)
+        if args.resume is not None and args.recipe is not None:
+            if "=" not in str(args.recipe) or args.recipe.is_file():
+                raise UserError(
+                    f"--resume continues {args.resume} with its own recipe.yaml: {args.recipe} is not used",
+                    hint="drop the recipe to resume (key=value overrides are applied to the run), or drop "
+                    "--resume to start a new run",
+                )
+            overrides.insert(0, str(args.recipe))  # argparse took the first key=value for the recipe
+            args.recipe = None
+        if args.recipe is None and args.resume is None:
+            raise UserError("give a recipe, or --resume RUN_DIR", hint="ernie-ops train --help")
         if args.recipe is not None and not args.recipe.is_file():
             raise UserError(f"{args.recipe}: no such recipe file")
         gpus = None if args.gpus is None else [] if args.gpus.lower() == "cpu" else parse_gpus(args.gpus)
         options = TrainOptions(
             recipe=args.recipe,
-            overrides=tuple(args.overrides),
+            overrides=tuple(overrides),
             run_name=args.run_name,
             runs_dir=args.runs_dir,
             gpus=gpus,
@@ -92,5 +118,5 @@ class Train(Subcommand):
             )
         if record.status == "interrupted":
             print(f"  resume with: ernie-ops train --resume {record.run_dir}", file=sys.stderr)
-            return 130
+            return 128 + (outcome.signum or signal.SIGINT)
         return 0 if record.status == "succeeded" else 1
