@@ -52,6 +52,11 @@ class Data(Subcommand):
         convert.add_argument("output", type=Path, metavar="OUT")
         convert.add_argument("--to", required=True, choices=("erniekit-sft", "erniekit-dpo"))
         convert.add_argument("--from", dest="format", **fmt)  # type: ignore[arg-type]
+        convert.add_argument(
+            "--dedupe",
+            action="store_true",
+            help="drop exact duplicates (the first copy is kept; the others go to the reject file)",
+        )
         convert.add_argument("--json", action="store_true", help="summary as JSON on stdout")
 
         preview = self._action(
@@ -101,7 +106,7 @@ def _lint(args: argparse.Namespace) -> int:
             out = args.histogram or Path("runs/lint") / f"{r.path.name}.token-lengths.png"
             if len(results) > 1 and args.histogram:
                 out = out.with_name(f"{out.stem}-{r.path.name}{out.suffix}")
-            plots.append(str(histogram(r.tokens, out, f"{r.path.name}: tokens per record")))
+            plots.append(str(histogram(r.tokens, out, f"{r.path.name}: tokens per record", args.files)))
     fraction = bad / records if records else 0.0
     ok = fraction <= args.max_bad and records > 0
     if args.json:
@@ -116,6 +121,9 @@ def _lint(args: argparse.Namespace) -> int:
     print()
     print(format_table(rows))
     for r in results:
+        if r.first_duplicate:
+            dupes = _duplicates(r.duplicates, r.first_duplicate)
+            print(f"  {r.path.name}: warning: {dupes}; `ernie-ops data convert --dedupe` drops them")
         for reason, count in r.reasons.most_common(8):
             print(f"  {r.path.name}: {count} x {reason}")
         for reason, count in r.unsupported.most_common():
@@ -145,17 +153,26 @@ def _lint(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from ernie_ops.data.convert import convert
 
-    result = convert(args.input, args.output, args.to, args.format)
+    result = convert(args.input, args.output, args.to, args.format, dedupe=args.dedupe)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
     head = f"{result.source} ({result.format}) -> {result.output} ({args.to})"
     print(f"{head}: {result.written} of {result.records} written")
+    if result.first_duplicate:
+        print(f"  warning: {_duplicates(result.duplicates, result.first_duplicate)}; --dedupe drops them")
     for reason, count in result.rejected.most_common():
         print(f"  rejected {count} x {reason}")
     if result.rejected:
         print(f"  rejected records, with their line numbers: {result.rejects}")
     return 0
+
+
+def _duplicates(count: int, first: tuple[int, int]) -> str:
+    return (
+        f"{count} exact duplicate record(s) (the first: line {first[0]} repeats line {first[1]}); "
+        "ERNIEKit trains on every copy"
+    )
 
 
 def _preview(args: argparse.Namespace) -> int:
@@ -179,6 +196,8 @@ def _preview(args: argparse.Namespace) -> int:
 def _split(args: argparse.Namespace) -> int:
     from ernie_ops.data.split import split
 
-    train, ev, n_train, n_eval = split(args.input, args.eval_fraction, args.seed, args.out_dir)
-    print(f"{train}: {n_train} records\n{ev}: {n_eval} records")
+    r = split(args.input, args.eval_fraction, args.seed, args.out_dir)
+    print(f"{r.train}: {r.n_train} records\n{r.eval}: {r.n_eval} records")
+    if r.left_out:
+        print(f"  {r.left_out} exact copies of eval records left out of train (training on them leaks eval)")
     return 0

@@ -1,7 +1,9 @@
 """`ernie-ops data convert`: common formats into ERNIEKit's, every lost record accounted for.
 
 Records that are broken, or that ERNIEKit's format cannot express, go to a reject file with their
-line number and reason; nothing is dropped silently. Outputs are written atomically.
+line number and reason; nothing is dropped silently. Exact duplicates are counted (ERNIEKit trains
+on every copy); with `dedupe` every copy after the first goes to the reject file too. Outputs are
+written atomically and never replace an input.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import msgspec
 import orjson
 
 from ernie_ops.data.formats import TARGETS, Conversation, Unsupported
-from ernie_ops.data.lint import Batch, Problem, parsed_batches, reason_kind
+from ernie_ops.data.lint import Batch, Problem, RecordHashes, parsed_batches, reason_kind
 from ernie_ops.errors import UserError
-from ernie_ops.files import atomic_output
+from ernie_ops.files import atomic_output, check_output
 
 
 @dataclass
@@ -29,6 +31,8 @@ class ConvertResult:
     records: int = 0
     written: int = 0
     rejected: Counter = field(default_factory=Counter)
+    duplicates: int = 0  # exact copies of an earlier record (rejected when deduped, else written)
+    first_duplicate: tuple[int, int] | None = None  # (line, line of its first copy)
 
     def to_dict(self) -> dict:
         return {
@@ -39,6 +43,7 @@ class ConvertResult:
             "records": self.records,
             "written": self.written,
             "rejected": dict(self.rejected),
+            "duplicates": self.duplicates,
         }
 
 
@@ -46,28 +51,65 @@ def rejects_path(out: Path) -> Path:
     return out.with_name(out.name.removesuffix(".gz").removesuffix(".jsonl") + ".rejects.jsonl")
 
 
-def convert(source: Path, out: Path, to: str, fmt: str = "auto", progress: bool = True) -> ConvertResult:
+def convert(
+    source: Path, out: Path, to: str, fmt: str = "auto", progress: bool = True, dedupe: bool = False
+) -> ConvertResult:
     if to not in TARGETS:
         raise UserError(f"--to must be one of {', '.join(TARGETS)}, not {to!r}")
-    if out.resolve() == source.resolve():
-        raise UserError("the output would overwrite the input", hint="write to another file")
     result = ConvertResult(source, out, rejects_path(out))
-    with atomic_output(out) as good, atomic_output(result.rejects) as bad:
+    _check_rejects_path(source, out, result.rejects)
+    first_lines: dict[int, int] = {}  # dedupe: record hash -> line of its first copy
+    hashes = RecordHashes()  # otherwise: counted at the end, 12 bytes per record
+    with atomic_output(out, [source]) as good, atomic_output(result.rejects, [source]) as bad:
         for batch in parsed_batches(source, fmt, progress):
             result.records += len(batch.raws)
             result.format = result.format or batch.format
+            if dedupe:
+                result.duplicates += _reject_duplicates(batch, first_lines)
+            else:
+                hashes.add(batch.raws, batch.lines)
             lines, written, problems = _encode(batch, to)
             good.write(lines)  # one write per batch
             result.written += written
             for p in problems:
                 result.rejected[reason_kind(p.reason)] += 1
-                record = _record(p, batch.raws[p.index])
-                bad.write(
-                    orjson.dumps({"line": batch.lines[p.index], "reason": p.reason, "record": record}) + b"\n"
+                record = orjson.dumps(
+                    {"line": batch.lines[p.index], "reason": p.reason, "record": _record(batch.raws[p.index])}
                 )
+                bad.write(record + b"\n")
+    if not dedupe:
+        duplicates = hashes.duplicates()
+        result.duplicates = len(duplicates)
+        result.first_duplicate = duplicates[0] if duplicates else None
     if not result.rejected:
         result.rejects.unlink()
     return result
+
+
+def _check_rejects_path(source: Path, out: Path, rejects: Path) -> None:
+    """The reject file's name comes from OUT's: say so when it is the one that collides."""
+    try:
+        check_output(rejects, [source])
+    except UserError as err:
+        raise UserError(
+            f"{err.message} (it is where the records rejected from {out} go)",
+            hint="give OUT another name",
+        ) from None
+
+
+def _reject_duplicates(batch: Batch, first_lines: dict[int, int]) -> int:
+    """Mark every good record of the batch that repeats an earlier one as a problem (it goes to the
+    reject file, not the output); return how many repeat one."""
+    lines = list(batch.lines)
+    firsts = list(map(first_lines.setdefault, map(hash, batch.raws), lines))
+    if firsts == lines:  # the usual case, checked in C: no copies in this batch
+        return 0
+    copies = [i for i, (first, line) in enumerate(zip(firsts, lines, strict=True)) if first != line]
+    for i in copies:
+        if batch.parsed[i] is not None:  # a bad copy is rejected for what is wrong with it
+            batch.parsed[i] = None
+            batch.problems.append(Problem(i, "duplicate", f"exact duplicate of line {firsts[i]}"))
+    return len(copies)
 
 
 _encode_lines = msgspec.json.Encoder().encode_lines
@@ -91,12 +133,11 @@ def _encode(batch: Batch, to: str) -> tuple[bytes, int, list[Problem]]:
     return b"".join(written), len(written), problems
 
 
-def _record(problem: Problem, raw: bytes) -> Any:
-    """The rejected record, whole: as parsed JSON when it is JSON, else as text."""
-    if problem.value is not None:
-        return problem.value
+def _record(raw: bytes) -> Any:
+    """The rejected record, whole and as it was: its JSON inline when it is JSON (not re-encoded, so
+    nesting deeper than orjson writes is kept), else its text."""
     try:
-        value = orjson.loads(raw)
+        orjson.loads(raw)
     except orjson.JSONDecodeError:
-        value = None
-    return value if value is not None else raw.decode("utf-8", "replace")
+        return raw.decode("utf-8", "replace")
+    return orjson.Fragment(raw.strip())

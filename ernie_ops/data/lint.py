@@ -2,7 +2,8 @@
 
 Memory stays flat with file size but for 12 bytes per record: records are streamed in blocks;
 duplicates are found from compact arrays of a 64-bit hash and a line number per record
-(RecordHashes).
+(RecordHashes). An exact duplicate is a warning with a count, not a bad record: ERNIEKit reads
+it like any other (and trains on every copy); `data convert --dedupe` drops them.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from ernie_ops.data.read import (
     require_file,
 )
 from ernie_ops.errors import UserError
+from ernie_ops.files import atomic_output
 
 Report = Callable[[Path, int, str], None]  # (file, line, reason) for each bad record
 
@@ -74,6 +76,7 @@ class FileLint:
     records: int = 0
     bad: int = 0
     duplicates: int = 0
+    first_duplicate: tuple[int, int] | None = None  # (line, line of its first copy)
     reasons: Counter = field(default_factory=Counter)
     unsupported: Counter = field(default_factory=Counter)
     tokens: TokenStats | None = None
@@ -245,9 +248,9 @@ def lint_file(
                 result.unsupported[problem.reason] += 1
             else:
                 flag(batch.lines[problem.index], problem.reason)
-    for line, first in seen.duplicates():
-        result.duplicates += 1
-        flag(line, f"duplicate of line {first}")
+    duplicates = seen.duplicates()
+    result.duplicates = len(duplicates)
+    result.first_duplicate = duplicates[0] if duplicates else None
     return result
 
 
@@ -360,7 +363,7 @@ class TokenCounter:
         return "kept"
 
 
-def histogram(stats: TokenStats, out: Path, title: str) -> Path:
+def histogram(stats: TokenStats, out: Path, title: str, inputs: Sequence[Path] = ()) -> Path:
     import logging
 
     import matplotlib
@@ -379,7 +382,7 @@ def histogram(stats: TokenStats, out: Path, title: str) -> Path:
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    with atomic_output(out, inputs) as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     return out

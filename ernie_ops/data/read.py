@@ -1,15 +1,20 @@
 """Stream records out of JSONL or JSON-array files (plain or .gz), each with its line number.
 
-A record that cannot be read (bad UTF-8, invalid JSON) is yielded with its error rather than
-raised, so one bad line never hides the rest of the file. JSONL is read in blocks of whole lines
-(`read_chunks`): splitting a 64 KB block in C is cheaper than iterating a file line by line, and
-it lets the typed fast path decode a block of records per call.
+A record that cannot be read (bad UTF-8, invalid JSON, nested too deeply) is yielded with its error
+rather than raised, so one bad line never hides the rest of the file. A file that cannot be read
+(not a regular file, a truncated or damaged .gz) is a UserError naming the file and line.
+
+JSONL is read in blocks of whole lines (`read_chunks`): splitting a 64 KB block in C is cheaper
+than iterating a file line by line, and it lets the typed fast path decode a block of records per
+call.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +23,7 @@ from typing import IO, Any, NamedTuple
 import orjson
 
 from ernie_ops.errors import UserError
+from ernie_ops.files import regular_file
 
 UNPARSED = object()
 
@@ -40,14 +46,26 @@ class Item:
 
 
 def require_file(path: Path) -> Path:
-    if path.is_dir():
-        raise UserError(f"{path} is a directory, expected a JSONL or JSON file")
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    return path
+    """PATH if it is a regular file: a FIFO would hang the reader and /dev/zero fill the memory."""
+    return regular_file(path, "dataset")
 
 
 GZIP_MAGIC = b"\x1f\x8b"
+# what reading a file can raise midway: a .gz cut short (EOFError), damaged gzip data (BadGzipFile,
+# an OSError, or zlib.error), an I/O error
+READ_ERRORS = (EOFError, OSError, zlib.error)
+
+
+def unreadable(path: Path, line: int, err: BaseException) -> UserError:
+    """The UserError for a file whose reading failed at LINE (the lines before it were read)."""
+    hint: str | None = "copy or compress the file again"
+    if isinstance(err, EOFError):
+        what = "the gzip data ends early: the file is truncated"
+    elif isinstance(err, gzip.BadGzipFile | zlib.error):
+        what = f"the gzip data is damaged ({err})"
+    else:
+        what, hint = f"cannot read it: {getattr(err, 'strerror', None) or err}", None
+    return UserError(what, where=f"{path}:{line}", hint=hint)
 
 
 def open_binary(path: Path) -> IO[bytes]:
@@ -61,8 +79,11 @@ def open_binary(path: Path) -> IO[bytes]:
 
 
 def is_json_array(path: Path) -> bool:
-    with open_binary(path) as f:
-        return _first_byte(f) == b"["
+    try:
+        with open_binary(path) as f:
+            return _first_byte(f) == b"["
+    except READ_ERRORS as err:
+        raise unreadable(path, 1, err) from None
 
 
 def read_items(path: Path) -> Iterator[Item]:
@@ -101,19 +122,22 @@ def read_chunks(path: Path, size: int = CHUNK) -> Iterator[Chunk]:
     where it lies and only the line cut by its end is carried over (no copy of the block). A line
     longer than `size` makes a longer chunk."""
     line, pending = 1, []  # pending: the pieces of a line not yet ended
-    with open_binary(path) as f:
-        while block := f.read(size):
-            lines = block.split(b"\n")
-            if len(lines) == 1:
-                pending.append(block)
-                continue
-            if pending:
-                pending.append(lines[0])
-                lines[0] = b"".join(pending)
-            tail = lines.pop()
-            pending = [tail] if tail else []
-            yield Chunk(line, block, lines)
-            line += len(lines)
+    try:
+        with open_binary(path) as f:
+            while block := f.read(size):
+                lines = block.split(b"\n")
+                if len(lines) == 1:
+                    pending.append(block)
+                    continue
+                if pending:
+                    pending.append(lines[0])
+                    lines[0] = b"".join(pending)
+                tail = lines.pop()
+                pending = [tail] if tail else []
+                yield Chunk(line, block, lines)
+                line += len(lines)
+    except READ_ERRORS as err:  # raised by the reads only: a consumer's errors never enter here
+        raise unreadable(path, line, err) from None
     if pending:
         tail = b"".join(pending)
         yield Chunk(line, tail, [tail])
@@ -127,10 +151,20 @@ def _json_error(raw: bytes, err: Exception) -> str:
     return f"invalid JSON: {str(err).split(':')[0]}"
 
 
+_DEPTH = sys.getrecursionlimit()
+
+
 def _json_array(path: Path) -> Iterator[Item]:
     """A JSON array is parsed whole (arrays cannot be streamed by line); line numbers are kept."""
-    with open_binary(path) as f:
-        data = f.read()
+    blocks: list[bytes] = []
+    try:
+        with open_binary(path) as f:
+            while block := f.read(CHUNK):
+                blocks.append(block)
+    except READ_ERRORS as err:
+        raise unreadable(path, 1 + sum(b.count(b"\n") for b in blocks), err) from None
+    data = b"".join(blocks)
+    del blocks
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as bad:
@@ -154,6 +188,10 @@ def _json_array(path: Path) -> Iterator[Item]:
             yield Item(
                 line + text.count("\n", pos, err.pos), None, b"", f"invalid JSON: {err.msg}; stopped here"
             )
+            return
+        except RecursionError:  # Python's parser recurses once per level
+            reason = f"nested too deeply for Python's JSON parser (about {_DEPTH} levels); stopped here"
+            yield Item(line, None, b"", reason)
             return
         yield Item(line, value, text[pos:stop].encode())
         line += text.count("\n", pos, stop)
