@@ -173,7 +173,8 @@ def build_launch(profile: Any, model_dir: Path, is_vl: bool = False, python: str
     from ernie_ops.serve.profile import api_key, as_json
 
     d = dialect(profile.fastdeploy_version)
-    args: list[str] = ["--model", str(model_dir), "--host", profile.host, "--port", str(profile.port)]
+    host = profile.host or "0.0.0.0"  # FastDeploy's own default
+    args: list[str] = ["--model", str(model_dir), "--host", host, "--port", str(profile.port)]
     for flag, port in profile.side_ports.items():  # explicit: two instances on a host must differ in all
         args += [flag, str(port)]
     if profile.served_model_name:

@@ -4,7 +4,9 @@ collide with another instance, and the GPUs exist with enough memory for the pla
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +14,54 @@ from pathlib import Path
 from ernie_ops.catalog import MODELS, ModelSpec
 from ernie_ops.errors import UserError
 
-STATE_DIR = Path("runs") / "serve"  # one JSON per running server: status / stop read them
+LOG_DIR = Path("runs") / "serve"  # logs of servers not started from a run directory (project-local)
+LOOPBACK = "127.0.0.1"
+
+
+def state_dir() -> Path:
+    """Where detached servers are recorded (`<port>.json`) and ports are locked (`<port>.lock`): one
+    directory per user, so `serve status` / `stop` find every server from any working directory."""
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "ernie-ops" / "serve"
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach a server bound to `host`."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name or an interface address: reachable from the network
+
+
+def default_host(backend: str | None) -> str:
+    """FastDeploy binds every interface by default (its own default, for GPU nodes serving others);
+    the embedded CPU server, which has no TLS, this machine only."""
+    return "0.0.0.0" if backend == "fastdeploy" else LOOPBACK
+
+
+def exposure_warning(host: str, port: int, protected: bool) -> str | None:
+    """What to say when a server is reachable from the network without an API key."""
+    if protected or is_loopback(host):
+        return None
+    return (
+        f"{host}:{port} is open to the network with no API key: anyone who can reach this machine can use "
+        "the model. Set api_key_env (or api_key_file) in the profile, or --host 127.0.0.1"
+    )
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could bind host:port now. Probed as servers bind (uvicorn, FastDeploy):
+    with SO_REUSEADDR, so a port whose old connections sit in TIME_WAIT counts as free."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host or "0.0.0.0", port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
@@ -24,7 +73,7 @@ class Target:
     run_dir: Path | None = None
 
 
-def resolve_model(model: str) -> Target:
+def resolve_model(model: str, backend: str = "fastdeploy") -> Target:
     path = Path(model).expanduser()
     run_dir = None
     if (path / "run.json").is_file():
@@ -35,9 +84,10 @@ def resolve_model(model: str) -> Target:
         if record.exported:
             path = Path(record.exported)
         elif record.is_lora:
+            server = "FastDeploy" if backend == "fastdeploy" else "the embedded CPU server"
             raise UserError(
-                f"{model} is a LoRA run: FastDeploy serves merged checkpoints only",
-                hint=f"export first: ernie-ops export {model}",
+                f"{model} is a LoRA run that is not exported yet: {server} serves merged checkpoints only",
+                hint=f"merge the adapter into the base model first: ernie-ops export {model}",
             )
         elif record.checkpoint:
             path = Path(record.checkpoint)
@@ -87,13 +137,17 @@ def check_checkpoint(target: Target) -> None:
         )
 
 
-def running_servers(state_dir: Path = STATE_DIR) -> list[dict]:
+def running_servers(directory: Path | None = None) -> list[dict]:
+    """The recorded detached servers (alive or not), by port."""
+    directory = directory or state_dir()
     out = []
-    for path in sorted(state_dir.glob("*.json")) if state_dir.is_dir() else []:
+    for path in sorted(directory.glob("*.json"), key=lambda p: (len(p.stem), p.stem)):
         try:
-            out.append({**json.loads(path.read_text()), "state_file": str(path)})
-        except ValueError:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
             continue
+        if isinstance(record, dict):
+            out.append({**record, "state_file": str(path)})
     return out
 
 
@@ -113,21 +167,24 @@ def choose_backend(requested: str | None) -> tuple[str, str | None]:
     return "paddle", f"{missing} here: serving with the embedded CPU backend (backend: paddle)"
 
 
-def check_ports(profile, state_dir: Path = STATE_DIR, only_main: bool = False) -> None:
+def server_ports(profile, backend: str | None = None) -> dict[str, int]:
+    """Every port the server binds, by profile key: FastDeploy four, the embedded server one."""
     ports = {"port": profile.port}
-    if not only_main:  # the embedded server has no side ports
-        ports.update({k[2:]: v for k, v in profile.side_ports.items()})
-    for name, port in ports.items():
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("0.0.0.0" if profile.host in ("0.0.0.0", "") else profile.host, port))
-            except OSError:
-                raise UserError(
-                    f"{name} {port} is already in use", hint=f"set {name.replace('-', '_')} to a free port"
-                ) from None
+    if (backend or profile.backend) != "paddle":
+        ports.update({k[2:].replace("-", "_"): v for k, v in profile.side_ports.items()})
+    return ports
+
+
+def check_ports(profile, directory: Path | None = None, only_main: bool = False) -> None:
+    backend = "paddle" if only_main else "fastdeploy"
+    host = profile.host or default_host(backend)
+    for name, port in server_ports(profile, backend).items():
+        if not port_free(host, port):
+            raise UserError(f"{name} {port} is already in use", hint=f"set {name} to a free port")
+    if only_main:
+        return
     mine = profile.side_ports["--engine-worker-queue-port"]
-    for other in running_servers(state_dir):
+    for other in running_servers(directory):
         command = other.get("command") or []
         flag = "--engine-worker-queue-port"
         theirs = int(command[command.index(flag) + 1]) if flag in command else None
@@ -167,7 +224,7 @@ def check_gpus(profile, target: Target) -> str | None:
     if not inventory:
         raise UserError(
             "no GPU visible: FastDeploy serves on GPUs only",
-            hint="on this machine use the embedded CPU backend (backend: paddle) once it lands",
+            hint="on this machine serve with the embedded CPU backend: --backend paddle",
         )
     visible = {i for i, _, _ in inventory}
     missing = [g for g in profile.gpus if g not in visible]

@@ -50,7 +50,7 @@ class ServeProfile:
     max_num_seqs: int = 32  # FastDeploy's own default is 8
     max_num_batched_tokens: int | None = None
     gpu_memory_utilization: float = 0.9
-    host: str = "0.0.0.0"
+    host: str | None = None  # None: the backend's own default (FastDeploy 0.0.0.0, embedded 127.0.0.1)
     port: int = 8180
     metrics_port: int | None = None  # None: port + 1
     engine_worker_queue_port: int | None = None  # None: port + 2
@@ -97,6 +97,11 @@ def _type_ok(name: str, value: Any) -> bool:
     return any(check(value) for kind, check in checks.items() if kind in hint)
 
 
+def _wants_str(name: str) -> bool:
+    hint = str(FIELD_TYPES[name])
+    return "str" in hint and not any(kind in hint for kind in ("int", "float", "bool", "dict", "list"))
+
+
 def _expected(name: str) -> str:
     hint = FIELD_TYPES[name]
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "").replace("NoneType", "null")
@@ -109,6 +114,10 @@ def validate(recipe: LoadedRecipe) -> tuple[ServeProfile | None, list[Problem]]:
     version = values.get("fastdeploy_version")
     if isinstance(version, int | float) and not isinstance(version, bool):
         values["fastdeploy_version"] = str(version)  # `2.5` unquoted is a YAML float: mean the same
+    for key, item in recipe.overridden.items():
+        if key in known and _wants_str(key) and not isinstance(values.get(key), str | None):
+            # OmegaConf reads `host=::` as YAML, {':': None}; a text field takes the text as typed
+            values[key] = item.split("=", 1)[1].strip()
     for key in list(values):
         if key not in known:
             guess = did_you_mean(key, list(known))

@@ -7,6 +7,8 @@ likely cause (`diagnose`), instead of after the start-up timeout. The server run
 group, so one signal reaches the API server, the engine and every worker; stopping is SIGTERM, a
 grace period, then SIGKILL, and also reaches workers that left the group.
 
+Its ports are locked (`ernie_ops.proc.Lock`, the descriptors handed to the server) so that two starts
+on one port cannot both succeed, and a foreground server dies with its supervisor, SIGKILL included.
 `detach=True` leaves the server running and records it in a JSON state file that `server_status`
 and `stop_server` read back. An `--api-key` value is never printed or stored (shown as `***`).
 """
@@ -27,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from ernie_ops.files import write_text_atomic
+from ernie_ops.proc import Lock, die_with_parent
 from ernie_ops.text import strip_ansi
 
 POLL_S = 0.25  # how often the child and /health are checked while waiting
@@ -594,6 +598,7 @@ class _Server:
     logs: Logs
     console: Console
     api_key: str | None
+    ports: list[int] = field(default_factory=list)  # every port it binds (locked), the main one first
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -609,6 +614,42 @@ class _Server:
     def health(self) -> int | None:
         return probe_health(self.host, self.port, self.api_key)
 
+    def listener(self) -> int | None:
+        """The pid in the server's tree that listens on its port; None if none does (yet)."""
+        return _listener(_tree(self.process.pid, self.process.pid), self.port)
+
+
+def _listener(pids: Iterable[int], port: int) -> int | None:
+    import psutil
+
+    for pid in sorted(pids):
+        try:
+            connections = psutil.Process(pid).net_connections(kind="inet")
+        except (psutil.Error, OSError):
+            continue
+        if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in connections):
+            return pid
+    return None
+
+
+def lock_path(directory: Path, port: int) -> Path:
+    return directory / f"{port}.lock"
+
+
+def _take_ports(directory: Path, ports: Iterable[int], command: str) -> list[Lock] | str:
+    """A lock per port, all or none (the main port first); else why not (who holds which port)."""
+    taken: list[Lock] = []
+    for port in dict.fromkeys(ports):
+        lock = Lock(lock_path(directory, port))
+        if not lock.acquire(command):
+            for held in taken:
+                held.release()
+            owner = Lock.holder(lock.path)
+            who = owner.describe() if owner and owner.pid else "another ernie-ops serve"
+            return f"port {port} is already taken by a server ernie-ops started ({who})"
+        taken.append(lock)
+    return taken
+
 
 def run_server(
     command: list[str],
@@ -619,44 +660,90 @@ def run_server(
     startup_timeout: float,
     detach: bool,
     state_file: Path,
+    ports: Iterable[int] = (),
+    view: Path | None = None,
 ) -> int:
     """Start the server, wait until GET /health answers 200, then supervise it (or detach).
 
-    `env` is the child's whole environment; FD_LOG_DIR is set to log_dir so FastDeploy's own logs
-    (workerlog.N, fastdeploy.log) land beside server.log. Returns 0 ready (detach) or stopped
-    cleanly, 1 failed (died, timed out, port taken), 130 interrupted (Ctrl-C / SIGTERM).
+    The server's ports (`port` and the side `ports`) are locked in state_file's directory before it
+    starts, and the locks are handed to the server, so they last exactly as long as it does: a second
+    start on a port in use is refused at once. A foreground server dies with this process (even by
+    SIGKILL); a detached one is recorded in `state_file` from its start (`view`: a symlink to it
+    in the project), and called ready only once /health answers and its own process tree listens on
+    the port. `env` is the child's whole environment; FD_LOG_DIR is set to log_dir so FastDeploy's
+    own logs (workerlog.N, fastdeploy.log) land beside server.log. Returns 0 ready (detach) or
+    stopped cleanly, 1 failed (died, timed out, port taken), 130 interrupted (Ctrl-C / SIGTERM).
     """
     redactor = Redactor.for_run(command, env)
     console = Console(redactor)
     shown = show_command(command)
-    url = server_url(host, port)
-    if _port_taken(host, port):
+    locks = _take_ports(state_file.parent, [port, *ports], shown)
+    if isinstance(locks, str):
         console.warn(
-            f"error: {probe_host(host)}:{port} is already in use (another server?): its /health would look "
-            f"like ours. Fix: choose another --port (and --metrics-port, --engine-worker-queue-port, "
-            f"--cache-queue-port), or stop the other server"
+            f"error: {locks}. Fix: choose another --port, or stop it: ernie-ops serve stop --port {port}"
         )
         return 1
+    try:
+        if _port_taken(host, port):
+            console.warn(
+                f"error: {probe_host(host)}:{port} is already in use (another server?): its /health would "
+                "look like ours. Fix: choose another --port (and --metrics-port, --engine-worker-queue-port,"
+                " --cache-queue-port), or stop the other server"
+            )
+            return 1
+        return _run(
+            command, env, log_dir, host, port, startup_timeout, detach, state_file, view, locks, console
+        )
+    finally:
+        for lock in locks:  # our copies only: the server keeps its own until it exits
+            if lock.fd is not None:
+                os.close(lock.fd)
+                lock.fd = None
+
+
+def _run(
+    command: list[str],
+    env: dict[str, str],
+    log_dir: Path,
+    host: str,
+    port: int,
+    startup_timeout: float,
+    detach: bool,
+    state_file: Path,
+    view: Path | None,
+    locks: list[Lock],
+    console: Console,
+) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     logs = Logs(log_dir)
     logs.mark()
     secrets = [v for _, v in _secret_args(command)] + [env.get(name, "") for name in SECRET_ENV]
     api_key = next((s for s in secrets if s), None)
-    console.say(f"starting: {shown}")
+    url = server_url(host, port)
+    console.say(f"starting: {show_command(command)}")
     console.say(
         f"logs: {log_dir} (server.log, workerlog.*); waiting for {url}/health (up to {startup_timeout:.0f} s)"
     )
     server: _Server | None = None
+    shown = console.redactor.command(command)
+    ready = False
     with _sigterm_interrupts():
         try:
-            server = _start(command, env, logs, host, port, console, api_key)
+            fds = [lock.fd for lock in locks if lock.fd is not None]
+            server = _start(command, env, logs, host, port, console, api_key, fds, detach)
+            server.ports = [int(lock.path.stem) for lock in locks]
+            if detach:  # recorded from the start: a supervisor killed while waiting leaves it stoppable
+                _write_state(state_file, server, shown, "starting", view)
             status = _wait_ready(server, startup_timeout)
             if status is not None:
                 return status
             console.say(f"ready: {url} (pid {server.process.pid}, after {server.elapsed():.0f} s)")
             if detach:
-                _write_state(state_file, server, redactor.command(command))
-                console.say(f"detached; state in {state_file}. Stop it with: ernie-ops serve stop")
+                _write_state(state_file, server, shown, "ready", view)
+                ready = True
+                console.say(
+                    f"detached; state in {state_file}. Stop it with: ernie-ops serve stop --port {port}"
+                )
                 return 0
             console.say("serving; Ctrl-C stops the server")
             return _supervise(server)
@@ -668,6 +755,9 @@ def run_server(
                 server.stop()
                 console.warn(f"stopped (pid {server.process.pid} and its workers)")
             return 130
+        finally:
+            if detach and not ready:
+                _forget(state_file)
 
 
 def _start(
@@ -678,6 +768,8 @@ def _start(
     port: int,
     console: Console,
     api_key: str | None,
+    lock_fds: list[int],
+    detach: bool,
 ) -> _Server:
     child_env = {**env, "FD_LOG_DIR": str(logs.log_dir)}
     # unbuffered: the progress line shows server.log's newest line, which must not sit in a buffer
@@ -692,12 +784,16 @@ def _start(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own group: one signal reaches engine and workers; Ctrl-C is ours
+            pass_fds=lock_fds,  # the port locks live as long as the server
+            # a foreground server goes when we go, even by SIGKILL; SIGTERM so it stops its workers
+            preexec_fn=None if detach else die_with_parent(signal.SIGTERM),
         )
     return _Server(process, host, port, logs, console, api_key)
 
 
 def _wait_ready(server: _Server, startup_timeout: float) -> int | None:
-    """None once /health is 200; else the exit status for run_server (the server is then stopped)."""
+    """None once /health is 200 from our own server; else the exit status for run_server (the
+    server is then stopped)."""
     console = server.console
     last_progress = 0.0
     status: int | None = None
@@ -714,7 +810,16 @@ def _wait_ready(server: _Server, startup_timeout: float) -> int | None:
             return 1
         status = server.health()
         if status == 200 and server.process.poll() is None:
-            return None
+            if server.listener() is not None:
+                return None
+            server.stop()
+            _report_failure(
+                console,
+                f"another process answers on port {server.port} (it took the port while ours was "
+                "starting); stopped ours. Choose another --port",
+                server.logs,
+            )
+            return 1
         if server.elapsed() > startup_timeout:
             server.stop()
             _report_failure(
@@ -770,23 +875,40 @@ def _supervise(server: _Server) -> int:
         time.sleep(POLL_S)
 
 
-def _write_state(state_file: Path, server: _Server, shown_command: list[str]) -> None:
+def _write_state(
+    state_file: Path, server: _Server, shown_command: list[str], phase: str, view: Path | None
+) -> None:
     pid = server.process.pid
     state = {
         "pid": pid,
         "pgid": os.getpgid(pid),
         "start_ticks": _start_ticks(pid),
+        "phase": phase,  # starting, then ready (verified: its own process listens on the port)
+        "listener_pid": server.listener() if phase == "ready" else None,
         "host": server.host,
         "port": server.port,
+        "ports": server.ports,
         "url": server.url,
         "log_dir": str(server.logs.log_dir),
         "command": shown_command,
+        "cwd": os.getcwd(),
+        "view": str(view.absolute()) if view else None,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    state_file.parent.mkdir(parents=True, exist_ok=True)
-    partial = state_file.with_name(state_file.name + ".tmp")
-    partial.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-    partial.replace(state_file)  # atomic: a reader never sees half a file
+    write_text_atomic(state_file, json.dumps(state, indent=2) + "\n")
+    if view is not None and not view.is_symlink():
+        with contextlib.suppress(OSError):  # a view is a convenience: never fail the start over it
+            view.parent.mkdir(parents=True, exist_ok=True)
+            view.symlink_to(state_file.absolute())
+
+
+def _forget(state_file: Path, state: dict[str, Any] | None = None) -> None:
+    """Remove a server's record and its view in the project."""
+    state = state or _read_state(state_file) or {}
+    view = Path(state["view"]) if state.get("view") else None
+    if view is not None and view.is_symlink() and Path(os.readlink(view)) == state_file.absolute():
+        view.unlink(missing_ok=True)
+    state_file.unlink(missing_ok=True)
 
 
 def _read_state(state_file: Path) -> dict[str, Any] | None:
@@ -807,25 +929,41 @@ def _is_ours(state: dict[str, Any]) -> bool:
 
 
 def server_status(state_file: Path) -> dict[str, Any]:
-    """{"running", "healthy" (None when not running), "pid", "url", ...} of a detached server."""
+    """A detached server's record with "running", "healthy" (None when not running) and "state":
+    ready, starting, unhealthy, or stale (its process is gone: the record outlived it)."""
     state = _read_state(state_file)
     if state is None:
         reason = "no state file" if not state_file.exists() else "unreadable state file"
-        return {"running": False, "healthy": None, "state_file": str(state_file), "reason": reason}
+        return {
+            "running": False,
+            "healthy": None,
+            "state": "missing",
+            "state_file": str(state_file),
+            "reason": reason,
+        }
     running = _is_ours(state)
     status = probe_health(state["host"], state["port"]) if running else None
+    if not running:
+        word = "stale"
+    elif state.get("phase") == "starting":
+        word = "starting"
+    else:
+        word = "ready" if status == 200 else "unhealthy"
     return {
         **state,
         "running": running,
         "healthy": None if not running else status == 200,
         "health_status": status,
+        "state": word,
         "url": state.get("url") or server_url(state["host"], state["port"]),
         "state_file": str(state_file),
     }
 
 
 def stop_server(state_file: Path, timeout: float = 30.0) -> bool:
-    """Stop a detached server's whole tree and remove its state file; True if something was stopped."""
+    """Stop a detached server's whole tree and remove its record; True if something was stopped.
+
+    A stale record (the server is gone) is removed, after stopping workers it left in its group."""
     state = _read_state(state_file)
     if state is None:
         with contextlib.suppress(FileNotFoundError):
@@ -836,6 +974,40 @@ def stop_server(state_file: Path, timeout: float = 30.0) -> bool:
     # a reused pid is someone else's process: leave it alone; workers left in the group are still ours
     if _is_ours(state) or _group_exists(pgid):
         stopped = stop_tree(pid if _is_ours(state) else -1, pgid, timeout)
-    with contextlib.suppress(FileNotFoundError):
-        state_file.unlink()
+    if _is_ours(state):
+        from ernie_ops.errors import UserError
+
+        raise UserError(
+            f"pid {pid} (the server on port {state['port']}) survived SIGKILL; its record is kept"
+        )
+    _forget(state_file, state)
     return stopped
+
+
+def list_servers(directory: Path) -> list[dict[str, Any]]:
+    """Every server ernie-ops started on this machine for this user, by port: the detached ones
+    from their records (with `server_status`), the foreground ones from the port locks they hold."""
+    found: dict[int, dict[str, Any]] = {}
+    for path in directory.glob("*.json") if directory.is_dir() else []:
+        status = server_status(path)
+        if status["state"] != "missing":
+            found[status["port"]] = status
+    recorded = {port for status in found.values() for port in status.get("ports") or [status["port"]]}
+    holders: dict[tuple[int, str], list[tuple[float, int]]] = {}
+    for path in directory.glob("*.lock") if directory.is_dir() else []:
+        if path.stem.isdigit() and int(path.stem) not in recorded:
+            owner = Lock.holder(path)
+            if owner is not None:
+                holders.setdefault((owner.pid, owner.command), []).append((owner.started, int(path.stem)))
+    for (pid, command), taken in holders.items():
+        started, port = min(taken)  # the main port is locked first
+        found[port] = {
+            "port": port,
+            "ports": [p for _, p in sorted(taken)],
+            "state": "foreground",
+            "running": True,
+            "pid": pid,
+            "command": command,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        }
+    return [found[port] for port in sorted(found)]

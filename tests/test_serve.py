@@ -146,7 +146,7 @@ def test_ports_in_use_and_low_byte_collisions_are_refused(tmp_path):
     with socket.socket() as busy:
         busy.bind(("0.0.0.0", 18181))
         busy.listen()
-        with pytest.raises(UserError, match="metrics-port 18181 is already in use"):
+        with pytest.raises(UserError, match="metrics_port 18181 is already in use"):
             check_ports(profile, tmp_path / "state")
     state = tmp_path / "state"
     state.mkdir()
@@ -277,9 +277,9 @@ def test_without_gpu_the_embedded_backend_serves_with_the_same_lifecycle(tiny_de
             model=tiny_dense.name, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0
         )
         assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 4
-        status = json.loads(cli("serve", "status", cwd=tmp_path).stdout)
-        assert [s["port"] for s in status] == [port]
+        status = json.loads(cli("serve", "status", "--json", cwd=tmp_path).stdout)
+        assert [(s["port"], s["state"]) for s in status] == [(port, "ready")]
     finally:
         stopped = cli("serve", "stop", "--port", str(port), cwd=tmp_path)
-    assert stopped.returncode == 0
-    assert "no detached server" in cli("serve", "status", cwd=tmp_path).stdout
+    assert stopped.returncode == 0 and f"port {port}: stopped the server" in stopped.stdout
+    assert "no server" in cli("serve", "status", cwd=tmp_path).stdout

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from ernie_ops.cli.base import Subcommand
+from ernie_ops.errors import UserError
 
 
 class Serve(Subcommand):
@@ -15,13 +16,17 @@ class Serve(Subcommand):
         "Serve a profile (recipes/serve/*.yaml), a checkpoint directory or a run directory. Pre-flight: "
         "the checkpoint is local and passes verify (a LoRA run is refused: export first), the ports are "
         "free, the GPUs exist and the planner says it fits. Then FastDeploy runs as a supervised child "
-        "until Ctrl-C (or --detach). `serve status` and `serve stop` manage detached servers."
+        "until Ctrl-C (it dies with ernie-ops, even by SIGKILL) or --detach. Each port serves one server: "
+        "a second start on it is refused. `serve status` and `serve stop` find every server you started "
+        "on this machine, from any directory (records in $XDG_STATE_HOME/ernie-ops/serve, default "
+        "~/.local/state/ernie-ops/serve; runs/serve/PORT.json links to them)."
     )
     examples = (
         "ernie-ops serve recipes/serve/ERNIE-4.5-21B-A3B_wint4_1x80G.yaml --print-command",
         "ernie-ops serve recipes/serve/ERNIE-4.5-21B-A3B_wint4_1x80G.yaml --set model=runs/my-run",
-        "ernie-ops serve runs/my-run --set quantization=wint8 --set port=8280 --detach",
-        "ernie-ops serve status",
+        "ernie-ops serve runs/my-run --set quantization=wint8 --port 8280 --detach",
+        "ernie-ops serve runs/my-run --host 0.0.0.0 --set api_key_env=MY_KEY   # reachable from the network",
+        "ernie-ops serve status            # a table; --json for scripts",
         "ernie-ops serve stop --port 8280",
     )
 
@@ -39,7 +44,15 @@ class Serve(Subcommand):
             "--print-command", action="store_true", help="print the FastDeploy command and exit"
         )
         parser.add_argument("--detach", action="store_true", help="return once the server is ready")
-        parser.add_argument("--port", type=int, help="with stop/status: which server")
+        parser.add_argument(
+            "--port", type=int, help="the port to serve on (as --set port=N); with stop/status: which server"
+        )
+        parser.add_argument(
+            "--host",
+            help="the address to bind (as --set host=H): 127.0.0.1 this machine only, 0.0.0.0 or :: every "
+            "network interface; default: the backend's own (FastDeploy 0.0.0.0, embedded 127.0.0.1)",
+        )
+        parser.add_argument("--json", action="store_true", help="with status: JSON for scripts")
         parser.add_argument(
             "--backend",
             choices=("fastdeploy", "paddle"),
@@ -50,26 +63,34 @@ class Serve(Subcommand):
     def run(self, args: argparse.Namespace) -> int:
         if args.target in ("status", "stop"):
             return _lifecycle(args)
+        if args.json:
+            raise UserError("--json goes with `serve status`", hint="ernie-ops serve status --json")
         from ernie_ops.serve.fastdeploy import build_launch
         from ernie_ops.serve.preflight import resolve_model
         from ernie_ops.serve.profile import load_profile, profile_for_checkpoint
 
+        # the flags come last, so they win over the same key in --set
+        sets = [
+            *args.sets,
+            *(f"{k}={v}" for k, v in (("port", args.port), ("host", args.host)) if v is not None),
+        ]
         target = Path(args.target)
         if target.suffix in (".yaml", ".yml"):
-            profile = load_profile(target, args.sets)
+            profile = load_profile(target, sets)
         else:
-            profile = profile_for_checkpoint(args.target, args.sets)
-        from ernie_ops.serve.preflight import choose_backend
+            profile = profile_for_checkpoint(args.target, sets)
+        from ernie_ops.serve.preflight import choose_backend, default_host
 
         profile.backend, reason = choose_backend(args.backend or profile.backend)
         if reason:
             print(reason)
+        profile.host = profile.host or default_host(profile.backend)
         if profile.backend == "paddle":
             return _start_embedded(profile, args)
         if args.print_command:
             model_dir = Path(profile.model).expanduser()
             try:
-                resolved = resolve_model(profile.model)
+                resolved = resolve_model(profile.model, profile.backend)
                 model_dir, is_vl = resolved.model_dir, resolved.is_vl
             except Exception:  # printing the command needs no local model: show it as given
                 is_vl = "-VL-" in profile.model
@@ -86,7 +107,7 @@ def _start(profile, args: argparse.Namespace) -> int:
     from ernie_ops.serve.fastdeploy import build_launch
     from ernie_ops.serve.preflight import check_checkpoint, check_gpus, check_ports, resolve_model
 
-    target = resolve_model(profile.model)
+    target = resolve_model(profile.model, profile.backend)
     check_checkpoint(target)
     check_ports(profile)
     plan = check_gpus(profile, target)
@@ -105,7 +126,6 @@ def _start_embedded(profile, args: argparse.Namespace) -> int:
     from ernie_ops.serve.preflight import check_checkpoint, check_ports, resolve_model
     from ernie_ops.serve.profile import api_key
 
-    host = "127.0.0.1" if profile.host == "0.0.0.0" else profile.host  # no TLS: one machine by default
     command = [
         sys.executable,
         "-m",
@@ -113,7 +133,7 @@ def _start_embedded(profile, args: argparse.Namespace) -> int:
         "--model",
         profile.model,
         "--host",
-        host,
+        profile.host,
         "--port",
         str(profile.port),
         "--max-batch-size",
@@ -124,7 +144,7 @@ def _start_embedded(profile, args: argparse.Namespace) -> int:
     if args.print_command:
         print(" ".join(shlex.quote(c) for c in command))
         return 0
-    target = resolve_model(profile.model)
+    target = resolve_model(profile.model, profile.backend)
     command[command.index("--model") + 1] = str(target.model_dir)
     check_checkpoint(target)
     check_ports(profile, only_main=True)
@@ -139,40 +159,103 @@ def _start_embedded(profile, args: argparse.Namespace) -> int:
 def _supervise(profile, args: argparse.Namespace, command: list[str], env: dict[str, str], run_dir) -> int:
     import datetime as dt
 
-    from ernie_ops.serve.preflight import STATE_DIR
+    from ernie_ops.serve.preflight import LOG_DIR, exposure_warning, server_ports, state_dir
     from ernie_ops.serve.supervisor import run_server
 
+    warning = exposure_warning(
+        profile.host, profile.port, protected="FD_API_KEY" in env or "ERNIE_OPS_API_KEY" in env
+    )
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    log_dir = (run_dir / "logs" if run_dir else STATE_DIR) / f"serve-{profile.port}-{stamp}"
+    log_dir = (run_dir / "logs" if run_dir else LOG_DIR) / f"serve-{profile.port}-{stamp}"
     log_dir.mkdir(parents=True, exist_ok=True)
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
-    host = "127.0.0.1" if profile.host == "0.0.0.0" else profile.host
     return run_server(
         command,
         {**env, "FD_LOG_DIR": str(log_dir)},
         log_dir,
-        host,
+        profile.host,
         profile.port,
         profile.startup_timeout,
         args.detach,
-        STATE_DIR / f"{profile.port}.json",
+        state_dir() / f"{profile.port}.json",
+        ports=server_ports(profile).values(),
+        view=LOG_DIR / f"{profile.port}.json",
     )
 
 
 def _lifecycle(args: argparse.Namespace) -> int:
-    from ernie_ops.serve.preflight import STATE_DIR, running_servers
-    from ernie_ops.serve.supervisor import server_status, stop_server
+    from ernie_ops.serve.preflight import state_dir
+    from ernie_ops.serve.supervisor import list_servers, stop_server
 
-    servers = [s for s in running_servers() if args.port is None or s.get("port") == args.port]
+    unused = [
+        f
+        for f, v in (
+            ("--set", args.sets),
+            ("--detach", args.detach),
+            ("--print-command", args.print_command),
+            ("--backend", args.backend),
+        )
+        if v
+    ]
+    if unused or (args.json and args.target == "stop"):
+        raise UserError(
+            f"{', '.join(unused) or '--json'} does not apply to `serve {args.target}`",
+            hint=f"ernie-ops serve {args.target} [--port N] [--host H]"
+            + (" [--json]" if args.target == "status" else ""),
+        )
+    where = state_dir()
+    servers = [
+        s
+        for s in list_servers(where)
+        if (args.port is None or s["port"] == args.port) and (args.host is None or s.get("host") == args.host)
+    ]
+    which = " ".join(f"{k} {v}" for k, v in (("port", args.port), ("host", args.host)) if v is not None)
     if args.target == "status":
-        statuses = [server_status(Path(s["state_file"])) for s in servers]
-        print(json.dumps(statuses, indent=2) if statuses else f"no detached server recorded in {STATE_DIR}")
+        if args.json:
+            print(json.dumps(servers, indent=2))
+        elif servers:
+            print(_table(servers))
+        else:
+            print(f"no server{' on ' + which if which else ''} (records in {where})")
         return 0
     if not servers:
-        print(
-            f"no detached server{'' if args.port is None else f' on port {args.port}'} in {STATE_DIR}",
-            file=sys.stderr,
-        )
+        print(f"no server{' on ' + which if which else ''} to stop (records in {where})", file=sys.stderr)
         return 1
-    ok = all(stop_server(Path(s["state_file"])) for s in servers)
-    return 0 if ok else 1
+    code = 0
+    for server in servers:
+        port, pid = server["port"], server.get("pid")
+        if server["state"] == "foreground":
+            print(
+                f"port {port}: served in the foreground by pid {pid}; stop it there (Ctrl-C) or: kill {pid}",
+                file=sys.stderr,
+            )
+            code = 1
+        elif server["state"] == "stale":
+            leftovers = stop_server(Path(server["state_file"]))  # workers it may have left in its group
+            print(
+                f"port {port}: not running (pid {pid} had exited: a stale record); removed the record"
+                + (" and stopped the workers it left" if leftovers else "")
+            )
+        else:
+            stop_server(Path(server["state_file"]))
+            print(f"port {port}: stopped the server (pid {pid} and its workers)")
+    return code
+
+
+def _table(servers: list[dict]) -> str:
+    """One line per server: what a person checks first."""
+    rows = [("PORT", "STATE", "PID", "URL", "STARTED", "LOGS")]
+    for s in servers:
+        rows.append(
+            (
+                str(s["port"]),
+                s["state"],
+                str(s.get("pid", "")),
+                s.get("url") or "-",
+                s.get("started_at", "-"),
+                s.get("log_dir") or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)

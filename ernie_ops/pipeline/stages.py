@@ -129,7 +129,10 @@ def serve(p: Pipeline) -> str:
 
 
 def start_server(p: Pipeline, role: str, model: str) -> dict[str, Any]:
-    port = free_port_block()
+    from ernie_ops.serve.preflight import choose_backend
+
+    backend, _ = choose_backend(p.spec.backend)
+    port = free_port_block(4 if backend == "fastdeploy" else 1)  # FastDeploy's side ports follow it
     name = f"{p.spec.name}-{role}"
     command = [sys.executable, "-m", "ernie_ops", "serve"]
     if p.spec.serve_profile:
@@ -166,33 +169,27 @@ def start_server(p: Pipeline, role: str, model: str) -> dict[str, Any]:
 
 
 def free_port_block(size: int = 4) -> int:
-    """A port whose next `size - 1` neighbours are free too (FastDeploy's side ports follow it)."""
+    """A port whose next `size - 1` neighbours are free too, probed as the server binds them (on
+    every interface, with SO_REUSEADDR: old connections in TIME_WAIT do not make a port look taken)."""
+    from ernie_ops.serve.preflight import port_free
+
     for _ in range(50):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        if port + size < 65536 and all(_free(port + i) for i in range(1, size)):
+        if port + size < 65536 and all(port_free("0.0.0.0", port + i) for i in range(size)):
             return port
-    raise StageFailed("no block of free ports found on 127.0.0.1")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    raise StageFailed(f"no block of {size} free port(s) found")
 
 
 def stop_servers(p: Pipeline) -> list[str]:
     """Stop every server the serve stage recorded; returns what was stopped."""
-    from ernie_ops.serve.preflight import STATE_DIR
+    from ernie_ops.serve.preflight import state_dir
     from ernie_ops.serve.supervisor import stop_server
 
     stopped = []
     for role, endpoint in p.record.endpoints.items():
-        state = STATE_DIR / f"{endpoint['port']}.json"
+        state = state_dir() / f"{endpoint['port']}.json"
         if state.exists() and stop_server(state):
             stopped.append(f"{role} (port {endpoint['port']})")
     return stopped
