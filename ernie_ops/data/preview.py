@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ernie_ops.data.formats import Conversation
 from ernie_ops.data.lint import TokenCounter, parsed_items
+from ernie_ops.data.read import require_file
 
 GREEN, RESET = "\x1b[30;42m", "\x1b[0m"
 
@@ -39,6 +40,7 @@ def _pieces(counter: TokenCounter, parsed: Conversation) -> Iterator[tuple[str, 
 def preview(
     path: Path, model_dir: Path, n: int = 3, color: bool = False, fmt: str = "auto"
 ) -> Iterator[Rendered]:
+    require_file(path)  # before the seconds the tokenizer takes to load
     counter = TokenCounter(model_dir, max_seq_len=1 << 30)
     shown = 0
     for item, _, parsed, _ in parsed_items(path, fmt, progress=False):
