@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 
 from packaging.version import InvalidVersion, Version
 
+from ernie_ops.extras import hide_framework_advisory
+
 # FastDeploy release -> the paddlepaddle-gpu it is built against (FastDeploy's install docs).
 FASTDEPLOY_PADDLE = {
     "2.0": "3.1.0",
@@ -277,6 +279,7 @@ def run_doctor(progress: Callable[[str], None] | None = None) -> Report:
     checks: list[Check] = []
     with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # import-time UserWarnings of paddle/setuptools are noise here
+        hide_framework_advisory()
         for probe in (check_python, check_paddle, check_erniekit, check_paddleformers, check_data_stack):
             if progress:
                 progress(probe.__name__.removeprefix("check_"))

@@ -15,12 +15,12 @@ import logging
 import random
 import shutil
 import tempfile
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ernie_ops import __version__
 from ernie_ops.errors import UserError
+from ernie_ops.extras import optional_imports
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,8 @@ def _write_tokenizer(out: Path, spec: TinySpec, seed: int) -> None:
 def _padded(model: bytes, size: int) -> bytes:
     """The tokenizer with inert pieces appended up to the model's vocabulary, so every id a random
     model can emit decodes; their scores are far below every real piece, so encoding is unchanged."""
-    from sentencepiece import sentencepiece_model_pb2 as pb
+    with optional_imports("cpu", "building the tiny model"):  # protobuf (`google`) comes with Paddle
+        from sentencepiece import sentencepiece_model_pb2 as pb
 
     proto = pb.ModelProto()  # type: ignore[attr-defined]  # generated protobuf: no stubs
     normal = proto.SentencePiece.NORMAL
@@ -294,8 +295,7 @@ def _model_config_kwargs(spec: TinySpec) -> dict:
 
 
 def _write_model(out: Path, spec: TinySpec, seed: int) -> None:
-    with warnings.catch_warnings():  # import-time UserWarnings of paddle / setuptools are noise here
-        warnings.simplefilter("ignore")
+    with optional_imports("cpu", "building the tiny model"):
         import paddle
         from ernie.configuration import Ernie4_5_MoeConfig
         from ernie.modeling_moe import Ernie4_5_MoeForCausalLM

@@ -46,7 +46,6 @@ import logging
 import queue
 import threading
 import time
-import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from ernie_ops.errors import UserError
+from ernie_ops.extras import optional_imports
 
 log = logging.getLogger(__name__)
 
@@ -557,8 +557,7 @@ class Engine:
                 hint="ERNIEKit's MoE dispatch kernel (moe_gate_dispatch) is GPU-only in Paddle; "
                 "serve MoE models with FastDeploy on a GPU",
             )
-        with warnings.catch_warnings():  # import-time UserWarnings of paddle / setuptools are noise
-            warnings.simplefilter("ignore")
+        with optional_imports("cpu", "the embedded CPU server"):
             import paddle
             from ernie.modeling_moe import Ernie4_5_MoeForCausalLM
             from ernie.tokenizer import Ernie4_5_Tokenizer

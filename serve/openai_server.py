@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from ernie_ops.errors import UserError
+from ernie_ops.extras import optional_imports
 from ernie_ops.serve.engine import FINISH_CANCELLED, FINISH_ERROR, Delta, Engine, SamplingParams
 from ernie_ops.serve.protocol import (
     ChatChoice,
@@ -540,10 +541,11 @@ def create_app(
     Up to `engine.max_batch_size` requests run at once and `max_waiting` more may queue; beyond
     that a request gets 429 at once rather than an unbounded wait.
     """
-    from fastapi import FastAPI
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
+    with optional_imports("serve", "the embedded CPU server"):
+        from fastapi import FastAPI
+        from fastapi.exceptions import RequestValidationError
+        from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+        from starlette.exceptions import HTTPException as StarletteHTTPException
 
     state = ServerState(engine, model_name, api_key or None, max_waiting)
     state.thinking_default = _template_thinks(engine.tokenizer)
@@ -681,7 +683,8 @@ def run(
 
     Binds loopback unless told otherwise: the embedded server has no TLS and is meant for one machine.
     """
-    import uvicorn
+    with optional_imports("serve", "the embedded CPU server"):  # before the model loads
+        import uvicorn
 
     engine = Engine.load(model_dir, max_batch_size=max_batch_size)
     name = served_model_name or Path(model_dir).name

@@ -526,10 +526,9 @@ def _tail(text: str, lines: int = 3) -> str:
 
 
 def forward_pass(path: Path, n: int = FORWARD_TOKENS) -> dict[str, Any]:
-    import warnings
+    from ernie_ops.extras import optional_imports
 
-    with warnings.catch_warnings():  # import-time UserWarnings of paddle / setuptools are noise here
-        warnings.simplefilter("ignore")
+    with optional_imports("cpu", "the forward pass of verify"):
         import paddle
         from ernie.modeling_moe import Ernie4_5_MoeForCausalLM
 

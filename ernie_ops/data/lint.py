@@ -317,10 +317,9 @@ class TokenCounter:
     def __init__(self, model_dir: Path, max_seq_len: int):
         if not (Path(model_dir) / "tokenizer_config.json").is_file():
             raise UserError(f"{model_dir}: no tokenizer_config.json", hint="give a model directory")
-        import warnings
+        from ernie_ops.extras import optional_imports
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with optional_imports("cpu", "counting tokens (--tokenizer)"):
             from ernie.tokenizer import Ernie4_5_Tokenizer
             from paddleformers.utils.log import logger
 

@@ -274,7 +274,10 @@ def extract() -> dict:
     import importlib.metadata as md
     import typing
 
-    from erniekit.hparams import parser
+    from ernie_ops.extras import optional_imports
+
+    with optional_imports("cpu", "reading ERNIEKit's argument schema"):
+        from erniekit.hparams import parser
 
     fields: dict[str, dict] = {}
     for cls in parser._TRAIN_ARGS:
