@@ -505,7 +505,13 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    found = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            found.append(json.loads(line))
+        except ValueError:  # cut short by a full disk or a kill (a resume appends after it): skipped
+            continue
+    return [m for m in found if isinstance(m, dict)]
 
 
 def _plot(run_dir: Path) -> Path | None:
