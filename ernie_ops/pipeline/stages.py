@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -169,17 +168,28 @@ def start_server(p: Pipeline, role: str, model: str) -> dict[str, Any]:
 
 
 def free_port_block(size: int = 4) -> int:
-    """A port whose next `size - 1` neighbours are free too, probed as the server binds them (on
-    every interface, with SO_REUSEADDR: old connections in TIME_WAIT do not make a port look taken)."""
+    """A port whose next `size - 1` neighbours are free too, probed as the server binds them (every
+    interface, SO_REUSEADDR: a port an earlier server left in TIME_WAIT is free). Searched below the
+    ephemeral range, where a busy client's own TIME_WAIT connections never sit."""
+    import random
+
     from ernie_ops.serve.preflight import port_free
 
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + size < 65536 and all(port_free("0.0.0.0", port + i) for i in range(size)):
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(10000, low - size)
+        if all(port_free("0.0.0.0", port + i) for i in range(size)):
             return port
-    raise StageFailed(f"no block of {size} free port(s) found")
+    raise StageFailed(f"no block of {size} free port(s) found between 10000 and {low}")
+
+
+def _ephemeral_low() -> int:
+    """The first port the kernel hands to outgoing connections (Linux; 32768 elsewhere)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+    return low if low > 10100 else 32768
 
 
 def stop_servers(p: Pipeline) -> list[str]:
