@@ -20,7 +20,7 @@ class Check(Subcommand):
     examples = (
         "ernie-ops check recipes/ERNIE-4.5-0.3B/sft_8k.yaml",
         "ernie-ops check my.yaml max_steps=100 learning_rate=1.0e-5 --gpus 8 --nnodes 2",
-        "ernie-ops check my.yaml --strict --format json",
+        "ernie-ops check my.yaml --strict --format json --max-problems 0",
         "ernie-ops check --keys | grep lora",
     )
 
@@ -31,6 +31,12 @@ class Check(Subcommand):
         parser.add_argument("--nnodes", type=int, default=1, help="nodes (default 1)")
         parser.add_argument("--strict", action="store_true", help="warnings fail the check too")
         parser.add_argument("--format", choices=("text", "json"), default="text")
+        parser.add_argument(
+            "--max-problems",
+            type=int,
+            metavar="N",
+            help="show the first N problems and count the rest (default 100; 0: all)",
+        )
         parser.add_argument(
             "--erniekit-version",
             metavar="V",
@@ -52,7 +58,9 @@ class Check(Subcommand):
             raise UserError("give a recipe to check", hint="ernie-ops check recipes/tiny/sft_cpu.yaml")
         if (args.gpus is not None and args.gpus < 1) or args.nnodes < 1:
             raise UserError("--gpus and --nnodes must be at least 1")
-        from ernie_ops.recipe.check import check_recipe
+        if args.max_problems is not None and args.max_problems < 0:
+            raise UserError("--max-problems must be 0 (all) or more")
+        from ernie_ops.recipe.check import SHOWN, check_recipe
 
         report = check_recipe(
             args.recipe,
@@ -62,12 +70,11 @@ class Check(Subcommand):
             erniekit_version=args.erniekit_version,
             lint_data=not args.no_data_lint,
         )
+        limit = SHOWN if args.max_problems is None else args.max_problems or None
         if args.format == "json":
-            print(json.dumps(report.to_dict(), indent=2))
+            print(json.dumps(report.to_dict(limit), indent=2))
         else:
-            for problem in report.problems:
-                print(problem.render())
-            print(report.summary())
+            print("\n".join(report.render(limit)))
         return report.exit_code(args.strict)
 
 

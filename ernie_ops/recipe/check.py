@@ -11,6 +11,8 @@ from ernie_ops.recipe.problems import ERROR, WARNING, Problem, warning
 from ernie_ops.recipe.rules import RULES, Context
 from ernie_ops.recipe.schema import Schema, load_schema, snapshots
 
+SHOWN = 100  # problems shown by default; a recipe with thousands needs the first ones fixed first
+
 
 @dataclass
 class CheckReport:
@@ -34,14 +36,24 @@ class CheckReport:
         verdict = "ok" if not e else "not ready to launch"
         return f"{self.recipe}: {e} error(s), {w} warning(s), {verdict} [{self.schema}]"
 
-    def to_dict(self) -> dict:
+    def to_dict(self, limit: int | None = None) -> dict:
+        shown = self.problems[:limit]
         return {
             "recipe": str(self.recipe),
             "schema": self.schema,
             "errors": len(self.errors),
             "warnings": len(self.warnings),
-            "problems": [p.to_dict() for p in self.problems],
+            "problems": [p.to_dict() for p in shown],
+            "not_shown": len(self.problems) - len(shown),
         }
+
+    def render(self, limit: int | None = SHOWN) -> list[str]:
+        """The problems (the first LIMIT, then a count of the rest) and the summary, as lines."""
+        lines = [p.render() for p in self.problems[:limit]]
+        rest = len(self.problems) - len(lines)
+        if rest:
+            lines.append(f"... and {rest:,} more problem(s) (--max-problems 0 shows them all)")
+        return [*lines, self.summary()]
 
 
 def check_recipe(

@@ -15,11 +15,14 @@ from typing import Any
 
 from packaging.version import Version
 
-from ernie_ops.errors import did_you_mean
+from ernie_ops.errors import UserError, did_you_mean
+from ernie_ops.files import regular_file
 from ernie_ops.recipe.load import RESERVED_BLOCK, LoadedRecipe
 from ernie_ops.recipe.problems import Problem, error, warning
+from ernie_ops.recipe.ranges import RANGES
 from ernie_ops.recipe.schema import Field, Schema
 
+SUGGESTIONS = 100  # unknown keys that get a "did you mean" (the report shows about as many)
 DATASET_TYPES = ("erniekit", "alpaca", "filelist", "glob")  # ernie/dataset/base.py MultiSourceDataset
 YAML_BOOL_WORDS = {"true", "false", "yes", "no", "on", "off", "y", "n"}
 # PyYAML follows YAML 1.1: a float needs a dot, so `1e-5` is read as the string "1e-5".
@@ -97,9 +100,11 @@ Rule = Callable[[Context], Iterator[Problem]]
 def unknown_keys(ctx: Context) -> Iterator[Problem]:
     """PdArgumentParser.parse_dict keeps only known fields: anything else vanishes without a word."""
     known = ctx.schema.fields
+    unknown = 0
     for key in ctx.recipe.values:
         if key in known or key == RESERVED_BLOCK:
             continue
+        unknown += 1
         elsewhere = sorted((v for v, o in ctx.schema.others.items() if key in o.keys), key=Version)
         if elsewhere:
             yield error(
@@ -110,7 +115,8 @@ def unknown_keys(ctx: Context) -> Iterator[Problem]:
                 f"install ERNIEKit {elsewhere[-1]}, or remove the key",
             )
             continue
-        guess = did_you_mean(key, list(known))
+        # a suggestion costs ~0.5 ms (difflib against every key): only the first are looked for
+        guess = did_you_mean(key, list(known)) if unknown <= SUGGESTIONS else None
         default = f" (it trains with the default {guess}: {known[guess].default!r})" if guess else ""
         yield error(
             ctx.where(key),
@@ -204,6 +210,25 @@ def types(ctx: Context) -> Iterator[Problem]:
                 key,
                 f"{value!r} is not one of {', '.join(f.choices)}",
                 f"did you mean {guess!r}?" if guess else f"use one of {', '.join(f.choices)}",
+            )
+
+
+def ranges(ctx: Context) -> Iterator[Problem]:
+    """The dataclasses take any number; ERNIEKit fails late, or trains wrong, on most of them."""
+    for key, value in ctx.recipe.values.items():
+        allowed = RANGES.get(key)
+        if allowed is None or key not in ctx.schema.fields:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue  # `types` reports what is not a number
+        if not allowed.admits(value):
+            default = ctx.schema.fields[key].default
+            usable = isinstance(default, int | float) and allowed.admits(default)
+            yield error(
+                ctx.where(key),
+                key,
+                f"{value!r} is out of range: it must be {allowed.describe()}",
+                f"e.g. {key}: {default!r} (ERNIEKit's default)" if usable else "",
             )
 
 
@@ -424,7 +449,7 @@ def _dataset_file(ctx: Context, key: str, path: str, kind: str) -> Iterator[Prob
         if not list(local.parent.glob(local.name)):
             yield error(ctx.where(key), key, f"the glob {path!r} matches no file")
         return
-    if not local.exists():
+    if not local.exists() and not local.is_symlink():
         hint = "check the path"
         beside = ctx.recipe.path.parent / path
         if beside.exists():
@@ -439,8 +464,10 @@ def _dataset_file(ctx: Context, key: str, path: str, kind: str) -> Iterator[Prob
             hint,
         )
         return
-    if local.is_dir():
-        yield error(ctx.where(key), key, f"{path} is a directory, expected a JSONL file")
+    try:
+        regular_file(local, "dataset")  # a FIFO would block the check, /dev/zero never end
+    except UserError as err:
+        yield error(ctx.where(key), key, err.message, err.hint or "")
         return
     if kind == "erniekit":
         mismatch = list(_data_matches_stage(ctx, key, local, path))
@@ -461,7 +488,11 @@ def _lint_dataset(ctx: Context, key: str, local: Path, name: str) -> Iterator[Pr
         if not first:
             first.append(f"{name}:{line}: {reason}")
 
-    result = lint_file(local, fmt, keep_first, progress=False)
+    try:
+        result = lint_file(local, fmt, keep_first, progress=False)
+    except UserError as err:
+        yield error(ctx.where(key), key, f"{name}: {err}".replace("\n  hint:", ";"))
+        return
     if result.bad:
         hang = " (all of them: ERNIEKit would hang)" if result.bad == result.records else ""
         yield error(
@@ -469,6 +500,15 @@ def _lint_dataset(ctx: Context, key: str, local: Path, name: str) -> Iterator[Pr
             key,
             f"{result.bad} of {result.records} records are bad{hang}; ERNIEKit skips them. First: {first[0]}",
             f"ernie-ops data lint {name} lists them all",
+        )
+    if result.duplicates and result.first_duplicate:
+        line, original = result.first_duplicate
+        yield warning(
+            ctx.where(key),
+            key,
+            f"{result.duplicates} record(s) are exact copies of earlier ones (first: {name}:{line} "
+            f"repeats line {original}); ERNIEKit keeps them and trains on every copy",
+            "if the copies are not meant to weigh more: ernie-ops data convert --dedupe drops them",
         )
 
 
@@ -485,8 +525,12 @@ def _data_matches_stage(ctx: Context, key: str, path: Path, name: str) -> Iterat
     where = ctx.where(key)
     try:
         first = _first_record(path)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        yield error(where, key, f"{name}: the first record is not JSON ({err})", "fix or regenerate the file")
+    except (ValueError, RecursionError) as err:  # invalid JSON or UTF-8; nested past the parser's limit
+        why = err if isinstance(err, ValueError) else "nested too deeply"
+        yield error(where, key, f"{name}: the first record is not JSON ({why})", "fix or regenerate the file")
+        return
+    except OSError as err:
+        yield error(where, key, f"{name}: cannot read it ({err.strerror or err})")
         return
     if first is None:
         yield error(where, key, f"{name} has no records")
@@ -550,7 +594,6 @@ def _model_facts(ctx: Context) -> tuple[int | None, bool | None]:
         except (ValueError, OSError):
             return None, None
     from ernie_ops.catalog import find_model
-    from ernie_ops.errors import UserError
 
     try:
         spec = find_model(path)
@@ -568,7 +611,6 @@ def model(ctx: Context) -> Iterator[Problem]:
         return
     local = ctx.resolve(path)
     from ernie_ops.catalog import find_model
-    from ernie_ops.errors import UserError
 
     try:
         hub = find_model(path) if path.count("/") == 1 and not path.startswith((".", "/", "~")) else None
@@ -580,7 +622,7 @@ def model(ctx: Context) -> Iterator[Problem]:
                 ctx.where("model_name_or_path"),
                 "model_name_or_path",
                 f"{path} is not downloaded here; ERNIEKit reads {path}/config.json and does not download",
-                f"huggingface-cli download {path} --local-dir {path}",
+                f"ernie-ops pull {path}",
             )
         else:
             yield error(
@@ -714,7 +756,6 @@ def metadata(ctx: Context) -> Iterator[Problem]:
             yield error(where, f"{RESERVED_BLOCK}.{key}", f"expected {expected.__name__}, got {value!r}")
     if "model" in block and isinstance(block["model"], str):
         from ernie_ops.catalog import find_model
-        from ernie_ops.errors import UserError
 
         try:
             find_model(block["model"])
@@ -725,6 +766,7 @@ def metadata(ctx: Context) -> Iterator[Problem]:
 RULES: tuple[Rule, ...] = (
     unknown_keys,
     types,
+    ranges,
     choices,
     silent_overrides,
     lora_keys_without_lora,
