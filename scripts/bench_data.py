@@ -11,6 +11,10 @@ the file size.
 
     .venv/bin/python scripts/bench_data.py                  # 100 MB and 1 GB (needs ~3 GB of disk)
     .venv/bin/python scripts/bench_data.py --sizes-mb 20    # quick
+    .venv/bin/python scripts/bench_data.py --sizes-mb 50 --baseline /tmp/old  # before/after a change
+
+`--baseline DIR` (a copy of the package from another commit: `git archive REV ernie_ops | tar -x
+-C DIR`) adds lint and convert runs of that code, interleaved with the others in the same run.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ TIMER = """
 import resource, sys, time
 from pathlib import Path
 P = sys.argv[1]
+sys.path[:0] = sys.argv[2:]  # --baseline: its package first
 {setup}
 start = time.perf_counter()
 {body}
@@ -80,12 +85,18 @@ def generate(path: Path, size_mb: int, seed: int = 0) -> int:
     return n
 
 
-def run(kind: str, path: Path) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of one measurement in a fresh, single-threaded process."""
-    code = TIMER.format(setup=SETUP.get(kind, ""), body=CHILD[kind])
+def run(kind: str, path: Path, baseline: Path | None = None) -> tuple[float, float]:
+    """(seconds, peak RSS in MB) of one measurement in a fresh, single-threaded process; with
+    `baseline`, of the package found there (kinds ending in "_base")."""
+    name = kind.removesuffix("_base")
+    code = TIMER.format(setup=SETUP.get(name, ""), body=CHILD[name])
     env_one_core = ["taskset", "-c", "0"] if Path("/usr/bin/taskset").exists() else []
+    extra = [str(baseline)] if kind.endswith("_base") and baseline else []
     out = subprocess.run(
-        [*env_one_core, sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
+        [*env_one_core, sys.executable, "-c", code, str(path), *extra],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     seconds, rss_kb = out.stdout.split()
     return float(seconds), int(rss_kb) / 1024
@@ -95,6 +106,7 @@ def main() -> int:
     parser = bench_parser(__doc__, "data", repeat=1)
     parser.add_argument("--sizes-mb", default="100,1000", help="file sizes in MB (default 100,1000)")
     parser.add_argument("--dir", type=Path, help="where to put the generated files (default: a temp dir)")
+    parser.add_argument("--baseline", type=Path, metavar="DIR", help="also time the package in DIR")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -104,9 +116,11 @@ def main() -> int:
             mb = path.stat().st_size / 1e6
             row = {"size_mb": round(mb, 1), "records": records}
             kinds = ("ceiling", "lint", "convert", "roundtrip")
+            if args.baseline:
+                kinds += ("lint_base", "convert_base")
             # interleaved (ceiling, lint, convert, ceiling, ...): on shared cores a burst of load
             # then hits every kind alike instead of one kind's whole series; best of the repeats
-            runs = [[run(kind, path) for kind in kinds] for _ in range(args.repeat)]
+            runs = [[run(kind, path, args.baseline) for kind in kinds] for _ in range(args.repeat)]
             for k, kind in enumerate(kinds):
                 best = min((r[k] for r in runs), key=lambda r: r[0])
                 row[f"{kind}_mb_s"] = round(mb / best[0], 1)
@@ -114,6 +128,8 @@ def main() -> int:
             row["lint_vs_ceiling"] = round(row["lint_mb_s"] / row["ceiling_mb_s"], 3)
             row["convert_vs_ceiling"] = round(row["convert_mb_s"] / row["ceiling_mb_s"], 3)
             row["roundtrip_vs_ceiling"] = round(row["roundtrip_mb_s"] / row["ceiling_mb_s"], 3)
+            for kind in kinds[4:]:
+                row[f"{kind}_vs_ceiling"] = round(row[f"{kind}_mb_s"] / row["ceiling_mb_s"], 3)
             results.append(row)
             path.unlink()
             Path(str(path) + ".out").unlink(missing_ok=True)
@@ -151,6 +167,12 @@ def main() -> int:
             ]
         )
     print_table(table)
+    for r in results:
+        for kind in ("lint", "convert"):
+            if f"{kind}_base_mb_s" in r:
+                before, after = r[f"{kind}_base_vs_ceiling"], r[f"{kind}_vs_ceiling"]
+                rss = f"{r[f'{kind}_base_rss_mb']} -> {r[f'{kind}_rss_mb']} MB"
+                print(f"{r['size_mb']} MB {kind}: {before:.0%} of ceiling before, {after:.0%} now; RSS {rss}")
     write_report(args.out, results=results, targets={"vs_ceiling": 0.6, "rss": "flat in file size"})
     return 0
 
