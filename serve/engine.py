@@ -192,15 +192,57 @@ def sample(logits: np.ndarray, params: SamplingParams, seen: Sequence[int], rng:
     return int(rng.choice(probs.size, p=probs))
 
 
-def _held_back(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest tail of `text` that could still grow into a stop string."""
-    longest = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:n]):
-                longest = n
-                break
-    return longest
+class StopMatcher:
+    """Finds the first stop string in text that arrives piece by piece (an Aho-Corasick automaton).
+
+    Each character costs the same however many stop strings a request has, and `held` is the
+    longest tail of the text that could still grow into one (the stream holds it back). The first
+    stop string to end wins; of those ending there, the longest (it starts earliest).
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self._next: list[dict[str, int]] = [{}]  # trie edges; node 0 is the root
+        self._depth = [0]  # characters from the root: the tail of the text this node stands for
+        self._found = [0]  # length of the longest stop string ending at this node, 0 if none
+        for stop in stops:
+            node = 0
+            for char in stop:
+                if char not in self._next[node]:
+                    self._next.append({})
+                    self._depth.append(self._depth[node] + 1)
+                    self._found.append(0)
+                    self._next[node][char] = len(self._next) - 1
+                node = self._next[node][char]
+            self._found[node] = len(stop)
+        self._fail = [0] * len(self._next)  # the longest proper suffix that is also a trie node
+        frontier = deque(self._next[0].values())
+        while frontier:
+            node = frontier.popleft()
+            for char, child in self._next[node].items():
+                self._fail[child] = self._step(self._fail[node], char)
+                self._found[child] = self._found[child] or self._found[self._fail[child]]
+                frontier.append(child)
+        self._state = 0
+
+    def _step(self, node: int, char: str) -> int:
+        while node and char not in self._next[node]:
+            node = self._fail[node]
+        return self._next[node].get(char, 0)
+
+    def feed(self, text: str) -> int | None:
+        """Read `text`; where in it the first completed stop string begins (negative: in text fed
+        before), or None."""
+        if len(self._next) == 1:  # no stop strings
+            return None
+        for i, char in enumerate(text):
+            self._state = self._step(self._state, char)
+            if self._found[self._state]:
+                return i + 1 - self._found[self._state]
+        return None
+
+    @property
+    def held(self) -> int:
+        return self._depth[self._state]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,10 +252,19 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
 class _Request:
     """Engine-side state of one request; touched only by the stepping thread once admitted."""
 
-    def __init__(self, request_id: str, prompt: list[int], params: SamplingParams, tokenizer: Any):
+    def __init__(
+        self,
+        request_id: str,
+        prompt: list[int],
+        params: SamplingParams,
+        tokenizer: Any,
+        stop_ids: frozenset[int],
+    ):
         self.id = request_id
         self.prompt = prompt
         self.params = params
+        self.stop_ids = stop_ids  # built once: a step must not cost more with a longer list
+        self.stops = StopMatcher(params.stop)
         self.rng = np.random.default_rng(params.seed)
         self.output: list[int] = []
         self.pending: int | None = None  # sampled but not yet fed to the model
@@ -514,6 +565,7 @@ class Engine:
         max_length: int | None = None,
         reference: bool = True,
         prefill_chunk: int = PREFILL_CHUNK,
+        generation_config: dict[str, Any] | None = None,
     ):
         self.model = model  # ERNIEKit's: the weights, and the reference forward of `full_logits`
         self.net = DenseForward(model)
@@ -521,6 +573,7 @@ class Engine:
         if not reference:  # the fast path holds its own copies of the linear layers: free Paddle's
             _release_linears(model)  # (~1 GB at the 0.3B shape); norms and embeddings stay shared
         self.tokenizer = tokenizer
+        self.generation_config = generation_config or {}  # the checkpoint's generation_config.json
         self.max_batch_size = max_batch_size
         self.prefill_chunk = prefill_chunk
         self.max_length = max_length or int(getattr(model.config, "max_position_embeddings", 4096))
@@ -569,7 +622,13 @@ class Engine:
         model.eval()
         tokenizer = Ernie4_5_Tokenizer.from_pretrained(str(path))
         log.info("loaded %s in %.1f s", path, time.perf_counter() - started)
-        return cls(model, tokenizer, max_batch_size=max_batch_size, reference=reference)
+        return cls(
+            model,
+            tokenizer,
+            max_batch_size=max_batch_size,
+            reference=reference,
+            generation_config=_generation_config(path),
+        )
 
     # -- text helpers -------------------------------------------------------------------------
 
@@ -617,7 +676,10 @@ class Engine:
             raise UserError("the prompt is empty")
         if len(ids) >= self.max_length:
             raise UserError(f"the prompt has {len(ids)} tokens; the model takes at most {self.max_length}")
-        request = _Request(request_id or f"req-{next(self._ids)}", ids, params, self.tokenizer)
+        stop_ids = frozenset(params.stop_token_ids) | (
+            frozenset() if params.ignore_eos else self.eos_token_ids
+        )
+        request = _Request(request_id or f"req-{next(self._ids)}", ids, params, self.tokenizer, stop_ids)
         with self._lock:
             self._waiting.append(request)
         self._wake.set()
@@ -840,15 +902,12 @@ class Engine:
         if request.logits is not None:
             request.logits.append(logits.copy())
         token = sample(logits, params, [*request.prompt, *request.output], request.rng)
-        stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_token_ids)
-        if token in stop_ids:
+        if token in request.stop_ids:
             self._finish(request, FINISH_STOP)
             return
         request.output.append(token)
         request.pending = token
-        searched_from = max(0, len(request.text) - max((len(s) for s in params.stop), default=0))
-        request.text += request.detok.add(token)
-        if params.stop and self._cut_at_stop(request, searched_from):
+        if self._cut_at_stop(request, request.detok.add(token)):
             self._finish(request, FINISH_STOP, flush=False)  # the text ends where the stop string began
         elif len(request.output) >= params.max_tokens or len(request.prompt) + len(request.output) >= (
             self.max_length
@@ -858,18 +917,18 @@ class Engine:
             self._emit(request, final=False)
 
     @staticmethod
-    def _cut_at_stop(request: _Request, searched_from: int) -> bool:
-        hits = [i for s in request.params.stop if (i := request.text.find(s, searched_from)) >= 0]
-        if not hits:
+    def _cut_at_stop(request: _Request, new_text: str) -> bool:
+        """Append `new_text`; True when a stop string completed (the text is cut where it began)."""
+        request.text += new_text
+        start = request.stops.feed(new_text)
+        if start is None:
             return False
-        request.text = request.text[: min(hits)]
+        request.text = request.text[: len(request.text) - len(new_text) + start]
         return True
 
     def _emit(self, request: _Request, final: bool) -> None:
         """Stream the text that can no longer change (a possible stop-string start is held back)."""
-        safe = (
-            len(request.text) if final else len(request.text) - _held_back(request.text, request.params.stop)
-        )
+        safe = len(request.text) if final else len(request.text) - request.stops.held
         if safe <= request.emitted and not final:
             return
         delta = Delta(
@@ -882,9 +941,7 @@ class Engine:
 
     def _finish(self, request: _Request, reason: str, error: str | None = None, flush: bool = True) -> None:
         if flush:  # an incomplete character at the very end still comes out (as U+FFFD)
-            request.text += request.detok.flush()
-            if request.params.stop:
-                self._cut_at_stop(request, 0)
+            self._cut_at_stop(request, request.detok.flush())
         request.finish_reason, request.error = reason, error
         self._emit(request, final=True)
         request.deltas.put(None)
@@ -898,6 +955,20 @@ class Engine:
             if request.finish_reason is None:
                 self._finish(request, FINISH_ERROR, error, flush=False)
         self._batch = _Batch()
+
+
+def _generation_config(model_dir: Path) -> dict[str, Any]:
+    """The checkpoint's generation_config.json ({} when there is none)."""
+    path = model_dir / "generation_config.json"
+    if not path.exists():
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {path}: {err}", hint="fix or remove the file") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path} is not a JSON object", hint="fix or remove the file")
+    return config
 
 
 def _prefill_group(waiting: list[_Request], budget: int) -> list[_Request]:

@@ -5,7 +5,14 @@ two apart: `/v1/chat/completions`, `/v1/completions` (streaming or not), `/v1/mo
 `/metrics`. The wire shapes are in `protocol.py`; this module maps them to engine requests.
 
 Threads: the engine steps in its own thread; every request gets a small pump thread that moves the
-engine's deltas onto an asyncio queue, so the event loop never blocks on the engine.
+engine's deltas onto an asyncio queue, so the event loop never blocks on the engine. Parsing, the chat
+template and tokenizing run in a small pool of their own, so a large prompt never holds up /health or
+the streams of others.
+
+Hostile clients: a request body has a size limit (413 before it is read whole) and a deadline
+(408); a connection that has not sent a whole request head within the read timeout is closed; past
+`max_connections` a new connection gets a 503 at once; every path but /health needs the API key;
+repeated warnings are logged once with a count.
 """
 
 from __future__ import annotations
@@ -16,10 +23,12 @@ import contextlib
 import hmac
 import json
 import logging
+import sys
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,11 +55,13 @@ from ernie_ops.serve.protocol import (
     ResponseMessage,
     SamplingFields,
     Usage,
+    openai_param,
 )
 
 if TYPE_CHECKING:
     from fastapi import FastAPI, Request
     from fastapi.responses import Response
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +70,32 @@ DEFAULT_MAX_WAITING = 64
 DISCONNECT_POLL_S = 0.25  # how often a quiet request checks whether its client is still there
 SHUTDOWN_DRAIN_S = 10.0  # how long shutdown waits for cancelled requests to leave the engine
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+# a prompt the context holds is well under 1 MB of text; the limit only stops abuse
+DEFAULT_MAX_BODY_MB = 4.0
+DEFAULT_READ_TIMEOUT_S = 30.0  # to send a request's head, and then its body
+DEFAULT_MAX_CONNECTIONS = 256
+PREPARE_THREADS = 2  # parse + chat template + tokenize, off the event loop
+OPEN_PATHS = frozenset({"/health"})  # everything else needs the API key when one is set
+_BAD_KEY = "invalid_api_key"
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty")
+OPENAI_SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
 
 
 class APIError(Exception):
     """A request the server refuses; becomes an OpenAI-style error body with this status."""
 
     def __init__(
-        self, status: int, message: str, type_: str, param: str | None = None, code: str | None = None
+        self,
+        status: int,
+        message: str,
+        type_: str,
+        param: str | None = None,
+        code: str | None = None,
+        close: bool = False,  # end the connection after the answer (a body left unread)
     ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.close = close
 
     def body(self) -> dict[str, Any]:
         info = ErrorInfo(message=self.message, type=self.type, param=self.param, code=self.code)
@@ -230,9 +257,16 @@ class ServerState:
     model_name: str
     api_key: str | None
     max_waiting: int
+    max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 2**20)
+    read_timeout: float = DEFAULT_READ_TIMEOUT_S
+    defaults: dict[str, float] = field(default_factory=lambda: dict(OPENAI_SAMPLING))
     metrics: Metrics = field(default_factory=Metrics)
     in_flight: dict[str, float] = field(default_factory=dict)  # request id -> arrival time
+    preparing: int = 0  # requests in the prepare pool (they count against the capacity too)
     thinking_default: bool = False
+    pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="prepare")
+    )
 
     @property
     def capacity(self) -> int:
@@ -242,6 +276,17 @@ class ServerState:
         """(running, waiting): the engine admits in arrival order up to its batch size."""
         n = len(self.in_flight)
         return min(n, self.engine.max_batch_size), max(0, n - self.engine.max_batch_size)
+
+    def check_room(self) -> None:
+        """429 when the running batch, the queue and the requests being prepared are full."""
+        busy = len(self.in_flight) + self.preparing
+        if busy >= self.capacity:
+            raise APIError(
+                429,
+                f"the server is busy ({busy} requests in flight); retry later",
+                "rate_limit_error",
+                code="too_many_requests",
+            )
 
 
 @dataclass
@@ -256,53 +301,146 @@ class Prepared:
     thinking: bool = False
 
 
-def _check_auth(state: ServerState, request: Request) -> None:
-    if state.api_key is None:
-        return
-    header = request.headers.get("authorization", "")
+def sampling_defaults(generation_config: dict[str, Any]) -> dict[str, float]:
+    """What a request that leaves out temperature, top_p, top_k or repetition_penalty gets: the
+    checkpoint's generation_config.json (as vLLM and FastDeploy do), else OpenAI's defaults. A tuned
+    ERNIE checkpoint says temperature 0.8 / top_p 0.8; sampled at 1.0 it can answer garbage."""
+    defaults = dict(OPENAI_SAMPLING)
+    for key in SAMPLING_KEYS:
+        value = generation_config.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            defaults[key] = value
+    try:
+        _engine_params(defaults, max_tokens=1).check()
+    except UserError as err:
+        raise UserError(f"generation_config.json: {err.message}", hint="fix the checkpoint's file") from None
+    return defaults
+
+
+def _engine_params(values: dict[str, Any], **more: Any) -> SamplingParams:
+    return SamplingParams(
+        temperature=float(values["temperature"]),
+        top_p=float(values["top_p"]),
+        top_k=max(int(values["top_k"]), 0),
+        repetition_penalty=float(values["repetition_penalty"]),
+        **more,
+    )
+
+
+def _authorized(api_key: str | None, header: str) -> bool:
+    if api_key is None:
+        return True
     scheme, _, token = header.partition(" ")
     # compare_digest: the time taken must not reveal how much of the key was right
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), state.api_key.encode()):
-        raise APIError(401, "invalid or missing API key", "authentication_error", code="invalid_api_key")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
 
 
-async def _parse(request: Request, model: type[SamplingFields]) -> Any:
+class _RequireKey:
+    """Every path but /health answers only with the API key (the docs and /metrics too)."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None):
+        self.app, self.api_key = app, api_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from starlette.datastructures import Headers
+        from starlette.responses import JSONResponse
+
+        guarded = scope["type"] == "http" and scope["path"] not in OPEN_PATHS
+        if guarded and not _authorized(self.api_key, Headers(scope=scope).get("authorization", "")):
+            error = APIError(401, "invalid or missing API key", "authentication_error", code=_BAD_KEY)
+            await JSONResponse(error.body(), status_code=401)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+async def _read_body(state: ServerState, request: Request) -> bytes:
+    """The body, refused with 413 past the size limit (before it is read whole: at once when its
+    Content-Length says so) and with 408 when it has not all arrived within the read timeout."""
+    from starlette.requests import ClientDisconnect
+
+    limit = state.max_body_bytes
+    too_large = APIError(
+        413,
+        f"the request body is larger than this server's limit of {limit} bytes",
+        "invalid_request_error",
+        code="request_too_large",
+        close=True,
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+
+    async def read() -> None:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limit:
+                raise too_large
+
+    try:
+        await asyncio.wait_for(read(), state.read_timeout)
+    except asyncio.TimeoutError:
+        raise APIError(
+            408,
+            f"the request body did not arrive within {state.read_timeout:g} s",
+            "invalid_request_error",
+            code="request_timeout",
+            close=True,
+        ) from None
+    except ClientDisconnect:  # the client left mid-body: nothing to answer, nothing to log
+        raise APIError(499, "the client closed the request", "client_closed_request") from None
+    return bytes(body)
+
+
+def _parse(body: bytes, model: type[SamplingFields]) -> Any:
     """The JSON body validated against `model`; any problem is a 400 naming the field."""
-    body = await request.body()
     try:
         return model.model_validate_json(body)
     except ValidationError as err:
-        first = err.errors()[0]
-        if first["type"] == "json_invalid":
-            raise bad_request(f"the request body is not valid JSON: {first['msg']}") from None
-        param = ".".join(str(p) for p in first["loc"]) or None
-        message = first["msg"].removeprefix("Value error, ")
+        errors = err.errors()
+        if errors[0]["type"] == "json_invalid":
+            raise bad_request(f"the request body is not valid JSON: {errors[0]['msg']}") from None
+        # the deepest error is the most precise (a union's members fail at its top level too)
+        worst = max(errors, key=lambda e: len(e["loc"]))
+        param = openai_param(worst["loc"])
+        message = worst["msg"].removeprefix("Value error, ")
         raise bad_request(f"{param}: {message}" if param else message, param=param) from None
 
 
 def _sampling(
-    req: SamplingFields, prompt_len: int, max_len: int, limit: int | None, default: int
+    state: ServerState,
+    req: SamplingFields,
+    prompt_len: int,
+    limit: int | None,
+    default: int,
+    prompt_param: str,
 ) -> SamplingParams:
+    max_len = state.engine.max_length
     room = max_len - prompt_len
     max_tokens = limit if limit is not None else min(default, room) if default else room
     if max_tokens > room or room <= 0:
         raise bad_request(
             f"this model's maximum context length is {max_len} tokens; the prompt has {prompt_len} "
             f"and {max_tokens} more were requested",
-            param="max_tokens" if limit is not None and prompt_len < max_len else "messages",
+            param="max_tokens" if limit is not None and prompt_len < max_len else prompt_param,
             code="context_length_exceeded",
         )
-    return SamplingParams(
+    vocab = _vocab_size(state)
+    if vocab and any(i >= vocab for i in req.stop_token_ids):
+        raise bad_request(f"stop_token_ids: token ids must be in [0, {vocab})", param="stop_token_ids")
+    given = {key: getattr(req, key) for key in SAMPLING_KEYS if getattr(req, key) is not None}
+    return _engine_params(
+        {**state.defaults, **given},
         max_tokens=max_tokens,
-        temperature=req.temperature,
-        top_p=req.top_p,
-        top_k=max(req.top_k, 0),
-        repetition_penalty=req.repetition_penalty,
         seed=req.seed,
         stop=req.stop_list(),
         stop_token_ids=list(req.stop_token_ids),
         ignore_eos=req.ignore_eos,
     )
+
+
+def _vocab_size(state: ServerState) -> int:
+    return int(getattr(state.engine.tokenizer, "vocab_size", 0) or 0)
 
 
 def _check_model(state: ServerState, name: str) -> None:
@@ -316,36 +454,57 @@ def _check_model(state: ServerState, name: str) -> None:
         )
 
 
-def _prepare_chat(state: ServerState, req: ChatCompletionRequest) -> Prepared:
+def _prepare_chat(state: ServerState, body: bytes) -> Prepared:
+    req: ChatCompletionRequest = _parse(body, ChatCompletionRequest)
     _check_model(state, req.model)
+    for i, message in enumerate(req.messages):
+        for j in message.image_parts():
+            raise bad_request(
+                f"messages[{i}].content[{j}]: this model reads text only; image_url parts are not supported",
+                param=f"messages[{i}].content[{j}].type",
+            )
     messages = [
         {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages
     ]
-    tokenizer = state.engine.tokenizer
+    switches = req.chat_template_kwargs.model_dump(exclude_none=True)
     try:
-        text = tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True, **req.chat_template_kwargs
+        text = state.engine.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, **switches
         )
     except Exception as err:  # a template error is caused by what the client sent
         raise bad_request(f"the chat template failed on these messages: {err}", param="messages") from None
     ids = state.engine.encode(str(text))
-    thinking = bool(req.chat_template_kwargs.get("enable_thinking", state.thinking_default))
-    params = _sampling(req, len(ids), state.engine.max_length, req.token_limit(), default=0)
+    thinking = bool(switches.get("enable_thinking", state.thinking_default))
+    params = _sampling(state, req, len(ids), req.token_limit(), default=0, prompt_param="messages")
     return Prepared(f"chatcmpl-{uuid.uuid4().hex}", ids, params, req.stream, _usage_wanted(req), thinking)
 
 
-def _prepare_completion(state: ServerState, req: CompletionRequest) -> Prepared:
+def _prepare_completion(state: ServerState, body: bytes) -> Prepared:
+    req: CompletionRequest = _parse(body, CompletionRequest)
     _check_model(state, req.model)
     prompt = req.single_prompt()
     ids = state.engine.encode(prompt) if isinstance(prompt, str) else list(prompt)
     if not ids:
         raise bad_request("the prompt is empty", param="prompt")
-    vocab = int(getattr(state.engine.tokenizer, "vocab_size", 0) or 0)
+    vocab = _vocab_size(state)
     if vocab and any(not 0 <= i < vocab for i in ids):
         raise bad_request(f"prompt token ids must be in [0, {vocab})", param="prompt")
     # OpenAI's completions default is 16 new tokens
-    params = _sampling(req, len(ids), state.engine.max_length, req.max_tokens, default=16)
+    params = _sampling(state, req, len(ids), req.max_tokens, default=16, prompt_param="prompt")
     return Prepared(f"cmpl-{uuid.uuid4().hex}", ids, params, req.stream, _usage_wanted(req))
+
+
+async def _prepare(state: ServerState, request: Request, endpoint: str) -> Prepared:
+    """Read the body, then parse, template and tokenize it in the prepare pool (a large prompt
+    takes seconds there, and must not hold up the event loop)."""
+    state.check_room()
+    state.preparing += 1
+    try:
+        body = await _read_body(state, request)
+        prepare = _prepare_chat if endpoint == "chat" else _prepare_completion
+        return await asyncio.get_running_loop().run_in_executor(state.pool, prepare, state, body)
+    finally:
+        state.preparing -= 1
 
 
 def _usage_wanted(req: SamplingFields) -> bool:
@@ -380,13 +539,7 @@ class _Ticket:
 
 def _admit(state: ServerState, prep: Prepared) -> _Ticket:
     """Submit to the engine, or refuse with 429 when the waiting queue is full."""
-    if len(state.in_flight) >= state.capacity:
-        raise APIError(
-            429,
-            f"the server is busy ({len(state.in_flight)} requests in flight); retry later",
-            "rate_limit_error",
-            code="too_many_requests",
-        )
+    state.check_room()
     try:
         handle = state.engine.submit(prep.prompt_ids, prep.params, request_id=prep.request_id)
     except UserError as err:
@@ -534,12 +687,20 @@ def _template_thinks(tokenizer: Any) -> bool:
 
 
 def create_app(
-    engine: Engine, model_name: str, api_key: str | None = None, max_waiting: int = DEFAULT_MAX_WAITING
+    engine: Engine,
+    model_name: str,
+    api_key: str | None = None,
+    max_waiting: int = DEFAULT_MAX_WAITING,
+    max_body_mb: float = DEFAULT_MAX_BODY_MB,
+    read_timeout: float = DEFAULT_READ_TIMEOUT_S,
+    docs: bool = False,
 ) -> FastAPI:
     """The FastAPI app; it starts the engine thread on startup and stops it on shutdown.
 
     Up to `engine.max_batch_size` requests run at once and `max_waiting` more may queue; beyond
-    that a request gets 429 at once rather than an unbounded wait.
+    that a request gets 429 at once rather than an unbounded wait. Bodies over `max_body_mb` get
+    413, bodies slower than `read_timeout` 408. `docs`: serve /docs and /openapi.json (off: nothing
+    a client needs). Sampling defaults come from the checkpoint's generation config.
     """
     with optional_imports("serve", "the embedded CPU server"):
         from fastapi import FastAPI
@@ -547,13 +708,25 @@ def create_app(
         from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
         from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    state = ServerState(engine, model_name, api_key or None, max_waiting)
-    state.thinking_default = _template_thinks(engine.tokenizer)
+    state = ServerState(
+        engine,
+        model_name,
+        api_key or None,
+        max_waiting,
+        max_body_bytes=int(max_body_mb * 2**20),
+        read_timeout=read_timeout,
+        defaults=sampling_defaults(engine.generation_config),
+        thinking_default=_template_thinks(engine.tokenizer),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.start()
-        log.info("serving %s (engine thread running)", model_name)
+        sampling = " ".join(f"{key}={state.defaults[key]:g}" for key in SAMPLING_KEYS)
+        source = "generation_config.json" if engine.generation_config else "OpenAI's"
+        log.info(
+            "serving %s; requests that leave them out get %s (%s defaults)", model_name, sampling, source
+        )
         yield
         # uvicorn has drained (or, after its graceful timeout, cut) the connections; cancel what is
         # still in flight and let the engine thread apply that before it stops, so no request is
@@ -564,12 +737,21 @@ def create_app(
         while engine.has_work() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         await asyncio.to_thread(engine.stop)
+        state.pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="ernie-ops embedded OpenAI-compatible server", lifespan=lifespan)
+    app = FastAPI(
+        title="ernie-ops embedded OpenAI-compatible server",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    app.add_middleware(_RequireKey, api_key=state.api_key)
     app.state.server = state
 
     def error_response(err: APIError) -> JSONResponse:
-        return JSONResponse(err.body(), status_code=err.status)
+        headers = {"Connection": "close"} if err.close else None
+        return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, err: APIError) -> JSONResponse:
@@ -592,11 +774,7 @@ def create_app(
     async def completion_endpoint(request: Request, endpoint: str) -> Response:
         status = 200
         try:
-            _check_auth(state, request)
-            if endpoint == "chat":
-                prep = _prepare_chat(state, await _parse(request, ChatCompletionRequest))
-            else:
-                prep = _prepare_completion(state, await _parse(request, CompletionRequest))
+            prep = await _prepare(state, request, endpoint)
             if prep.stream:
                 stream = _chat_stream if endpoint == "chat" else _completion_stream
                 body = stream(state, prep, request)
@@ -624,6 +802,9 @@ def create_app(
         except APIError as err:
             status = err.status
             return error_response(err)
+        except Exception:
+            status = 500  # answered by `_unexpected`
+            raise
         finally:
             state.metrics.request_done(endpoint, status)
 
@@ -634,7 +815,6 @@ def create_app(
         return await completion_endpoint(request, "completions")
 
     async def models(request: Request) -> JSONResponse:
-        _check_auth(state, request)
         card = ModelCard(id=model_name, max_model_len=engine.max_length)
         return JSONResponse(ModelList(data=[card]).model_dump(mode="json"))
 
@@ -670,6 +850,115 @@ async def _prepend(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
         yield chunk
 
 
+def _guarded_protocol(read_timeout: float, max_connections: int) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP/1.1 protocol with what it lacks against hostile clients.
+
+    uvicorn times out only an idle kept-alive connection, and a byte of data cancels that: a client
+    that sends nothing, or a request head a byte at a time, held its connection (and a file
+    descriptor) forever. Here a connection must send a whole request head within `read_timeout` of
+    opening or of its previous answer (the body has its own deadline in `_read_body`), and past
+    `max_connections` a new one gets a 503 and is closed at once.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    busy = APIError(503, "too many open connections; retry later", "server_error", code="server_busy").body()
+    refusal = json.dumps(busy).encode()
+    refusal = (
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(refusal), refusal)
+    )
+
+    class GuardedH11Protocol(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                log.warning("refused a connection: %d are open (the limit)", max_connections)
+                transport.write(refusal)
+                transport.close()
+                return
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(read_timeout, self._expire)
+
+        def _expire(self) -> None:
+            if self.cycle is None or self.cycle.response_complete:  # no request head since
+                self.transport.close()
+
+    return GuardedH11Protocol
+
+
+class RepeatFilter(logging.Filter):
+    """Lets the first of a run of alike warnings through (same logger, message and exception type)
+    and counts the others: a flood of bad connections must not flood the log. The count goes out with
+    the next one after `interval` seconds."""
+
+    def __init__(self, interval: float = 60.0):
+        super().__init__()
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._runs: dict[tuple[Any, ...], list[float]] = {}  # key -> [first logged at, suppressed]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        kind = record.exc_info[0] if record.exc_info else None
+        key = (record.name, record.levelno, str(record.msg), kind)
+        now = time.monotonic()
+        with self._lock:
+            run = self._runs.get(key)
+            if run is not None and now - run[0] < self.interval:
+                run[1] += 1
+                return False
+            self._runs[key] = [now, 0]
+        if run is not None and run[1]:
+            record.msg = f"{record.msg} [{int(run[1])} more like this in the last {now - run[0]:.0f} s]"
+        return True
+
+
+def _log_config() -> dict[str, Any]:
+    """uvicorn's logging, with repeated warnings folded and our own and asyncio's lines shown."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = json.loads(json.dumps(LOGGING_CONFIG))
+    config["filters"] = {"repeats": {"()": RepeatFilter}}
+    for handler in config["handlers"].values():
+        handler["filters"] = ["repeats"]
+    config["loggers"]["ernie_ops"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    config["loggers"]["asyncio"] = {"handlers": ["default"], "level": "WARNING", "propagate": False}
+    return config
+
+
+def use_chat_template(engine: Engine, path: Path | str) -> None:
+    """Render chats with the operator's Jinja template file instead of the checkpoint's (checked
+    on a sample conversation now, so a broken template fails the start, not every request)."""
+    from ernie_ops.files import regular_file
+
+    file = regular_file(path, "chat template")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read chat template {file}: {err}") from None
+    try:
+        engine.tokenizer.init_chat_template(text)
+        engine.chat_prompt([{"role": "user", "content": "Hello"}])
+    except Exception as err:  # Jinja's errors, whatever the template does wrong
+        raise UserError(f"chat template {file} does not render: {type(err).__name__}: {err}") from None
+
+
 def run(
     model_dir: Path | str,
     host: str = "127.0.0.1",
@@ -678,6 +967,11 @@ def run(
     served_model_name: str | None = None,
     max_batch_size: int = 8,
     max_waiting: int = DEFAULT_MAX_WAITING,
+    max_body_mb: float = DEFAULT_MAX_BODY_MB,
+    read_timeout: float = DEFAULT_READ_TIMEOUT_S,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    chat_template: Path | str | None = None,
+    docs: bool = False,
 ) -> None:
     """Load the checkpoint, then serve it until interrupted (the port opens only once it is loaded).
 
@@ -687,10 +981,27 @@ def run(
         import uvicorn
 
     engine = Engine.load(model_dir, max_batch_size=max_batch_size)
+    if chat_template is not None:
+        use_chat_template(engine, chat_template)
     name = served_model_name or Path(model_dir).name
-    app = create_app(engine, name, api_key=api_key, max_waiting=max_waiting)
-    # in-flight streams get this long to finish on Ctrl-C / SIGTERM before they are cancelled
-    uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=30, log_level="info")
+    app = create_app(
+        engine,
+        name,
+        api_key=api_key,
+        max_waiting=max_waiting,
+        max_body_mb=max_body_mb,
+        read_timeout=read_timeout,
+        docs=docs,
+    )
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        http=_guarded_protocol(read_timeout, max_connections),
+        timeout_graceful_shutdown=30,  # in-flight streams get this long on Ctrl-C / SIGTERM
+        log_config=_log_config(),
+        log_level="info",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -699,27 +1010,58 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import os
 
+    from ernie_ops.cli.base import positive_float, positive_int
+
     parser = argparse.ArgumentParser(description="The embedded CPU OpenAI-compatible server.")
     parser.add_argument("--model", required=True, type=Path)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--served-model-name")
-    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--max-batch-size", type=positive_int, default=8)
     parser.add_argument("--max-waiting", type=int, default=DEFAULT_MAX_WAITING)
-    args = parser.parse_args(argv)
-    run(
-        args.model,
-        host=args.host,
-        port=args.port,
-        api_key=os.environ.get("ERNIE_OPS_API_KEY") or None,
-        served_model_name=args.served_model_name,
-        max_batch_size=args.max_batch_size,
-        max_waiting=args.max_waiting,
+    parser.add_argument(
+        "--max-body-mb",
+        type=positive_float,
+        default=DEFAULT_MAX_BODY_MB,
+        help="larger request bodies get 413 (default: %(default)s)",
     )
+    parser.add_argument(
+        "--read-timeout",
+        type=positive_float,
+        default=DEFAULT_READ_TIMEOUT_S,
+        help="seconds a client has to send a request's head, and then its body (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help="open connections beyond this get 503 at once (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--chat-template", type=Path, help="a Jinja chat template file used instead of the checkpoint's"
+    )
+    parser.add_argument("--docs", action="store_true", help="serve /docs and /openapi.json (with the key)")
+    args = parser.parse_args(argv)
+    try:
+        run(
+            args.model,
+            host=args.host,
+            port=args.port,
+            api_key=os.environ.get("ERNIE_OPS_API_KEY") or None,
+            served_model_name=args.served_model_name,
+            max_batch_size=args.max_batch_size,
+            max_waiting=args.max_waiting,
+            max_body_mb=args.max_body_mb,
+            read_timeout=args.read_timeout,
+            max_connections=args.max_connections,
+            chat_template=args.chat_template,
+            docs=args.docs,
+        )
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

@@ -9,11 +9,17 @@ ignored, as FastDeploy and OpenAI do, so clients that send newer fields keep wor
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 FinishReason = Literal["stop", "length"]
+
+# OpenAI takes up to 4 stop strings; clients written for vLLM / FastDeploy send a few more
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
+MAX_STOP_TOKEN_IDS = 1024
 
 
 class _Request(BaseModel):
@@ -52,16 +58,46 @@ class TextPart(_Request):
     text: str
 
 
+class ImagePart(_Request):
+    """Parsed so that a text-only model can say what it cannot read (the server refuses it)."""
+
+    type: Literal["image_url"]
+    image_url: Any = None
+
+
 class ChatMessage(_Request):
     # "developer" is OpenAI's newer name for "system"; tool messages need a tool parser we lack
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    content: str | list[Annotated[TextPart | ImagePart, Field(discriminator="type")]]
     name: str | None = None
 
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text for part in self.content if isinstance(part, TextPart))
+
+    def image_parts(self) -> list[int]:
+        """Indexes of the image parts in the content."""
+        parts = [] if isinstance(self.content, str) else self.content
+        return [i for i, part in enumerate(parts) if isinstance(part, ImagePart)]
+
+
+class ChatTemplateKwargs(_Request):
+    """What a client may pass to the chat template. Only documented switches: a template (or any
+    other variable) from a client would run its Jinja on the server; the operator sets the template."""
+
+    enable_thinking: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_known(cls, data: Any) -> Any:
+        unknown = sorted(set(data) - set(cls.model_fields)) if isinstance(data, dict) else []
+        if unknown:
+            raise ValueError(
+                f"{', '.join(map(repr, unknown))} not accepted; a client may set only "
+                f"{', '.join(cls.model_fields)} (the chat template is fixed by the server)"
+            )
+        return data
 
 
 class SamplingFields(_Request):
@@ -69,13 +105,16 @@ class SamplingFields(_Request):
 
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = Field(default=0, ge=-1)  # -1 and 0 both mean "no top-k cut" (vLLM uses -1)
-    repetition_penalty: float = Field(default=1.0, gt=0.0)
-    seed: int | None = None
+    # None: the checkpoint's generation_config.json decides (as in vLLM and FastDeploy)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=-1)  # -1 and 0 both mean "no top-k cut" (vLLM uses -1)
+    repetition_penalty: float | None = Field(default=None, gt=0.0)
+    seed: int | None = Field(default=None, ge=0, lt=2**64)  # numpy's generator takes unsigned seeds
     stop: str | list[str] | None = None
-    stop_token_ids: list[int] = Field(default_factory=list)
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=list, max_length=MAX_STOP_TOKEN_IDS
+    )
     ignore_eos: bool = False
     n: int = 1
     stream: bool = False
@@ -91,10 +130,14 @@ class SamplingFields(_Request):
 
     @field_validator("stop")
     @classmethod
-    def _stop_not_empty(cls, stop: str | list[str] | None) -> str | list[str] | None:
+    def _stop_bounded(cls, stop: str | list[str] | None) -> str | list[str] | None:
         stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, not {len(stops)}")
         if any(not s for s in stops):
             raise ValueError("stop strings must not be empty")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"a stop string may have at most {MAX_STOP_CHARS} characters")
         return stop
 
     def stop_list(self) -> list[str]:
@@ -106,7 +149,16 @@ class SamplingFields(_Request):
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
+    chat_template_kwargs: ChatTemplateKwargs = Field(default_factory=ChatTemplateKwargs)
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+    @field_validator("logprobs", "top_logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: bool | int | None) -> bool | int | None:
+        if value:
+            raise ValueError("logprobs are not supported by this server")
+        return value
 
     def token_limit(self) -> int | None:
         # max_completion_tokens is OpenAI's newer name; it wins when both are given (as in vLLM)
@@ -120,24 +172,52 @@ class CompletionRequest(SamplingFields):
     logprobs: int | None = None
     suffix: str | None = None
 
-    @model_validator(mode="after")
-    def _supported(self) -> CompletionRequest:
-        if self.echo:
-            raise ValueError("echo is not supported")
-        if self.logprobs is not None:
-            raise ValueError("logprobs are not supported")
-        if self.suffix:
-            raise ValueError("suffix is not supported")
-        batch = isinstance(self.prompt, list) and self.prompt and not isinstance(self.prompt[0], int)
-        if batch and len(self.prompt) != 1:
+    # field validators, so that the error names the field
+    @field_validator("echo", "logprobs", "suffix")
+    @classmethod
+    def _unsupported(cls, value: Any) -> Any:
+        if value is None or value is False or value == "":
+            return value
+        raise ValueError("not supported by this server")
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, prompt: Any) -> Any:
+        if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) and len(prompt) != 1:
             raise ValueError("one prompt per request (a list of prompts is not supported)")
-        return self
+        return prompt
 
     def single_prompt(self) -> str | list[int]:
         prompt = self.prompt
         if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
             return prompt[0]  # type: ignore[return-value]  # the validator allows only one
         return prompt  # type: ignore[return-value]
+
+
+def openai_param(loc: Sequence[int | str]) -> str | None:
+    """A validation error's location as OpenAI names a parameter: `messages[0].content`.
+
+    Pydantic puts the member type of a union into the location (`content.str`); those are dropped.
+    """
+    fields = {name for model in _REQUEST_MODELS for name in model.model_fields}
+    param = ""
+    for part in loc:
+        if isinstance(part, int):
+            param += f"[{part}]"
+        elif part in fields:
+            param += f".{part}" if param else part
+    return param or None
+
+
+_REQUEST_MODELS = (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ChatMessage,
+    TextPart,
+    ImagePart,
+    ChatTemplateKwargs,
+    StreamOptions,
+)
 
 
 # ---------------------------------------------------------------------------------------------
