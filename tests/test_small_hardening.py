@@ -145,3 +145,103 @@ def test_the_framework_advisory_is_hidden_and_real_warnings_are_not() -> None:
     assert result.returncode == 0, result.stderr
     assert "None of PyTorch" not in result.stderr
     assert "a real warning" in result.stderr
+
+
+# --- training too short to judge -------------------------------------------------------------
+
+
+def _run(tmp_path: Path, steps: int, records: int, recipe: str = "batch_size: 1\n") -> Any:
+    from ernie_ops.train.record import DataFile, RunRecord
+
+    run_dir = tmp_path / "train-run"
+    run_dir.mkdir()
+    (run_dir / "recipe.yaml").write_text(recipe)
+    run = RunRecord("train", str(run_dir), "r.yaml", last_step=steps)
+    run.data = [
+        DataFile("t.jsonl", "0" * 64, 1, records, "train"),
+        DataFile("e.jsonl", "0" * 64, 1, 9, "eval"),
+    ]
+    return run
+
+
+def test_a_run_under_an_epoch_whose_loss_barely_moved_is_too_short(tmp_path: Path) -> None:
+    from ernie_ops.recipe.length import run_too_short
+
+    why = run_too_short(_run(tmp_path, 4, 600), [5.12, 5.13, 5.11])
+    assert why == (
+        "training too short to judge: 4 steps (0.0067 epochs of 600 training records), "
+        "loss 5.120 -> 5.110; raise max_steps, e.g. max_steps=600 (one epoch)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("steps", "recipe", "losses"),
+    [
+        (600, "batch_size: 1\n", [5.1, 5.1]),  # a whole epoch: the flat loss is not about length
+        (4, "batch_size: 1\n", [5.1, 4.0]),  # the loss moved: it learnt something to judge
+        (75, "batch_size: 2\ngradient_accumulation_steps: 4\n", [5.1, 5.1]),  # 8 sequences a step
+    ],
+)
+def test_a_run_that_could_learn_is_not_too_short(tmp_path, steps, recipe, losses) -> None:
+    from ernie_ops.recipe.length import run_too_short
+
+    assert run_too_short(_run(tmp_path, steps, 600, recipe), losses) is None
+
+
+def test_the_verdict_says_training_was_too_short_to_judge(tmp_path: Path) -> None:
+    from ernie_ops.pipeline import stages
+    from ernie_ops.pipeline.report import write_pipeline_report
+    from ernie_ops.pipeline.runner import Pipeline
+    from ernie_ops.pipeline.spec import PipelineSpec
+    from ernie_ops.recipe.length import run_too_short
+
+    said: list[str] = []
+    p = Pipeline.create(PipelineSpec("r.yaml", "s.jsonl"), directory=tmp_path, echo=said.append)
+    why = run_too_short(_run(tmp_path, 4, 600), [5.12, 5.11])
+    p.record.stages["train"].outputs.update(
+        run_dir=str(tmp_path / "train-run"), steps=4, first_loss=5.12, final_loss=5.11, too_short=why
+    )
+    p.record.stages["smoke"].outputs["passed"] = True
+    for role in ("tuned", "base"):
+        report = _report(3)
+        path = report.write(tmp_path / "eval" / role)
+        p.record.stages["eval"].outputs[role] = {"report": str(path), "score": 0.0}
+    p.outputs = p.record.stages["compare"].outputs
+    summary = stages.compare(p)
+    for name in ("train", "compare"):
+        p.record.stages[name].status = "passed"
+    assert p.record.verdict == "DO NOT SHIP"
+    assert summary.startswith("DO NOT SHIP: tuned 0.000 vs base 0.000 (+0.000); training too short")
+    assert p._conclude(None, None) == 1
+    assert f"verdict: DO NOT SHIP ({why}; the tuned model does not score above the base" in said[-1]
+    md, _ = write_pipeline_report(p.record)
+    text = md.read_text()
+    assert f"**DO NOT SHIP**: {why}; the tuned model" in text
+    assert f"4 steps; loss 5.1200 (first step) -> 5.1100 (last).\n\n**{why}**" in text  # in Training
+
+
+@pytest.mark.parametrize(("records", "steps"), [(48, 600), (900, 900)])
+def test_recipes_new_for_the_tiny_model_trains_long_enough_to_learn(tmp_path, records, steps) -> None:
+    import yaml
+
+    from ernie_ops.cli.main import main
+
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"src": ["q"], "tgt": ["a"]}\n' * records)
+    out = tmp_path / "mine.yaml"
+    args = [
+        "recipes",
+        "new",
+        "--model",
+        "tiny",
+        "--method",
+        "sft-lora",
+        "--train",
+        str(train),
+        "-o",
+        str(out),
+    ]
+    assert main(args) == 0
+    recipe = yaml.safe_load(out.read_text())
+    # one epoch, at least the demo's 600 steps; one checkpoint, at the end (not one every 4 steps)
+    assert (recipe["max_steps"], recipe["save_steps"], recipe["eval_steps"]) == (steps, steps, steps // 10)

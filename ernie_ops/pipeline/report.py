@@ -108,6 +108,8 @@ def _training(record: PipelineRecord) -> str:
         else ""
     )
     text = f"{out.get('steps')} steps{loss}.\n"
+    if out.get("too_short"):
+        text += f"\n**{out['too_short']}**\n"
     plot = Path(out["run_dir"]) / "loss.png"
     if plot.is_file():
         text += f"\n![loss]({_rel(record, plot)})\n"

@@ -188,5 +188,7 @@ class Pipeline:
                     )
             return 0
         verdict = self.record.verdict or "no verdict"
-        self.say(f"verdict: {verdict}; report: {self.record.out('report', 'html')}")
+        reasons = self.record.out("compare", "reasons") or []
+        why = f" ({'; '.join(reasons)})" if verdict != "SHIP" and reasons else ""
+        self.say(f"verdict: {verdict}{why}; report: {self.record.out('report', 'html')}")
         return 0 if verdict == "SHIP" else 1

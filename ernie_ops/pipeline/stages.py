@@ -56,6 +56,7 @@ def lint(p: Pipeline) -> str:
 
 
 def train(p: Pipeline) -> str:
+    from ernie_ops.recipe.length import run_too_short
     from ernie_ops.train.run import CheckFailed, TrainOptions, read_metrics
     from ernie_ops.train.run import train as run_training
 
@@ -83,6 +84,7 @@ def train(p: Pipeline) -> str:
         steps=record.last_step,
         first_loss=losses[0] if losses else None,
         final_loss=losses[-1] if losses else None,
+        too_short=run_too_short(record, losses),
     )
     loss = f", loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else ""
     return f"{record.last_step} steps{loss}; run {record.run_dir}"
@@ -314,6 +316,9 @@ def compare(p: Pipeline) -> str:
         reasons.append("regression on " + ", ".join(m.metric for m in result.regressions))
     if gain <= 0:
         reasons.append(f"the tuned model does not score above the base ({gain:+.3f})")
+    too_short = p.record.out("train", "too_short")
+    if too_short and (gain <= 0 or not result.passed):
+        reasons.insert(0, too_short)  # the scores cannot tell: say so first
     p.record.verdict = "DO NOT SHIP" if reasons else "SHIP"
     p.outputs.update(report=str(p.record.path / "compare.json"), gain=gain, reasons=reasons)
     return f"{p.record.verdict}: tuned {tuned['score']:.3f} vs base {base['score']:.3f} ({gain:+.3f})" + (
