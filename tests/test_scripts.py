@@ -71,3 +71,33 @@ def test_multinode_script_checks_its_environment_first(repo):
         env=env,
     )
     assert result.returncode == 2 and "2 or more" in result.stderr
+
+
+def test_chaos_script_explains_itself_and_classifies_every_attempt(repo, tmp_path):
+    """scripts/chaos.py (issue #14): --help with examples, and its cheapest area in --quick mode prints
+    the table and writes one classified record per attempt."""
+    import json
+    import sys
+
+    script = str(repo / "scripts" / "chaos.py")
+    result = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and "--only" in result.stdout and "examples:" in result.stdout
+    result = subprocess.run(
+        [sys.executable, script, "--only", "files", "--quick", "--seed", "1", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr[-2000:]
+    assert re.search(r"area\s+tried\s+clean\s+wrong\s+traceback\s+hang\s+lost", result.stdout)
+    report = json.loads((tmp_path / "chaos.json").read_text())
+    assert report["seed"] == 1 and report["areas"] == ["files"] and len(report["attempts"]) >= 10
+    for attempt in report["attempts"]:
+        assert attempt["area"] == "files" and attempt["name"] and attempt["command"]
+        assert attempt["outcome"] in ("clean", "wrong", "traceback", "hang", "lost")
+        assert isinstance(attempt["seconds"], float) and isinstance(attempt["detail"], str)
+        if attempt["outcome"] != "clean":
+            assert attempt["detail"], attempt
+    assert (result.returncode == 0) == all(a["outcome"] == "clean" for a in report["attempts"])
+    temp = re.search(r"temp (\S+)", result.stdout)
+    assert temp and not os.path.exists(temp.group(1)), "its temporary directory is removed at the end"
