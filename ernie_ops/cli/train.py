@@ -81,8 +81,10 @@ class Train(Subcommand):
             args.recipe = None
         if args.recipe is None and args.resume is None:
             raise UserError("give a recipe, or --resume RUN_DIR", hint="ernie-ops train --help")
-        if args.recipe is not None and not args.recipe.is_file():
-            raise UserError(f"{args.recipe}: no such recipe file")
+        if args.recipe is not None:
+            from ernie_ops.files import regular_file
+
+            regular_file(args.recipe, "recipe")  # a FIFO, a device or a symlink loop: said as such
         gpus = None if args.gpus is None else [] if args.gpus.lower() == "cpu" else parse_gpus(args.gpus)
         options = TrainOptions(
             recipe=args.recipe,
