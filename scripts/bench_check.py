@@ -7,7 +7,12 @@ to `python -m erniekit.launcher train` (wall time until it fails, or until it fi
 noticing). On a GPU node ERNIEKit also loads a real model before most of these failures, so the
 ratios here are lower bounds. Targets: check < 0.5 s and >= 20x faster.
 
+Then hostile recipes (#14): N unknown keys (the time must grow linearly: the same microseconds
+per key at every N), an alias bomb with and without an override, 5,000-deep YAML, each with a
+deadline (a hang shows as "> DEADLINE").
+
     .venv/bin/python scripts/bench_check.py                 # table on stdout, JSON in runs/bench/
+    .venv/bin/python scripts/bench_check.py --part hostile --keys 1000,20000,500000
 """
 
 from __future__ import annotations
@@ -46,8 +51,64 @@ def timed(cmd: list[str], timeout: float = 600) -> tuple[float, int, str]:
 
 
 def main() -> int:
-    args = bench_parser(__doc__, "check").parse_args()
+    parser = bench_parser(__doc__, "check")
+    parser.add_argument("--part", choices=("mistakes", "hostile", "all"), default="all")
+    parser.add_argument("--keys", default="1000,10000,100000,500000", help="unknown-key counts (hostile)")
+    parser.add_argument("--deadline", type=float, default=300, help="seconds before a run counts as hung")
+    args = parser.parse_args()
+    report = {}
+    if args.part in ("mistakes", "all"):
+        report["results"] = mistakes(args.repeat)
+    if args.part in ("hostile", "all"):
+        report["hostile"] = hostile([int(n) for n in args.keys.split(",")], args.deadline)
+    write_report(args.out, **report, targets={"check_s": 0.5, "speedup": 20})
+    return 0
 
+
+def hostile(sizes: list[int], deadline: float) -> list[dict]:
+    """`python -m ernie_ops check` (so PYTHONPATH can point at another checkout) on hostile recipes."""
+    base = RECIPE.read_text()
+    cases: list[tuple[str, str, list[str], int]] = []
+    for n in sizes:
+        keys = "".join(f"unknown_key_{i:07d}: {i}\n" for i in range(n))
+        cases.append((f"{n:,} unknown keys", base + keys, [], n))
+    lines = ['lol0: &lol0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"lol{i}: &lol{i} [" + ", ".join([f"*lol{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    bomb = base + "\n".join(lines) + "\n"
+    cases.append(("alias bomb, 9 levels", bomb, [], 0))
+    cases.append(("alias bomb, 9 levels, seed=1", bomb, ["seed=1"], 0))
+    cases.append(("5,000-deep YAML", base + "eval_steps: " + "[" * 5000 + "]" * 5000 + "\n", [], 0))
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text, overrides, keys in cases:
+            recipe = Path(tmp) / "hostile.yaml"
+            recipe.write_text(text)
+            cmd = [sys.executable, "-m", "ernie_ops", "check", str(recipe), *overrides, "--no-data-lint"]
+            try:
+                seconds, code, out = timed(cmd, timeout=deadline)
+                outcome = "traceback" if "Traceback" in out else f"exit {code}"
+            except subprocess.TimeoutExpired:
+                seconds, outcome = deadline, "hung"
+            results.append(
+                {
+                    "case": name,
+                    "mb": round(len(text.encode()) / 1e6, 2),
+                    "s": round(seconds, 2),
+                    "us_per_key": round(seconds / keys * 1e6, 1) if keys else None,
+                    "outcome": outcome,
+                }
+            )
+    rows = [["hostile recipe", "MB", "s", "us/key", "outcome"]]
+    for r in results:
+        shown = f"> {r['s']:.0f}" if r["outcome"] == "hung" else f"{r['s']:.2f}"
+        per_key = f"{r['us_per_key']:.1f}" if r["us_per_key"] is not None else ""
+        rows.append([r["case"], f"{r['mb']:.2f}", shown, per_key, r["outcome"]])
+    print()
+    print_table(rows)
+    return results
+
+
+def mistakes(repeat: int) -> list[dict]:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "tiny"
@@ -59,7 +120,7 @@ def main() -> int:
             assert old in base, old
             recipe = Path(tmp) / f"{len(results)}.yaml"
             recipe.write_text(base.replace(old, new))
-            checks = [timed([EXE, "check", str(recipe)]) for _ in range(args.repeat)]
+            checks = [timed([EXE, "check", str(recipe)]) for _ in range(repeat)]
             check_s = statistics.median(c[0] for c in checks)
             check_out = checks[0][2]
             flagged = " error: " in check_out or " warning: " in check_out
@@ -96,8 +157,7 @@ def main() -> int:
     worst = min(r["speedup"] for r in results)
     slowest = max(r["check_s"] for r in results)
     print(f"\ncheck: slowest {slowest:.3f} s (target < 0.5 s); smallest speedup {worst:.1f}x (target >= 20x)")
-    write_report(args.out, results=results, targets={"check_s": 0.5, "speedup": 20})
-    return 0
+    return results
 
 
 if __name__ == "__main__":

@@ -126,6 +126,8 @@ def _parse(text: str) -> tuple[Any, Any]:
         try:
             return _parse_with(fast, text)
         except yaml.YAMLError as err:
+            if "nesting depth" in _yaml_message(err):
+                raise  # libyaml's limit (1,000 levels): Python's parser would only recurse out
             fast_error = err  # ERNIEKit's parser decides, and its message is the one to show
     try:
         return _parse_with(yaml.SafeLoader, text)
