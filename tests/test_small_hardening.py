@@ -73,7 +73,7 @@ def test_tiny_model_without_the_cpu_extra_names_it(tmp_path: Path) -> None:
     # protobuf (`google`) comes with Paddle: without the extra, sentencepiece cannot write its model
     result = _cli_without("google", "tiny-model", str(tmp_path / "tiny"))
     _names_the_extra(result, "cpu")
-    assert "No module named 'google'" in result.stderr or "'google'" in result.stderr
+    assert "'google" in result.stderr  # the module that is missing
     assert not (tmp_path / "tiny").exists() and list(tmp_path.iterdir()) == []
 
 
