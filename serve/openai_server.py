@@ -993,7 +993,20 @@ def run(
         read_timeout=read_timeout,
         docs=docs,
     )
-    uvicorn.run(
+    uvicorn.Server(uvicorn_config(app, host, port, read_timeout, max_connections)).run()
+
+
+def uvicorn_config(
+    app: FastAPI,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    read_timeout: float = DEFAULT_READ_TIMEOUT_S,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+) -> Any:
+    """How `run` serves the app (a `uvicorn.Config`; the tests serve it the same way)."""
+    import uvicorn
+
+    return uvicorn.Config(
         app,
         host=host,
         port=port,
