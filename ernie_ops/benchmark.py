@@ -8,6 +8,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from ernie_ops.files import write_text_atomic
 from ernie_ops.text import format_table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,5 +31,5 @@ def print_table(rows: list[list[str]]) -> None:
 def write_report(path: Path, **report: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     machine = {"python": platform.python_version(), "platform": platform.platform()}
-    path.write_text(json.dumps({"machine": machine, **report}, indent=2) + "\n")
+    write_text_atomic(path, json.dumps({"machine": machine, **report}, indent=2) + "\n")
     print(f"\nwrote {path}")

@@ -139,6 +139,8 @@ def build_tiny_model(
     if kind not in KINDS:
         raise UserError(f"--kind must be one of {', '.join(KINDS)}, not {kind!r}")
     out = Path(out)
+    if out.exists() and not out.is_dir():  # a file, a FIFO, a device: never replaced
+        raise UserError(f"{out} exists and is not a directory", hint="choose a directory name")
     if out.exists() and any(out.iterdir()) and not force:
         raise UserError(
             f"{out} already exists and is not empty",

@@ -249,3 +249,57 @@ def test_split_never_puts_a_copy_of_an_eval_record_in_train(tmp_path, seed):
     assert r.n_eval == len(ev) == 10  # a quarter of the 40 distinct records
     assert r.left_out == sum(2 if line == json.dumps(chat(3)) else 1 for line in ev if line in copies)
     assert len(train) + len(ev) + r.left_out == 43
+
+
+# --- every other command that writes a file a user names ----------------------------------------------
+
+
+def _checkpoint(directory: Path) -> Path:
+    directory.mkdir()
+    (directory / "config.json").write_text('{"architectures": ["Ernie4_5_ForCausalLM"], "hidden_size": 64}')
+    (directory / "model.safetensors").write_bytes(b"\0weights")
+    return directory
+
+
+@pytest.mark.parametrize(
+    "command", ["recipes new -o", "eval --write-examples", "push --dry-run CARD", "tiny-model"]
+)
+def test_no_command_writes_into_a_fifo(cli, tmp_path, command):
+    """A plain open() of a FIFO blocks until a reader comes (a hang); a rename replaces it."""
+    fifo = tmp_path / {"eval --write-examples": "text.jsonl"}.get(command, "out.yaml")
+    os.mkfifo(fifo)
+    args = {
+        "recipes new -o": [
+            "recipes",
+            "new",
+            "--model",
+            "tiny",
+            "--method",
+            "sft",
+            "-o",
+            str(fifo),
+            "--force",
+        ],
+        "eval --write-examples": ["eval", "--write-examples", str(tmp_path)],
+        "push --dry-run CARD": ["push", str(_checkpoint(tmp_path / "ckpt")), "org/x", "--dry-run", str(fifo)],
+        "tiny-model": ["tiny-model", str(fifo)],
+    }[command]
+    result = no_traceback(cli(*args, timeout=HANG_GUARD))
+    want = "exists and is not a directory" if command == "tiny-model" else "not a regular file (a FIFO)"
+    assert result.returncode == 2 and want in result.stderr, result.stderr
+    assert fifo.is_fifo()
+
+
+def test_a_card_or_report_never_replaces_an_input(cli, tmp_path):
+    from ernie_ops.errors import UserError
+    from ernie_ops.validate.report import write_report
+
+    ckpt = _checkpoint(tmp_path / "ckpt")
+    weights = (ckpt / "model.safetensors").read_bytes()
+    result = no_traceback(cli("push", str(ckpt), "org/x", "--dry-run", str(ckpt / "model.safetensors")))
+    assert result.returncode == 2 and "is the input" in result.stderr
+    assert (ckpt / "model.safetensors").read_bytes() == weights
+    suite = write_jsonl(tmp_path / "eval.md", [{"id": "1", "prompt": "q", "answer": "a"}])
+    with pytest.raises(UserError, match="is the input"):
+        write_report(tmp_path, "eval", "# report\n", "eval", inputs=[suite])
+    assert json.loads(suite.read_text())["id"] == "1"

@@ -48,9 +48,14 @@ class Compare(Subcommand):
             seed=args.seed,
         )
         if args.out:
+            from ernie_ops.files import write_text_atomic
+
+            inputs = [args.a, args.b]
             args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "compare.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
-            write_report(args.out, "compare", "# Comparison\n\n" + markdown(result), "comparison")
+            write_text_atomic(
+                args.out / "compare.json", json.dumps(result.to_json(), indent=2) + "\n", inputs
+            )
+            write_report(args.out, "compare", "# Comparison\n\n" + markdown(result), "comparison", inputs)
         if args.json:
             print(json.dumps(result.to_json(), indent=2))
         else:

@@ -95,6 +95,7 @@ class Eval(Subcommand):
                 hint="e.g. ernie-ops eval http://127.0.0.1:8180 --suite suite.jsonl "
                 "(`ernie-ops eval --write-examples DIR` writes example suites)",
             )
+        from ernie_ops.files import write_text_atomic
         from ernie_ops.validate import compare, evaluate
         from ernie_ops.validate.client import Endpoint
         from ernie_ops.validate.report import write_report
@@ -109,12 +110,12 @@ class Eval(Subcommand):
         if args.baseline:
             other = Endpoint.parse(args.baseline, args.baseline_api_key_env, args.baseline_model)
             baseline = _run(other, suite, args, log)
-        candidate.write(out / "candidate" if baseline else out)
+        candidate.write(out / "candidate" if baseline else out, [args.suite])
         sections = [f"# Evaluation: {suite.name}\n"]
         plot = evaluate.plot_scores(candidate, out / "scores.png", baseline).name
         verdict = None
         if baseline is not None:
-            baseline.write(out / "baseline")
+            baseline.write(out / "baseline", [args.suite])
             verdict = compare.compare(
                 baseline.items,
                 candidate.items,
@@ -122,12 +123,14 @@ class Eval(Subcommand):
                 f"candidate ({candidate.model})",
                 max_drop=args.max_drop,
             )
-            (out / "compare.json").write_text(json.dumps(verdict.to_json(), indent=2) + "\n")
+            write_text_atomic(
+                out / "compare.json", json.dumps(verdict.to_json(), indent=2) + "\n", [args.suite]
+            )
             sections += ["## Verdict\n", compare.markdown(verdict), "## Candidate\n"]
         sections.append(evaluate.markdown(candidate, plot))
         if baseline is not None:
             sections += ["## Baseline\n", evaluate.markdown(baseline)]
-        md, html = write_report(out, "eval", "\n".join(sections), f"eval {suite.name}")
+        md, html = write_report(out, "eval", "\n".join(sections), f"eval {suite.name}", [args.suite])
         _print_summary(candidate, baseline, verdict, log)
         print(f"report: {md} and {html}", file=log)
         if args.json:

@@ -128,7 +128,10 @@ def _dry_run(plan: UploadPlan, card_to: str, *, private: bool) -> None:
         sys.stdout.write(plan.card)
         listing = sys.stderr
     else:
-        Path(card_to).write_text(plan.card, encoding="utf-8")
+        from ernie_ops.files import write_text_atomic
+
+        # never over a file of the upload (its README.md entry is the card itself, not a file)
+        write_text_atomic(card_to, plan.card, [path for rel, path in plan.files if rel != "README.md"])
         listing = sys.stdout
         print(f"model card written to {card_to}", file=listing)
     visibility = "private" if private else "public unless it exists already"

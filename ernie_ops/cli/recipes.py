@@ -85,10 +85,8 @@ def _context(tokens: int) -> str:
 
 
 def _new(args: argparse.Namespace) -> int:
-    import os
-    import tempfile
-
     from ernie_ops.errors import UserError
+    from ernie_ops.files import write_text_atomic
     from ernie_ops.recipe.check import check_recipe
     from ernie_ops.recipe.library import find_entry, tiny_length
     from ernie_ops.recipe.render import header, relative, render
@@ -111,11 +109,7 @@ def _new(args: argparse.Namespace) -> int:
         settings |= tiny_length(settings)
     title = [f"# Written by `ernie-ops recipes new` from {relative(entry)}; edit freely.", *header(entry)]
     text = render(entry, settings, title=title)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=args.out.parent, prefix=f".{args.out.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, args.out)
+    write_text_atomic(args.out, text)  # never over a FIFO or device; follows the umask
     print(f"wrote {args.out} (max_steps: {settings['max_steps']}; change it there or with max_steps=N)")
     report = check_recipe(args.out)
     for problem in report.problems:

@@ -71,11 +71,12 @@ class Smoke(Subcommand):
         print(f"{report.model} at {report.endpoint}: {summary} (expected: {expected})", file=stream)
         data = report.to_json()
         if args.out:
+            from ernie_ops.files import write_text_atomic
             from ernie_ops.validate.report import write_report
             from ernie_ops.validate.smoke import markdown
 
             args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "smoke.json").write_text(json.dumps(data, indent=2) + "\n")
+            write_text_atomic(args.out / "smoke.json", json.dumps(data, indent=2) + "\n")
             write_report(args.out, "smoke", "# Smoke test\n\n" + markdown(report), f"smoke {report.model}")
         if args.json:
             print(json.dumps(data, indent=2))

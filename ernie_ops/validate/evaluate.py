@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ernie_ops.files import PathLike, atomic_output, write_text_atomic
 from ernie_ops.validate.client import Endpoint, Reply, request, resolve_model, session
 from ernie_ops.validate.judges import Score, failed, score, summarize
 from ernie_ops.validate.suite import Suite, SuiteItem
@@ -47,14 +48,15 @@ class EvalReport:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
-    def write(self, out_dir: Path) -> Path:
-        """eval.json (everything) and results.jsonl (one line per item); returns eval.json."""
+    def write(self, out_dir: Path, inputs: Sequence[PathLike] = ()) -> Path:
+        """eval.json (everything) and results.jsonl (one line per item), atomically and never over
+        one of `inputs` (the suite); returns eval.json."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        with open(out_dir / "results.jsonl", "w", encoding="utf-8") as f:
+        with atomic_output(out_dir / "results.jsonl", inputs) as f:
             for item in self.items:
-                f.write(json.dumps(item, ensure_ascii=False) + "\n")
+                f.write((json.dumps(item, ensure_ascii=False) + "\n").encode("utf-8"))
         path = out_dir / "eval.json"
-        path.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_text_atomic(path, json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", inputs)
         return path
 
 
@@ -178,7 +180,8 @@ def plot_scores(report: EvalReport, path: Path, baseline: EvalReport | None = No
     ax.set_title(f"{report.suite_name}: {report.model}")
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, metadata={"Software": None})
+    with atomic_output(path) as f:
+        fig.savefig(f, format="png", metadata={"Software": None})
     plt.close(fig)
     return path
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ernie_ops.files import atomic_output, write_text_atomic
+
 EXAMPLES = {
     "chart_qa.jsonl": "bar/line charts: read a value (exact, 2% tolerance) or name a category (exact)",
     "documents.jsonl": "invoices and receipts: extract the fields as JSON (f1)",
@@ -71,7 +73,7 @@ def write_example_suites(out_dir: Path, seed: int = 0) -> list[Path]:
             draw(out_dir / IMAGES / name)
         path = out_dir / suite.name
         lines = (json.dumps(e.item, ensure_ascii=False) + "\n" for e in suite.examples)
-        path.write_text("".join(lines), encoding="utf-8")
+        write_text_atomic(path, "".join(lines))
         written.append(path)
     return written
 
@@ -221,7 +223,8 @@ def _figure() -> Any:
 
 def _save(fig: Any, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
+    with atomic_output(path) as f:
+        fig.savefig(f, format="png", dpi=100, metadata={"Software": None})
 
 
 def _bar_chart(title: str, labels: list[str], values: list[int], percent: bool = False) -> Drawer:

@@ -36,6 +36,7 @@ import numpy as np
 from ernie_ops.data.formats import ROLE_ALIASES, Bad, Conversation, Preference, Unsupported, detect, parse
 from ernie_ops.data.read import read_items
 from ernie_ops.errors import UserError
+from ernie_ops.files import atomic_output, write_text_atomic
 from ernie_ops.text import format_table
 from ernie_ops.validate.client import CHAT, Endpoint, Reply, get_json, request, resolve_model, session
 
@@ -722,7 +723,7 @@ def write(result: BenchResult, out: Path) -> Path | None:
     from ernie_ops.validate.report import write_report
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    write_text_atomic(out / "bench.json", json.dumps(result.to_dict(), indent=2) + "\n")
     image = plot(result, out / "bench.png")
     write_report(out, "bench", markdown(result, image.name if image else None), f"load test {result.url}")
     return image
@@ -776,7 +777,7 @@ def plot(result: BenchResult, out: Path) -> Path | None:
     right.grid(alpha=0.3, axis="y")
     fig.suptitle(f"{result.model} at {result.url}", fontsize=10)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    with atomic_output(out) as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     return out

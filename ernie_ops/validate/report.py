@@ -14,6 +14,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from ernie_ops.files import PathLike, write_text_atomic
+
 STYLE = """
 body { font: 15px/1.5 system-ui, sans-serif; max-width: 70em; margin: 2em auto; padding: 0 1em; color: #222; }
 table { border-collapse: collapse; margin: 0.8em 0; }
@@ -60,10 +62,13 @@ def _inline(src: str, base: Path) -> str:
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
 
 
-def write_report(out_dir: Path, name: str, markdown: str, title: str) -> tuple[Path, Path]:
-    """`out_dir/name.md` and `out_dir/name.html`; images in the Markdown are relative to `out_dir`."""
+def write_report(
+    out_dir: Path, name: str, markdown: str, title: str, inputs: Sequence[PathLike] = ()
+) -> tuple[Path, Path]:
+    """`out_dir/name.md` and `out_dir/name.html`; images in the Markdown are relative to `out_dir`.
+    Written atomically; neither may be one of the command's `inputs`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     md_path, html_path = out_dir / f"{name}.md", out_dir / f"{name}.html"
-    md_path.write_text(markdown, encoding="utf-8")
-    html_path.write_text(to_html(markdown, title, out_dir), encoding="utf-8")
+    write_text_atomic(md_path, markdown, inputs)
+    write_text_atomic(html_path, to_html(markdown, title, out_dir), inputs)
     return md_path, html_path
