@@ -146,7 +146,7 @@ def test_a_second_server_on_a_port_is_refused_while_the_first_loads(tmp_path):
     first = driver(tmp_path, "a", port, "--load-seconds", "3", detach=True)
     state_file = state_dir() / f"{port}.json"
     try:
-        assert wait_until(state_file.exists)
+        assert wait_until((tmp_path / "a" / "server.log").exists), "the first never started"
         # the second loads faster: before the lock it took the port, and the first then called that
         # ready and recorded its own pid, which died on "address already in use"
         second = driver(tmp_path, "b", port, "--load-seconds", "0.2", detach=True)
