@@ -84,6 +84,8 @@ class Train(Subcommand):
         if args.recipe is not None:
             from ernie_ops.files import regular_file
 
+            if not args.recipe.exists() and not args.recipe.is_symlink():
+                raise UserError(f"{args.recipe}: no such recipe file")
             regular_file(args.recipe, "recipe")  # a FIFO, a device or a symlink loop: said as such
         gpus = None if args.gpus is None else [] if args.gpus.lower() == "cpu" else parse_gpus(args.gpus)
         options = TrainOptions(
