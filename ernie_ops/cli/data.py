@@ -199,5 +199,6 @@ def _split(args: argparse.Namespace) -> int:
     r = split(args.input, args.eval_fraction, args.seed, args.out_dir)
     print(f"{r.train}: {r.n_train} records\n{r.eval}: {r.n_eval} records")
     if r.left_out:
-        print(f"  {r.left_out} exact copies of eval records left out of train (training on them leaks eval)")
+        copies = "copy" if r.left_out == 1 else "copies"
+        print(f"  {r.left_out} exact {copies} of eval records left out of train (they would leak eval)")
     return 0
