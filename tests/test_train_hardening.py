@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -341,3 +342,60 @@ def test_metrics_cut_short_by_a_full_disk_still_read(tmp_path):
     good = '{"step": 1, "loss": 1.0}\n'
     (tmp_path / "metrics.jsonl").write_text(good + '{"step": 2, "lo' + good.replace("1", "3"))
     assert [m["step"] for m in train_run.read_metrics(tmp_path)] == [1]
+
+
+def _trainers(recipe_path: Path) -> list[psutil.Process]:
+    """The live ERNIEKit processes training this recipe."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        alive = proc.info["status"] != psutil.STATUS_ZOMBIE
+        if alive and str(recipe_path) in cmdline and "erniekit.launcher" in cmdline:
+            found.append(proc)
+    return found
+
+
+@pytest.mark.slow
+def test_sigkill_of_real_training_leaves_no_orphan_and_one_trainer_resumes(repo, tiny_dense, tmp_path):
+    runs = tmp_path / "runs"
+    exe = shutil.which("ernie-ops", path=str(Path(sys.executable).parent))
+    args = [exe, "train", "recipes/tiny/sft_cpu.yaml", f"model_name_or_path={tiny_dense}", "max_steps=300"]
+    args += ["save_steps=5", "eval_steps=1000", "--runs-dir", str(runs), "--gpus", "cpu"]
+    first = subprocess.Popen(args, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        run_dir = wait_for(
+            lambda: next(runs.glob("*/output/checkpoint-5"), None), "checkpoint-5", 600
+        ).parent.parent
+        (trainer,) = _trainers(run_dir / "recipe.yaml")
+        first.kill()  # SIGKILL: nothing in ernie-ops runs, the kernel has to take the trainer down
+        first.wait(timeout=DEADLINE)
+        wait_for(lambda: gone(trainer.pid), "the trainer to die with ernie-ops")
+        assert not _trainers(run_dir / "recipe.yaml")
+    finally:
+        first.kill()
+    record = RunRecord.load(run_dir)
+    # a dying multi-threaded process is a zombie leader before its last thread lets go of the lock
+    wait_for(lambda: record.live_status() == OWNER_GONE, "the lock to be released")
+    described = record.describe_status()
+    assert record.status == "running" and described.startswith(f"{OWNER_GONE} (was pid {first.pid} ")
+    assert "train recipes/tiny/sft_cpu.yaml" in described
+
+    resume = [exe, "train", "--resume", str(run_dir)]
+    second = subprocess.Popen(resume, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(
+            lambda: _trainers(run_dir / "recipe.yaml") or second.poll() is not None,
+            "the resumed trainer",
+            300,
+        )
+        third = subprocess.run(resume, cwd=repo, capture_output=True, text=True, timeout=DEADLINE)
+        assert third.returncode == 2 and "being trained now by pid" in third.stderr, third.stderr
+        assert len(_trainers(run_dir / "recipe.yaml")) <= 1
+        out, err = second.communicate(timeout=600)
+    finally:
+        second.kill()
+    assert second.returncode == 0, out + err
+    assert "owner is gone" in err
+    record = RunRecord.load(run_dir)
+    assert record.status == "succeeded" and record.last_step == 300 and record.live_status() == "succeeded"
+    assert record.resumed_from and "checkpoint-" in record.resumed_from[-1]
