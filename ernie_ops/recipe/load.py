@@ -137,12 +137,18 @@ def _parse(text: str) -> tuple[Any, Any]:
 
 
 def _parse_with(loader_class: Any, text: str) -> tuple[Any, Any]:
+    import gc
+
     loader = loader_class(text)
+    collecting = gc.isenabled()
+    gc.disable()  # a node tree holds no cycles (aliases into themselves are refused before)
     try:
         root = loader.get_single_node()
         return root, loader.construct_document(root) if root is not None else None
     finally:
         loader.dispose()
+        if collecting:
+            gc.enable()
 
 
 def _alias_problem(text: str, where: str, in_file: bool = True) -> Problem | None:
