@@ -86,7 +86,7 @@ def options(tmp_path: Path, recipe_path: Path | None = None, **kw) -> TrainOptio
 
 
 def steps(run_dir: Path) -> list[int]:
-    return [m["step"] for m in train_run.read_metrics(run_dir)]
+    return [m["step"] for m in train_run.read_metrics(run_dir) if "loss" in m]  # training steps
 
 
 def driver(tmp_path: Path, standin_path: Path) -> list[str]:
@@ -399,3 +399,33 @@ def test_sigkill_of_real_training_leaves_no_orphan_and_one_trainer_resumes(repo,
     record = RunRecord.load(run_dir)
     assert record.status == "succeeded" and record.last_step == 300 and record.live_status() == "succeeded"
     assert record.resumed_from and "checkpoint-" in record.resumed_from[-1]
+
+
+@pytest.mark.slow
+def test_real_erniekit_trains_a_finished_run_further_with_max_steps_after_resume(
+    cli, repo, tiny_dense, tmp_path
+):
+    runs = tmp_path / "runs"
+    first = cli(
+        "train",
+        "recipes/tiny/sft_cpu.yaml",
+        f"model_name_or_path={tiny_dense}",
+        "--runs-dir",
+        str(runs),
+        "--gpus",
+        "cpu",
+        cwd=repo,
+        timeout=600,
+    )
+    assert first.returncode == 0, first.stderr
+    (run_dir,) = runs.iterdir()
+    further = cli("train", "--resume", str(run_dir), "max_steps=8", cwd=repo, timeout=600)
+    assert further.returncode == 0, further.stderr
+    assert "step 8/8" in further.stdout
+    record = RunRecord.load(run_dir)
+    assert (
+        record.status == "succeeded"
+        and record.last_step == 8
+        and record.resumed_from[-1].endswith("checkpoint-4")
+    )
+    assert steps(run_dir) == list(range(1, 9))  # steps 5-8 continue from checkpoint-4, none repeated
