@@ -179,6 +179,13 @@ def build_launch(profile: Any, model_dir: Path, is_vl: bool = False, python: str
         args += [flag, str(port)]
     if profile.served_model_name:
         args += ["--served-model-name", profile.served_model_name]
+    if profile.chat_template:
+        args += ["--chat-template", str(Path(profile.chat_template).expanduser())]
+    if profile.max_request_mb is not None:
+        raise UserError(
+            "max_request_mb is an option of the embedded backend: FastDeploy has no request size limit",
+            hint="remove it, or put a proxy with a body limit in front (nginx: client_max_body_size)",
+        )
     args += ["--tensor-parallel-size", str(profile.tensor_parallel_size)]
     if profile.data_parallel_size > 1:
         args += ["--data-parallel-size", str(profile.data_parallel_size)]

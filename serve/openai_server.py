@@ -71,7 +71,7 @@ DISCONNECT_POLL_S = 0.25  # how often a quiet request checks whether its client 
 SHUTDOWN_DRAIN_S = 10.0  # how long shutdown waits for cancelled requests to leave the engine
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 # a prompt the context holds is well under 1 MB of text; the limit only stops abuse
-DEFAULT_MAX_BODY_MB = 4.0
+DEFAULT_MAX_REQUEST_MB = 4.0
 DEFAULT_READ_TIMEOUT_S = 30.0  # to send a request's head, and then its body
 DEFAULT_MAX_CONNECTIONS = 256
 PREPARE_THREADS = 2  # parse + chat template + tokenize, off the event loop
@@ -257,7 +257,7 @@ class ServerState:
     model_name: str
     api_key: str | None
     max_waiting: int
-    max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 2**20)
+    max_body_bytes: int = int(DEFAULT_MAX_REQUEST_MB * 2**20)
     read_timeout: float = DEFAULT_READ_TIMEOUT_S
     defaults: dict[str, float] = field(default_factory=lambda: dict(OPENAI_SAMPLING))
     metrics: Metrics = field(default_factory=Metrics)
@@ -691,14 +691,14 @@ def create_app(
     model_name: str,
     api_key: str | None = None,
     max_waiting: int = DEFAULT_MAX_WAITING,
-    max_body_mb: float = DEFAULT_MAX_BODY_MB,
+    max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
     read_timeout: float = DEFAULT_READ_TIMEOUT_S,
     docs: bool = False,
 ) -> FastAPI:
     """The FastAPI app; it starts the engine thread on startup and stops it on shutdown.
 
     Up to `engine.max_batch_size` requests run at once and `max_waiting` more may queue; beyond
-    that a request gets 429 at once rather than an unbounded wait. Bodies over `max_body_mb` get
+    that a request gets 429 at once rather than an unbounded wait. Bodies over `max_request_mb` get
     413, bodies slower than `read_timeout` 408. `docs`: serve /docs and /openapi.json (off: nothing
     a client needs). Sampling defaults come from the checkpoint's generation config.
     """
@@ -713,7 +713,7 @@ def create_app(
         model_name,
         api_key or None,
         max_waiting,
-        max_body_bytes=int(max_body_mb * 2**20),
+        max_body_bytes=int(max_request_mb * 2**20),
         read_timeout=read_timeout,
         defaults=sampling_defaults(engine.generation_config),
         thinking_default=_template_thinks(engine.tokenizer),
@@ -967,7 +967,7 @@ def run(
     served_model_name: str | None = None,
     max_batch_size: int = 8,
     max_waiting: int = DEFAULT_MAX_WAITING,
-    max_body_mb: float = DEFAULT_MAX_BODY_MB,
+    max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
     read_timeout: float = DEFAULT_READ_TIMEOUT_S,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     chat_template: Path | str | None = None,
@@ -989,32 +989,23 @@ def run(
         name,
         api_key=api_key,
         max_waiting=max_waiting,
-        max_body_mb=max_body_mb,
+        max_request_mb=max_request_mb,
         read_timeout=read_timeout,
         docs=docs,
     )
-    uvicorn.Server(uvicorn_config(app, host, port, read_timeout, max_connections)).run()
+    uvicorn.run(app, host=host, port=port, **uvicorn_settings(read_timeout, max_connections))
 
 
-def uvicorn_config(
-    app: FastAPI,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    read_timeout: float = DEFAULT_READ_TIMEOUT_S,
-    max_connections: int = DEFAULT_MAX_CONNECTIONS,
-) -> Any:
-    """How `run` serves the app (a `uvicorn.Config`; the tests serve it the same way)."""
-    import uvicorn
-
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        http=_guarded_protocol(read_timeout, max_connections),
-        timeout_graceful_shutdown=30,  # in-flight streams get this long on Ctrl-C / SIGTERM
-        log_config=_log_config(),
-        log_level="info",
-    )
+def uvicorn_settings(
+    read_timeout: float = DEFAULT_READ_TIMEOUT_S, max_connections: int = DEFAULT_MAX_CONNECTIONS
+) -> dict[str, Any]:
+    """How `run` has uvicorn serve the app (the tests serve it the same way)."""
+    return {
+        "http": _guarded_protocol(read_timeout, max_connections),
+        "timeout_graceful_shutdown": 30,  # in-flight streams get this long on Ctrl-C / SIGTERM
+        "log_config": _log_config(),
+        "log_level": "info",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1033,9 +1024,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=positive_int, default=8)
     parser.add_argument("--max-waiting", type=int, default=DEFAULT_MAX_WAITING)
     parser.add_argument(
-        "--max-body-mb",
+        "--max-request-mb",
         type=positive_float,
-        default=DEFAULT_MAX_BODY_MB,
+        default=DEFAULT_MAX_REQUEST_MB,
         help="larger request bodies get 413 (default: %(default)s)",
     )
     parser.add_argument(
@@ -1064,7 +1055,7 @@ def main(argv: list[str] | None = None) -> int:
             served_model_name=args.served_model_name,
             max_batch_size=args.max_batch_size,
             max_waiting=args.max_waiting,
-            max_body_mb=args.max_body_mb,
+            max_request_mb=args.max_request_mb,
             read_timeout=args.read_timeout,
             max_connections=args.max_connections,
             chat_template=args.chat_template,

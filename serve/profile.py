@@ -56,6 +56,8 @@ class ServeProfile:
     engine_worker_queue_port: int | None = None  # None: port + 2
     cache_queue_port: int | None = None  # None: port + 3
     served_model_name: str | None = None
+    chat_template: str | None = None  # a Jinja chat template file used instead of the checkpoint's
+    max_request_mb: float | None = None  # embedded backend: larger request bodies get 413 (default 4)
     reasoning_parser: str | None = None
     tool_call_parser: str | None = None
     limit_mm_per_prompt: dict | None = None
@@ -208,6 +210,8 @@ def _rules(p: ServeProfile, recipe: LoadedRecipe) -> list[Problem]:
     if not 0 < p.gpu_memory_utilization <= 1:
         out.append(error(where("gpu_memory_utilization"), "gpu_memory_utilization", "must be in (0, 1]"))
     out += _mm_rules(p, where)
+    if p.max_request_mb is not None and p.max_request_mb <= 0:
+        out.append(error(where("max_request_mb"), "max_request_mb", "must be > 0"))
     if p.api_key_env and p.api_key_file:
         out.append(error(where("api_key_file"), "api_key_file", "give api_key_env or api_key_file, not both"))
     return out

@@ -1,6 +1,6 @@
 """The embedded OpenAI server against hostile clients (issue #14, items 8-14).
 
-The server runs for real, on loopback, configured exactly as `run` configures it (`uvicorn_config`).
+The server runs for real, on loopback, configured exactly as `run` configures it (`uvicorn_settings`).
 Most tests put it over a stand-in engine (no Paddle: the engine interface the server uses, answering
 "ok"); the ones about the real tokenizer and the checkpoint's files load the tiny ERNIE 4.5 model.
 Raw sockets send what no HTTP client would: nothing, half a request head, half a body. Deadlines
@@ -26,7 +26,7 @@ import uvicorn
 from ernie_ops.errors import UserError
 from ernie_ops.serve import openai_server
 from ernie_ops.serve.engine import Delta, Engine, SamplingParams, StopMatcher
-from ernie_ops.serve.openai_server import RepeatFilter, create_app, use_chat_template, uvicorn_config
+from ernie_ops.serve.openai_server import RepeatFilter, create_app, use_chat_template, uvicorn_settings
 
 MODEL = "m"
 KEY = "sk-hardening"
@@ -96,7 +96,7 @@ def served(app, read_timeout: float = 30.0, max_connections: int = 64) -> Iterat
     set-up uvicorn applies is undone afterwards, so other tests' log capture keeps working."""
     names = ["", "ernie_ops", "asyncio", "uvicorn", "uvicorn.error", "uvicorn.access"]
     saved = {n: (lg.handlers[:], lg.level, lg.propagate) for n in names if (lg := logging.getLogger(n))}
-    config = uvicorn_config(app, read_timeout=read_timeout, max_connections=max_connections)
+    config = uvicorn.Config(app, **uvicorn_settings(read_timeout, max_connections))
     server = uvicorn.Server(config)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -156,7 +156,7 @@ def fake() -> FakeEngine:
 
 @pytest.fixture
 def url(fake) -> Iterator[str]:
-    with served(create_app(fake, MODEL, api_key=KEY, max_body_mb=1)) as (base, _):
+    with served(create_app(fake, MODEL, api_key=KEY, max_request_mb=1)) as (base, _):
         yield base
 
 
@@ -246,7 +246,7 @@ def test_health_answers_while_a_large_prompt_is_tokenized(tiny_engine):
     for the whole tokenization when that ran on the event loop)."""
     rng = random.Random(0)
     prompt = "".join(chr(rng.randint(0x4E00, 0x9FFF)) for _ in range(1_000_000))  # 3 MB of UTF-8
-    app = create_app(tiny_engine, MODEL, max_body_mb=8)
+    app = create_app(tiny_engine, MODEL, max_request_mb=8)
     with served(app) as (base, _), httpx.Client(base_url=base, timeout=120) as client:
         big: dict = {}
 
@@ -512,3 +512,37 @@ def test_a_bad_generation_config_fails_the_start():
 def test_the_engine_reads_the_checkpoints_generation_config(tiny_engine, tiny_dense):
     assert tiny_engine.generation_config == json.loads(Path(tiny_dense, "generation_config.json").read_text())
     assert tiny_engine.generation_config["temperature"] == 0.8
+
+
+# ---------------------------------------------------------------------------------------------
+# the operator's options reach the embedded server from a serve profile
+
+
+def test_a_serve_profile_sets_the_chat_template_and_the_request_limit(tmp_path, capsys):
+    from ernie_ops.cli.main import main
+    from ernie_ops.serve.fastdeploy import build_launch
+    from ernie_ops.serve.profile import load_profile
+
+    profile = tmp_path / "p.yaml"
+    profile.write_text("model: /m\nchat_template: /t/chat.jinja\nmax_request_mb: 16\n")
+    assert main(["serve", str(profile), "--backend", "paddle", "--print-command"]) == 0
+    command = capsys.readouterr().out
+    assert "--chat-template /t/chat.jinja" in command and "--max-request-mb 16" in command
+    with pytest.raises(UserError, match="max_request_mb is an option of the embedded backend"):
+        build_launch(load_profile(profile), Path("/m"))  # FastDeploy has no such limit: refused
+    profile.write_text("model: /m\nchat_template: /t/chat.jinja\n")
+    assert "--chat-template /t/chat.jinja" in build_launch(load_profile(profile), Path("/m")).shown()
+    profile.write_text("model: /m\nmax_request_mb: 0\n")
+    with pytest.raises(UserError, match="max_request_mb"):
+        load_profile(profile)
+
+
+def test_the_server_command_line_takes_the_hardening_options(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        openai_server.main(["--help"])
+    usage = capsys.readouterr().out
+    for option in ["--max-request-mb", "--read-timeout", "--max-connections", "--chat-template", "--docs"]:
+        assert option in usage
+    # a start-up mistake is a message and status 2, not a traceback
+    assert openai_server.main(["--model", str(tmp_path)]) == 2
+    assert "has no config.json" in capsys.readouterr().err

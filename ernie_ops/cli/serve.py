@@ -141,6 +141,10 @@ def _start_embedded(profile, args: argparse.Namespace) -> int:
     ]
     if profile.served_model_name:
         command += ["--served-model-name", profile.served_model_name]
+    if profile.chat_template:
+        command += ["--chat-template", str(Path(profile.chat_template).expanduser())]
+    if profile.max_request_mb is not None:
+        command += ["--max-request-mb", str(profile.max_request_mb)]
     if args.print_command:
         print(" ".join(shlex.quote(c) for c in command))
         return 0
