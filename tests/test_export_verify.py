@@ -235,7 +235,7 @@ def _run_record(run_dir: Path, **fields) -> Path:
     ("fields", "message"),
     [
         ({"status": "failed", "failure": "loss is NaN"}, "did not succeed (status failed: loss is NaN)"),
-        ({"status": "running"}, "did not succeed (status running)"),
+        ({"status": "running"}, "did not succeed (status owner gone)"),  # recorded running, nobody holds it
         ({"status": "succeeded", "fine_tuning": "Full"}, "no checkpoint in"),
     ],
 )
