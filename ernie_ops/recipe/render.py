@@ -68,7 +68,7 @@ def header(entry: Entry) -> list[str]:
         *(f"#   {note}" for note in entry.deviations),
         "#",
         "# 1. Download the model (ERNIEKit reads a local directory; it does not download):",
-        f"#   huggingface-cli download {entry.hub_id} --local-dir {entry.hub_id}",
+        f"#   ernie-ops pull {entry.hub_id}   # to ./{entry.hub_id}, where this recipe looks",
         "# 2. Check, then train, from the repository root:",
         f"#   ernie-ops check {path} --gpus {min(gpus, 8)}" + (f" --nnodes {nodes}" if nodes > 1 else ""),
     ]
