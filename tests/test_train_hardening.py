@@ -429,3 +429,16 @@ def test_real_erniekit_trains_a_finished_run_further_with_max_steps_after_resume
         and record.resumed_from[-1].endswith("checkpoint-4")
     )
     assert steps(run_dir) == list(range(1, 9))  # steps 5-8 continue from checkpoint-4, none repeated
+
+
+def test_a_recipe_edit_accepted_by_force_is_not_refused_again(tmp_path, standin):
+    record, _ = train(options(tmp_path, recipe(tmp_path)))
+    for force in (True, False):
+        record.status = "interrupted"
+        record.save()
+        if force:
+            with (record.path / "recipe.yaml").open("a") as f:
+                f.write("# edited\n")
+        resumed, _ = train(options(tmp_path, resume=record.path, force=force))
+        assert resumed.status == "succeeded"
+        record = RunRecord.load(record.path)

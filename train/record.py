@@ -7,6 +7,7 @@ Layout of a run directory (`runs/<name>-<timestamp>/` by default):
     metrics.jsonl   one JSON object per logged step (step, loss, learning_rate, ...)
     loss.png        the loss curve, written at the end
     run.lock        held (flock) by `ernie-ops train` and its trainer while the run is live
+    .space-reserve  1 MiB set aside while the run is live, freed to record its end on a full disk
     output/         ERNIEKit's output_dir (unless the recipe names another one; run.json says which)
     export/         the servable checkpoint `ernie-ops export` writes (merged LoRA, or the full one)
 

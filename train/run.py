@@ -408,7 +408,11 @@ def _prepare_resume(options: TrainOptions, held: list[Lock]) -> tuple[RunRecord,
             f"{recipe_path} changed since the run started",
             hint="a resumed run must use the same recipe; pass --force to resume with the edited one",
         )
-    notes = [f"the run's owner is gone: {status}; resuming it"] if status.startswith(OWNER_GONE) else []
+    record.recipe_sha256 = sha256_text(text)  # --force accepted an edit: the next resume checks against it
+    notes = []
+    if status.startswith(OWNER_GONE):
+        was = status[len(OWNER_GONE) :]
+        notes.append(f"the run's owner is gone{was} and never recorded how it ended: resuming it")
     if options.overrides:
         text, more = _override(record, text, options)
         notes += more
