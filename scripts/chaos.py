@@ -218,6 +218,24 @@ def port_bound(port: int) -> bool:
     return False
 
 
+def port_holder(port: int, wait: float = 5.0) -> str | None:
+    """Who still listens on PORT after up to WAIT seconds (None: nobody)."""
+    deadline = time.monotonic() + wait
+    while port_bound(port):
+        if time.monotonic() > deadline:
+            for conn in psutil.net_connections(kind="tcp"):
+                if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
+                    try:
+                        proc = psutil.Process(conn.pid) if conn.pid else None
+                        who = f"pid {conn.pid}: {' '.join(proc.cmdline())[:120]}" if proc else "no process"
+                    except psutil.Error:
+                        who = f"pid {conn.pid}"
+                    return f"port {port} still bound ({who})"
+            return f"port {port} still bound (no listener found: a socket of the kernel)"
+        time.sleep(0.25)
+    return None
+
+
 def http_call(
     port: int,
     method: str,
@@ -1336,9 +1354,9 @@ class Chaos:
     def stop_and_verify(self, att: Attempt, port: int, tag: str) -> None:
         res = self.run(["serve", "stop", "--port", str(port)], timeout=60)
         self.check(att, res, {0})
-        time.sleep(0.3)
-        if port_bound(port):
-            att.mark("lost", f"port {port} still bound after serve stop")
+        held = port_holder(port)
+        if held:
+            att.mark("lost", f"{held} after serve stop")
         left = self.servers_of(tag)
         if left:
             att.mark("lost", "server still running after serve stop: " + self.proc_line(left[0]))
@@ -1425,8 +1443,9 @@ class Chaos:
                 if left:
                     att.mark("lost", "left running: " + "; ".join(self.proc_line(p) for p in left[:3]))
                     self.end(left, grace=1.0)
-                if port_bound(port):
-                    att.mark("lost", f"port {port} still bound")
+                held = port_holder(port)
+                if held:
+                    att.mark("lost", held)
 
         # a detached start killed (SIGKILL) at a random point: either nothing runs, or it runs and is recorded
         for _ in range(1 if self.quick else 3):
@@ -1453,8 +1472,8 @@ class Chaos:
                 att.note("a server was left running" if servers else "nothing left running")
                 if listed or self.state_files(port):
                     self.stop_and_verify(att, port, tag)
-                elif port_bound(port):
-                    att.mark("lost", f"port {port} still bound")
+                elif held := port_holder(port):
+                    att.mark("lost", held)
 
         # status / stop truthful after the server was killed behind their back; the port is reusable
         port = self.free_port()
