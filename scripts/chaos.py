@@ -838,7 +838,7 @@ class Chaos:
                 baseline[kind] = (res, outputs(out))
             return baseline[kind]
 
-        n = 3 if self.quick else 12
+        n = 3 if self.quick else 16
         signals = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
         for i in range(n):
             sig = signals[i % 3] if i < 3 else self.rng.choice(signals)
@@ -1195,18 +1195,8 @@ class Chaos:
             self.notes.append("train: no finished run to point output_dir at (same-run-name failed)")
 
         # 5: signals at random points of train, then --resume
-        plan = (
-            [signal.SIGKILL, signal.SIGHUP]
-            if self.quick
-            else [
-                signal.SIGKILL,
-                signal.SIGKILL,
-                signal.SIGHUP,
-                signal.SIGHUP,
-                signal.SIGTERM,
-                signal.SIGINT,
-            ]
-        )
+        kill, hup, term, intr = signal.SIGKILL, signal.SIGHUP, signal.SIGTERM, signal.SIGINT
+        plan = [kill, hup] if self.quick else [kill, kill, kill, hup, hup, term, term, intr]
         for i, sig in enumerate(plan):
             self.train_signal(runs, i, sig)
 
