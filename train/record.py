@@ -47,6 +47,7 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")  # ERNIEKit's periodic checkpoint
 def output_lock(output_dir: Path) -> Path:
     """The lock of an output_dir outside its run directory, beside it (not in it: the directory may be
     pushed to a hub as the checkpoint itself)."""
+    output_dir = output_dir.resolve()  # one lock whatever path names it
     return output_dir.parent / f".{output_dir.name}.ernie-ops.lock"
 
 

@@ -295,12 +295,18 @@ def prepare(options: TrainOptions, held: list[Lock]) -> tuple[RunRecord, str, li
     try:
         values, notes = resolve_recipe(options, gpus, run_dir)
         notes += _claim_output(Path(values["output_dir"]), run_dir, options, held)
+        return _new_record(options, name, run_dir, values, gpus), dump_recipe(values), notes
     except BaseException:
         if not options.dry_run:
-            shutil.rmtree(run_dir, ignore_errors=True)  # refused: leave nothing behind
+            shutil.rmtree(run_dir, ignore_errors=True)  # refused or interrupted: leave nothing behind
         raise
-    text = dump_recipe(values)
-    record = RunRecord(
+
+
+def _new_record(
+    options: TrainOptions, name: str, run_dir: Path, values: dict[str, Any], gpus: list[int]
+) -> RunRecord:
+    assert options.recipe is not None
+    return RunRecord(
         name=name,
         run_dir=str(run_dir),
         recipe_source=str(options.recipe.resolve()),
@@ -319,9 +325,8 @@ def prepare(options: TrainOptions, held: list[Lock]) -> tuple[RunRecord, str, li
         nnodes=options.nnodes,
         master=options.master,
         data=fingerprint(values),
-        recipe_sha256=sha256_text(text),
+        recipe_sha256=sha256_text(dump_recipe(values)),
     )
-    return record, text, notes
 
 
 def _max_steps(values: dict[str, Any]) -> int | None:
