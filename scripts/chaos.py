@@ -445,26 +445,30 @@ class Chaos:
         att = Attempt(area, name, command=command, started=time.time(), tag=tag)
         self.current = att
         t0 = time.monotonic()
+        interrupted = False
         try:
             yield att
         except ChaosError as err:
             att.mark("wrong", f"harness: {err}")
         except TimeoutError as err:
             att.mark("hang", str(err))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # ours: end what the attempt started, and do not count it
+            interrupted = True
+            self.end(self.tagged(tag), grace=1.0)
             raise
         except Exception as err:  # the harness must go on to the next attempt
             att.mark("wrong", f"harness error {type(err).__name__}: {err}")
         finally:
-            if reap:
-                left = self.leftovers(tag, wait=5.0)
-                if left:
-                    att.mark("lost", "left running: " + "; ".join(self.proc_line(p) for p in left[:4]))
-                    self.end(left, grace=1.0)
-            att.seconds = time.monotonic() - t0
             self.current = None
-            self.attempts.append(att)
-            self.progress(att)
+            if not interrupted:
+                if reap:
+                    left = self.leftovers(tag, wait=5.0)
+                    if left:
+                        att.mark("lost", "left running: " + "; ".join(self.proc_line(p) for p in left[:4]))
+                        self.end(left, grace=1.0)
+                att.seconds = time.monotonic() - t0
+                self.attempts.append(att)
+                self.progress(att)
 
     def progress(self, att: Attempt) -> None:
         detail = "; ".join(att.findings)
