@@ -218,8 +218,8 @@ def _check(recipe: Path, overrides: tuple[str, ...], gpus: int | None, nnodes: i
     from ernie_ops.recipe.check import check_recipe
 
     report = check_recipe(recipe, overrides, gpus=gpus, nnodes=nnodes)
-    for problem in report.problems:
-        print(problem.render(), file=sys.stderr)
+    for line in report.render()[:-1]:  # the problems, the first hundred and a count of the rest
+        print(line, file=sys.stderr)
     if report.errors:
         raise CheckFailed(f"{len(report.errors)} error(s) in {recipe}: fix them first (ernie-ops check)")
 
