@@ -14,6 +14,7 @@ import contextlib
 import errno
 import gzip
 import os
+import signal
 import stat
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -89,6 +90,9 @@ def _kind(mode: int) -> str:
     return "not a file"
 
 
+_ENDING_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -104,8 +108,13 @@ def atomic_output(
     `compress` defaults to the name: `.gz` is written as gzip."""
     path = check_output(path, inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The signals that end a command are held back from creating the temporary file until the
+    # cleanup below is armed: a SIGTERM in between would otherwise leave the file behind.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _ENDING_SIGNALS)
+    tmp = ""
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask like any file
         with os.fdopen(fd, "wb", buffering=1 << 20) as raw:
             if compress if compress is not None else path.name.endswith(".gz"):
@@ -117,9 +126,12 @@ def atomic_output(
         check_output(path, inputs)  # nothing became a FIFO or an input while we wrote
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if tmp:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def write_text_atomic(path: PathLike, text: str, inputs: Iterable[PathLike] = ()) -> Path:

@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from ernie_ops.cli.main import main
+from ernie_ops.pipeline.stages import free_port_block
 from ernie_ops.serve.preflight import port_free, state_dir
 from ernie_ops.serve.profile import load_profile, profile_for_checkpoint
 from ernie_ops.serve.supervisor import run_server, server_status, stop_server
@@ -294,7 +295,7 @@ def test_serving_open_to_the_network_without_a_key_warns(tiny_dense, monkeypatch
         "--backend",
         "fastdeploy",
         "--port",
-        str(free_port()),
+        str(free_port_block(4)),  # FastDeploy takes the port and the three after it
         "--set",
         "startup_timeout=60",
     ]

@@ -292,7 +292,7 @@ def test_an_empty_suite_is_an_error(tmp_path, content):
 
 
 def test_a_missing_suite_is_an_error(tmp_path):
-    assert "no such file" in problems(tmp_path / "nope.jsonl")
+    assert "nope.jsonl does not exist" in problems(tmp_path / "nope.jsonl")
 
 
 # ---------------------------------------------------------------- the example suites
