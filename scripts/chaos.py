@@ -881,7 +881,24 @@ class Chaos:
                             f"completed, but the outputs differ from an undisturbed run: {sorted(now)}",
                         )
                 elif kind != "lint" and now != old:
-                    att.mark("lost", f"interrupted, and the outputs changed: {sorted(old)} -> {sorted(now)}")
+                    # each output must be its old self or the whole new one, and all of one kind
+                    state: dict[str, str] = {}
+                    for fname in sorted(set(now) | set(old) | set(ref_outputs)):
+                        is_old = now.get(fname, ("absent",)) == old.get(fname, ("absent",))
+                        is_new = now.get(fname, ("absent",)) == ref_outputs.get(fname, ("absent",))
+                        state[fname] = "old" if is_old else "new" if is_new else "broken"
+                    shown = ", ".join(f"{k}: {v}" for k, v in state.items())
+                    if "broken" in state.values():
+                        att.mark(
+                            "lost",
+                            f"exit {res.rc}, and an output is neither its old content nor whole: {shown}",
+                        )
+                    elif set(state.values()) == {"old", "new"}:
+                        att.mark(
+                            "wrong", f"exit {res.rc} between its outputs: some replaced, some not ({shown})"
+                        )
+                    else:
+                        att.note(f"exit {res.rc}, but every output was already complete ({shown})")
                 if sha256(big) != big_sha:
                     att.mark("lost", "the input changed")
                 self.no_tmp(att, out, d)
@@ -1245,8 +1262,10 @@ class Chaos:
                 att.mark("lost", f"run.json still says running after exit {res.rc}")
             resumed = self.run(["train", "--resume", str(run_dir)], timeout=240)
             att.note(f"resume exit {resumed.rc}")
-            if record is None:
-                self.check(att, resumed, {0, 2})
+            if record is None or (record.get("last_step") == steps and "already finished" in resumed.err):
+                self.check(
+                    att, resumed, {0, 2}
+                )  # nothing to resume: stopped before the record, or after the end
             elif self.check(att, resumed, {0}):
                 record = self.run_json(run_dir) or {}
                 if record.get("status") != "succeeded" or record.get("last_step") != steps:
