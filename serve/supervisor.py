@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from ernie_ops.errors import Terminated
 from ernie_ops.files import write_text_atomic
 from ernie_ops.proc import Lock, die_with_parent
 from ernie_ops.text import strip_ansi
@@ -568,26 +569,24 @@ def _exit_text(code: int) -> str:
 # run / status / stop
 
 
-class _Interrupted(Exception):
-    """SIGTERM, turned into the same path as Ctrl-C."""
-
-
-def _raise_interrupted(signum: int, frame: Any) -> None:
-    raise _Interrupted
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts():
-    """SIGTERM to the supervisor stops the server like Ctrl-C does (only the main thread may set it)."""
+def _signals_interrupt():
+    """SIGTERM and SIGHUP to the supervisor stop the server like Ctrl-C does, whoever calls it (the
+    CLI does the same; only the main thread may set handlers)."""
     try:
-        previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+        previous = {sig: signal.signal(sig, _raise_terminated) for sig in (signal.SIGTERM, signal.SIGHUP)}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -672,7 +671,8 @@ def run_server(
     in the project), and called ready only once /health answers and its own process tree listens on
     the port. `env` is the child's whole environment; FD_LOG_DIR is set to log_dir so FastDeploy's
     own logs (workerlog.N, fastdeploy.log) land beside server.log. Returns 0 ready (detach) or
-    stopped cleanly, 1 failed (died, timed out, port taken), 130 interrupted (Ctrl-C / SIGTERM).
+    stopped cleanly, 1 failed (died, timed out, port taken), 130 interrupted (Ctrl-C), 128+N ended
+    by signal N (SIGTERM 143, SIGHUP 129).
     """
     redactor = Redactor.for_run(command, env)
     console = Console(redactor)
@@ -727,7 +727,7 @@ def _run(
     server: _Server | None = None
     shown = console.redactor.command(command)
     ready = False
-    with _sigterm_interrupts():
+    with _signals_interrupt():
         try:
             fds = [lock.fd for lock in locks if lock.fd is not None]
             server = _start(command, env, logs, host, port, console, api_key, fds, detach)
@@ -747,14 +747,14 @@ def _run(
                 return 0
             console.say("serving; Ctrl-C stops the server")
             return _supervise(server)
-        except (KeyboardInterrupt, _Interrupted):
+        except KeyboardInterrupt as stop:  # Ctrl-C, or Terminated by SIGTERM / SIGHUP
             if server is not None:
                 console.warn(
                     "interrupted: stopping the server (SIGTERM, then SIGKILL after the grace period)"
                 )
                 server.stop()
                 console.warn(f"stopped (pid {server.process.pid} and its workers)")
-            return 130
+            return 128 + stop.signum if isinstance(stop, Terminated) else 130
         finally:
             if detach and not ready:
                 _forget(state_file)
@@ -972,7 +972,7 @@ def stop_server(state_file: Path, timeout: float = 30.0) -> bool:
     pid, pgid = state["pid"], state.get("pgid", state["pid"])
     stopped = False
     # a reused pid is someone else's process: leave it alone; workers left in the group are still ours
-    if _is_ours(state) or _group_exists(pgid):
+    if _is_ours(state) or _leftover_group(state):
         stopped = stop_tree(pid if _is_ours(state) else -1, pgid, timeout)
     if _is_ours(state):
         from ernie_ops.errors import UserError
@@ -982,6 +982,18 @@ def stop_server(state_file: Path, timeout: float = 30.0) -> bool:
         )
     _forget(state_file, state)
     return stopped
+
+
+def _leftover_group(state: dict[str, Any]) -> bool:
+    """Whether workers of a dead server are still in its process group. Linux gives no new process
+    a pid that is still some group's id, so members without a leader are the server's; a live leader
+    that started after the server is a later group that reused the number: someone else's."""
+    pgid = state.get("pgid", state["pid"])
+    if not _group_exists(pgid):
+        return False
+    if not _alive(pgid):
+        return True
+    return pgid == state["pid"] and _is_ours(state)
 
 
 def list_servers(directory: Path) -> list[dict[str, Any]]:

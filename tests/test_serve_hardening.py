@@ -258,6 +258,23 @@ def test_a_stale_record_is_reported_as_stale(tmp_path, capsys):
     assert f"no server on port {port} to stop" in capsys.readouterr().err
 
 
+def test_stopping_a_stale_record_leaves_a_later_group_with_the_same_number_alone(tmp_path, capsys):
+    # a record of a server long gone whose pid and group number now belong to an unrelated process
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        port = free_port()
+        record = {"pid": other.pid, "pgid": other.pid, "start_ticks": 1, "host": "127.0.0.1", "port": port}
+        state_file = state_dir() / f"{port}.json"
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps(record))
+        assert main(["serve", "stop", "--port", str(port)]) == 0
+        assert "stale record" in capsys.readouterr().out and not state_file.exists()
+        assert other.poll() is None, "serve stop killed a process that was not the server's"
+    finally:
+        other.kill()
+        other.wait()
+
+
 def test_options_that_do_not_apply_to_status_or_stop_are_refused(capsys):
     assert main(["serve", "stop", "--detach"]) == 2
     assert "--detach does not apply to `serve stop`" in capsys.readouterr().err
@@ -363,7 +380,7 @@ def test_the_pipeline_asks_one_port_for_the_embedded_backend_and_four_for_fastde
 
 def test_fastdeploy_on_cpu_points_at_the_embedded_backend(tiny_dense, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    assert main(["serve", str(tiny_dense), "--backend", "fastdeploy", "--port", str(free_port())]) == 2
+    assert main(["serve", str(tiny_dense), "--backend", "fastdeploy", "--port", str(free_port_block(4))]) == 2
     err = capsys.readouterr().err
     assert "no GPU visible" in err and "--backend paddle" in err and "once it lands" not in err
 

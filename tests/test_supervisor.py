@@ -120,7 +120,9 @@ def read_until(process: subprocess.Popen, marker: str, timeout: float = 15.0) ->
     return seen
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "sighup"]
+)
 def test_foreground_ready_then_signal_stops_the_whole_tree(tmp_path, sig):
     port = free_port()
     driver = start_driver(tmp_path, port, "--load-seconds", "0.5", "--workers", "2")
@@ -136,7 +138,7 @@ def test_foreground_ready_then_signal_stops_the_whole_tree(tmp_path, sig):
         rest, _ = driver.communicate(timeout=60)  # generous: a loaded CI machine is slow to reap
     finally:
         driver.kill()
-    assert driver.returncode == 130, out + rest
+    assert driver.returncode == (130 if sig == signal.SIGINT else 128 + sig), out + rest
     assert "interrupted" in rest and "stopped" in rest
     assert wait_until(lambda: not any(alive(p) for p in workers), 5), "a worker outlived the stop"
     with pytest.raises(OSError):
