@@ -56,7 +56,7 @@ setup(
         # openai: the client the server tests drive
         "dev": ["pytest>=8", "ruff>=0.6", "mypy>=1.10", "openai>=1.0"],
     },
-    entry_points={"console_scripts": ["ernie-ops=ernie_ops.cli.main:main"]},
+    entry_points={"console_scripts": ["ernie-ops=ernie_ops.cli:entry"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Operating System :: POSIX :: Linux",

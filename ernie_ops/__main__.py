@@ -1,5 +1,5 @@
 import sys
 
-from ernie_ops.cli.main import main
+from ernie_ops.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

@@ -61,3 +61,32 @@ def test_models_unknown_name_gets_a_suggestion_not_a_traceback(cli):
     assert result.returncode == 2
     assert "did you mean 'ERNIE-4.5-21B-A3B'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_ctrl_c_while_the_cli_is_still_importing_is_no_traceback():
+    # Ctrl-C lands while the subcommand modules load (before main() runs): simulated exactly there
+    code = (
+        "import builtins, sys\n"
+        "real = builtins.__import__\n"
+        "def interrupted(name, *a, **k):\n"
+        "    if name == 'ernie_ops.cli.bench':\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = interrupted\n"
+        "from ernie_ops.cli import entry\n"
+        "sys.exit(entry())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr.strip()) == (130, "interrupted")
+
+
+def test_overrides_may_follow_options(tmp_path, capsys):
+    from ernie_ops.cli.main import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("stage: SFT\nmax_seq_len: 8192\n")
+    assert main(["check", str(recipe), "--gpus", "1", "max_seq_len=-5"]) == 1
+    assert "override 'max_seq_len=-5': error: max_seq_len: -5 is out of range" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:  # anything else unknown is still a usage error
+        main(["check", str(recipe), "--gpus", "1", "--bogus"])
+    assert exc.value.code == 2

@@ -118,15 +118,17 @@ def _add_verbosity(parser: argparse.ArgumentParser, default: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    setup_logging(args.verbosity)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _terminate)
+    verbosity = 0
     try:
+        parser = build_parser()
+        args = _parse(parser, argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        verbosity = args.verbosity
+        setup_logging(verbosity)
         return int(args.handler.run(args) or 0)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -141,11 +143,27 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as err:  # a file or device the user named is missing, unreadable or full
-        if args.verbosity > 0:
+        if verbosity > 0:
             raise
         where = f": {err.filename}" if err.filename else ""
         print(f"error: {err.strerror or err}{where}\n  hint: -v shows the traceback", file=sys.stderr)
         return 2
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The arguments; `key=value` overrides may also come after options (`train r.yaml --gpus 0
+    max_steps=10`), which argparse alone refuses once the positionals are behind it."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list) and all(map(_is_override, extra)):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.parse_args(argv)  # argparse's own usage error for the subcommand, exit 2
+    return args
+
+
+def _is_override(arg: str) -> bool:
+    key, eq, _ = arg.partition("=")
+    return bool(eq and key) and not key.startswith("-")
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
