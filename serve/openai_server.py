@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from fastapi.responses import Response
     from starlette.types import ASGIApp, Receive, Scope, Send
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ernie_ops.serve.openai_server")  # this name also when run as __main__
 
 THINK_END = "</think>"
 DEFAULT_MAX_WAITING = 64
@@ -723,10 +723,10 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.start()
         sampling = " ".join(f"{key}={state.defaults[key]:g}" for key in SAMPLING_KEYS)
-        source = "generation_config.json" if engine.generation_config else "OpenAI's"
-        log.info(
-            "serving %s; requests that leave them out get %s (%s defaults)", model_name, sampling, source
-        )
+        source = "OpenAI's defaults"
+        if engine.generation_config:
+            source = "the checkpoint's generation_config.json"
+        log.info("serving %s; requests without them get %s (from %s)", model_name, sampling, source)
         yield
         # uvicorn has drained (or, after its graceful timeout, cut) the connections; cancel what is
         # still in flight and let the engine thread apply that before it stops, so no request is
@@ -856,8 +856,10 @@ def _guarded_protocol(read_timeout: float, max_connections: int) -> type[asyncio
     uvicorn times out only an idle kept-alive connection, and a byte of data cancels that: a client
     that sends nothing, or a request head a byte at a time, held its connection (and a file
     descriptor) forever. Here a connection must send a whole request head within `read_timeout` of
-    opening or of its previous answer (the body has its own deadline in `_read_body`), and past
-    `max_connections` a new one gets a 503 and is closed at once.
+    opening or of its previous answer (the body has its own deadline in `_read_body`). Past
+    `max_connections` open ones, a new connection closes the one idle longest (no request in
+    progress: a flood of silent connections cannot lock others out), or, when every one is busy,
+    gets a 503 at once.
     """
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -870,15 +872,27 @@ def _guarded_protocol(read_timeout: float, max_connections: int) -> type[asyncio
 
     class GuardedH11Protocol(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
+        _idle_since = 0.0
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            if len(self.connections) > max_connections:
-                log.warning("refused a connection: %d are open (the limit)", max_connections)
-                transport.write(refusal)
-                transport.close()
-                return
             self._arm()
+            if len(self.connections) > max_connections:
+                self._make_room()
+
+        def _make_room(self) -> None:
+            others = [c for c in self.connections if isinstance(c, GuardedH11Protocol) and c is not self]
+            open_ = [c for c in others if not c.transport.is_closing()]
+            if len(open_) < max_connections:
+                return
+            idle = [c for c in open_ if c._idle()]
+            if idle:
+                log.warning("closed the longest idle connection: %d are open (the limit)", max_connections)
+                min(idle, key=lambda c: c._idle_since).transport.close()
+            else:
+                log.warning("refused a connection: %d are open, all busy (the limit)", max_connections)
+                self.transport.write(refusal)
+                self.transport.close()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -889,13 +903,18 @@ def _guarded_protocol(read_timeout: float, max_connections: int) -> type[asyncio
                 self._deadline.cancel()
             super().connection_lost(exc)
 
+        def _idle(self) -> bool:
+            """No request in progress: nothing yet, half a request head, or between requests."""
+            return self.cycle is None or self.cycle.response_complete
+
         def _arm(self) -> None:
+            self._idle_since = self.loop.time()
             if self._deadline is not None:
                 self._deadline.cancel()
             self._deadline = self.loop.call_later(read_timeout, self._expire)
 
         def _expire(self) -> None:
-            if self.cycle is None or self.cycle.response_complete:  # no request head since
+            if self._idle():  # no whole request head since
                 self.transport.close()
 
     return GuardedH11Protocol
@@ -930,7 +949,8 @@ class RepeatFilter(logging.Filter):
 
 
 def _log_config() -> dict[str, Any]:
-    """uvicorn's logging, with repeated warnings folded and our own and asyncio's lines shown."""
+    """uvicorn's logging, with repeated warnings folded; our lines and every library's warnings
+    (asyncio's too) through the same handler (Paddle puts one of its own on the root logger)."""
     from uvicorn.config import LOGGING_CONFIG
 
     config = json.loads(json.dumps(LOGGING_CONFIG))
@@ -938,7 +958,7 @@ def _log_config() -> dict[str, Any]:
     for handler in config["handlers"].values():
         handler["filters"] = ["repeats"]
     config["loggers"]["ernie_ops"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
-    config["loggers"]["asyncio"] = {"handlers": ["default"], "level": "WARNING", "propagate": False}
+    config["root"] = {"handlers": ["default"], "level": "WARNING"}
     return config
 
 

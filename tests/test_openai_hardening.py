@@ -13,7 +13,10 @@ import contextlib
 import json
 import logging
 import random
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -364,20 +367,62 @@ def test_silent_and_half_sent_connections_are_closed(guarded):
     assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
 
 
-def test_connections_past_the_limit_get_503_at_once(fake, capfd):
+HEALTH = b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+
+
+def test_past_the_connection_limit_idle_ones_make_room_and_busy_ones_do_not(fake, capfd):
     # the server starts here, not in a fixture: its log handler writes to this test's stderr
-    with served(create_app(fake, MODEL), max_connections=3) as (base, port):
-        held = [connect(port) for _ in range(3)]
-        for _ in range(20):
-            reply = read_until_closed(connect(port, b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n"))
-            assert reply.startswith(b"HTTP/1.1 503"), reply[:200]
-        for s in held:
+    with served(create_app(fake, MODEL, api_key=KEY), max_connections=3) as (base, port):
+        silent = [connect(port) for _ in range(3)]
+        for _ in range(20):  # each new connection closes the one idle longest, and is served
+            assert read_until_closed(connect(port, HEALTH)).startswith(b"HTTP/1.1 200")
+        assert [read_until_closed(s) for s in silent] == [b""] * 3
+        # three requests in progress (their bodies still coming): nothing to close, so 503 at once
+        busy = [connect(port, head("/v1/completions", 1000) + b"{") for _ in range(3)]
+        time.sleep(0.5)  # their heads are read
+        for _ in range(5):
+            assert read_until_closed(connect(port, HEALTH)).startswith(b"HTTP/1.1 503")
+        for s in busy:
             s.close()
         deadline = time.monotonic() + GUARD_S
-        while httpx.get(f"{base}/health").status_code != 200:  # the slots free up when they are closed
+        while httpx.get(f"{base}/health").status_code != 200:  # their slots free up
             assert time.monotonic() < deadline
             time.sleep(0.05)
-    assert capfd.readouterr().err.count("refused a connection") == 1  # twenty refusals, one line
+    err = capfd.readouterr().err
+    assert err.count("closed the longest idle connection") == 1  # twenty times, one line
+    assert err.count("refused a connection") == 1  # five times, one line
+
+
+def test_the_server_process_folds_repeated_warnings(tiny_dense):
+    """As `ernie-ops serve` runs it (`python -m`, Paddle's handler on the root logger): a flood of
+    connections leaves one log line, not one per connection."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "ernie_ops.serve.openai_server", "--model", str(tiny_dense)]
+    command += ["--port", str(port), "--max-connections", "2"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "the server never became healthy"
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.2)
+        flood = [connect(port) for _ in range(50)]
+        assert read_until_closed(connect(port, HEALTH)).startswith(b"HTTP/1.1 200")
+        for s in flood:
+            s.close()
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=GUARD_S)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert out.count("closed the longest idle connection") == 1, out[-3000:]
+    assert "requests without them get temperature=0.8 top_p=0.8" in out  # the start-up line shows
 
 
 def test_a_client_leaving_mid_body_is_no_error(guarded, http):
@@ -499,7 +544,7 @@ def test_sampling_defaults_come_from_the_generation_config(capfd):
     )
     assert (chosen.temperature, chosen.top_p, chosen.top_k) == (0.0, 0.8, 5)
     assert (
-        "temperature=0.8 top_p=0.8 top_k=0 repetition_penalty=1 (generation_config.json"
+        "get temperature=0.8 top_p=0.8 top_k=0 repetition_penalty=1 (from the checkpoint's generation_config"
         in capfd.readouterr().err
     )
 
