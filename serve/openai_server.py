@@ -870,35 +870,39 @@ def _guarded_protocol(read_timeout: float, max_connections: int) -> type[asyncio
         b"content-length: %d\r\n\r\n%s" % (len(refusal), refusal)
     )
 
+    # per server, O(1) per connection: a flood must not make each new connection scan the others
+    idle: dict[GuardedH11Protocol, None] = {}  # connections without a request, idle longest first
+    live = [0]  # connections open and not being closed by us
+
     class GuardedH11Protocol(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
-        _idle_since = 0.0
+        _live = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._arm()
-            if len(self.connections) > max_connections:
-                self._make_room()
-
-        def _make_room(self) -> None:
-            others = [c for c in self.connections if isinstance(c, GuardedH11Protocol) and c is not self]
-            open_ = [c for c in others if not c.transport.is_closing()]
-            if len(open_) < max_connections:
-                return
-            idle = [c for c in open_ if c._idle()]
-            if idle:
+            if live[0] >= max_connections:
+                if not idle:
+                    log.warning("refused a connection: %d are open, all busy (the limit)", max_connections)
+                    transport.write(refusal)
+                    transport.close()
+                    return
                 log.warning("closed the longest idle connection: %d are open (the limit)", max_connections)
-                min(idle, key=lambda c: c._idle_since).transport.close()
-            else:
-                log.warning("refused a connection: %d are open, all busy (the limit)", max_connections)
-                self.transport.write(refusal)
-                self.transport.close()
+                next(iter(idle))._close()
+            live[0] += 1
+            self._live = True
+            self._arm()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if not self._idle():  # a whole request head arrived
+                idle.pop(self, None)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
             self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:
+            self._forget()
             if self._deadline is not None:
                 self._deadline.cancel()
             super().connection_lost(exc)
@@ -908,14 +912,26 @@ def _guarded_protocol(read_timeout: float, max_connections: int) -> type[asyncio
             return self.cycle is None or self.cycle.response_complete
 
         def _arm(self) -> None:
-            self._idle_since = self.loop.time()
+            if self._idle():
+                idle.pop(self, None)
+                idle[self] = None  # idle from now: the end of the line
             if self._deadline is not None:
                 self._deadline.cancel()
             self._deadline = self.loop.call_later(read_timeout, self._expire)
 
         def _expire(self) -> None:
             if self._idle():  # no whole request head since
-                self.transport.close()
+                self._close()
+
+        def _close(self) -> None:
+            self._forget()
+            self.transport.close()
+
+        def _forget(self) -> None:
+            idle.pop(self, None)
+            if self._live:
+                self._live = False
+                live[0] -= 1
 
     return GuardedH11Protocol
 
@@ -1022,6 +1038,9 @@ def uvicorn_settings(
     """How `run` has uvicorn serve the app (the tests serve it the same way)."""
     return {
         "http": _guarded_protocol(read_timeout, max_connections),
+        # asyncio accepts up to `backlog` connections per loop turn: at most half the limit, so a
+        # connection that sends its request at once is read before newcomers make it the oldest idle
+        "backlog": max(16, max_connections // 2),
         "timeout_graceful_shutdown": 30,  # in-flight streams get this long on Ctrl-C / SIGTERM
         "log_config": _log_config(),
         "log_level": "info",
