@@ -457,12 +457,12 @@ def _check_model(state: ServerState, name: str) -> None:
 def _prepare_chat(state: ServerState, body: bytes) -> Prepared:
     req: ChatCompletionRequest = _parse(body, ChatCompletionRequest)
     _check_model(state, req.model)
-    for i, message in enumerate(req.messages):
-        for j in message.image_parts():
-            raise bad_request(
-                f"messages[{i}].content[{j}]: this model reads text only; image_url parts are not supported",
-                param=f"messages[{i}].content[{j}].type",
-            )
+    images = [f"messages[{i}].content[{j}]" for i, m in enumerate(req.messages) for j in m.image_parts()]
+    if images:
+        raise bad_request(
+            f"{images[0]}: this model reads text only; image_url parts are not supported",
+            param=f"{images[0]}.type",
+        )
     messages = [
         {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages
     ]
