@@ -363,8 +363,15 @@ def test_sigkill_of_real_training_leaves_no_orphan_and_one_trainer_resumes(repo,
     args += ["save_steps=5", "eval_steps=1000", "--runs-dir", str(runs), "--gpus", "cpu"]
     first = subprocess.Popen(args, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        # a whole checkpoint, not one being saved (a half-saved one is set aside by --resume)
+        def complete() -> Path | None:
+            saved = runs.glob("*/output/checkpoint-*")
+            return next((c for c in saved if train_run.checkpoint_complete(c)), None)
+
         run_dir = wait_for(
-            lambda: next(runs.glob("*/output/checkpoint-5"), None), "checkpoint-5", 600
+            complete,
+            "a complete checkpoint",
+            600,
         ).parent.parent
         (trainer,) = _trainers(run_dir / "recipe.yaml")
         first.kill()  # SIGKILL: nothing in ernie-ops runs, the kernel has to take the trainer down
