@@ -152,6 +152,29 @@ class ChatCompletionRequest(SamplingFields):
     chat_template_kwargs: ChatTemplateKwargs = Field(default_factory=ChatTemplateKwargs)
     logprobs: bool = False
     top_logprobs: int | None = None
+    # accepted by OpenAI, not implemented here: refused, never silently ignored
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+
+    @field_validator("tools", "tool_choice")
+    @classmethod
+    def _no_tools(cls, value: Any) -> Any:
+        if value and value != "none":
+            raise ValueError(
+                "tool calls are not supported by this server (FastDeploy and vLLM have tool-call parsers)"
+            )
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        kind = (value or {"type": "text"}).get("type")
+        if kind not in ("text", "json_object", "json_schema"):
+            raise ValueError(f"type must be text, json_object or json_schema, not {kind!r}")
+        if kind != "text":
+            raise ValueError(f"{kind} output is not supported by this server (FastDeploy and vLLM have it)")
+        return value
 
     @field_validator("logprobs", "top_logprobs")
     @classmethod

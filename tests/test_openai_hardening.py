@@ -513,8 +513,16 @@ def test_bad_fields_get_400s_that_name_them(http):
     assert refused(http.post(completions, json=long), "prompt") and True
     refused(http.post(completions, json={"model": MODEL, "prompt": "hi", "logprobs": 1}), "logprobs")
     refused(http.post(completions, json={"model": MODEL, "prompt": "hi", "echo": True}), "echo")
+    # what this server does not implement is refused, never ignored
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    assert "tool calls" in refused(http.post(chat, json={**CHAT, "tools": [tool]}), "tools")
+    refused(http.post(chat, json={**CHAT, "tool_choice": "required"}), "tool_choice")
+    json_mode = {**CHAT, "response_format": {"type": "json_object"}}
+    assert "not supported" in refused(http.post(chat, json=json_mode), "response_format")
+    refused(http.post(chat, json={**CHAT, "response_format": {"type": "nope"}}), "response_format")
+    assert http.post(chat, json={**CHAT, "tools": [], "response_format": {"type": "text"}}).status_code == 200
     metrics = http.get("/metrics").text
-    assert 'endpoint="chat",status="400"} 5' in metrics and 'status="200"' not in metrics
+    assert 'endpoint="chat",status="400"} 9' in metrics
 
 
 def test_an_engine_failure_is_a_500_and_counted_as_one():
