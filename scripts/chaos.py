@@ -2163,7 +2163,7 @@ class Chaos:
             att.command = (
                 f"{n} partial headers, {n} partial bodies, {n} silent connections and {slow} slowloris "
                 f"(a header byte a second) to :{port}; each must be closed by the server "
-                f"within {deadline_s:.0f} s"
+                f"within {deadline_s:.0f} s of its opening"
             )
             mark = log_size()
             lines_before = self.log_lines(log_path)
@@ -2173,6 +2173,7 @@ class Chaos:
                 'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"model": "t'
             ).encode()
             socks: dict[socket.socket, str] = {}
+            opened: dict[socket.socket, float] = {}  # a flood takes a while to open: each has its own clock
             refused = 0
             started = time.monotonic()
             try:
@@ -2187,7 +2188,7 @@ class Chaos:
                             if payload:
                                 s.sendall(payload)
                             s.setblocking(False)
-                            socks[s] = kind
+                            socks[s], opened[s] = kind, time.monotonic()
                         except OSError:
                             refused += 1
                 slowloris: list[socket.socket] = []
@@ -2197,14 +2198,15 @@ class Chaos:
                         s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
                         s.setblocking(False)
                         slowloris.append(s)
-                        socks[s] = "slowloris"
+                        socks[s], opened[s] = "slowloris", time.monotonic()
                 att.note(
                     f"opened {len(socks)} in {time.monotonic() - started:.1f} s "
                     f"({refused} refused at connect)"
                 )
                 open_ = set(socks)
                 tick = 0
-                while open_ and time.monotonic() - started < deadline_s:
+                overdue: set[socket.socket] = set()
+                while open_ - overdue:
                     time.sleep(0.5)
                     tick += 1
                     for s in list(open_):
@@ -2218,8 +2220,9 @@ class Chaos:
                                     s.send(b"X-%d: a\r\n" % tick)
                         except OSError:
                             open_.discard(s)
+                    overdue = {s for s in open_ if time.monotonic() - opened[s] > deadline_s}
                 still: dict[str, int] = {}
-                for s in open_:
+                for s in overdue:
                     still[socks[s]] = still.get(socks[s], 0) + 1
                 if still:
                     att.mark("hang", f"still open after {deadline_s:.0f} s: {still}")

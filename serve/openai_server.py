@@ -901,6 +901,17 @@ def _guarded_protocol(read_timeout: float, max_connections: int) -> type[asyncio
             super().on_response_complete()
             self._arm()
 
+        def send_400_response(self, msg: str) -> None:
+            # a malformed request: its handler may already be answering (401 before the body);
+            # it must find the connection gone, not write into a response h11 has closed
+            cycle = self.cycle
+            if cycle is not None:
+                cycle.disconnected = True
+                if cycle.response_started:  # too late for a 400
+                    self.transport.close()
+                    return
+            super().send_400_response(msg)
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._forget()
             if self._deadline is not None:

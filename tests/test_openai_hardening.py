@@ -599,3 +599,24 @@ def test_the_server_command_line_takes_the_hardening_options(tmp_path, capsys):
     # a start-up mistake is a message and status 2, not a traceback
     assert openai_server.main(["--model", str(tmp_path)]) == 2
     assert "has no config.json" in capsys.readouterr().err
+
+
+def test_a_malformed_body_the_app_answered_early_is_no_traceback(fake):
+    # no key: the app answers 401 at once, while h11 finds the chunked body malformed and uvicorn
+    # answers 400 and closes; the app's late answer used to raise LocalProtocolError in the log
+    bad = b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+    records: list[logging.LogRecord] = []
+    catcher = logging.Handler()
+    catcher.emit = records.append  # type: ignore[method-assign]
+    with served(create_app(fake, MODEL, api_key=KEY)) as (base, port):
+        for name in ("uvicorn.error", "asyncio"):
+            logging.getLogger(name).addHandler(catcher)
+        try:
+            replies = [read_until_closed(connect(port, bad)) for _ in range(3)]
+            time.sleep(0.2)  # the app's task runs after the protocol answered
+            assert httpx.get(f"{base}/health").status_code == 200
+        finally:
+            for name in ("uvicorn.error", "asyncio"):
+                logging.getLogger(name).removeHandler(catcher)
+    assert all(r.startswith(b"HTTP/1.1 4") for r in replies), replies
+    assert not [r.getMessage() for r in records if r.exc_info], [r.getMessage() for r in records]
