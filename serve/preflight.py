@@ -92,7 +92,10 @@ def resolve_model(model: str, backend: str = "fastdeploy") -> Target:
         elif record.checkpoint:
             path = Path(record.checkpoint)
         else:
-            raise UserError(f"{model} has no finished checkpoint (status {record.status})")
+            raise UserError(
+                f"{model} has no finished checkpoint (status {record.describe_status()})",
+                hint=f"finish it first: ernie-ops train --resume {model}",
+            )
     if not path.is_dir():
         looks_hub = model.count("/") == 1 and not model.startswith((".", "/", "~"))
         raise UserError(

@@ -394,3 +394,12 @@ def test_a_lora_run_on_the_embedded_backend_is_told_what_applies_there(tmp_path,
     assert main(["serve", str(tmp_path), "--backend", "paddle"]) == 2
     err = capsys.readouterr().err
     assert "FastDeploy" not in err and "embedded CPU server" in err and f"ernie-ops export {tmp_path}" in err
+
+
+def test_serving_a_run_whose_trainer_was_killed_says_its_owner_is_gone(tmp_path, capsys):
+    from ernie_ops.train.record import RunRecord
+
+    RunRecord(name="r", run_dir=str(tmp_path), recipe_source="x", status="running", fine_tuning="Full").save()
+    assert main(["serve", str(tmp_path), "--backend", "paddle"]) == 2
+    err = capsys.readouterr().err
+    assert "no finished checkpoint (status owner gone" in err and f"train --resume {tmp_path}" in err
