@@ -9,13 +9,14 @@ environment variable or a file, never stored in the profile or written into logs
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 from ernie_ops.errors import UserError, did_you_mean
-from ernie_ops.recipe.load import LoadedRecipe, load_recipe
+from ernie_ops.recipe.load import LoadedRecipe
 from ernie_ops.recipe.problems import Problem, error
+from ernie_ops.spec import check_fields, field_types, load_yaml, missing, raise_problems, text_overrides
 
 BACKENDS = ("fastdeploy", "paddle")
 QUANTIZATIONS = ("bf16", "wint8", "wint4", "wint2", "block_wise_fp8", "tensor_wise_fp8", "w4a8", "mix_quant")
@@ -81,68 +82,26 @@ class ServeProfile:
         }
 
 
-FIELD_TYPES = get_type_hints(ServeProfile)
-
-
-def _type_ok(name: str, value: Any) -> bool:
-    hint = str(FIELD_TYPES[name])
-    if value is None:
-        return "None" in hint
-    checks = {
-        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-        "bool": lambda v: isinstance(v, bool),
-        "str": lambda v: isinstance(v, str),
-        "dict": lambda v: isinstance(v, dict),
-        "list": lambda v: isinstance(v, list),
-    }
-    return any(check(value) for kind, check in checks.items() if kind in hint)
-
-
-def _wants_str(name: str) -> bool:
-    hint = str(FIELD_TYPES[name])
-    return "str" in hint and not any(kind in hint for kind in ("int", "float", "bool", "dict", "list"))
-
-
-def _expected(name: str) -> str:
-    hint = FIELD_TYPES[name]
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "").replace("NoneType", "null")
+FIELD_TYPES = field_types(ServeProfile)  # the exact type of each key, checked by ernie_ops.spec
 
 
 def validate(recipe: LoadedRecipe) -> tuple[ServeProfile | None, list[Problem]]:
-    values = dict(recipe.values)
-    problems: list[Problem] = []
-    known = {f.name for f in fields(ServeProfile)}
+    """The profile of a loaded file (None when a key is unknown, of the wrong type, or `model` is
+    missing) and every problem: types by ernie_ops.spec, then the rules between values."""
+    values = text_overrides(ServeProfile, recipe)
     version = values.get("fastdeploy_version")
     if isinstance(version, int | float) and not isinstance(version, bool):
         values["fastdeploy_version"] = str(version)  # `2.5` unquoted is a YAML float: mean the same
-    for key, item in recipe.overridden.items():
-        if key in known and _wants_str(key) and not isinstance(values.get(key), str | None):
-            # OmegaConf reads `host=::` as YAML, {':': None}; a text field takes the text as typed
-            values[key] = item.split("=", 1)[1].strip()
-    for key in list(values):
-        if key not in known:
-            guess = did_you_mean(key, list(known))
-            problems.append(
-                error(
-                    recipe.where(key),
-                    key,
-                    "unknown serve-profile key",
-                    f"did you mean {guess!r}?" if guess else "",
-                )
-            )
-            values.pop(key)
-        elif not _type_ok(key, values[key]):
-            problems.append(error(recipe.where(key), key, f"expected {_expected(key)}, got {values[key]!r}"))
-            values.pop(key)
-    if "model" not in values:
-        problems.append(
-            error(recipe.where(), "model", "not set", "model: path/to/checkpoint (or a run directory)")
-        )
+    clean, problems = check_fields(ServeProfile, values, recipe.where, "serve-profile")
+    typed = not problems
+    problems += missing(
+        ServeProfile, values, recipe.where, {"model": "model: path/to/checkpoint (or a run directory)"}
+    )
+    if "model" not in clean:
         return None, problems
-    profile = ServeProfile(**values)
+    profile = ServeProfile(**clean)  # the keys of the wrong type left out: the rules still run
     problems += _rules(profile, recipe)
-    return profile, problems
+    return (profile if typed else None), problems
 
 
 def _rules(p: ServeProfile, recipe: LoadedRecipe) -> list[Problem]:
@@ -256,16 +215,13 @@ def _mm_rules(p: ServeProfile, where) -> list[Problem]:
 
 def load_profile(path: Path, sets: list[str] | tuple[str, ...] = ()) -> ServeProfile:
     """The validated profile, or a UserError listing every problem (file:line, what, fix)."""
-    recipe, problems = load_recipe(path, sets)
+    recipe, problems = load_yaml(path, sets)
     profile = None
     if recipe is not None:
         profile, more = validate(recipe)
         problems += more
-    errors = [p for p in problems if p.severity == "error"]
-    if errors or profile is None:
-        raise UserError(
-            "the serve profile has problems:\n" + "\n".join(p.render() for p in errors or problems)
-        )
+    raise_problems("the serve profile has problems", problems)
+    assert profile is not None
     return profile
 
 

@@ -27,13 +27,12 @@ tuned model's overall score is above the base's (a fine-tune that changes nothin
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ernie_ops.errors import UserError, did_you_mean
-from ernie_ops.recipe.load import load_recipe
 from ernie_ops.recipe.problems import Problem, error
+from ernie_ops.spec import check_fields, load_yaml, missing, raise_problems, text_overrides
 
 
 @dataclass
@@ -63,82 +62,41 @@ class PipelineSpec:
         return asdict(self)
 
 
-TYPES: dict[str, tuple[type, ...]] = {
-    "recipe": (str,),
-    "eval_suite": (str,),
-    "name": (str,),
-    "overrides": (list,),
-    "serve_profile": (str, type(None)),
-    "serve_set": (list,),
-    "backend": (str, type(None)),
-    "smoke_expect": (list, type(None)),
-    "eval_judge": (str,),
-    "eval_box_space": (str,),
-    "eval_max_tokens": (int,),
-    "eval_concurrency": (int,),
-    "eval_body": (dict,),
-    "compare_base": (bool,),
-    "max_drop": (float, int),
-    "bench_concurrency": (list,),
-    "bench_num_prompts": (int,),
-    "bench_output_len": (int,),
-    "bench_ignore_eos": (bool,),
-    "startup_timeout": (float, int, type(None)),
-}
-REQUIRED = ("recipe", "eval_suite")
+REQUIRED_FIX = {"recipe": "recipe: path/to/file", "eval_suite": "eval_suite: path/to/file"}
+REQUIRED = tuple(REQUIRED_FIX)
 PATHS = ("recipe", "eval_suite", "serve_profile")
 
 
 def load_pipeline(path: Path, sets: list[str] | tuple[str, ...] = ()) -> PipelineSpec:
     """The validated spec, or one UserError listing every problem (`file:line: ...`)."""
-    loaded, problems = load_recipe(path, sets)
+    loaded, problems = load_yaml(path, sets)
     spec = None
     if loaded is not None:
-        spec, more = validate(loaded.values, loaded.where)
+        spec, more = validate(text_overrides(PipelineSpec, loaded), loaded.where)
         problems += more
-    errors = [p for p in problems if p.severity == "error"]
-    if errors or spec is None:
-        raise UserError(
-            f"the pipeline {path} has problems:\n" + "\n".join(p.render() for p in errors or problems),
-            hint="the format is in `python -m pydoc ernie_ops.pipeline.spec`",
-        )
+    raise_problems(
+        f"the pipeline {path} has problems",
+        problems,
+        hint="the format is in `python -m pydoc ernie_ops.pipeline.spec`",
+    )
+    assert spec is not None
     return spec
 
 
 def validate(
     values: dict[str, Any], where: Any = lambda key=None: "flags"
 ) -> tuple[PipelineSpec | None, list[Problem]]:
-    """Check types, required keys, files that must exist and the values with a fixed set of choices."""
-    problems: list[Problem] = []
-    known = [f.name for f in fields(PipelineSpec)]
-    clean: dict[str, Any] = {}
-    for key, value in values.items():
-        if key not in TYPES:
-            guess = did_you_mean(str(key), known)
-            problems.append(
-                error(
-                    where(key), str(key), "unknown pipeline key", f"did you mean {guess!r}?" if guess else ""
-                )
-            )
-        elif (isinstance(value, bool) and bool not in TYPES[key]) or not isinstance(value, TYPES[key]):
-            expected = " or ".join("null" if t is type(None) else t.__name__ for t in TYPES[key])
-            problems.append(error(where(key), key, f"expected {expected}, got {value!r}"))
-        else:
-            clean[key] = value
-    for key in REQUIRED:
-        if key not in values:
-            problems.append(error(where(), key, "not set", f"{key}: path/to/file"))
+    """Check types (ernie_ops.spec), required keys, files that must exist and the values with a
+    fixed set of choices; every problem at once."""
+    clean, problems = check_fields(PipelineSpec, values, where, "pipeline")
+    problems += missing(PipelineSpec, values, where, REQUIRED_FIX)
     for key in PATHS:
         if isinstance(clean.get(key), str) and not Path(clean[key]).expanduser().is_file():
             problems.append(error(where(key), key, f"{clean[key]}: no such file"))
     problems += _choices(clean, where)
     if any(p.severity == "error" for p in problems):
         return None, problems
-    spec = PipelineSpec(**clean)
-    spec.max_drop = float(spec.max_drop)
-    spec.overrides = [str(o) for o in spec.overrides]
-    spec.serve_set = [str(s) for s in spec.serve_set]
-    return spec, problems
+    return PipelineSpec(**clean), problems
 
 
 def _choices(values: dict[str, Any], where: Any) -> list[Problem]:
@@ -169,10 +127,10 @@ def _choices(values: dict[str, Any], where: Any) -> list[Problem]:
             )
     for key in ("overrides", "serve_set"):
         for item in values.get(key) or ():
-            if "=" not in str(item):
+            if "=" not in item:
                 out.append(error(where(key), key, f"{item!r} is not key=value"))
     levels = values.get("bench_concurrency") or []
-    if not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in levels):
+    if not all(c > 0 for c in levels):
         out.append(
             error(
                 where("bench_concurrency"), "bench_concurrency", f"expected positive integers, got {levels!r}"
