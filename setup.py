@@ -34,7 +34,10 @@ setup(
     install_requires=[
         "pyyaml>=6",
         "omegaconf>=2.3",
-        "huggingface-hub>=0.20",
+        # hub pull/push (ernie_ops/hub.py): tested with 0.36; 1.x moved from requests to httpx, and
+        # hub.py maps requests' exceptions (without the bound pip picks 1.x+ where no `cpu` extra holds it)
+        "huggingface-hub>=0.36,<1.0",
+        "requests>=2.32",  # hub.py imports it (hub errors are requests exceptions in 0.x)
         "sentencepiece>=0.1.99",
         "packaging>=23",
         "tqdm>=4.60",
@@ -52,7 +55,8 @@ setup(
     extras_require={
         # CPU machines: Paddle CPU build + the ERNIEKit wheel that ships `ernie` (pins: constraints.txt)
         "cpu": ["paddlepaddle>=3.1", "erniekit", "paddleformers"],
-        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27"],
+        # prometheus-client: the embedded server's /metrics, in FastDeploy's metric names (serve/metrics.py)
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27", "prometheus-client>=0.20"],
         # openai: the client the server tests drive
         "dev": ["pytest>=8", "ruff>=0.6", "mypy>=1.10", "openai>=1.0"],
     },

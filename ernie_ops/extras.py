@@ -20,7 +20,7 @@ from ernie_ops.errors import UserError
 
 EXTRAS = {
     "cpu": "PaddlePaddle, ERNIEKit and PaddleFormers",
-    "serve": "FastAPI, uvicorn and httpx",
+    "serve": "FastAPI, uvicorn, httpx and prometheus-client",
 }
 
 

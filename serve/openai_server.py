@@ -18,7 +18,6 @@ repeated warnings are logged once with a count.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import hmac
 import json
@@ -38,6 +37,7 @@ from pydantic import BaseModel, ValidationError
 from ernie_ops.errors import UserError
 from ernie_ops.extras import optional_imports
 from ernie_ops.serve.engine import FINISH_CANCELLED, FINISH_ERROR, Delta, Engine, SamplingParams
+from ernie_ops.serve.metrics import Metrics
 from ernie_ops.serve.protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -69,7 +69,6 @@ THINK_END = "</think>"
 DEFAULT_MAX_WAITING = 64
 DISCONNECT_POLL_S = 0.25  # how often a quiet request checks whether its client is still there
 SHUTDOWN_DRAIN_S = 10.0  # how long shutdown waits for cancelled requests to leave the engine
-LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 # a prompt the context holds is well under 1 MB of text; the limit only stops abuse
 DEFAULT_MAX_REQUEST_MB = 4.0
 DEFAULT_READ_TIMEOUT_S = 30.0  # to send a request's head, and then its body
@@ -104,98 +103,6 @@ class APIError(Exception):
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, "invalid_request_error", param, code)
-
-
-# ---------------------------------------------------------------------------------------------
-# metrics: Prometheus text exposition written by hand (prometheus_client is not a dependency)
-
-
-@dataclass
-class _Histogram:
-    buckets: tuple[float, ...]
-    counts: list[int] = field(default_factory=list)
-    total: float = 0.0
-    n: int = 0
-
-    def __post_init__(self) -> None:
-        self.counts = [0] * len(self.buckets)
-
-    def observe(self, value: float) -> None:
-        # counts are per bucket here and made cumulative when written out
-        i = bisect.bisect_left(self.buckets, value)
-        if i < len(self.counts):
-            self.counts[i] += 1
-        self.total += value
-        self.n += 1
-
-    def lines(self, name: str) -> Iterator[str]:
-        cumulative = 0
-        for bound, count in zip(self.buckets, self.counts, strict=True):
-            cumulative += count
-            yield f'{name}_bucket{{le="{bound}"}} {cumulative}'
-        yield f'{name}_bucket{{le="+Inf"}} {self.n}'
-        yield f"{name}_sum {self.total}"
-        yield f"{name}_count {self.n}"
-
-
-class Metrics:
-    """Counters the server updates from the event loop and reads for /metrics (lock: cheap insurance)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: dict[tuple[str, int], int] = {}
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.ttft = _Histogram(LATENCY_BUCKETS)
-        self.e2e = _Histogram(LATENCY_BUCKETS)
-
-    def request_done(self, endpoint: str, status: int) -> None:
-        with self._lock:
-            self.requests[endpoint, status] = self.requests.get((endpoint, status), 0) + 1
-
-    def tokens(self, prompt: int, completion: int) -> None:
-        with self._lock:
-            self.prompt_tokens += prompt
-            self.completion_tokens += completion
-
-    def first_token(self, seconds: float) -> None:
-        with self._lock:
-            self.ttft.observe(seconds)
-
-    def finished(self, seconds: float) -> None:
-        with self._lock:
-            self.e2e.observe(seconds)
-
-    def render(self, running: int, waiting: int) -> str:
-        p = "ernie_ops"
-        out = [
-            f"# HELP {p}_requests_total HTTP API requests by endpoint and status code.",
-            f"# TYPE {p}_requests_total counter",
-        ]
-        with self._lock:
-            for (endpoint, status), n in sorted(self.requests.items()):
-                out.append(f'{p}_requests_total{{endpoint="{endpoint}",status="{status}"}} {n}')
-            out += [
-                f"# HELP {p}_prompt_tokens_total Prompt tokens of admitted requests.",
-                f"# TYPE {p}_prompt_tokens_total counter",
-                f"{p}_prompt_tokens_total {self.prompt_tokens}",
-                f"# HELP {p}_generation_tokens_total Tokens generated.",
-                f"# TYPE {p}_generation_tokens_total counter",
-                f"{p}_generation_tokens_total {self.completion_tokens}",
-                f"# HELP {p}_num_requests_running Requests in the engine's running batch.",
-                f"# TYPE {p}_num_requests_running gauge",
-                f"{p}_num_requests_running {running}",
-                f"# HELP {p}_num_requests_waiting Requests queued for a batch slot.",
-                f"# TYPE {p}_num_requests_waiting gauge",
-                f"{p}_num_requests_waiting {waiting}",
-                f"# HELP {p}_time_to_first_token_seconds Time from arrival to the first token.",
-                f"# TYPE {p}_time_to_first_token_seconds histogram",
-                *self.ttft.lines(f"{p}_time_to_first_token_seconds"),
-                f"# HELP {p}_e2e_request_latency_seconds Time from arrival to the last token.",
-                f"# TYPE {p}_e2e_request_latency_seconds histogram",
-                *self.e2e.lines(f"{p}_e2e_request_latency_seconds"),
-            ]
-        return "\n".join(out) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -826,7 +733,7 @@ def create_app(
     async def metrics(request: Request) -> PlainTextResponse:
         running, waiting = state.load()
         return PlainTextResponse(
-            state.metrics.render(running, waiting), media_type="text/plain; version=0.0.4; charset=utf-8"
+            state.metrics.render(running, waiting), media_type=state.metrics.content_type
         )
 
     # plain Starlette routes: the handlers take the Request positionally (no FastAPI injection,

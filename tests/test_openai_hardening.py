@@ -533,6 +533,15 @@ def test_an_engine_failure_is_a_500_and_counted_as_one():
     assert 'endpoint="chat",status="500"} 1' in metrics and 'status="200"' not in metrics
 
 
+def test_each_app_has_its_own_metrics_registry():
+    """Two apps in one process: neither sees the other's counts (no process-global registry)."""
+    with served(create_app(FakeEngine(), MODEL)) as (a, _), served(create_app(FakeEngine(), MODEL)) as (b, _):
+        assert httpx.post(f"{a}/v1/chat/completions", json=CHAT).status_code == 200
+        assert 'ernie_ops_requests_total{endpoint="chat",status="200"} 1' in httpx.get(f"{a}/metrics").text
+        other = httpx.get(f"{b}/metrics").text
+    assert 'endpoint="chat"' not in other and "fastdeploy:request_success_total 0" in other
+
+
 # ---------------------------------------------------------------------------------------------
 # 14. sampling defaults from the checkpoint's generation_config.json
 
