@@ -88,37 +88,73 @@ def check_fields(
     cls: type, values: Mapping[Any, Any], where: Where, what: str
 ) -> tuple[dict[str, Any], list[Problem]]:
     """The values of VALUES that are fields of CLS with the right type (converted: an int given for
-    a float is a float), and a problem for each of the others."""
+    a float is a float), and a problem for each of the others, in the order of their lines."""
+    clean, wrong, unknown = convert_fields(cls, values)
+    hints = field_types(cls)
+    problems = [
+        error(
+            where(key),
+            key,
+            f"unknown {what} key",
+            f"did you mean {guess!r}?" if guess else f"the keys are {', '.join(hints)}",
+        )
+        for key, guess in unknown
+    ]
+    for m in wrong:
+        message = f"expected {m.expected}, got {_short(m.value)}"
+        problems.append(error(where(m.key), m.key, message + (f" ({m.detail})" if m.detail else ""), m.fix))
+    return clean, sorted(problems, key=lambda p: _line(p.where))
+
+
+@dataclasses.dataclass(frozen=True)
+class Mismatch:
+    """A value of the wrong type: KEY's VALUE, the type EXPECTED (in words), which item of a
+    container is at fault (DETAIL, e.g. `gpus[0]: expected int, got str`) and a FIX."""
+
+    key: str
+    value: Any
+    expected: str
+    detail: str = ""
+    fix: str = ""
+
+
+def convert_fields(
+    cls: type, values: Mapping[Any, Any]
+) -> tuple[dict[str, Any], list[Mismatch], list[tuple[str, str | None]]]:
+    """(the values of the right type, converted; the values of the wrong type; the unknown keys
+    with the closest known one or None). The types are CLS's annotations; a field's metadata may
+    word them for people: `field(metadata={"expected": "a positive integer", "fix": "e.g. 4"})`."""
     import msgspec
 
     hints = field_types(cls)
     clean: dict[str, Any] = {}
-    problems: list[Problem] = []
+    wrong: list[Mismatch] = []
+    unknown: list[tuple[str, str | None]] = []
     for key, value in values.items():
         hint = hints.get(key) if isinstance(key, str) else None
         if hint is None:
-            guess = did_you_mean(str(key), list(hints))
-            fix = f"did you mean {guess!r}?" if guess else f"the keys are {', '.join(hints)}"
-            problems.append(error(where(key), str(key), f"unknown {what} key", fix))
+            unknown.append((str(key), did_you_mean(str(key), list(hints))))
             continue
         try:
             clean[key] = msgspec.convert(value, hint, strict=True)
         except msgspec.ValidationError as err:
-            problems.append(type_problem(cls, key, value, hint, str(err), where))
-    return clean, problems
+            wrong.append(_mismatch(cls, key, value, hint, str(err)))
+    return clean, wrong, unknown
 
 
-def type_problem(cls: type, key: str, value: Any, hint: Any, detail: str, where: Where) -> Problem:
-    """`key: expected list[int], got 3` (with the item at fault for a container), and an example."""
-    at = detail.partition(" - at ")[2].strip("`").replace("`", "")
-    inner = detail.partition(" - at ")[0].replace("`", "")
-    message = f"expected {describe(hint)}, got {_short(value)}"
+def _mismatch(cls: type, key: str, value: Any, hint: Any, detail: str) -> Mismatch:
+    """`expected list[int]`, the item at fault in a container, and an example of a right value."""
+    meta = field_metadata(cls)[key]
+    inner, _, at = detail.partition(" - at ")
+    inner, at = inner.replace("`", ""), at.replace("`", "")
+    notes = []
     if at and at != "$":
-        message += f" ({at.replace('$', key)}: {inner[0].lower()}{inner[1:]})"
+        notes.append(f"{at.replace('$', key)}: {inner[0].lower()}{inner[1:]}")
     if isinstance(value, bool):
-        message += " (YAML reads true/false, yes/no and on/off as booleans)"
+        notes.append("YAML reads true/false, yes/no and on/off as booleans")
     example = _example(cls, key)
-    return error(where(key), key, message, f"e.g. {key}: {example}" if example else "")
+    fix = meta.get("fix") or (f"e.g. {key}: {example}" if example else "")
+    return Mismatch(key, value, meta.get("expected") or describe(hint), "; ".join(notes), fix)
 
 
 def describe(hint: Any) -> str:
@@ -148,6 +184,12 @@ def raise_problems(title: str, problems: list[Problem], hint: str | None = None)
 
 
 @cache
+def field_metadata(cls: type) -> dict[str, Mapping[str, Any]]:
+    """The metadata of each field of the dataclass CLS (`expected`, `fix`: see convert_fields)."""
+    return {f.name: f.metadata for f in dataclasses.fields(cls)}
+
+
+@cache
 def field_types(cls: type) -> dict[str, Any]:
     """The settable fields of the dataclass CLS and their types, in declaration order."""
     hints = typing.get_type_hints(cls)
@@ -165,6 +207,11 @@ def _example(cls: type, key: str) -> str | None:
     if value is dataclasses.MISSING or value is None or value == [] or value == {}:
         return None
     return json.dumps(value)
+
+
+def _line(where: str) -> int:
+    line = where.rpartition(":")[2]
+    return int(line) if line.isdigit() else 0
 
 
 def _short(value: Any) -> str:

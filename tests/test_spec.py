@@ -106,3 +106,30 @@ def test_a_pipeline_spec_is_checked_the_same_way(tmp_path):
     assert "fix: e.g. bench_concurrency: [1, 4]" in text
     assert "p.yaml:4: error: compare_base: expected bool, got 1" in text
     assert "p.yaml:1: error: recipe: r.yaml: no such file" in text
+
+
+def test_suite_lines_are_checked_the_same_way_every_problem_with_its_line(tmp_path):
+    import json
+
+    from ernie_ops.validate.suite import load_suite
+
+    lines = [
+        {"prompt": "p", "expected": 1, "max_tokens": True},
+        {"prompt": "p", "expected": 1},
+        {"promt": "p", "expected": 1, "tags": "chart"},
+        {"prompt": "p", "expected": 1, "tolerance": "2%"},
+    ]
+    path = tmp_path / "s.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(UserError) as err:
+        load_suite(path)
+    text = str(err.value).replace(str(path), "s.jsonl")
+    assert "5 problems in the suite" in text and "s.jsonl:3: no prompt or messages" in text
+    assert "s.jsonl:1: max_tokens is True; expected a positive integer" in text
+    assert (
+        "s.jsonl:3: unknown field 'promt'; expected one of id, prompt" in text
+        and "did you mean 'prompt'?" in text
+    )
+    assert "s.jsonl:3: tags is 'chart'; expected a list of strings" in text
+    assert "s.jsonl:4: tolerance is '2%'; expected a relative tolerance in [0, 1)" in text
+    assert "s.jsonl:2" not in text

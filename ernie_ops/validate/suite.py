@@ -38,31 +38,55 @@ from __future__ import annotations
 
 import base64
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeGuard
 
 from ernie_ops.data.read import read_items
 from ernie_ops.errors import UserError, did_you_mean
+from ernie_ops.spec import convert_fields
 from ernie_ops.validate.judges import BOX_SPACES, JSON_TYPES, JUDGES, choice_index, schema_type
 
-FIELDS = (
-    "id",
-    "prompt",
-    "messages",
-    "system",
-    "image",
-    "expected",
-    "judge",
-    "choices",
-    "tolerance",
-    "iou_threshold",
-    "box_space",
-    "fullmatch",
-    "max_tokens",
-    "tags",
+MESSAGES = (
+    'a list of {"role": "system"|"user"|"assistant", "content": str or parts} ending with a user message'
 )
+
+
+def _typed(expected: str, fix: str = "") -> dict[str, str]:
+    """A field's type in words, and a fix, for the messages of ernie_ops.spec."""
+    return {"expected": expected, "fix": fix}
+
+
+@dataclass(kw_only=True)
+class Record:
+    """The fields of a suite line and their exact types, checked by ernie_ops.spec (what they mean:
+    the module docstring; every field is optional on a line). Never built: the rules below read
+    the typed values, and a SuiteItem is made of them."""
+
+    id: str = field(metadata=_typed("a non-empty string", 'e.g. "id": "q1"'))
+    prompt: str = field(metadata=_typed("a non-empty string"))
+    messages: list[dict[str, Any]] = field(
+        metadata=_typed(MESSAGES, 'or use "prompt" for a single user message')
+    )
+    system: str = field(metadata=_typed("a string"))
+    image: str | list[str] = field(
+        metadata=_typed("a path or a list of paths", 'e.g. "image": "images/chart.png"')
+    )
+    expected: Any = None  # its shape depends on the judge: EXPECTED
+    judge: Any = None  # a name, checked against JUDGES (with did-you-mean)
+    choices: list[str] = field(
+        metadata=_typed("a list of 2 to 26 non-empty strings", 'e.g. "choices": ["red", "blue"]')
+    )
+    tolerance: float = field(metadata=_typed("a relative tolerance in [0, 1)", "e.g. 0.02 (2%)"))
+    iou_threshold: float = field(metadata=_typed("a number in (0, 1]", "e.g. 0.5"))
+    box_space: Any = None  # a name, checked against BOX_SPACES
+    fullmatch: bool = field(metadata=_typed("true or false"))
+    max_tokens: int = field(metadata=_typed("a positive integer", 'e.g. "max_tokens": 256'))
+    tags: list[str] = field(metadata=_typed("a list of strings", 'e.g. "tags": ["chart"]'))
+
+
+FIELDS = tuple(f.name for f in fields(Record))
 JUDGE_FIELDS = {  # fields only some judges read: anywhere else they would be silently ignored
     "choices": ("choice",),
     "tolerance": ("exact", "f1"),
@@ -172,9 +196,10 @@ def _check_name(name: str, names: list[str], what: str) -> str:
     return name
 
 
-def _guess(value: Any, names: list[str]) -> str | None:
-    """ "did you mean 'x'?" for a string close to one of `names`, else None."""
-    guess = did_you_mean(value, names) if isinstance(value, str) else None
+def _guess(value: Any, names: list[str] | None = None) -> str | None:
+    """ "did you mean 'x'?" for a string close to one of `names` (VALUE itself when no names are
+    given), else None."""
+    guess = value if names is None else did_you_mean(value, names) if isinstance(value, str) else None
     return f"did you mean {guess!r}?" if guess else None
 
 
@@ -248,14 +273,15 @@ def _check_item(
     if not isinstance(value, dict):
         report(f"a JSON {type(value).__name__}", "a JSON object", 'e.g. {"prompt": "...", "expected": "..."}')
         return None
-    for key in value:
-        if key not in FIELDS:
-            fix = _guess(key, list(FIELDS)) or "remove it"
-            report(f"unknown field {key!r}", f"one of {', '.join(FIELDS)}", fix)
+    typed, wrong, unknown = convert_fields(Record, value)
+    for key, guess in unknown:
+        report(f"unknown field {key!r}", f"one of {', '.join(FIELDS)}", _guess(guess) or "remove it")
+    for m in wrong:
+        report(f"{m.key} is {m.value!r:.80}", m.expected, m.fix)
     item = SuiteItem(id=f"line-{line}", line=line)
-    _check_identity(value, item, report)
-    _check_request(value, item, base, report)
-    _check_scoring(value, item, defaults[0], report)
+    _check_identity(typed, item, report)
+    _check_request(value, typed, item, base, report)
+    _check_scoring(value, typed, item, defaults[0], report)
     _check_box_space(value, item, defaults[1], report)
     return item
 
@@ -296,27 +322,24 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _check_identity(value: dict, item: SuiteItem, report: _Reporter) -> None:
-    if "id" in value:
-        if isinstance(value["id"], str) and value["id"].strip():
-            item.id = value["id"]
+def _check_identity(typed: dict, item: SuiteItem, report: _Reporter) -> None:
+    """id, tags, max_tokens: their values (their types are checked already)."""
+    if "id" in typed:
+        if typed["id"].strip():
+            item.id = typed["id"]
         else:
-            report(f"id is {value['id']!r}", "a non-empty string", f'e.g. "id": "{value["id"]}"')
-    if "tags" in value:
-        if _is_str_list(value["tags"]):
-            item.tags = tuple(value["tags"])
+            report(f"id is {typed['id']!r}", "a non-empty string", 'e.g. "id": "q1"')
+    item.tags = tuple(typed.get("tags", ()))
+    if "max_tokens" in typed:
+        if typed["max_tokens"] > 0:
+            item.max_tokens = typed["max_tokens"]
         else:
-            report(f"tags is {value['tags']!r}", "a list of strings", 'e.g. "tags": ["chart"]')
-    if "max_tokens" in value:
-        n = value["max_tokens"]
-        if isinstance(n, int) and not isinstance(n, bool) and n > 0:
-            item.max_tokens = n
-        else:
-            report(f"max_tokens is {n!r}", "a positive integer", 'e.g. "max_tokens": 256')
+            report(f"max_tokens is {typed['max_tokens']!r}", "a positive integer", 'e.g. "max_tokens": 256')
 
 
-def _check_request(value: dict, item: SuiteItem, base: Path, report: _Reporter) -> None:
-    """prompt or messages, system, images."""
+def _check_request(value: dict, typed: dict, item: SuiteItem, base: Path, report: _Reporter) -> None:
+    """prompt or messages, system, images (VALUE: the line as written, TYPED: its values of the
+    right type)."""
     has_prompt, has_messages = "prompt" in value, "messages" in value
     if has_prompt == has_messages:
         report(
@@ -324,38 +347,31 @@ def _check_request(value: dict, item: SuiteItem, base: Path, report: _Reporter) 
             'one of "prompt" (a string) or "messages" (OpenAI chat messages)',
             'e.g. "prompt": "What is 2 + 2?"',
         )
-    elif has_prompt:
-        if isinstance(value["prompt"], str) and value["prompt"].strip():
-            item.prompt = value["prompt"]
+    elif "prompt" in typed:
+        if typed["prompt"].strip():
+            item.prompt = typed["prompt"]
         else:
-            report(f"prompt is {value['prompt']!r}", "a non-empty string")
-    else:
-        problem = _messages_problem(value["messages"])
+            report(f"prompt is {typed['prompt']!r}", "a non-empty string")
+    elif "messages" in typed:
+        problem = _messages_problem(typed["messages"])
         if problem:
-            report(
-                problem,
-                'a list of {"role": "system"|"user"|"assistant", "content": str or parts} '
-                "ending with a user message",
-                'or use "prompt" for a single user message',
-            )
+            report(problem, MESSAGES, 'or use "prompt" for a single user message')
         else:
-            item.messages = value["messages"]
-    if "system" in value:
-        if not isinstance(value["system"], str):
-            report(f"system is {value['system']!r}", "a string")
-        elif item.messages and any(m["role"] == "system" for m in item.messages):
+            item.messages = typed["messages"]
+    if "system" in typed:
+        if item.messages and any(m["role"] == "system" for m in item.messages):
             report("system given twice (the field and a system message)", "one of them", "remove one")
         else:
-            item.system = value["system"]
-    if "image" in value:
-        item.images = _check_images(value["image"], base, report)
+            item.system = typed["system"]
+    if "image" in typed:
+        item.images = _check_images(typed["image"], base, report)
 
 
-def _messages_problem(messages: Any) -> str | None:
-    if not isinstance(messages, list) or not messages:
+def _messages_problem(messages: list[dict[str, Any]]) -> str | None:
+    if not messages:
         return f"messages is {messages!r}"
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
+        if m.get("role") not in ROLES:
             return f"messages[{i}] has no valid role (got {m!r:.60})"
         content = m.get("content")
         parts_ok = isinstance(content, list) and all(isinstance(p, dict) and "type" in p for p in content)
@@ -366,9 +382,9 @@ def _messages_problem(messages: Any) -> str | None:
     return None
 
 
-def _check_images(value: Any, base: Path, report: _Reporter) -> tuple[Path, ...]:
+def _check_images(value: str | list[str], base: Path, report: _Reporter) -> tuple[Path, ...]:
     names = [value] if isinstance(value, str) else value
-    if not _is_str_list(names) or not names:
+    if not names:
         report(f"image is {value!r}", "a path or a list of paths", 'e.g. "image": "images/chart.png"')
         return ()
     paths = []
@@ -389,8 +405,9 @@ def _check_images(value: Any, base: Path, report: _Reporter) -> tuple[Path, ...]
     return tuple(paths)
 
 
-def _check_scoring(value: dict, item: SuiteItem, default_judge: str, report: _Reporter) -> None:
-    """judge, the judge-specific fields and expected."""
+def _check_scoring(value: dict, typed: dict, item: SuiteItem, default_judge: str, report: _Reporter) -> None:
+    """judge, the judge-specific fields and expected (VALUE: the line as written, TYPED: its
+    values of the right type)."""
     judge = value.get("judge", default_judge)
     if not isinstance(judge, str) or judge not in JUDGES:
         report(f"unknown judge {judge!r}", f"one of {', '.join(JUDGES)}", _guess(judge, list(JUDGES)))
@@ -404,24 +421,20 @@ def _check_scoring(value: dict, item: SuiteItem, default_judge: str, report: _Re
                 f'"judge": "{judges[0]}"',
                 f"remove {key} or set the judge",
             )
-    if "tolerance" in value:
-        if _is_number(value["tolerance"]) and 0 <= value["tolerance"] < 1:
-            item.tolerance = float(value["tolerance"])
+    if "tolerance" in typed:
+        if 0 <= typed["tolerance"] < 1:
+            item.tolerance = typed["tolerance"]
         else:
             report(f"tolerance is {value['tolerance']!r}", "a relative tolerance in [0, 1)", "e.g. 0.02 (2%)")
-    if "iou_threshold" in value:
-        if _is_number(value["iou_threshold"]) and 0 < value["iou_threshold"] <= 1:
-            item.iou_threshold = float(value["iou_threshold"])
+    if "iou_threshold" in typed:
+        if 0 < typed["iou_threshold"] <= 1:
+            item.iou_threshold = typed["iou_threshold"]
         else:
             report(f"iou_threshold is {value['iou_threshold']!r}", "a number in (0, 1]", "e.g. 0.5")
-    if "fullmatch" in value:
-        if isinstance(value["fullmatch"], bool):
-            item.fullmatch = value["fullmatch"]
-        else:
-            report(f"fullmatch is {value['fullmatch']!r}", "true or false")
-    if judge == "choice" or "choices" in value:
-        choices = value.get("choices")
-        if _is_str_list(choices) and 2 <= len(choices) <= 26 and all(c.strip() for c in choices):
+    item.fullmatch = typed.get("fullmatch", False)
+    if (judge == "choice" and "choices" not in value) or "choices" in typed:
+        choices = typed.get("choices")
+        if choices is not None and 2 <= len(choices) <= 26 and all(c.strip() for c in choices):
             item.choices = tuple(choices)
         else:
             report(
