@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from ernie_ops import doctor
 from ernie_ops.cli.main import main
 
 
+@pytest.mark.cpu_stack
 def test_doctor_json_on_this_cpu_machine(cli):
     result = cli("doctor", "--json", timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -24,6 +27,7 @@ def test_doctor_json_on_this_cpu_machine(cli):
     assert "FastDeploy not installed (GPU nodes only)" in checks["fastdeploy"]["detail"]
 
 
+@pytest.mark.cpu_stack
 def test_doctor_text_output(cli):
     result = cli("doctor", timeout=120)
     assert result.returncode == 0
@@ -43,6 +47,7 @@ def _fake_versions(monkeypatch, **versions):
     monkeypatch.setattr(doctor, "dist_version", fake)
 
 
+@pytest.mark.cpu_stack
 def test_missing_erniekit_fails_with_a_fix(monkeypatch, capsys):
     _fake_versions(monkeypatch, erniekit=None)
     assert main(["doctor"]) == 1

@@ -35,6 +35,7 @@ def test_schema_knows_erniekit_s_own_fields():
     assert "text_dataset_path" in schema.others["1.3.0"].keys
 
 
+@pytest.mark.cpu_stack
 def test_installed_erniekit_matches_a_shipped_snapshot():
     version, fingerprint = installed_fingerprint()
     schema = load_schema()
@@ -43,6 +44,7 @@ def test_installed_erniekit_matches_a_shipped_snapshot():
     assert schema.source == "snapshot"
 
 
+@pytest.mark.cpu_stack
 def test_another_build_is_extracted_once_then_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("ERNIE_OPS_CACHE", str(tmp_path))
     version, _ = installed_fingerprint()

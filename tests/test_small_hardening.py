@@ -132,6 +132,7 @@ def test_every_optional_import_names_its_extra(tmp_path, monkeypatch, missing, e
     assert f".[{extra}]" in (caught.value.hint or "")
 
 
+@pytest.mark.cpu_stack
 def test_the_framework_advisory_is_hidden_and_real_warnings_are_not() -> None:
     # PaddleFormers imports transformers' tokenizer code, which logs this on every import
     code = (

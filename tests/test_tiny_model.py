@@ -131,6 +131,7 @@ def test_refuses_to_overwrite_without_force(tmp_path, cli):
         build_tiny_model(out)
 
 
+@pytest.mark.cpu_stack
 def test_cli_builds_a_model(tmp_path, cli):
     result = cli("tiny-model", str(tmp_path / "m"), "--seed", "3")
     assert result.returncode == 0, result.stderr

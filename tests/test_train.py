@@ -26,6 +26,7 @@ def test_cpu_command_is_the_single_process_launcher(tmp_path):
     assert cmd == [sys.executable, "-m", "erniekit.launcher", "train", str(tmp_path / "r.yaml")]
 
 
+@pytest.mark.cpu_stack
 def test_one_gpu_uses_paddle_distributed_launch(tmp_path):
     cmd = build_command(tmp_path / "r.yaml", [0], tmp_path / "logs")
     assert cmd[:3] == [sys.executable, "-m", "paddle.distributed.launch"]
@@ -35,11 +36,13 @@ def test_one_gpu_uses_paddle_distributed_launch(tmp_path):
     assert cmd[-3].endswith("erniekit/launcher.py") and cmd[-2:] == ["train", str(tmp_path / "r.yaml")]
 
 
+@pytest.mark.cpu_stack
 def test_eight_gpus(tmp_path):
     cmd = build_command(tmp_path / "r.yaml", list(range(8)), tmp_path / "logs")
     assert cmd[cmd.index("--gpus") + 1] == "0,1,2,3,4,5,6,7"
 
 
+@pytest.mark.cpu_stack
 def test_two_nodes_of_eight_gpus(tmp_path):
     cmd = build_command(
         tmp_path / "r.yaml", list(range(8)), tmp_path / "logs", nnodes=2, master="10.0.0.1:8080"
