@@ -154,22 +154,6 @@ def running_servers(directory: Path | None = None) -> list[dict]:
     return out
 
 
-def choose_backend(requested: str | None) -> tuple[str, str | None]:
-    """(backend, the one-line reason when it was chosen for the user)."""
-    if requested:
-        return requested, None
-    import importlib.util
-
-    from ernie_ops.train.launch import detect_gpus
-
-    has_fastdeploy = importlib.util.find_spec("fastdeploy") is not None
-    gpus = detect_gpus()
-    if has_fastdeploy and gpus:
-        return "fastdeploy", None
-    missing = "no GPU" if not gpus else "no FastDeploy"
-    return "paddle", f"{missing} here: serving with the embedded CPU backend (backend: paddle)"
-
-
 def server_ports(profile, backend: str | None = None) -> dict[str, int]:
     """Every port the server binds, by profile key: FastDeploy four, the embedded server one."""
     ports = {"port": profile.port}

@@ -461,15 +461,16 @@ def server_url(host: str, port: int) -> str:
 
 
 def probe_health(
-    host: str, port: int, api_key: str | None = None, timeout: float = PROBE_TIMEOUT_S
+    host: str, port: int, api_key: str | None = None, timeout: float = PROBE_TIMEOUT_S, path: str = "/health"
 ) -> int | None:
-    """The HTTP status of GET /health, or None when nothing answers (the port is still closed)."""
+    """The HTTP status of GET `path` (the backend's health path), or None when nothing answers (the
+    port is still closed)."""
     import http.client
 
     connection = http.client.HTTPConnection(probe_host(host), port, timeout=timeout)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        connection.request("GET", "/health", headers=headers)
+        connection.request("GET", path, headers=headers)
         return connection.getresponse().status
     except (OSError, http.client.HTTPException):
         return None
@@ -599,6 +600,7 @@ class _Server:
     api_key: str | None
     ports: list[int] = field(default_factory=list)  # every port it binds (locked), the main one first
     started: float = field(default_factory=time.monotonic)
+    health_path: str = "/health"
 
     @property
     def url(self) -> str:
@@ -611,7 +613,7 @@ class _Server:
         stop_tree(self.process.pid, self.process.pid, grace, reap=self.process.poll)
 
     def health(self) -> int | None:
-        return probe_health(self.host, self.port, self.api_key)
+        return probe_health(self.host, self.port, self.api_key, path=self.health_path)
 
     def listener(self) -> int | None:
         """The pid in the server's tree that listens on its port; None if none does (yet)."""
@@ -661,6 +663,8 @@ def run_server(
     state_file: Path,
     ports: Iterable[int] = (),
     view: Path | None = None,
+    health_path: str = "/health",
+    record: dict[str, Any] | None = None,
 ) -> int:
     """Start the server, wait until GET /health answers 200, then supervise it (or detach).
 
@@ -669,7 +673,8 @@ def run_server(
     start on a port in use is refused at once. A foreground server dies with this process (even by
     SIGKILL); a detached one is recorded in `state_file` from its start (`view`: a symlink to it
     in the project), and called ready only once /health answers and its own process tree listens on
-    the port. `env` is the child's whole environment; FD_LOG_DIR is set to log_dir so FastDeploy's
+    the port (`health_path`: the backend's; `record`: more fields for the state file, such as the
+    backend's name). `env` is the child's whole environment; FD_LOG_DIR is set to log_dir so FastDeploy's
     own logs (workerlog.N, fastdeploy.log) land beside server.log. Returns 0 ready (detach) or
     stopped cleanly, 1 failed (died, timed out, port taken), 130 interrupted (Ctrl-C), 128+N ended
     by signal N (SIGTERM 143, SIGHUP 129).
@@ -692,7 +697,19 @@ def run_server(
             )
             return 1
         return _run(
-            command, env, log_dir, host, port, startup_timeout, detach, state_file, view, locks, console
+            command,
+            env,
+            log_dir,
+            host,
+            port,
+            startup_timeout,
+            detach,
+            state_file,
+            view,
+            locks,
+            console,
+            health_path,
+            record or {},
         )
     finally:
         for lock in locks:  # our copies only: the server keeps its own until it exits
@@ -713,6 +730,8 @@ def _run(
     view: Path | None,
     locks: list[Lock],
     console: Console,
+    health_path: str = "/health",
+    record: dict[str, Any] | None = None,
 ) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     logs = Logs(log_dir)
@@ -722,7 +741,8 @@ def _run(
     url = server_url(host, port)
     console.say(f"starting: {show_command(command)}")
     console.say(
-        f"logs: {log_dir} (server.log, workerlog.*); waiting for {url}/health (up to {startup_timeout:.0f} s)"
+        f"logs: {log_dir} (server.log, workerlog.*); waiting for {url}{health_path} "
+        f"(up to {startup_timeout:.0f} s)"
     )
     server: _Server | None = None
     shown = console.redactor.command(command)
@@ -732,14 +752,16 @@ def _run(
             fds = [lock.fd for lock in locks if lock.fd is not None]
             server = _start(command, env, logs, host, port, console, api_key, fds, detach)
             server.ports = [int(lock.path.stem) for lock in locks]
+            server.health_path = health_path
+            extra = {**(record or {}), "health_path": health_path}
             if detach:  # recorded from the start: a supervisor killed while waiting leaves it stoppable
-                _write_state(state_file, server, shown, "starting", view)
+                _write_state(state_file, server, shown, "starting", view, extra)
             status = _wait_ready(server, startup_timeout)
             if status is not None:
                 return status
             console.say(f"ready: {url} (pid {server.process.pid}, after {server.elapsed():.0f} s)")
             if detach:
-                _write_state(state_file, server, shown, "ready", view)
+                _write_state(state_file, server, shown, "ready", view, extra)
                 ready = True
                 console.say(
                     f"detached; state in {state_file}. Stop it with: ernie-ops serve stop --port {port}"
@@ -876,10 +898,16 @@ def _supervise(server: _Server) -> int:
 
 
 def _write_state(
-    state_file: Path, server: _Server, shown_command: list[str], phase: str, view: Path | None
+    state_file: Path,
+    server: _Server,
+    shown_command: list[str],
+    phase: str,
+    view: Path | None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     pid = server.process.pid
     state = {
+        **(extra or {}),
         "pid": pid,
         "pgid": os.getpgid(pid),
         "start_ticks": _start_ticks(pid),
@@ -942,7 +970,8 @@ def server_status(state_file: Path) -> dict[str, Any]:
             "reason": reason,
         }
     running = _is_ours(state)
-    status = probe_health(state["host"], state["port"]) if running else None
+    path = state.get("health_path") or "/health"
+    status = probe_health(state["host"], state["port"], path=path) if running else None
     if not running:
         word = "stale"
     elif state.get("phase") == "starting":

@@ -361,11 +361,13 @@ def test_the_pipeline_picks_a_block_below_the_ephemeral_range_where_clients_leav
 
 
 def test_the_pipeline_asks_one_port_for_the_embedded_backend_and_four_for_fastdeploy(monkeypatch, tmp_path):
+    import ernie_ops.serve
     from ernie_ops.pipeline import stages
 
-    sizes = []
+    sizes, started = [], []
     monkeypatch.setattr(stages, "free_port_block", lambda size=4: sizes.append(size) or 18000)
-    monkeypatch.setattr(stages.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0))
+    # the pipeline serves in-process through the library call the CLI uses (no `ernie-ops` subprocess)
+    monkeypatch.setattr(ernie_ops.serve, "start", lambda profile, **k: started.append((profile, k)) or 0)
     for backend in ("paddle", "fastdeploy"):
         spec = SimpleNamespace(
             name="t", serve_profile=None, serve_set=[], startup_timeout=None, backend=backend
@@ -373,6 +375,9 @@ def test_the_pipeline_asks_one_port_for_the_embedded_backend_and_four_for_fastde
         record = SimpleNamespace(path=tmp_path, endpoints={}, save=lambda: None)
         stages.start_server(SimpleNamespace(spec=spec, record=record, say=lambda m: None), "tuned", "/m")
     assert sizes == [1, 4]
+    assert [(p.port, p.served_model_name, k) for p, k in started] == [
+        (18000, "t-tuned", {"detach": True, "backend": b}) for b in ("paddle", "fastdeploy")
+    ]
 
 
 # --- stale messages -----------------------------------------------------------------------------------

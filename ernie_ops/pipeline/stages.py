@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ernie_ops.errors import UserError
+from ernie_ops.errors import Terminated, UserError
 
 if TYPE_CHECKING:
     from ernie_ops.pipeline.runner import Pipeline
@@ -122,31 +120,29 @@ def _failed_checks(report: Any) -> str:
 
 
 def serve(p: Pipeline) -> str:
-    """The tuned checkpoint through `ernie-ops serve --detach` on a free port. The base model is
-    served later, by `eval`, after this server stops: two servers of a large model rarely fit one
-    GPU, and the comparison needs the same serving settings for both, not both at once."""
+    """The tuned checkpoint served detached on a free port, through the same library call as
+    `ernie-ops serve --detach`. The base model is served later, by `eval`, after this server stops: two
+    servers of a large model rarely fit one GPU, and the comparison needs the same serving settings
+    for both, not both at once."""
     endpoint = start_server(p, "tuned", p.record.out("export", "path"))
     return f"tuned at {endpoint['url']}"
 
 
 def start_server(p: Pipeline, role: str, model: str) -> dict[str, Any]:
-    from ernie_ops.serve.preflight import choose_backend
+    """Serve `model` detached (in this process: `ernie_ops.serve.start`), its output in
+    logs/serve-ROLE.log; the endpoint is recorded before the start, so a failed start is stoppable."""
+    import contextlib
 
-    backend, _ = choose_backend(p.spec.backend)
-    port = free_port_block(4 if backend == "fastdeploy" else 1)  # FastDeploy's side ports follow it
+    import ernie_ops.serve as serving
+    from ernie_ops.serve.backends import choose
+
+    backend, _ = choose(p.spec.backend)
+    port = free_port_block(backend.port_block)  # FastDeploy's side ports follow it
     name = f"{p.spec.name}-{role}"
-    command = [sys.executable, "-m", "ernie_ops", "serve"]
-    if p.spec.serve_profile:
-        command += [p.spec.serve_profile, "--set", f"model={model}"]
-    else:
-        command.append(str(model))
-    for setting in [*p.spec.serve_set, f"port={port}", f"served_model_name={name}"]:
-        command += ["--set", setting]
+    sets = [f"model={model}"] if p.spec.serve_profile else []
+    sets += [*p.spec.serve_set, f"port={port}", f"served_model_name={name}"]
     if p.spec.startup_timeout:
-        command += ["--set", f"startup_timeout={p.spec.startup_timeout}"]
-    if p.spec.backend:
-        command += ["--backend", p.spec.backend]
-    command.append("--detach")
+        sets.append(f"startup_timeout={p.spec.startup_timeout}")
     log = p.record.path / "logs" / f"serve-{role}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     p.say(f"starting the {role} server on port {port} (log: {log})")
@@ -159,10 +155,17 @@ def start_server(p: Pipeline, role: str, model: str) -> dict[str, Any]:
     }
     p.record.endpoints[role] = endpoint
     p.record.save()
-    with open(log, "w", encoding="utf-8") as f:
-        code = subprocess.run(
-            command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        ).returncode
+    with open(log, "w", encoding="utf-8") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        try:
+            profile = serving.load(p.spec.serve_profile or str(model), sets)
+            code = serving.start(profile, detach=True, backend=p.spec.backend)
+        except UserError as err:  # what pre-flight refused, worded as the CLI words it
+            print(f"error: {err}")
+            code = 2
+    if code == 130:  # Ctrl-C while it started: the supervisor stopped the server; so does the pipeline
+        raise KeyboardInterrupt
+    if code > 128:
+        raise Terminated(code - 128)
     if code != 0:
         tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-20:])
         raise StageFailed(f"the {role} server did not start (exit {code}):\n{tail}")
@@ -195,14 +198,13 @@ def _ephemeral_low() -> int:
 
 
 def stop_servers(p: Pipeline) -> list[str]:
-    """Stop every server the serve stage recorded; returns what was stopped."""
-    from ernie_ops.serve.preflight import state_dir
-    from ernie_ops.serve.supervisor import stop_server
+    """Stop every server the serve stage recorded (through `ernie_ops.serve.stop`); returns what was
+    stopped."""
+    import ernie_ops.serve as serving
 
     stopped = []
     for role, endpoint in p.record.endpoints.items():
-        state = state_dir() / f"{endpoint['port']}.json"
-        if state.exists() and stop_server(state):
+        if any(s.stopped for s in serving.stop(port=endpoint["port"])):
             stopped.append(f"{role} (port {endpoint['port']})")
     return stopped
 
