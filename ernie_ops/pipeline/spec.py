@@ -100,16 +100,15 @@ def validate(
 
 
 def _choices(values: dict[str, Any], where: Any) -> list[Problem]:
+    from ernie_ops.serve.backends import names as backend_names
     from ernie_ops.validate.judges import BOX_SPACES, JUDGES
     from ernie_ops.validate.smoke import CAPABILITIES
 
     out = []
-    if values.get("backend") not in (None, "fastdeploy", "paddle"):
-        out.append(
-            error(
-                where("backend"), "backend", f"expected fastdeploy, paddle or null, not {values['backend']!r}"
-            )
-        )
+    backends = backend_names()  # every module in serve/backends/
+    if values.get("backend") not in (None, *backends):
+        expected = f"expected {', '.join(backends)} or null, not {values['backend']!r}"
+        out.append(error(where("backend"), "backend", expected))
     if values.get("eval_judge", "exact") not in JUDGES:
         out.append(error(where("eval_judge"), "eval_judge", f"expected one of {', '.join(JUDGES)}"))
     if values.get("eval_box_space", "pixels") not in BOX_SPACES:
