@@ -84,7 +84,9 @@ def resolve_model(model: str, backend: str = "fastdeploy") -> Target:
         if record.exported:
             path = Path(record.exported)
         elif record.is_lora:
-            server = "FastDeploy" if backend == "fastdeploy" else "the embedded CPU server"
+            from ernie_ops.serve.backends import get
+
+            server = get(backend).title
             raise UserError(
                 f"{model} is a LoRA run that is not exported yet: {server} serves merged checkpoints only",
                 hint=f"merge the adapter into the base model first: ernie-ops export {model}",

@@ -18,7 +18,6 @@ from ernie_ops.recipe.load import LoadedRecipe
 from ernie_ops.recipe.problems import Problem, error
 from ernie_ops.spec import check_fields, field_types, load_yaml, missing, raise_problems, text_overrides
 
-BACKENDS = ("fastdeploy", "paddle")
 QUANTIZATIONS = ("bf16", "wint8", "wint4", "wint2", "block_wise_fp8", "tensor_wise_fp8", "w4a8", "mix_quant")
 # ERNIE-4.5-VL processor kwargs and the types FastDeploy's processor expects (shared reference)
 MM_PROCESSOR_KWARGS: dict[str, type] = {
@@ -107,8 +106,10 @@ def validate(recipe: LoadedRecipe) -> tuple[ServeProfile | None, list[Problem]]:
 def _rules(p: ServeProfile, recipe: LoadedRecipe) -> list[Problem]:
     where = recipe.where
     out: list[Problem] = []
-    if p.backend is not None and p.backend not in BACKENDS:
-        out.append(error(where("backend"), "backend", f"{p.backend!r} is not one of {', '.join(BACKENDS)}"))
+    from ernie_ops.serve.backends import names  # the registry: a new engine needs no edit here
+
+    if p.backend is not None and p.backend not in names():
+        out.append(error(where("backend"), "backend", f"{p.backend!r} is not one of {', '.join(names())}"))
     if isinstance(p.quantization, str) and p.quantization not in QUANTIZATIONS:
         guess = did_you_mean(p.quantization, list(QUANTIZATIONS))
         out.append(

@@ -144,6 +144,10 @@ def test_a_third_backend_is_one_module_the_cli_serves_status_and_stops_unchanged
     port = free_port()
     assert main(["serve", str(tmp_path), "--backend", "echo", "--port", str(port), "--print-command"]) == 0
     assert capsys.readouterr().out.strip().endswith(f" {port}")
+    profile = tmp_path / "echo.yaml"  # a serve profile names it too
+    profile.write_text(f"backend: echo\nmodel: {tmp_path}\nport: {port}\n", encoding="utf-8")
+    assert main(["serve", str(profile), "--print-command"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f" {port}")
     assert main(["serve", str(tmp_path), "--backend", "echo", "--port", str(port), "--detach"]) == 0
     out = capsys.readouterr().out
     assert "echo: nothing to check" in out and "/ready" in out and f"ready: http://127.0.0.1:{port}" in out
