@@ -47,7 +47,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,6 +259,7 @@ class _Request:
         params: SamplingParams,
         tokenizer: Any,
         stop_ids: frozenset[int],
+        listener: Callable[[Delta | None], None] | None = None,
     ):
         self.id = request_id
         self.prompt = prompt
@@ -276,7 +277,16 @@ class _Request:
         self.finish_reason: str | None = None
         self.error: str | None = None
         self.deltas: queue.Queue[Delta | None] = queue.Queue()
+        # called by the stepping thread with each delta, then None, instead of `deltas` (the
+        # async adapter: no thread has to wait on the queue)
+        self.listener = listener
         self.done = threading.Event()
+
+    def deliver(self, delta: Delta | None) -> None:
+        if self.listener is None:
+            self.deltas.put(delta)
+        else:
+            self.listener(delta)
 
     def result(self) -> Result:
         return Result(
@@ -666,9 +676,16 @@ class Engine:
     # -- submitting ---------------------------------------------------------------------------
 
     def submit(
-        self, prompt: str | Sequence[int], params: SamplingParams | None = None, request_id: str | None = None
+        self,
+        prompt: str | Sequence[int],
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        listener: Callable[[Delta | None], None] | None = None,
     ) -> RequestHandle:
-        """Queue a request (thread-safe); it joins the running batch at the next step."""
+        """Queue a request (thread-safe); it joins the running batch at the next step.
+
+        With a `listener`, the stepping thread calls it with each delta and then None (it must be
+        quick and must not block), and the handle's `stream` has nothing to read."""
         params = params or SamplingParams()
         params.check()
         ids = self.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
@@ -679,7 +696,9 @@ class Engine:
         stop_ids = frozenset(params.stop_token_ids) | (
             frozenset() if params.ignore_eos else self.eos_token_ids
         )
-        request = _Request(request_id or f"req-{next(self._ids)}", ids, params, self.tokenizer, stop_ids)
+        request = _Request(
+            request_id or f"req-{next(self._ids)}", ids, params, self.tokenizer, stop_ids, listener
+        )
         with self._lock:
             self._waiting.append(request)
         self._wake.set()
@@ -735,6 +754,12 @@ class Engine:
     def has_work(self) -> bool:
         with self._lock:
             return bool(self._waiting or self._batch.rows or self._filling)
+
+    def scheduler_load(self) -> tuple[int, int]:
+        """(running, waiting): rows in the batch (a long prompt being prefilled counts), the queue."""
+        with self._lock:
+            waiting = len(self._waiting)
+        return len(self._batch.rows) + (self._filling is not None), waiting
 
     # -- one scheduler step -------------------------------------------------------------------
 
@@ -937,14 +962,14 @@ class Engine:
             request.finish_reason if final else None,
         )
         request.emitted, request.emitted_ids = max(safe, request.emitted), len(request.output)
-        request.deltas.put(delta)
+        request.deliver(delta)
 
     def _finish(self, request: _Request, reason: str, error: str | None = None, flush: bool = True) -> None:
         if flush:  # an incomplete character at the very end still comes out (as U+FFFD)
             self._cut_at_stop(request, request.detok.flush())
         request.finish_reason, request.error = reason, error
         self._emit(request, final=True)
-        request.deltas.put(None)
+        request.deliver(None)
         request.done.set()
 
     def _fail_all(self, error: str) -> None:

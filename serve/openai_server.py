@@ -4,10 +4,12 @@ It speaks the subset of the API FastDeploy serves, so the smoke / bench / eval c
 two apart: `/v1/chat/completions`, `/v1/completions` (streaming or not), `/v1/models`, `/health`,
 `/metrics`. The wire shapes are in `protocol.py`; this module maps them to engine requests.
 
-Threads: the engine steps in its own thread; every request gets a small pump thread that moves the
-engine's deltas onto an asyncio queue, so the event loop never blocks on the engine. Parsing, the chat
-template and tokenizing run in a small pool of their own, so a large prompt never holds up /health or
-the streams of others.
+The engine is reached only through the async `EngineClient` interface (`engine_client.py`; the CPU
+engine through its `AsyncEngine` adapter, a fake one in the tests): `generate` gives a request's
+deltas as an async iterator, `abort` ends it, `check_health` and `load` feed /health and /metrics.
+Threads: the engine steps in its own thread and hands its tokens to the event loop as they are
+produced (no thread per request). Parsing, the chat template and tokenizing run in a small pool of
+their own, so a large prompt never holds up /health or the streams of others.
 
 Hostile clients: a request body has a size limit (413 before it is read whole) and a deadline
 (408); a connection that has not sent a whole request head within the read timeout is closed; past
@@ -26,7 +28,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +38,15 @@ from pydantic import BaseModel, ValidationError
 
 from ernie_ops.errors import UserError
 from ernie_ops.extras import optional_imports
-from ernie_ops.serve.engine import FINISH_CANCELLED, FINISH_ERROR, Delta, Engine, SamplingParams
+from ernie_ops.serve.engine_client import (
+    FINISH_CANCELLED,
+    FINISH_ERROR,
+    Delta,
+    EngineClient,
+    EngineUnhealthy,
+    SamplingParams,
+    as_engine_client,
+)
 from ernie_ops.serve.metrics import Metrics
 from ernie_ops.serve.protocol import (
     ChatChoice,
@@ -63,12 +73,13 @@ if TYPE_CHECKING:
     from fastapi.responses import Response
     from starlette.types import ASGIApp, Receive, Scope, Send
 
+    from ernie_ops.serve.engine import Engine
+
 log = logging.getLogger("ernie_ops.serve.openai_server")  # this name also when run as __main__
 
 THINK_END = "</think>"
 DEFAULT_MAX_WAITING = 64
 DISCONNECT_POLL_S = 0.25  # how often a quiet request checks whether its client is still there
-SHUTDOWN_DRAIN_S = 10.0  # how long shutdown waits for cancelled requests to leave the engine
 # a prompt the context holds is well under 1 MB of text; the limit only stops abuse
 DEFAULT_MAX_REQUEST_MB = 4.0
 DEFAULT_READ_TIMEOUT_S = 30.0  # to send a request's head, and then its body
@@ -160,7 +171,7 @@ def _marker_prefix(text: str) -> int:
 
 @dataclass
 class ServerState:
-    engine: Engine
+    engine: EngineClient
     model_name: str
     api_key: str | None
     max_waiting: int
@@ -180,9 +191,8 @@ class ServerState:
         return self.engine.max_batch_size + self.max_waiting
 
     def load(self) -> tuple[int, int]:
-        """(running, waiting): the engine admits in arrival order up to its batch size."""
-        n = len(self.in_flight)
-        return min(n, self.engine.max_batch_size), max(0, n - self.engine.max_batch_size)
+        """(running, waiting) from the engine's scheduler."""
+        return self.engine.load()
 
     def check_room(self) -> None:
         """429 when the running batch, the queue and the requests being prepared are full."""
@@ -418,68 +428,72 @@ def _usage_wanted(req: SamplingFields) -> bool:
     return req.stream_options is not None and req.stream_options.include_usage
 
 
-def _pump(stream: Iterator[Delta], loop: asyncio.AbstractEventLoop, q: asyncio.Queue[Delta | None]) -> None:
-    """Move the engine's deltas onto the event loop (runs in its own thread)."""
-    try:
-        for delta in stream:
-            loop.call_soon_threadsafe(q.put_nowait, delta)
-    except RuntimeError:  # the event loop closed under us (shutdown): nobody is listening
-        return
-    with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(q.put_nowait, None)
-
-
 @dataclass
 class _Ticket:
-    """An admitted request: its deltas arrive on `queue`; `release` must run however it ends."""
+    """An admitted request: its deltas come from `deltas`; `release` must run however it ends."""
 
     state: ServerState
     request_id: str
-    queue: asyncio.Queue[Delta | None]
+    deltas: AsyncIterator[Delta]
     arrived: float
     finished: bool = False
 
-    def release(self) -> None:
+    async def release(self) -> None:
         if self.state.in_flight.pop(self.request_id, None) is not None and not self.finished:
-            self.state.engine.cancel(self.request_id)  # the client left (or failed): free the slot
+            await self.state.engine.abort(self.request_id)  # the client left (or failed): free the slot
+        aclose = getattr(self.deltas, "aclose", None)
+        if aclose is not None:  # an iterator left early ends now, not when it is collected
+            with contextlib.suppress(RuntimeError):  # still closing from a cancelled read: it ends anyway
+                await aclose()
 
 
 def _admit(state: ServerState, prep: Prepared) -> _Ticket:
     """Submit to the engine, or refuse with 429 when the waiting queue is full."""
     state.check_room()
     try:
-        handle = state.engine.submit(prep.prompt_ids, prep.params, request_id=prep.request_id)
+        deltas = state.engine.generate(prep.request_id, prep.prompt_ids, prep.params)
     except UserError as err:
         raise bad_request(err.message) from None
-    ticket = _Ticket(state, prep.request_id, asyncio.Queue(), time.perf_counter())
+    ticket = _Ticket(state, prep.request_id, deltas, time.perf_counter())
     state.in_flight[prep.request_id] = ticket.arrived
     state.metrics.tokens(len(prep.prompt_ids), 0)
-    loop = asyncio.get_running_loop()
-    threading.Thread(target=_pump, args=(handle.stream(), loop, ticket.queue), daemon=True).start()
     return ticket
 
 
 async def _deltas(ticket: _Ticket, request: Request) -> AsyncIterator[Delta]:
-    """The request's deltas until the last one, or until the client is seen to be gone."""
+    """The request's deltas until the last one, or until the client is seen to be gone (checked
+    when no delta came for DISCONNECT_POLL_S)."""
     metrics, first = ticket.state.metrics, True
-    while True:
-        try:
-            delta = await asyncio.wait_for(ticket.queue.get(), DISCONNECT_POLL_S)
-        except asyncio.TimeoutError:
-            if await request.is_disconnected():
+    source = ticket.deltas.__aiter__()
+    pending: asyncio.Future[Delta] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(source.__anext__())
+            done, _ = await asyncio.wait({pending}, timeout=DISCONNECT_POLL_S)
+            if not done:
+                if await request.is_disconnected():
+                    return
+                continue
+            try:
+                delta = pending.result()
+            except StopAsyncIteration:
+                ticket.finished = True
                 return
-            continue
-        if delta is None:
-            ticket.finished = True
-            return
-        if first and (delta.text or delta.token_ids):
-            metrics.first_token(time.perf_counter() - ticket.arrived)
-            first = False
-        metrics.tokens(0, len(delta.token_ids))
-        if delta.finish_reason is not None:
-            ticket.finished = True
-            metrics.finished(time.perf_counter() - ticket.arrived)
-        yield delta
+            finally:
+                if done:
+                    pending = None
+            if first and (delta.text or delta.token_ids):
+                metrics.first_token(time.perf_counter() - ticket.arrived)
+                first = False
+            metrics.tokens(0, len(delta.token_ids))
+            if delta.finish_reason is not None:
+                ticket.finished = True
+                metrics.finished(time.perf_counter() - ticket.arrived)
+            yield delta
+    finally:
+        if pending is not None:
+            pending.cancel()
 
 
 def _refusal(reason: str | None) -> APIError | None:
@@ -502,7 +516,7 @@ async def _collect(state: ServerState, prep: Prepared, request: Request) -> tupl
             n_tokens += len(delta.token_ids)
             reason = delta.finish_reason or reason
     finally:
-        ticket.release()
+        await ticket.release()
     if not ticket.finished:  # the client is gone; nobody reads this
         raise APIError(499, "the client closed the request", "client_closed_request")
     error = _refusal(reason)
@@ -547,7 +561,7 @@ async def _stream(
             yield usage_event(Usage.of(len(prep.prompt_ids), n_tokens))
         yield "data: [DONE]\n\n"
     finally:
-        ticket.release()
+        await ticket.release()
 
 
 def _chat_stream(state: ServerState, prep: Prepared, request: Request) -> AsyncIterator[str]:
@@ -594,7 +608,7 @@ def _template_thinks(tokenizer: Any) -> bool:
 
 
 def create_app(
-    engine: Engine,
+    engine: EngineClient | Engine,
     model_name: str,
     api_key: str | None = None,
     max_waiting: int = DEFAULT_MAX_WAITING,
@@ -602,7 +616,8 @@ def create_app(
     read_timeout: float = DEFAULT_READ_TIMEOUT_S,
     docs: bool = False,
 ) -> FastAPI:
-    """The FastAPI app; it starts the engine thread on startup and stops it on shutdown.
+    """The FastAPI app over an `EngineClient` (the CPU `Engine` is wrapped in `AsyncEngine`); the
+    client starts with the app and shuts down with it.
 
     Up to `engine.max_batch_size` requests run at once and `max_waiting` more may queue; beyond
     that a request gets 429 at once rather than an unbounded wait. Bodies over `max_request_mb` get
@@ -615,35 +630,30 @@ def create_app(
         from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
         from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    client = as_engine_client(engine)
     state = ServerState(
-        engine,
+        client,
         model_name,
         api_key or None,
         max_waiting,
         max_body_bytes=int(max_request_mb * 2**20),
         read_timeout=read_timeout,
-        defaults=sampling_defaults(engine.generation_config),
-        thinking_default=_template_thinks(engine.tokenizer),
+        defaults=sampling_defaults(client.generation_config),
+        thinking_default=_template_thinks(client.tokenizer),
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine.start()
+        await client.start()
         sampling = " ".join(f"{key}={state.defaults[key]:g}" for key in SAMPLING_KEYS)
         source = "OpenAI's defaults"
-        if engine.generation_config:
+        if client.generation_config:
             source = "the checkpoint's generation_config.json"
         log.info("serving %s; requests without them get %s (from %s)", model_name, sampling, source)
         yield
-        # uvicorn has drained (or, after its graceful timeout, cut) the connections; cancel what is
-        # still in flight and let the engine thread apply that before it stops, so no request is
-        # left half-done for a pump thread to drive on its own
-        for request_id in list(state.in_flight):
-            engine.cancel(request_id)
-        deadline = time.monotonic() + SHUTDOWN_DRAIN_S
-        while engine.has_work() and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        await asyncio.to_thread(engine.stop)
+        # uvicorn has drained (or, after its graceful timeout, cut) the connections; the client
+        # aborts what is still in flight and lets the engine apply that before it stops
+        await client.shutdown()
         state.pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
@@ -722,13 +732,15 @@ def create_app(
         return await completion_endpoint(request, "completions")
 
     async def models(request: Request) -> JSONResponse:
-        card = ModelCard(id=model_name, max_model_len=engine.max_length)
+        card = ModelCard(id=model_name, max_model_len=client.max_length)
         return JSONResponse(ModelList(data=[card]).model_dump(mode="json"))
 
     async def health(request: Request) -> Response:
-        if engine.running:
-            return PlainTextResponse("ok")
-        return error_response(APIError(503, "the engine is not running", "server_error"))
+        try:
+            await client.check_health()
+        except EngineUnhealthy as err:
+            return error_response(APIError(503, str(err), "server_error"))
+        return PlainTextResponse("ok")
 
     async def metrics(request: Request) -> PlainTextResponse:
         running, waiting = state.load()
@@ -934,12 +946,15 @@ def run(
     with optional_imports("serve", "the embedded CPU server"):  # before the model loads
         import uvicorn
 
+    from ernie_ops.serve.engine import Engine
+    from ernie_ops.serve.engine_client import AsyncEngine
+
     engine = Engine.load(model_dir, max_batch_size=max_batch_size)
     if chat_template is not None:
         use_chat_template(engine, chat_template)
     name = served_model_name or Path(model_dir).name
     app = create_app(
-        engine,
+        AsyncEngine(engine),
         name,
         api_key=api_key,
         max_waiting=max_waiting,

@@ -1,8 +1,8 @@
 """The embedded OpenAI server against hostile clients (issue #14, items 8-14).
 
 The server runs for real, on loopback, configured exactly as `run` configures it (`uvicorn_settings`).
-Most tests put it over a stand-in engine (no Paddle: the engine interface the server uses, answering
-"ok"); the ones about the real tokenizer and the checkpoint's files load the tiny ERNIE 4.5 model.
+Most tests put it over a stand-in engine (no Paddle: `fake_engine.FakeEngine`, an `EngineClient`
+answering "ok"); the ones about the real tokenizer and the checkpoint's files load the tiny ERNIE 4.5 model.
 Raw sockets send what no HTTP client would: nothing, half a request head, half a body. Deadlines
 here are hang guards only; no assertion depends on how fast the machine is.
 """
@@ -25,10 +25,11 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from fake_engine import FakeEngine
 
 from ernie_ops.errors import UserError
 from ernie_ops.serve import openai_server
-from ernie_ops.serve.engine import Delta, Engine, SamplingParams, StopMatcher
+from ernie_ops.serve.engine import Engine, StopMatcher
 from ernie_ops.serve.openai_server import RepeatFilter, create_app, use_chat_template, uvicorn_settings
 
 MODEL = "m"
@@ -39,58 +40,6 @@ GUARD_S = 30  # hang guard for a socket read: far beyond any timeout a test sets
 
 # ---------------------------------------------------------------------------------------------
 # a stand-in engine and a real server
-
-
-class FakeTokenizer:
-    vocab_size = 1000
-    chat_template = None
-
-    def __init__(self) -> None:
-        self.template_kwargs: list[dict] = []
-
-    def apply_chat_template(self, messages, **kwargs) -> str:
-        self.template_kwargs.append(kwargs)
-        return "".join(m["content"] for m in messages)
-
-
-class FakeHandle:
-    def stream(self) -> Iterator[Delta]:
-        yield Delta("ok", [1], "stop")
-
-
-class FakeEngine:
-    """What the server uses of the engine; every request answers "ok" (or raises, with `fail`)."""
-
-    max_batch_size = 2
-    max_length = 64
-
-    def __init__(self, generation_config: dict | None = None, fail: bool = False):
-        self.tokenizer = FakeTokenizer()
-        self.generation_config = generation_config or {}
-        self.submitted: list[SamplingParams] = []
-        self.running = False
-        self.fail = fail
-
-    def encode(self, text: str) -> list[int]:
-        return [ord(c) % 1000 for c in text]
-
-    def start(self) -> None:
-        self.running = True
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self.running = False
-
-    def has_work(self) -> bool:
-        return False
-
-    def cancel(self, request_id: str) -> None:
-        pass
-
-    def submit(self, prompt, params: SamplingParams, request_id: str) -> FakeHandle:
-        if self.fail:
-            raise RuntimeError("the engine broke")
-        self.submitted.append(params)
-        return FakeHandle()
 
 
 @contextlib.contextmanager
