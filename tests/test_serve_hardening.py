@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 import psutil
 import pytest
+from test_supervisor import alive, fake, free_port
 
 from ernie_ops.cli.main import main
 from ernie_ops.pipeline.stages import free_port_block
@@ -25,7 +26,6 @@ from ernie_ops.serve.preflight import port_free, state_dir
 from ernie_ops.serve.profile import load_profile, profile_for_checkpoint
 from ernie_ops.serve.supervisor import run_server, server_status, stop_server
 
-FAKE = Path(__file__).resolve().parent / "fake_fastdeploy.py"
 PROFILES = sorted((Path(__file__).parent.parent / "recipes" / "serve").glob("*.yaml"))
 
 DRIVER = """
@@ -36,16 +36,6 @@ a = json.loads(sys.argv[1])
 sys.exit(run_server(a["command"], dict(os.environ), Path(a["log_dir"]), "127.0.0.1", a["port"],
                     60, a["detach"], Path(a["state_file"])))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def fake(port: int, *flags: str) -> list[str]:
-    return [sys.executable, str(FAKE), "--port", str(port), "--model", "/models/ernie", *flags]
 
 
 def driver(tmp_path: Path, name: str, port: int, *flags: str, detach: bool) -> subprocess.Popen:
@@ -95,13 +85,6 @@ def tree_of(pid: int) -> set[int]:
         return {pid} | {c.pid for c in process.children(recursive=True)}
     except psutil.Error:
         return set()
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 # --- item 5: nothing outlives a killed `serve` ------------------------------------------------------
