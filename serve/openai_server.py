@@ -986,7 +986,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import os
 
-    from ernie_ops.cli.base import positive_float, positive_int
+    from ernie_ops.argtypes import positive_float, positive_int
 
     parser = argparse.ArgumentParser(description="The embedded CPU OpenAI-compatible server.")
     parser.add_argument("--model", required=True, type=Path)

@@ -26,28 +26,6 @@ class Subcommand:
         return "examples:\n" + "\n".join(f"  {e}" for e in self.examples) if self.examples else ""
 
 
-def positive_float(text: str) -> float:
-    """An argparse type: a number > 0 (a zero timeout or concurrency would fail late, or hang)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return value
-
-
 def add_endpoint_arguments(parser: argparse.ArgumentParser, url_optional: bool = False) -> None:
     """URL, --model and --api-key-env: how `smoke`, `bench` and `eval` name an OpenAI endpoint."""
     parser.add_argument(

@@ -6,7 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-from ernie_ops.cli.base import Subcommand, add_endpoint_arguments, endpoint_from, positive_float
+from ernie_ops.argtypes import positive_float
+from ernie_ops.cli.base import Subcommand, add_endpoint_arguments, endpoint_from
 from ernie_ops.errors import UserError
 
 

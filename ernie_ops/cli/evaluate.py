@@ -7,7 +7,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ernie_ops.cli.base import Subcommand, add_endpoint_arguments, endpoint_from, positive_float, positive_int
+from ernie_ops.argtypes import positive_float, positive_int
+from ernie_ops.cli.base import Subcommand, add_endpoint_arguments, endpoint_from
 from ernie_ops.errors import UserError
 
 SHOWN_FAILURES = 5  # items below 1.0 printed on the console (the report lists more)

@@ -5,7 +5,8 @@ import json
 import sys
 from pathlib import Path
 
-from ernie_ops.cli.base import Subcommand, add_endpoint_arguments, endpoint_from, positive_float, positive_int
+from ernie_ops.argtypes import positive_float, positive_int
+from ernie_ops.cli.base import Subcommand, add_endpoint_arguments, endpoint_from
 
 
 class Smoke(Subcommand):
