@@ -111,8 +111,5 @@ def _new(args: argparse.Namespace) -> int:
     text = render(entry, settings, title=title)
     write_text_atomic(args.out, text)  # never over a FIFO or device; follows the umask
     print(f"wrote {args.out} (max_steps: {settings['max_steps']}; change it there or with max_steps=N)")
-    report = check_recipe(args.out)
-    for problem in report.problems:
-        print(problem.render())
-    print(report.summary())
-    return 0
+    print("\n".join(check_recipe(args.out).render(limit=None)))
+    return 0  # written: problems such as a model not pulled yet are for `check` / `train` to refuse
