@@ -9,7 +9,12 @@ How tokens reach the event loop (`AsyncEngine`): the engine thread hands each de
 of the request (no thread per request). The listener appends it to one inbox and, when the inbox was
 empty, schedules a single drain on the loop (`call_soon_threadsafe`), so a scheduler step that
 produces a token for 128 streams wakes the loop once, not 128 times; the drain moves each delta onto
-its request's asyncio queue.
+its request's stream.
+
+A reader that wants to hear about silence (the server checks whether its client is still there
+after `idle_s` without a token) gets `None` from the iterator then. That costs nothing per token: one
+timer for the whole adapter looks at the waiting streams every `idle_s / 2` (no task or timer per
+token read).
 """
 
 from __future__ import annotations
@@ -89,9 +94,10 @@ class EngineClient(Protocol):
         ...
 
     def generate(
-        self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams
-    ) -> AsyncIterator[Delta]:
-        """Queue a request; its deltas as they are produced."""
+        self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams, idle_s: float | None = None
+    ) -> AsyncIterator[Delta | None]:
+        """Queue a request; its deltas as they are produced. With `idle_s`, also `None` each time
+        about that long (at most 1.5x) passed without a delta; without it, deltas only."""
         ...
 
     async def abort(self, request_id: str) -> None:
@@ -123,14 +129,23 @@ def as_engine_client(engine: Any) -> EngineClient:
 
 
 class _Stream:
-    """The event-loop side of one request: its deltas queue up here."""
+    """The event-loop side of one request: its deltas queue up here, its reader waits on `waiter`."""
 
-    __slots__ = ("closed", "final", "queue")
+    __slots__ = ("closed", "final", "idle_s", "items", "last", "waiter")
 
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[Delta | None] = asyncio.Queue()
+    def __init__(self, idle_s: float | None, now: float) -> None:
+        self.items: deque[Delta | None] = deque()
+        self.waiter: asyncio.Future[None] | None = None  # set while the reader waits for an item
+        self.idle_s = idle_s  # wake the reader with None after this long without an item
+        self.last = now  # loop time of the last item (or of the last idle wake-up)
         self.final = False  # the delta with the finish reason is queued
         self.closed = False  # the end (None) is queued: nothing more goes in
+
+    def put(self, item: Delta | None) -> None:
+        self.items.append(item)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 class AsyncEngine:
@@ -143,6 +158,7 @@ class AsyncEngine:
         self._inbox: deque[tuple[str, Delta | None]] = deque()
         self._inbox_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None  # one for all the streams given idle_s
 
     # -- what the server reads ------------------------------------------------------------------
 
@@ -171,30 +187,59 @@ class AsyncEngine:
     # -- requests -------------------------------------------------------------------------------
 
     def generate(
-        self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams
-    ) -> AsyncIterator[Delta]:
+        self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams, idle_s: float | None = None
+    ) -> AsyncIterator[Delta | None]:
         loop = asyncio.get_running_loop()
         if request_id in self._streams:
             raise ValueError(f"request {request_id} is already in flight")
-        stream = self._streams[request_id] = _Stream()
+        if idle_s is not None and idle_s <= 0:
+            raise ValueError(f"idle_s must be positive, got {idle_s}")
+        stream = self._streams[request_id] = _Stream(idle_s, loop.time())
         self._loop = loop
         try:
             self.engine.submit(prompt_ids, params, request_id=request_id, listener=self._listener(request_id))
         except BaseException:
             self._streams.pop(request_id, None)
             raise
+        if idle_s is not None and self._idle_timer is None:
+            self._idle_timer = loop.call_later(idle_s / 2, self._idle_tick)
         return self._deltas(request_id, stream)
 
-    async def _deltas(self, request_id: str, stream: _Stream) -> AsyncIterator[Delta]:
+    async def _deltas(self, request_id: str, stream: _Stream) -> AsyncIterator[Delta | None]:
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                delta = await stream.queue.get()
+                if not stream.items:
+                    stream.waiter = loop.create_future()
+                    try:
+                        await stream.waiter
+                    finally:
+                        stream.waiter = None
+                    if not stream.items:  # the idle timer woke us: tell the reader
+                        yield None
+                        continue
+                delta = stream.items.popleft()
                 if delta is None:
                     return
                 yield delta
         finally:
             if self._streams.pop(request_id, None) is not None and not stream.final:
                 self.engine.cancel(request_id)  # the consumer left early: free the row
+
+    def _idle_tick(self) -> None:
+        """On the loop, every idle_s / 2 while a stream wants it: wake readers idle for idle_s."""
+        self._idle_timer = None
+        now, period = asyncio.get_running_loop().time(), None
+        for stream in self._streams.values():
+            if stream.idle_s is None:
+                continue
+            period = stream.idle_s / 2 if period is None else min(period, stream.idle_s / 2)
+            waiter = stream.waiter
+            if waiter is not None and not waiter.done() and now - stream.last >= stream.idle_s:
+                stream.last = now
+                waiter.set_result(None)
+        if period is not None:
+            self._idle_timer = asyncio.get_running_loop().call_later(period, self._idle_tick)
 
     async def abort(self, request_id: str) -> None:
         stream = self._streams.pop(request_id, None)  # later deltas of it are dropped
@@ -205,10 +250,10 @@ class AsyncEngine:
         # may hold up for seconds)
         if not stream.final:
             stream.final = True
-            stream.queue.put_nowait(Delta("", [], FINISH_CANCELLED))
+            stream.put(Delta("", [], FINISH_CANCELLED))
         if not stream.closed:
             stream.closed = True
-            stream.queue.put_nowait(None)
+            stream.put(None)
 
     def _listener(self, request_id: str) -> Any:
         inbox, lock = self._inbox, self._inbox_lock
@@ -229,11 +274,13 @@ class AsyncEngine:
         with self._inbox_lock:
             items = list(self._inbox)
             self._inbox.clear()
+        now = self._loop.time() if self._loop is not None else 0.0
         for request_id, delta in items:
             stream = self._streams.get(request_id)
             if stream is None or stream.closed:  # aborted or left: nobody reads it
                 continue
-            stream.queue.put_nowait(delta)
+            stream.last = now
+            stream.put(delta)
             if delta is None:
                 stream.closed = True
             elif delta.finish_reason is not None:
@@ -250,6 +297,9 @@ class AsyncEngine:
         self.engine.start()
 
     async def shutdown(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         for request_id in list(self._streams):
             await self.abort(request_id)
         deadline = time.monotonic() + SHUTDOWN_DRAIN_S

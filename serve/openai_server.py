@@ -434,7 +434,7 @@ class _Ticket:
 
     state: ServerState
     request_id: str
-    deltas: AsyncIterator[Delta]
+    deltas: AsyncIterator[Delta | None]  # None: DISCONNECT_POLL_S passed without a delta
     arrived: float
     finished: bool = False
 
@@ -451,7 +451,7 @@ def _admit(state: ServerState, prep: Prepared) -> _Ticket:
     """Submit to the engine, or refuse with 429 when the waiting queue is full."""
     state.check_room()
     try:
-        deltas = state.engine.generate(prep.request_id, prep.prompt_ids, prep.params)
+        deltas = state.engine.generate(prep.request_id, prep.prompt_ids, prep.params, DISCONNECT_POLL_S)
     except UserError as err:
         raise bad_request(err.message) from None
     ticket = _Ticket(state, prep.request_id, deltas, time.perf_counter())
@@ -462,38 +462,22 @@ def _admit(state: ServerState, prep: Prepared) -> _Ticket:
 
 async def _deltas(ticket: _Ticket, request: Request) -> AsyncIterator[Delta]:
     """The request's deltas until the last one, or until the client is seen to be gone (checked
-    when no delta came for DISCONNECT_POLL_S)."""
+    when the engine client reports DISCONNECT_POLL_S without a delta: nothing per token)."""
     metrics, first = ticket.state.metrics, True
-    source = ticket.deltas.__aiter__()
-    pending: asyncio.Future[Delta] | None = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(source.__anext__())
-            done, _ = await asyncio.wait({pending}, timeout=DISCONNECT_POLL_S)
-            if not done:
-                if await request.is_disconnected():
-                    return
-                continue
-            try:
-                delta = pending.result()
-            except StopAsyncIteration:
-                ticket.finished = True
+    async for delta in ticket.deltas:
+        if delta is None:  # quiet for a while: is the client still there?
+            if await request.is_disconnected():
                 return
-            finally:
-                if done:
-                    pending = None
-            if first and (delta.text or delta.token_ids):
-                metrics.first_token(time.perf_counter() - ticket.arrived)
-                first = False
-            metrics.tokens(0, len(delta.token_ids))
-            if delta.finish_reason is not None:
-                ticket.finished = True
-                metrics.finished(time.perf_counter() - ticket.arrived)
-            yield delta
-    finally:
-        if pending is not None:
-            pending.cancel()
+            continue
+        if first and (delta.text or delta.token_ids):
+            metrics.first_token(time.perf_counter() - ticket.arrived)
+            first = False
+        metrics.tokens(0, len(delta.token_ids))
+        if delta.finish_reason is not None:
+            ticket.finished = True
+            metrics.finished(time.perf_counter() - ticket.arrived)
+        yield delta
+    ticket.finished = True
 
 
 def _refusal(reason: str | None) -> APIError | None:

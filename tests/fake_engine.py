@@ -69,15 +69,17 @@ class FakeEngine:
         return [ord(c) % 1000 for c in text]
 
     def generate(
-        self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams
-    ) -> AsyncIterator[Delta]:
+        self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams, idle_s: float | None = None
+    ) -> AsyncIterator[Delta | None]:
         if self.fail:
             raise RuntimeError("the engine broke")
         self.submitted.append(params)
         aborted = self.active[request_id] = asyncio.Event()
-        return self._deltas(request_id, aborted)
+        return self._deltas(request_id, aborted, idle_s)
 
-    async def _deltas(self, request_id: str, aborted: asyncio.Event) -> AsyncIterator[Delta]:
+    async def _deltas(
+        self, request_id: str, aborted: asyncio.Event, idle_s: float | None
+    ) -> AsyncIterator[Delta | None]:
         try:
             if not self.tokens and not self.endless:
                 yield Delta("ok", [1], self.finish)
@@ -85,8 +87,14 @@ class FakeEngine:
             n = 0
             while self.endless or n < self.tokens - 1:
                 if self.delay:
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(aborted.wait(), self.delay)
+                    loop = asyncio.get_running_loop()
+                    due = loop.time() + self.delay
+                    while not aborted.is_set() and (left := due - loop.time()) > 0:
+                        wait = min(left, idle_s or left)
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(aborted.wait(), wait)
+                        if idle_s is not None and wait >= idle_s and not aborted.is_set():
+                            yield None  # quiet for idle_s, as the real adapter reports it
                 else:
                     await asyncio.sleep(0)
                 if aborted.is_set():

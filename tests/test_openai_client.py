@@ -234,6 +234,31 @@ def test_the_adapter_streams_many_requests_without_a_thread_each():
     assert not stub.running
 
 
+def test_the_adapter_reports_silence_only_to_a_reader_that_asks_and_starts_no_task_per_token():
+    stub = StubEngine(tokens=5)
+    held: dict[str, dict] = {}
+    submit = stub.submit
+    stub.submit = lambda *a, **kw: held.update({kw["request_id"]: {"prompt": a[0], "params": a[1], **kw}})  # type: ignore[method-assign]
+    client = AsyncEngine(stub)  # type: ignore[arg-type]
+
+    async def main() -> tuple[list[Delta | None], set[int]]:
+        await client.start()
+        stream = client.generate("q", [1], SamplingParams(), idle_s=0.05)
+        got = [await stream.__anext__(), await stream.__anext__()]  # the engine is silent: None
+        submit(**held["q"])  # now it produces the tokens
+        tasks = set()
+        async for delta in stream:
+            got.append(delta)
+            tasks.add(len(asyncio.all_tasks()))
+        await client.shutdown()
+        return got, tasks
+
+    got, tasks = asyncio.run(main())
+    assert got[:2] == [None, None]
+    assert "".join(d.text for d in got[2:] if d is not None) == "0 1 2 3 4 "
+    assert tasks == {1}  # only main(): reading a delta starts no task
+
+
 def test_the_adapter_abort_ends_the_stream_and_cancels_in_the_engine():
     stub = StubEngine(tokens=10_000)
     client = AsyncEngine(stub)  # type: ignore[arg-type]
