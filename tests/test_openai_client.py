@@ -131,7 +131,10 @@ def test_health_and_load_come_from_the_engine_client():
             a.stream("POST", "/v1/completions", json=body) as r1,
             b.stream("POST", "/v1/completions", json=body) as r2,
         ):
-            next(r1.iter_lines()), next(r2.iter_lines())
+            # the iterators stay referenced: a dropped one is closed at once, and httpx then closes
+            # its connection (the server would rightly abort the request)
+            lines = r1.iter_lines(), r2.iter_lines()
+            next(lines[0]), next(lines[1])
             wait_for(lambda: fake.load() == (1, 1), "two requests in flight")
             assert app.state.server.load() == (1, 1)
             assert httpx.get(f"{base}/metrics").status_code == 200

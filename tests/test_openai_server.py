@@ -405,8 +405,15 @@ def test_full_queue_gives_429_and_frees_up(tiny_dense):
     assert not busy.running  # the server's shutdown stopped the engine thread
 
 
-def test_shutdown_cancels_in_flight_streams_and_stops_the_engine(tiny_dense):
+def test_shutdown_cancels_in_flight_streams_and_stops_the_engine(tiny_dense, monkeypatch):
     eng = Engine.load(tiny_dense, max_batch_size=2)
+    step = eng.step
+
+    def slow_step() -> int:  # 3000 tokens then take 15 s or more: still running however late we look
+        time.sleep(0.005)
+        return step()
+
+    monkeypatch.setattr(eng, "step", slow_step)
     app = create_app(eng, MODEL)
     with serving(app, graceful_s=0.5) as (url, server):
         http = httpx.Client(base_url=url, timeout=30)
@@ -416,7 +423,8 @@ def test_shutdown_cancels_in_flight_streams_and_stops_the_engine(tiny_dense):
         lines = (json.loads(line.removeprefix("data: ")) for line in response.iter_lines() if line)
         # the first chunk is sent on admission; wait for generated text so the request surely runs
         assert next(c for c in lines if c["choices"][0]["text"])["object"] == "text_completion"
-        assert eng.has_work()
+        with eng._step_lock:  # between two steps: mid-step the request may sit in neither list
+            assert eng.has_work()
         server.should_exit = True  # what SIGINT / SIGTERM does
         deadline = time.monotonic() + 15
         while eng.running and time.monotonic() < deadline:
