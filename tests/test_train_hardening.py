@@ -449,3 +449,17 @@ def test_a_recipe_edit_accepted_by_force_is_not_refused_again(tmp_path, standin)
         resumed, _ = train(options(tmp_path, resume=record.path, force=force))
         assert resumed.status == "succeeded"
         record = RunRecord.load(record.path)
+
+
+def test_a_run_killed_after_its_last_save_is_finished_not_trained_further(tmp_path, standin, monkeypatch):
+    record, _ = train(options(tmp_path, recipe(tmp_path, max_steps=3, standin_delay=0)))
+    record.status, record.checkpoint = "interrupted", None  # a SIGHUP between the last save and the end
+    record.save()
+    # relaunched, PaddleFormers would train one step past max_steps (seen: step 101/100)
+    failing = [sys.executable, "-c", "raise SystemExit(3)"]
+    monkeypatch.setattr(train_run, "build_command", lambda *a, **k: failing)
+    resumed, outcome = train(options(tmp_path, resume=record.path))
+    assert outcome is not None and outcome.exit_code == 0
+    assert (resumed.status, resumed.last_step) == ("succeeded", 3)
+    assert resumed.checkpoint is not None and resumed.checkpoint.endswith("checkpoint-3")
+    assert RunRecord.load(record.path).status == "succeeded"

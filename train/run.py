@@ -348,6 +348,14 @@ def train(options: TrainOptions) -> tuple[RunRecord, Outcome | None]:
         run_dir = record.path
         for note in notes:
             log.info(note)
+        final = _final_step_saved(record) if options.resume is not None and not options.dry_run else None
+        if final is not None:  # killed after its last save: relaunching would train past max_steps
+            log.info("%s is the last step (max_steps %s): nothing left to train", final, record.max_steps)
+            record.status, record.exit_code, record.failure = "succeeded", 0, None
+            record.last_step, record.checkpoint = record.max_steps, str(final)
+            record.ended_at = utc_now()
+            record.save()
+            return record, Outcome(0, "succeeded", None, record.max_steps)
         recipe_path = run_dir / RECIPE_FILE
         command = build_command(recipe_path, record.gpus, run_dir / LOG_DIR, record.nnodes, record.master)
         record.command = command
@@ -375,6 +383,18 @@ def train(options: TrainOptions) -> tuple[RunRecord, Outcome | None]:
     finally:
         for lock in held:
             lock.release()
+
+
+def _final_step_saved(record: RunRecord) -> Path | None:
+    """The run's last complete checkpoint when it is at max_steps (PaddleFormers resumed from there
+    trains one step more: seen as step 101/100 after a SIGHUP landed between the last save and the
+    end)."""
+    if not record.max_steps or record.max_steps <= 0:
+        return None
+    done = [p for p in checkpoints(Path(record.output_dir)) if checkpoint_complete(p)]
+    if done and int(done[-1].name.rsplit("-", 1)[1]) >= record.max_steps:
+        return done[-1]
+    return None
 
 
 def _reserve_space(run_dir: Path) -> Path:
