@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ernie_ops.errors import UserError
 from ernie_ops.serve.backends import Backend, Command, choose, get
 
 if TYPE_CHECKING:
@@ -87,21 +88,15 @@ def start(profile: ServeProfile, *, detach: bool = False, backend: str | None = 
     )
 
 
-def records() -> Path:
-    """Where detached servers are recorded (per user, found from any directory)."""
-    from ernie_ops.serve.preflight import state_dir
-
-    return state_dir()
-
-
 def servers(port: int | None = None, host: str | None = None) -> list[dict[str, Any]]:
     """Every server ernie-ops started on this machine for this user (detached ones from their
     records, foreground ones from their port locks), by port; filtered by `port` / `host`."""
+    from ernie_ops.serve.preflight import state_dir
     from ernie_ops.serve.supervisor import list_servers
 
     return [
         s
-        for s in list_servers(records())
+        for s in list_servers(state_dir())
         if (port is None or s["port"] == port) and (host is None or s.get("host") == host)
     ]
 
@@ -131,7 +126,7 @@ def stop(port: int | None = None, host: str | None = None) -> list[Stopped]:
             continue
         try:
             backend = get(server.get("backend") or "fastdeploy")
-        except Exception:  # a record of a backend this version does not have: stop it generically
+        except UserError:  # a record of a backend this version does not have: stop it generically
             backend = Generic()
         stopped = backend.stop(Path(server["state_file"]))
         outcome = "stale" if server["state"] == "stale" else "stopped"
