@@ -70,6 +70,18 @@ def served(app, read_timeout: float = 30.0, max_connections: int = 64) -> Iterat
             lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate
 
 
+def wait_healthy(proc: subprocess.Popen, port: int, timeout: float = 120) -> None:
+    """Until the server process answers /health with 200 (it must not exit first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, "the server never became healthy"
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return
+        time.sleep(0.2)
+
+
 def connect(port: int, data: bytes = b"") -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=GUARD_S)
     if data:
@@ -352,14 +364,7 @@ def test_the_server_process_folds_repeated_warnings(tiny_dense):
     command += ["--port", str(port), "--max-connections", "2"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "the server never became healthy"
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.2)
+        wait_healthy(proc, port)
         flood = [connect(port) for _ in range(50)]
         assert read_until_closed(connect(port, HEALTH)).startswith(b"HTTP/1.1 200")
         for s in flood:

@@ -8,7 +8,6 @@ must not change what the engine produces.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
 import socket
@@ -21,6 +20,7 @@ import httpx
 import openai
 import pytest
 from standin_openai import serving
+from test_openai_hardening import wait_healthy
 
 from ernie_ops.serve.engine import Engine, SamplingParams
 from ernie_ops.serve.openai_server import ReasoningStream, create_app, split_reasoning
@@ -452,14 +452,7 @@ def test_run_serves_on_loopback_and_exits_cleanly_on_sigint(tiny_dense):
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "the server never became healthy"
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.2)
+        wait_healthy(proc, port)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
         # the served name defaults to the checkpoint directory's name
         r = client.completions.create(model=tiny_dense.name, prompt="Hello", max_tokens=3, temperature=0)
