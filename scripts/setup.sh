@@ -27,5 +27,5 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 echo "[setup] installing paddlepaddle (CPU), erniekit, paddleformers and ernie-ops into $VENV"
-"$VENV/bin/python" -m pip install --progress-bar off -q -c constraints.txt -e ".[cpu,serve,dev]"
+"$VENV/bin/python" -m pip install --progress-bar off -q -c constraints.txt -e ".[cpu,serve,dev,torch]"
 echo "[setup] done: $("$VENV/bin/ernie-ops" --version); activate with: source $VENV/bin/activate"
