@@ -289,10 +289,14 @@ SCHEMA = {"required": ["name", "age"], "properties": {"name": "string", "age": {
     [
         ('{"name": "Ada", "age": 36}', 1.0, "valid JSON matching the schema"),
         ('Sure! ```json\n{"name": "Ada", "age": 36, "x": 1}\n```', 1.0, "valid JSON matching the schema"),
-        ('{"name": "Ada"}', 0.0, "missing age"),
-        ('{"name": "Ada", "age": 36.5}', 0.0, "age is a number, expected integer"),
-        ('{"name": "Ada", "age": true}', 0.0, "age is a boolean, expected integer"),
-        ('["Ada", 36]', 0.0, "a list, expected an object"),
+        ('{"name": "Ada"}', 0.0, "$: 'age' is a required property"),
+        ('{"name": "Ada", "age": 36.5}', 0.0, "$.age: 36.5 is not of type 'integer'"),
+        ('{"name": "Ada", "age": true}', 0.0, "$.age: True is not of type 'integer'"),
+        (
+            '{"name": 1, "age": "x"}',
+            0.0,
+            "$.age: 'x' is not of type 'integer'; $.name: 1 is not of type 'string'",
+        ),
         ("Ada, 36", 0.0, "no JSON in the answer"),
     ],
 )
@@ -304,7 +308,10 @@ def test_json_judge(answer, value, detail):
 def test_json_judge_without_schema_and_with_type():
     assert score("[1, 2]", item("json")).value == 1.0
     assert score("[1, 2]", item("json", {"type": "array"})).value == 1.0
-    assert score('{"a": 1}', item("json", {"type": "array"})).detail == "a object, expected array"
+    assert score('{"a": 1}', item("json", {"type": "array"})).detail == "$: {'a': 1} is not of type 'array'"
+    nested = {"type": "array", "items": {"type": "object", "required": ["x"]}, "minItems": 2}
+    assert score('[{"x": 1}, {"y": 2}]', item("json", nested)).detail == "$[1]: 'x' is a required property"
+    assert score('[{"x": 1}, {"x": 2}]', item("json", nested)).value == 1.0
 
 
 def test_regex_search_and_fullmatch():

@@ -204,13 +204,19 @@ BAD_LINES = [
         'expected a list of {"label": str, "bbox": [x1, y1, x2, y2]}',
     ),
     ({"prompt": "p", "expected": {"label": "a", "bbox": [0, 0, 1, 1]}, "judge": "iou"}, "`expected` is {"),
-    ({"prompt": "p", "expected": {"required": "a"}, "judge": "json"}, "`expected`.required is 'a'"),
-    ({"prompt": "p", "expected": {"type": "str"}, "judge": "json"}, "`expected`.type is 'str'"),
+    (
+        {"prompt": "p", "expected": {"required": "a"}, "judge": "json"},
+        "`expected`.required is not a valid JSON Schema: 'a' is not of type",
+    ),
+    ({"prompt": "p", "expected": {"type": "str"}, "judge": "json"}, "(a type is one of string, number"),
     (
         {"prompt": "p", "expected": {"properties": {"a": "int"}}, "judge": "json"},
-        "`expected`.properties.a is",
+        "`expected`.properties.a.type is not a valid JSON Schema",
     ),
-    ({"prompt": "p", "expected": {"requires": []}, "judge": "json"}, "`expected` is {'requires': []}"),
+    (
+        {"prompt": "p", "expected": {"requires": []}, "judge": "json"},
+        "`expected` has 'requires', not a JSON Schema keyword; did you mean 'required'",
+    ),
     ({"prompt": "p", "expected": "(", "judge": "regex"}, "`expected` is not a valid regex"),
     ({"prompt": "p", "expected": "A", "judge": "choice"}, "no choices; expected a list of 2 to 26"),
     ({"prompt": "p", "expected": "A", "judge": "choice", "choices": ["x"]}, "choices is ['x']"),

@@ -464,7 +464,7 @@ def _text(rng: random.Random) -> _Suite:
         expected={
             "type": "object",
             "required": ["name", "age"],
-            "properties": {"name": "string", "age": "integer"},
+            "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
         },
         max_tokens=64,
         tags=["json"],

@@ -17,7 +17,7 @@ The judges, and what `Score.value` means for each:
 - iou    F1 of boxes matched one-to-one (same label, IoU >= threshold, optimal assignment).
          Expected boxes are in pixels; the answer's are in the item's `box_space` (pixels, or a
          0-1000 or 0-1 grid over the image, scaled to its pixels before matching).
-- json   1/0: the answer holds JSON and, when `expected` is a small schema, satisfies it.
+- json   1/0: the answer holds JSON and, when `expected` is a JSON Schema, satisfies it (jsonschema).
 - regex  1/0: `re.search` (or `re.fullmatch` of the stripped answer with `"fullmatch": true`).
 - choice 1/0: the option the answer picks (see `pick_choice`) is the expected one.
 
@@ -356,47 +356,55 @@ def to_pixels(boxes: list[Box], item: SuiteItem) -> list[Box]:
     return [(label, (x1 * sx, y1 * sy, x2 * sx, y2 * sy)) for label, (x1, y1, x2, y2) in boxes]
 
 
-JSON_TYPES: dict[str, Callable[[Any], bool]] = {
-    "string": lambda v: isinstance(v, str),
-    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "boolean": lambda v: isinstance(v, bool),
-    "array": lambda v: isinstance(v, list),
-    "object": lambda v: isinstance(v, dict),
-    "null": lambda v: v is None,
-}
+JSON_TYPES = ("string", "number", "integer", "boolean", "array", "object", "null")
 
 
-def schema_type(spec: Any) -> Any:
-    """The type name a property spec gives: "integer" or {"type": "integer"}."""
-    return spec.get("type") if isinstance(spec, dict) else spec
+def json_schema(expected: Any) -> dict:
+    """`expected` as a JSON Schema: any schema (validated by `jsonschema`, Draft 2020-12 unless it
+    names its own `$schema`), with one shorthand kept from earlier suites: a property given as a
+    bare type name (`"properties": {"age": "integer"}`) means `{"type": "integer"}`."""
+    if not isinstance(expected, dict):
+        return {}
+    properties = expected.get("properties")
+    if isinstance(properties, dict) and any(isinstance(v, str) for v in properties.values()):
+        short = {k: {"type": v} if isinstance(v, str) else v for k, v in properties.items()}
+        return {**expected, "properties": short}
+    return expected
+
+
+def schema_validator(schema: dict) -> Any:
+    """The jsonschema validator for `schema` (its `$schema` draft, else 2020-12); raises
+    jsonschema.SchemaError when the schema itself is invalid (the suite loader reports it)."""
+    import jsonschema
+
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    cls.check_schema(schema)
+    return cls(schema)
 
 
 def json_valid(prediction: str, item: SuiteItem) -> Score:
-    """1 when the answer holds JSON that satisfies `expected`, a small JSON-Schema subset:
-    {"type": T, "required": [keys], "properties": {key: T or {"type": T}}} (all optional;
-    T one of JSON_TYPES). Without `expected`, any JSON passes."""
+    """1 when the answer holds JSON that satisfies `expected`, a JSON Schema (see `json_schema`).
+    Without `expected`, any JSON passes. The detail names up to three violations with their paths."""
     try:
         value = extract_json(prediction)
     except NoJSON:
         return Score(0.0, detail="no JSON in the answer")
-    schema = item.expected or {}
-    problems = []
-    wanted = schema.get("type")
-    if wanted and not JSON_TYPES[wanted](value):
-        problems.append(f"a {_kind(value)}, expected {wanted}")
-    elif ("required" in schema or "properties" in schema) and not isinstance(value, dict):
-        problems.append(f"a {_kind(value)}, expected an object")
-    else:
-        missing = [k for k in schema.get("required", []) if k not in value]
-        problems += [f"missing {', '.join(missing)}"] if missing else []
-        for key, spec in schema.get("properties", {}).items():
-            name = schema_type(spec)
-            if key in value and not JSON_TYPES[name](value[key]):
-                problems.append(f"{key} is a {_kind(value[key])}, expected {name}")
-    if problems:
-        return Score(0.0, detail="; ".join(problems))
-    return Score(1.0, detail="valid JSON" + (" matching the schema" if schema else ""))
+    schema = json_schema(item.expected)
+    if not schema:
+        return Score(1.0, detail="valid JSON")
+    errors = sorted(schema_validator(schema).iter_errors(value), key=lambda e: list(e.absolute_path))
+    if errors:
+        shown = [_violation(e) for e in errors[:3]]
+        more = f"; and {len(errors) - 3} more" if len(errors) > 3 else ""
+        return Score(0.0, detail="; ".join(shown) + more)
+    return Score(1.0, detail="valid JSON matching the schema")
+
+
+def _violation(error: Any) -> str:
+    """One jsonschema error as `path: message` (`$` is the whole answer), the value cut short."""
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+    message = error.message if len(error.message) <= 120 else error.message[:117] + "..."
+    return f"${path}: {message}"
 
 
 def regex(prediction: str, item: SuiteItem) -> Score:

@@ -46,7 +46,14 @@ from typing import Any, TypeGuard
 from ernie_ops.data.read import read_items
 from ernie_ops.errors import UserError, did_you_mean
 from ernie_ops.spec import convert_fields
-from ernie_ops.validate.judges import BOX_SPACES, JSON_TYPES, JUDGES, choice_index, schema_type
+from ernie_ops.validate.judges import (
+    BOX_SPACES,
+    JSON_TYPES,
+    JUDGES,
+    choice_index,
+    json_schema,
+    schema_validator,
+)
 
 MESSAGES = (
     'a list of {"role": "system"|"user"|"assistant", "content": str or parts} ending with a user message'
@@ -98,7 +105,8 @@ EXPECTED = {  # what `expected` must be, per judge (shown in errors)
     "exact": 'a string or number, or a list of acceptable ones, e.g. 42 or ["Q3", "third quarter"]',
     "f1": 'a non-empty JSON object of the fields, e.g. {"total": 12.5, "date": "2024-03-01"}',
     "iou": 'a list of {"label": str, "bbox": [x1, y1, x2, y2]} with x1 <= x2, y1 <= y2',
-    "json": 'omitted (any JSON), or a schema like {"required": ["name"], "properties": {"name": "string"}}',
+    "json": "omitted (any JSON), or a JSON Schema, e.g. "
+    '{"required": ["n"], "properties": {"n": {"type": "integer"}}}',
     "regex": 'a regular expression (Python syntax), e.g. "\\\\d{4}-\\\\d{2}-\\\\d{2}"',
     "choice": 'the right option\'s letter ("B") or its text',
 }
@@ -490,24 +498,35 @@ def _is_box(entry: Any) -> bool:
     return isinstance(b, list) and len(b) == 4 and all(map(_is_number, b)) and b[0] <= b[2] and b[1] <= b[3]
 
 
-def _is_type(name: Any) -> bool:
-    return isinstance(name, str) and name in JSON_TYPES
-
-
 def _schema_problem(schema: Any) -> str | None:
     if schema is None:
         return None
-    if not isinstance(schema, dict) or not set(schema) <= {"type", "required", "properties"}:
-        return f"`expected` is {schema!r:.80}"
-    types = ", ".join(JSON_TYPES)
-    if "type" in schema and not _is_type(schema["type"]):
-        return f"`expected`.type is {schema['type']!r}, not one of {types}"
-    if "required" in schema and not _is_str_list(schema["required"]):
-        return f"`expected`.required is {schema['required']!r:.60}, not a list of keys"
-    properties = schema.get("properties", {})
-    if not isinstance(properties, dict):
-        return f"`expected`.properties is {properties!r:.60}, not an object"
-    for key, spec in properties.items():
-        if not _is_type(schema_type(spec)):
-            return f"`expected`.properties.{key} is {spec!r:.60}, not a type ({types})"
+    if not isinstance(schema, dict):
+        return f"`expected` is {schema!r:.80}, not a JSON Schema object"
+    import jsonschema
+
+    schema = json_schema(schema)
+    try:
+        validator = schema_validator(schema)
+    except jsonschema.SchemaError as err:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.path)
+        hint = f" (a type is one of {', '.join(JSON_TYPES)})" if err.validator in ("type", "anyOf") else ""
+        return f"`expected`{where} is not a valid JSON Schema: {err.message:.120}{hint}"
+    # JSON Schema ignores keywords it does not know, so a typo ("requires") would accept anything
+    known = set(validator.VALIDATORS) | ANNOTATIONS
+    nested = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    for where, sub in [("", schema)] + [(f".properties.{k}", v) for k, v in nested.items()]:
+        unknown = [k for k in sub if k not in known] if isinstance(sub, dict) else []
+        if unknown:
+            close = did_you_mean(unknown[0], known)
+            hint = f"; did you mean {close!r}?" if close else ""
+            return f"`expected`{where} has {unknown[0]!r}, not a JSON Schema keyword{hint}"
     return None
+
+
+# keywords that annotate rather than validate (jsonschema has no validator function for them)
+ANNOTATIONS = {
+    *("$schema", "$id", "$defs", "definitions", "$comment", "$anchor", "$dynamicAnchor", "$vocabulary"),
+    *("title", "description", "default", "examples", "deprecated", "readOnly", "writeOnly", "format"),
+    *("contentMediaType", "contentEncoding", "contentSchema"),
+}
