@@ -28,8 +28,7 @@ from typing import Any
 
 from ernie_ops.catalog import GENERATION_DEFAULTS
 from ernie_ops.errors import UserError
-from ernie_ops.proc import die_with_parent
-from ernie_ops.text import strip_ansi
+from ernie_ops.supervise import read_tail, start
 from ernie_ops.train.record import EXPORT_DIR, LOG_DIR, RECIPE_FILE, RunRecord, checkpoints
 from ernie_ops.train.verify import (
     CONFIG,
@@ -241,37 +240,29 @@ def _erniekit_export(recipe: Path, base: Path, work: Path, log_file: Path, timeo
 
 
 def _run_logged(cmd: list[str], log_file: Path, cwd: Path, timeout: float | None) -> int:
+    """Run CMD to its end with its output in LOG_FILE; a timeout or Ctrl-C stops its whole tree (the
+    merge runs in worker processes)."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log_file.open("w", encoding="utf-8") as out:
         out.write("$ " + " ".join(cmd) + "\n")
         out.flush()
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env, preexec_fn=die_with_parent()
-        )
+        child = start(cmd, env=env, cwd=cwd, stdout=out)
         try:
-            return proc.wait(timeout=timeout)
+            return child.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired as err:
-            _stop(proc)
+            child.stop()
             message = f"ERNIEKit's export did not finish in {timeout:.0f} s"
             raise ExportFailed(_failure(message, log_file)) from err
         except BaseException:  # Ctrl-C: do not leave the merge running behind us
-            _stop(proc)
+            child.stop()
             raise
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        finally:
+            child.stop()  # workers a finished merge left behind
 
 
 def _failure(message: str, log_file: Path) -> str:
-    lines = [strip_ansi(line) for line in log_file.read_text(errors="replace").splitlines()]
-    tail = "\n".join(f"  | {line}" for line in lines[-LOG_TAIL:])
+    tail = "\n".join(f"  | {line}" for line in read_tail(log_file, limit=LOG_TAIL))
     return f"{message}; nothing was exported. Last lines of {log_file}:\n{tail}"
 
 

@@ -8,22 +8,19 @@ with `ernie-ops` even when that is killed outright. A disk too full for the log 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import queue
 import re
 import signal
 import subprocess
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from ernie_ops.proc import die_with_parent
+from ernie_ops.supervise import STOP_GRACE_S, Pump, close_log, last_exception, start
 from ernie_ops.text import strip_ansi
 
 STEP = re.compile(r"\bloss: (?P<loss>[-+\w.]+), learning_rate: (?P<lr>[-+\w.]+), global_step: (?P<step>\d+)")
@@ -123,40 +120,6 @@ def _numbers(text: str) -> dict[str, Any]:
     return out
 
 
-def _pump(stream: IO[str], lines: queue.Queue, log: IO[str]) -> None:
-    """Copy the trainer's output to the log and the watcher. A log that cannot be written (a full
-    disk) ends the pump with the error: the watcher then stops the run instead of waiting on a
-    trainer blocked on a pipe nobody reads."""
-    try:
-        for line in stream:
-            log.write(line)
-            log.flush()
-            lines.put(line)
-    except OSError as err:
-        err.filename = err.filename or getattr(log, "name", None)  # a failed write names no file
-        lines.put(err)
-        return
-    except ValueError:  # the log was closed: supervise() is over, nobody listens
-        return
-    lines.put(None)
-
-
-def kill_tree(process: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM the child's process group (paddle.distributed.launch workers included), then SIGKILL."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 def supervise(
     command: list[str],
     env: dict[str, str],
@@ -173,30 +136,23 @@ def supervise(
     that must take its workers down itself); PASS_FDS (lock descriptors) are inherited by it."""
     log = follower.log_path.open("a", encoding="utf-8")
     try:
-        process = subprocess.Popen(
-            command,
-            env=env,
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            start_new_session=True,  # its own process group: one signal reaches every worker
-            preexec_fn=die_with_parent(death_signal),
-            pass_fds=pass_fds,
-        )
+        child = start(command, env=env, cwd=cwd, text=True, death_signal=death_signal, pass_fds=pass_fds)
     except BaseException:
-        log.close()
+        close_log(log)
         raise
+    process = child.process
     lines: queue.Queue = queue.Queue()
     assert process.stdout is not None
-    pump = threading.Thread(target=_pump, args=(process.stdout, lines, log), daemon=True)
-    pump.start()
+    pump = Pump(process.stdout, log, lines).start()
+
+    def stop() -> None:
+        child.stop(STOP_GRACE_S)
+
     try:
-        return _watch(process, lines, follower, stall_seconds)
-    except KeyboardInterrupt as stop:  # Ctrl-C, or Terminated (SIGTERM, SIGHUP)
-        kill_tree(process)
-        signum = getattr(stop, "signum", signal.SIGINT)
+        return _watch(process, lines, follower, stall_seconds, stop)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or Terminated (SIGTERM, SIGHUP)
+        stop()
+        signum = getattr(interrupt, "signum", signal.SIGINT)
         why = (
             "interrupted (Ctrl-C)"
             if signum == signal.SIGINT
@@ -205,14 +161,17 @@ def supervise(
         tail = list(follower.tail)
         return Outcome(process.returncode, "interrupted", why, follower.last_step, tail, signum)
     finally:
-        kill_tree(process)
+        stop()  # also when it ended on its own: workers it left behind
         pump.join(timeout=10)  # the pipe ends with the process tree; then nothing writes the log
-        with contextlib.suppress(OSError):  # a full disk fails the last flush: the run is over anyway
-            log.close()
+        close_log(log)
 
 
 def _watch(
-    process: subprocess.Popen, lines: queue.Queue, follower: Follower, stall_seconds: float
+    process: subprocess.Popen,
+    lines: queue.Queue,
+    follower: Follower,
+    stall_seconds: float,
+    kill: Callable[[], None],
 ) -> Outcome:
     finished = False
     while not finished:
@@ -228,13 +187,13 @@ def _watch(
             elif line:
                 follower.feed(line)
         except OSError as err:  # the log or metrics file cannot be written: the record would be lost
-            kill_tree(process)
+            kill()
             where = f" {err.filename}" if err.filename else ""
             why = f"cannot write{where}: {err.strerror or err}; stopped the run (free space, then resume it)"
             return Outcome(process.returncode, "failed", why, follower.last_step, list(follower.tail))
         now = time.monotonic()
         if follower.skipping_everything:
-            kill_tree(process)
+            kill()
             why = (
                 f"ERNIEKit skipped {follower.skipped_since_step} examples in a row without a training step "
                 f"({follower.records} records): none fits (max_seq_len? chat template?), it would loop "
@@ -243,13 +202,13 @@ def _watch(
             )
             return Outcome(process.returncode, "stopped", why, follower.last_step, list(follower.tail))
         if follower.loader_died_at is not None and now - follower.loader_died_at > LOADER_GRACE_S:
-            kill_tree(process)
+            kill()
             why = "ERNIEKit's data loader died and its main process would wait forever"
             if follower.skipped:
                 why += f"; it skipped {follower.skipped} example(s) first: no usable record left"
             return Outcome(process.returncode, "stopped", why, follower.last_step, list(follower.tail))
         if not finished and now - follower.last_progress > stall_seconds:
-            kill_tree(process)
+            kill()
             why = f"no progress for {stall_seconds:.0f} s (no training step, no log line but skips): stalled"
             if follower.skipped:
                 why += f" after skipping {follower.skipped} example(s) (likely every record was unusable)"
@@ -262,8 +221,5 @@ def _watch(
 
 def _diagnose(tail: deque, code: int) -> str:
     """The most telling line of a failure: the last exception message, if there is one."""
-    for line in reversed(tail):
-        match = re.match(r"^\s*(\w+(?:Error|Exception)|RuntimeError|NotFound)[:(].*", line)
-        if match:
-            return f"ERNIEKit exited with {code}: {line.strip()[:400]}"
-    return f"ERNIEKit exited with {code}"
+    last = last_exception(tail)
+    return f"ERNIEKit exited with {code}: {last}" if last else f"ERNIEKit exited with {code}"
