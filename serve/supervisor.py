@@ -24,14 +24,28 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from ernie_ops.errors import Terminated
 from ernie_ops.files import write_text_atomic
-from ernie_ops.proc import Lock, die_with_parent
+from ernie_ops.proc import Lock
+from ernie_ops.supervise import (
+    Child,
+    Known,
+    alive,
+    exit_text,
+    from_ticks,
+    last_exception,
+    match_known,
+    read_tail,
+    signal_name,
+    start,
+    stop_tree,
+    tree,
+)
 from ernie_ops.text import strip_ansi
 
 POLL_S = 0.25  # how often the child and /health are checked while waiting
@@ -45,21 +59,10 @@ SECRET_FLAGS = ("--api-key",)
 SECRET_ENV = ("FD_API_KEY",)
 MASK = "***"
 HEADER = "=== ernie-ops serve:"  # our line in server.log that separates runs
-EXCEPTION_LINE = re.compile(
-    r"^\s*(?:[\w.]+(?:Error|Exception|NotMet)|RuntimeError|KeyError|SystemExit)\b[:(]"
-)
+
 
 # ---------------------------------------------------------------------------------------------
 # diagnosis
-
-
-@dataclass(frozen=True)
-class Known:
-    """One failure FastDeploy users hit: how it shows in the logs, what it means, the fix."""
-
-    pattern: re.Pattern[str]
-    cause: str
-    fix: str
 
 
 # Most specific first: an OOM inside a worker also ends in "Failed to launch worker processes" and
@@ -154,15 +157,13 @@ KNOWN_FAILURES: tuple[Known, ...] = (
 def diagnose(log_text: str) -> str | None:
     """The likely cause of a failure from FastDeploy's logs, with a one-line fix; None if unknown."""
     text = strip_ansi(log_text)
-    for known in KNOWN_FAILURES:
-        match = known.pattern.search(text)
-        if match:
-            cause = known.cause
-            port = _port_near(text, match) if "port" in known.fix else None
-            if port:
-                cause += f" (port {port})"
-            return f"{cause}. Fix: {known.fix}"
-    return None
+    found = match_known(text, KNOWN_FAILURES)
+    if found is None:
+        return None
+    known, match = found
+    port = _port_near(text, match) if "port" in known.fix else None
+    cause = f"{known.cause} (port {port})" if port else known.cause
+    return f"{cause}. Fix: {known.fix}"
 
 
 def _port_near(text: str, match: re.Match[str]) -> str | None:
@@ -172,15 +173,6 @@ def _port_near(text: str, match: re.Match[str]) -> str | None:
     line = text[start : end if end >= 0 else len(text)]
     found = re.search(r"\(\s*'[^']*',\s*(\d{2,5})\)|port[ =:]*(\d{2,5})|:(\d{2,5})\b", line, re.I)
     return next((g for g in found.groups() if g), None) if found else None
-
-
-def _last_exception(lines: Iterable[str]) -> str | None:
-    """When no known failure matches: the last exception line is usually the best hint."""
-    found = None
-    for line in lines:
-        if EXCEPTION_LINE.match(line):
-            found = line.strip()[:300]
-    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,22 +258,7 @@ class Logs:
 
     def lines(self, path: Path, limit: int | None = None) -> list[str]:
         """This run's lines of one file (the last TAIL_BYTES at most), cleaned of colours and \\r bars."""
-        try:
-            with path.open("rb") as f:
-                size = f.seek(0, os.SEEK_END)
-                begin = self.start.get(path.name, 0)
-                begin = 0 if begin > size else begin  # truncated since: all of it is new
-                f.seek(max(begin, size - TAIL_BYTES))
-                data = f.read()
-        except OSError:
-            return []
-        out = []
-        for raw in data.decode("utf-8", "replace").split("\n"):
-            # progress bars rewrite one line with \r: the last state is the one that counts
-            parts = [p for p in strip_ansi(raw).split("\r") if p.strip()]
-            if parts:
-                out.append(parts[-1].rstrip())
-        return out[-limit:] if limit else out
+        return read_tail(path, self.start.get(path.name, 0), limit, TAIL_BYTES)
 
     def tails(self, limit: int = TAIL_LINES) -> dict[str, list[str]]:
         """server.log and workerlog.* (the files a person reads first), non-empty ones only."""
@@ -315,131 +292,6 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
-
-
-# ---------------------------------------------------------------------------------------------
-# processes
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat from the state on (state, ppid, pgrp, ...); None if gone or no /proc."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rfind(")") + 2 :].split()
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie has exited: it only waits to be reaped)."""
-    if pid <= 0:  # never let 0 / -1 reach kill(): they mean "my group" / "every process"
-        return False
-    stat = _proc_stat(pid)
-    if stat is not None:
-        return stat[0] != "Z"
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not Path("/proc").is_dir()  # /proc exists but not this pid: gone
-
-
-def _start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks: tells a server from a later process with its pid."""
-    stat = _proc_stat(pid)
-    return int(stat[19]) if stat is not None and len(stat) > 19 else None
-
-
-def _processes() -> list[tuple[int, int, int]]:
-    """(pid, ppid, pgid) of every live process, from /proc (empty where there is none)."""
-    out = []
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat is not None and stat[0] != "Z":
-                out.append((int(entry.name), int(stat[1]), int(stat[2])))
-    return out
-
-
-def _tree(pid: int, pgid: int) -> set[int]:
-    """The server's live processes: its process group plus every descendant (workers that left it)."""
-    table = _processes()
-    members = {p for p, _, g in table if g == pgid}
-    if _alive(pid):
-        members.add(pid)
-    children: dict[int, list[int]] = {}
-    for p, parent, _ in table:
-        children.setdefault(parent, []).append(p)
-    todo = list(members)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in members:
-                members.add(child)
-                todo.append(child)
-    return members
-
-
-def _signal_tree(pgid: int, pids: Iterable[int], sig: int) -> None:
-    if pgid > 1 and pgid != os.getpgrp():  # never our own group (the CLI and its shell)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, sig)
-    for pid in pids:
-        if pid > 1 and pid != os.getpid():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-
-
-def stop_tree(
-    pid: int, pgid: int, grace: float = STOP_GRACE_S, reap: Callable[[], object] | None = None
-) -> bool:
-    """SIGTERM the server's group and descendants, wait `grace`, then SIGKILL what is left.
-
-    `reap` collects the leader's exit status when it is our child (else it stays a zombie and looks
-    alive to kill(0)). Returns whether anything was running.
-    """
-    reap = reap or (lambda: _reap(pid))
-    targets = _tree(pid, pgid)
-    if not targets and not _group_exists(pgid):
-        return False
-    _signal_tree(pgid, targets, signal.SIGTERM)
-    if _wait_gone(pid, pgid, targets, grace, reap):
-        return True
-    targets |= _tree(pid, pgid)  # workers started while stopping
-    _signal_tree(pgid, targets, signal.SIGKILL)
-    _wait_gone(pid, pgid, targets, 5.0, reap)
-    return True
-
-
-def _wait_gone(pid: int, pgid: int, targets: set[int], timeout: float, reap: Callable[[], object]) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        reap()
-        if not any(_alive(p) for p in targets) and not _group_exists(pgid):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-
-
-def _group_exists(pgid: int) -> bool:
-    if pgid <= 1:
-        return False
-    if Path("/proc").is_dir():
-        return any(g == pgid for _, _, g in _processes())
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-def _reap(pid: int) -> None:
-    if pid <= 0:  # waitpid(-1) would collect any child of ours, not this one
-        return
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,12 +347,13 @@ def _port_taken(host: str, port: int) -> bool:
 
 @dataclass
 class Console:
-    """Progress on stdout (one rewritten line on a terminal), problems on stderr, secrets hidden."""
+    """Progress on stdout (one status line rewritten in place on a terminal, by tqdm), problems on
+    stderr, secrets hidden."""
 
     redactor: Redactor
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
-    _live: bool = False  # a \r progress line is showing
+    _bar: Any = None  # the live status line (a tqdm without a bar), while one is showing
 
     def say(self, message: str) -> None:
         self._end_live()
@@ -513,17 +366,20 @@ class Console:
 
     def progress(self, message: str) -> None:
         message = self.redactor.text(message)
-        if _isatty(self.out):
-            width = 119
-            print("\r" + message[:width].ljust(width), end="", file=self.out, flush=True)
-            self._live = True
-        else:
+        if not _isatty(self.out):
             print(message, file=self.out, flush=True)
+        elif self._bar is None:
+            from tqdm import tqdm
+
+            # no bar, no counter: the line is the message, cut to the terminal's width
+            self._bar = tqdm(total=None, bar_format="{desc}", desc=message, file=self.out, dynamic_ncols=True)
+        else:
+            self._bar.set_description_str(message)
 
     def _end_live(self) -> None:
-        if self._live:
-            print(file=self.out, flush=True)
-            self._live = False
+        if self._bar is not None:
+            self._bar.close()  # the last state stays on its own line
+            self._bar = None
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -544,26 +400,15 @@ def _report_failure(console: Console, headline: str, logs: Logs, code: int | Non
         console.warn(f"(no log output in {logs.log_dir})")
     cause = diagnose(logs.all_text())
     if cause is None:
-        last = _last_exception(line for lines in tails.values() for line in lines)
+        last = last_exception((line for lines in tails.values() for line in lines), width=300)
         cause = f"not a known FastDeploy failure; the last error: {last}" if last else None
     if cause is None and code is not None and code < 0:
         cause = (
-            f"killed by signal {_signal_name(-code)} (SIGKILL without an error: often the host's OOM killer)"
+            f"killed by signal {signal_name(-code)} (SIGKILL without an error: often the host's OOM killer)"
         )
     if cause:
         console.warn(f"likely cause: {cause}")
     console.warn(f"full logs: {logs.log_dir}")
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return str(number)
-
-
-def _exit_text(code: int) -> str:
-    return f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with status {code}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -592,7 +437,7 @@ def _signals_interrupt():
 
 @dataclass
 class _Server:
-    process: subprocess.Popen
+    child: Child
     host: str
     port: int
     logs: Logs
@@ -603,6 +448,10 @@ class _Server:
     health_path: str = "/health"
 
     @property
+    def process(self) -> subprocess.Popen:
+        return self.child.process
+
+    @property
     def url(self) -> str:
         return server_url(self.host, self.port)
 
@@ -610,14 +459,16 @@ class _Server:
         return time.monotonic() - self.started
 
     def stop(self, grace: float = STOP_GRACE_S) -> None:
-        stop_tree(self.process.pid, self.process.pid, grace, reap=self.process.poll)
+        stop_tree(
+            self.process.pid, self.process.pid, grace, created=self.child.created, reap=self.process.poll
+        )
 
     def health(self) -> int | None:
         return probe_health(self.host, self.port, self.api_key, path=self.health_path)
 
     def listener(self) -> int | None:
         """The pid in the server's tree that listens on its port; None if none does (yet)."""
-        return _listener(_tree(self.process.pid, self.process.pid), self.port)
+        return _listener(tree(self.process.pid, self.process.pid, self.child.created), self.port)
 
 
 def _listener(pids: Iterable[int], port: int) -> int | None:
@@ -799,18 +650,17 @@ def _start(
     with logs.server_log.open("a", encoding="utf-8") as log:
         log.write(f"{HEADER} started {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
         log.flush()
-        process = subprocess.Popen(
+        # own session: one signal reaches engine and workers, Ctrl-C is ours; the port locks live as
+        # long as the server; a foreground server goes when we go, even by SIGKILL (SIGTERM so it
+        # stops its workers), a detached one stays
+        child = start(
             command,
             env=child_env,
-            stdin=subprocess.DEVNULL,
             stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # own group: one signal reaches engine and workers; Ctrl-C is ours
-            pass_fds=lock_fds,  # the port locks live as long as the server
-            # a foreground server goes when we go, even by SIGKILL; SIGTERM so it stops its workers
-            preexec_fn=None if detach else die_with_parent(signal.SIGTERM),
+            pass_fds=lock_fds,
+            death_signal=None if detach else signal.SIGTERM,
         )
-    return _Server(process, host, port, logs, console, api_key)
+    return _Server(child, host, port, logs, console, api_key)
 
 
 def _wait_ready(server: _Server, startup_timeout: float) -> int | None:
@@ -824,7 +674,7 @@ def _wait_ready(server: _Server, startup_timeout: float) -> int | None:
         if code is not None:
             _report_failure(
                 console,
-                f"the server {_exit_text(code)} after {server.elapsed():.0f} s, before it was ready",
+                f"the server {exit_text(code)} after {server.elapsed():.0f} s, before it was ready",
                 server.logs,
                 code,
             )
@@ -875,7 +725,7 @@ def _supervise(server: _Server) -> int:
                 return 0
             _report_failure(
                 server.console,
-                f"the server {_exit_text(code)} after {server.elapsed():.0f} s",
+                f"the server {exit_text(code)} after {server.elapsed():.0f} s",
                 server.logs,
                 code,
             )
@@ -910,7 +760,7 @@ def _write_state(
         **(extra or {}),
         "pid": pid,
         "pgid": os.getpgid(pid),
-        "start_ticks": _start_ticks(pid),
+        "created": server.child.created,  # its start time: tells it from a later process with its pid
         "phase": phase,  # starting, then ready (verified: its own process listens on the port)
         "listener_pid": server.listener() if phase == "ready" else None,
         "host": server.host,
@@ -947,13 +797,17 @@ def _read_state(state_file: Path) -> dict[str, Any] | None:
     return state if isinstance(state, dict) and isinstance(state.get("pid"), int) else None
 
 
+def _created(state: dict[str, Any]) -> float | None:
+    """The recorded server's start time (older records hold it as clock ticks since boot)."""
+    created, ticks = state.get("created"), state.get("start_ticks")
+    if isinstance(created, (int, float)):
+        return float(created)
+    return from_ticks(ticks) if isinstance(ticks, int) else None
+
+
 def _is_ours(state: dict[str, Any]) -> bool:
     """The recorded server is alive, and its pid has not been reused by another process since."""
-    pid = state["pid"]
-    if not _alive(pid):
-        return False
-    recorded, now = state.get("start_ticks"), _start_ticks(pid)
-    return recorded is None or now is None or recorded == now
+    return alive(state["pid"], _created(state))
 
 
 def server_status(state_file: Path) -> dict[str, Any]:
@@ -998,11 +852,9 @@ def stop_server(state_file: Path, timeout: float = 30.0) -> bool:
         with contextlib.suppress(FileNotFoundError):
             state_file.unlink()
         return False
-    pid, pgid = state["pid"], state.get("pgid", state["pid"])
-    stopped = False
-    # a reused pid is someone else's process: leave it alone; workers left in the group are still ours
-    if _is_ours(state) or _leftover_group(state):
-        stopped = stop_tree(pid if _is_ours(state) else -1, pgid, timeout)
+    pid, pgid, created = state["pid"], state.get("pgid", state["pid"]), _created(state)
+    # a reused pid is someone else's process: left alone; workers left in the group are still ours
+    stopped = stop_tree(pid, pgid, timeout, created=created)
     if _is_ours(state):
         from ernie_ops.errors import UserError
 
@@ -1011,18 +863,6 @@ def stop_server(state_file: Path, timeout: float = 30.0) -> bool:
         )
     _forget(state_file, state)
     return stopped
-
-
-def _leftover_group(state: dict[str, Any]) -> bool:
-    """Whether workers of a dead server are still in its process group. Linux gives no new process
-    a pid that is still some group's id, so members without a leader are the server's; a live leader
-    that started after the server is a later group that reused the number: someone else's."""
-    pgid = state.get("pgid", state["pid"])
-    if not _group_exists(pgid):
-        return False
-    if not _alive(pgid):
-        return True
-    return pgid == state["pid"] and _is_ours(state)
 
 
 def list_servers(directory: Path) -> list[dict[str, Any]]:

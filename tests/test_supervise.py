@@ -5,6 +5,7 @@ hit, a full disk that never blocks the child, and the log-tail diagnosis helpers
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import queue
 import re
@@ -261,3 +262,32 @@ def test_exit_text():
     assert supervise.exit_text(3) == "exited with status 3"
     assert supervise.exit_text(-9) == "was killed by SIGKILL"
     assert supervise.signal_name(200) == "200"
+
+
+# --- serve's console: the status line on a terminal ---------------------------------------------
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_serve_progress_line_is_rewritten_in_place_on_a_terminal_and_plain_lines_elsewhere():
+    from ernie_ops.serve.supervisor import Console, Redactor
+
+    terminal = _Terminal()
+    console = Console(Redactor(["sk-secret"]), out=terminal, err=terminal)
+    console.progress("  1 s  loading  | a long first line")
+    console.progress("  2 s  loading  | key sk-secret")
+    console.say("ready")
+    shown = terminal.getvalue()
+    assert "sk-secret" not in shown and "key ***" in shown
+    # one line rewritten with \r, ended by a newline before the next message
+    assert shown.count("\n") == 2 and shown.endswith("key ***\nready\n")
+    assert "\r  2 s  loading  | key ***" in shown
+
+    plain = io.StringIO()
+    console = Console(Redactor(), out=plain, err=plain)
+    console.progress("  1 s  loading")
+    console.progress("  2 s  loading")
+    assert plain.getvalue() == "  1 s  loading\n  2 s  loading\n"
