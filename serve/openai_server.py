@@ -1,4 +1,4 @@
-"""The embedded OpenAI-compatible HTTP server over the CPU engine (`serve/engine.py`).
+"""The embedded OpenAI-compatible HTTP server over the CPU engine (`serve/engine/`).
 
 It speaks the subset of the API FastDeploy serves, so the smoke / bench / eval clients cannot tell the
 two apart: `/v1/chat/completions`, `/v1/completions` (streaming or not), `/v1/models`, `/health`,
