@@ -18,6 +18,7 @@ from ernie_ops.cli.data import Data
 from ernie_ops.cli.doctor import Doctor
 from ernie_ops.cli.evaluate import Eval
 from ernie_ops.cli.export import Export
+from ernie_ops.cli.gateway import Gateway
 from ernie_ops.cli.hub import Pull, Push
 from ernie_ops.cli.models import Models
 from ernie_ops.cli.pipeline import Demo, PipelineCommand
@@ -49,6 +50,7 @@ SUBCOMMANDS: tuple[type[Subcommand], ...] = (
     Bench,
     Eval,
     Compare,
+    Gateway,
     PipelineCommand,
     Demo,
 )

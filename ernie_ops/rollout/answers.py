@@ -1,0 +1,189 @@
+"""What a backend answered, read from the bytes the gateway passed through, and the shadow comparison.
+
+The gateway forwards a backend's bytes untouched and reads them afterwards, once the client has its
+answer: the model name, finish reason, tool calls and token counts for the request log and the
+metrics, and the text only when it is needed (shadow comparison). In a stream only the events that
+carry something of these are decoded (the last ones, and tool-call deltas), not every token.
+
+Tokens are the backend's `usage` when it reports one; otherwise the number of streamed events that
+carried text (one token each on FastDeploy, vLLM and the embedded server), or None for a whole
+answer without usage.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+
+@dataclass(slots=True)
+class ToolCall:
+    name: str = ""
+    arguments: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "arguments": self.arguments}
+
+
+@dataclass(slots=True)
+class Answer:
+    model: str | None = None
+    text: str | None = None  # only when asked for
+    finish_reason: str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The fields of a request-log entry (never the text)."""
+        out: dict[str, Any] = {"model": self.model, "finish_reason": self.finish_reason}
+        if self.tool_calls:
+            out["tool_calls"] = [t.name for t in self.tool_calls]
+        if self.prompt_tokens is not None:
+            out["prompt_tokens"] = self.prompt_tokens
+        if self.completion_tokens is not None:
+            out["completion_tokens"] = self.completion_tokens
+        return out
+
+
+_NULL_FINISH = (b'"finish_reason":null', b'"finish_reason": null')
+_EMPTY_TEXT = (b'"content":""', b'"content": ""', b'"text":""', b'"text": ""')
+
+
+def read_stream(raw: bytes, want_text: bool = False) -> Answer:
+    """An answer from the SSE bytes of a streamed completion (chat or legacy)."""
+    answer = Answer()
+    pieces: list[str] = []
+    calls: dict[int, ToolCall] = {}
+    chunks = 0
+    for line in raw.split(b"\n"):
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if not data or data == b"[DONE]":
+            continue
+        has_text = (b'"content"' in data or b'"text"' in data) and not any(e in data for e in _EMPTY_TEXT)
+        interesting = (
+            want_text
+            or answer.model is None
+            or b'"usage"' in data
+            or b"tool_calls" in data
+            or (b'"finish_reason"' in data and not any(n in data for n in _NULL_FINISH))
+        )
+        if has_text:
+            chunks += 1
+        if not interesting:
+            continue
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(event, dict):
+            continue
+        _read_event(event, answer, pieces, calls)
+    if answer.completion_tokens is None and chunks:
+        answer.completion_tokens = chunks
+    if want_text:
+        answer.text = "".join(pieces)
+    answer.tool_calls = [calls[i] for i in sorted(calls)]
+    return answer
+
+
+def _read_event(event: dict[str, Any], answer: Answer, pieces: list[str], calls: dict[int, ToolCall]) -> None:
+    if answer.model is None and isinstance(event.get("model"), str):
+        answer.model = event["model"]
+    usage = event.get("usage")
+    if isinstance(usage, dict):
+        _read_usage(usage, answer)
+    for choice in event.get("choices") or ():
+        if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+            continue
+        if choice.get("finish_reason"):
+            answer.finish_reason = str(choice["finish_reason"])
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            if isinstance(delta.get("content"), str):
+                pieces.append(delta["content"])
+            for call in delta.get("tool_calls") or ():
+                if not isinstance(call, dict):
+                    continue
+                index = call.get("index", 0) if isinstance(call.get("index"), int) else 0
+                target = calls.setdefault(index, ToolCall())
+                function = call.get("function") or {}
+                if isinstance(function, dict):
+                    if isinstance(function.get("name"), str):
+                        target.name += function["name"]
+                    if isinstance(function.get("arguments"), str):
+                        target.arguments += function["arguments"]
+        elif isinstance(choice.get("text"), str):
+            pieces.append(choice["text"])
+
+
+def _read_usage(usage: dict[str, Any], answer: Answer) -> None:
+    if isinstance(usage.get("prompt_tokens"), int):
+        answer.prompt_tokens = usage["prompt_tokens"]
+    if isinstance(usage.get("completion_tokens"), int):
+        answer.completion_tokens = usage["completion_tokens"]
+
+
+def read_whole(raw: bytes, want_text: bool = False) -> Answer:
+    """An answer from a whole (non-streamed) completion's JSON body."""
+    answer = Answer()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return answer
+    if not isinstance(body, dict):
+        return answer
+    if isinstance(body.get("model"), str):
+        answer.model = body["model"]
+    if isinstance(body.get("usage"), dict):
+        _read_usage(body["usage"], answer)
+    choices = body.get("choices") or []
+    choice = choices[0] if choices and isinstance(choices[0], dict) else {}
+    if choice.get("finish_reason"):
+        answer.finish_reason = str(choice["finish_reason"])
+    message = choice.get("message")
+    if isinstance(message, dict):
+        text = message.get("content")
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                answer.tool_calls.append(
+                    ToolCall(str(function.get("name") or ""), str(function.get("arguments") or ""))
+                )
+    else:
+        text = choice.get("text")
+    if want_text:
+        answer.text = text if isinstance(text, str) else ""
+    return answer
+
+
+_SPACE = re.compile(r"\s+")
+
+
+def _normal(text: str | None) -> str:
+    return _SPACE.sub(" ", text or "").strip()
+
+
+def _arguments(text: str) -> Any:
+    try:
+        return orjson.loads(text) if text else {}
+    except orjson.JSONDecodeError:
+        return text
+
+
+def agree(stable: Answer, candidate: Answer) -> bool:
+    """Exact agreement: the same text (whitespace aside) and the same tool calls (names, and
+    arguments as JSON values). A judge from the eval suite is the next comparer (#19)."""
+    if _normal(stable.text) != _normal(candidate.text):
+        return False
+    if len(stable.tool_calls) != len(candidate.tool_calls):
+        return False
+    return all(
+        a.name == b.name and _arguments(a.arguments) == _arguments(b.arguments)
+        for a, b in zip(stable.tool_calls, candidate.tool_calls, strict=True)
+    )

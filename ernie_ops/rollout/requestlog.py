@@ -1,0 +1,137 @@
+"""The gateway's request log: one JSON line per request, rotated by size and by day, kept for a
+retention period.
+
+Each line holds what explains an answer later without its content: time, request id, route, mode,
+which backend answered (model name as the backend reported it), status, latency figures (TTFT,
+E2E in ms), finish reason, tool call names, token counts, a retry on stable, and for shadow copies
+the candidate's figures and the comparison with the stable answer.
+
+Content (prompts and answers) is never written unless a PII masker is given (`masker`): the masker
+is the privacy work of another issue; until it lands the gateway refuses `--log-content` rather
+than write personal data unmasked.
+
+The active file is `requests.jsonl`; at a new UTC day or past `max_bytes` it is renamed
+`requests-YYYYMMDD-HHMMSS.jsonl` (the time it was started) and files older than the retention
+period are deleted. Lines are buffered and written by `flush()` (the gateway calls it every second
+and at shutdown), so the request path never waits for the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+ACTIVE = "requests.jsonl"
+Masker = Callable[[str], str]
+
+
+def _day(t: float) -> str:
+    return time.strftime("%Y%m%d", time.gmtime(t))
+
+
+class RequestLog:
+    def __init__(
+        self,
+        directory: Path,
+        max_bytes: int = 100 * 2**20,
+        retention_days: float = 30.0,
+        masker: Masker | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self.retention_s = retention_days * 86400
+        self.masker = masker
+        self.clock = clock
+        self._pending: list[bytes] = []
+        self._file: IO[bytes] | None = None
+        self._started = 0.0  # when the active file was begun
+        self._size = 0
+        self.written = 0  # lines written, for tests and the shutdown message
+
+    @property
+    def content(self) -> bool:
+        """Whether prompts and answers are logged (only through a masker)."""
+        return self.masker is not None
+
+    def mask(self, text: str | None) -> str | None:
+        if text is None or self.masker is None:
+            return None
+        return self.masker(text)
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Queue one line (written at the next flush)."""
+        self._pending.append(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        lines, self._pending = self._pending, []
+        now = self.clock()
+        f = self._open(now)
+        if _day(self._started) != _day(now) or self._size >= self.max_bytes:
+            f = self._rotate(now)
+        data = b"".join(lines)
+        f.write(data)
+        f.flush()
+        self._size += len(data)
+        self.written += len(lines)
+
+    def close(self) -> None:
+        self.flush()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _open(self, now: float) -> IO[bytes]:
+        if self._file is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            path = self.directory / ACTIVE
+            try:
+                st = path.stat()
+                # a file left by an earlier gateway: its day is the day it was last written
+                self._started, self._size = st.st_mtime, st.st_size
+            except FileNotFoundError:
+                self._started, self._size = now, 0
+            self._file = open(path, "ab")  # noqa: SIM115 (kept open between flushes)
+            self.prune(now)
+        return self._file
+
+    def _rotate(self, now: float) -> IO[bytes]:
+        assert self._file is not None
+        self._file.close()
+        self._file = None
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(self._started))
+        target = self.directory / f"requests-{stamp}.jsonl"
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.directory / f"requests-{stamp}-{n}.jsonl"
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.directory / ACTIVE, target)
+        f = self._open(now)
+        self._started, self._size = now, 0
+        return f
+
+    def prune(self, now: float | None = None) -> list[Path]:
+        """Delete rotated files last written before the retention period; the deleted paths."""
+        cutoff = (self.clock() if now is None else now) - self.retention_s
+        gone = []
+        for path in self.directory.glob("requests-*.jsonl"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    gone.append(path)
+        return gone
+
+    def files(self) -> list[Path]:
+        """Every log file, oldest first (rotated ones, then the active one)."""
+        rotated = sorted(self.directory.glob("requests-*.jsonl"))
+        active = self.directory / ACTIVE
+        return rotated + ([active] if active.exists() else [])
