@@ -114,18 +114,38 @@ def check_paddle() -> list[Check]:
         )
     else:
         checks.append(Check("paddle", OK, f"{dist} {version} ({build}), device: {device}", data=data))
-    checks += _gpu_checks(paddle, gpus) if cuda else [Check("gpu", INFO, "no GPU: CPU training and serving")]
+    checks += _gpu_checks(paddle, gpus) if cuda else [_cpu_build_gpu_check()]
     return checks
+
+
+def _cpu_build_gpu_check() -> Check:
+    """A CPU build of Paddle: fine without a GPU, a mistake on a GPU node (ernie_ops.devices says)."""
+    from ernie_ops.devices import gpus
+
+    found = gpus()
+    if not found:
+        return Check("gpu", INFO, "no GPU: CPU training and serving", data={"reason": found.reason})
+    names = ", ".join(dict.fromkeys(g.name for g in found.gpus))
+    return Check(
+        "gpu",
+        WARN,
+        f"{len(found)} GPU(s) here ({names}) but Paddle is a CPU build",
+        "install paddlepaddle-gpu (scripts/setup_gpu.sh) to train and serve on them",
+        {"gpus": [g.describe() for g in found.gpus]},
+    )
 
 
 def _gpu_checks(paddle, count: int) -> list[Check]:
     if count == 0:
+        from ernie_ops.devices import gpus
+
+        why = gpus().reason
         return [
             Check(
                 "gpu",
                 WARN,
-                "a CUDA build of Paddle but no visible GPU",
-                "check `nvidia-smi` and CUDA_VISIBLE_DEVICES",
+                "a CUDA build of Paddle but no visible GPU" + (f" ({why})" if why else ""),
+                "check the NVIDIA driver and CUDA_VISIBLE_DEVICES",
             )
         ]
     checks = []
