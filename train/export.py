@@ -10,6 +10,10 @@
 
 Then the checkpoint is verified (`ernie_ops.train.verify`) and run.json records checkpoint,
 export and verification.
+
+`--format hf` goes one step further: that verified Paddle checkpoint is converted to the
+transformers layout (`ernie_ops.train.hf_format`) in `<run_dir>/export-hf/`, verified in turn and
+recorded under run.json's `exports.hf`. Any checkpoint directory converts the same way, both ways.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,7 +34,15 @@ from typing import Any
 from ernie_ops.catalog import GENERATION_DEFAULTS
 from ernie_ops.errors import UserError
 from ernie_ops.supervise import read_tail, start
-from ernie_ops.train.record import EXPORT_DIR, LOG_DIR, RECIPE_FILE, RunRecord, checkpoints
+from ernie_ops.train.hf_format import (
+    DEFAULT_SHARD_BYTES,
+    HF,
+    PADDLE,
+    Converted,
+    checkpoint_layout,
+    convert,
+)
+from ernie_ops.train.record import EXPORT_DIR, HF_EXPORT_DIR, LOG_DIR, RECIPE_FILE, RunRecord, checkpoints
 from ernie_ops.train.verify import (
     CONFIG,
     DENSE_ARCH,
@@ -98,6 +111,114 @@ def export_and_verify(
     record.checkpoint, record.exported, record.verified = str(checkpoint), str(path), report.ok
     record.save()
     return ExportResult(path, checkpoint, record.is_lora, report, record)
+
+
+# ---------------------------------------------------------------------------------------------
+# other layouts: the transformers one (and back), see train/hf_format.py
+
+
+@dataclass
+class LayoutExport:
+    path: Path  # what was written
+    source: Path  # the checkpoint converted
+    converted: Converted
+    report: VerifyReport
+    record: RunRecord | None  # the run it was recorded in
+    paddle: ExportResult | None = None  # the Paddle export run on the way (None: an earlier one reused)
+
+
+def export_hf(
+    run_dir: Path | str,
+    *,
+    out: Path | str | None = None,
+    base_model: Path | str | None = None,
+    force: bool = False,
+    forward: bool = True,
+    timeout: float | None = None,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    progress: Callable[[str], None] | None = None,
+) -> LayoutExport:
+    """The transformers layout of a finished run: its servable Paddle checkpoint (exported and
+    verified first unless a verified one is recorded), converted into `<run_dir>/export-hf/` (or
+    `out`), verified, and recorded in run.json under exports.hf."""
+    run_dir = Path(run_dir).resolve()
+    record = RunRecord.load(run_dir)
+    record.run_dir = str(run_dir)
+    _require_succeeded(record)
+    paddle: ExportResult | None = None
+    recorded = Path(record.exported) if record.exported else None
+    if recorded is not None and record.verified and (recorded / CONFIG).is_file():
+        log.info("converting the run's verified export %s", recorded)
+        source = recorded
+    else:
+        paddle = export_and_verify(
+            run_dir, base_model=base_model, force=force, forward=forward, timeout=timeout
+        )
+        if not paddle.report.ok:
+            failed = ", ".join(c.name for c in paddle.report.failed)
+            raise ExportFailed(
+                f"the Paddle export {paddle.path} failed verification ({failed}); nothing was converted"
+            )
+        source, record = paddle.path, paddle.record
+    target = Path(out).expanduser() if out else run_dir / HF_EXPORT_DIR
+    card = {"name": record.name, "run": record.name, "base_model": _hub_id(record.model_name_or_path)}
+    converted = convert(
+        source, target, HF, force=force, card=card, max_shard_bytes=max_shard_bytes, progress=progress
+    )
+    log.info("verifying %s", converted.path)
+    report = verify_checkpoint(converted.path, forward=forward)
+    record.exports[HF] = {
+        "path": str(converted.path),
+        "from": str(source),
+        "verified": report.ok,
+        "tensors": converted.tensors,
+        "files": converted.shards,
+        "bytes": converted.bytes,
+    }
+    record.save()
+    return LayoutExport(converted.path, source, converted, report, record, paddle)
+
+
+def convert_checkpoint(
+    path: Path | str,
+    to: str,
+    *,
+    out: Path | str | None = None,
+    force: bool = False,
+    forward: bool = True,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    progress: Callable[[str], None] | None = None,
+) -> LayoutExport:
+    """Convert a checkpoint directory (not a run) to layout `to`, into `out` (default: beside it,
+    named `<name>-<to>`), and verify the result."""
+    path = Path(path).resolve()
+    if not (path / CONFIG).is_file():
+        raise UserError(
+            f"{path} is neither a run directory (run.json) nor a checkpoint directory ({CONFIG})",
+            hint="give a run `ernie-ops train` created or a checkpoint directory",
+        )
+    layout = checkpoint_layout(path)
+    if layout == to:
+        what = "an ERNIEKit (Paddle)" if to == PADDLE else "a transformers"
+        raise UserError(
+            f"{path} already is {what} checkpoint",
+            hint=f"check it with `ernie-ops verify {path}`",
+        )
+    target = Path(out).expanduser() if out else path.parent / f"{path.name}-{to}"
+    card = {"name": path.name}
+    converted = convert(
+        path, target, to, force=force, card=card, max_shard_bytes=max_shard_bytes, progress=progress
+    )
+    report = verify_checkpoint(converted.path, forward=forward)
+    return LayoutExport(converted.path, path, converted, report, None)
+
+
+def _hub_id(name: str | None) -> str | None:
+    """NAME when it reads as a hub repository id (`org/model`), never a local path: the model card
+    is published with the weights."""
+    if not name or not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name) or Path(name).exists():
+        return None
+    return name
 
 
 def _require_succeeded(record: RunRecord) -> None:

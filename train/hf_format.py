@@ -349,6 +349,7 @@ def paddle_config(config: dict[str, Any]) -> dict[str, Any]:
         rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
         use_bias=bool(config.get("use_bias", False)),
         use_cache=False,
+        scale_qk_coeff=1.0,  # ERNIEKit's non-flash attention reads it (its config class sets none)
     )
     if moe:
         out.update(
@@ -521,6 +522,8 @@ def plan_to_hf(source: Source, config: dict[str, Any]) -> tuple[list[Planned], l
     plan: list[Planned] = []
     unknown: list[str] = []
     for name, tensor in source.tensors.items():
+        if name == "lm_head.weight" and dims.tied:
+            continue  # ERNIEKit stores the tied head; transformers ties it to the embedding on load
         try:
             outputs = paddle_to_hf(name, tuple(tensor.shape), dims)
         except UnknownTensor as err:
@@ -555,6 +558,12 @@ def plan_to_paddle(source: Source, config: dict[str, Any]) -> list[Planned]:
         raise UserError(
             f"tensor {err} has no ERNIEKit name", hint="only ERNIE 4.5 text checkpoints are converted"
         ) from None
+    if Dims.of(config).tied and "lm_head.weight" not in {p.name for p in plan}:
+        # transformers leaves the tied head out; ERNIEKit's checkpoints store it (its loader would
+        # otherwise report it as newly initialised), [vocab, hidden] like the embedding
+        embed = HF_PREFIX + "embed_tokens.weight"
+        shape = tuple(source.tensors[embed].shape)
+        plan.append(Planned("lm_head.weight", "", shape, (Piece(embed),)))
     for item in plan:
         item.dtype = source.tensors[item.pieces[0].source].dtype
     return plan

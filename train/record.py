@@ -10,6 +10,7 @@ Layout of a run directory (`runs/<name>-<timestamp>/` by default):
     .space-reserve  1 MiB set aside while the run is live, freed to record its end on a full disk
     output/         ERNIEKit's output_dir (unless the recipe names another one; run.json says which)
     export/         the servable checkpoint `ernie-ops export` writes (merged LoRA, or the full one)
+    export-hf/      its transformers layout (`ernie-ops export --format hf`: vLLM, SGLang, transformers)
 
 Serve and eval read `run.json` back, so the lineage from data to endpoint is one file away.
 """
@@ -35,6 +36,7 @@ TRAIN_LOG = "train.log"
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 EXPORT_DIR = "export"
+HF_EXPORT_DIR = "export-hf"
 
 # running: launched; succeeded / failed: ERNIEKit's exit; stopped: the watchdog ended it;
 # interrupted: Ctrl-C or a signal.
@@ -103,6 +105,9 @@ class RunRecord:
     checkpoint: str | None = None  # the final checkpoint directory (absolute)
     exported: str | None = None  # the servable checkpoint `ernie-ops export` wrote (absolute)
     verified: bool | None = None
+    # other layouts `ernie-ops export --format` wrote, by format (hf: the transformers layout):
+    # {"path", "from" (the Paddle checkpoint converted), "verified", "tensors", "files", "bytes"}
+    exports: dict[str, dict[str, Any]] = field(default_factory=dict)
     resumed_from: list[str] = field(default_factory=list)  # checkpoints this run resumed from
 
     @property

@@ -1,4 +1,8 @@
-"""Is this directory a servable ERNIE 4.5 Paddle checkpoint? Check it before anyone serves it.
+"""Is this directory a servable ERNIE 4.5 checkpoint? Check it before anyone serves it.
+
+Both layouts are understood: ERNIEKit's Paddle one (`ernie.*` names, Linear weights [in, out], fused
+qkv / up_gate) and transformers' (`model.*`, [out, in], what `export --format hf` writes); the layout
+is told by the tensor names and every later check follows it.
 
 Everything but the forward pass reads only small files: config.json, the tokenizer files and the
 safetensors *headers* (an 8-byte little-endian length, then a JSON header naming every tensor with
@@ -41,6 +45,7 @@ DENSE_ARCH = "Ernie4_5_ForCausalLM"
 MOE_ARCH = "Ernie4_5_MoeForCausalLM"
 VL_ARCH = "Ernie4_5_VLMoeForConditionalGeneration"
 ARCHITECTURES = (DENSE_ARCH, MOE_ARCH, VL_ARCH)
+PADDLE_LAYOUT, HF_LAYOUT = "paddle", "hf"  # ERNIEKit's tensor names, transformers' (train/hf_format.py)
 
 # safetensors dtype codes -> (Paddle dtype name, bytes per element)
 DTYPES: dict[str, tuple[str, int]] = {
@@ -335,6 +340,40 @@ def shape_problems(config: dict[str, Any], tensors: dict[str, Tensor], prefix: s
     return missing, wrong
 
 
+def expected_hf_tensors(config: dict[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
+    """The transformers tensors config.json implies: ERNIEKit's expectations through the conversion
+    table (so both layouts are checked by one description), plus the MoE correction bias, which
+    transformers and vLLM need in the file."""
+    from ernie_ops.train.hf_format import Dims, paddle_to_hf
+
+    dims = Dims.of(config)
+    out: list[tuple[str, tuple[int, ...]]] = []
+    for exp in expected_tensors(config, "ernie."):
+        out += [(name, shape) for name, shape, _ in paddle_to_hf(exp.name, exp.shape, dims)]
+        if exp.name.endswith(".mlp.gate.weight"):
+            layer = exp.name[len("ernie.") : -len(".gate.weight")]
+            out.append((f"model.{layer}.moe_statics.e_score_correction_bias", (1, exp.shape[1])))
+    return out
+
+
+def hf_shape_problems(config: dict[str, Any], tensors: dict[str, Tensor]) -> tuple[list, list]:
+    """(missing tensor names, shape mismatches as text) for a transformers-layout checkpoint."""
+    missing: list[str] = []
+    wrong: list[str] = []
+    expected = expected_hf_tensors(config)
+    if config.get("tie_word_embeddings") and "lm_head.weight" in tensors:
+        expected.append(("lm_head.weight", (int(config["vocab_size"]), int(config["hidden_size"]))))
+    for name, shape in expected:
+        if name not in tensors:
+            missing.append(name)
+            continue
+        found = tuple(tensors[name].shape)
+        if found != shape:
+            flipped = " (transposed: [in, out] is Paddle's layout)" if found == shape[::-1] else ""
+            wrong.append(f"{name} {list(found)}, expected {list(shape)}{flipped}")
+    return missing, wrong
+
+
 def missing_layers(config: dict[str, Any], tensors: dict[str, Tensor], prefix: str) -> list[int]:
     pattern = re.compile(rf"^{re.escape(prefix)}layers\.(\d+)\.")
     present = {int(m.group(1)) for n in tensors if (m := pattern.match(n))}
@@ -354,9 +393,10 @@ def verify_checkpoint(path: Path | str, forward: bool = True) -> VerifyReport:
             hint="give a checkpoint directory (config.json, model.safetensors, tokenizer files)",
         )
     report = VerifyReport(str(path.resolve()))
-    config = _check_config(path, report)
-    tensors = _check_weights(path, config, report)
-    _check_tokenizer(path, report)
+    layout = _check_layout(path, report)
+    config = _check_config(path, report, layout)
+    tensors = _check_weights(path, config, report, layout)
+    _check_tokenizer(path, report, layout)
     gen = path / GENERATION_CONFIG
     report.add(GENERATION_CONFIG, "ok" if gen.is_file() else "fail", "" if gen.is_file() else "missing")
     arch = _architecture(config)
@@ -367,11 +407,31 @@ def verify_checkpoint(path: Path | str, forward: bool = True) -> VerifyReport:
         report.add("forward", "skip", "--no-forward")
     elif config is None or any(c.status == "fail" for c in report.checks if c.name in NEEDED_BY_FORWARD):
         report.add("forward", "skip", f"needs {', '.join(NEEDED_BY_FORWARD)} to pass")
+    elif layout == HF_LAYOUT:
+        _check_forward(path, tensors, report, layout)
     elif arch == VL_ARCH or is_moe(config):
         report.add("forward", "skip", "MoE: ERNIEKit's MoE dispatch kernels are GPU-only on Paddle CPU")
     else:
-        _check_forward(path, tensors, report)
+        _check_forward(path, tensors, report, layout)
     return report
+
+
+def _check_layout(path: Path, report: VerifyReport) -> str | None:
+    """Which tensor names the checkpoint uses: ERNIEKit's (`ernie.`, Paddle) or transformers'
+    (`model.`); everything after is checked against that layout."""
+    from ernie_ops.train.hf_format import detect_layout
+
+    tensors, problems = load_tensors(path)
+    layout = detect_layout(tensors)
+    if layout == PADDLE_LAYOUT:
+        report.add("layout", "ok", "paddle (ERNIEKit tensor names)")
+    elif layout == HF_LAYOUT:
+        report.add("layout", "ok", "hf (transformers tensor names)")
+    elif tensors and not problems:
+        report.add("layout", "fail", "neither ERNIEKit's (ernie.*) nor transformers' (model.*) tensor names")
+    else:  # the weights check says what is wrong with them
+        report.add("layout", "skip", "needs readable weights")
+    return layout
 
 
 def _architecture(config: dict[str, Any] | None) -> str | None:
@@ -379,7 +439,7 @@ def _architecture(config: dict[str, Any] | None) -> str | None:
     return archs[0] if isinstance(archs, list) else None
 
 
-def _check_config(path: Path, report: VerifyReport) -> dict[str, Any] | None:
+def _check_config(path: Path, report: VerifyReport, layout: str | None = None) -> dict[str, Any] | None:
     file = path / CONFIG
     if not file.is_file():
         report.add(CONFIG, "fail", "missing")
@@ -394,6 +454,9 @@ def _check_config(path: Path, report: VerifyReport) -> dict[str, Any] | None:
         report.add(CONFIG, "fail", f"unreadable ({err!r})")
         return None
     report.add(CONFIG, "ok", f"{config.get('model_type', '?')}, {config['num_hidden_layers']} layers")
+    if layout == HF_LAYOUT:
+        _check_hf_config(config, report)
+        return config
     if "torch_dtype" in config:
         report.add("paddle config", "fail", 'has "torch_dtype": a PyTorch (Hugging Face) config, not Paddle')
     elif "dtype" not in config:
@@ -408,7 +471,27 @@ def _check_config(path: Path, report: VerifyReport) -> dict[str, Any] | None:
     return config
 
 
-def _check_weights(path: Path, config: dict[str, Any] | None, report: VerifyReport) -> dict[str, Tensor]:
+def _check_hf_config(config: dict[str, Any], report: VerifyReport) -> None:
+    from ernie_ops.train.hf_format import HF_ARCHITECTURES
+
+    arch = _architecture(config)
+    model_type = "ernie4_5_moe" if arch == MOE_ARCH else "ernie4_5"
+    if arch not in HF_ARCHITECTURES:
+        hint = (
+            " (Paddle's name: transformers and vLLM know Ernie4_5ForCausalLM)" if arch == DENSE_ARCH else ""
+        )
+        report.add("architecture", "fail", f"{arch!r}, expected one of {', '.join(HF_ARCHITECTURES)}{hint}")
+    elif config.get("model_type") != model_type:
+        report.add(
+            "architecture", "fail", f"{arch} with model_type {config.get('model_type')!r}, not {model_type}"
+        )
+    else:
+        report.add("architecture", "ok", f"{arch} (transformers)")
+
+
+def _check_weights(
+    path: Path, config: dict[str, Any] | None, report: VerifyReport, layout: str | None = None
+) -> dict[str, Tensor]:
     tensors, problems = load_tensors(path)
     if problems:
         report.add("weights", "fail", "; ".join(problems))
@@ -429,14 +512,18 @@ def _check_weights(path: Path, config: dict[str, Any] | None, report: VerifyRepo
         report.add("shapes", "fail", "no embed_tokens.weight tensor")
         report.add("layers", "skip", "no model prefix (no embed_tokens.weight)")
         return tensors
-    missing, wrong = shape_problems(config, tensors, prefix)
+    if layout == HF_LAYOUT:
+        missing, wrong = hf_shape_problems(config, tensors)
+    else:
+        missing, wrong = shape_problems(config, tensors, prefix)
     if missing or wrong:
         parts = ([f"{len(missing)} missing: {_some(missing)}"] if missing else []) + (
             [f"{len(wrong)} wrong: {_some(wrong)}"] if wrong else []
         )
         report.add("shapes", "fail", "; ".join(parts))
     else:
-        report.add("shapes", "ok", f"{len(expected_tensors(config, prefix))} tensors match config.json")
+        count = len(expected_hf_tensors(config) if layout == HF_LAYOUT else expected_tensors(config, prefix))
+        report.add("shapes", "ok", f"{count} tensors match config.json")
     absent = missing_layers(config, tensors, prefix)
     layers = int(config["num_hidden_layers"])
     if absent:
@@ -446,8 +533,12 @@ def _check_weights(path: Path, config: dict[str, Any] | None, report: VerifyRepo
     return tensors
 
 
-def _check_tokenizer(path: Path, report: VerifyReport) -> None:
+def _check_tokenizer(path: Path, report: VerifyReport, layout: str | None = None) -> None:
     missing = [name for name in TOKENIZER_FILES if not (path / name).is_file()]
+    if layout == HF_LAYOUT:  # transformers reads a tokenizer.json as well as the sentencepiece model
+        missing = [name for name in ("tokenizer_config.json",) if not (path / name).is_file()]
+        if not (path / "tokenizer.model").is_file() and not (path / "tokenizer.json").is_file():
+            missing.append("tokenizer.model (or tokenizer.json)")
     report.add("tokenizer", "fail" if missing else "ok", f"missing {', '.join(missing)}" if missing else "")
     file = path / "tokenizer_config.json"
     if not file.is_file():
@@ -488,7 +579,17 @@ def available_memory() -> int | None:
     return None
 
 
-def _check_forward(path: Path, tensors: dict[str, Tensor], report: VerifyReport) -> None:
+def _check_forward(
+    path: Path, tensors: dict[str, Tensor], report: VerifyReport, layout: str | None = PADDLE_LAYOUT
+) -> None:
+    if layout == HF_LAYOUT:
+        import importlib.util
+
+        if not all(importlib.util.find_spec(m) for m in ("torch", "transformers")):
+            report.add(
+                "forward", "skip", "transformers layout: needs the `torch` extra (torch, transformers)"
+            )
+            return
     need = int(sum(t.numel for t in tensors.values()) * 4 * MEMORY_FACTOR) + MEMORY_OVERHEAD  # fp32
     have = available_memory()
     if have is None:
@@ -497,8 +598,11 @@ def _check_forward(path: Path, tensors: dict[str, Tensor], report: VerifyReport)
     if need > have:
         report.add("forward", "skip", f"needs about {_size(need)}, {_size(have)} available")
         return
-    log.info("forward pass on CPU: loading %s with ERNIEKit's model class", path)
+    who = "transformers'" if layout == HF_LAYOUT else "ERNIEKit's"
+    log.info("forward pass on CPU: loading %s with %s model class", path, who)
     cmd = [sys.executable, "-m", "ernie_ops.train.verify", "--forward", str(path)]
+    if layout == HF_LAYOUT:
+        cmd += ["--layout", HF_LAYOUT]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=FORWARD_TIMEOUT, env=env)
@@ -559,14 +663,47 @@ def forward_pass(path: Path, n: int = FORWARD_TOKENS) -> dict[str, Any]:
     return {"ok": True, "detail": f"{n} tokens -> logits {shape}, finite ({seconds:.1f} s)"}
 
 
+def forward_pass_hf(path: Path, n: int = FORWARD_TOKENS) -> dict[str, Any]:
+    """The forward pass of a transformers-layout checkpoint, with transformers' own classes."""
+    import torch  # the parent checked that the `torch` extra is installed
+    from transformers import AutoModelForCausalLM
+
+    config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
+    vocab = int(config["vocab_size"])
+    start = time.perf_counter()
+    loaded: Any = AutoModelForCausalLM.from_pretrained(
+        str(path), torch_dtype=torch.float32, output_loading_info=True
+    )
+    model, info = loaded
+    model.eval()
+    # transformers initialises what the checkpoint lacks (and drops what it does not know) with a
+    # warning: either means the names are wrong
+    bad = [f"{k}: {_some(v)}" for k, v in info.items() if v and k != "error_msgs"]
+    if bad:
+        return {"ok": False, "detail": "loading: " + "; ".join(bad)}
+    ids = torch.tensor([[(7 * i + 3) % vocab for i in range(n)]])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    shape = list(logits.shape)
+    seconds = time.perf_counter() - start
+    if shape != [1, n, vocab]:
+        return {"ok": False, "detail": f"logits {shape}, expected {[1, n, vocab]}"}
+    if not bool(torch.isfinite(logits).all()):
+        return {"ok": False, "detail": f"logits {shape} contain NaN or Inf"}
+    name = type(model).__name__
+    return {"ok": True, "detail": f"{name}: {n} tokens -> logits {shape}, finite ({seconds:.1f} s)"}
+
+
 def _main(argv: list[str]) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description="verify's forward pass (a child process)")
     parser.add_argument("--forward", type=Path, required=True, metavar="DIR")
     parser.add_argument("--tokens", type=int, default=FORWARD_TOKENS)
+    parser.add_argument("--layout", choices=(PADDLE_LAYOUT, HF_LAYOUT), default=PADDLE_LAYOUT)
     args = parser.parse_args(argv)
-    print(json.dumps(forward_pass(args.forward, args.tokens)), flush=True)
+    run = forward_pass_hf if args.layout == HF_LAYOUT else forward_pass
+    print(json.dumps(run(args.forward, args.tokens)), flush=True)
     return 0
 
 
