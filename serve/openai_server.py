@@ -946,7 +946,33 @@ def run(
         read_timeout=read_timeout,
         docs=docs,
     )
-    uvicorn.run(app, host=host, port=port, **uvicorn_settings(read_timeout, max_connections))
+    guarded_server(
+        uvicorn.Config(app, host=host, port=port, **uvicorn_settings(read_timeout, max_connections))
+    ).run()
+
+
+# The kernel's queue of connections not yet accepted (it caps this at net.core.somaxconn). uvicorn
+# passes one `backlog` to asyncio, which uses it both for listen() and as the number of connections
+# accepted per loop turn; the accept batch must stay small (see uvicorn_settings), but with an equally
+# small listen queue a flood fills it and a health probe's SYN is dropped: the kernel retries it only
+# after a second (measured: /health took 1.04 s under a 3,000-connection flood).
+LISTEN_BACKLOG = 4096
+
+
+def guarded_server(config: Any) -> Any:
+    """A uvicorn.Server for `config` whose listening sockets get the deep LISTEN_BACKLOG queue once
+    asyncio has started serving them (listen() again only resizes the queue)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            for server in getattr(self, "servers", []):
+                for sock in server.sockets:
+                    with sock.dup() as same:  # the same socket, another descriptor
+                        same.listen(LISTEN_BACKLOG)
+
+    return Server(config)
 
 
 def uvicorn_settings(

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,7 +31,14 @@ from fake_engine import FakeEngine
 from ernie_ops.errors import UserError
 from ernie_ops.serve import openai_server
 from ernie_ops.serve.engine import Engine, StopMatcher
-from ernie_ops.serve.openai_server import RepeatFilter, create_app, use_chat_template, uvicorn_settings
+from ernie_ops.serve.openai_server import (
+    LISTEN_BACKLOG,
+    RepeatFilter,
+    create_app,
+    guarded_server,
+    use_chat_template,
+    uvicorn_settings,
+)
 
 MODEL = "m"
 KEY = "sk-hardening"
@@ -49,7 +57,7 @@ def served(app, read_timeout: float = 30.0, max_connections: int = 64) -> Iterat
     names = ["", "ernie_ops", "asyncio", "uvicorn", "uvicorn.error", "uvicorn.access"]
     saved = {n: (lg.handlers[:], lg.level, lg.propagate) for n in names if (lg := logging.getLogger(n))}
     config = uvicorn.Config(app, **uvicorn_settings(read_timeout, max_connections))
-    server = uvicorn.Server(config)
+    server = guarded_server(config)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -329,6 +337,17 @@ def test_silent_and_half_sent_connections_are_closed(guarded):
 
 
 HEALTH = b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs `ss` (iproute2) to read the listen queue")
+def test_the_listen_queue_is_deeper_than_the_accept_batch(fake):
+    # a flood that fills a listen queue as short as the accept batch drops a health probe's SYN,
+    # which the kernel retries only after a second; `ss` shows a listener's queue size as Send-Q
+    with served(create_app(fake, MODEL), max_connections=64) as (_, port):
+        out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout
+    queue = int(out.split()[2])
+    assert queue == min(LISTEN_BACKLOG, int(Path("/proc/sys/net/core/somaxconn").read_text())), out
+    assert queue > uvicorn_settings(max_connections=64)["backlog"]
 
 
 def test_past_the_connection_limit_idle_ones_make_room_and_busy_ones_do_not(fake, capfd):
