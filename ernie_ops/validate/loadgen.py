@@ -1,19 +1,40 @@
-"""The load generator behind `ernie-ops bench`: closed-loop concurrency levels against one
-OpenAI-compatible endpoint, streaming, with serving metrics per level.
+"""The load generator behind `ernie-ops bench`: closed-loop concurrency levels or open-loop rates
+against one OpenAI-compatible endpoint, streaming, with serving metrics per level.
 
-For each concurrency level, N requests are sent with at most `concurrency` in flight (a fixed pool of
-workers, each sending its next request when the previous one ends), each request bounded by a timeout
-and the level by a wall-clock budget (when it runs out, nothing more is sent, requests in flight are
-cancelled and the level is marked truncated). Every request goes through `client.request()`, the one
-SSE parser of the codebase, so smoke, eval and bench measure TTFT the same way.
+Closed loop (`levels`): N requests with at most `concurrency` in flight (a fixed pool of workers,
+each sending its next request when the previous one ends). Open loop (`rates`, a trace, and the
+searches of search.py): request i is sent at its due time whatever the server does (arrivals.py:
+Poisson / gamma gaps as vLLM's `bench serve`, or a trace's times), optionally capped at
+`max_concurrency` in flight. Each request is bounded by a timeout and each level by a wall-clock
+budget and by the stop conditions `max_errors` / `max_error_rate` (when one fires, nothing more is
+sent, requests in flight are cancelled and the level is marked truncated / stopped). Requests sent
+in a level's first `warmup_s` or last `cooldown_s` seconds are sent but left out of its figures.
+Every request goes through `client.request()`, the one SSE parser of the codebase, so smoke, eval
+and bench measure TTFT the same way.
 
-Metrics per level: TTFT (request sent to first output chunk), TPOT (per output token after the
-first), ITL (gaps between output chunks), end-to-end latency, each as mean/p50/p90/p99 in ms;
-request and token throughput; goodput (requests per second meeting every SLO given). Output tokens
-come from the server's `usage` when it sends it, else one per output chunk.
+Metrics per level (ms: mean / p50 / p90 / p99), with vLLM's and GuideLLM's definitions beside:
+- TTFT: first output chunk - start. The start is, in a closed loop, when the request was written
+  (vLLM: `st` just before the POST; GuideLLM: the request's start); in an open loop, when it was
+  DUE, so a client or a server that falls behind shows as latency rather than as a lower arrival
+  rate (vLLM and GuideLLM start at the write, and report scheduling delay, if at all, apart).
+- TPOT: (last chunk - first chunk) / (output tokens - 1) per request = vLLM's TPOT = GuideLLM's
+  "inter token latency"; GuideLLM's "time per output token" is (last - start) / output tokens.
+- ITL: every gap between output chunks, pooled (vLLM's ITL); a chunk may carry several tokens.
+- E2E: last byte - start (start as for TTFT); vLLM's E2EL, GuideLLM's request latency.
+- request / output / total token throughput: per second of the level's wall time (first send to
+  last reply; with warm-up / cool-down windows, of the window), as vLLM's; goodput: requests
+  meeting every SLO given, per second (vLLM's `--goodput`, DistServe's definition; one output
+  token has no TPOT and cannot miss a TPOT bound, as in vLLM).
+- open loop: the achieved arrival rate (requests written per second, first to last) and the
+  coefficient of variation of the gaps between writes (1 for Poisson, 1 / sqrt(burstiness)).
+- send lag: due (open loop) or taken by a worker (closed loop) -> written: this client's own lag.
+Output tokens come from the server's `usage` when it sends it, else one per output chunk. Prompt
+lengths are tokens of the served model's tokenizer when one is found (tokens.py), else words, and
+the report says which.
 
-The generator's own ceiling against a null server is measured by `scripts/bench_loadgen.py`; it is
-far above what a real model server streams on this hardware, so the figures describe the server.
+The generator's own ceiling and open-loop accuracy against a null server are measured by
+`scripts/bench_loadgen.py`; it is far above what a real model server streams on this hardware, so
+the figures describe the server.
 """
 
 from __future__ import annotations
@@ -22,6 +43,7 @@ import asyncio
 import dataclasses
 import ipaddress
 import json
+import math
 import random
 import sys
 import time
@@ -30,6 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -38,7 +61,9 @@ from ernie_ops.data.read import read_items
 from ernie_ops.errors import UserError
 from ernie_ops.files import atomic_output, write_text_atomic
 from ernie_ops.text import format_table
+from ernie_ops.validate.arrivals import ArrivalStats, TraceRow, gamma_offsets, target_cv, trace_offsets
 from ernie_ops.validate.client import CHAT, Endpoint, Reply, get_json, request, resolve_model, session
+from ernie_ops.validate.tokens import Tokenizer, prompt_of
 
 Messages = list[dict[str, str]]
 
@@ -74,20 +99,28 @@ CANCELLED = "cancelled: the level's time limit was reached"
 
 @dataclass(frozen=True)
 class Length:
-    """A token count, fixed (`128`) or drawn uniformly per request from a range (`128:512`)."""
+    """A length drawn per request: fixed (`128`), uniform over a range (`128:512`), or normal with a
+    mean and a standard deviation, clipped to [min, max] (`mean=256,stdev=64,min=32,max=1024`; min
+    defaults to 1, max to mean + 4 stdev), as GuideLLM's synthetic data and genai-perf's
+    `--synthetic-input-tokens-mean/-stddev`."""
 
     low: int
     high: int
+    mean: float | None = None
+    stdev: float | None = None
 
     @classmethod
     def parse(cls, text: str | int, what: str = "--input-len") -> Length:
         value = str(text).strip()
+        if "=" in value:
+            return cls._parse_normal(value, what)
         low, sep, high = value.partition(":")
         try:
             a, b = int(low), int(high if sep else low)
         except ValueError:
             raise UserError(
-                f"{what} {value!r} is not a number or a range", hint=f"e.g. {what} 256 or {what} 128:512"
+                f"{what} {value!r} is not a number, a range or a distribution",
+                hint=f"e.g. {what} 256, {what} 128:512 or {what} mean=256,stdev=64,min=32,max=1024",
             ) from None
         if a < 1 or b < a:
             raise UserError(
@@ -95,10 +128,39 @@ class Length:
             )
         return cls(a, b)
 
+    @classmethod
+    def _parse_normal(cls, value: str, what: str) -> Length:
+        example = f"e.g. {what} mean=256,stdev=64,min=32,max=1024"
+        fields: dict[str, float] = {}
+        for part in value.split(","):
+            key, _, number = part.partition("=")
+            key = key.strip()
+            if key not in ("mean", "stdev", "min", "max"):
+                raise UserError(
+                    f"{what} {value!r}: unknown key {key!r} (mean, stdev, min, max)", hint=example
+                )
+            try:
+                fields[key] = float(number)
+            except ValueError:
+                raise UserError(f"{what} {value!r}: {key}={number!r} is not a number", hint=example) from None
+        if "mean" not in fields:
+            raise UserError(f"{what} {value!r}: needs mean=", hint=example)
+        mean, stdev = fields["mean"], fields.get("stdev", 0.0)
+        low = int(fields.get("min", 1))
+        high = int(fields.get("max", math.ceil(mean + 4 * stdev)))
+        if stdev < 0 or low < 1 or high < low or not low <= mean <= high:
+            raise UserError(f"{what} {value!r}: need stdev >= 0 and 1 <= min <= mean <= max", hint=example)
+        return cls(low, high, mean, stdev)
+
     def sample(self, rng: random.Random) -> int:
+        if self.mean is not None:
+            drawn = round(rng.gauss(self.mean, self.stdev or 0.0))
+            return min(max(drawn, self.low), self.high)
         return self.low if self.low == self.high else rng.randint(self.low, self.high)
 
     def __str__(self) -> str:
+        if self.mean is not None:
+            return f"mean {self.mean:g} stdev {self.stdev:g} in [{self.low}, {self.high}]"
         return str(self.low) if self.low == self.high else f"{self.low}:{self.high}"
 
 
@@ -127,16 +189,19 @@ class SLO:
     def given(self) -> bool:
         return any(v is not None for v in (self.ttft_ms, self.tpot_ms, self.e2e_ms))
 
-    def met(self, reply: Reply) -> bool:
+    def met(self, reply: Reply, origin: float | None = None) -> bool:
+        """Whether `reply` meets every bound, its TTFT and E2E counted from `origin` (an open
+        loop's scheduled send time; default: when the request was written)."""
         if not reply.ok:
             return False
-        ttft, tpot = reply.ttft, reply.tpot
+        start = reply.origin if origin is None else origin
+        ttft, tpot = (None if reply.first is None else reply.first - start), reply.tpot
         if self.ttft_ms is not None and (ttft is None or ttft * 1000 > self.ttft_ms):
             return False
         # one output token has no TPOT: nothing to miss
         if self.tpot_ms is not None and tpot is not None and tpot * 1000 > self.tpot_ms:
             return False
-        return self.e2e_ms is None or reply.latency * 1000 <= self.e2e_ms
+        return self.e2e_ms is None or (reply.end - start) * 1000 <= self.e2e_ms
 
     def __str__(self) -> str:
         parts = [
@@ -164,6 +229,7 @@ class Workload:
 
     `requests(n)` continues one seeded sequence: the warmup and every level get prompts of their
     own (no request repeats another's prompt, so a server's prefix cache does not flatter it).
+    Lengths are tokens of `tokenizer` when one is set (`use_tokenizer`), else words.
     """
 
     def __init__(
@@ -188,6 +254,9 @@ class Workload:
         self.skipped: Counter[str] = skipped or Counter()
         self.rng = random.Random(seed)
         self.cursor = 0
+        self.tokenizer: Tokenizer | None = None
+        self.tokenizer_note = "no tokenizer: lengths are words"
+        self.built: list[int] = []  # input lengths of the requests built, in the unit
         if prompts is not None:
             self.rng.shuffle(prompts)
 
@@ -210,34 +279,66 @@ class Workload:
             str(path), prompts, Length(min(lengths), max(lengths)), output_len, skipped=skipped, **options
         )
 
+    @property
+    def unit(self) -> str:
+        return "words" if self.tokenizer is None else "tokens"
+
+    def use_tokenizer(self, tokenizer: Tokenizer | None, note: str) -> None:
+        self.tokenizer = tokenizer
+        self.tokenizer_note = note
+
     def requests(self, n: int) -> list[Planned]:
         return [self._next() for _ in range(n)]
 
-    def _next(self) -> Planned:
+    def requests_with(self, lengths: list[tuple[int, int]]) -> list[Planned]:
+        """One request per (input, output) length pair (a trace); file prompts ignore the input."""
+        return [self._next(i, o) for i, o in lengths]
+
+    def _next(self, input_len: int | None = None, output_len: int | None = None) -> Planned:
         if self.prompts is None:
-            k = self.input_len.sample(self.rng)
-            messages = [{"role": "user", "content": " ".join(self.rng.choices(WORDS, k=k))}]
+            k = self.input_len.sample(self.rng) if input_len is None else input_len
+            if self.tokenizer is None:
+                text = " ".join(self.rng.choices(WORDS, k=k))
+            else:
+                text, k = prompt_of(self.tokenizer, k, WORDS, self.rng)
+            messages = [{"role": "user", "content": text}]
         else:
             messages = self.prompts[self.cursor % len(self.prompts)]
             self.cursor += 1
-            k = _words(messages)
+            k = self._count(messages)
         body: dict[str, Any] = {
             "messages": messages,
-            "max_tokens": self.output_len.sample(self.rng),
+            "max_tokens": self.output_len.sample(self.rng) if output_len is None else output_len,
             "temperature": self.temperature,
             "stream": True,
         }
         if self.ignore_eos:
             body["ignore_eos"] = True
+        self.built.append(k)
         return Planned(body, k)
 
+    def _count(self, messages: Messages) -> int:
+        if self.tokenizer is None:
+            return _words(messages)
+        return sum(len(self.tokenizer.encode(m["content"])) for m in messages)
+
     def describe(self) -> dict[str, Any]:
+        built = np.asarray(self.built or [0])
         return {
             "dataset": self.source,
             "prompts": None if self.prompts is None else len(self.prompts),
             "skipped_records": sum(self.skipped.values()),
             "skipped_reasons": dict(self.skipped.most_common(ERRORS_KEPT)),
             "input_len": str(self.input_len),
+            "input_unit": self.unit,
+            "tokenizer": self.tokenizer_note,
+            "input_built": {
+                "mean": _r(built.mean()),
+                "stdev": _r(built.std()),
+                "min": int(built.min()),
+                "max": int(built.max()),
+                "requests": len(self.built),
+            },
             "output_len": str(self.output_len),
             "ignore_eos": self.ignore_eos,
             "temperature": self.temperature,
@@ -336,16 +437,22 @@ def _r(x: float) -> float:
 
 @dataclass
 class Level:
-    """One concurrency level's outcome."""
+    """One level's outcome: a closed loop at `concurrency`, or an open loop at `rate` (or a trace)."""
 
-    concurrency: int
+    concurrency: int  # closed loop: requests in flight; open loop: the cap (0: none)
     requests: int  # planned
+    mode: str = "concurrency"  # concurrency | rate | trace
+    rate: float | None = None  # open loop: the target, requests / s
+    burstiness: float | None = None
     completed: int = 0
     failed: int = 0
-    cancelled: int = 0  # in flight when the level's time ran out
-    not_sent: int = 0  # never sent because the level's time ran out
+    cancelled: int = 0  # in flight when the level's time ran out or a stop condition fired
+    not_sent: int = 0  # never sent because the level's time ran out or a stop condition fired
+    excluded: int = 0  # sent in the warm-up or cool-down window: not in the figures
     truncated: bool = False
+    stopped: str | None = None  # the stop condition that ended the level early
     duration_s: float = 0.0
+    window_s: float = 0.0  # the measured window: duration minus warm-up and cool-down
     input_tokens: int = 0
     output_tokens: int = 0
     tokens_from_usage: bool = True  # False when some output was counted as chunks
@@ -354,70 +461,125 @@ class Level:
     output_throughput: float = 0.0  # output tokens / s
     total_token_throughput: float = 0.0  # (input + output) tokens / s
     goodput: float = 0.0  # requests meeting the SLO / s
+    achieved_rate: float | None = None  # open loop: requests written / s, first to last
+    arrival_cv: float | None = None  # open loop: stdev / mean of the gaps between writes
+    target_cv: float | None = None  # open loop: 1 / sqrt(burstiness)
     ttft_ms: Stats = field(default_factory=Stats)
     tpot_ms: Stats = field(default_factory=Stats)
     itl_ms: Stats = field(default_factory=Stats)
     e2e_ms: Stats = field(default_factory=Stats)
-    send_lag_ms: Stats = field(default_factory=Stats)  # this client's queueing, not in the latencies
+    send_lag_ms: Stats = field(default_factory=Stats)  # this client's lag: due -> written
     client_cpu: float = 0.0  # of one core, used by this process during the level
     errors: dict[str, int] = field(default_factory=dict)  # the first few distinct messages, counted
     replies: list[Reply | None] = field(default_factory=list, repr=False)  # per planned request; not in JSON
+    due: list[float] = field(default_factory=list, repr=False)  # open loop: scheduled send times
+    skipped: set[int] = field(default_factory=set, repr=False)  # in the warm-up / cool-down windows
+
+    @property
+    def label(self) -> str:
+        if self.mode == "rate":
+            b = "" if self.burstiness in (None, 1.0) else f" b={self.burstiness:g}"
+            cap = f" c<={self.concurrency}" if self.concurrency else ""
+            return f"{self.rate:.4g} req/s{b}{cap}"
+        if self.mode == "trace":
+            return f"trace x{self.rate:g}" if self.rate else "trace"
+        return f"c={self.concurrency}"
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "replies"}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("replies", "due", "skipped")}
+        out["label"] = self.label
         for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "send_lag_ms"):
             out[key] = dict(out[key].__dict__)
         for key in (
             "duration_s",
+            "window_s",
             "client_cpu",
             "request_throughput",
             "output_throughput",
             "total_token_throughput",
             "goodput",
+            "achieved_rate",
+            "arrival_cv",
+            "target_cv",
         ):
-            out[key] = _r(out[key])
+            out[key] = None if out[key] is None else _r(out[key])
         return out
 
 
 def summarize(
-    concurrency: int, planned: list[Planned], replies: list[Reply | None], duration: float, slo: SLO
+    concurrency: int,
+    planned: list[Planned],
+    replies: list[Reply | None],
+    duration: float,
+    slo: SLO,
+    *,
+    due: list[float] | None = None,
+    start: float | None = None,
+    warmup_s: float = 0.0,
+    cooldown_s: float = 0.0,
 ) -> Level:
-    """The level's metrics from its replies (None: not sent); cancelled replies carry no status."""
-    level = Level(concurrency, len(planned), duration_s=duration, replies=replies)
-    ok: list[Reply] = []
+    """The level's metrics from its replies (None: not sent); cancelled replies carry no status.
+
+    With `due` (an open loop's scheduled send times), TTFT and E2E count from the scheduled time, so
+    a saturated client or server shows as latency; the send lag is due -> written. Without it (a
+    closed loop), from when the request was written (as GuideLLM and vLLM), the lag being from when
+    a worker took the request to when it was written. Requests sent in the first `warmup_s` or the
+    last `cooldown_s` seconds of the level (from `start`) are sent but left out of every figure,
+    and the throughputs are per second of the window between."""
+    level = Level(concurrency, len(planned), duration_s=duration, replies=replies, due=due or [])
+    ok: list[tuple[Reply, float]] = []
     errors: Counter[str] = Counter()
-    for plan, reply in zip(planned, replies, strict=True):
+    lags: list[float] = []
+    begin = (start or 0.0) + warmup_s
+    finish = (start or 0.0) + duration - cooldown_s
+    windowed = start is not None and (warmup_s > 0 or cooldown_s > 0)
+    for i, (plan, reply) in enumerate(zip(planned, replies, strict=True)):
         if reply is None:
             level.not_sent += 1
-        elif reply.error == CANCELLED:
+            continue
+        if reply.error == CANCELLED:
             level.cancelled += 1
-        elif not reply.ok:
+            continue
+        origin = due[i] if due else reply.origin
+        if windowed and not begin <= (due[i] if due else reply.start) <= finish:
+            level.excluded += 1
+            level.skipped.add(i)
+            continue
+        if reply.sent is not None:
+            lags.append(reply.sent - (due[i] if due else reply.start))
+        if not reply.ok:
             level.failed += 1
             message = reply.error or f"HTTP {reply.status}"
             if message in errors or len(errors) < ERRORS_KEPT:
                 errors[message] += 1
         else:
-            ok.append(reply)
+            ok.append((reply, origin))
             level.input_tokens += (
                 reply.prompt_tokens if reply.prompt_tokens is not None else plan.input_tokens
             )
             level.output_tokens += reply.output_tokens
             level.tokens_from_usage &= reply.completion_tokens is not None
-            level.good += slo.met(reply)
+            level.good += slo.met(reply, origin)
     level.completed = len(ok)
     level.errors = dict(errors.most_common())
     level.truncated = level.cancelled + level.not_sent > 0
-    if duration > 0:
-        level.request_throughput = level.completed / duration
-        level.output_throughput = level.output_tokens / duration
-        level.total_token_throughput = (level.input_tokens + level.output_tokens) / duration
-        level.goodput = level.good / duration
-    level.ttft_ms = Stats.of([r.ttft for r in ok if r.ttft is not None])
-    level.tpot_ms = Stats.of([r.tpot for r in ok if r.tpot is not None])
-    gaps = [np.diff(r.chunk_times) for r in ok if len(r.chunk_times) > 1]
+    window = max(finish - begin, 0.0) if windowed else duration
+    level.window_s = window
+    if window > 0:
+        level.request_throughput = level.completed / window
+        level.output_throughput = level.output_tokens / window
+        level.total_token_throughput = (level.input_tokens + level.output_tokens) / window
+        level.goodput = level.good / window
+    level.ttft_ms = Stats.of([r.first - o for r, o in ok if r.first is not None])
+    level.tpot_ms = Stats.of([r.tpot for r, _ in ok if r.tpot is not None])
+    gaps = [np.diff(r.chunk_times) for r, _ in ok if len(r.chunk_times) > 1]
     level.itl_ms = Stats.of(np.concatenate(gaps) if gaps else [])
-    level.e2e_ms = Stats.of([r.latency for r in ok])
-    level.send_lag_ms = Stats.of([r.send_lag for r in ok if r.send_lag is not None])
+    level.e2e_ms = Stats.of([r.end - o for r, o in ok])
+    level.send_lag_ms = Stats.of(lags)
+    if due:
+        sent = [r.sent if r.sent is not None else r.start for r in replies if r is not None]
+        arrivals = ArrivalStats.of(sent)
+        level.achieved_rate, level.arrival_cv = arrivals.rate, arrivals.cv
     return level
 
 
@@ -433,24 +595,42 @@ class BenchResult:
     levels: list[Level] = field(default_factory=list)
     started: str = ""
     error: str | None = None  # set when nothing could be measured (no server answered)
+    mode: str = "concurrency"  # concurrency | rate | trace | sweep | find-max-rate
+    search: dict[str, Any] | None = None  # find-max-rate: the outcome and every probe
 
     @property
     def ok(self) -> bool:
-        """Every level completed every request."""
-        return self.error is None and all(lv.failed == 0 and not lv.truncated for lv in self.levels)
+        """Every level completed every request; a rate search: a rate was found (its probes above
+        the server's capacity are meant to fail)."""
+        if self.error is not None:
+            return False
+        if self.mode == "find-max-rate":
+            return bool(self.search and self.search.get("max_rate") is not None)
+        return all(lv.failed == 0 and not lv.truncated for lv in self.levels)
 
     def problems(self) -> list[str]:
         """One line per reason the run is not ok."""
         lines = [self.error] if self.error else []
+        if self.mode == "find-max-rate":
+            if self.error is None and not self.ok:
+                lines.append(
+                    "no rate met the SLO "
+                    + (self.search or {}).get("reason", "")
+                    + " (looser SLOs, or a lower --rate-min)"
+                )
+            return lines
         for lv in self.levels:
             if lv.failed:
                 first = next(iter(lv.errors), "")
+                lines.append(f"{lv.label}: {lv.failed}/{lv.requests} requests failed: {first}")
+            if lv.stopped:
                 lines.append(
-                    f"concurrency {lv.concurrency}: {lv.failed}/{lv.requests} requests failed: {first}"
+                    f"{lv.label}: stopped ({lv.stopped}) after {lv.duration_s:.1f} s: "
+                    f"{lv.cancelled} cancelled in flight, {lv.not_sent} not sent"
                 )
-            if lv.truncated:
+            elif lv.truncated:
                 lines.append(
-                    f"concurrency {lv.concurrency}: truncated at the time limit ({lv.duration_s:.1f} s): "
+                    f"{lv.label}: truncated at the time limit ({lv.duration_s:.1f} s): "
                     f"{lv.cancelled} cancelled in flight, {lv.not_sent} not sent"
                 )
         return lines
@@ -462,11 +642,13 @@ class BenchResult:
             "model": self.model,
             "api": self.api,
             "started": self.started,
+            "mode": self.mode,
             "ok": self.ok,
             "error": self.error,
             "workload": self.workload,
             "slo": slo | {"description": str(self.slo)},
             "levels": [lv.to_dict() for lv in self.levels],
+            "search": self.search,
         }
 
 
@@ -476,20 +658,59 @@ class BenchResult:
 
 @dataclass
 class Options:
-    """How a run is bounded and what it reports."""
+    """How a run is bounded and what it reports.
+
+    The load is the closed-loop `levels` (concurrency), or open-loop `rates` (requests / s, gamma
+    gaps of shape `burstiness`), or a `trace`; `rate_sweep` and `find_max_rate` (search.py) choose
+    the rates themselves."""
 
     levels: list[int]
-    num_prompts: int | None = None  # per level; None: max(4 * concurrency, 16)
+    num_prompts: int | None = None  # per level; None: closed max(4 * concurrency, 16), open rate * duration
     max_duration: float = 600.0  # per level, seconds
     timeout: float = 300.0  # per request, seconds
     warmup: int = 1
     slo: SLO = field(default_factory=SLO)
     api: str = CHAT
     progress: bool = True
+    rates: list[float] | None = None  # open loop, requests / s
+    burstiness: float = 1.0
+    duration: float = 30.0  # open loop: requests per level = rate * duration (unless num_prompts)
+    max_concurrency: int | None = None  # open loop: a cap on requests in flight (vLLM's)
+    trace: list[TraceRow] | None = None
+    trace_scale: float = 1.0
+    rate_sweep: int | None = None  # levels of a sweep (GuideLLM's sweep_size)
+    find_max_rate: bool = False
+    slo_percentile: float = 99.0  # find-max-rate: this percentile must meet every SLO bound
+    precision: float = 0.02  # find-max-rate: stop when (high - low) / low <= precision
+    rate_min: float | None = None  # find-max-rate: the first rate tried (default: the synchronous rate)
+    rate_max: float | None = None  # find-max-rate: the highest rate tried
+    max_errors: int | None = None  # a level stops after more errors than this
+    max_error_rate: float | None = None  # ... or a larger share of failed requests (after 20 ended)
+    warmup_s: float = 0.0  # per level, requests sent in the first S seconds are not counted
+    cooldown_s: float = 0.0  # ... nor those sent in the last S seconds
+    tokenizer: Path | None = None  # its directory; None: the served model's, when found
+    seed: int = 0
+
+    @property
+    def mode(self) -> str:
+        if self.find_max_rate:
+            return "find-max-rate"
+        if self.rate_sweep:
+            return "sweep"
+        if self.trace is not None:
+            return "trace"
+        return "rate" if self.rates else "concurrency"
+
+
+ERROR_RATE_AFTER = 20  # requests ended before --max-error-rate is judged
 
 
 def requests_per_level(options: Options, concurrency: int) -> int:
     return options.num_prompts or max(4 * concurrency, 16)
+
+
+def requests_at_rate(options: Options, rate: float) -> int:
+    return options.num_prompts or max(math.ceil(rate * options.duration), 16)
 
 
 def is_loopback(host: str) -> bool:
@@ -499,6 +720,119 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+class Stop:
+    """A level's stop conditions beside its time: more than `max_errors` failed requests, or a
+    share of failures above `max_error_rate` once ERROR_RATE_AFTER requests have ended."""
+
+    def __init__(self, options: Options):
+        self.max_errors = options.max_errors
+        self.max_rate = options.max_error_rate
+        self.ended = 0
+        self.failed = 0
+        self.reason: str | None = None
+        self.event = asyncio.Event()
+
+    def record(self, reply: Reply) -> None:
+        self.ended += 1
+        self.failed += not reply.ok
+        if self.reason is not None:
+            return
+        if self.max_errors is not None and self.failed > self.max_errors:
+            self.reason = f"{self.failed} errors > --max-errors {self.max_errors}"
+        elif (
+            self.max_rate is not None
+            and self.ended >= ERROR_RATE_AFTER
+            and self.failed / self.ended > self.max_rate
+        ):
+            self.reason = (
+                f"error rate {self.failed}/{self.ended} = {self.failed / self.ended:.0%} > "
+                f"--max-error-rate {self.max_rate:g}"
+            )
+        if self.reason is not None:
+            self.event.set()
+
+
+class Runner:
+    """One session against one endpoint: runs levels and returns their figures (what search.py
+    drives)."""
+
+    def __init__(self, client: Any, endpoint: Endpoint, workload: Workload, options: Options, say: Any):
+        self.client = client
+        self.endpoint = endpoint
+        self.workload = workload
+        self.options = options
+        self.say = say
+        self.seed = options.seed
+
+    async def closed(self, concurrency: int, n: int | None = None) -> Level:
+        planned = self.workload.requests(n or requests_per_level(self.options, concurrency))
+        cpu = time.process_time()
+        start = time.perf_counter()
+        stop = Stop(self.options)
+        replies, duration = await run_level(
+            self.client, self.endpoint, planned, concurrency, self.options, stop=stop
+        )
+        level = summarize(
+            concurrency,
+            planned,
+            replies,
+            duration,
+            self.options.slo,
+            start=start,
+            warmup_s=self.options.warmup_s,
+            cooldown_s=self.options.cooldown_s,
+        )
+        level.stopped = stop.reason
+        return self._finish(level, cpu, duration)
+
+    async def open(self, rate: float, n: int | None = None) -> Level:
+        """One level at `rate` requests / s (gamma gaps of shape `burstiness`, a seed per level)."""
+        options = self.options
+        planned = self.workload.requests(n or requests_at_rate(options, rate))
+        self.seed += 1
+        offsets = gamma_offsets(len(planned), rate, options.burstiness, seed=self.seed)
+        level = await self._open(planned, offsets, f"{rate:.4g} req/s")
+        level.mode, level.rate, level.burstiness = "rate", rate, options.burstiness
+        level.target_cv = target_cv(options.burstiness)
+        return level
+
+    async def replay(self, rows: list[TraceRow], scale: float) -> Level:
+        planned = self.workload.requests_with([(r.input_tokens, r.output_tokens) for r in rows])
+        level = await self._open(planned, trace_offsets(rows, scale), "trace")
+        level.mode, level.rate = "trace", scale
+        return level
+
+    async def _open(self, planned: list[Planned], offsets: np.ndarray, label: str) -> Level:
+        cpu = time.process_time()
+        stop = Stop(self.options)
+        replies, due, start, duration = await run_open(
+            self.client, self.endpoint, planned, offsets, self.options, stop=stop, label=label
+        )
+        level = summarize(
+            self.options.max_concurrency or 0,
+            planned,
+            replies,
+            duration,
+            self.options.slo,
+            due=due,
+            start=start,
+            warmup_s=self.options.warmup_s,
+            cooldown_s=self.options.cooldown_s,
+        )
+        level.stopped = stop.reason
+        return self._finish(level, cpu, duration)
+
+    def _finish(self, level: Level, cpu: float, duration: float) -> Level:
+        level.client_cpu = (time.process_time() - cpu) / duration if duration > 0 else 0.0
+        if level.client_cpu > BUSY_CLIENT:
+            self.say(
+                f"bench: at {level.label} this client used {level.client_cpu:.0%} of a core: the "
+                "figures may be the client's limit, not the server's (fewer levels, or a second "
+                "bench process on another core)"
+            )
+        return level
 
 
 async def run(
@@ -515,31 +849,56 @@ async def run(
         workload.describe(),
         options.slo,
         started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        mode=options.mode,
     )
-    async with session(endpoint, max(options.levels), options.timeout) as client:
+    connections = options.max_concurrency or (max(options.levels) if options.mode == "concurrency" else 4096)
+    async with session(endpoint, connections, options.timeout) as client:
         status, body = await get_json(client, f"{endpoint.base}/models")
         if status == 0:
             result.error = f"nothing answers at {endpoint.root}: {body}; no request was sent"
             return result
         endpoint = await resolve_model(client, endpoint)
         result.model = endpoint.model
+        if workload.prompts is None or options.tokenizer is not None:
+            choose_tokenizer(workload, options, endpoint, body)
+        runner = Runner(client, endpoint, workload, options, say)
         if options.warmup:
             warm = workload.requests(options.warmup)
-            await run_level(client, endpoint, warm, min(options.levels), options, progress=False)
-        for concurrency in options.levels:
-            planned = workload.requests(requests_per_level(options, concurrency))
-            cpu = time.process_time()
-            replies, duration = await run_level(client, endpoint, planned, concurrency, options)
-            level = summarize(concurrency, planned, replies, duration, options.slo)
-            level.client_cpu = (time.process_time() - cpu) / duration if duration > 0 else 0.0
-            result.levels.append(level)
-            if level.client_cpu > BUSY_CLIENT:
-                say(
-                    f"bench: at concurrency {concurrency} this client used {level.client_cpu:.0%} of a "
-                    "core: the figures may be the client's limit, not the server's (fewer levels, "
-                    "or a second bench process on another core)"
-                )
+            await run_level(client, endpoint, warm, min(options.levels or [1]), options, progress=False)
+        if options.find_max_rate or options.rate_sweep:
+            from ernie_ops.validate import search
+
+            if options.find_max_rate:
+                result.search = await search.find_max_rate(runner, result.levels, say)
+            else:
+                await search.sweep(runner, result.levels, say)
+        elif options.trace is not None:
+            result.levels.append(await runner.replay(options.trace, options.trace_scale))
+        elif options.rates:
+            for rate in options.rates:
+                result.levels.append(await runner.open(rate))
+        else:
+            for concurrency in options.levels:
+                result.levels.append(await runner.closed(concurrency))
+    result.workload = workload.describe()
     return result
+
+
+def choose_tokenizer(workload: Workload, options: Options, endpoint: Endpoint, models: Any) -> None:
+    """The tokenizer lengths are counted in: --tokenizer, else the served model's when found."""
+    from ernie_ops.validate import tokens
+
+    if options.tokenizer is not None:
+        workload.use_tokenizer(tokens.load(options.tokenizer), f"tokens of {options.tokenizer}")
+        return
+    port = urlsplit(endpoint.base).port
+    found = tokens.find(tokens.candidates(endpoint.model, models, port, is_loopback(endpoint.host)))
+    if found is None:
+        workload.use_tokenizer(
+            None, "words: the served model's tokenizer was not found (give --tokenizer DIR for tokens)"
+        )
+    else:
+        workload.use_tokenizer(tokens.load(found), f"tokens of the served model's tokenizer ({found})")
 
 
 async def run_level(
@@ -549,6 +908,7 @@ async def run_level(
     concurrency: int,
     options: Options,
     progress: bool | None = None,
+    stop: Stop | None = None,
 ) -> tuple[list[Reply | None], float]:
     """Send `planned` with at most `concurrency` in flight: (reply per request, None when not sent;
     wall seconds). A fixed pool of workers shares one iterator of request indices: cheaper than a
@@ -556,7 +916,7 @@ async def run_level(
     replies: list[Reply | None] = [None] * len(planned)
     todo = iter(range(len(planned)))
     bar = (
-        _progress_bar(len(planned), concurrency)
+        _progress_bar(len(planned), f"concurrency {concurrency}")
         if (options.progress if progress is None else progress)
         else None
     )
@@ -564,9 +924,15 @@ async def run_level(
 
     async def worker() -> None:
         for i in todo:
+            if stop is not None and stop.reason is not None:
+                return
             in_flight[i] = time.perf_counter()
-            replies[i] = await request(client, endpoint, planned[i].body, options.api, options.timeout)
+            reply = replies[i] = await request(
+                client, endpoint, planned[i].body, options.api, options.timeout
+            )
             del in_flight[i]
+            if stop is not None:
+                stop.record(reply)
             if bar is not None:
                 bar.update()
             # let the other replies that arrived with this one take their arrival times before this
@@ -576,17 +942,23 @@ async def run_level(
 
     start = time.perf_counter()
     workers = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, len(planned)))]
+    waits: list[asyncio.Future[Any]] = list(workers)
+    stopper = asyncio.ensure_future(stop.event.wait()) if stop is not None else None
     try:
-        done, pending = await asyncio.wait(workers, timeout=options.max_duration)
+        everything = asyncio.ensure_future(asyncio.wait(workers))
+        waits = [everything] + ([stopper] if stopper is not None else [])
+        await asyncio.wait(waits, timeout=options.max_duration, return_when=asyncio.FIRST_COMPLETED)
+        pending = [task for task in workers if not task.done()]
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         duration = time.perf_counter() - start
-        for task in done:
-            task.result()  # a bug in a worker is not a measurement
-    finally:
         for task in workers:
-            task.cancel()
+            if not task.cancelled():
+                task.result()  # a bug in a worker is not a measurement
+    finally:
+        for future in [*workers, *waits]:
+            future.cancel()
         if bar is not None:
             bar.close()
     for i, sent in in_flight.items():
@@ -594,12 +966,97 @@ async def run_level(
     return replies, duration
 
 
-def _progress_bar(total: int, concurrency: int) -> Any:
+SPIN_S = 0.0015  # closer to its due time than this, the dispatcher yields instead of sleeping
+
+
+async def run_open(
+    client: Any,
+    endpoint: Endpoint,
+    planned: list[Planned],
+    offsets: np.ndarray,
+    options: Options,
+    stop: Stop | None = None,
+    label: str = "",
+) -> tuple[list[Reply | None], list[float], float, float]:
+    """Send request i at `start + offsets[i]` whatever the server does (open loop): (reply per
+    request, None when not sent; the due times; start; wall seconds until the last reply).
+
+    The dispatcher sleeps until a request is due, the last ~1.5 ms by yielding to the event loop
+    (epoll sleeps in whole milliseconds, too coarse at 1000 req/s), and starts its request as a
+    task. A request late because this client was busy is sent at once, and its lateness is counted
+    in its latency (from its due time) and in the send lag. With `max_concurrency`, a request
+    waits for a free slot in the client (vLLM's --max-concurrency): that wait counts too."""
+    n = len(planned)
+    replies: list[Reply | None] = [None] * n
+    due = [0.0] * n
+    slots = asyncio.Semaphore(options.max_concurrency) if options.max_concurrency else None
+    bar = _progress_bar(n, label) if options.progress else None
+    tasks: set[asyncio.Task[None]] = set()
+    in_flight: dict[int, float] = {}
+
+    async def one(i: int) -> None:
+        in_flight[i] = time.perf_counter()
+        if slots is not None:
+            async with slots:
+                reply = await request(client, endpoint, planned[i].body, options.api, options.timeout)
+        else:
+            reply = await request(client, endpoint, planned[i].body, options.api, options.timeout)
+        replies[i] = reply
+        del in_flight[i]
+        if stop is not None:
+            stop.record(reply)
+        if bar is not None:
+            bar.update()
+
+    start = time.perf_counter() + 0.005
+    deadline = start + options.max_duration
+    try:
+        for i, offset in enumerate(offsets):
+            when = due[i] = start + float(offset)
+            if when > deadline:
+                break
+            while True:
+                left = when - time.perf_counter()
+                if left <= 0 or (stop is not None and stop.reason is not None):
+                    break
+                await asyncio.sleep(left - SPIN_S if left > SPIN_S else 0)
+            if stop is not None and stop.reason is not None:
+                break
+            task = asyncio.ensure_future(one(i))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(asyncio.wait(set(tasks)))]
+            if stop is not None:
+                waits.append(asyncio.ensure_future(stop.event.wait()))
+            left = max(deadline - time.perf_counter(), 0.0)
+            await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+        duration = time.perf_counter() - start
+        pending = list(tasks)
+        for task in pending:
+            task.cancel()
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        for outcome in results:
+            if isinstance(outcome, Exception):
+                raise outcome  # a bug in the dispatcher is not a measurement
+    finally:
+        for task in list(tasks):
+            task.cancel()
+        if bar is not None:
+            bar.close()
+    for i, called in in_flight.items():
+        replies[i] = Reply(error=CANCELLED, start=called, end=start + duration)
+    return replies, due, start, duration
+
+
+def _progress_bar(total: int, label: str) -> Any:
     from tqdm import tqdm
 
     return tqdm(
         total=total,
-        desc=f"concurrency {concurrency}",
+        desc=label,
         unit="req",
         file=sys.stderr,
         disable=None,  # off when stderr is not a terminal
@@ -622,57 +1079,91 @@ def _ms(x: float | None) -> str:
 
 
 def table_rows(result: BenchResult) -> list[list[str]]:
-    rows = [
-        [
-            "concurrency",
-            "ok",
-            "failed",
-            "req/s",
-            "out tok/s",
-            "goodput/s",
-            "TTFT p50",
-            "TTFT p99",
-            "TPOT p50",
-            "TPOT p99",
-            "ITL p50",
-            "ITL p99",
-            "E2E p50",
-            "E2E p99",
-            "wall s",
-        ]
+    open_loop = any(lv.mode != "concurrency" for lv in result.levels)
+    head = ["load", "ok", "failed"]
+    if open_loop:
+        head += ["sent/s", "CV"]
+    head += [
+        "req/s",
+        "out tok/s",
+        "goodput/s",
+        "TTFT p50",
+        "TTFT p99",
+        "TPOT p50",
+        "TPOT p99",
+        "ITL p50",
+        "ITL p99",
+        "E2E p50",
+        "E2E p99",
+        "lag p99",
+        "wall s",
     ]
+    rows = [head]
     for lv in result.levels:
-        rows.append(
-            [
-                f"{lv.concurrency}{' (truncated)' if lv.truncated else ''}",
-                str(lv.completed),
-                str(lv.failed),
-                f"{lv.request_throughput:.2f}",
-                f"{lv.output_throughput:.1f}",
-                f"{lv.goodput:.2f}",
-                _ms(lv.ttft_ms.p50),
-                _ms(lv.ttft_ms.p99),
-                _ms(lv.tpot_ms.p50),
-                _ms(lv.tpot_ms.p99),
-                _ms(lv.itl_ms.p50),
-                _ms(lv.itl_ms.p99),
-                _ms(lv.e2e_ms.p50),
-                _ms(lv.e2e_ms.p99),
-                f"{lv.duration_s:.1f}",
+        row = [
+            f"{lv.label}{' (stopped)' if lv.stopped else ' (truncated)' if lv.truncated else ''}",
+            str(lv.completed),
+            str(lv.failed),
+        ]
+        if open_loop:
+            row += [
+                "-" if lv.achieved_rate is None else f"{lv.achieved_rate:.2f}",
+                "-" if lv.arrival_cv is None else f"{lv.arrival_cv:.2f}",
             ]
-        )
+        row += [
+            f"{lv.request_throughput:.2f}",
+            f"{lv.output_throughput:.1f}",
+            f"{lv.goodput:.2f}",
+            _ms(lv.ttft_ms.p50),
+            _ms(lv.ttft_ms.p99),
+            _ms(lv.tpot_ms.p50),
+            _ms(lv.tpot_ms.p99),
+            _ms(lv.itl_ms.p50),
+            _ms(lv.itl_ms.p99),
+            _ms(lv.e2e_ms.p50),
+            _ms(lv.e2e_ms.p99),
+            _ms(lv.send_lag_ms.p99),
+            f"{lv.duration_s:.1f}",
+        ]
+        rows.append(row)
     return rows
 
 
 def _header(result: BenchResult) -> list[str]:
     w = result.workload
     skipped = f", {w['skipped_records']} records skipped" if w.get("skipped_records") else ""
-    return [
+    unit = w.get("input_unit", "words")
+    built = w.get("input_built") or {}
+    made = (
+        f" (built: mean {built['mean']:g}, {built['min']}..{built['max']})"
+        if built.get("requests") and result.workload.get("prompts") is None
+        else ""
+    )
+    lines = [
         f"endpoint {result.url} (model {result.model}, /v1/{result.api}, streaming)",
-        f"workload {w['dataset']}{skipped}: input {w['input_len']} tokens, output {w['output_len']} tokens"
-        f"{', ignore_eos' if w['ignore_eos'] else ''}, seed {w['seed']}",
+        f"workload {w['dataset']}{skipped}: input {w['input_len']} {unit}{made}, "
+        f"output {w['output_len']} tokens (max_tokens){', ignore_eos' if w['ignore_eos'] else ''}, "
+        f"seed {w['seed']}",
+        f"prompt lengths: {w.get('tokenizer', 'words')}",
         f"SLO: {result.slo}",
     ]
+    if result.search is not None:
+        lines.append(search_line(result.search))
+    return lines
+
+
+def search_line(search: dict[str, Any]) -> str:
+    if search.get("max_rate") is None:
+        return f"find-max-rate: no rate met the SLO ({search.get('reason', '')})"
+    return (
+        f"find-max-rate: {search['max_rate']:.3g} req/s is the highest rate whose p{search['percentile']:g} "
+        f"met the SLO; {search['failed_rate']:.3g} req/s did not "
+        f"(precision {search['precision']:.0%}: (high - low) / low = {search['gap']:.1%}; "
+        f"{len(search['probes'])} probes)"
+        if search.get("failed_rate") is not None
+        else f"find-max-rate: every rate up to {search['max_rate']:.3g} req/s met the SLO "
+        f"(the search's ceiling; raise --rate-max)"
+    )
 
 
 def text_report(result: BenchResult) -> str:
@@ -689,13 +1180,19 @@ def _lag_note(result: BenchResult) -> str:
     """The generator's own queueing and CPU per level: large values mean the client, not the
     server, was busy."""
     lags = ", ".join(
-        f"c={lv.concurrency} {_ms(lv.send_lag_ms.p50)}/{_ms(lv.send_lag_ms.p99)}" for lv in result.levels
+        f"{lv.label} {_ms(lv.send_lag_ms.p50)}/{_ms(lv.send_lag_ms.p99)}" for lv in result.levels
     )
-    cpu = ", ".join(f"c={lv.concurrency} {lv.client_cpu:.0%}" for lv in result.levels)
-    return (
-        f"latencies start when a request is written; before that it waited in this client "
-        f"(send lag p50/p99 ms: {lags}); this client's CPU, of one core: {cpu}"
+    cpu = ", ".join(f"{lv.label} {lv.client_cpu:.0%}" for lv in result.levels)
+    closed = all(lv.mode == "concurrency" for lv in result.levels)
+    where = (
+        "latencies start when a request is written; before that it waited in this client"
+        if closed
+        else "closed-loop latencies start when a request is written, open-loop ones (rates, traces) "
+        "when it was due, so a late send counts; the lag is from due (or taken) to written"
     )
+    excluded = sum(lv.excluded for lv in result.levels)
+    windows = f"; {excluded} requests in warm-up / cool-down windows left out" if excluded else ""
+    return f"{where} (send lag p50/p99 ms: {lags}); this client's CPU, of one core: {cpu}{windows}"
 
 
 def markdown(result: BenchResult, image: str | None = "bench.png") -> str:
@@ -756,9 +1253,7 @@ def plot(result: BenchResult, out: Path) -> Path | None:
             left.plot(*zip(*points, strict=True), style, color=color, label=label)
     for lv, xi in zip(levels, x, strict=True):
         if lv.ttft_ms.p50 is not None:
-            left.annotate(
-                f"c={lv.concurrency}", (xi, lv.ttft_ms.p50), textcoords="offset points", xytext=(4, 6)
-            )
+            left.annotate(lv.label, (xi, lv.ttft_ms.p50), textcoords="offset points", xytext=(4, 6))
     left.set_xlabel("output tokens / s")
     left.set_ylabel("ms")
     left.set_title("latency against throughput")
@@ -768,10 +1263,17 @@ def plot(result: BenchResult, out: Path) -> Path | None:
         left.set_yscale("log")
     left.grid(alpha=0.3)
     left.legend()
-    e2e = [[r.latency * 1000 for r in lv.replies if r is not None and r.ok] for lv in levels]
+    e2e = [
+        [
+            (r.end - (lv.due[i] if lv.due else r.origin)) * 1000
+            for i, r in enumerate(lv.replies)
+            if r is not None and r.ok
+        ]
+        for lv in levels
+    ]
     right.boxplot(e2e, showfliers=True)
-    right.set_xticks(range(1, len(levels) + 1), [str(lv.concurrency) for lv in levels])
-    right.set_xlabel("concurrency")
+    right.set_xticks(range(1, len(levels) + 1), [lv.label for lv in levels], rotation=20)
+    right.set_xlabel("load")
     right.set_ylabel("end-to-end latency (ms)")
     right.set_title("end-to-end latency per level")
     right.grid(alpha=0.3, axis="y")

@@ -6,6 +6,15 @@ it without a model. It must cost far less per request than the generator, so it 
 responses) with every streamed chunk pre-encoded; no framework, no JSON encoding per token.
 
     python -m ernie_ops.validate.null_server --port 8190 [--delay-ms 20] [--fail-every 10]
+    python -m ernie_ops.validate.null_server --slots 8 --service-ms 50     # capacity 160 req/s
+
+A known capacity (`--slots K --service-ms S`): at most K requests are served at once, each for S ms
+(its K output chunks evenly spread over them, the last at S), the others wait for a slot in arrival
+order; the server's capacity is K * 1000 / S requests per second, and a load above it makes the
+queue (and the latency) grow without bound. Slots are kept on the clock, not by sleeping: request n
+starts at max(its arrival, the earliest time a slot frees) and ends exactly S ms later, so the
+capacity holds however late the event loop wakes (a late wake-up delays a write, not the next
+request). What `ernie-ops bench --find-max-rate` is checked against (scripts/bench_loadgen.py).
 
 Endpoints: `GET /health`, `GET /v1/models`, `POST /v1/chat/completions` and `/v1/completions`
 (streaming or not; K = `max_tokens` output chunks of one token each, `usage` in a last chunk when
@@ -24,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import heapq
 import sys
 import threading
 import time
@@ -46,6 +56,19 @@ class Behaviour:
     delay_ms: float = 0.0  # before every output chunk
     ttft_ms: float | None = None  # before the first output chunk instead (None: delay_ms)
     status: int = 200  # anything else: an OpenAI-style JSON error with this status
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """At most `slots` requests in service at once, each for `service_ms`."""
+
+    slots: int
+    service_ms: float
+
+    @property
+    def rate(self) -> float:
+        """Requests per second the server can complete."""
+        return self.slots * 1000.0 / self.service_ms
 
 
 Plan = Behaviour | Callable[[int, dict[str, Any]], Behaviour]  # (1-based arrival index, request body)
@@ -143,9 +166,11 @@ def _prompt_tokens(body: dict[str, Any]) -> int:
 class NullServer:
     """The server's state: its plan for requests and the timestamps it recorded."""
 
-    def __init__(self, plan: Plan = Behaviour(), model: str = MODEL):
+    def __init__(self, plan: Plan = Behaviour(), model: str = MODEL, capacity: Capacity | None = None):
         self.plan = plan
         self.model = model
+        self.capacity = capacity
+        self.free_at: list[float] = [0.0] * capacity.slots if capacity else []  # a heap, perf_counter s
         self.records: deque[Record] = deque(maxlen=MAX_RECORDS)
         self.arrivals = 0
         self._encoded: dict[tuple[bool, str], _Encoded] = {}
@@ -270,7 +295,13 @@ class _Connection(asyncio.Protocol):
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage"):
             usage = enc.usage(_prompt_tokens(body), k)
-        if not body.get("stream"):
+        if server.capacity is not None and body.get("stream"):
+            now = arrival / 1e9
+            begin = max(now, heapq.heappop(server.free_at))
+            end = begin + server.capacity.service_ms / 1000
+            heapq.heappush(server.free_at, end)
+            self.streaming = asyncio.ensure_future(self._served(enc, k, usage, begin, end, record))
+        elif not body.get("stream"):
             self._whole(enc, body, k, record)
         elif plan.delay_ms <= 0 and not plan.ttft_ms:
             # everything at once: one write, the client parses the chunks as fast as it can
@@ -316,6 +347,30 @@ class _Connection(asyncio.Protocol):
             self.streaming = None
         self._next()
 
+    async def _served(
+        self, enc: _Encoded, k: int, usage: bytes | None, begin: float, end: float, record: Record
+    ) -> None:
+        """A stream in a slot from `begin` to `end` (perf_counter seconds): chunk i at its share."""
+        try:
+            assert self.transport is not None
+            self.transport.write(STREAM_HEAD + b"\r\n" + enc.opening)
+            tokens = enc.tokens(k)
+            for i, token in enumerate(tokens):
+                due = begin + (end - begin) * (i + 1) / len(tokens)
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if self.transport is None:
+                    return
+                if i == 0:
+                    record.first_ns = time.perf_counter_ns()
+                self.transport.write(token)
+            record.last_ns = time.perf_counter_ns()
+            self.transport.write((usage or b"") + enc.done)
+        finally:
+            self.streaming = None
+        self._next()
+
 
 def fail_every(n: int, behaviour: Behaviour) -> Plan:
     """Every n-th request (by arrival) answers HTTP 500; the others behave as given."""
@@ -324,9 +379,11 @@ def fail_every(n: int, behaviour: Behaviour) -> Plan:
 
 
 @contextlib.contextmanager
-def serve_in_thread(plan: Plan = Behaviour(), model: str = MODEL) -> Iterator[NullServer]:
+def serve_in_thread(
+    plan: Plan = Behaviour(), model: str = MODEL, capacity: Capacity | None = None
+) -> Iterator[NullServer]:
     """Run a null server on a free loopback port in a daemon thread (tests, in-process benchmarks)."""
-    server = NullServer(plan, model)
+    server = NullServer(plan, model, capacity)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
 
@@ -351,9 +408,20 @@ def serve_in_thread(plan: Plan = Behaviour(), model: str = MODEL) -> Iterator[Nu
 
 async def _main(args: argparse.Namespace) -> None:
     behaviour = Behaviour(args.delay_ms, args.ttft_ms)
-    server = NullServer(fail_every(args.fail_every, behaviour) if args.fail_every else behaviour, args.model)
+    capacity = None
+    if args.slots or args.service_ms:
+        if not (args.slots and args.service_ms and args.slots > 0 and args.service_ms > 0):
+            raise SystemExit("--slots and --service-ms go together, both > 0 (capacity = slots * 1000 / ms)")
+        capacity = Capacity(args.slots, args.service_ms)
+    plan = fail_every(args.fail_every, behaviour) if args.fail_every else behaviour
+    server = NullServer(plan, args.model, capacity)
     listening = await server.start(args.host, args.port)
     print(f"null server listening on http://{args.host}:{server.port}", flush=True)
+    if capacity is not None:
+        print(
+            f"capacity {capacity.rate:g} req/s ({capacity.slots} slots x {capacity.service_ms:g} ms)",
+            flush=True,
+        )
     async with listening:
         await listening.serve_forever()
 
@@ -367,6 +435,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-ms", type=float, default=0.0, help="before every output chunk (default 0)")
     parser.add_argument("--ttft-ms", type=float, help="before the first output chunk (default: --delay-ms)")
     parser.add_argument("--fail-every", type=int, default=0, help="every N-th request answers HTTP 500")
+    parser.add_argument("--slots", type=int, default=0, help="capacity: requests served at once")
+    parser.add_argument(
+        "--service-ms", type=float, default=0.0, help="capacity: ms each request holds a slot"
+    )
     parser.add_argument("--model", default=MODEL, help=f"the name /v1/models lists (default {MODEL})")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
