@@ -209,6 +209,10 @@ def _run(args: argparse.Namespace) -> int:
                 flush=True,
             )
         await gateway.start(args.host, args.port)
+        import gc
+
+        gc.collect()
+        gc.freeze()  # what start-up built is never collected: no full-heap walks behind requests
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

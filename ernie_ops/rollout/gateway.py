@@ -45,7 +45,7 @@ from aiohttp import web
 
 from ernie_ops.errors import UserError
 from ernie_ops.rollout.answers import Answer, agree, read_stream, read_whole
-from ernie_ops.rollout.metrics import GatewayMetrics, Outcome
+from ernie_ops.rollout.metrics import GatewayMetrics
 from ernie_ops.rollout.requestlog import RequestLog
 from ernie_ops.rollout.routing import CANDIDATE, STABLE, Routing, StateFile, check_mode, check_weight, pick
 from ernie_ops.validate.client import Endpoint
@@ -468,7 +468,7 @@ class Gateway:
             if answer.completion_tokens:
                 series.generated.inc(answer.completion_tokens)
         if attempt.error != "client_gone":
-            series.outcomes.append(Outcome(time.time(), ok, attempt.ttft, attempt.e2e))
+            series.outcomes.add(time.time(), ok, attempt.ttft, attempt.e2e)
 
     def _log_request(
         self,

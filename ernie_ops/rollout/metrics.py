@@ -26,10 +26,11 @@ with `Figures.since(t)` (`GET /admin/stats?since=T`).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from array import array
 from collections import deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ernie_ops.extras import optional_imports
@@ -46,14 +47,31 @@ BACKENDS = (STABLE, CANDIDATE)
 TRAFFIC = ("client", "shadow")
 
 
-@dataclass(slots=True)
-class Outcome:
-    """One answered (or failed) request, as the gates read it."""
+class Outcomes:
+    """The last WINDOW outcomes (time ended, ok, TTFT, E2E) in flat arrays: no object per request
+    for the garbage collector to walk."""
 
-    at: float  # time.time() when it ended
-    ok: bool
-    ttft: float | None
-    e2e: float
+    def __init__(self, size: int = WINDOW):
+        self.size = size
+        self.at = array("d", bytes(8 * size))
+        self.ok = bytearray(size)
+        self.ttft = array("d", bytes(8 * size))
+        self.e2e = array("d", bytes(8 * size))
+        self.count = 0  # ever added
+
+    def add(self, at: float, ok: bool, ttft: float | None, e2e: float) -> None:
+        i = self.count % self.size
+        self.at[i], self.ok[i], self.e2e[i] = at, ok, e2e
+        self.ttft[i] = math.nan if ttft is None else ttft
+        self.count += 1
+
+    def since(self, t: float) -> tuple[int, int, list[float], list[float]]:
+        """(outcomes, failures, sorted TTFTs of successes, sorted E2Es of successes) ended at or after T."""
+        n = min(self.count, self.size)
+        rows = [i for i in range(n) if self.at[i] >= t]
+        good = [i for i in rows if self.ok[i]]
+        ttfts = sorted(self.ttft[i] for i in good if not math.isnan(self.ttft[i]))
+        return len(rows), len(rows) - len(good), ttfts, sorted(self.e2e[i] for i in good)
 
 
 class _Series:
@@ -71,7 +89,7 @@ class _Series:
         self.in_flight = m.in_flight.labels(backend, traffic)
         self._by_status: dict[tuple[str, str], Any] = {}
         self._by_error: dict[str, Any] = {}
-        self.outcomes: deque[Outcome] = deque(maxlen=WINDOW)
+        self.outcomes = Outcomes()
 
     def status(self, route: str, status: str) -> None:
         child = self._by_status.get((route, status))
@@ -193,21 +211,18 @@ class GatewayMetrics:
         E2E p50 / p99 in seconds; and the shadow comparisons. Exact over the kept window."""
         out: dict[str, Any] = {"since": since, "now": time.time(), "backends": {}}
         for (backend, traffic), series in self.series.items():
-            rows = [o for o in list(series.outcomes) if o.at >= since]
-            if not rows:
+            requests, errors, ttfts, e2es = series.outcomes.since(since)
+            if not requests:
                 continue
-            errors = sum(not o.ok for o in rows)
-            ttfts = sorted(o.ttft for o in rows if o.ok and o.ttft is not None)
-            e2es = sorted(o.e2e for o in rows if o.ok)
             out["backends"][f"{backend}/{traffic}"] = {
-                "requests": len(rows),
+                "requests": requests,
                 "errors": errors,
-                "error_rate": errors / len(rows),
+                "error_rate": errors / requests,
                 "ttft_p50": quantile(ttfts, 0.5),
                 "ttft_p99": quantile(ttfts, 0.99),
                 "e2e_p50": quantile(e2es, 0.5),
                 "e2e_p99": quantile(e2es, 0.99),
-                "window_full": len(series.outcomes) == WINDOW,
+                "window_full": series.outcomes.count > WINDOW,
             }
         results = [r for at, r in list(self.compared) if at >= since]
         out["shadow"] = {r: results.count(r) for r in ("agree", "disagree", "error")}
