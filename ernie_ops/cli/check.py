@@ -40,7 +40,7 @@ class Check(Subcommand):
         parser.add_argument(
             "--erniekit-version",
             metavar="V",
-            help="check against a shipped schema snapshot (default: installed)",
+            help="check against a shipped schema snapshot; `latest` is the newest (default: installed)",
         )
         parser.add_argument("--keys", action="store_true", help="list the valid keys with type and default")
         parser.add_argument(

@@ -23,7 +23,6 @@ from ernie_ops.recipe.ranges import RANGES
 from ernie_ops.recipe.schema import Field, Schema
 
 SUGGESTIONS = 100  # unknown keys that get a "did you mean" (the report shows about as many)
-DATASET_TYPES = ("erniekit", "alpaca", "filelist", "glob")  # ernie/dataset/base.py MultiSourceDataset
 YAML_BOOL_WORDS = {"true", "false", "yes", "no", "on", "off", "y", "n"}
 # PyYAML follows YAML 1.1: a float needs a dot, so `1e-5` is read as the string "1e-5".
 YAML11_EXPONENT = re.compile(r"^[+-]?\d+[eE][+-]?\d+$")
@@ -89,6 +88,10 @@ class Context:
         p = Path(path).expanduser()
         return p if p.is_absolute() else self.cwd / p
 
+    def knowing(self, attr: str, value: str) -> list[str]:
+        """The other ERNIEKit versions whose `attr` (stages, dataset_types, ...) has `value`, oldest first."""
+        return sorted((v for v, o in self.schema.others.items() if value in getattr(o, attr)), key=Version)
+
 
 Rule = Callable[[Context], Iterator[Problem]]
 
@@ -117,7 +120,11 @@ def unknown_keys(ctx: Context) -> Iterator[Problem]:
             continue
         # a suggestion costs ~0.5 ms (difflib against every key): only the first are looked for
         guess = did_you_mean(key, list(known)) if unknown <= SUGGESTIONS else None
-        default = f" (it trains with the default {guess}: {known[guess].default!r})" if guess else ""
+        default = (
+            f" (it trains with the default {guess}: {known[guess].default!r})"
+            if guess and not ctx.recipe.given(guess)
+            else ""
+        )
         yield error(
             ctx.where(key),
             key,
@@ -126,8 +133,10 @@ def unknown_keys(ctx: Context) -> Iterator[Problem]:
         )
 
 
-def _type_problem(f: Field, value: Any) -> tuple[str, str] | None:
-    """(what is wrong, fix) when `value` is not what field `f` needs, else None."""
+def _type_problem(f: Field, value: Any, list_ok: bool = False) -> tuple[str, str] | None:
+    """(what is wrong, fix) when `value` is not what field `f` needs, else None.
+
+    `list_ok`: this ERNIEKit documents a list form for this `str` key (schema.list_values)."""
     if value is None:
         return (
             None
@@ -172,6 +181,8 @@ def _type_problem(f: Field, value: Any) -> tuple[str, str] | None:
     if f.type == "str":
         if isinstance(value, str):
             return None
+        if isinstance(value, list) and list_ok:
+            return None
         if isinstance(value, list):
             joined = ",".join(str(v) for v in value)
             return (
@@ -200,7 +211,7 @@ def types(ctx: Context) -> Iterator[Problem]:
         f = ctx.schema.fields.get(key)
         if f is None:
             continue
-        problem = _type_problem(f, value)
+        problem = _type_problem(f, value, key in ctx.schema.list_values)
         if problem:
             yield error(ctx.where(key), key, *problem)
         elif f.choices and value is not None and str(value) not in f.choices:
@@ -236,7 +247,7 @@ def choices(ctx: Context) -> Iterator[Problem]:
     """Values ERNIEKit compares against fixed strings; anything else fails late or silently differs."""
     stage = ctx.value("stage")
     if isinstance(stage, str) and stage not in ctx.schema.stages:
-        newer = sorted((v for v, o in ctx.schema.others.items() if stage in o.stages), key=Version)
+        newer = ctx.knowing("stages", stage)
         guess = did_you_mean(stage, list(ctx.schema.stages)) or next(
             (s for s in ctx.schema.stages if s.lower() == stage.lower()), None
         )
@@ -261,12 +272,26 @@ def choices(ctx: Context) -> Iterator[Problem]:
     compute_type = ctx.value("compute_type")
     if isinstance(compute_type, str) and compute_type not in ctx.schema.compute_types:
         guess = did_you_mean(compute_type, list(ctx.schema.compute_types))
+        newer = ctx.knowing("compute_types", compute_type)
         yield error(
             ctx.where("compute_type"),
             "compute_type",
             f"{compute_type!r} is not one of {', '.join(ctx.schema.compute_types)} "
-            "(ERNIEKit raises 'Unknown compute_type' at start-up)",
-            f"did you mean {guess!r}?" if guess else "",
+            f"(ERNIEKit {ctx.schema.erniekit_version} raises 'Unknown compute_type' at start-up)",
+            f"compute_type {compute_type} needs ERNIEKit {newer[0]} or newer"
+            if newer
+            else (f"did you mean {guess!r}?" if guess else ""),
+        )
+    mix = ctx.value("mix_strategy")
+    known_mixes = ctx.schema.mix_strategies
+    if ctx.recipe.given("mix_strategy") and known_mixes and isinstance(mix, str) and mix not in known_mixes:
+        guess = did_you_mean(mix, list(ctx.schema.mix_strategies))
+        yield error(
+            ctx.where("mix_strategy"),
+            "mix_strategy",
+            f"{mix!r} is not a dataset mixing strategy ERNIEKit {ctx.schema.erniekit_version} has "
+            f"({', '.join(ctx.schema.mix_strategies)}); it would build no dataset",
+            f"did you mean {guess!r}?" if guess else f"use one of {', '.join(ctx.schema.mix_strategies)}",
         )
 
 
@@ -357,21 +382,48 @@ def _split(value: Any) -> list[str]:
 
 
 def datasets(ctx: Context) -> Iterator[Problem]:
-    splits = ["train"] + ([] if "VL" in ctx.stage else ["eval"])  # non-VL stages need an eval set
+    """erniekit/train/tuner.py checks train and eval paths for every stage without "VL" in its name;
+    a VL stage reads image-text data from train_dataset_path and, where the version has it,
+    text-only data from text_dataset_path (either may be empty, not both)."""
+    vl = "VL" in ctx.stage
+    text_paths = _split(ctx.value("text_dataset_path") or "") if vl else []
+    splits = ["train"] + ([] if vl else ["eval"])
     for split in splits:
-        yield from _dataset_split(ctx, split)
+        yield from _dataset_split(ctx, split, vl, bool(text_paths))
+    if text_paths and "text_dataset_path" in ctx.schema.fields:
+        probs = _split(ctx.value("text_dataset_prob") or "")
+        if len(probs) != len(text_paths):
+            yield error(
+                ctx.where("text_dataset_path"),
+                "text_dataset_prob",
+                f"{len(text_paths)} text_dataset_path value(s) but {len(probs)} text_dataset_prob value(s): "
+                "ERNIEKit needs one per dataset",
+                f'text_dataset_prob: "{",".join(["1.0"] * len(text_paths))}"',
+            )
+        yield from _probabilities(ctx, "text_dataset_prob", probs)
+        for path in text_paths:
+            yield from _dataset_file(ctx, "text_dataset_path", path, "text")
 
 
-def _dataset_split(ctx: Context, split: str) -> Iterator[Problem]:
+def _dataset_split(ctx: Context, split: str, vl: bool = False, has_text: bool = False) -> Iterator[Problem]:
     path_key, prob_key, type_key = (f"{split}_dataset_{s}" for s in ("path", "prob", "type"))
     if path_key not in ctx.schema.fields:
         return
-    paths = _split(ctx.value(path_key))
-    probs = _split(ctx.value(prob_key))
-    kinds = _split(ctx.value(type_key))
+    paths = _split(ctx.value(path_key) or "")
+    probs = _split(ctx.value(prob_key) or "")
+    kinds = _split(ctx.value(type_key) or "")
     if not ctx.recipe.given(path_key):
         default = ctx.value(path_key)
-        if not ctx.resolve(str(default)).exists():
+        if default is None and not (vl and has_text):
+            stops = "" if vl else " (erniekit/train/tuner.py: 'Dataset Path is None')"
+            yield error(
+                ctx.where(),
+                path_key,
+                f"not set, and ERNIEKit {ctx.schema.erniekit_version} has no default: "
+                f"it stops at start-up{stops}",
+                f"add {path_key}: your-{split}.jsonl (and {prob_key}" + ("" if vl else f", {type_key}") + ")",
+            )
+        elif default is not None and not ctx.resolve(str(default)).exists():
             yield error(
                 ctx.where(),
                 path_key,
@@ -380,7 +432,20 @@ def _dataset_split(ctx: Context, split: str) -> Iterator[Problem]:
             )
         return
     if not paths:
-        yield error(ctx.where(path_key), path_key, "empty: ERNIEKit needs at least one dataset")
+        if not (vl and has_text):
+            yield error(ctx.where(path_key), path_key, "empty: ERNIEKit needs at least one dataset")
+        return
+    if vl:  # the VL reader takes image_info/text_info records by path and probability; no type
+        if len(probs) != len(paths):
+            yield error(
+                ctx.where(path_key),
+                prob_key,
+                f"{len(paths)} path(s) but {len(probs)} {prob_key} value(s): ERNIEKit needs one per dataset",
+                f'{prob_key}: "{",".join(["1.0"] * len(paths))}"',
+            )
+        yield from _probabilities(ctx, prob_key, probs)
+        for path in paths:
+            yield from _dataset_file(ctx, path_key, path, "erniekit")
         return
     for key, example in ((prob_key, "1.0"), (type_key, "erniekit")):
         if ctx.value(key) is None:
@@ -401,14 +466,19 @@ def _dataset_split(ctx: Context, split: str) -> Iterator[Problem]:
             f'{type_key}: "{",".join(["erniekit"] * len(paths))}"',
         )
     yield from _probabilities(ctx, prob_key, probs)
-    for kind in kinds:
-        if kind not in DATASET_TYPES:
-            guess = did_you_mean(kind, list(DATASET_TYPES))
+    known = ctx.schema.dataset_types
+    for kind in dict.fromkeys(kinds):
+        if kind not in known:
+            newer = ctx.knowing("dataset_types", kind)
+            guess = did_you_mean(kind, list(known))
             yield error(
                 ctx.where(type_key),
                 type_key,
-                f"{kind!r} is not a dataset type ERNIEKit reads ({', '.join(DATASET_TYPES)})",
-                f"did you mean {guess!r}?" if guess else "",
+                f"{kind!r} is not a dataset type ERNIEKit {ctx.schema.erniekit_version} reads "
+                f"({', '.join(known)}); it raises 'Cannot support {kind} now'",
+                f"dataset type {kind} needs ERNIEKit {newer[0]} or newer"
+                if newer
+                else (f"did you mean {guess!r}?" if guess else ""),
             )
     for i, path in enumerate(paths):
         kind = kinds[i] if i < len(kinds) else "erniekit"

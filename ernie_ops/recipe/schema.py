@@ -28,6 +28,22 @@ from ernie_ops.errors import UserError
 SNAPSHOT_DIR = Path(__file__).resolve().parent / "snapshots"
 PINNED_VERSION = "1.0.1"  # constraints.txt: the only erniekit wheel that ships `ernie`
 SCHEMA_FORMAT = 1
+LATEST = "latest"  # --erniekit-version latest: the newest shipped snapshot
+# What 1.0.1's multi-source reader accepts (ernie/dataset/base.py): for a snapshot that does not
+# record its own list (one read before the list was part of the snapshot).
+DEFAULT_DATASET_TYPES = ("erniekit", "alpaca", "filelist", "glob")
+# a bracketed list of numbers in a help text, e.g. pp_seg_method's "`[0, 30, 59]`"
+_LIST_EXAMPLE = re.compile(r"\[\s*\d+(\s*,\s*\d+)+\s*\]")
+
+
+def accepts_list(help_text: str) -> bool:
+    """A `str` field whose help gives a list as a possible value takes a YAML list as it is.
+
+    PdArgumentParser.parse_dict hands YAML values to the dataclass unconverted, so a list stays a
+    list; whether that works depends on the code that reads the field. Where ERNIEKit documents a
+    list form (pp_seg_method: `[0, 30, 59]`, handed on to Paddle's PipelineLayer), it does.
+    """
+    return bool(_LIST_EXAMPLE.search(help_text))
 
 
 @dataclass(frozen=True)
@@ -47,6 +63,9 @@ class OtherVersion:
 
     keys: frozenset[str]
     stages: tuple[str, ...]
+    dataset_types: tuple[str, ...] = DEFAULT_DATASET_TYPES
+    compute_types: tuple[str, ...] = ()
+    mix_strategies: tuple[str, ...] = ()
 
 
 @dataclass
@@ -59,6 +78,11 @@ class Schema:
     compute_types: tuple[str, ...]  # `compute_type` values FinetuningArguments accepts
     source: str = "snapshot"  # snapshot | cache | extracted
     others: dict[str, OtherVersion] = field(default_factory=dict)  # other known ERNIEKit versions
+    # `*_dataset_type` values the multi-source reader dispatches on
+    dataset_types: tuple[str, ...] = DEFAULT_DATASET_TYPES
+    mix_strategies: tuple[str, ...] = ()  # `mix_strategy` values (empty: not a key of this version)
+    list_values: frozenset[str] = frozenset()  # `str` keys that take a YAML list as it is
+    commit: str = ""  # the source commit, for a snapshot read from a source checkout
 
     @classmethod
     def from_json(cls, data: dict, source: str) -> Schema:
@@ -84,10 +108,28 @@ class Schema:
             stages=tuple(data["stages"]),
             compute_types=tuple(data["compute_types"]),
             source=source,
+            dataset_types=tuple(data.get("dataset_types") or DEFAULT_DATASET_TYPES),
+            mix_strategies=tuple(data.get("mix_strategies") or ()),
+            list_values=frozenset(
+                data["list_values"]
+                if "list_values" in data
+                else (k for k, f in fields.items() if f.type == "str" and accepts_list(f.help))
+            ),
+            commit=data.get("commit", ""),
         )
 
     def describe(self) -> str:
-        return f"ERNIEKit {self.erniekit_version} schema ({self.source})"
+        at = f" at {self.commit[:12]}" if self.commit else ""
+        return f"ERNIEKit {self.erniekit_version}{at} schema ({self.source})"
+
+    def as_other(self) -> OtherVersion:
+        return OtherVersion(
+            frozenset(self.fields),
+            self.stages,
+            self.dataset_types,
+            self.compute_types,
+            self.mix_strategies,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,11 +174,18 @@ def cache_dir() -> Path:
 
 
 def snapshots() -> dict[str, Path]:
-    """Shipped snapshots by ERNIEKit version."""
+    """Shipped snapshots by ERNIEKit version, oldest first."""
+    from packaging.version import Version
+
     found = {}
-    for path in sorted(SNAPSHOT_DIR.glob("erniekit-schema-*.json")):
+    for path in SNAPSHOT_DIR.glob("erniekit-schema-*.json"):
         found[path.stem.removeprefix("erniekit-schema-")] = path
-    return found
+    return dict(sorted(found.items(), key=lambda item: Version(item[0])))
+
+
+def latest_version() -> str:
+    """The newest shipped snapshot's version (what `--erniekit-version latest` names)."""
+    return list(snapshots())[-1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,19 +200,21 @@ def load_schema(version: str | None = None) -> Schema:
     the pinned version.
     """
     shipped = snapshots()
+    if version == LATEST:
+        version = latest_version()
     if version is not None:
         if version not in shipped:
             raise UserError(
                 f"no ERNIEKit {version} schema snapshot",
-                hint=f"known: {', '.join(shipped)}; or install that ERNIEKit and omit --erniekit-version",
+                hint=f"known: {', '.join(shipped)} ({LATEST} = {latest_version()}); "
+                "or install that ERNIEKit and omit --erniekit-version",
             )
         schema = _read(shipped[version], "snapshot")
     else:
         schema = _installed_schema(shipped)
     for other, path in shipped.items():
         if other != schema.erniekit_version:
-            data = _read_json(path)
-            schema.others[other] = OtherVersion(frozenset(data["fields"]), tuple(data["stages"]))
+            schema.others[other] = _read(path, "snapshot").as_other()
     return schema
 
 
@@ -222,6 +273,30 @@ def _atomic_write(path: Path, text: str) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text + "\n")
     os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Values read from ERNIEKit's data readers (source text; shared with scripts/extract_erniekit_schema.py)
+
+
+def reader_dataset_types(dataset_dir: Path) -> list[str]:
+    """Values `sub_dataset_type` is compared with in ERNIEKit's multi-source reader."""
+    found: list[str] = []
+    for path in sorted(dataset_dir.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        found += re.findall(r'sub_dataset_type\s*==\s*"([^"]+)"', text)
+        for listed in re.findall(r"sub_dataset_type\s+in\s+[\[(]([^\])]*)[\])]", text):
+            found += re.findall(r'"([^"]+)"', listed)
+    return list(dict.fromkeys(found))
+
+
+def reader_mix_strategies(dataset_dir: Path) -> list[str]:
+    """`mix_strategy` values: the keys of ernie/dataset/mix_datasets.py's CLASS_MAPPING."""
+    path = dataset_dir / "mix_datasets.py"
+    if not path.is_file():
+        return []
+    match = re.search(r"CLASS_MAPPING\s*=\s*\{([^}]*)\}", path.read_text(encoding="utf-8"))
+    return re.findall(r'"([^"]+)"\s*:', match.group(1)) if match else []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,6 +386,10 @@ def extract() -> dict:
     stages = re.findall(r'stage\s*==\s*"([^"]+)"', tuner.read_text()) if tuner else []
     compute_types = re.findall(r'compute_type\s*==\s*"([^"]+)"', finetuning.read_text()) if finetuning else []
     installed = installed_fingerprint()
+    ernie = importlib.util.find_spec("ernie")
+    dataset_dir = Path(ernie.origin).parent / "dataset" if ernie and ernie.origin else None
+    types = reader_dataset_types(dataset_dir) if dataset_dir and dataset_dir.is_dir() else []
+    mixes = reader_mix_strategies(dataset_dir) if dataset_dir and dataset_dir.is_dir() else []
     return {
         "format": SCHEMA_FORMAT,
         "erniekit_version": installed[0] if installed else "unknown",
@@ -318,6 +397,9 @@ def extract() -> dict:
         "fingerprint": installed[1] if installed else "",
         "stages": sorted(set(stages)),
         "compute_types": list(dict.fromkeys(compute_types)),
+        "dataset_types": types or list(DEFAULT_DATASET_TYPES),
+        "mix_strategies": mixes,
+        "list_values": sorted(k for k, f in fields.items() if f["type"] == "str" and accepts_list(f["help"])),
         "fields": fields,
     }
 
