@@ -121,15 +121,13 @@ def _apply_visible(
         return [], tuple(entries), f"{VISIBLE}={visible!r} names a GPU twice: CUDA then sees no GPU"
     chosen: list[tuple[_Device, str]] = []
     for entry in named:
-        device, problem = _resolve(entry, kind, devices, migs)
+        device, unknown = _resolve(entry, kind, devices, migs)
         if device is None:
+            problem = unknown
             break
         if any(device.uuid == seen.uuid for seen, _ in chosen):
-            return (
-                [],
-                tuple(entries),
-                f"{VISIBLE}={visible!r} names {device.uuid} twice: CUDA then sees no GPU",
-            )
+            twice = f"{VISIBLE}={visible!r} names {device.uuid} twice: CUDA then sees no GPU"
+            return [], tuple(entries), twice
         chosen.append((device, entry))
     ignored = tuple(entries[len(chosen) :])
     why = f"{VISIBLE}={visible!r}: {problem}; CUDA ignores it and every entry after it" if ignored else None

@@ -187,32 +187,23 @@ def check_ports(profile, directory: Path | None = None, only_main: bool = False)
 
 
 def gpu_inventory() -> list[tuple[int, str, float]]:
-    """(index, name, memory GiB) per visible GPU, from nvidia-smi (no Paddle import)."""
-    import shutil
-    import subprocess
+    """(index, name, memory GiB) per GPU this process may use (`ernie_ops.devices`: NVML, with
+    CUDA_VISIBLE_DEVICES applied), by the machine's index: FastDeploy's CUDA_VISIBLE_DEVICES is built
+    from the profile's `gpus` in those terms."""
+    from ernie_ops.devices import gpus
 
-    if shutil.which("nvidia-smi") is None:
-        return []
-    out = subprocess.run(
-        ["nvidia-smi", "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
-    rows = []
-    for line in out.stdout.splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 3 and parts[0].isdigit():
-            rows.append((int(parts[0]), parts[1], float(parts[2]) / 1024))
-    return rows
+    return [(g.nvml_index, g.name, g.memory_gib) for g in gpus().gpus if not g.is_mig]
 
 
 def check_gpus(profile, target: Target) -> str | None:
     """Refuse what cannot start; return the planner's explanation when it fits."""
     inventory = gpu_inventory()
     if not inventory:
+        from ernie_ops.devices import gpus
+
+        why = gpus().reason
         raise UserError(
-            "no GPU visible: FastDeploy serves on GPUs only",
+            "no GPU visible" + (f" ({why})" if why else "") + ": FastDeploy serves on GPUs only",
             hint="on this machine serve with the embedded CPU backend: --backend paddle",
         )
     visible = {i for i, _, _ in inventory}

@@ -9,13 +9,14 @@ work (it assumes a GPU); `python -m erniekit.launcher train` runs the same workf
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 from ernie_ops.errors import UserError
+
+log = logging.getLogger(__name__)
 
 # Left over from an outer launch, these make paddle.distributed.launch join the wrong job.
 STALE_PADDLE_ENV = (
@@ -39,22 +40,23 @@ ERNIEKIT_ENV = {
 
 
 def detect_gpus() -> list[int]:
-    """GPU indices visible to this process, without importing Paddle (nvidia-smi + CUDA_VISIBLE_DEVICES)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [int(x) for x in visible.split(",") if x.strip().isdigit()]
-    if shutil.which("nvidia-smi") is None:
-        return []
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
+    """The GPUs this process may use, by the machine's index (as nvidia-smi numbers them), from
+    `ernie_ops.devices` (NVML + CUDA_VISIBLE_DEVICES, no Paddle import); [] without a GPU.
+
+    paddle.distributed.launch names GPUs by the CUDA_VISIBLE_DEVICES entries, so these indices are
+    its `--gpus` as long as the variable lists indices; `launch_env` rewrites one that names GPUs by
+    UUID into their indices. MIG devices have no index: refused."""
+    from ernie_ops.devices import gpus
+
+    found = gpus()
+    if found.reason and found.ignored:
+        log.warning("%s", found.reason)
+    if any(g.is_mig for g in found.gpus):
+        raise UserError(
+            "CUDA_VISIBLE_DEVICES names MIG devices: paddle.distributed.launch takes whole GPUs by index",
+            hint="set CUDA_VISIBLE_DEVICES to GPU indices (nvidia-smi -L lists them)",
         )
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [int(x) for x in out.stdout.split() if x.isdigit()] if out.returncode == 0 else []
+    return [g.nvml_index for g in found.gpus]
 
 
 def parse_gpus(text: str) -> list[int]:
@@ -108,5 +110,24 @@ def build_command(
 def launch_env(base: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in (base if base is not None else os.environ).items() if k not in STALE_PADDLE_ENV}
     env.update(ERNIEKIT_ENV)
+    env.update(_visible_as_indices(env))
     env["PYTHONUNBUFFERED"] = "1"  # log lines as they happen: the progress bar and watchdog read them
     return env
+
+
+def _visible_as_indices(env: dict[str, str]) -> dict[str, str]:
+    """CUDA_VISIBLE_DEVICES by index when it names whole GPUs by UUID (or not as plain numbers):
+    paddle.distributed.launch matches `--gpus` against its entries, and `detect_gpus` gives indices.
+    PCI_BUS_ID makes CUDA number the GPUs as NVML does, so the same GPUs stay visible in the same
+    order."""
+    from ernie_ops.devices import VISIBLE, gpus
+
+    visible = env.get(VISIBLE)
+    if visible is None or all(e.strip().isdigit() for e in visible.split(",")):
+        return {}
+    found = gpus(env)
+    if not found or any(g.is_mig for g in found.gpus):
+        return {}
+    indices = ",".join(str(g.nvml_index) for g in found.gpus)
+    log.info("%s=%s is %s by index (what paddle.distributed.launch expects)", VISIBLE, visible, indices)
+    return {VISIBLE: indices, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
