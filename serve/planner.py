@@ -7,6 +7,11 @@ Pure arithmetic over the catalog's shapes (no Paddle, no GPU). Two questions:
   `max_num_seqs` sequences of `max_model_len` tokens, all within `gpu_memory_utilization` of the
   card. FastDeploy gives the KV cache whatever is left after weights and the profiling pass
   (fastdeploy.md), so "fits" here means: the leftover holds every admitted sequence at full length.
+  With `engine="vllm"` the same arithmetic follows vLLM's memory model instead (vLLM 0.34's
+  `gpu_worker.determine_available_memory`): KV cache = memory x gpu_memory_utilization - weights -
+  the profiling pass over max_num_batched_tokens (chunked prefill) - the CUDA-graph memory it
+  measures - non-torch memory, in blocks of 16 tokens; bf16 and online fp8 only (the assumptions are
+  printed with the plan).
 * `plan_train`: an ERNIEKit recipe. Weights, gradients and AdamW states per GPU after tensor /
   pipeline parallelism and sharding, LoRA adapters, quantized bases, and activations.
 
@@ -69,6 +74,7 @@ QUANTIZATIONS: dict[str, tuple[str, str, int]] = {
     "wint4": ("int8", "int4", 2),
     "wint2": ("int8", "int2", 2),  # pre-quantized -2Bits checkpoint: experts 2-bit, dense int8
     "block_wise_fp8": ("fp8", "fp8", 2),
+    "tensor_wise_fp8": ("fp8t", "fp8t", 2),  # fp8 with one scale per tensor
     # W4A8C8: int4 experts, int8 dense, int8 activations and an int8 (C8) KV cache; the published
     # checkpoint carries scales for exactly 4 ranks (docs/best_practices ERNIE-4.5-300B-A47B tip 2)
     "w4a8": ("int8", "int4", 1),
@@ -84,6 +90,33 @@ HOST_RAM_NOTES = {
     "ERNIE-4.5-21B-A3B": "FastDeploy's docs ask for 128 GB host RAM to load 21B-A3B.",
     "ERNIE-4.5-300B-A47B": "FastDeploy's docs ask for 600 GB host RAM to load 300B-A47B (wint4 4x64 GB).",
 }
+
+
+# --- vLLM (vllm 0.34.0 source, the release of serve/data/vllm-flags.json) -----------------------
+ENGINES = ("fastdeploy", "vllm")
+VLLM_BLOCK_SIZE = 16  # CUDA attention backends' default KV block (CacheConfig.block_size unset)
+VLLM_GPU_MEMORY_UTILIZATION = 0.92  # CacheConfig.DEFAULT_GPU_MEMORY_UTILIZATION
+# `--quantization` equivalents it has for a bf16 checkpoint (serve/backends/vllm.py)
+VLLM_QUANTIZATIONS = {
+    "bf16": "--dtype bfloat16",
+    "block_wise_fp8": "fp8_per_block",
+    "tensor_wise_fp8": "fp8_per_tensor",
+}
+VLLM_LOSS_ORDER = ("bf16", "block_wise_fp8")
+# The profiling pass runs max_num_batched_tokens tokens (chunked prefill, on by default); unset, the
+# API server's default by GPU memory (EngineArgs defaults): >= 160 GiB 16384, >= 70 GiB (not A100)
+# 8192, else 2048.
+VLLM_CUDA_GRAPH_ALLOWANCE_GIB = 1.0  # allowance: vLLM measures the graphs' pool and subtracts it
+VLLM_NON_TORCH_ALLOWANCE_GIB = 0.5  # allowance: NCCL, cuBLAS workspaces outside torch's allocator
+
+
+def vllm_batched_tokens(gpu: GpuSpec) -> int:
+    """vLLM's default max_num_batched_tokens for the OpenAI server on this GPU."""
+    if gpu.memory_gib >= 160:
+        return 16384
+    if gpu.memory_gib >= 70 and "A100" not in gpu.name.upper():
+        return 8192
+    return 2048
 
 
 def normalize_quantization(name: str | None) -> str:
@@ -174,9 +207,14 @@ def count_params(m: ModelSpec) -> ParamCounts:
 
 def _bytes_per_weight(kind: str, hidden: int) -> float:
     scale = 2 / hidden  # one bf16 per-channel scale per in_features weights
-    return {"bf16": BF16, "int8": 1.0 + scale, "int4": 0.5 + scale, "int2": WINT2_BYTES, "fp8": FP8_BYTES}[
-        kind
-    ]
+    return {
+        "bf16": BF16,
+        "int8": 1.0 + scale,
+        "int4": 0.5 + scale,
+        "int2": WINT2_BYTES,
+        "fp8": FP8_BYTES,
+        "fp8t": 1.0,
+    }[kind]
 
 
 def weight_bytes(m: ModelSpec, quantization: str) -> dict[str, float]:
@@ -238,6 +276,10 @@ class ServePlan:
     weights_by_part_gib: dict[str, float] = field(default_factory=dict)  # whole model
     notes: list[str] = field(default_factory=list)
     considered: list[dict[str, Any]] = field(default_factory=list)  # auto mode: what was tried
+    engine: str = "fastdeploy"  # whose memory model: fastdeploy | vllm
+    profiled_tokens: int = 0  # tokens of the profiling forward pass
+    block_size: int = FD_BLOCK_SIZE  # KV cache block, tokens
+    assumptions: list[str] = field(default_factory=list)  # printed with the plan (vLLM)
 
     @property
     def gpus(self) -> int:
@@ -250,6 +292,7 @@ class ServePlan:
 
     def explain(self) -> str:
         rows = [
+            ("engine", {"fastdeploy": "FastDeploy", "vllm": "vLLM"}.get(self.engine, self.engine)),
             ("GPU", f"{self.tensor_parallel} x {self.gpu} ({self.gpu_memory_gib:.1f} GiB each)"),
             ("quantization", self.quantization),
             ("budget / GPU", f"{self.gpu_memory_gib:.1f} GiB x {self.gpu_memory_utilization:g} = "
@@ -260,12 +303,13 @@ class ServePlan:
         total_w = sum(self.weights_by_part_gib.values())
         rows += [
             ("weights / GPU", f"{total_w:.2f} GiB / TP {self.tensor_parallel} = {self.weights_gib:.2f} GiB"),
-            ("activations / GPU", f"{self.activation_gib:.2f} GiB (profiling, {self.max_model_len} tokens)"),
+            ("activations / GPU", f"{self.activation_gib:.2f} GiB (profiling, "
+                                  f"{self.profiled_tokens or self.max_model_len} tokens)"),
             ("runtime allowance", f"{self.runtime_gib:.2f} GiB (CUDA graphs, NCCL, workspaces)"),
             ("left for KV cache", f"{self.kv_free_gib:.2f} GiB"),
             ("KV cache / token / GPU", f"{self.kv_bytes_per_token / 1024:g} KiB"),
             ("KV needed", f"{self.max_num_seqs} x {self.max_model_len} tok = {self.kv_needed_gib:.2f} GiB"),
-            ("KV capacity", f"{self.kv_capacity_tokens:,} tokens"),
+            ("KV capacity", f"{self.kv_capacity_tokens:,} tokens ({self.block_size}-token blocks)"),
             ("max seqs at this length", str(self.max_num_seqs_at_len)),
             ("max length at these seqs", f"{self.max_model_len_at_seqs:,}"),
             ("verdict", "FITS" if self.fits else "DOES NOT FIT"),
@@ -280,6 +324,7 @@ class ServePlan:
                 for c in self.considered
             ]
         lines += [f"  note: {n}" for n in self.notes]
+        lines += [f"  assumes: {a}" for a in self.assumptions]
         return "\n".join(lines)
 
 
@@ -307,24 +352,39 @@ def unsupported(m: ModelSpec, gpu: GpuSpec, quantization: str, tensor_parallel: 
 
 
 def _plan_one(
-    m: ModelSpec, gpu: GpuSpec, q: str, tp: int, max_model_len: int, max_num_seqs: int, util: float
+    m: ModelSpec,
+    gpu: GpuSpec,
+    q: str,
+    tp: int,
+    max_model_len: int,
+    max_num_seqs: int,
+    util: float,
+    engine: str = "fastdeploy",
+    max_num_batched_tokens: int | None = None,
 ) -> ServePlan:
+    vllm = engine == "vllm"
     parts = weight_bytes(m, q)
     weights = sum(parts.values()) / tp
-    act = activation_bytes(m, max_model_len, tp)
-    runtime = RUNTIME_ALLOWANCE_GIB * GIB
+    profiled = (max_num_batched_tokens or vllm_batched_tokens(gpu)) if vllm else max_model_len
+    act = activation_bytes(m, profiled, tp)
+    runtime_gib = (
+        VLLM_CUDA_GRAPH_ALLOWANCE_GIB + VLLM_NON_TORCH_ALLOWANCE_GIB if vllm else RUNTIME_ALLOWANCE_GIB
+    )
+    runtime = runtime_gib * GIB
     budget = gpu.memory_gib * util * GIB
     kv_per_token = kv_bytes_per_token_per_gpu(m, tp, QUANTIZATIONS[q][2])
     free = budget - weights - act - runtime
-    blocks = max(0, int(free // (kv_per_token * FD_BLOCK_SIZE)))
-    capacity = blocks * FD_BLOCK_SIZE
+    block = VLLM_BLOCK_SIZE if vllm else FD_BLOCK_SIZE
+    blocks = max(0, int(free // (kv_per_token * block)))
+    capacity = blocks * block
     needed = max_num_seqs * max_model_len * kv_per_token
     notes = []
-    if m.is_moe and q == "wint4":
+    assumptions = _vllm_assumptions(q, profiled, block, runtime_gib) if vllm else []
+    if m.is_moe and q == "wint4" and not vllm:
         notes.append("FastDeploy runs wint4 on ERNIE MoE models as mix_quant: dense wint8, experts wint4.")
     if q in PRE_QUANTIZED:
         notes.append(f"{q} loads a pre-quantized checkpoint ({PRE_QUANTIZED[q].strip('-')}), not online.")
-    if m.name in HOST_RAM_NOTES:
+    if m.name in HOST_RAM_NOTES and not vllm:
         notes.append(HOST_RAM_NOTES[m.name])
     if count_params(m).inferred:
         notes.append(count_params(m).inferred + ".")
@@ -350,7 +410,32 @@ def _plan_one(
         fits=free > 0 and capacity >= max_num_seqs * max_model_len,
         weights_by_part_gib={k: v / GIB for k, v in parts.items()},
         notes=notes,
+        engine=engine,
+        profiled_tokens=profiled,
+        block_size=block,
+        assumptions=assumptions,
     )
+
+
+def _vllm_assumptions(q: str, profiled: int, block: int, runtime_gib: float) -> list[str]:
+    quant = {
+        "bf16": "bf16 weights (--dtype bfloat16)",
+        "block_wise_fp8": "online fp8 (--quantization fp8_per_block): linear and expert weights 1 byte + "
+        "one fp32 scale per 128x128 block",
+        "tensor_wise_fp8": "online fp8 (--quantization fp8_per_tensor): linear and expert weights 1 byte",
+    }[q]
+    return [
+        f"vLLM: {quant}; embeddings, lm_head, MoE routers and the vision encoder stay bf16",
+        "KV cache in the model dtype (--kv-cache-dtype auto: bf16), K and V per layer, KV heads split "
+        f"over tensor-parallel ranks, in blocks of {block} tokens",
+        f"the profiling pass runs {profiled} tokens (max_num_batched_tokens; chunked prefill is on by "
+        "default), activations as for FastDeploy's estimate",
+        f"{runtime_gib:g} GiB per GPU for CUDA graphs ({VLLM_CUDA_GRAPH_ALLOWANCE_GIB:g}; vLLM measures the "
+        f"graph pool and subtracts it) and non-torch memory ({VLLM_NON_TORCH_ALLOWANCE_GIB:g}: NCCL, "
+        "cuBLAS): allowances, not measured here",
+        "KV cache = memory x gpu_memory_utilization - weights - activations - that allowance (vLLM's "
+        "determine_available_memory); vLLM's own default utilization is 0.92",
+    ]
 
 
 def _why_not(p: ServePlan) -> str:
@@ -368,8 +453,10 @@ def plan_serve(
     max_num_seqs: int = FD_MAX_NUM_SEQS,
     gpu_memory_utilization: float = FD_GPU_MEMORY_UTILIZATION,
     tensor_parallel: int | None = None,
+    engine: str = "fastdeploy",
+    max_num_batched_tokens: int | None = None,
 ) -> ServePlan:
-    """Plan a FastDeploy deployment.
+    """Plan a FastDeploy (or, with `engine="vllm"`, a vLLM) deployment.
 
     tensor_parallel (or else `gpus`) fixes the TP size; with neither, the smallest TP in 1/2/4/8
     that fits is chosen. Without `quantization`, every precision the GPU and checkpoint allow is
@@ -385,7 +472,16 @@ def plan_serve(
     tp = tensor_parallel or gpus
     if tp is not None and tp < 1:
         raise UserError(f"tensor parallel size {tp} must be at least 1")
-    quants = [normalize_quantization(quantization)] if quantization else list(LOSS_ORDER)
+    if engine not in ENGINES:
+        raise UserError(f"engine {engine!r} has no memory model here", hint=f"one of: {', '.join(ENGINES)}")
+    order = VLLM_LOSS_ORDER if engine == "vllm" else LOSS_ORDER
+    quants = [normalize_quantization(quantization)] if quantization else list(order)
+    if engine == "vllm" and quants[0] not in VLLM_QUANTIZATIONS:
+        raise UserError(
+            f"vLLM has no online equivalent of {quants[0]} for a bf16 checkpoint (FastDeploy's weight-only "
+            "formats)",
+            hint="plan vLLM with bf16 or block_wise_fp8 (fp8), or plan FastDeploy (--engine fastdeploy)",
+        )
     if quantization:
         why = unsupported(m, g, quants[0], tp)
         if why:
@@ -405,7 +501,17 @@ def plan_serve(
                 if not quantization:
                     continue
                 raise UserError(why)
-            plan = _plan_one(m, g, q, t, max_model_len, max_num_seqs, gpu_memory_utilization)
+            plan = _plan_one(
+                m,
+                g,
+                q,
+                t,
+                max_model_len,
+                max_num_seqs,
+                gpu_memory_utilization,
+                engine,
+                max_num_batched_tokens,
+            )
             best = plan
             considered.append(
                 {

@@ -1,7 +1,8 @@
 """Serve profiles: one YAML file per deployment, validated like recipes (file:line, what, a fix).
 
-A profile names the model (a checkpoint, a run directory or a hub id already pulled), the backend,
-FastDeploy's engine settings and the ports. `mm_processor_kwargs` is type-checked key by key because
+A profile names the model (a checkpoint, a run directory or a hub id already pulled), the serving
+engine (`engine: fastdeploy | vllm | paddle`; the older key `backend:` is still read, with a
+warning), the engine settings and the ports. `mm_processor_kwargs` is type-checked key by key because
 FastDeploy drops every kwarg when one has the wrong type; the API key is only ever read from an
 environment variable or a file, never stored in the profile or written into logs.
 """
@@ -39,7 +40,7 @@ MM_KINDS = ("image", "video", "audio")
 @dataclass
 class ServeProfile:
     model: str  # checkpoint directory, run directory (its export is served) or a pulled hub id
-    backend: str | None = None  # None: FastDeploy where it and a GPU exist, else the embedded CPU server
+    engine: str | None = None  # None: FastDeploy where it and a GPU exist, else the embedded CPU server
     fastdeploy_version: str = "2.5"
     gpus: list[int] = field(default_factory=lambda: [0])
     quantization: str | dict = "bf16"  # a name, or a mix_quant spec {dense_quant_type, moe_quant_type}
@@ -65,12 +66,21 @@ class ServeProfile:
     api_key_env: str | None = None  # the name of an environment variable holding the key
     api_key_file: str | None = None  # or a file holding it
     enable_prefix_caching: bool = True
-    enable_chunked_prefill: bool = False
+    enable_chunked_prefill: bool | None = None  # None: the engine's default (FastDeploy off, vLLM on)
     speculative_config: dict | None = None
     graph_optimization_config: dict | None = None
     load_choices: str | None = None  # 2.3+: default_v1 (FastDeploy's default) or default
     startup_timeout: float = 1800.0  # weights of the big models load for minutes
     ernie_ops: dict | None = None  # metadata block (model name, GPU type, notes)
+
+    @property
+    def backend(self) -> str | None:
+        """The engine, by the name the serving code uses for it (`serve/backends/`)."""
+        return self.engine
+
+    @backend.setter
+    def backend(self, name: str | None) -> None:
+        self.engine = name
 
     @property
     def side_ports(self) -> dict[str, int]:
@@ -82,17 +92,54 @@ class ServeProfile:
 
 
 FIELD_TYPES = field_types(ServeProfile)  # the exact type of each key, checked by ernie_ops.spec
+DEPRECATED_KEY = "backend"  # the engine's key before `engine:` (still read, with one warning)
+_warned: set[str] = set()
+
+
+def warn_once(what: str, message: str) -> None:
+    """A deprecation warning on stderr, once per process for each WHAT."""
+    import sys
+
+    if what not in _warned:
+        _warned.add(what)
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def take_engine_alias(values: dict[str, Any], where: Any) -> list[Problem]:
+    """Read a deprecated `backend:` key as `engine:` (in place), warning once; both keys with
+    different values is an error."""
+    if DEPRECATED_KEY not in values:
+        return []
+    old = values.pop(DEPRECATED_KEY)
+    if "engine" in values and values["engine"] != old:
+        return [
+            error(
+                where(DEPRECATED_KEY),
+                DEPRECATED_KEY,
+                f"says {old!r} and engine: says {values['engine']!r}",
+                "keep engine: only (backend: is its old name)",
+            )
+        ]
+    values["engine"] = old
+    warn_once(
+        "backend-key",
+        f"{where(DEPRECATED_KEY)}: `backend:` is deprecated, call it `engine:` (same values); "
+        "it is read as engine: for now",
+    )
+    return []
 
 
 def validate(recipe: LoadedRecipe) -> tuple[ServeProfile | None, list[Problem]]:
     """The profile of a loaded file (None when a key is unknown, of the wrong type, or `model` is
     missing) and every problem: types by ernie_ops.spec, then the rules between values."""
     values = text_overrides(ServeProfile, recipe)
+    alias_problems = take_engine_alias(values, recipe.where)
     version = values.get("fastdeploy_version")
     if isinstance(version, int | float) and not isinstance(version, bool):
         values["fastdeploy_version"] = str(version)  # `2.5` unquoted is a YAML float: mean the same
     clean, problems = check_fields(ServeProfile, values, recipe.where, "serve-profile")
     typed = not problems
+    problems += alias_problems
     problems += missing(
         ServeProfile, values, recipe.where, {"model": "model: path/to/checkpoint (or a run directory)"}
     )
@@ -108,8 +155,19 @@ def _rules(p: ServeProfile, recipe: LoadedRecipe) -> list[Problem]:
     out: list[Problem] = []
     from ernie_ops.serve.backends import names  # the registry: a new engine needs no edit here
 
-    if p.backend is not None and p.backend not in names():
-        out.append(error(where("backend"), "backend", f"{p.backend!r} is not one of {', '.join(names())}"))
+    if p.engine is not None and p.engine not in names():
+        key = (
+            DEPRECATED_KEY if DEPRECATED_KEY in recipe.values and "engine" not in recipe.values else "engine"
+        )
+        guess = did_you_mean(p.engine, list(names()))
+        out.append(
+            error(
+                where(key),
+                key,
+                f"{p.engine!r} is not one of {', '.join(names())}",
+                f"did you mean {guess!r}?" if guess else "",
+            )
+        )
     if isinstance(p.quantization, str) and p.quantization not in QUANTIZATIONS:
         guess = did_you_mean(p.quantization, list(QUANTIZATIONS))
         out.append(

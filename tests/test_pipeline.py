@@ -32,7 +32,7 @@ def test_spec_problems_are_all_reported_with_lines(tmp_path):
     spec = write(
         tmp_path / "p.yaml",
         f"recipe: {RECIPE}\neval_suite: {tmp_path}/missing.jsonl\neval_judg: exact\n"
-        "compare_base: maybe\nbackend: vllm\nbench_concurrency: [1, 0]\noverrides: [max_steps]\n"
+        "compare_base: maybe\nengine: vlm\nbench_concurrency: [1, 0]\noverrides: [max_steps]\n"
         "eval_box_space: percent\n",
     )
     with pytest.raises(UserError) as err:
@@ -43,7 +43,7 @@ def test_spec_problems_are_all_reported_with_lines(tmp_path):
         f"{spec}:3: error: eval_judg: unknown pipeline key" in text and "did you mean 'eval_judge'?" in text
     )
     assert f"{spec}:4: error: compare_base: expected bool, got 'maybe'" in text
-    assert f"{spec}:5: error: backend: expected fastdeploy, paddle or null" in text
+    assert f"{spec}:5: error: engine: expected fastdeploy, vllm, paddle or null, not 'vlm'" in text
     assert f"{spec}:6: error: bench_concurrency: expected positive integers" in text
     assert f"{spec}:7: error: overrides: 'max_steps' is not key=value" in text
     assert f"{spec}:8: error: eval_box_space: expected one of pixels, norm1000, norm1" in text
@@ -55,7 +55,7 @@ def test_the_shipped_gpu_pipeline_is_valid(tmp_path, monkeypatch):
     suite = write_example_suites(tmp_path)[-1]
     for path in (REPO / "recipes" / "pipelines").glob("*.yaml"):
         spec = load_pipeline(path, [f"eval_suite={suite}"])
-        assert spec.backend == "fastdeploy" and spec.serve_profile and Path(spec.recipe).is_file()
+        assert spec.engine == "fastdeploy" and spec.serve_profile and Path(spec.recipe).is_file()
 
 
 def test_spec_requires_recipe_and_suite(tmp_path, capsys):

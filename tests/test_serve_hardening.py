@@ -353,7 +353,7 @@ def test_the_pipeline_asks_one_port_for_the_embedded_backend_and_four_for_fastde
     monkeypatch.setattr(ernie_ops.serve, "start", lambda profile, **k: started.append((profile, k)) or 0)
     for backend in ("paddle", "fastdeploy"):
         spec = SimpleNamespace(
-            name="t", serve_profile=None, serve_set=[], startup_timeout=None, backend=backend
+            name="t", serve_profile=None, serve_set=[], startup_timeout=None, engine=backend
         )
         record = SimpleNamespace(path=tmp_path, endpoints={}, save=lambda: None)
         stages.start_server(SimpleNamespace(spec=spec, record=record, say=lambda m: None), "tuned", "/m")

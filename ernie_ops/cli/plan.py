@@ -1,4 +1,4 @@
-"""`ernie-ops plan serve|train`: will it fit? GPU memory arithmetic for FastDeploy and ERNIEKit."""
+"""`ernie-ops plan serve|train`: will it fit? GPU memory arithmetic for FastDeploy / vLLM and ERNIEKit."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ernie_ops.errors import UserError
 
 class Plan(Subcommand):
     name = "plan"
-    help = "GPU memory plan: does a model fit for serving (FastDeploy) or a recipe for training"
+    help = "GPU memory plan: does a model fit for serving (FastDeploy, vLLM) or a recipe for training"
     description = (
         "Memory arithmetic shown line by line: weights by quantization, KV cache, activations and "
         "allowances per GPU. Exit 0 when it fits, 1 when it does not, 2 on a usage error."
@@ -21,6 +21,7 @@ class Plan(Subcommand):
         "ernie-ops plan serve --model ERNIE-4.5-21B-A3B --gpu A10-24G            # cheapest that fits",
         "ernie-ops plan serve --model ERNIE-4.5-300B-A47B --gpu H800 --gpus 4 --quantization wint4",
         "ernie-ops plan serve --model ERNIE-4.5-0.3B --gpu L20 --max-model-len 32768 --max-num-seqs 64",
+        "ernie-ops plan serve --model ERNIE-4.5-21B-A3B --gpu H800 --engine vllm --quantization fp8",
         "ernie-ops plan train recipes/ERNIE-4.5-21B-A3B/sft_lora_8k.yaml --gpus 1",
         "ernie-ops plan train recipes/ERNIE-4.5-21B-A3B/sft_8k.yaml --gpus 8 --gpu H800-80G --json",
     )
@@ -28,7 +29,7 @@ class Plan(Subcommand):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
         serve = actions.add_parser(
-            "serve", help="FastDeploy serving: fits per GPU, KV capacity, cheapest config"
+            "serve", help="FastDeploy or vLLM serving: fits per GPU, KV capacity, cheapest config"
         )
         serve.add_argument(
             "--model", required=True, help="catalog name, hub id or a local checkpoint directory"
@@ -44,6 +45,17 @@ class Plan(Subcommand):
         serve.add_argument("--max-model-len", type=int, default=2048, help="FastDeploy's default: 2048")
         serve.add_argument("--max-num-seqs", type=int, default=8, help="FastDeploy's default: 8")
         serve.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="default 0.9")
+        serve.add_argument(
+            "--engine",
+            choices=("fastdeploy", "vllm"),
+            default="fastdeploy",
+            help="whose memory model (default fastdeploy); vllm: bf16 or fp8 only, its assumptions printed",
+        )
+        serve.add_argument(
+            "--max-num-batched-tokens",
+            type=int,
+            help="vllm: tokens of the profiling pass (default: vLLM's for the GPU, 2048 / 8192 / 16384)",
+        )
         serve.add_argument("--json", action="store_true", help="machine-readable output")
         train = actions.add_parser("train", help="an ERNIEKit recipe: memory per GPU and whether it fits")
         train.add_argument("recipe", type=Path, help="ERNIEKit recipe YAML")
@@ -69,6 +81,8 @@ class Plan(Subcommand):
             max_model_len=args.max_model_len,
             max_num_seqs=args.max_num_seqs,
             gpu_memory_utilization=args.gpu_memory_utilization,
+            engine=args.engine,
+            max_num_batched_tokens=args.max_num_batched_tokens,
         )
 
     @staticmethod

@@ -23,6 +23,8 @@ class Serve(Subcommand):
     examples = (
         "ernie-ops serve recipes/serve/ERNIE-4.5-21B-A3B_wint4_1x80G.yaml --print-command",
         "ernie-ops serve recipes/serve/ERNIE-4.5-21B-A3B_wint4_1x80G.yaml --set model=runs/my-run",
+        "ernie-ops serve recipes/serve/ERNIE-4.5-21B-A3B_fp8_1x80G_vllm.yaml --set model=runs/my-run-hf "
+        "--print-command   # vLLM: export --format hf first",
         "ernie-ops serve runs/my-run --set quantization=wint8 --port 8280 --detach",
         "ernie-ops serve runs/my-run --host 0.0.0.0 --set api_key_env=MY_KEY   # reachable from the network",
         "ernie-ops serve status            # a table; --json for scripts",
@@ -57,10 +59,14 @@ class Serve(Subcommand):
         )
         parser.add_argument("--json", action="store_true", help="with status: JSON for scripts")
         parser.add_argument(
-            "--backend",
+            "--engine",
             choices=[b.name for b in all_backends()],
-            help="; ".join(f"{b.name}: {b.serves}" for b in all_backends())
-            + "; default: the first of these that can run here",
+            help="the serving engine (as the profile's engine:): "
+            + "; ".join(f"{b.name}: {b.serves}" for b in all_backends())
+            + "; default: the profile's, else the first of these that can run here",
+        )
+        parser.add_argument(  # the flag's old name: still accepted, with a warning
+            "--backend", dest="backend", choices=[b.name for b in all_backends()], help=argparse.SUPPRESS
         )
 
     def run(self, args: argparse.Namespace) -> int:
@@ -76,13 +82,28 @@ class Serve(Subcommand):
             *(f"{k}={v}" for k, v in (("port", args.port), ("host", args.host)) if v is not None),
         ]
         profile = serve.load(args.target, sets)
-        _, reason = serve.select(profile, args.backend)
+        _, reason = serve.select(profile, _engine(args))
         if reason:
             print(reason)
         if args.print_command:
             print(serve.command(profile).shown())
             return 0
         return serve.start(profile, detach=args.detach)
+
+
+def _engine(args: argparse.Namespace) -> str | None:
+    """--engine, or its deprecated name --backend (warned about once)."""
+    if args.backend is None:
+        return args.engine
+    from ernie_ops.serve.profile import warn_once
+
+    if args.engine is not None and args.engine != args.backend:
+        raise UserError(
+            f"--engine {args.engine} and --backend {args.backend} disagree",
+            hint="give --engine only (--backend is its old name)",
+        )
+    warn_once("backend-flag", f"--backend is deprecated, use --engine {args.backend} (same values)")
+    return args.backend
 
 
 def _lifecycle(args: argparse.Namespace) -> int:
@@ -95,6 +116,7 @@ def _lifecycle(args: argparse.Namespace) -> int:
             ("--set", args.sets),
             ("--detach", args.detach),
             ("--print-command", args.print_command),
+            ("--engine", args.engine),
             ("--backend", args.backend),
         )
         if v

@@ -123,7 +123,8 @@ def _serving(record: PipelineRecord) -> str:
     spec = record.spec
     profile = spec.get("serve_profile") or "the defaults for a checkpoint"
     settings = spec.get("serve_set") or "none"
-    text = f"Backend: {spec.get('backend') or 'auto'}; profile: {profile}; settings: {settings}.\n\n"
+    engine = spec.get("engine") or spec.get("backend")  # records before engine: say backend
+    text = f"Engine: {engine or 'auto'}; profile: {profile}; settings: {settings}.\n\n"
     rows: list[list[object]] = [["role", "endpoint", "served name", "checkpoint"]]
     rows += [[role, e["url"], e["model"], f"`{e['checkpoint']}`"] for role, e in endpoints.items()]
     text += md_table(rows) + "\nOne server at a time: the base model is served after the tuned one stops.\n"

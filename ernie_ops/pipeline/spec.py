@@ -5,7 +5,8 @@
     overrides: [train_dataset_path=data/train.jsonl, eval_dataset_path=data/eval.jsonl]
     serve_profile: recipes/serve/ERNIE-4.5-21B-A3B_wint4_1x80G.yaml   # optional
     serve_set: [max_model_len=8192]     # profile overrides (`model` and the port are the pipeline's)
-    backend: null                       # fastdeploy | paddle | null: FastDeploy where it can run
+    engine: null                        # fastdeploy | vllm | paddle | null: FastDeploy where it can run
+                                        # (`backend:`, its old name, is still read, with a warning)
     smoke_expect: [thinking]            # optional; default: what the catalog says of the base model
     eval_suite: data/eval_suite.jsonl
     eval_judge: exact                   # judge of items without their own
@@ -43,7 +44,7 @@ class PipelineSpec:
     overrides: list[str] = field(default_factory=list)
     serve_profile: str | None = None
     serve_set: list[str] = field(default_factory=list)
-    backend: str | None = None
+    engine: str | None = None
     smoke_expect: list[str] | None = None
     eval_judge: str = "exact"
     eval_box_space: str = "pixels"
@@ -88,7 +89,12 @@ def validate(
 ) -> tuple[PipelineSpec | None, list[Problem]]:
     """Check types (ernie_ops.spec), required keys, files that must exist and the values with a
     fixed set of choices; every problem at once."""
+    from ernie_ops.serve.profile import take_engine_alias
+
+    values = dict(values)
+    alias_problems = take_engine_alias(values, where)
     clean, problems = check_fields(PipelineSpec, values, where, "pipeline")
+    problems += alias_problems
     problems += missing(PipelineSpec, values, where, REQUIRED_FIX)
     for key in PATHS:
         if isinstance(clean.get(key), str) and not Path(clean[key]).expanduser().is_file():
@@ -106,9 +112,9 @@ def _choices(values: dict[str, Any], where: Any) -> list[Problem]:
 
     out = []
     backends = backend_names()  # every module in serve/backends/
-    if values.get("backend") not in (None, *backends):
-        expected = f"expected {', '.join(backends)} or null, not {values['backend']!r}"
-        out.append(error(where("backend"), "backend", expected))
+    if values.get("engine") not in (None, *backends):
+        expected = f"expected {', '.join(backends)} or null, not {values['engine']!r}"
+        out.append(error(where("engine"), "engine", expected))
     if values.get("eval_judge", "exact") not in JUDGES:
         out.append(error(where("eval_judge"), "eval_judge", f"expected one of {', '.join(JUDGES)}"))
     if values.get("eval_box_space", "pixels") not in BOX_SPACES:

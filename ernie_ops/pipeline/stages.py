@@ -136,7 +136,7 @@ def start_server(p: Pipeline, role: str, model: str) -> dict[str, Any]:
     import ernie_ops.serve as serving
     from ernie_ops.serve.backends import choose
 
-    backend, _ = choose(p.spec.backend)
+    backend, _ = choose(p.spec.engine)
     port = free_port_block(backend.port_block)  # FastDeploy's side ports follow it
     name = f"{p.spec.name}-{role}"
     sets = [f"model={model}"] if p.spec.serve_profile else []
@@ -158,7 +158,7 @@ def start_server(p: Pipeline, role: str, model: str) -> dict[str, Any]:
     with open(log, "w", encoding="utf-8") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         try:
             profile = serving.load(p.spec.serve_profile or str(model), sets)
-            code = serving.start(profile, detach=True, backend=p.spec.backend)
+            code = serving.start(profile, detach=True, backend=p.spec.engine)
         except UserError as err:  # what pre-flight refused, worded as the CLI words it
             print(f"error: {err}")
             code = 2

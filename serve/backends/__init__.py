@@ -1,6 +1,7 @@
 """The serving backends, by name. Every module of this package except `base` defines one engine as
 `BACKEND` (a `base.Backend`); the registry finds them, so a new engine is one new module (plus its
-data, such as a flag table) and nothing in the CLI, which lists `names()` for `--backend`."""
+data, such as a flag table) and nothing in the CLI, which lists `names()` for `--engine` (a
+profile's `engine:`; the class stays `Backend`)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def get(name: str) -> Backend:
             return backend
     close = did_you_mean(name, names())
     raise UserError(
-        f"backend {name!r} is not one ernie-ops has" + (f"; did you mean {close!r}?" if close else ""),
+        f"engine {name!r} is not one ernie-ops has" + (f"; did you mean {close!r}?" if close else ""),
         hint=f"one of: {', '.join(names())}",
     )
 
@@ -53,4 +54,4 @@ def choose(requested: str | None) -> tuple[Backend, str | None]:
     if why is None:
         return preferred, None
     fallback = next((b for b in others if b.available()), others[-1] if others else preferred)
-    return fallback, f"{why} here: serving with {fallback.described} (backend: {fallback.name})"
+    return fallback, f"{why} here: serving with {fallback.described} (engine: {fallback.name})"
