@@ -315,3 +315,103 @@ def test_vllm_serves_the_exported_tiny_model(tiny_dense, tmp_path):
         assert reply.status_code == 200 and reply.json()["choices"][0]["text"] is not None
     finally:
         subprocess.run([*cli, "serve", "stop", "--port", str(port)], capture_output=True, timeout=300)
+
+
+# --- the extractor: the next release is one command ------------------------------------------------
+
+FAKE_VLLM = {
+    "vllm/_version.py": "__version__ = version = '9.9.0'\n__commit_id__ = commit_id = 'gabc1234'\n",
+    "vllm/envs.py": 'environment_variables = {"VLLM_API_KEY": lambda: None}\n',
+    "vllm/config/model.py": (
+        "from typing import Literal\n"
+        'ModelDType = Literal["auto", "bfloat16"]\n'
+        "class Options(dict[str, int]):\n    pass\n"
+        "@config\nclass ModelConfig:\n"
+        "    dtype: ModelDType = 'auto'\n"
+        "    max_model_len: int | None = None\n"
+        "    quantization: str | None = None\n"
+        "    enforce_eager: bool = False\n"
+        "    hf_overrides: dict[str, Any] | None = None\n"
+        "    limits: Options = Field(default_factory=Options)\n"
+        "    served_model_name: str | list[str] | None = None\n"
+        "    speculative: 'SpecConfig | None' = None\n"
+        "@config\nclass SpecConfig:\n    method: str = ''\n"
+    ),
+    "vllm/engine/arg_utils.py": (
+        "class EngineArgs:\n"
+        "    @staticmethod\n"
+        "    def add_cli_args(parser):\n"
+        "        model_kwargs = get_kwargs(ModelConfig)\n"
+        "        group = parser.add_argument_group()\n"
+        '        group.add_argument("--dtype", **model_kwargs["dtype"])\n'
+        '        group.add_argument("--max-model-len", **model_kwargs["max_model_len"])\n'
+        '        group.add_argument("--quantization", "-q", **model_kwargs["quantization"])\n'
+        '        group.add_argument("--enforce-eager", **model_kwargs["enforce_eager"])\n'
+        '        group.add_argument("--hf-overrides", **model_kwargs["hf_overrides"])\n'
+        '        group.add_argument("--limit-mm-per-prompt", **model_kwargs["limits"])\n'
+        '        group.add_argument("--served-model-name", **model_kwargs["served_model_name"])\n'
+        '        group.add_argument("--speculative-config", **model_kwargs["speculative"])\n'
+        '        group.add_argument("--seed", type=int, default=0)\n'
+    ),
+    "vllm/entrypoints/common/cli_args.py": (
+        "@config\nclass BaseFrontendArgs:\n"
+        "    tool_call_parser: str | None = None\n"
+        "    enable_auto_tool_choice: bool = False\n"
+        "@config\nclass FrontendArgs(BaseFrontendArgs):\n"
+        "    host: str | None = None\n"
+        "    port: int = 8000\n"
+        "    api_key: list[str] | None = None\n"
+        "def make_arg_parser(parser):\n"
+        '    parser.add_argument("--headless", action="store_true")\n'
+    ),
+    "vllm/reasoning/__init__.py": '_REASONING = {"ernie45": ("ernie45_reasoning_parser", "P")}\n',
+    "vllm/tool_parsers/__init__.py": '_TOOLS = {"ernie45": ("ernie45_tool_parser", "T")}\n',
+    "vllm/model_executor/layers/quantization/__init__.py": 'QuantizationMethods = Literal["fp8", "awq"]\n',
+    "vllm/model_executor/models/registry.py": '_TEXT = {\n    "Ernie4_5ForCausalLM": ("ernie45", "E"),\n}\n',
+}
+
+
+def test_the_extractor_types_flags_as_vllms_get_kwargs_does(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "extract_vllm_flags", REPO / "scripts" / "extract_vllm_flags.py"
+    )
+    assert spec is not None and spec.loader is not None
+    extractor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(extractor)
+    for rel, text in FAKE_VLLM.items():
+        (tmp_path / "src" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / rel).write_text(text, encoding="utf-8")
+    out = tmp_path / "flags.json"
+    assert extractor.main([str(tmp_path / "src"), "--out", str(out)]) == 0
+    got = json.loads(out.read_text(encoding="utf-8"))
+    assert got["source"]["release"] == "9.9.0" and got["source"]["commit"] == "abc1234"
+    assert (got["api_key_env"], got["reasoning_parsers"], got["tool_parsers"]) == (
+        "VLLM_API_KEY",
+        ["ernie45"],
+        ["ernie45"],
+    )
+    assert got["quantization_methods"] == ["fp8", "awq"] and got["ernie_architectures"] == [
+        "Ernie4_5ForCausalLM"
+    ]
+    kinds = {flag: spec["type"] for flag, spec in got["flags"].items()}
+    assert kinds == {
+        "--api-key": "list",
+        "--dtype": "choice",
+        "--enable-auto-tool-choice": "bool_optional",
+        "--enforce-eager": "bool_optional",
+        "--headless": "switch",
+        "--hf-overrides": "json",
+        "--host": "str",
+        "--limit-mm-per-prompt": "json",  # a dict subclass is a CLI dict
+        "--max-model-len": "int",
+        "--port": "int",
+        "--quantization": "str",
+        "--seed": "int",
+        "--served-model-name": "list",
+        "--speculative-config": "json",  # a config dataclass
+        "--tool-call-parser": "str",
+    }
+    assert got["flags"]["--dtype"]["choices"] == ["auto", "bfloat16"]
+    assert got["flags"]["--quantization"]["aliases"] == ["-q"] and got["flags"]["--port"]["default"] == "8000"
