@@ -196,15 +196,22 @@ def test_a_paddle_checkpoint_is_refused_with_the_export_command(tmp_path, capsys
     assert capsys.readouterr().out.split()[1:4] == ["vllm", "serve", str(hf.resolve())]
 
 
-def test_without_vllm_the_backend_says_how_to_install_it(monkeypatch):
+def test_without_vllm_the_backend_says_how_to_install_it(monkeypatch, tmp_path):
     from ernie_ops.train import launch
 
+    hf = _checkpoint(tmp_path / "hf", "Ernie4_5ForCausalLM", ["model.embed_tokens.weight"])
+    profile = ernie_ops.serve.load(str(hf), ["engine=vllm", "port=8297"])
+    target = vllm.BACKEND.resolve(profile)
     monkeypatch.setattr(launch, "detect_gpus", lambda: [0])
-    monkeypatch.setitem(sys.modules, "vllm", None)  # find_spec raises for a None entry: treat as absent
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
-    assert "pip install vllm" in str(vllm.BACKEND.unavailable())
+    assert vllm.BACKEND.unavailable() == f"vLLM is not installed ({vllm.INSTALL})"
+    with pytest.raises(UserError, match="pip install vllm"):
+        vllm.BACKEND.preflight(profile, target)  # the layout, the command and the port passed first
     monkeypatch.setattr(launch, "detect_gpus", lambda: [])
     assert vllm.BACKEND.unavailable() == "no GPU"
+    with pytest.raises(UserError, match="no GPU") as err:
+        vllm.BACKEND.preflight(profile, target)
+    assert "--engine paddle" in err.value.hint
 
 
 def test_engine_is_the_key_and_backend_its_deprecated_alias(tmp_path, monkeypatch, capsys):

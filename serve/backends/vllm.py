@@ -50,7 +50,7 @@ TOOL_PARSERS = {"ernie-x1": "ernie45"}
 # FastDeploy's ERNIE-4.5-VL processor kwargs -> the keys vLLM's ernie45_vl processor reads
 MM_PROCESSOR_KWARGS = {"image_min_pixels": "min_pixels", "image_max_pixels": "max_pixels"}
 CLI_MODULE = "vllm.entrypoints.cli.main"  # the `vllm` console script's module (vLLM's pyproject.toml)
-INSTALL = "pip install vllm on a Linux node with an NVIDIA GPU (vLLM is GPU-only here)"
+INSTALL = "pip install vllm, on a Linux node with an NVIDIA GPU (ernie-ops serves vLLM on GPUs only)"
 
 
 @cache
@@ -276,7 +276,7 @@ class VLLM(Backend):
         if not detect_gpus():
             return "no GPU"
         if importlib.util.find_spec("vllm") is None:
-            return f"no vLLM ({INSTALL})"
+            return f"vLLM is not installed ({INSTALL})"
         return None
 
     def preflight(self, profile: ServeProfile, target: Target) -> list[str]:
@@ -289,7 +289,10 @@ class VLLM(Backend):
             raise UserError(f"port {profile.port} is already in use", hint="set port to a free port")
         why = self.unavailable()
         if why:
-            raise UserError(f"vLLM cannot run here: {why}", hint=INSTALL)
+            raise UserError(
+                f"vLLM cannot run here: {why}",
+                hint="serve on a GPU node, or here with --engine paddle" if why == "no GPU" else None,
+            )
         plan = check_gpus(profile, target)
         return [plan] if plan else []
 
