@@ -422,3 +422,28 @@ def test_the_extractor_types_flags_as_vllms_get_kwargs_does(tmp_path):
     }
     assert got["flags"]["--dtype"]["choices"] == ["auto", "bfloat16"]
     assert got["flags"]["--quantization"]["aliases"] == ["-q"] and got["flags"]["--port"]["default"] == "8000"
+
+
+@pytest.mark.parametrize("kind", ["dense", "moe"])
+def test_the_exported_tiny_model_is_what_vllm_reads_and_the_paddle_one_is_refused(
+    kind, tiny_dense, tiny_moe, tmp_path, capsys
+):
+    """The real exporter's output (`ernie-ops export --format hf`) passes the layout check and renders
+    a checked command; the ERNIEKit checkpoint it came from is refused with the export command (the
+    MoE one by its tensor names: Paddle and transformers share its architecture name)."""
+    from ernie_ops.train.hf_format import convert
+
+    paddle = tiny_dense if kind == "dense" else tiny_moe
+    exported = tmp_path / f"tiny-{kind}-hf"
+    convert(paddle, exported, "hf")
+    assert vllm.checkpoint_problem(exported) is None
+    assert vllm.checkpoint_problem(paddle) == "it is a Paddle checkpoint (ERNIEKit's tensor names: ernie.*)"
+    assert main(["serve", str(paddle), "--engine", "vllm", "--print-command"]) == 2
+    assert f"ernie-ops export {paddle.resolve()} --format hf" in capsys.readouterr().err
+    assert (
+        main(["serve", str(exported), "--engine", "vllm", "--set", "max_model_len=512", "--print-command"])
+        == 0
+    )
+    argv = capsys.readouterr().out.split()[1:]
+    assert argv[:3] == ["vllm", "serve", str(exported.resolve())]
+    assert_in_table(argv[3:])
