@@ -447,3 +447,23 @@ def test_the_exported_tiny_model_is_what_vllm_reads_and_the_paddle_one_is_refuse
     argv = capsys.readouterr().out.split()[1:]
     assert argv[:3] == ["vllm", "serve", str(exported.resolve())]
     assert_in_table(argv[3:])
+
+
+def test_a_run_directory_serves_its_transformers_export(tmp_path, capsys):
+    from ernie_ops.train.record import RunRecord
+
+    run = tmp_path / "runs" / "sft-1"
+    paddle = _checkpoint(run / "export", "Ernie4_5_MoeForCausalLM", ["ernie.layers.0.mlp.gate.weight"])
+    record = RunRecord(name="sft-1", run_dir=str(run), recipe_source="r.yaml", status="finished")
+    record.exported = str(paddle)
+    record.save()
+    assert main(["serve", str(run), "--engine", "vllm", "--print-command"]) == 2  # only the Paddle export
+    assert f"ernie-ops export {run} --format hf" in capsys.readouterr().err
+    hf = _checkpoint(run / "export-hf", "Ernie4_5_MoeForCausalLM", ["model.layers.0.mlp.gate.weight"])
+    record.exports["hf"] = {"path": str(hf), "from": str(paddle), "verified": True}
+    record.save()
+    profile = ernie_ops.serve.load(str(run), ["engine=vllm"])
+    target = vllm.BACKEND.resolve(profile)
+    assert (target.model_dir, target.run_dir, target.is_moe) == (hf.resolve(), run, False)
+    assert main(["serve", str(run), "--engine", "vllm", "--print-command"]) == 0
+    assert capsys.readouterr().out.split()[1:4] == ["vllm", "serve", str(hf.resolve())]

@@ -279,6 +279,23 @@ class VLLM(Backend):
             return f"vLLM is not installed ({INSTALL})"
         return None
 
+    def resolve(self, profile: ServeProfile) -> Target:
+        """A run directory with a transformers-layout export (`ernie-ops export RUN --format hf`,
+        recorded in run.json under exports.hf) serves that export; anything else as for every engine
+        (and a Paddle checkpoint is then refused by the layout check, with the export command)."""
+        from ernie_ops.serve.preflight import resolve_model
+
+        path = Path(profile.model).expanduser()
+        if (path / "run.json").is_file():
+            from ernie_ops.train.record import RunRecord
+
+            hf = RunRecord.load(path).exports.get("hf") or {}
+            if hf.get("path") and Path(hf["path"]).is_dir():
+                target = resolve_model(hf["path"], self.name)
+                target.run_dir = path
+                return target
+        return super().resolve(profile)
+
     def preflight(self, profile: ServeProfile, target: Target) -> list[str]:
         from ernie_ops.serve.preflight import port_free
 
