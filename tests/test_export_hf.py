@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -283,6 +284,15 @@ def test_refusals(tmp_path):
     with pytest.raises(UserError, match=r"no transformers name: ernie\.layers\.0\.mystery\.weight"):
         convert(odd, tmp_path / "odd-hf", HF)
     assert not (tmp_path / "odd-hf").exists() and not (tmp_path / "vl-hf").exists()
+
+
+def test_a_full_disk_is_refused_before_writing(tmp_path, monkeypatch):
+    src = fake_checkpoint(tmp_path / "ckpt")
+    (tmp_path / "exports").mkdir()
+    monkeypatch.setattr(hf_format.shutil, "disk_usage", lambda path: SimpleNamespace(free=1000))
+    with pytest.raises(UserError, match="free; the export needs"):
+        convert(src, tmp_path / "exports" / "hf", HF)
+    assert list((tmp_path / "exports").iterdir()) == []
 
 
 def test_verify_checks_the_transformers_layout(tmp_path):

@@ -517,6 +517,19 @@ def _total(plan: list[Planned]) -> int:
     return sum(t.nbytes for t in plan)
 
 
+SPACE_MARGIN = 64 * 2**20  # configs, tokenizer, headers
+
+
+def _require_space(directory: Path, needed: int) -> None:
+    """Refuse before writing anything when the filesystem cannot hold the export."""
+    free = shutil.disk_usage(directory).free
+    if free < needed + SPACE_MARGIN:
+        raise UserError(
+            f"{directory} has {free / 2**30:.1f} GiB free; the export needs {needed / 2**30:.1f} GiB",
+            hint="free some space or write elsewhere with --out",
+        )
+
+
 def plan_to_hf(source: Source, config: dict[str, Any]) -> tuple[list[Planned], list[str]]:
     dims = Dims.of(config)
     plan: list[Planned] = []
@@ -609,6 +622,7 @@ def convert(
         plan, notes = plan_to_paddle(source, config), []
         fmt = "paddle"
     out.parent.mkdir(parents=True, exist_ok=True)
+    _require_space(out.parent, _total(plan))
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))  # same filesystem
     try:
         names = write_weights(plan, source, staging, max_shard_bytes, fmt, progress)

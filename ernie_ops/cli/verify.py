@@ -16,17 +16,23 @@ MARK = {"ok": "ok  ", "skip": "skip", "fail": "FAIL"}
 
 class Verify(Subcommand):
     name = "verify"
-    help = "check that a checkpoint directory is a servable ERNIE 4.5 Paddle checkpoint"
+    help = "check that a checkpoint directory is a servable ERNIE 4.5 checkpoint (Paddle or transformers)"
     description = (
-        "Check a checkpoint before serving it: a Paddle config.json (dtype, no torch_dtype) with an "
-        "ERNIE 4.5 architecture; safetensors weights whose index, shards and tensor shapes agree with "
-        "the config (headers only, nothing loaded) and every layer present; tokenizer files with a chat "
-        "template; generation_config.json (and preprocessor_config.json for VL); and, for dense models "
-        "that fit in memory, a forward pass on CPU with ERNIEKit's model class. Exits 1 when a check fails."
+        "Check a checkpoint before serving it. The layout is told by the tensor names: ERNIEKit's "
+        "(Paddle: ernie.*, Linear weights [in, out], fused qkv / up_gate) or transformers' (model.*, "
+        "[out, in], what `export --format hf` writes). Paddle: a Paddle config.json (dtype, no "
+        "torch_dtype) with an ERNIE 4.5 architecture; transformers: Ernie4_5ForCausalLM / "
+        "Ernie4_5_MoeForCausalLM with its model_type. Both: safetensors weights whose index, shards and "
+        "tensor names and shapes agree with the config (headers only, nothing loaded) and every layer "
+        "present; tokenizer files with a chat template; generation_config.json (and "
+        "preprocessor_config.json for VL); and, where it fits in memory, a forward pass on CPU with "
+        "ERNIEKit's model class (dense Paddle checkpoints) or transformers' (any transformers-layout "
+        "one, with the `torch` extra). Exits 1 when a check fails."
     )
     examples = (
         "ernie-ops verify runs/my-run/export",
         "ernie-ops verify runs/my-run                 # the run's exported checkpoint",
+        "ernie-ops verify runs/my-run/export-hf       # its transformers layout",
         "ernie-ops verify ~/models/ERNIE-4.5-0.3B-Paddle --no-forward --json",
     )
 
