@@ -8,6 +8,8 @@ entered with its source. Sources (abbreviated in the comments):
   [card]  the model card's "Model Overview" table on Hugging Face (layers, heads, experts, context)
   [ek]    PaddlePaddle/ERNIE pre-training model_config.json for the same size (hidden, FFN, MoE)
   [vl-tf] transformers' ernie4_5_vl_moe configuration and its checkpoint converter
+  [fd]    FastDeploy's docs: features/tool_calling (parser per Thinking model), the quick starts
+          (--reasoning-parser ernie-45-vl for ERNIE-4.5-VL)
 Where no primary source was found the figure is marked "inferred" and says from what.
 """
 
@@ -62,6 +64,8 @@ class ModelSpec:
     vision_moe_intermediate_size: int = 0
     moe_layer_start: int = 0  # first MoE layer; earlier layers are dense
     thinking: bool = False  # emits <think> reasoning (FastDeploy reasoning parser needed)
+    reasoning_parser: str | None = None  # FastDeploy --reasoning-parser for this model [fd]
+    tool_call_parser: str | None = None  # FastDeploy --tool-call-parser, where it calls tools [fd]
     vision: VisionSpec | None = None
     hub_ids: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
@@ -168,6 +172,7 @@ ERNIE_VL_28B = replace(
     num_vision_experts=64,  # [card] Vision Experts 64/6; moe_num_experts [64, 64]
     vision_moe_intermediate_size=512,  # [vl-tf] moe_intermediate_size [1536, 512]
     thinking=True,  # FastDeploy docs: ERNIE-VL has thinking on by default
+    reasoning_parser="ernie-45-vl",  # [fd]
     vision=VisionSpec(
         depth=32,  # [vl-tf] vision_config
         hidden_size=1280,  # [vl-tf]
@@ -192,6 +197,8 @@ MODELS: dict[str, ModelSpec] = {
             ERNIE_21B,
             name="ERNIE-4.5-21B-A3B-Thinking",
             thinking=True,
+            reasoning_parser="ernie-x1",  # [fd] tool_calling: ernie-x1 for both
+            tool_call_parser="ernie-x1",
             hub_ids=("baidu/ERNIE-4.5-21B-A3B-Thinking",),
             notes=(
                 "Layers, heads, experts and context from its card; hidden/FFN/vocab inferred "
@@ -203,6 +210,8 @@ MODELS: dict[str, ModelSpec] = {
         replace(
             ERNIE_VL_28B,
             name="ERNIE-4.5-VL-28B-A3B-Thinking",
+            reasoning_parser="ernie-45-vl-thinking",  # [fd] tool_calling: ernie-45-vl-thinking for both
+            tool_call_parser="ernie-45-vl-thinking",
             hub_ids=("baidu/ERNIE-4.5-VL-28B-A3B-Thinking",),
             notes=(
                 "Inferred identical to ERNIE-4.5-VL-28B-A3B (28B/3B on its card, same model class); "
@@ -217,6 +226,7 @@ MODELS: dict[str, ModelSpec] = {
             active_params_b=47.0,  # [card]
             num_vision_experts=64,  # [card] Vision Experts 64/8
             thinking=True,
+            reasoning_parser="ernie-45-vl",  # [fd] as the other ERNIE-4.5-VL models
             hub_ids=("baidu/ERNIE-4.5-VL-424B-A47B-Paddle", "baidu/ERNIE-4.5-VL-424B-A47B-PT"),
             notes=(
                 "Layers, heads, experts and context from its card; hidden, FFN, vocab, text-expert size "

@@ -27,6 +27,23 @@ MODULE = "fastdeploy.entrypoints.openai.api_server"
 # What the develop table (2.6) does not show about older releases (shared reference: fastdeploy.md).
 # flag -> first release that has it
 ADDED_IN = {"--load-choices": "2.3"}
+# --quantization names (develop's parse_quantization; a JSON quantization_config is also taken),
+# each with the first release that has it where that is known: W4AFP8 (INT4 weights, FP8
+# activations) is new in 2.5 (FastDeploy's 2.5 release notes); FP8 activations need SM 8.9/9.0.
+QUANTIZATION_ADDED_IN = {
+    "wint8": "2.0",
+    "wint4": "2.0",
+    "wint2": "2.0",
+    "weight_only": "2.0",
+    "block_wise_fp8": "2.0",
+    "tensor_wise_fp8": "2.0",
+    "wfp8afp8": "2.0",
+    "w8a8": "2.0",
+    "w4a8": "2.0",
+    "mix_quant": "2.0",
+    "kvcache": "2.0",
+    "w4afp8": "2.5",
+}
 # parser names by release; canonical names are the current ones
 REASONING_PARSERS = {
     "2.0": {"ernie-45-vl": "ernie-45-vl", "qwen3": "qwen3"},
@@ -116,12 +133,18 @@ def flag_table(version: str) -> dict[str, dict[str, str]]:
     }
 
 
-def _check_value(flag: str, kind: str, value: str | None) -> str | None:
-    """Why `value` is not what `flag` takes, or None."""
+def _check_value(flag: str, kind: str, value: str | None, version: str = DEFAULT_VERSION) -> str | None:
+    """Why `value` is not what `flag` takes in this release, or None."""
     if kind in ("switch",):
         return None if value is None else "takes no value"
     if value is None:
         return None if kind == "bool_optional" else "needs a value"
+    if kind == "quantization" and not value.startswith("{"):
+        since = QUANTIZATION_ADDED_IN.get(value)
+        if since is None:
+            return f"{value!r} is not a quantization FastDeploy knows ({', '.join(QUANTIZATION_ADDED_IN)})"
+        if Version(since) > Version(version):
+            return f"{value!r} arrived in FastDeploy {since}"
     try:
         if kind == "int":
             int(value)
@@ -149,7 +172,7 @@ def check_command(args: list[str], version: str) -> None:
             )
         takes_value = spec["type"] not in ("switch", "bool_optional")
         value = args[i + 1] if takes_value and i + 1 < len(args) else None
-        problem = _check_value(flag, spec["type"], value)
+        problem = _check_value(flag, spec["type"], value, version)
         if problem:
             raise UserError(f"FastDeploy {version}: {flag} {problem}")
         i += 2 if takes_value else 1

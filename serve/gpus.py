@@ -31,7 +31,7 @@ class GpuSpec:
 
     @property
     def arch(self) -> str:
-        return {(8, 0): "Ampere", (8, 6): "Ampere", (8, 9): "Ada", (9, 0): "Hopper"}.get(
+        return {(7, 5): "Turing", (8, 0): "Ampere", (8, 6): "Ampere", (8, 9): "Ada", (9, 0): "Hopper"}.get(
             self.compute_capability, f"SM {self.compute_capability[0]}.{self.compute_capability[1]}"
         )
 
@@ -73,7 +73,17 @@ GPUS: tuple[GpuSpec, ...] = (
     GpuSpec(
         "RTX4090-24G", _mib(24564), (8, 9), "GeForce RTX 4090: 24 GB GDDR6X", ("RTX4090", "4090", "RTX-4090")
     ),
+    GpuSpec(
+        "T4-16G",
+        _mib(15360),
+        (7, 5),
+        "T4 datasheet: 16 GB GDDR6 (nvidia-smi 15360 MiB); in FastDeploy's tables. SM 7.5: FastDeploy's "
+        "prebuilt 2.x wheels are built for SM 8.0/8.6/8.9/9.0 only",
+        ("T4", "Tesla-T4"),
+    ),
 )
+# Compute capabilities FastDeploy's prebuilt GPU wheels are built for (2.5: one wheel, SM80/86/89/90).
+FASTDEPLOY_WHEEL_CAPABILITIES = ((8, 0), (8, 6), (8, 9), (9, 0))
 
 
 def _key(name: str) -> str:

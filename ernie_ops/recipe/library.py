@@ -21,6 +21,8 @@ GPU_GB = 80  # the minimum-GPU figures assume 80 GB cards, as ERNIEKit's documen
 TRAIN = {"sft": "recipes/data/sft-train.jsonl", "dpo": "recipes/data/dpo-train.jsonl"}
 EVAL = {"sft": "recipes/data/sft-eval.jsonl", "dpo": "recipes/data/dpo-eval.jsonl"}
 VL_TRAIN = "recipes/data/vl-sft-train.jsonl"
+FC_TRAIN = "recipes/data/function-call-train.jsonl"
+FC_EVAL = "recipes/data/function-call-eval.jsonl"
 
 # --- shared blocks --------------------------------------------------------------------------
 
@@ -235,6 +237,68 @@ VL_LORA = {
 }
 VL_LONG = {"use_sparse_head_and_loss_fn": True, "use_recompute_loss_fn": True}
 
+# ERNIE-4.5-21B-A3B-Thinking examples (ERNIEKit >= 1.3: Thinking SFT and function-call SFT);
+# their layout differs from the 21B-A3B ones: TP 4 x PP 2, a 100-step demo length, offloaded optimizer.
+THINKING_SFT: dict[str, Any] = {
+    "stage": "SFT",
+    "fine_tuning": "Full",
+    "seed": 23,
+    "moe_group": "mp",
+    "use_sparse_head_and_loss_fn": True,
+    "num_samples_each_epoch": 6000000,
+    "distributed_dataloader": False,
+    "dataloader_num_workers": 1,
+    "max_steps": 100,
+    "eval_steps": 10000,
+    "evaluation_strategy": "steps",
+    "save_steps": 10000000,
+    "save_total_limit": 5,
+    "save_strategy": "steps",
+    "gradient_accumulation_steps": 8,
+    "warmup_steps": 20,
+    "learning_rate": 1.0e-5,
+    "min_lr": 1.0e-6,
+    "layerwise_lr_decay_bound": 1.0,
+    "offload_optim": True,
+    "tensor_parallel_degree": 4,
+    "pipeline_parallel_degree": 2,
+    "sharding_parallel_degree": 1,
+    "sequence_parallel": True,
+    "pipeline_parallel_config": "enable_delay_scale_loss enable_release_grads disable_partial_send_recv",
+    "recompute": True,
+    "disable_ckpt_quant": True,
+    "optim": None,  # None: drop the key (the Thinking examples keep the defaults)
+    "tensorwise_offload_optimizer": None,
+    "unified_checkpoint_config": None,
+}
+THINKING_LORA: dict[str, Any] = {
+    "fine_tuning": "LoRA",
+    "lora_rank": 32,
+    "learning_rate": 3.0e-4,
+    "tensor_parallel_degree": 1,
+    "pipeline_parallel_degree": 1,
+    "pipeline_parallel_config": "disable_partial_send_recv enable_clear_every_step_cache",
+    "unified_checkpoint_config": "async_save",
+}
+FC: dict[str, Any] = {  # function-call SFT: ERNIEKit's chatml reader (messages + tools records)
+    "train_dataset_path": FC_TRAIN,
+    "eval_dataset_path": FC_EVAL,
+    "train_dataset_type": "chatml",
+    "eval_dataset_type": "chatml",
+    "max_steps": 10,
+    "max_evaluate_steps": 10,
+}
+THINKING_DATA_NOTE = (
+    "train/eval_dataset_type erniekit on recipes/data (src/tgt), not the example's messages type "
+    "with split_multi_turn: the messages reader is not in the ERNIEKit sources ernie-ops reads, "
+    "so its record format is not checked; point both at your own data"
+)
+FC_DATA_NOTE = (
+    "recipes/data/function-call-*.jsonl: a few records in the messages + tools shape of ERNIEKit's "
+    "chatml reader (ernie/dataset/finetuning.py process_fc), for the check and a smoke run only"
+)
+VL_THINKING = {"chat_template": "ernie_vl_thinking", "load_sharded_model": None, "save_sharded_model": None}
+
 # The CPU settings the tiny recipes need (see shared reference: each was a failure until set).
 CPU: dict[str, Any] = {
     "use_flash_attention": False,
@@ -280,8 +344,8 @@ OFFSET_NOTE = (
     "(ValueError: too many values to unpack, seen on CPU)"
 )
 PP_SEG_NOTE = (
-    "pp_seg_method left at its default: the examples' per-stage layer list is not the string "
-    "ERNIEKit 1.0.1's argument type expects"
+    "pp_seg_method left at its default: the examples' per-stage layer list (a YAML list, which "
+    "ERNIEKit hands to Paddle's PipelineLayer as it is) was not carried over"
 )
 
 
@@ -291,12 +355,13 @@ PP_SEG_NOTE = (
 @dataclass(frozen=True)
 class Entry:
     model: str  # catalog name, or "tiny"
-    method: str  # sft | sft-lora | sft-wint4-lora | dpo | dpo-lora | dpo-wint4-lora
+    method: str  # sft | sft-lora | sft-wint4-lora | dpo | dpo-lora | dpo-wint4-lora | fc | fc-lora
     seq: int
     settings: dict[str, Any] = field(hash=False)
     documented_min_gpus: int = 1  # ERNIEKit's documented minimum (80 GB cards), when it gives one
     erniekit: str | None = None  # version range the recipe needs, when newer than the pinned one
     notes: tuple[str, ...] = ()  # where the settings deviate from ERNIEKit's examples, and why
+    hub: str | None = None  # the hub id when it is not baidu/<model>-Paddle (the Thinking models)
 
     @property
     def min_gpus(self) -> int:
@@ -320,7 +385,9 @@ class Entry:
 
     @property
     def hub_id(self) -> str | None:
-        return None if self.model == "tiny" else f"baidu/{self.model}-Paddle"
+        if self.model == "tiny":
+            return None
+        return self.hub or f"baidu/{self.model}-Paddle"
 
 
 def _merge(*blocks: dict[str, Any]) -> dict[str, Any]:
@@ -418,6 +485,24 @@ def build_library() -> list[Entry]:
         vl = {"model_name_or_path": f"baidu/{m}-Paddle", "train_dataset_path": VL_TRAIN, "max_seq_len": seq}
         add(Entry(m, "sft", seq, _merge(vl, VL_SFT, _long(seq, VL_LONG)), erniekit=">=1.3"))
         add(Entry(m, "sft-lora", seq, _merge(vl, VL_SFT, VL_LORA, _long(seq, VL_LONG)), erniekit=">=1.3"))
+
+    # Models and methods ERNIEKit ships examples for at 8K only (ERNIEKit >= 1.3)
+    seq = 8192
+    m = "ERNIE-4.5-21B-A3B-Thinking"
+    hub = "baidu/ERNIE-4.5-21B-A3B-Thinking"
+    think = _merge(_text(m, "sft", seq), {"model_name_or_path": hub}, THINKING_SFT)
+    for method, extra, notes in (
+        ("sft", {}, (THINKING_DATA_NOTE,)),
+        ("sft-lora", THINKING_LORA, (THINKING_DATA_NOTE,)),
+        ("fc", FC, (FC_DATA_NOTE,)),
+        ("fc-lora", _merge(THINKING_LORA, FC), (FC_DATA_NOTE,)),
+    ):
+        add(Entry(m, method, seq, _merge(think, extra), erniekit=">=1.3", notes=notes, hub=hub))
+    m = "ERNIE-4.5-VL-28B-A3B-Thinking"
+    hub = "baidu/ERNIE-4.5-VL-28B-A3B-Thinking"
+    vl = {"model_name_or_path": hub, "train_dataset_path": VL_TRAIN, "max_seq_len": seq}
+    add(Entry(m, "sft", seq, _merge(vl, VL_SFT, VL_THINKING), erniekit=">=1.3", hub=hub))
+    add(Entry(m, "sft-lora", seq, _merge(vl, VL_SFT, VL_LORA, VL_THINKING), erniekit=">=1.3", hub=hub))
 
     tiny_sft = {"train_dataset_path": TRAIN["sft"], "eval_dataset_path": EVAL["sft"], **TINY}
     add(

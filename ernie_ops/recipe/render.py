@@ -18,6 +18,8 @@ METHOD_NAMES = {
     "dpo": "DPO (full)",
     "dpo-lora": "DPO with LoRA",
     "dpo-wint4-lora": "DPO with LoRA on a weight-only INT4/INT8 base (compute_type wint4/8)",
+    "fc": "function-call SFT (chatml data: messages + tools)",
+    "fc-lora": "function-call SFT with LoRA (chatml data: messages + tools)",
 }
 
 

@@ -1,0 +1,85 @@
+"""FastDeploy 2.5, the Thinking models' parsers and the GPUs FastDeploy's tables name (#16)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ernie_ops.catalog import MODELS, find_model
+from ernie_ops.errors import UserError
+from ernie_ops.serve.fastdeploy import (
+    DEFAULT_VERSION,
+    QUANTIZATION_ADDED_IN,
+    build_launch,
+    check_command,
+    dialect,
+    flag_table,
+)
+from ernie_ops.serve.gpus import FASTDEPLOY_WHEEL_CAPABILITIES, GPUS, find_gpu, gpu_from_smi
+from ernie_ops.serve.profile import load_profile
+
+REPO = Path(__file__).resolve().parent.parent
+PROFILES = sorted((REPO / "recipes" / "serve").glob("*.yaml"))
+FD_PROFILES = [p for p in PROFILES if not p.stem.endswith("_vllm")]  # vLLM ones: tests/test_vllm.py
+
+
+def test_2_5_is_the_default_dialect():
+    assert DEFAULT_VERSION == "2.5" and dialect(None).version == "2.5"
+
+
+@pytest.mark.parametrize("path", FD_PROFILES, ids=lambda p: p.stem)
+def test_every_shipped_profile_renders_for_2_5_with_every_flag_and_value_in_its_table(path):
+    profile = load_profile(path, ["fastdeploy_version=2.5"])
+    launch = build_launch(profile, Path("/models/x"), is_vl="-VL-" in path.stem)
+    args = launch.argv[3:]
+    table = flag_table("2.5")
+    negatives = {f"--no-{f[2:]}" for f, s in table.items() if s["type"] == "bool_optional"}
+    for arg in args:
+        if arg.startswith("--"):
+            assert arg in table or arg in negatives, f"{arg} is not a FastDeploy 2.5 flag"
+    check_command(args, "2.5")  # every value has the type its flag takes (raises otherwise)
+    spec = find_model(path.stem.split("_")[0])
+    if profile.reasoning_parser:
+        assert args[args.index("--reasoning-parser") + 1] == spec.reasoning_parser
+    if profile.tool_call_parser:
+        assert args[args.index("--tool-call-parser") + 1] == spec.tool_call_parser
+
+
+def test_the_thinking_models_parsers_exist_in_2_5():
+    d = dialect("2.5")
+    for spec in MODELS.values():
+        if spec.reasoning_parser:
+            assert d.reasoning_parser(spec.reasoning_parser) == spec.reasoning_parser
+        if spec.tool_call_parser:
+            assert d.tool_parser(spec.tool_call_parser) == spec.tool_call_parser
+    assert find_model("ERNIE-4.5-21B-A3B-Thinking").tool_call_parser == "ernie-x1"
+    assert find_model("ERNIE-4.5-VL-28B-A3B-Thinking").reasoning_parser == "ernie-45-vl-thinking"
+    assert find_model("ERNIE-4.5-VL-28B-A3B-Thinking").tool_call_parser == "ernie-45-vl-thinking"
+    assert find_model("ERNIE-4.5-21B-A3B").reasoning_parser is None  # not a thinking model
+
+
+def test_w4afp8_is_a_2_5_quantization_and_not_an_earlier_one():
+    assert QUANTIZATION_ADDED_IN["w4afp8"] == "2.5"
+    check_command(["--quantization", "w4afp8"], "2.5")
+    with pytest.raises(UserError, match=r"arrived in FastDeploy 2\.5"):
+        check_command(["--quantization", "w4afp8"], "2.4")
+    with pytest.raises(UserError, match="not a quantization"):
+        check_command(["--quantization", "w4afp16"], "2.5")
+    check_command(["--quantization", '{"quantization": "mix_quant"}'], "2.0")  # JSON: any release
+
+
+def test_the_gpu_table_has_every_gpu_fastdeploy_s_tables_name():
+    for name in ("H100", "H800", "H20", "H20-144G", "A100", "A800", "L20", "A30", "A10", "RTX 4090", "T4"):
+        find_gpu(name)
+    t4 = find_gpu("T4 16GB")
+    assert (t4.memory_gib, t4.compute_capability, t4.fp8) == (15.0, (7, 5), False)
+    assert t4.compute_capability not in FASTDEPLOY_WHEEL_CAPABILITIES
+    assert gpu_from_smi("Tesla T4", 15.0) is t4
+    assert all(g.compute_capability in FASTDEPLOY_WHEEL_CAPABILITIES for g in GPUS if g is not t4)
+
+
+def test_the_pre_quantized_wint2_checkpoints_are_in_the_catalog():
+    """FastDeploy's supported-model table lists WINT2 for ERNIE-4.5-300B-A47B only (the -2Bits one)."""
+    with_wint2 = {s.name for s in MODELS.values() if any("-2Bits-" in h for h in s.hub_ids)}
+    assert with_wint2 == {"ERNIE-4.5-300B-A47B"}
