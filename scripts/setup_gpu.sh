@@ -9,9 +9,12 @@
 # install pages (added as an extra index, so your default index still serves the rest):
 #   PADDLE_INDEX=<paddlepaddle-gpu index> FASTDEPLOY_INDEX=<fastdeploy-gpu index> scripts/setup_gpu.sh
 # Optional:
-#   PADDLE_VERSION=3.3.1 FASTDEPLOY_VERSION=2.5.*   the pair to install (defaults shown)
+#   PADDLE_VERSION=3.3.1 FASTDEPLOY_VERSION=2.5.*   the pair to install (defaults shown); a pair
+#                             outside the table above stops here unless ALLOW_UNDOCUMENTED_PAIR=1
 #   ERNIE_SRC=path/to/ERNIE   an existing ERNIEKit checkout (default: clone into ./third_party/ERNIE)
-#   ERNIE_REF=<tag|commit>    what to check out when cloning (default: the default branch)
+#   ERNIE_REF=<tag|commit>    what to check out when cloning (default: 01d61814c760..., the commit
+#                             the newest ERNIEKit schema snapshot of ernie-ops was read from, so
+#                             `ernie-ops check` knows exactly the ERNIEKit installed here)
 #   SKIP_FASTDEPLOY=1         training-only nodes
 #   VENV=.venv PYTHON=python3
 set -euo pipefail
@@ -21,6 +24,16 @@ PYTHON="${PYTHON:-python3}"
 PADDLE_VERSION="${PADDLE_VERSION:-3.3.1}"
 FASTDEPLOY_VERSION="${FASTDEPLOY_VERSION:-2.5.*}"
 ERNIE_SRC="${ERNIE_SRC:-third_party/ERNIE}"
+ERNIE_REF="${ERNIE_REF:-01d61814c760f95524a7478613b17917377ddf10}"
+
+# FastDeploy release -> the paddlepaddle-gpu it is built against (FastDeploy's install docs;
+# the same table as ernie_ops/doctor.py FASTDEPLOY_PADDLE)
+documented_paddle() {
+    case "$1" in
+        2.0*) echo 3.1.0 ;; 2.1*) echo 3.1.1 ;; 2.2*) echo 3.2.0 ;;
+        2.3*) echo 3.2.1 ;; 2.4*) echo 3.3.0 ;; 2.5*) echo 3.3.1 ;; *) echo "" ;;
+    esac
+}
 
 missing=()
 [ -n "${PADDLE_INDEX:-}" ] || missing+=(PADDLE_INDEX)
@@ -30,6 +43,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
     echo "  hint: the PaddlePaddle (paddlepaddle-gpu) and FastDeploy (fastdeploy-gpu) install pages" >&2
     echo "        give the index URL per CUDA version; SKIP_FASTDEPLOY=1 for training-only nodes" >&2
     exit 2
+fi
+if [ -z "${SKIP_FASTDEPLOY:-}" ] && [ -z "${ALLOW_UNDOCUMENTED_PAIR:-}" ]; then
+    wanted="$(documented_paddle "$FASTDEPLOY_VERSION")"
+    if [ "$wanted" != "$PADDLE_VERSION" ]; then
+        echo "error: fastdeploy-gpu $FASTDEPLOY_VERSION with paddlepaddle-gpu $PADDLE_VERSION is not a pair FastDeploy documents" >&2
+        echo "  hint: ${wanted:+fastdeploy-gpu $FASTDEPLOY_VERSION is built for paddlepaddle-gpu $wanted; }documented: 2.0/3.1.0 2.1/3.1.1 2.2/3.2.0 2.3/3.2.1 2.4/3.3.0 2.5/3.3.1 (or ALLOW_UNDOCUMENTED_PAIR=1)" >&2
+        exit 2
+    fi
 fi
 if ! command -v nvidia-smi >/dev/null; then
     echo "warning: nvidia-smi not found; this script is for GPU nodes (CPU: scripts/setup.sh)" >&2
@@ -46,10 +67,17 @@ pip=("$VENV/bin/python" -m pip install --progress-bar off)
 echo "[setup-gpu] paddlepaddle-gpu==$PADDLE_VERSION"
 "${pip[@]}" "paddlepaddle-gpu==$PADDLE_VERSION" --extra-index-url "$PADDLE_INDEX"
 
-echo "[setup-gpu] ERNIEKit from source ($ERNIE_SRC)"
+echo "[setup-gpu] ERNIEKit from source ($ERNIE_SRC at $ERNIE_REF)"
 if [ ! -d "$ERNIE_SRC" ]; then
     git clone https://github.com/PaddlePaddle/ERNIE "$ERNIE_SRC"
-    [ -z "${ERNIE_REF:-}" ] || git -C "$ERNIE_SRC" checkout "$ERNIE_REF"
+    git -C "$ERNIE_SRC" checkout --quiet "$ERNIE_REF"
+else
+    have="$(git -C "$ERNIE_SRC" rev-parse HEAD 2>/dev/null || echo unknown)"
+    want="$(git -C "$ERNIE_SRC" rev-parse --verify --quiet "$ERNIE_REF^{commit}" 2>/dev/null || echo "$ERNIE_REF")"
+    if [ "$have" != "$want" ]; then
+        echo "warning: $ERNIE_SRC is at $have, not $ERNIE_REF; installing it as it is" >&2
+        echo "  (git -C $ERNIE_SRC checkout $ERNIE_REF to pin it; ernie-ops check then knows its schema)" >&2
+    fi
 fi
 "${pip[@]}" -c "$gpu_constraints" -e "$ERNIE_SRC"
 
@@ -60,4 +88,17 @@ fi
 
 echo "[setup-gpu] ernie-ops"
 "${pip[@]}" -c "$gpu_constraints" -e ".[serve,dev]"
+
+echo "[setup-gpu] installed:"
+"$VENV/bin/python" - "$(git -C "$ERNIE_SRC" rev-parse HEAD 2>/dev/null || echo unknown)" <<'PY'
+import importlib.metadata as md
+import sys
+
+for name in ("paddlepaddle-gpu", "fastdeploy-gpu", "erniekit", "paddleformers", "ernie-ops"):
+    try:
+        print(f"  {name} {md.version(name)}")
+    except md.PackageNotFoundError:
+        print(f"  {name} (not installed)")
+print(f"  ERNIEKit source commit {sys.argv[1]}")
+PY
 "$VENV/bin/ernie-ops" doctor

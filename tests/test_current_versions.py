@@ -83,3 +83,35 @@ def test_the_pre_quantized_wint2_checkpoints_are_in_the_catalog():
     """FastDeploy's supported-model table lists WINT2 for ERNIE-4.5-300B-A47B only (the -2Bits one)."""
     with_wint2 = {s.name for s in MODELS.values() if any("-2Bits-" in h for h in s.hub_ids)}
     assert with_wint2 == {"ERNIE-4.5-300B-A47B"}
+
+
+def test_setup_gpu_refuses_a_pair_fastdeploy_does_not_document(tmp_path):
+    import os
+    import subprocess
+
+    env = {
+        **os.environ,
+        "PADDLE_INDEX": "unused",
+        "FASTDEPLOY_INDEX": "unused",
+        "FASTDEPLOY_VERSION": "2.4.1",  # built for paddlepaddle-gpu 3.3.0, not the default 3.3.1
+        "VENV": str(tmp_path / "venv"),
+    }
+    script = REPO / "scripts" / "setup_gpu.sh"
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=30)
+    assert result.returncode == 2
+    assert "not a pair FastDeploy documents" in result.stderr and "3.3.0" in result.stderr
+    assert not (tmp_path / "venv").exists(), "nothing may be installed"
+
+
+def test_setup_gpu_pins_erniekit_to_the_commit_of_the_newest_schema_snapshot():
+    import re
+
+    from ernie_ops.doctor import FASTDEPLOY_PADDLE
+    from ernie_ops.recipe.schema import LATEST, load_schema
+
+    text = (REPO / "scripts" / "setup_gpu.sh").read_text()
+    (ref,) = re.findall(r'ERNIE_REF="\$\{ERNIE_REF:-([0-9a-f]{40})\}"', text)
+    assert ref == load_schema(LATEST).commit
+    for fd, paddle in FASTDEPLOY_PADDLE.items():  # the script's pair table is doctor's
+        assert f"{fd}*) echo {paddle} ;;" in text
+    assert 'PADDLE_VERSION="${PADDLE_VERSION:-3.3.1}"' in text and "FASTDEPLOY_VERSION:-2.5" in text
