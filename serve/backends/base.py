@@ -37,7 +37,7 @@ class Backend:
     """One serving engine. Subclasses set the class attributes and implement `command`; the other
     methods have the behaviour every engine so far shares."""
 
-    name: ClassVar[str]  # the `--backend` / profile `backend:` value
+    name: ClassVar[str]  # the `--engine` / profile `engine:` value
     title: ClassVar[str]  # how messages name it: "FastDeploy", "the embedded CPU server"
     described: ClassVar[str]  # as the fallback choice: "serving with the embedded CPU backend"
     serves: ClassVar[str]  # what it can serve, one line (shown in `serve --help`)

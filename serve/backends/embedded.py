@@ -1,4 +1,4 @@
-"""The embedded CPU server (`backend: paddle`): the checkpoint loaded by ERNIEKit in Paddle behind
+"""The embedded CPU server (`engine: paddle`): the checkpoint loaded by ERNIEKit in Paddle behind
 our FastAPI OpenAI-compatible server (`serve/openai_server.py`, started as `python -m`)."""
 
 from __future__ import annotations
