@@ -29,14 +29,16 @@ Targets: >= 1000 streamed requests/s; |difference| <= 5 ms (median and p99 both 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,7 @@ import orjson
 
 from ernie_ops.benchmark import bench_parser, print_table, write_report
 from ernie_ops.validate import loadgen
+from ernie_ops.validate.arrivals import ArrivalStats, target_cv
 from ernie_ops.validate.client import Endpoint, session
 
 TARGET_RPS = 1000.0
@@ -57,7 +60,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 class NullServer:
     """`python -m ernie_ops.validate.null_server` in a child process, pinned to `core`."""
 
-    def __init__(self, core: int | None, delay_ms: float = 0.0):
+    def __init__(self, core: int | None, delay_ms: float = 0.0, extra: list[str] | None = None):
         cmd = [
             sys.executable,
             "-m",
@@ -66,6 +69,7 @@ class NullServer:
             "0",
             "--delay-ms",
             str(delay_ms),
+            *(extra or []),
         ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         if core is not None:
@@ -199,7 +203,7 @@ def _check(counts: list[int], n: int, chunks: int) -> int:
     return sum(counts)
 
 
-CLIENTS: dict[str, Callable[[str, int, int, int], Awaitable[int]]] = {
+CLIENTS: dict[str, Callable[[str, int, int, int], Coroutine[Any, Any, int]]] = {
     "ours (ernie-ops bench)": ours,
     "upstream approach (aiohttp, session per request)": upstream,
     "aiohttp, one session": aiohttp_shared,
@@ -244,7 +248,7 @@ async def agreement(url: str, n: int, concurrency: int, chunks: int) -> dict[str
     seen: dict[str, tuple[list[float], list[float]]] = {"ttft": ([], []), "e2e": ([], [])}  # client, server
     for i, reply in enumerate(replies):
         row = server[str(i)]
-        assert reply is not None and reply.ok and reply.ttft is not None, reply
+        assert reply is not None and reply.ok and reply.ttft is not None and reply.first is not None, reply
         server_ttft = (row["first_ns"] - row["arrival_ns"]) / 1e6
         server_e2e = (row["last_ns"] - row["arrival_ns"]) / 1e6
         ttft.append(reply.ttft * 1e3 - server_ttft)
@@ -301,14 +305,11 @@ def cores() -> tuple[int | None, int | None]:
     return (allowed[0], allowed[1]) if len(allowed) >= 2 else (None, None)
 
 
-def main() -> int:
-    parser = bench_parser(__doc__, "loadgen", repeat=3)
-    parser.add_argument("--quick", action="store_true", help="fewer requests, one run each")
-    parser.add_argument("--requests", type=int, help="requests per ceiling run (default 4000; quick 1000)")
-    parser.add_argument("--chunks", type=int, default=16, help="output chunks per request (default 16)")
-    parser.add_argument("--concurrency", default="64,256", help="ceiling levels (default 64,256)")
-    parser.add_argument("--delay-ms", type=float, default=20.0, help="per-chunk delay for agreement (20)")
-    args = parser.parse_args()
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def part_ceiling(args: argparse.Namespace, report: dict[str, Any]) -> None:
     n = args.requests or (1000 if args.quick else 4000)
     repeat = 1 if args.quick else args.repeat
     levels = loadgen.parse_levels(args.concurrency)
@@ -316,10 +317,10 @@ def main() -> int:
     allowed = os.sched_getaffinity(0)
     if client_core is not None:
         os.sched_setaffinity(0, {client_core})
-    cores_used = f"generator on core {client_core}, null server on core {server_core}"
-    print(f"{cores_used}; {n} requests x {args.chunks} chunks")
-
-    load = [round(os.getloadavg()[0], 2)]
+    print(
+        f"generator on core {client_core}, null server on core {server_core}; "
+        f"{n} requests x {args.chunks} chunks"
+    )
     results: list[dict[str, Any]] = []
     server = NullServer(server_core)
     try:
@@ -327,23 +328,14 @@ def main() -> int:
             for client in CLIENTS:
                 count = max(int(n * SHARE.get(client, 1.0)), concurrency)
                 runs = [ceiling(server, client, count, concurrency, args.chunks) for _ in range(repeat)]
-                row = {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
+                row: dict[str, Any] = {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
                 row |= {"client": client, "concurrency": concurrency, "requests": count}
                 row["runs_req_s"] = [round(r["req_s"]) for r in runs]
                 results.append(row)
                 print(f"  {client} at {concurrency}: {row['req_s']:.0f} req/s", flush=True)
     finally:
         server.stop()
-
-    # agreement is about what the generator measures, not its capacity: no pinning, so neither side
-    # waits for its one core while another process on this shared machine holds it
-    os.sched_setaffinity(0, allowed)
-    delayed = NullServer(None, args.delay_ms)
-    try:
-        agree = [asyncio.run(agreement(delayed.url, 60 if args.quick else 300, c, 8)) for c in (1, 16)]
-    finally:
-        delayed.stop()
-
+        os.sched_setaffinity(0, allowed)
     table = [
         [
             "client",
@@ -354,9 +346,9 @@ def main() -> int:
             "chunks/CPU-s",
             "client CPU",
             "server CPU",
+            "vs ours",
         ]
     ]
-    table[0].append("vs ours")
     for row in results:
         mine = next(
             r for r in results if r["concurrency"] == row["concurrency"] and r["client"].startswith("ours")
@@ -376,6 +368,27 @@ def main() -> int:
         )
     print()
     print_table(table)
+    best = max(r["req_s"] for r in results if r["client"].startswith("ours"))
+    met = best >= TARGET_RPS
+    print(f"\ntarget: >= {TARGET_RPS:.0f} streamed req/s (wall): {best:.0f} -> {verdict(met)}")
+    report["ceiling"] = results
+    report["settings"] |= {
+        "requests": n,
+        "chunks": args.chunks,
+        "repeat": repeat,
+        "cores": [client_core, server_core],
+    }
+    report["met"]["ceiling"] = met
+
+
+def part_agreement(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    # agreement is about what the generator measures, not its capacity: no pinning, so neither side
+    # waits for its one core while another process on this shared machine holds it
+    delayed = NullServer(None, args.delay_ms)
+    try:
+        agree = [asyncio.run(agreement(delayed.url, 60 if args.quick else 300, c, 8)) for c in (1, 16)]
+    finally:
+        delayed.stop()
     print(f"\nlatency agreement (null server waits {args.delay_ms:g} ms before each of 8 chunks), ms:")
     rows = [
         [
@@ -407,22 +420,14 @@ def main() -> int:
             ]
         )
     print_table(rows)
-
-    best = max(r["req_s"] for r in results if r["client"].startswith("ours"))
     median = max(max(a["ttft_diff_ms"]["median_abs"], a["e2e_diff_ms"]["median_abs"]) for a in agree)
     p99 = max(max(a["ttft_diff_ms"]["p99_abs"], a["e2e_diff_ms"]["p99_abs"]) for a in agree)
     reported = max(abs(v) for a in agree for v in a["reported_percentile_diff_ms"].values())
     met = {
-        "ceiling": best >= TARGET_RPS,
         "agreement_median": median <= TARGET_AGREEMENT_MS,
         "agreement_p99": p99 <= TARGET_AGREEMENT_MS,
         "agreement_reported_percentiles": reported <= TARGET_AGREEMENT_MS,
     }
-
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "MISSED"
-
-    print(f"\ntarget: >= {TARGET_RPS:.0f} streamed req/s (wall): {best:.0f} -> {verdict(met['ceiling'])}")
     print(f"target: client vs server |diff| <= {TARGET_AGREEMENT_MS:g} ms, worst level:")
     print(f"  median {median:.2f} ms -> {verdict(met['agreement_median'])}")
     print(f"  p99 {p99:.2f} ms -> {verdict(met['agreement_p99'])}")
@@ -430,21 +435,233 @@ def main() -> int:
         f"  the reported TTFT / E2E p50, p90, p99 vs the server's own: worst {reported:.2f} ms -> "
         f"{verdict(met['agreement_reported_percentiles'])}"
     )
-    print(
-        f"load average before/after (other processes on this machine): {load[0]} / {os.getloadavg()[0]:.2f}"
+    report["agreement"] = agree
+    report["met"] |= met
+
+
+# ---------------------------------------------------------------------------------------------
+# open loop: arrival accuracy and find-max-rate against a known capacity
+
+OPEN_LEVELS = (  # (rate req/s, burstiness, seconds, quick seconds)
+    (10.0, 1.0, 180.0, 40.0),
+    (100.0, 1.0, 40.0, 15.0),
+    (1000.0, 1.0, 12.0, 5.0),
+    (100.0, 0.5, 40.0, 15.0),
+    (100.0, 4.0, 40.0, 15.0),
+)
+TARGET_RATE = 0.02  # achieved arrival rate within 2% of the target
+TARGET_CV = 0.05  # inter-arrival CV within 5% of 1 / sqrt(burstiness)
+TARGET_CAPACITY = 0.05  # find-max-rate within 5% of the null server's capacity
+
+
+def _arrivals(url: str) -> list[float]:
+    """The null server's own arrival times (s) since the last call, and clears them."""
+    body = httpx.get(f"{url}/v1/null/timestamps?clear=1", timeout=60).json()
+    return [row["arrival_ns"] / 1e9 for row in body["requests"]]
+
+
+def open_level(url: str, rate: float, burstiness: float, seconds: float, seed: int) -> dict[str, Any]:
+    """One open-loop level of `rate * seconds` requests against the null server: the rate and CV
+    scheduled (the seeded schedule: its CV carries the sampling noise), written by the client, and
+    seen arriving by the server."""
+    n = max(int(rate * seconds), 50)
+    workload = loadgen.Workload.synthetic(loadgen.Length(8, 8), loadgen.Length(2, 2), seed=seed)
+    options = loadgen.Options(
+        [1], rates=[rate], burstiness=burstiness, num_prompts=n, warmup=0, progress=False, seed=seed
     )
+    _arrivals(url)
+    result = asyncio.run(
+        loadgen.run(Endpoint.parse(url, model="null-model"), workload, options, notice=print)
+    )
+    level = result.levels[0]
+    seen = _arrivals(url)
+    scheduled = ArrivalStats.of(level.due)
+    server = ArrivalStats.of(seen)
+    target = target_cv(burstiness)
+    assert server.rate is not None and server.cv is not None and level.arrival_cv is not None
+    return {
+        "rate": rate,
+        "burstiness": burstiness,
+        "requests": n,
+        "completed": level.completed,
+        "failed": level.failed,
+        "target_cv": round(target, 4),
+        "scheduled_cv": round(scheduled.cv or 0.0, 4),
+        "client_rate": round(level.achieved_rate or 0.0, 3),
+        "client_cv": round(level.arrival_cv, 4),
+        "server_arrivals": server.n,
+        "server_rate": round(server.rate, 3),
+        "server_cv": round(server.cv, 4),
+        "rate_error": round(server.rate / rate - 1, 5),
+        "cv_error": round(server.cv / target - 1, 5),
+        "cv_error_vs_schedule": round(server.cv / (scheduled.cv or 1.0) - 1, 5),
+        "send_lag_ms": dataclasses.asdict(level.send_lag_ms),
+        "client_cpu": round(level.client_cpu, 3),
+        "load_average": round(os.getloadavg()[0], 2),
+    }
+
+
+def part_open(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    client_core, server_core = cores()
+    allowed = os.sched_getaffinity(0)
+    if client_core is not None:
+        os.sched_setaffinity(0, {client_core})
+    server = NullServer(server_core)
+    rows: list[dict[str, Any]] = []
+    try:
+        for i, (rate, burstiness, seconds, quick) in enumerate(OPEN_LEVELS):
+            row = open_level(server.url, rate, burstiness, quick if args.quick else seconds, seed=100 + i)
+            rows.append(row)
+            print(
+                f"  {rate:g} req/s b={burstiness:g}: server saw {row['server_rate']:.3f} req/s, CV "
+                f"{row['server_cv']:.3f} (target {row['target_cv']:.3f})",
+                flush=True,
+            )
+    finally:
+        server.stop()
+        os.sched_setaffinity(0, allowed)
+    table = [
+        [
+            "rate",
+            "burstiness",
+            "requests",
+            "server req/s",
+            "rate error",
+            "target CV",
+            "scheduled CV",
+            "client CV",
+            "server CV",
+            "CV error",
+            "send lag p50/p99 ms",
+            "client CPU",
+            "load",
+        ]
+    ]
+    for r in rows:
+        table.append(
+            [
+                f"{r['rate']:g}",
+                f"{r['burstiness']:g}",
+                str(r["requests"]),
+                f"{r['server_rate']:.3f}",
+                f"{r['rate_error']:+.2%}",
+                f"{r['target_cv']:.3f}",
+                f"{r['scheduled_cv']:.3f}",
+                f"{r['client_cv']:.3f}",
+                f"{r['server_cv']:.3f}",
+                f"{r['cv_error']:+.2%}",
+                f"{r['send_lag_ms']['p50']:.2f}/{r['send_lag_ms']['p99']:.2f}",
+                f"{r['client_cpu']:.0%}",
+                f"{r['load_average']:.2f}",
+            ]
+        )
+    print("\nopen-loop accuracy (arrivals as the null server saw them; generator and server pinned apart):")
+    print_table(table)
+    rate_ok = all(abs(r["rate_error"]) <= TARGET_RATE for r in rows)
+    cv_ok = all(abs(r["cv_error"]) <= TARGET_CV for r in rows)
+    worst_rate = max(abs(r["rate_error"]) for r in rows)
+    worst_cv = max(abs(r["cv_error"]) for r in rows)
+    print(
+        f"target: achieved rate within {TARGET_RATE:.0%} of the target: worst {worst_rate:.2%} -> "
+        f"{verdict(rate_ok)}"
+    )
+    print(
+        f"target: inter-arrival CV within {TARGET_CV:.0%} of 1/sqrt(burstiness): worst {worst_cv:.2%} -> "
+        f"{verdict(cv_ok)}"
+    )
+    print(
+        "  (the scheduled CV is the seeded schedule's own: its distance from the target is sampling "
+        "noise, about 1/sqrt(requests); the server's distance from the scheduled CV is the generator's)"
+    )
+    report["open_loop"] = rows
+    report["met"] |= {"open_rate": rate_ok, "open_cv": cv_ok}
+
+
+def part_find(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    slots, service_ms = args.slots, args.service_ms
+    capacity = slots * 1000.0 / service_ms
+    slo_ms = 2.5 * service_ms
+    seconds = 10.0 if args.quick else 20.0
+    server = NullServer(None, extra=["--slots", str(slots), "--service-ms", str(service_ms)])
+    workload = loadgen.Workload.synthetic(loadgen.Length(8, 8), loadgen.Length(4, 4))
+    options = loadgen.Options(
+        [1],
+        warmup=0,
+        progress=False,
+        find_max_rate=True,
+        duration=seconds,
+        slo=loadgen.SLO(e2e_ms=slo_ms),
+        precision=0.02,
+    )
+    print(
+        f"\nfind-max-rate against a null server of capacity {capacity:g} req/s ({slots} slots x "
+        f"{service_ms:g} ms); SLO p99 E2E <= {slo_ms:g} ms, {seconds:g} s per probe, precision 2%",
+        flush=True,
+    )
+    started = time.perf_counter()
+    try:
+        result = asyncio.run(
+            loadgen.run(Endpoint.parse(server.url, model="null-model"), workload, options, notice=print)
+        )
+    finally:
+        server.stop()
+    found = result.search or {}
+    rate = found.get("max_rate")
+    error = None if rate is None else rate / capacity - 1
+    ok = error is not None and abs(error) <= TARGET_CAPACITY
+    shown = "none" if rate is None else f"{rate:.1f} req/s ({error:+.2%} of capacity)"
+    print(f"target: find-max-rate within {TARGET_CAPACITY:.0%} of the capacity: {shown} -> {verdict(ok)}")
+    report["find_max_rate"] = {
+        "capacity": capacity,
+        "slots": slots,
+        "service_ms": service_ms,
+        "slo_e2e_ms": slo_ms,
+        "seconds_per_probe": seconds,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "error": None if error is None else round(error, 5),
+        **found,
+    }
+    report["met"]["find_max_rate"] = ok
+
+
+PARTS = {"ceiling": part_ceiling, "agreement": part_agreement, "open": part_open, "find": part_find}
+
+
+def main() -> int:
+    parser = bench_parser(__doc__, "loadgen", repeat=3)
+    parser.add_argument("--quick", action="store_true", help="fewer requests, one run each")
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)} (default all)"
+    )
+    parser.add_argument("--requests", type=int, help="requests per ceiling run (default 4000; quick 1000)")
+    parser.add_argument("--chunks", type=int, default=16, help="output chunks per request (default 16)")
+    parser.add_argument("--concurrency", default="64,256", help="ceiling levels (default 64,256)")
+    parser.add_argument("--delay-ms", type=float, default=20.0, help="per-chunk delay for agreement (20)")
+    parser.add_argument("--slots", type=int, default=32, help="find: the null server's slots (default 32)")
+    parser.add_argument("--service-ms", type=float, default=100.0, help="find: ms per request (default 100)")
+    args = parser.parse_args()
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    before = round(os.getloadavg()[0], 2)
+    report: dict[str, Any] = {"settings": {"parts": parts, "quick": args.quick}, "met": {}}
+    for part in parts:
+        PARTS[part](args, report)
+    after = round(os.getloadavg()[0], 2)
+    print(f"\nload average before/after (other processes on this machine): {before} / {after}")
     write_report(
         args.out,
-        settings={
-            "requests": n,
-            "chunks": args.chunks,
-            "repeat": repeat,
-            "cores": [client_core, server_core],
+        load_average=[before, after],
+        targets={
+            "streamed_req_s": TARGET_RPS,
+            "agreement_ms": TARGET_AGREEMENT_MS,
+            "open_rate": TARGET_RATE,
+            "open_cv": TARGET_CV,
+            "find_max_rate": TARGET_CAPACITY,
+            "met": report.pop("met"),
         },
-        load_average=[load[0], round(os.getloadavg()[0], 2)],
-        ceiling=results,
-        agreement=agree,
-        targets={"streamed_req_s": TARGET_RPS, "agreement_ms": TARGET_AGREEMENT_MS, "met": met},
+        **report,
     )
     return 0
 

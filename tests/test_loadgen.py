@@ -18,7 +18,7 @@ import pytest
 
 from ernie_ops.cli.main import main
 from ernie_ops.errors import UserError
-from ernie_ops.validate import arrivals, loadgen, search, tokens
+from ernie_ops.validate import arrivals, loadgen, search, timer, tokens
 from ernie_ops.validate.client import Endpoint, Reply, _read_stream, request, session
 from ernie_ops.validate.null_server import Behaviour, Capacity, fail_every, serve_in_thread
 
@@ -771,3 +771,24 @@ def test_help_has_open_loop_examples_and_the_definitions(capsys):
         "vLLM",
     ):
         assert needle in text
+
+
+@pytest.mark.parametrize("precise", [True, False])
+def test_the_dispatchers_timer_never_wakes_early(monkeypatch, precise):
+    if not precise:
+        monkeypatch.setattr(timer, "_libc", lambda: None)  # the portable fallback
+
+    async def go() -> list[float]:
+        waker = timer.Waker()
+        assert waker.precise == (precise and timer._libc() is not None)
+        early = []
+        try:
+            for gap in (0.0003, 0.002, 0.0, -0.001, 0.004):
+                due = time.perf_counter() + gap
+                await waker.until(due)
+                early.append(due - time.perf_counter())
+        finally:
+            waker.close()
+        return early
+
+    assert max(asyncio.run(go())) <= 0

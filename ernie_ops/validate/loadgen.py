@@ -63,6 +63,7 @@ from ernie_ops.files import atomic_output, write_text_atomic
 from ernie_ops.text import format_table
 from ernie_ops.validate.arrivals import ArrivalStats, TraceRow, gamma_offsets, target_cv, trace_offsets
 from ernie_ops.validate.client import CHAT, Endpoint, Reply, get_json, request, resolve_model, session
+from ernie_ops.validate.timer import Waker
 from ernie_ops.validate.tokens import Tokenizer, prompt_of
 
 Messages = list[dict[str, str]]
@@ -966,9 +967,6 @@ async def run_level(
     return replies, duration
 
 
-SPIN_S = 0.0015  # closer to its due time than this, the dispatcher yields instead of sleeping
-
-
 async def run_open(
     client: Any,
     endpoint: Endpoint,
@@ -981,11 +979,11 @@ async def run_open(
     """Send request i at `start + offsets[i]` whatever the server does (open loop): (reply per
     request, None when not sent; the due times; start; wall seconds until the last reply).
 
-    The dispatcher sleeps until a request is due, the last ~1.5 ms by yielding to the event loop
-    (epoll sleeps in whole milliseconds, too coarse at 1000 req/s), and starts its request as a
-    task. A request late because this client was busy is sent at once, and its lateness is counted
-    in its latency (from its due time) and in the send lag. With `max_concurrency`, a request
-    waits for a free slot in the client (vLLM's --max-concurrency): that wait counts too."""
+    The dispatcher sleeps until a request is due (timer.py: a timerfd, precise to the microsecond
+    where epoll's own timeouts are whole milliseconds) and starts its request as a task. A request
+    late because this client was busy is sent at once, and its lateness is counted in its latency
+    (from its due time) and in the send lag. With `max_concurrency`, a request waits for a free
+    slot in the client (vLLM's --max-concurrency): that wait counts too."""
     n = len(planned)
     replies: list[Reply | None] = [None] * n
     due = [0.0] * n
@@ -1008,6 +1006,7 @@ async def run_open(
         if bar is not None:
             bar.update()
 
+    waker = Waker()
     start = time.perf_counter() + 0.005
     deadline = start + options.max_duration
     try:
@@ -1015,11 +1014,7 @@ async def run_open(
             when = due[i] = start + float(offset)
             if when > deadline:
                 break
-            while True:
-                left = when - time.perf_counter()
-                if left <= 0 or (stop is not None and stop.reason is not None):
-                    break
-                await asyncio.sleep(left - SPIN_S if left > SPIN_S else 0)
+            await waker.until(when)
             if stop is not None and stop.reason is not None:
                 break
             task = asyncio.ensure_future(one(i))
@@ -1042,6 +1037,7 @@ async def run_open(
             if isinstance(outcome, Exception):
                 raise outcome  # a bug in the dispatcher is not a measurement
     finally:
+        waker.close()
         for task in list(tasks):
             task.cancel()
         if bar is not None:
