@@ -473,3 +473,31 @@ def test_run_export_hf_is_recorded(tiny_dense, tmp_path, cli):
     forced = cli("export", str(run), "--format", "hf", "--no-forward", "--force")
     assert forced.returncode == 0, forced.stderr
     assert "recorded in" in forced.stdout and "exports.hf" in forced.stdout
+
+
+@pytest.mark.slow
+def test_lora_run_exports_to_transformers_with_the_merged_logits(
+    repo, tiny_dense, tmp_path, cli, monkeypatch
+):
+    """The whole path a user takes: a LoRA run trained by ERNIEKit, `export --format hf` (ERNIEKit's
+    merge, verification, conversion, verification with transformers), the logits of the merge."""
+    torch = pytest.importorskip("torch", reason="the `torch` extra (torch, transformers) is not installed")
+    transformers = pytest.importorskip("transformers", reason="the `torch` extra is not installed")
+    from test_export_verify import make_run
+
+    run = make_run(repo, "recipes/tiny/sft_lora_cpu.yaml", tiny_dense, tmp_path / "lora-run", "LoRA")
+    result = cli("export", str(run), "--format", "hf", "--json", timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    out = json.loads(result.stdout)
+    assert out["exported"] == str(run / "export-hf")
+    assert {c["name"]: c["status"] for c in out["verify"]["checks"]}["forward"] == "ok"
+    record = RunRecord.load(run)
+    assert record.exported == str(run / "export") and record.verified is True  # ERNIEKit's merge
+    assert record.exports["hf"]["from"] == str(run / "export") and record.exports["hf"]["verified"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(run / "export-hf"), torch_dtype=torch.float32
+    )
+    with torch.no_grad():
+        theirs = model(torch.tensor([PROMPT])).logits.numpy()[0]
+    ours = _erniekit_logits(run / "export", monkeypatch)(PROMPT)
+    assert float(np.abs(theirs - ours).max()) < TOLERANCE
