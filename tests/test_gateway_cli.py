@@ -1,0 +1,111 @@
+"""`ernie-ops gateway run|set|status` as a user runs them: a process that is killed and restarted
+keeps the recorded mode and weight."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from ernie_ops.validate.null_server import serve_in_thread
+
+GUARD_S = 60.0
+
+
+def start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str, str]:
+    """The process, its URL and what it printed up to its start line."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ernie_ops", "gateway", "run", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:  # ends when the process does: a failed start is no hang
+        lines.append(line)
+        found = re.search(r"gateway on (http://\S+):", line)
+        if found:
+            return proc, found.group(1), "".join(lines)
+    proc.wait(GUARD_S)
+    pytest.fail(f"the gateway did not start: {''.join(lines)}")
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> str:
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=GUARD_S)
+    return out
+
+
+def test_set_status_and_a_killed_gateway_restarts_with_the_recorded_weights(tmp_path, cli):
+    env = {**os.environ, "ERNIE_OPS_GATEWAY_ADMIN_KEY": "sesame", "PYTHONUNBUFFERED": "1"}
+    with serve_in_thread(model="stable-m") as stable, serve_in_thread(model="cand-m") as candidate:
+        args = ["--stable", stable.url, "--candidate", candidate.url, "--port", "0"]
+        args += ["--state", str(tmp_path / "state.json"), "--log-dir", str(tmp_path / "log")]
+        proc, url, _ = start([*args, "--mode", "shadow"], env)
+        try:
+            r = httpx.post(
+                url + "/v1/chat/completions", json={"messages": [], "max_tokens": 2}, timeout=GUARD_S
+            )
+            assert r.status_code == 200 and r.headers["x-ernie-ops-backend"] == "stable"
+            set_ = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "ernie_ops",
+                    "gateway",
+                    "set",
+                    url,
+                    "--mode",
+                    "split",
+                    "--weight",
+                    "40",
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=GUARD_S,
+            )
+            assert set_.returncode == 0, set_.stderr
+            assert '"weight": 40.0' in set_.stdout
+        finally:
+            out = stop(proc, signal.SIGKILL)  # no clean shutdown: the state file alone must carry it
+        proc, url, head = start([*args, "--mode", "all-stable"], env)
+        try:
+            status = subprocess.run(
+                [sys.executable, "-m", "ernie_ops", "gateway", "status", url],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=GUARD_S,
+            )
+            assert status.returncode == 0, status.stderr
+            assert '"mode": "split"' in status.stdout and '"weight": 40.0' in status.stdout
+            assert httpx.get(url + "/health", timeout=GUARD_S).json()["weight"] == 40
+        finally:
+            out = stop(proc)
+        assert proc.returncode == 0, out
+        assert "continuing from" in head and "split weight 40" in head
+        assert "finishing the requests in flight" in out
+
+
+def test_set_without_the_key_and_content_logging_are_refused_clearly(cli, tmp_path):
+    env_less = {k: v for k, v in os.environ.items() if k != "ERNIE_OPS_GATEWAY_ADMIN_KEY"}
+    result = subprocess.run(
+        [sys.executable, "-m", "ernie_ops", "gateway", "set", "127.0.0.1:9", "--weight", "5"],
+        capture_output=True,
+        text=True,
+        env=env_less,
+        timeout=GUARD_S,
+    )
+    assert result.returncode == 2 and "ERNIE_OPS_GATEWAY_ADMIN_KEY is not set" in result.stderr
+    refused = cli(
+        "gateway", "run", "--stable", "127.0.0.1:9", "--log-content", "--state", str(tmp_path / "s")
+    )
+    assert refused.returncode == 2 and "PII masker" in refused.stderr
