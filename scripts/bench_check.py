@@ -13,6 +13,7 @@ deadline (a hang shows as "> DEADLINE").
 
     .venv/bin/python scripts/bench_check.py                 # table on stdout, JSON in runs/bench/
     .venv/bin/python scripts/bench_check.py --part hostile --keys 1000,20000,500000
+    .venv/bin/python scripts/bench_check.py --part corpus    # ERNIEKit's own examples (#16)
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def timed(cmd: list[str], timeout: float = 600) -> tuple[float, int, str]:
 
 def main() -> int:
     parser = bench_parser(__doc__, "check")
-    parser.add_argument("--part", choices=("mistakes", "hostile", "all"), default="all")
+    parser.add_argument("--part", choices=("mistakes", "hostile", "corpus", "all"), default="all")
     parser.add_argument("--keys", default="1000,10000,100000,500000", help="unknown-key counts (hostile)")
     parser.add_argument("--deadline", type=float, default=300, help="seconds before a run counts as hung")
     args = parser.parse_args()
@@ -61,6 +62,8 @@ def main() -> int:
         report["results"] = mistakes(args.repeat)
     if args.part in ("hostile", "all"):
         report["hostile"] = hostile([int(n) for n in args.keys.split(",")], args.deadline)
+    if args.part in ("corpus", "all"):
+        report["corpus"] = corpus(args.repeat)
     write_report(args.out, **report, targets={"check_s": 0.5, "speedup": 20})
     return 0
 
@@ -105,6 +108,43 @@ def hostile(sizes: list[int], deadline: float) -> list[dict]:
         rows.append([r["case"], f"{r['mb']:.2f}", shown, per_key, r["outcome"]])
     print()
     print_table(rows)
+    return results
+
+
+def corpus(repeat: int) -> list[dict]:
+    """`ernie-ops check --erniekit-version latest` on each of ERNIEKit's example configs
+    (tests/erniekit_examples): the whole command, from its own directory (so upstream's relative
+    data paths are looked up there), median of --repeat runs; and check_recipe alone, in this
+    process once the schema is loaded (what the command adds to Python's and the CLI's start-up)."""
+    from ernie_ops.recipe.check import check_recipe
+
+    root = REPO / "tests" / "erniekit_examples"
+    results = []
+    for path in sorted(root.rglob("*.yaml")):
+        runs = [timed([EXE, "check", str(path), "--erniekit-version", "latest"]) for _ in range(repeat)]
+        errors = runs[0][2].count(" error: ")
+        inside = []
+        for _ in range(repeat + 1):
+            start = time.perf_counter()
+            check_recipe(path, erniekit_version="latest", cwd=REPO)
+            inside.append(time.perf_counter() - start)
+        results.append(
+            {
+                "config": str(path.relative_to(root)),
+                "check_s": round(statistics.median(r[0] for r in runs), 3),
+                "in_process_ms": round(statistics.median(inside[1:]) * 1000, 1),
+                "errors": errors,
+            }
+        )
+    rows = [["ERNIEKit example", "check s", "in-process ms", "errors (paths included)"]]
+    rows += [
+        [r["config"], f"{r['check_s']:.3f}", f"{r['in_process_ms']:.1f}", str(r["errors"])] for r in results
+    ]
+    print()
+    print_table(rows)
+    slowest = max(r["check_s"] for r in results)
+    median = statistics.median(r["check_s"] for r in results)
+    print(f"\ncorpus: median {median:.3f} s, slowest {slowest:.3f} s per recipe (target < 0.5 s)")
     return results
 
 
