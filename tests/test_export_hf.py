@@ -269,8 +269,15 @@ def test_refusals(tmp_path):
         convert(src, tmp_path / "hf", HF)
     with pytest.raises(UserError, match="transformers tensor names"):
         convert(tmp_path / "hf", tmp_path / "again", HF)
-    with pytest.raises(UserError, match="inside"):
+    with pytest.raises(UserError, match="inside the source"):
         convert(src, src / "hf", HF)
+    with pytest.raises(UserError, match="contains"):  # --force never moves the source's parent away
+        convert(src, tmp_path, HF, force=True)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="not a checkpoint directory"):
+        convert(src, tmp_path / "notes", HF, force=True)
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
     vl = fake_checkpoint(tmp_path / "vl")
     config = json.loads((vl / "config.json").read_text())
     config["architectures"] = ["Ernie4_5_VLMoeForConditionalGeneration"]

@@ -607,10 +607,17 @@ def convert(
             f"{src} holds {what} tensor names; converting to {to} needs a {want_from} checkpoint",
             hint="it already is in that layout" if have == to else "check the directory",
         )
-    if out.exists() and not force:
-        raise UserError(f"{out} already exists", hint="pass --force to replace it, or choose --out")
-    if out == src or src in out.parents:
-        raise UserError(f"{out} is (inside) the source checkpoint", hint="write the export elsewhere")
+    if out == src or src in out.parents or out in src.parents:
+        raise UserError(f"{out} is, contains or is inside the source checkpoint", hint="write elsewhere")
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise UserError(f"{out} already exists", hint="pass --force to replace it, or choose --out")
+        if not out.is_dir() or out.is_symlink() or not (out / CONFIG).is_file():
+            # --force replaces an earlier export, never some other directory or file
+            raise UserError(
+                f"{out} exists and is not a checkpoint directory (no {CONFIG}); --force does not replace it",
+                hint="choose another --out",
+            )
     config = json.loads((src / CONFIG).read_text(encoding="utf-8"))
     dtype = weights_dtype(source.tensors)
     if to == HF:
