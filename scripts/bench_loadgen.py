@@ -580,7 +580,7 @@ def part_open(args: argparse.Namespace, report: dict[str, Any]) -> None:
 def part_find(args: argparse.Namespace, report: dict[str, Any]) -> None:
     slots, service_ms = args.slots, args.service_ms
     capacity = slots * 1000.0 / service_ms
-    slo_ms = 2.5 * service_ms
+    slo_ms = 2.0 * service_ms
     seconds = 10.0 if args.quick else 20.0
     server = NullServer(None, extra=["--slots", str(slots), "--service-ms", str(service_ms)])
     workload = loadgen.Workload.synthetic(loadgen.Length(8, 8), loadgen.Length(4, 4))
@@ -637,8 +637,8 @@ def main() -> int:
     parser.add_argument("--chunks", type=int, default=16, help="output chunks per request (default 16)")
     parser.add_argument("--concurrency", default="64,256", help="ceiling levels (default 64,256)")
     parser.add_argument("--delay-ms", type=float, default=20.0, help="per-chunk delay for agreement (20)")
-    parser.add_argument("--slots", type=int, default=32, help="find: the null server's slots (default 32)")
-    parser.add_argument("--service-ms", type=float, default=100.0, help="find: ms per request (default 100)")
+    parser.add_argument("--slots", type=int, default=64, help="find: the null server's slots (default 64)")
+    parser.add_argument("--service-ms", type=float, default=200.0, help="find: ms per request (default 200)")
     args = parser.parse_args()
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = [p for p in parts if p not in PARTS]

@@ -111,7 +111,8 @@ class Bench(Subcommand):
             "--trace",
             type=Path,
             metavar="FILE",
-            help="replay a JSONL trace: timestamp (s) or timestamp_ms, input_length, output_length per line",
+            help="replay a JSONL trace: timestamp (s) or timestamp_ms, input_length, output_length per line "
+            "(--num-prompts N: its first N)",
         )
         opened = parser.add_argument_group("open loop")
         opened.add_argument(
@@ -372,6 +373,8 @@ def options_from(args: argparse.Namespace) -> Options:
         )
     rates = _rates(args.request_rate) if args.request_rate else None
     trace = arrivals.load_trace(args.trace) if args.trace is not None else None
+    if trace is not None and args.num_prompts:
+        trace = trace[: args.num_prompts]  # the trace's first N requests (GuideLLM's data_samples)
     if args.tokenizer is not None:
         from ernie_ops.validate import tokens
 
