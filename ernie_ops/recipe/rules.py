@@ -108,7 +108,20 @@ def unknown_keys(ctx: Context) -> Iterator[Problem]:
         if key in known or key == RESERVED_BLOCK:
             continue
         unknown += 1
+        examples = ctx.schema.example_only_keys.get(key)
         elsewhere = sorted((v for v, o in ctx.schema.others.items() if key in o.keys), key=Version)
+        if examples:  # a leftover ERNIEKit's own examples carry: dropped, and harmless there
+            also = f" (ERNIEKit {', '.join(elsewhere)} knows it)" if elsewhere else ""
+            yield warning(
+                ctx.where(key),
+                key,
+                f"ERNIEKit {ctx.schema.erniekit_version} has no such argument and drops it silently{also}; "
+                f"its own example configs set it too ({examples[0]}"
+                + (f" and {len(examples) - 1} more" if len(examples) > 1 else "")
+                + ")",
+                "remove it, unless you know the ERNIEKit you run reads it",
+            )
+            continue
         if elsewhere:
             yield error(
                 ctx.where(key),

@@ -82,6 +82,8 @@ class Schema:
     dataset_types: tuple[str, ...] = DEFAULT_DATASET_TYPES
     mix_strategies: tuple[str, ...] = ()  # `mix_strategy` values (empty: not a key of this version)
     list_values: frozenset[str] = frozenset()  # `str` keys that take a YAML list as it is
+    # keys ERNIEKit's own example configs set that no argument class has -> those example files
+    example_only_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
     commit: str = ""  # the source commit, for a snapshot read from a source checkout
 
     @classmethod
@@ -116,6 +118,7 @@ class Schema:
                 else (k for k, f in fields.items() if f.type == "str" and accepts_list(f.help))
             ),
             commit=data.get("commit", ""),
+            example_only_keys={k: tuple(v) for k, v in (data.get("example_only_keys") or {}).items()},
         )
 
     def describe(self) -> str:
