@@ -24,6 +24,7 @@ from ernie_ops.cli.models import Models
 from ernie_ops.cli.pipeline import Demo, PipelineCommand
 from ernie_ops.cli.plan import Plan
 from ernie_ops.cli.recipes import Recipes
+from ernie_ops.cli.rollout import Rollout
 from ernie_ops.cli.serve import Serve
 from ernie_ops.cli.smoke import Smoke
 from ernie_ops.cli.tiny_model import TinyModel
@@ -51,6 +52,7 @@ SUBCOMMANDS: tuple[type[Subcommand], ...] = (
     Eval,
     Compare,
     Gateway,
+    Rollout,
     PipelineCommand,
     Demo,
 )

@@ -32,6 +32,7 @@ import hmac
 import itertools
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -55,6 +56,9 @@ log = logging.getLogger(__name__)
 ROUTES = ("/v1/chat/completions", "/v1/completions")
 BACKEND_HEADER = "X-Ernie-Ops-Backend"  # which backend answered, on every completion response
 SSE = "text/event-stream"
+# the first piece of a stream that carries generated output (a role-only opening event does not):
+# TTFT is measured to it, as the servers themselves measure time to first token
+_TOKEN = re.compile(rb'"(?:content|text|reasoning_content)": ?"[^"]|"tool_calls"')
 _CLIENT_GONE: tuple[type[BaseException], ...] = (ConnectionResetError, aiohttp.ClientConnectionResetError)
 
 
@@ -88,7 +92,7 @@ class Attempt:
     error: str | None = None  # connect, timeout, http_5xx, upstream_closed, client_gone
     started: bool = False  # bytes reached the client (nothing can be retried after that)
     sent: float = 0.0  # perf_counter when the request went out
-    ttft: float | None = None  # seconds from the client's arrival to the first byte of the answer
+    ttft: float | None = None  # seconds from arrival to the first output event (whole answer: to it)
     e2e: float = 0.0
     answer: Answer | None = None
     error_body: bytes = b""  # the backend's error answer, relayed when nothing else can answer
@@ -420,7 +424,8 @@ class Gateway:
         if not first:  # the backend closed an event stream before any event: nothing was answered
             attempt.error = "upstream_closed"
             return
-        attempt.ttft = time.perf_counter() - arrival
+        if _TOKEN.search(first):
+            attempt.ttft = time.perf_counter() - arrival
         response.set_status(upstream.status)
         response.headers["Content-Type"] = attempt.content_type
         response.headers["Cache-Control"] = "no-cache"
@@ -441,6 +446,8 @@ class Gateway:
                     break
                 if not data:
                     break
+                if attempt.ttft is None and _TOKEN.search(data):
+                    attempt.ttft = time.perf_counter() - arrival
                 pieces.append(data)
                 await response.write(data)
             await response.write_eof()
@@ -544,7 +551,7 @@ class Gateway:
                 elif stream and upstream.headers.get("Content-Type", "").startswith(SSE):
                     pieces = []
                     async for data in upstream.content.iter_any():
-                        if attempt.ttft is None:
+                        if attempt.ttft is None and _TOKEN.search(data):
                             attempt.ttft = time.perf_counter() - sent
                         pieces.append(data)
                     attempt.answer = read_stream(b"".join(pieces), True)

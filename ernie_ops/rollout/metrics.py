@@ -8,7 +8,7 @@ models on the same requests and the controller gates a shadow stage on the candi
 |---|---|
 | requests by route and status (`error`: no HTTP answer) | `ernie_ops_gateway_requests_total` |
 | failures by kind (connect, timeout, http_5xx, disconnected) | `ernie_ops_gateway_errors_total` |
-| arrival to first byte of the answer | `ernie_ops_gateway_time_to_first_token_seconds` |
+| arrival to the first output event (1) | `ernie_ops_gateway_time_to_first_token_seconds` |
 | arrival to last byte | `ernie_ops_gateway_e2e_request_latency_seconds` |
 | prompt / generated tokens | `ernie_ops_gateway_prompt_tokens_total`, `..._generation_tokens_total` |
 | requests being answered | `ernie_ops_gateway_requests_in_flight` |
@@ -18,6 +18,9 @@ models on the same requests and the controller gates a shadow stage on the candi
 | shadow comparisons by result | `ernie_ops_gateway_shadow_comparisons_total` |
 | clients gone before their answer ended | `ernie_ops_gateway_client_disconnects_total` |
 | the routing state | `ernie_ops_gateway_candidate_weight_percent`, `ernie_ops_gateway_mode` |
+
+(1) the first streamed event that carries output (a role-only opening event does not); for a
+whole answer, the answer.
 
 Prometheus quantiles come from histogram buckets; the controller's gates need exact p99s over a
 stage, so the last `WINDOW` outcomes per backend and traffic are also kept as samples and read back
@@ -128,7 +131,7 @@ class GatewayMetrics:
         )
         self.ttft = Histogram(
             f"{PREFIX}time_to_first_token_seconds",
-            "Arrival at the gateway to the first byte of the backend's answer.",
+            "Arrival at the gateway to the first streamed event carrying output (whole answers: the answer).",
             both,
             buckets=BUCKETS,
             registry=reg,
