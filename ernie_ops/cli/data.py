@@ -3,6 +3,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 from ernie_ops.cli.base import Subcommand
@@ -14,7 +15,7 @@ FORMAT_CHOICES = ("auto", *FORMATS)
 
 class Data(Subcommand):
     name = "data"
-    help = "lint, convert, preview and split training data for ERNIEKit"
+    help = "lint, convert, mask, preview and split training data for ERNIEKit"
     description = (
         "Work on training data before ERNIEKit sees it (ERNIEKit skips records it cannot read with a "
         "warning, and hangs when it skips them all). Formats: erniekit-sft, erniekit-dpo, alpaca, "
@@ -26,13 +27,16 @@ class Data(Subcommand):
         "ernie-ops data convert chats.jsonl train.jsonl --to erniekit-sft",
         "ernie-ops data preview train.jsonl --tokenizer baidu/ERNIE-4.5-0.3B-Paddle -n 3",
         "ernie-ops data split all.jsonl --eval-fraction 0.05 --seed 0",
+        "ernie-ops data lint chats.jsonl --pii",
+        "ernie-ops data mask chats.jsonl chats.masked.jsonl",
+        "ERNIE_OPS_PII_SALT=... ernie-ops data mask chats.jsonl.gz masked.jsonl.gz --strategy hash",
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
         fmt = dict(choices=FORMAT_CHOICES, default="auto", help="input format (default: detect)")
 
-        lint = self._action(actions, "lint", "report every bad record with file:line and the reason", 0, 1)
+        lint = self._action(actions, "lint", "report every bad record with file:line and the reason", 0, 1, 5)
         lint.add_argument("files", nargs="+", type=Path, metavar="FILE")
         lint.add_argument("--format", **fmt)  # type: ignore[arg-type]
         lint.add_argument(
@@ -45,6 +49,12 @@ class Data(Subcommand):
             "--max-bad", type=float, default=0.0, help="fail above this bad fraction (default 0)"
         )
         lint.add_argument("--histogram", type=Path, help="token-length histogram PNG (default runs/lint/...)")
+        lint.add_argument(
+            "--pii",
+            action="store_true",
+            help="also find personal data: counts by type and the first places (never the values); "
+            "names of people need a NER model, not shipped here (see `data mask --help`)",
+        )
         lint.add_argument("--json", action="store_true", help="summary as JSON on stdout")
 
         convert = self._action(actions, "convert", "convert into ERNIEKit's format; rejects go to a file", 2)
@@ -58,6 +68,43 @@ class Data(Subcommand):
             help="drop exact duplicates (the first copy is kept; the others go to the reject file)",
         )
         convert.add_argument("--json", action="store_true", help="summary as JSON on stdout")
+
+        mask = self._action(
+            actions,
+            "mask",
+            "write a copy with personal data masked (same format, texts only; keys and roles kept)",
+            6,
+            7,
+        )
+        mask.description = textwrap.fill(
+            "Write a copy of IN with personal data replaced: e-mail addresses, phone numbers, IBANs, "
+            "payment cards (Luhn), VAT numbers and national identifiers (checksums by python-stdnum: "
+            "DE, FR, CN, US, GB and the rest of the EU), IP addresses, URLs with credentials, API keys "
+            "and tokens, street addresses with a postal code. Checksum types are never reported when "
+            "the checksum fails. Streams (flat memory); OUT is written atomically, .gz compresses. "
+            "Names of people need a NER model, which is not shipped here: plug one in (e.g. Presidio "
+            "with a spaCy model) with ERNIE_OPS_PII_DETECTORS=module:factory.",
+            width=100,
+        )
+        mask.add_argument("input", type=Path, metavar="IN")
+        mask.add_argument("output", type=Path, metavar="OUT")
+        mask.add_argument(
+            "--strategy",
+            choices=("placeholder", "hash", "remove"),
+            default="placeholder",
+            help="placeholder: <EMAIL_1>, numbered per record (default); hash: <EMAIL_9f86d0...>, "
+            "keyed with a secret salt from ERNIE_OPS_PII_SALT or --salt-file (never written); "
+            "remove: cut the value out",
+        )
+        mask.add_argument("--salt-file", type=Path, help="the secret salt for --strategy hash")
+        mask.add_argument(
+            "--detector",
+            action="append",
+            default=[],
+            metavar="MODULE:FACTORY",
+            help="add a detector (e.g. a NER model for names of people), repeatable",
+        )
+        mask.add_argument("--json", action="store_true", help="summary as JSON on stdout")
 
         preview = self._action(
             actions, "preview", "show records through the chat template, trained tokens marked", 3
@@ -85,7 +132,8 @@ class Data(Subcommand):
         )
 
     def run(self, args: argparse.Namespace) -> int:
-        return {"lint": _lint, "convert": _convert, "preview": _preview, "split": _split}[args.action](args)
+        actions = {"lint": _lint, "convert": _convert, "mask": _mask, "preview": _preview, "split": _split}
+        return actions[args.action](args)
 
 
 def _lint(args: argparse.Namespace) -> int:
@@ -98,6 +146,7 @@ def _lint(args: argparse.Namespace) -> int:
             print(f"{path}:{line}: bad: {reason}")
 
     results = [lint_file(path, args.format, report, tokens) for path in args.files]
+    pii = [_pii(path, args.json) for path in args.files] if args.pii else []
     records = sum(r.records for r in results)
     bad = sum(r.bad for r in results)
     plots = []
@@ -110,7 +159,10 @@ def _lint(args: argparse.Namespace) -> int:
     fraction = bad / records if records else 0.0
     ok = fraction <= args.max_bad and records > 0
     if args.json:
-        print(json.dumps({"ok": ok, "files": [r.to_dict() for r in results], "histograms": plots}, indent=2))
+        summary = {"ok": ok, "files": [r.to_dict() for r in results], "histograms": plots}
+        if args.pii:
+            summary["pii"] = [p.to_dict() for p in pii]
+        print(json.dumps(summary, indent=2))
         return 0 if ok else 1
     rows = [["file", "format", "records", "bad", "duplicates", "not expressible in ERNIEKit"]]
     for r in results:
@@ -138,6 +190,11 @@ def _lint(args: argparse.Namespace) -> int:
                 )
     for plot in plots:
         print(f"  histogram: {plot}")
+    for p in pii:
+        found = ", ".join(f"{n} {t}" for t, n in p.found.most_common()) or "none found"
+        print(f"  {p.source.name}: personal data in {p.with_pii} of {p.records} record(s): {found}")
+        if p.with_pii:
+            print(f"  {p.source.name}: `ernie-ops data mask {p.source} OUT` writes a masked copy")
     if records == 0:
         print("no records found", file=sys.stderr)
     if ok:
@@ -165,6 +222,46 @@ def _convert(args: argparse.Namespace) -> int:
         print(f"  rejected {count} x {reason}")
     if result.rejected:
         print(f"  rejected records, with their line numbers: {result.rejects}")
+    return 0
+
+
+PII_SHOWN = 20  # places of personal data printed per file
+
+
+def _pii(path: Path, quiet: bool):  # type: ignore[no-untyped-def]
+    from ernie_ops.data.mask import scan_file
+    from ernie_ops.privacy import default_masker
+
+    shown = 0
+
+    def report(line: int, where: str, type_: str, start: int, end: int) -> None:
+        nonlocal shown
+        if quiet or shown >= PII_SHOWN:
+            return
+        shown += 1
+        print(f"{path}:{line}: pii: {type_} in {where} at characters {start}-{end}")
+
+    return scan_file(path, default_masker(), report)
+
+
+def _mask(args: argparse.Namespace) -> int:
+    from ernie_ops.data.mask import mask_file
+    from ernie_ops.privacy import NER_NOTE, masker
+
+    m = masker(args.strategy, args.salt_file, args.detector)
+    result = mask_file(args.input, args.output, m)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(
+        f"{result.source} -> {result.output} ({result.strategy}): personal data in {result.with_pii} "
+        f"of {result.records} record(s)"
+    )
+    for type_, n in result.found.most_common():
+        print(f"  {n} x {type_}")
+    if result.not_json:
+        print(f"  {result.not_json} line(s) were not JSON: masked as plain text")
+    print(f"  note: {NER_NOTE}")
     return 0
 
 

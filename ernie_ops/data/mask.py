@@ -1,0 +1,123 @@
+"""`ernie-ops data mask` and `data lint --pii`: personal data in a dataset, found and masked.
+
+Streams like `convert` (64 KB blocks of JSONL lines; a JSON array is read whole, as convert reads
+it), so memory stays flat with the file's size. A line is parsed only when the masker's trigger
+(one C-level regex over its raw bytes) says a detector could find something in it; every other
+line is copied byte for byte. Only texts are masked: JSON keys and structural values (role, from,
+...) are kept, so the output is the same format as the input, one record a line. A line that is
+not JSON is masked as plain text (its personal data must not survive either) and counted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from ernie_ops.data.read import is_json_array, read_chunks, read_items, require_file
+from ernie_ops.files import atomic_output
+from ernie_ops.privacy.masker import Masker, Scope
+
+
+@dataclass
+class MaskResult:
+    source: Path
+    output: Path | None
+    strategy: str = "placeholder"
+    records: int = 0
+    with_pii: int = 0  # records in which something was found
+    found: Counter = field(default_factory=Counter)  # findings by type
+    not_json: int = 0  # lines masked as plain text
+
+    def to_dict(self) -> dict:
+        return {
+            "source": str(self.source),
+            "output": str(self.output) if self.output else None,
+            "strategy": self.strategy,
+            "records": self.records,
+            "records_with_pii": self.with_pii,
+            "found": dict(sorted(self.found.items())),
+            "not_json": self.not_json,
+        }
+
+
+def _lines(path: Path, progress: bool) -> Iterator[tuple[int, list[bytes]]]:
+    """(number of the first line, the lines) in blocks; a JSON array's records one per line."""
+    require_file(path)
+    if is_json_array(path):
+        items = list(read_items(path))
+        for item in items:
+            raw = item.raw if item.raw else b""
+            yield item.line, [raw]
+        return
+    chunks = read_chunks(path)
+    if progress:
+        from ernie_ops.data.lint import _with_progress
+
+        chunks = _with_progress(path, chunks, True)
+    for chunk in chunks:
+        yield chunk.first, chunk.lines
+
+
+def mask_file(source: Path, out: Path, masker: Masker, progress: bool = True) -> MaskResult:
+    result = MaskResult(source, out, masker.strategy)
+    may_hold, loads, dumps = masker.may_hold, orjson.loads, orjson.dumps
+    with atomic_output(out, [source]) as f:
+        for _first, lines in _lines(source, progress):
+            hits = list(map(may_hold, lines))
+            result.records += len(lines) - sum(1 for raw in lines if not raw or raw.isspace())
+            if not any(hits):
+                f.write(b"\n".join(lines) + b"\n")
+                continue
+            out_lines = []
+            for raw, hit in zip(lines, hits, strict=True):
+                if not hit or not raw or raw.isspace():
+                    out_lines.append(raw)
+                    continue
+                counts: Counter = Counter()
+                try:
+                    record = loads(raw)
+                except orjson.JSONDecodeError:
+                    text = raw.decode("utf-8", "replace")
+                    masked_text = masker.mask_text(text, Scope(), counts)
+                    if counts:
+                        result.not_json += 1
+                    out_lines.append(masked_text.encode())
+                else:
+                    masked = masker.mask_value(record, Scope(), counts)
+                    out_lines.append(dumps(masked) if counts else raw)
+                if counts:
+                    result.with_pii += 1
+                    result.found.update(counts)
+            f.write(b"\n".join(out_lines) + b"\n")
+    return result
+
+
+Where = Callable[[int, str, str, int, int], None]  # (line, field, type, start, end) per finding
+
+
+def scan_file(source: Path, masker: Masker, report: Where | None = None, progress: bool = True) -> MaskResult:
+    """What `mask` would replace, by type, with positions for REPORT (never the values)."""
+    result = MaskResult(source, None, masker.strategy)
+    for first, lines in _lines(source, progress):
+        for n, raw in enumerate(lines, first):
+            if not raw or raw.isspace():
+                continue
+            result.records += 1
+            if not masker.may_hold(raw):
+                continue
+            try:
+                found = list(masker.findings_in(orjson.loads(raw)))
+            except orjson.JSONDecodeError:
+                found = [("(not JSON)", f) for f in masker.find(raw.decode("utf-8", "replace"))]
+                result.not_json += bool(found)
+            if found:
+                result.with_pii += 1
+            for where, finding in found:
+                result.found[finding.type] += 1
+                if report:
+                    report(n, where, finding.type, finding.start, finding.end)
+    return result

@@ -1,0 +1,189 @@
+"""VAT numbers and national identifiers, validated by python-stdnum.
+
+Covered: Germany, France, China, the United States, the United Kingdom and the other EU member
+states (the identifiers of people that stdnum validates, plus every EU VAT number through
+`stdnum.eu.vat`). Each scheme names its stdnum module, its length in digits and whether it can
+stand alone: a scheme whose number is long and structured (an 18-character Chinese ID with its
+birth date and check character, a 15-digit French NIR) or written in its official grouping
+(123-45-6789, 12 345 678 901, 850730-1234) is reported on its checksum alone; a bare 9 to 13 digit
+number, whose single check digit passes by chance one time in ten or eleven, only after a word
+that names an identifier (Steuer-ID, SSN, NIR, PESEL, 身份证, ...).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cache
+
+from ernie_ops.privacy.base import NATIONAL_ID, VAT_ID, Finding, before, prefixes
+
+ID_WORDS = re.compile(
+    r"(?i)(?<![a-z])(?:id|ident|identifikation|steuer|tax|tin|fiscal|fiscale|sozial|versicherung|social|"
+    r"security|ssn|itin|ein|insurance|ausweis|personal|national|passport|nir|nif|insee|sécu|sécurité|"
+    r"pesel|bsn|dni|nie|pps|cpr|hetu|personnummer|codice|oib|egn|emso|cnp|amka|nhs|utr|rodné|"
+    r"henkilötunnus|asmens|isikukood|burgerservice|sofi|rijksregister|registre)|身份证|证件|税号|社保|纳税"
+)
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str  # e.g. de.idnr: the stdnum module under stdnum.
+    length: int  # characters once separators are removed
+    standalone: bool = False  # reported without a keyword before it
+    grouped: str | None = None  # the official written grouping, which stands alone too
+    type: str = NATIONAL_ID
+
+    @property
+    def grouping(self) -> re.Pattern[str] | None:
+        return _compiled(self.grouped) if self.grouped else None
+
+
+@cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+@cache
+def validator(name: str) -> Callable[[str], bool]:
+    return importlib.import_module(f"stdnum.{name}").is_valid  # type: ignore[no-any-return]
+
+
+# numbers of digits only (the last character of a Chinese ID may be X)
+DIGIT_SCHEMES = (
+    Scheme("cn.ric", 18, standalone=True),
+    Scheme("fr.nir", 15, standalone=True),
+    Scheme("fr.nif", 13, grouped=r"[0-3][0-9] [0-9]{2} [0-9]{3} [0-9]{3} [0-9]{3}"),
+    Scheme("de.idnr", 11, grouped=r"[0-9]{2} [0-9]{3} [0-9]{3} [0-9]{3}"),
+    Scheme("us.ssn", 9, grouped=r"[0-9]{3}-[0-9]{2}-[0-9]{4}"),
+    Scheme("us.itin", 9, grouped=r"9[0-9]{2}-[0-9]{2}-[0-9]{4}"),
+    Scheme("us.ein", 9, grouped=None),
+    Scheme("gb.nhs", 10),
+    Scheme("gb.utr", 10),
+    Scheme("pl.pesel", 11),
+    Scheme("be.nn", 11, grouped=r"[0-9]{2}\.[0-9]{2}\.[0-9]{2}-[0-9]{3}\.[0-9]{2}"),
+    Scheme("ee.ik", 11),
+    Scheme("lt.asmens", 11),
+    Scheme("hr.oib", 11),
+    Scheme("gr.amka", 11),
+    Scheme("nl.bsn", 9),
+    Scheme("pt.nif", 9),
+    Scheme("at.vnr", 10),
+    Scheme("bg.egn", 10),
+    Scheme("ro.cnp", 13),
+    Scheme("si.emso", 13),
+    Scheme("se.personnummer", 10, grouped=r"[0-9]{6}[-+][0-9]{4}"),
+    Scheme("se.personnummer", 12, grouped=r"[0-9]{8}-[0-9]{4}"),
+    Scheme("cz.rc", 10, grouped=r"[0-9]{6}/[0-9]{4}"),
+    Scheme("sk.rc", 10, grouped=r"[0-9]{6}/[0-9]{4}"),
+    Scheme("lv.pvn", 11, grouped=r"[0-9]{6}-[0-9]{5}"),  # personal codes too
+    Scheme("dk.cpr", 10),
+)
+_BY_LENGTH: dict[int, list[Scheme]] = {}
+for _s in DIGIT_SCHEMES:
+    _BY_LENGTH.setdefault(_s.length, []).append(_s)
+
+DIGITS_PATTERN = re.compile(
+    r"(?<![0-9A-Za-z.,/+-])[0-9](?:[0-9]|[ ./-](?=[0-9]))*[0-9Xx](?![0-9A-Za-z]|[.,/-][0-9])"
+)
+
+# identifiers with letters in them, each one pattern and standalone
+LETTER_SCHEMES = (
+    (
+        "it.codicefiscale",
+        r"[A-Z]{6}[0-9LMNPQRSTUV]{2}[A-EHLMPR-T][0-9LMNPQRSTUV]{2}[A-Z][0-9LMNPQRSTUV]{3}[A-Z]",
+    ),
+    ("es.dni", r"[0-9]{8}-?[A-Z]"),
+    ("es.nie", r"[XYZ]-?[0-9]{7}-?[A-Z]"),
+    ("fi.hetu", r"[0-9]{6}[-+A-FU-Y][0-9]{3}[0-9A-Y]"),
+    ("ie.pps", r"[0-9]{7}[A-W][A-IW]?"),
+    ("gb.nino", r"[A-CEGHJ-PR-TW-Z]{2} ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D]"),
+)
+LETTERS_PATTERN = re.compile(
+    "|".join(f"(?P<{name.replace('.', '_')}>{p})" for name, p in LETTER_SCHEMES),
+)
+LETTERS_PATTERN = re.compile(r"(?<![0-9A-Za-z])(?:" + LETTERS_PATTERN.pattern + r")(?![0-9A-Za-z])")
+
+_NINO_BAD_PREFIX = {"BG", "GB", "NK", "KN", "TN", "NT", "ZZ"}
+
+
+def _nino_ok(value: str) -> bool:
+    """The UK National Insurance number's published rules (stdnum has no module for it): two
+    prefix letters from the allowed set, not an unused pair, six digits, a suffix A-D."""
+    value = value.replace(" ", "")
+    return value[:2] not in _NINO_BAD_PREFIX and value[1] != "O"
+
+
+# VAT numbers: an EU or UK country prefix, then 8 to 12 characters (groups may be spaced)
+VAT_PREFIXES = "ATU|BE|BG|CY|CZ|DE|DK|EE|EL|ES|FI|FR|GB|HR|HU|IE|IT|LT|LU|LV|MT|NL|PL|PT|RO|SE|SI|SK|XI"
+VAT_PATTERN = re.compile(
+    rf"(?<![0-9A-Za-z])(?:{VAT_PREFIXES}) ?[0-9A-Z](?:[0-9A-Z+*]| (?=[0-9A-Z]))" + r"{6,14}(?![0-9A-Za-z])"
+)
+
+
+class IdentifierDetector:
+    name = "stdnum"
+    types = (VAT_ID, NATIONAL_ID)
+    trigger: re.Pattern[bytes] | None = re.compile(
+        rb"[0-9]{3}[ ./-]?[0-9]{2}|[A-Z]{2} ?[0-9]{2}|[A-Z][0-9]{7}|[0-9]{7}[A-Z]"
+    )
+
+    def find(self, text: str) -> Iterator[Finding]:
+        yield from self._vat(text)
+        yield from self._digits(text)
+        yield from self._letters(text)
+
+    def _vat(self, text: str) -> Iterator[Finding]:
+        for m in VAT_PATTERN.finditer(text):
+            value = m.group()
+            end = len(value)
+            while end > 0:  # the longest space-separated prefix that is a valid VAT number
+                part = value[:end]
+                module = "gb.vat" if part.startswith("GB") else "eu.vat"
+                if validator(module)(part):
+                    yield Finding(m.start(), m.start() + end, VAT_ID, module)
+                    break
+                end = value.rfind(" ", 0, end)
+
+    def _digits(self, text: str) -> Iterator[Finding]:
+        for m in DIGITS_PATTERN.finditer(text):
+            whole = m.group()
+            # a number may run into the next one ("240-09-5957 737"): a prefix cut at a space
+            # counts when it has no space of its own (else the grouping is ambiguous)
+            ends = [len(whole)] + [i for i in prefixes(whole, " ")[1:] if " " not in whole[:i]]
+            for end in ends:
+                found = self._digit_scheme(text, m.start(), whole[:end])
+                if found:
+                    yield found
+                    break
+
+    def _digit_scheme(self, text: str, start: int, value: str) -> Finding | None:
+        compact = re.sub(r"[ ./-]", "", value)
+        schemes = _BY_LENGTH.get(len(compact))
+        if not schemes:
+            return None
+        if True:
+            keyword: bool | None = None  # looked up once, when a scheme needs it
+            for scheme in schemes:
+                grouping = scheme.grouping
+                if not (scheme.standalone or (grouping and grouping.fullmatch(value))):
+                    if "." in value or "/" in value:  # dotted or slashed: only in its official grouping
+                        continue
+                    if keyword is None:
+                        keyword = before(text, start, ID_WORDS, 48)
+                    if not keyword:
+                        continue
+                if validator(scheme.name)(value if scheme.name == "fr.nir" else compact):
+                    return Finding(start, start + len(value), scheme.type, scheme.name)
+        return None
+
+    def _letters(self, text: str) -> Iterator[Finding]:
+        for m in LETTERS_PATTERN.finditer(text):
+            group = m.lastgroup or ""
+            name = group.replace("_", ".")
+            value = m.group()
+            ok = _nino_ok(value) if name == "gb.nino" else validator(name)(value)
+            if ok and (name != "ie.pps" or before(text, m.start(), ID_WORDS, 48)):
+                yield Finding(m.start(), m.end(), NATIONAL_ID, name)

@@ -1,0 +1,183 @@
+"""Personal data: the detectors against the labelled corpus in tests/pii/, the masking strategies,
+`data mask` and `data lint --pii`."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from ernie_ops.cli.main import main
+from ernie_ops.errors import UserError
+from ernie_ops.privacy import CHECKSUM_TYPES, TYPES, Finding, Masker, default_masker, masker
+from ernie_ops.privacy.masker import load_detectors
+from ernie_ops.privacy.score import score
+
+PII = Path(__file__).parent / "pii"
+sys.path.insert(0, str(PII))
+import generate  # noqa: E402  (tests/pii/generate.py)
+
+STRUCTURED = set(TYPES)  # every built-in type is checksum-validated or structured
+
+
+def corpus() -> list[dict]:
+    return [json.loads(line) for line in (PII / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_the_corpus_is_what_its_generator_makes() -> None:
+    assert generate.generate(600, 20) == corpus()
+    langs = {r["lang"] for r in corpus()}
+    planted = {t for r in corpus() for *_, t in r["spans"]}
+    assert langs == {"de", "fr", "zh", "en"}
+    assert planted == set(TYPES)
+
+
+@pytest.mark.parametrize("records", [corpus(), generate.generate(400, 1234)], ids=["corpus", "held-out"])
+def test_recall_and_precision_meet_the_targets(records: list[dict]) -> None:
+    s = score(records, default_masker(), keep_examples=True)
+    for t in STRUCTURED:
+        assert s.recall(t) >= 0.99, (t, s.misses[:5])
+    assert s.precision() >= 0.98, s.false[:5]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Karte 4111 1111 1111 1112",  # Luhn fails
+        "IBAN DE88 3704 0044 0532 0130 00",  # check digits fail
+        "Steuer-ID 86095742718",  # idnr check digit fails
+        "身份证号 110105194912310021",  # check character fails
+        "USt-IdNr. DE136695977",
+        "Bestellnummer 4711-2024-0815, am 2024-03-15 14:32:07",
+        "upgrade to version 10.0.19041.1 or v2.13.0",
+        "Referenz 48392017457 und 1234567890123456",
+    ],
+)
+def test_nothing_is_reported_when_the_checksum_fails_or_there_is_nothing(text: str) -> None:
+    assert default_masker().find(text) == []
+
+
+def test_each_type_is_found_with_its_position() -> None:
+    text = (
+        "Mail anna@example.de, Tel +49 30 12345678, IBAN DE89 3704 0044 0532 0130 00, "
+        "Karte 4111 1111 1111 1111, USt DE136695976, Steuer-ID 86095742719, IP 192.168.1.20, "
+        "https://bob:s3cr3t@db.example.com/x, sk-abcdefghijklmnopqrstuvwx12, Musterstraße 12, 10115 Berlin"
+    )
+    found = {text[f.start : f.end]: f.type for f in default_masker().find(text)}
+    assert found == {
+        "anna@example.de": "EMAIL",
+        "+49 30 12345678": "PHONE",
+        "DE89 3704 0044 0532 0130 00": "IBAN",
+        "4111 1111 1111 1111": "CARD",
+        "DE136695976": "VAT_ID",
+        "86095742719": "NATIONAL_ID",
+        "192.168.1.20": "IP_ADDRESS",
+        "https://bob:s3cr3t@db.example.com/x": "URL_CREDENTIALS",
+        "sk-abcdefghijklmnopqrstuvwx12": "API_KEY",
+        "Musterstraße 12, 10115 Berlin": "POSTAL_ADDRESS",
+    }
+    assert set(CHECKSUM_TYPES) <= set(found.values())
+
+
+def test_placeholders_are_consistent_within_a_record_and_keys_and_roles_are_kept() -> None:
+    record = {
+        "messages": [
+            {"role": "user", "content": "I am anna@example.de, call +4930123456"},
+            {"role": "assistant", "content": "Noted anna@example.de; and bob@example.com?"},
+        ]
+    }
+    masked = default_masker().mask_value(record)
+    assert masked == {
+        "messages": [
+            {"role": "user", "content": "I am <EMAIL_1>, call <PHONE_1>"},
+            {"role": "assistant", "content": "Noted <EMAIL_1>; and <EMAIL_2>?"},
+        ]
+    }
+
+
+def test_hashing_needs_a_salt_and_never_shows_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("ERNIE_OPS_PII_SALT", raising=False)
+    with pytest.raises(UserError, match="salt"):
+        masker("hash")
+    monkeypatch.setenv("ERNIE_OPS_PII_SALT", "a-long-secret-salt-value")
+    m = masker("hash")
+    one, two = m.mask_text("anna@example.de"), m.mask_text("x anna@example.de")
+    assert one.startswith("<EMAIL_") and two == "x " + one
+    assert "secret" not in one
+    salt = tmp_path / "salt"
+    salt.write_text("another-long-secret-salt\n")
+    assert masker("hash", salt).mask_text("anna@example.de") != one  # the salt keys the hash
+    assert masker("remove").mask_text("mail anna@example.de now") == "mail  now"
+
+
+class NameDetector:
+    """What a team's NER detector looks like to the masker (here: one fixed name)."""
+
+    name, types, trigger = "names", ("PERSON",), None
+
+    def find(self, text: str):  # type: ignore[no-untyped-def]
+        at = text.find("Anna Schmidt")
+        return [Finding(at, at + 12, "PERSON", "test")] if at >= 0 else []
+
+
+def make_name_detector() -> NameDetector:
+    return NameDetector()
+
+
+def test_a_detector_plugs_in_without_changing_callers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ERNIE_OPS_PII_DETECTORS", f"{__name__}:make_name_detector")
+    m = Masker(load_detectors())
+    assert m.mask_text("Anna Schmidt wrote anna@example.de") == "<PERSON_1> wrote <EMAIL_1>"
+    assert m.may_hold(b"no digits at all")  # a detector without a trigger looks at every record
+
+
+def test_data_mask_writes_a_masked_copy_with_a_summary(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    records = corpus()[:80]
+    source = tmp_path / "chats.jsonl"
+    lines = [json.dumps({"messages": r["messages"]}, ensure_ascii=False) for r in records]
+    lines.insert(
+        3,
+        json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}),
+    )
+    lines.insert(5, "not json: anna@example.de")
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "masked.jsonl.gz"
+    assert main(["data", "mask", str(source), str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    data = gzip.decompress(out.read_bytes()).decode()
+    planted = [m["content"][a:b] for r in records for i, a, b, _ in r["spans"] for m in [r["messages"][i]]]
+    assert planted and not [v for v in planted if v in data]
+    assert "anna@example.de" not in data and summary["not_json"] == 1
+    assert summary["found"]["EMAIL"] >= 1 and summary["records"] == len(lines)
+    out_lines = data.splitlines()
+    assert out_lines[3] == lines[3]  # a record without personal data is copied byte for byte
+    first = json.loads(out_lines[0])
+    assert [m["role"] for m in first["messages"]] == [m["role"] for m in records[0]["messages"]]
+
+
+def test_data_mask_refuses_to_overwrite_its_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    source = tmp_path / "chats.jsonl"
+    source.write_text('{"messages": [{"role": "user", "content": "anna@example.de"}]}\n')
+    assert main(["data", "mask", str(source), str(source)]) != 0
+    assert "destroy the input" in capsys.readouterr().err
+    assert "anna@example.de" in source.read_text()
+
+
+def test_lint_pii_counts_and_places_but_never_shows_the_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    records = corpus()[:40]
+    source = tmp_path / "chats.jsonl"
+    source.write_text(
+        "\n".join(json.dumps({"messages": r["messages"]}, ensure_ascii=False) for r in records) + "\n",
+        encoding="utf-8",
+    )
+    main(["data", "lint", str(source), "--pii"])
+    out = capsys.readouterr().out
+    assert "pii: EMAIL in messages[" in out or "pii: PHONE in messages[" in out
+    assert "personal data in" in out
+    planted = [m["content"][a:b] for r in records for i, a, b, _ in r["spans"] for m in [r["messages"][i]]]
+    assert not [v for v in planted if v in out]
