@@ -792,3 +792,23 @@ def test_the_dispatchers_timer_never_wakes_early(monkeypatch, precise):
         return early
 
     assert max(asyncio.run(go())) <= 0
+
+
+def test_cli_rate_sweep_and_find_max_rate_end_to_end(tmp_path, capsys):
+    sweep_argv = ["--rate-sweep", "3", "--num-prompts", "12", "--max-concurrency", "4", "--output-len", "2"]
+    find_argv = ["--find-max-rate", "--slo-e2e-ms", "5000", "--rate-min", "10", "--rate-max", "40"]
+    find_argv += ["--num-prompts", "16", "--output-len", "2"]
+    with serve_in_thread() as server:
+        sweep = main(["bench", server.url, *sweep_argv, "--out", str(tmp_path / "sweep"), "--json"])
+        swept = json.loads(capsys.readouterr().out)
+        found = main(["bench", server.url, *find_argv, "--out", str(tmp_path / "find")])
+        printed = capsys.readouterr().out
+    assert sweep == 0 and swept["mode"] == "sweep"
+    levels = swept["levels"]
+    assert [lv["label"] for lv in levels[:2]] == ["c=1", "c=4"] and levels[2]["mode"] == "rate"
+    fastest = max(levels[0]["request_throughput"], levels[1]["request_throughput"])
+    assert levels[2]["rate"] == pytest.approx(fastest, rel=1e-3)  # the sweep ends at saturation
+    assert found == 0 and "every rate up to 40 req/s met the SLO" in printed
+    data = json.loads((tmp_path / "find" / "bench.json").read_text())
+    assert data["search"]["max_rate"] == 40
+    assert [p["rate"] for p in data["search"]["probes"]] == [None, 10, 20, 40]

@@ -134,6 +134,8 @@ async def find_max_rate(runner: Runner, levels: list[Level], say: Callable[[str]
     # a few requests is their maximum): a few lower open-loop rates are tried before giving up
     halvings = MAX_HALVINGS if one_at_a_time else 2
     rate = options.rate_min or synchronous
+    if options.rate_max is not None:
+        rate = min(rate, options.rate_max)
     low: float | None = None
     high: float | None = None
     if await probe(rate):
