@@ -812,3 +812,18 @@ def test_cli_rate_sweep_and_find_max_rate_end_to_end(tmp_path, capsys):
     data = json.loads((tmp_path / "find" / "bench.json").read_text())
     assert data["search"]["max_rate"] == 40
     assert [p["rate"] for p in data["search"]["probes"]] == [None, 10, 20, 40]
+
+
+def test_the_tokenizer_of_a_server_started_here_is_found_from_its_record(tmp_path, monkeypatch):
+    from ernie_ops.serve import lifecycle
+
+    directory = _word_tokenizer(tmp_path / "ckpt", ["a", "b"])
+    records = {
+        8180: [{"port": 8180, "command": ["python", "-m", "x", "--model", str(directory), "--port", "8180"]}],
+        8181: [{"port": 8181, "command": f"python -m x --model {directory} --port 8181"}],  # foreground
+    }
+    monkeypatch.setattr(lifecycle, "servers", lambda port=None, host=None: records.get(port, []))
+    for port in (8180, 8181):
+        assert tokens.find(tokens.candidates("served-name", None, port, loopback=True)) == directory
+    assert tokens.find(tokens.candidates("served-name", None, 8180, loopback=False)) is None  # not ours
+    assert tokens.find(tokens.candidates("served-name", None, 9999, loopback=True)) is None

@@ -85,7 +85,9 @@ class Bench(Subcommand):
         )
         load = parser.add_argument_group("load (one of; default: --concurrency 1,8,32)")
         load.add_argument(
-            "--concurrency", help="closed loop: comma-separated levels, run in turn (default 1,8,32)"
+            "--concurrency",
+            metavar="C[,C...]",
+            help="closed loop: comma-separated levels, run in turn (default 1,8,32)",
         )
         load.add_argument(
             "--request-rate",

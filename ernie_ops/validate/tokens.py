@@ -106,6 +106,8 @@ def _served_here(port: int) -> list[Path]:
     paths = []
     for record in records:
         command = record.get("command") or []
+        if isinstance(command, str):  # a foreground server's, from its port lock
+            command = command.split()
         for flag, value in itertools.pairwise(command):
             if flag == "--model":
                 paths.append(Path(str(value)))
