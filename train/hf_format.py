@@ -59,7 +59,6 @@ from ernie_ops.train.verify import (
     is_moe,
     load_tensors,
     read_safetensors_header,
-    weight_files,
     weights_dtype,
 )
 
@@ -809,5 +808,4 @@ __all__ = [
     "paddle_config",
     "paddle_to_hf",
     "parse_size",
-    "weight_files",
 ]
