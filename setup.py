@@ -56,6 +56,9 @@ setup(
         # export --format hf / gguf: tensors read and written without torch (bf16 through ml_dtypes)
         "safetensors>=0.4",
         "ml-dtypes>=0.4",
+        # the PII masker (ernie_ops/privacy): libphonenumber's rules and checksum-validated identifiers
+        "phonenumbers>=8.13",
+        "python-stdnum>=1.19",
     ],
     extras_require={
         # CPU machines: Paddle CPU build + the ERNIEKit wheel that ships `ernie` (pins: constraints.txt)
