@@ -331,9 +331,10 @@ def test_verify_checks_the_transformers_layout(tmp_path):
 # the proof: transformers' classes on the export give ERNIEKit's logits
 
 
-def _perturbed(tiny: Path, dest: Path) -> Path:
+def _perturbed(tiny: Path, dest: Path, bf16: bool = False) -> Path:
     """The tiny model with random norm weights and MoE correction bias (fresh ones are ones and
-    zeros, which would hide a norm or bias left out)."""
+    zeros, which would hide a norm or bias left out); `bf16`: stored in bfloat16 like real
+    checkpoints, the router and the correction bias float32 as ERNIEKit keeps them."""
     path = Path(shutil.copytree(tiny, dest))
     tensors = load_file(str(path / "model.safetensors"))
     rng = np.random.default_rng(1)
@@ -342,6 +343,14 @@ def _perturbed(tiny: Path, dest: Path) -> Path:
             tensors[name] = (1 + 0.3 * rng.standard_normal(value.shape)).astype(np.float32)
         elif name.endswith("e_score_correction_bias"):  # large enough to change which experts win
             tensors[name] = (0.5 * rng.standard_normal(value.shape)).astype(np.float32)
+    if bf16:
+        import ml_dtypes
+
+        for name, value in tensors.items():
+            if not name.endswith(("mlp.gate.weight", "e_score_correction_bias")):
+                tensors[name] = value.astype(ml_dtypes.bfloat16)
+        config = json.loads((path / "config.json").read_text())
+        (path / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "np"})
     return path
 
@@ -385,13 +394,14 @@ def _erniekit_logits(path: Path, monkeypatch):
 
 
 @pytest.mark.cpu_stack
-@pytest.mark.parametrize("kind", ["dense", "moe"])
+@pytest.mark.parametrize("kind", ["dense", "moe", "moe-bf16"])
 def test_transformers_gives_erniekit_logits_and_greedy_tokens(
     kind, tiny_dense, tiny_moe, tmp_path, cli, monkeypatch
 ):
     torch = pytest.importorskip("torch", reason="the `torch` extra (torch, transformers) is not installed")
     transformers = pytest.importorskip("transformers", reason="the `torch` extra is not installed")
-    paddle_ckpt = _perturbed(tiny_dense if kind == "dense" else tiny_moe, tmp_path / "paddle")
+    tiny = tiny_dense if kind == "dense" else tiny_moe
+    paddle_ckpt = _perturbed(tiny, tmp_path / "paddle", bf16=kind.endswith("bf16"))
     out = tmp_path / "hf"
     result = cli("export", str(paddle_ckpt), "--format", "hf", "--out", str(out), "--json")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -400,6 +410,12 @@ def test_transformers_gives_erniekit_logits_and_greedy_tokens(
     assert forward["status"] == "ok", forward  # verify loaded it with transformers' class too
 
     cls = transformers.Ernie4_5ForCausalLM if kind == "dense" else transformers.Ernie4_5_MoeForCausalLM
+    # bf16: both sides compute in float32 on the same bf16 weights (the router stays float32)
+    if kind == "moe-bf16":
+        with safe_open(str(out / "model.safetensors"), "np") as f:
+            assert str(f.get_tensor("model.layers.1.mlp.gate.weight").dtype) == "float32"
+            assert str(f.get_tensor("model.embed_tokens.weight").dtype) == "bfloat16"
+        assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
     model, info = cls.from_pretrained(str(out), torch_dtype=torch.float32, output_loading_info=True)
     model.eval()
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
