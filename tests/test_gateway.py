@@ -470,3 +470,16 @@ def test_per_backend_metrics_and_the_request_log(backends, tmp_path):
         (attempt,) = e["attempts"]
         assert attempt["model"] == "cand-m" and attempt["finish_reason"] == "length"
         assert attempt["completion_tokens"] == 4 and attempt["e2e_ms"] >= attempt["ttft_ms"] > 0
+
+
+def test_the_quick_scan_of_a_stream_agrees_with_the_full_parse():
+    from ernie_ops.rollout.answers import _parse_stream
+
+    opening = {"model": 'm"1', "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+    tokens = [
+        {"model": 'm"1', "choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": None}]}
+    ] * 4
+    last = {"model": 'm"1', "choices": [{"index": 0, "delta": {"content": "y"}, "finish_reason": "stop"}]}
+    usage = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 7}}
+    for raw in (sse(opening, *tokens, last), sse(opening, *tokens, last, usage)):
+        assert read_stream(raw) == _parse_stream(raw, False)

@@ -12,6 +12,7 @@ answer without usage.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,8 +54,44 @@ _NULL_FINISH = (b'"finish_reason":null', b'"finish_reason": null')
 _EMPTY_TEXT = (b'"content":""', b'"content": ""', b'"text":""', b'"text": ""')
 
 
+_MODEL = re.compile(rb'"model": ?"((?:[^"\\]|\\.)*)"')
+_FINISH = re.compile(rb'"finish_reason": ?"([^"]+)"')
+_TEXT_KEYS = (b'"content":"', b'"content": "', b'"text":"', b'"text": "')
+
+
 def read_stream(raw: bytes, want_text: bool = False) -> Answer:
     """An answer from the SSE bytes of a streamed completion (chat or legacy)."""
+    if not want_text and b"tool_calls" not in raw:
+        return _scan_stream(raw)
+    return _parse_stream(raw, want_text)
+
+
+def _scan_stream(raw: bytes) -> Answer:
+    """The figures of a stream without tool calls, by byte searches (the pass-through path: no
+    JSON decoding per event); the usage event, when there is one, is decoded."""
+    answer = Answer()
+    model = _MODEL.search(raw, 0, 4096)
+    if model:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            answer.model = orjson.loads(b'"' + model.group(1) + b'"')
+    finishes = _FINISH.findall(raw)
+    if finishes:
+        answer.finish_reason = finishes[-1].decode("utf-8", "replace")
+    at = raw.rfind(b'"usage"')
+    if at >= 0:
+        start = raw.rfind(b"data:", 0, at)
+        end = raw.find(b"\n", at)
+        with contextlib.suppress(orjson.JSONDecodeError):
+            event = orjson.loads(raw[start + 5 : end if end >= 0 else len(raw)])
+            if isinstance(event, dict) and isinstance(event.get("usage"), dict):
+                _read_usage(event["usage"], answer)
+    if answer.completion_tokens is None:
+        chunks = sum(raw.count(key) for key in _TEXT_KEYS) - sum(raw.count(e) for e in _EMPTY_TEXT)
+        answer.completion_tokens = chunks or None
+    return answer
+
+
+def _parse_stream(raw: bytes, want_text: bool) -> Answer:
     answer = Answer()
     pieces: list[str] = []
     calls: dict[int, ToolCall] = {}
