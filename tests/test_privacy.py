@@ -181,3 +181,16 @@ def test_lint_pii_counts_and_places_but_never_shows_the_values(
     assert "personal data in" in out
     planted = [m["content"][a:b] for r in records for i, a, b, _ in r["spans"] for m in [r["messages"][i]]]
     assert not [v for v in planted if v in out]
+
+
+def test_without_re2_the_gate_falls_back_to_re_and_finds_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    records = corpus()[:60]
+    fast = default_masker()
+    monkeypatch.setitem(sys.modules, "re2", None)  # import re2 raises ImportError
+    slow = Masker(load_detectors())
+    assert slow._gate.set is None
+    lines = [json.dumps({"messages": r["messages"]}, ensure_ascii=False).encode() for r in records]
+    lines += [b'{"messages": [{"role": "user", "content": "nothing here, 2024-05-17 10:30"}]}']
+    assert fast.hit_lines(lines) == slow.hit_lines(lines) == list(range(len(records)))
+    for r in records:
+        assert fast.mask_value(r["messages"]) == slow.mask_value(r["messages"])

@@ -64,19 +64,17 @@ def _lines(path: Path, progress: bool) -> Iterator[tuple[int, list[bytes]]]:
 
 def mask_file(source: Path, out: Path, masker: Masker, progress: bool = True) -> MaskResult:
     result = MaskResult(source, out, masker.strategy)
-    may_hold, loads, dumps = masker.may_hold, orjson.loads, orjson.dumps
+    triggered, loads, dumps = masker.triggered, orjson.loads, orjson.dumps
     with atomic_output(out, [source]) as f:
         for _first, lines in _lines(source, progress):
-            hits = list(map(may_hold, lines))
+            hits = masker.hit_lines(lines)  # usually few
             result.records += len(lines) - sum(1 for raw in lines if not raw or raw.isspace())
-            if not any(hits):
+            if not hits:
                 f.write(b"\n".join(lines) + b"\n")
                 continue
-            out_lines = []
-            for raw, hit in zip(lines, hits, strict=True):
-                if not hit or not raw or raw.isspace():
-                    out_lines.append(raw)
-                    continue
+            out_lines = list(lines)
+            for i in hits:
+                raw = out_lines[i]
                 counts: Counter = Counter()
                 try:
                     record = loads(raw)
@@ -85,10 +83,11 @@ def mask_file(source: Path, out: Path, masker: Masker, progress: bool = True) ->
                     masked_text = masker.mask_text(text, Scope(), counts)
                     if counts:
                         result.not_json += 1
-                    out_lines.append(masked_text.encode())
+                        out_lines[i] = masked_text.encode()
                 else:
-                    masked = masker.mask_value(record, Scope(), counts)
-                    out_lines.append(dumps(masked) if counts else raw)
+                    masked = masker.mask_value(record, Scope(), counts, triggered(raw))
+                    if counts:
+                        out_lines[i] = dumps(masked)
                 if counts:
                     result.with_pii += 1
                     result.found.update(counts)

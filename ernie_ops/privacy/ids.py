@@ -126,8 +126,11 @@ VAT_PATTERN = re.compile(
 class IdentifierDetector:
     name = "stdnum"
     types = (VAT_ID, NATIONAL_ID)
+    # bare runs of 9+ digits, the official groupings, a country prefix, identifiers with letters
     trigger: re.Pattern[bytes] | None = re.compile(
-        rb"[0-9]{3}[ ./-]?[0-9]{2}|[A-Z]{2} ?[0-9]{2}|[A-Z][0-9]{7}|[0-9]{7}[A-Z]"
+        rb"[0-9]{9}|[0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{2}-[0-9]{7}|[0-9]{1,3} [0-9]{2,3} [0-9]{2,4}"
+        rb"|[0-9]{2}\.[0-9]{2}\.[0-9]{2}-|[0-9]{6}[-+/A-FU-Y][0-9]{3}|[0-9]{8}-[0-9]{4}"
+        rb"|[A-Z]{2,3} ?[0-9A-Z][0-9 ]{5}|[A-Z]{6}[0-9]{2}|[0-9]{7}-?[A-Z]|[XYZ]-?[0-9]{7}"
     )
 
     def find(self, text: str) -> Iterator[Finding]:

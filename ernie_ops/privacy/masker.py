@@ -15,14 +15,17 @@ model for names of people, which this toolkit does not ship, is one). Callers ne
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import importlib
 import os
 import re
+from bisect import bisect_left, bisect_right
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -77,27 +80,33 @@ class Masker:
         self.detectors = list(detectors)
         self.strategy = strategy
         self._salt = salt or b""
-        triggers = [d.trigger for d in self.detectors]
-        if any(t is None for t in triggers):
-            self.trigger = None
-        else:
-            # an escaped character (\u0040, non-ASCII written as \uXXXX) could hide any of them
-            parts = [rb"\\u"] + [b"(?:" + t.pattern + b")" for t in triggers if t is not None]
-            self.trigger = re.compile(b"|".join(parts))
+        self._gate = Gate(self.detectors)
 
     # -- finding ---------------------------------------------------------------------------------
 
     def may_hold(self, raw: bytes) -> bool:
         """False only when no detector could find anything in these bytes (a raw JSON line)."""
-        return self.trigger is None or self.trigger.search(raw) is not None
+        return bool(self._gate.triggered(raw, escapes=True))
 
-    def find(self, text: str) -> list[Finding]:
+    def triggered(self, raw: bytes) -> list[Detector]:
+        """The detectors whose trigger matches these bytes (a raw JSON line: escapes count)."""
+        return self._gate.triggered(raw, escapes=True)
+
+    def hit_lines(self, lines: list[bytes]) -> list[int]:
+        """Which of these raw JSON lines may hold something (one scan for the whole block)."""
+        return self._gate.hit_lines(lines)
+
+    def find(self, text: str, detectors: list[Detector] | None = None) -> list[Finding]:
+        """Every finding in TEXT, without overlaps, in order. A detector runs only when its trigger
+        matches (or, given DETECTORS, only those), so most texts cost one scan and nothing more."""
         if not text:
             return []
-        if self.trigger is not None and not self.trigger.search(text.encode("utf-8", "surrogatepass")):
-            return []
         norm = normalise(text)
-        return resolve(f for d in self.detectors for f in d.find(norm))
+        if detectors is None:
+            detectors = self._gate.triggered(norm.encode("utf-8", "surrogatepass"))
+        if not detectors:
+            return []
+        return resolve(f for d in detectors for f in d.find(norm))
 
     # -- replacing -------------------------------------------------------------------------------
 
@@ -110,10 +119,11 @@ class Masker:
         return f"<{type_}_{scope.number(type_, value)}>"
 
     def mask_text(self, text: str, scope: Scope | None = None, counts: Counter | None = None) -> str:
-        findings = self.find(text)
+        return self._replace(text, self.find(text), scope if scope is not None else Scope(), counts)
+
+    def _replace(self, text: str, findings: list[Finding], scope: Scope, counts: Counter | None) -> str:
         if not findings:
             return text
-        scope = scope if scope is not None else Scope()
         out, pos = [], 0
         for f in findings:
             out.append(text[pos : f.start])
@@ -124,22 +134,40 @@ class Masker:
         out.append(text[pos:])
         return "".join(out)
 
-    def mask_value(self, value: Any, scope: Scope | None = None, counts: Counter | None = None) -> Any:
+    def mask_value(
+        self,
+        value: Any,
+        scope: Scope | None = None,
+        counts: Counter | None = None,
+        detectors: list[Detector] | None = None,
+    ) -> Any:
         """A JSON-like value with every text masked: strings in lists and dict values, except the
-        values of structural keys (role, from, ...); keys are kept as they are."""
+        values of structural keys (role, from, ...); keys are kept as they are.
+
+        The texts are joined with a separator no finding can cross and searched as one (one pass
+        per detector for a whole record, not one per field); DETECTORS, when given, are the ones
+        the record's raw line triggered."""
+        texts: list[str] = []
+        _texts(value, texts)
+        if not texts:
+            return value
+        joined = _SEPARATOR.join(texts)
+        findings = self.find(joined, detectors)
+        if not findings:
+            return value
         scope = scope if scope is not None else Scope()
-        if isinstance(value, str):
-            return self.mask_text(value, scope, counts)
-        if isinstance(value, list):
-            return [self.mask_value(v, scope, counts) for v in value]
-        if isinstance(value, tuple):
-            return tuple(self.mask_value(v, scope, counts) for v in value)
-        if isinstance(value, dict):
-            return {
-                k: v if k in STRUCTURAL_KEYS and isinstance(v, str) else self.mask_value(v, scope, counts)
-                for k, v in value.items()
-            }
-        return value
+        starts, pos = [], 0
+        for t in texts:
+            starts.append(pos)
+            pos += len(t) + len(_SEPARATOR)
+        per_text: list[list[Finding]] = [[] for _ in texts]
+        for f in findings:
+            i = bisect_right(starts, f.start) - 1
+            base = starts[i]
+            if f.end <= base + len(texts[i]):
+                per_text[i].append(Finding(f.start - base, f.end - base, f.type, f.detail))
+        masked = [self._replace(t, fs, scope, counts) for t, fs in zip(texts, per_text, strict=True)]
+        return _rebuild(value, iter(masked))
 
     def findings_in(self, value: Any, where: str = "") -> Iterable[tuple[str, Finding]]:
         """(field path, finding) for every text in a JSON-like value (lint --pii)."""
@@ -153,6 +181,97 @@ class Masker:
             for k, v in value.items():
                 if not (k in STRUCTURAL_KEYS and isinstance(v, str)):
                     yield from self.findings_in(v, f"{where}.{k}" if where else str(k))
+
+
+# between the texts of one record: no detector's pattern matches across a NUL between newlines
+_SEPARATOR = "\n\x00\n"
+
+
+def _texts(value: Any, out: list[str]) -> None:
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _texts(v, out)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if not (k in STRUCTURAL_KEYS and isinstance(v, str)):
+                _texts(v, out)
+
+
+def _rebuild(value: Any, masked: Iterator[str]) -> Any:
+    """VALUE with its texts (in `_texts` order) replaced by MASKED."""
+    if isinstance(value, str):
+        return next(masked)
+    if isinstance(value, list):
+        return [_rebuild(v, masked) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_rebuild(v, masked) for v in value)
+    if isinstance(value, dict):
+        return {
+            k: v if k in STRUCTURAL_KEYS and isinstance(v, str) else _rebuild(v, masked)
+            for k, v in value.items()
+        }
+    return value
+
+
+# In a raw JSON line an escape (\u0040, non-ASCII written as \uXXXX, \/) could hide any value, and
+# fullwidth digits and signs read as ASCII (base.normalise): such a line is looked at by every detector.
+_ESCAPES = b"\\\\[u/]|" + "|".join("０１２３４５６７８９＋－＠").encode()
+
+
+class Gate:
+    """Which detectors could find something in some bytes: one pass of RE2's multi-pattern DFA
+    (google-re2) over the bytes when it is installed, else one `re` search per trigger."""
+
+    def __init__(self, detectors: list[Detector]):
+        self.always = [d for d in detectors if d.trigger is None]
+        self.gated = [d for d in detectors if d.trigger is not None]
+        self.all = list(detectors)
+        self.escapes = re.compile(_ESCAPES)
+        self.set: Any = None
+        self.slow: list[Detector] = []  # triggers RE2 cannot take (lookbehind): searched with re
+        union = b"|".join([_ESCAPES] + [b"(?:" + d.trigger.pattern + b")" for d in self.gated])  # type: ignore[union-attr]
+        self.union: Any = re.compile(union)
+        try:
+            import re2
+        except ImportError:
+            return
+        with contextlib.suppress(re2.error):
+            self.union = re2.compile(union)
+        options = re2.Options()
+        options.max_mem = 64 << 20
+        rs = re2.Set.SearchSet(options)
+        self.indexed: list[Detector] = []
+        for d in self.gated:
+            try:
+                rs.Add(d.trigger.pattern)  # type: ignore[union-attr]
+            except re2.error:
+                self.slow.append(d)
+                continue
+            self.indexed.append(d)
+        rs.Compile()
+        self.set = rs
+
+    def hit_lines(self, lines: list[bytes]) -> list[int]:
+        """The indexes of the LINES some detector could find something in: one scan of the whole
+        block (a match never spans lines but for one leading character: its end tells the line)."""
+        if self.always:
+            return [i for i, line in enumerate(lines) if line and not line.isspace()]
+        ends = list(accumulate(map(len, lines)))
+        ends = [end + i for i, end in enumerate(ends)]  # each line's newline, in the joined block
+        hit = {bisect_left(ends, m.end() - 1) for m in self.union.finditer(b"\n".join(lines))}
+        return sorted(hit)
+
+    def triggered(self, raw: bytes, escapes: bool = False) -> list[Detector]:
+        if escapes and (b"\\" in raw or b"\xef\xbc" in raw) and self.escapes.search(raw):
+            return self.all
+        if self.set is None:
+            hit = [d for d in self.gated if d.trigger.search(raw)]  # type: ignore[union-attr]
+        else:
+            hit = [self.indexed[i] for i in self.set.Match(raw) or ()]
+            hit += [d for d in self.slow if d.trigger.search(raw)]  # type: ignore[union-attr]
+        return hit + self.always if self.always else hit
 
 
 # -- construction ---------------------------------------------------------------------------------

@@ -1,0 +1,189 @@
+"""Benchmark the PII masker: precision and recall per type on the labelled corpus (tests/pii/), and
+the throughput and peak memory of `ernie-ops data mask` against `ernie-ops data convert` on a large
+messages file (each run in its own process, interleaved, best of N; RSS is the child's peak).
+
+    python scripts/bench_pii.py --size-mb 150 --repeats 3
+
+Prints a table and writes JSON under runs/bench/. A benchmark, not a test: the numbers depend on the
+machine and its load (the load average is recorded with them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "pii"))
+
+from ernie_ops.privacy import default_masker  # noqa: E402
+from ernie_ops.privacy.score import score  # noqa: E402
+from ernie_ops.text import format_table  # noqa: E402
+
+# ordinary chat text, numbers included (years, counts, prices, versions): what most records are
+PLAIN = [
+    "Kannst du mir erklären, wie die Steuererklärung 2023 funktioniert? Ich habe 3 Kinder und 2 Jobs.",
+    "Die Lieferung kam am 14. März mit 12 Tagen Verspätung, bitte fasse die 5 wichtigsten Punkte zusammen.",
+    "Voici un résumé en 3 points : le budget 2024 augmente de 4,5 % et la dette baisse de 12 milliards.",
+    "Pouvez-vous traduire ce paragraphe en anglais ? Il contient 250 mots environ.",
+    "请帮我把这段文字翻译成英文，大约有300个字，谢谢。",
+    "2023年公司营收增长了15%，员工人数达到1200人。请总结要点。",
+    "Write a Python function that returns the 10 largest numbers of a list in O(n log k) time.",
+    "The meeting moved from 10:30 to 14:00 on 2024-05-17; 8 people attend and room 204 is booked.",
+    "Upgrade paddlepaddle to 3.0.0 and ERNIE 4.5 to the 0.3B checkpoint, then rerun the 2 failing tests.",
+    "Sure! Here are the steps: 1. open the settings, 2. choose Accounts, 3. click Export, 4. confirm.",
+    "The invoice total is 1,249.99 EUR for 3 items; shipping took 5 business days.",
+    "Gern geschehen! Wenn du weitere Fragen hast, melde dich einfach.",
+]
+
+
+def make_messages_file(path: Path, size_mb: int, pii_share: float, seed: int = 0) -> None:
+    import generate
+
+    r = random.Random(seed)
+    pii_records = generate.generate(400, seed + 1)
+    target = size_mb * 1_000_000
+    with path.open("w", encoding="utf-8") as f:
+        written = 0
+        while written < target:
+            if r.random() < pii_share:
+                messages = r.choice(pii_records)["messages"]
+            else:
+                messages = []
+                for _ in range(r.randint(1, 3)):
+                    messages.append({"role": "user", "content": " ".join(r.sample(PLAIN, r.randint(1, 4)))})
+                    messages.append(
+                        {"role": "assistant", "content": " ".join(r.sample(PLAIN, r.randint(2, 6)))}
+                    )
+            line = json.dumps({"messages": messages}, ensure_ascii=False) + "\n"
+            f.write(line)
+            written += len(line.encode())
+
+
+def run(cmd: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of one command in a child process."""
+    code = (
+        "import resource, subprocess, sys, time; t = time.perf_counter(); "
+        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *cmd], check=True, capture_output=True, text=True)
+    seconds, rss = out.stdout.split()
+    return float(seconds), int(rss)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size-mb", type=int, default=150, help="messages file size (the issue asks 1 GB)")
+    parser.add_argument("--pii-share", type=float, default=0.1, help="share of records with planted PII")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "pii-work")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
+    args = parser.parse_args()
+
+    corpus = [
+        json.loads(x) for x in (ROOT / "tests" / "pii" / "corpus.jsonl").read_text("utf-8").splitlines()
+    ]
+    import generate
+
+    held_out = generate.generate(1000, 99)
+    quality = {
+        name: score(recs, default_masker()) for name, recs in (("corpus", corpus), ("held-out", held_out))
+    }
+    rows = [["type", "planted", "found", "precision", "recall", "held-out P", "held-out R"]]
+    for row, other in zip(quality["corpus"].table(), quality["held-out"].table(), strict=True):
+        rows.append(
+            [
+                row["type"],
+                str(row["planted"]),
+                str(row["found"]),
+                f"{row['precision']:.4f}",
+                f"{row['recall']:.4f}",
+                f"{other['precision']:.4f}",
+                f"{other['recall']:.4f}",
+            ]
+        )
+    print(format_table(rows))
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    data = args.work / f"messages-{args.size_mb}mb-{args.pii_share}.jsonl"
+    if not data.exists() or data.stat().st_size < args.size_mb * 1_000_000:
+        print(f"writing {data} ...", file=sys.stderr)
+        make_messages_file(data, args.size_mb, args.pii_share)
+    size = data.stat().st_size
+    exe = [sys.executable, "-m", "ernie_ops"]
+    commands = {
+        "convert": [
+            *exe,
+            "data",
+            "convert",
+            str(data),
+            str(args.work / "out-convert.jsonl"),
+            "--to",
+            "erniekit-sft",
+        ],
+        "mask": [*exe, "data", "mask", str(data), str(args.work / "out-mask.jsonl")],
+    }
+    results: dict[str, list[tuple[float, int]]] = {k: [] for k in commands}
+    load = [os.getloadavg()]
+    for _ in range(args.repeats):  # interleaved: the machine's load falls on both alike
+        for name, cmd in commands.items():
+            results[name].append(run(cmd))
+            load.append(os.getloadavg())
+    best = {k: min(v) for k, v in results.items()}
+    rows = [["command", "best s", "MB/s", "peak RSS MiB", "all runs s"]]
+    for name, runs in results.items():
+        seconds = best[name][0]
+        rows.append(
+            [
+                name,
+                f"{seconds:.2f}",
+                f"{size / 1e6 / seconds:.1f}",
+                f"{max(r for _, r in runs) / 1024:.0f}",
+                " ".join(f"{s:.2f}" for s, _ in runs),
+            ]
+        )
+    ratio = best["convert"][0] / best["mask"][0]
+    print()
+    print(format_table(rows))
+    loads = f"{load[0][0]:.2f} .. {max(x[0] for x in load):.2f}"
+    print(f"mask runs at {ratio:.0%} of convert's throughput on {size / 1e6:.0f} MB; load average {loads}")
+
+    # flat memory: the same mask on a file a quarter the size should peak at about the same RSS
+    small = args.work / "messages-quarter.jsonl"
+    with data.open("rb") as src, small.open("wb") as dst:
+        dst.write(src.read(size // 4).rsplit(b"\n", 1)[0] + b"\n")
+    small_rss = run([*exe, "data", "mask", str(small), str(args.work / "out-mask-quarter.jsonl")])[1]
+    big_rss = max(r for _, r in results["mask"])
+    quarter = f"{small_rss / 1024:.0f} MiB on {size / 4e6:.0f} MB"
+    print(f"peak RSS of mask: {quarter}, {big_rss / 1024:.0f} MiB on {size / 1e6:.0f} MB")
+
+    report = {
+        "quality": {name: s.table() for name, s in quality.items()},
+        "file_mb": round(size / 1e6, 1),
+        "pii_share": args.pii_share,
+        "runs": {k: [{"seconds": s, "peak_rss_kib": r} for s, r in v] for k, v in results.items()},
+        "mask_vs_convert": round(ratio, 3),
+        "mask_peak_rss_kib_quarter_file": small_rss,
+        "load_average": load,
+        "cpus": os.cpu_count(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"pii-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
