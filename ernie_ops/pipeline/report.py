@@ -199,7 +199,12 @@ def _groups(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _examples(tuned: dict[str, Any], base: dict[str, Any] | None, n: int = 5) -> str:
-    """A few items side by side, so a reader sees what the scores mean."""
+    """A few items side by side, so a reader sees what the scores mean. Masked as the eval reports
+    were (an older report without the flag is masked here); the report says which."""
+    from ernie_ops.privacy import default_masker, masking_note
+
+    masked = tuned.get("masked") is not False and (base or {}).get("masked") is not False
+    mask = default_masker().mask_text if masked else str
     by_id = {i["id"]: i for i in (base or {}).get("items", [])}
     rows: list[list[object]] = [["id", "expected", "base answer", "tuned answer", "tuned score"]]
     for item in tuned["items"][:n]:
@@ -207,13 +212,13 @@ def _examples(tuned: dict[str, Any], base: dict[str, Any] | None, n: int = 5) ->
         rows.append(
             [
                 item["id"],
-                _short(item.get("expected")),
-                _short(other.get("prediction")),
-                _short(item["prediction"]),
+                mask(_short(item.get("expected"))),
+                mask(_short(other.get("prediction"))),
+                mask(_short(item["prediction"])),
                 f"{item['score']:.2f}",
             ]
         )
-    return f"\nThe first {len(rows) - 1} items:\n\n" + md_table(rows)
+    return f"\nThe first {len(rows) - 1} items:\n\n" + md_table(rows) + "\n" + masking_note(masked) + "\n"
 
 
 def _short(value: Any, n: int = 60) -> str:

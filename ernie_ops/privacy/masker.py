@@ -338,3 +338,36 @@ def masker(
 ) -> Masker:
     salt = read_salt(salt_file) if strategy == "hash" else None
     return Masker(load_detectors(detectors), strategy, salt)
+
+
+NO_MASK_ENV = "ERNIE_OPS_NO_MASK"
+
+
+def masking_on(flag: bool | None = None) -> bool:
+    """Whether what the toolkit writes (eval results and reports, smoke evidence, pipeline reports)
+    is masked: on unless FLAG is False or ERNIE_OPS_NO_MASK=1 turns it off for the run."""
+    if flag is not None:
+        return flag
+    return os.environ.get(NO_MASK_ENV, "").strip().lower() not in ("1", "true", "yes", "on")
+
+
+def mask_fields(row: dict[str, Any], fields: Iterable[str], m: Masker | None = None) -> dict[str, Any]:
+    """ROW with the values of FIELDS masked, with one placeholder numbering for the whole row (an
+    e-mail address in the expected answer and in the prediction gets the same placeholder)."""
+    m = m or default_masker()
+    names = [f for f in fields if row.get(f) is not None]
+    masked = m.mask_value([row[f] for f in names], Scope())
+    return {**row, **dict(zip(names, masked, strict=True))}
+
+
+def masking_note(masked: bool) -> str:
+    """The sentence a report carries about masking."""
+    if masked:
+        return (
+            "Personal data in answers and expected values is masked (`<EMAIL_1>`, `<PHONE_1>`, ...); "
+            "names of people are not detected."
+        )
+    return (
+        "**Personal data is NOT masked in this report**: masking was turned off for this run "
+        f"({NO_MASK_ENV}=1 or --no-mask)."
+    )

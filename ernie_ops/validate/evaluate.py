@@ -23,6 +23,8 @@ from ernie_ops.validate.judges import Score, failed, score, summarize
 from ernie_ops.validate.suite import Suite, SuiteItem
 
 LISTED = 20  # items below 1.0 the report lists (results.jsonl has them all)
+# the fields of an item that can hold personal data (the answer, and what the suite expected of it)
+MASKED_FIELDS = ("expected", "prediction", "reasoning", "detail", "error")
 
 
 @dataclass
@@ -36,6 +38,7 @@ class EvalReport:
     seconds: float = 0.0
     items: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    masked: bool = True  # personal data in MASKED_FIELDS replaced (scored before, written after)
 
     @property
     def errors(self) -> list[dict[str, Any]]:
@@ -91,8 +94,16 @@ async def run_eval(
     extra: dict[str, Any] | None = None,
     timeout: float = 300.0,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    mask: bool | None = None,
 ) -> EvalReport:
-    """Every item once; `extra` is merged into each request body (temperature, chat_template_kwargs...)."""
+    """Every item once; `extra` is merged into each request body (temperature, chat_template_kwargs...).
+
+    Each item is scored on the real answer, then its answer and expected values are masked
+    (personal data replaced) before anything keeps or shows it, unless `mask` is False or
+    ERNIE_OPS_NO_MASK=1; the report records which."""
+    from ernie_ops.privacy import mask_fields, masking_on
+
+    masked = masking_on(mask)
     body_extra = {"temperature": 0.0, **(extra or {})}
     started = time.perf_counter()
     async with session(endpoint, concurrency=concurrency, timeout=timeout) as client:
@@ -104,6 +115,7 @@ async def run_eval(
             endpoint.model or "",
             suite.default_judge,
             datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            masked=masked,
         )
         gate = asyncio.Semaphore(concurrency)
 
@@ -115,6 +127,8 @@ async def run_eval(
             else:
                 result = failed(item, f"request failed: {reply.error}", suite.default_judge)
             row = item_result(item, reply, result)
+            if masked:
+                row = mask_fields(row, MASKED_FIELDS)
             if on_result:
                 on_result(row)
             return row
@@ -197,6 +211,9 @@ def markdown(report: EvalReport, plot: str | None = None) -> str:
     ]
     if plot:
         lines.append(f"\n![scores]({plot})\n")
+    from ernie_ops.privacy import masking_note
+
+    lines.append(masking_note(report.masked) + "\n")
     bad = failures(report)
     if bad:
         rows: list[list[object]] = [["id", "judge", "score", "why", "prediction"]]

@@ -47,6 +47,7 @@ class SmokeReport:
     model: str
     expected: list[str]
     checks: list[Check] = field(default_factory=list)
+    masked: bool = True  # personal data in the evidence (answers quoted) replaced
 
     @property
     def passed(self) -> bool:
@@ -61,7 +62,8 @@ class SmokeReport:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SmokeReport:
         checks = [Check(**c) for c in data.get("checks", [])]
-        return cls(data["endpoint"], data["model"], data.get("expected", []), checks)
+        masked = bool(data.get("masked", False))  # reports from before masking were not
+        return cls(data["endpoint"], data["model"], data.get("expected", []), checks, masked)
 
 
 def _catalog(model: str | None) -> Any:
@@ -375,16 +377,24 @@ async def run_smoke(
     concurrency: int = 8,
     timeout: float = 120.0,
     on_check: Callable[[Check], None] | None = None,
+    mask: bool | None = None,
 ) -> SmokeReport:
-    """Every check in order; `expect` None takes the catalog's expectations for the served model."""
+    """Every check in order; `expect` None takes the catalog's expectations for the served model.
+    The evidence quotes answers: personal data in it is masked unless `mask` is False or
+    ERNIE_OPS_NO_MASK=1."""
+    from ernie_ops.privacy import default_masker, masking_on
+
+    masked = masking_on(mask)
     async with session(endpoint, concurrency=concurrency + 2, timeout=timeout) as client:
         endpoint = await resolve_model(client, endpoint)
         model = endpoint.model or ""
         expected = default_expectations(model) if expect is None else expect
-        report = SmokeReport(endpoint.base, model, sorted(expected))
+        report = SmokeReport(endpoint.base, model, sorted(expected), masked=masked)
         ctx = _Context(client, endpoint, max_tokens, concurrency)
         for name, capability, fn in CHECKS:
             check = await _run_check(ctx, name, capability, fn, expected)
+            if masked:
+                check.evidence = default_masker().mask_text(check.evidence)
             report.checks.append(check)
             if on_check:
                 on_check(check)
@@ -422,4 +432,7 @@ def markdown(report: SmokeReport) -> str:
     rows += [[c.name, c.status, f"{c.seconds:.2f}", c.evidence] for c in report.checks]
     counts = ", ".join(f"{n} {s}" for s, n in report.counts().items() if n)
     verdict = "**PASS**" if report.passed else "**FAIL**"
-    return f"{verdict}: `{report.model}` at `{report.endpoint}`: {counts}.\n\n" + md_table(rows)
+    from ernie_ops.privacy import masking_note
+
+    head = f"{verdict}: `{report.model}` at `{report.endpoint}`: {counts}.\n\n"
+    return head + md_table(rows) + "\n" + masking_note(report.masked) + "\n"
