@@ -223,7 +223,10 @@ def group_is_ours(pid: int, pgid: int, created: float | None) -> bool:
     leader = process(pgid)
     if leader is None:
         return True
-    return pgid != pid or created is None or _same_start(leader.create_time(), created)
+    try:
+        return pgid == pid and (created is None or _same_start(leader.create_time(), created))
+    except psutil.Error:  # it ended just now: members without a leader
+        return True
 
 
 def tree(pid: int, pgid: int | None = None, created: float | None = None) -> dict[int, psutil.Process]:

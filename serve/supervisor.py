@@ -459,9 +459,7 @@ class _Server:
         return time.monotonic() - self.started
 
     def stop(self, grace: float = STOP_GRACE_S) -> None:
-        stop_tree(
-            self.process.pid, self.process.pid, grace, created=self.child.created, reap=self.process.poll
-        )
+        self.child.stop(grace)
 
     def health(self) -> int | None:
         return probe_health(self.host, self.port, self.api_key, path=self.health_path)
