@@ -19,6 +19,7 @@ from ernie_ops.cli.doctor import Doctor
 from ernie_ops.cli.evaluate import Eval
 from ernie_ops.cli.export import Export
 from ernie_ops.cli.gateway import Gateway
+from ernie_ops.cli.gc import Gc
 from ernie_ops.cli.hub import Pull, Push
 from ernie_ops.cli.models import Models
 from ernie_ops.cli.pipeline import Demo, PipelineCommand
@@ -55,6 +56,7 @@ SUBCOMMANDS: tuple[type[Subcommand], ...] = (
     Rollout,
     PipelineCommand,
     Demo,
+    Gc,
 )
 
 EXAMPLES = """\
