@@ -329,16 +329,18 @@ def test_a_failing_candidate_in_split_mode_is_retried_on_stable(failure, tmp_pat
         url = stack.enter_context(gateway(stable, candidate, tmp_path, routing=Routing("split", 100)))
         replies = [
             httpx.post(url + "/v1/chat/completions", json=chat(stream=i % 2 == 0), timeout=GUARD_S)
-            for i in range(6)
+            for i in range(8)
         ]
-        assert [r.status_code for r in replies] == [200] * 6
+        assert [r.status_code for r in replies] == [200] * 8
         assert {r.headers["x-ernie-ops-backend"] for r in replies} == {STABLE}
-        assert metric(url, "ernie_ops_gateway_retries_total") == 6
+        # 5 failures in a row: the candidate rests, the next requests go to stable directly
+        assert metric(url, "ernie_ops_gateway_retries_total") == 5
+        assert metric(url, "ernie_ops_gateway_candidate_rested_total") == 3
         kind = "http_5xx" if failure == "http_500" else "connect"
-        assert metric(url, "ernie_ops_gateway_errors_total", backend="candidate", kind=kind) == 6
+        assert metric(url, "ernie_ops_gateway_errors_total", backend="candidate", kind=kind) == 5
         eventually(lambda: (tmp_path / "log" / "requests.jsonl").exists(), "the log flushed")
         eventually(
-            lambda: len((tmp_path / "log" / "requests.jsonl").read_text().splitlines()) == 6, "6 lines"
+            lambda: len((tmp_path / "log" / "requests.jsonl").read_text().splitlines()) == 8, "8 lines"
         )
         entry = json.loads((tmp_path / "log" / "requests.jsonl").read_text().splitlines()[0])
         assert entry["retried"] and entry["answered_by"] == STABLE

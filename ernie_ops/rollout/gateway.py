@@ -56,6 +56,10 @@ log = logging.getLogger(__name__)
 ROUTES = ("/v1/chat/completions", "/v1/completions")
 BACKEND_HEADER = "X-Ernie-Ops-Backend"  # which backend answered, on every completion response
 SSE = "text/event-stream"
+# a candidate failing this many client requests in a row before their first byte rests this long:
+# its requests go straight to stable instead of waiting for a dead candidate's timeout each time
+BREAKER_FAILURES = 5
+BREAKER_REST_S = 5.0
 # the first piece of a stream that carries generated output (a role-only opening event does not):
 # TTFT is measured to it, as the servers themselves measure time to first token
 _TOKEN = re.compile(rb'"(?:content|text|reasoning_content)": ?"[^"]|"tool_calls"')
@@ -137,6 +141,21 @@ class Backend:
         )
         self._limit = config.max_connections
         self.session: aiohttp.ClientSession | None = None
+        self.failures = 0  # consecutive failures before the first byte
+        self.resting_until = 0.0  # monotonic: client requests skip this backend until then
+
+    def resting(self, now: float) -> bool:
+        return now < self.resting_until
+
+    def outcome(self, failed: bool, now: float) -> None:
+        """Count consecutive failures; after BREAKER_FAILURES the backend rests BREAKER_REST_S."""
+        if not failed:
+            self.failures = 0
+            return
+        self.failures += 1
+        if self.failures >= BREAKER_FAILURES:
+            self.resting_until = now + BREAKER_REST_S
+            self.failures = 0
 
     def open(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -293,12 +312,17 @@ class Gateway:
             job = self._queue_shadow(rid, route, body, raw)
         want_text = job is not None or (self.log is not None and self.log.content)
         backend = self.candidate if target == CANDIDATE and self.candidate else self.stable
+        if backend is self.candidate and backend.resting(arrival):
+            self.metrics.rested.inc()
+            backend = self.stable
         response = web.StreamResponse()
         attempts: list[Attempt] = []
         try:
             attempts.append(
                 await self._forward(request, response, backend, route, body, raw, arrival, want_text)
             )
+            if backend is self.candidate:
+                backend.outcome(attempts[-1].before_first_byte, time.perf_counter())
             if attempts[-1].before_first_byte and backend is self.candidate:
                 self.metrics.retries.inc()
                 self.metrics.retried += 1

@@ -13,6 +13,7 @@ models on the same requests and the controller gates a shadow stage on the candi
 | prompt / generated tokens | `ernie_ops_gateway_prompt_tokens_total`, `..._generation_tokens_total` |
 | requests being answered | `ernie_ops_gateway_requests_in_flight` |
 | candidate failures retried on stable | `ernie_ops_gateway_retries_total` |
+| requests kept off a resting candidate (2) | `ernie_ops_gateway_candidate_rested_total` |
 | shadow copies dropped (queue full) | `ernie_ops_gateway_shadow_dropped_total` |
 | shadow copies waiting | `ernie_ops_gateway_shadow_queue_depth` |
 | shadow comparisons by result | `ernie_ops_gateway_shadow_comparisons_total` |
@@ -20,7 +21,8 @@ models on the same requests and the controller gates a shadow stage on the candi
 | the routing state | `ernie_ops_gateway_candidate_weight_percent`, `ernie_ops_gateway_mode` |
 
 (1) the first streamed event that carries output (a role-only opening event does not); for a
-whole answer, the answer.
+whole answer, the answer. (2) after 5 client requests in a row failed before their first byte, the
+candidate gets no client request for 5 s (a dead candidate would otherwise cost each its timeout).
 
 Prometheus quantiles come from histogram buckets; the controller's gates need exact p99s over a
 stage, so the last `WINDOW` outcomes per backend and traffic are also kept as samples and read back
@@ -158,6 +160,11 @@ class GatewayMetrics:
         self.retries = Counter(
             f"{PREFIX}retries_total",
             "Candidate failures before the first byte in split mode, answered by stable instead.",
+            registry=reg,
+        )
+        self.rested = Counter(
+            f"{PREFIX}candidate_rested_total",
+            "Client requests sent to stable because the candidate rests after failures in a row.",
             registry=reg,
         )
         self.shadow_dropped = Counter(
