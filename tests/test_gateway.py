@@ -336,6 +336,8 @@ def test_a_failing_candidate_in_split_mode_is_retried_on_stable(failure, tmp_pat
         # 5 failures in a row: the candidate rests, the next requests go to stable directly
         assert metric(url, "ernie_ops_gateway_retries_total") == 5
         assert metric(url, "ernie_ops_gateway_candidate_rested_total") == 3
+        stats = httpx.get(url + "/admin/stats", headers=ADMIN, timeout=GUARD_S).json()
+        assert stats["backends"]["candidate/client"]["errors"] == 8  # rested ones count for the gates
         kind = "http_5xx" if failure == "http_500" else "connect"
         assert metric(url, "ernie_ops_gateway_errors_total", backend="candidate", kind=kind) == 5
         eventually(lambda: (tmp_path / "log" / "requests.jsonl").exists(), "the log flushed")

@@ -314,6 +314,8 @@ class Gateway:
         backend = self.candidate if target == CANDIDATE and self.candidate else self.stable
         if backend is self.candidate and backend.resting(arrival):
             self.metrics.rested.inc()
+            # a failure of the candidate's for the gates: a dead candidate must not look idle
+            self.metrics.of(CANDIDATE, "client").outcomes.add(time.time(), False, None, 0.0)
             backend = self.stable
         response = web.StreamResponse()
         attempts: list[Attempt] = []
