@@ -4,6 +4,7 @@ the reason, never a traceback."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import types
 
@@ -198,8 +199,7 @@ def test_the_real_library_on_this_machine_answers_without_a_traceback():
 # --- the users ----------------------------------------------------------------------------------
 
 
-def test_train_detects_visible_gpus_by_machine_index(nvml, monkeypatch):
-    from ernie_ops.errors import UserError
+def test_train_detects_visible_gpus_by_machine_index(nvml, monkeypatch, caplog):
     from ernie_ops.train.launch import detect_gpus
 
     assert detect_gpus() == [0, 1, 2]
@@ -210,8 +210,9 @@ def test_train_detects_visible_gpus_by_machine_index(nvml, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert detect_gpus() == []
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", MIG_1)
-    with pytest.raises(UserError, match="MIG"):
-        detect_gpus()
+    with caplog.at_level(logging.WARNING, logger="ernie_ops.train.launch"):
+        assert detect_gpus() == []  # never an exception: serve and the test suite ask it too
+    assert "MIG devices" in caplog.text
 
 
 def test_launch_env_gives_paddle_indices_for_uuids(nvml):

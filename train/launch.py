@@ -45,18 +45,20 @@ def detect_gpus() -> list[int]:
 
     paddle.distributed.launch names GPUs by the CUDA_VISIBLE_DEVICES entries, so these indices are
     its `--gpus` as long as the variable lists indices; `launch_env` rewrites one that names GPUs by
-    UUID into their indices. MIG devices have no index: refused."""
+    UUID into their indices. MIG devices have no index and are left out (with a warning)."""
     from ernie_ops.devices import gpus
 
     found = gpus()
     if found.reason and found.ignored:
         log.warning("%s", found.reason)
-    if any(g.is_mig for g in found.gpus):
-        raise UserError(
-            "CUDA_VISIBLE_DEVICES names MIG devices: paddle.distributed.launch takes whole GPUs by index",
-            hint="set CUDA_VISIBLE_DEVICES to GPU indices (nvidia-smi -L lists them)",
+    migs = [g.uuid for g in found.gpus if g.is_mig]
+    if migs:
+        log.warning(
+            "CUDA_VISIBLE_DEVICES names MIG devices (%s): paddle.distributed.launch takes whole GPUs by "
+            "index, so they are not used; set CUDA_VISIBLE_DEVICES to GPU indices (nvidia-smi -L lists them)",
+            ", ".join(migs),
         )
-    return [g.nvml_index for g in found.gpus]
+    return [g.nvml_index for g in found.gpus if not g.is_mig]
 
 
 def parse_gpus(text: str) -> list[int]:
