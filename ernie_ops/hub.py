@@ -441,11 +441,17 @@ def build_card(checkpoint: Path, repo_id: str, run: RunInfo | None) -> str:
     if run is None:
         sections.append("## Training\n\nNo run record was given (`ernie-ops push --run RUN_DIR`).\n")
     else:
-        sections += [_card_training(run), _card_data(record), _card_versions(record), _card_recipe(run)]
+        # a card is public: no host or user names, no absolute paths (lineage stays: relative
+        # paths, file names, hashes, versions); the base model was read from the record as it was
+        from ernie_ops.privacy.redact import Redactor
+
+        redactor = Redactor(run.run_dir.resolve().parent)
+        record = redactor.value(record)
+        shown = RunInfo(run.run_dir, record, redactor.text(run.recipe_text) if run.recipe_text else None)
+        sections += [_card_training(shown), _card_data(record), _card_versions(record), _card_recipe(shown)]
         sections.append(
-            "## Run record (`run.json`)\n\n```json\n"
-            + json.dumps(record, indent=2, sort_keys=False)
-            + "\n```\n"
+            "## Run record (`run.json`, redacted: host and user names and absolute paths removed)\n\n"
+            "```json\n" + json.dumps(record, indent=2, sort_keys=False) + "\n```\n"
         )
     return redact("\n".join(sections))
 

@@ -390,7 +390,7 @@ def test_model_card_carries_the_lineage_and_the_serve_command(run_dir):
     card = plan.card
     assert RECIPE.strip() in card  # the resolved recipe, verbatim
     record = json.loads((run_dir / "run.json").read_text())
-    assert json.dumps(record, indent=2) in card  # the run record, verbatim
+    assert f'"name": "{record["name"]}"' in card and record["run_dir"] not in card  # redacted record
     assert record["data"][0]["sha256"] in card and "| train.jsonl |" in card  # data fingerprints
     assert "| erniekit | 1.0.1 |" in card and "| paddle | 3.3.1 |" in card  # versions
     assert "| method | SFT (LoRA) |" in card and "| base model | baidu/ERNIE-4.5-0.3B-Paddle |" in card
