@@ -1140,12 +1140,22 @@ def _header(result: BenchResult) -> list[str]:
         f"workload {w['dataset']}{skipped}: input {w['input_len']} {unit}{made}, "
         f"output {w['output_len']} tokens (max_tokens){', ignore_eos' if w['ignore_eos'] else ''}, "
         f"seed {w['seed']}",
-        f"prompt lengths: {w.get('tokenizer', 'words')}",
+        f"prompt lengths: {w.get('tokenizer', 'words')}{_server_count(result)}",
         f"SLO: {result.slo}",
     ]
     if result.search is not None:
         lines.append(search_line(result.search))
     return lines
+
+
+def _server_count(result: BenchResult) -> str:
+    """What the server counted as prompt tokens, per completed request (its `usage`: the chat
+    template's tokens included)."""
+    done = sum(lv.completed for lv in result.levels)
+    if not done or not all(lv.tokens_from_usage for lv in result.levels if lv.completed):
+        return ""
+    per = sum(lv.input_tokens for lv in result.levels) / done
+    return f"; the server counted {per:.1f} prompt tokens per request (its chat template included)"
 
 
 def search_line(search: dict[str, Any]) -> str:

@@ -5,10 +5,11 @@ template adds its own few, which the server's `usage.prompt_tokens` counts). The
 checkpoint's: `tokenizer.json` through the `tokenizers` library (transformers-layout checkpoints,
 vLLM's), else `tokenizer.model` through SentencePiece (ERNIE 4.5's Paddle checkpoints: the model
 `Ernie4_5_Tokenizer` wraps; it encodes plain text to the same ids). It is found, in this order, at
-`--tokenizer DIR`, at the `--model` name when that is a local directory, at the directory
-`/v1/models` names as the model's `root` or id (vLLM and FastDeploy serve a local checkpoint under
-its path), and in the record of a server `ernie-ops serve` started on this machine on the
-endpoint's port. Without one, lengths are counted in words and the report says "words".
+`--tokenizer DIR`, in the record of a server `ernie-ops serve` started on this machine on the
+endpoint's port (the `--model` it was started with), at the directory `/v1/models` names as the
+model's `root` (vLLM), and at the served model's name when that is a local directory (vLLM and
+FastDeploy serve a local checkpoint under its path). Without one, lengths are counted in words
+and the report says "words".
 
 A prompt of exactly N tokens: random common words, encoded, cut to N ids, decoded, and re-encoded
 (a cut can make a different tokenization); the cut moves until the text encodes to N tokens (a few
@@ -84,14 +85,14 @@ def load(directory: Path) -> Tokenizer:
 def candidates(model: str | None, models_body: Any, port: int | None, loopback: bool) -> list[Path]:
     """Where the served model's tokenizer may be, in order (see the module docstring)."""
     found: list[Path] = []
-    if model:
-        found.append(Path(model).expanduser())
+    if loopback and port is not None:
+        found += _served_here(port)  # exact: the path the server was started with
     if isinstance(models_body, dict):
         for card in models_body.get("data") or ():
-            if isinstance(card, dict) and (model is None or card.get("id") == model):
-                found += [Path(str(card[k])).expanduser() for k in ("root", "id") if card.get(k)]
-    if loopback and port is not None:
-        found += _served_here(port)
+            if isinstance(card, dict) and (model is None or card.get("id") == model) and card.get("root"):
+                found.append(Path(str(card["root"])).expanduser())
+    if model:
+        found.append(Path(model).expanduser())  # vLLM and FastDeploy serve a checkpoint under its path
     return found
 
 
@@ -118,7 +119,7 @@ def find(paths: list[Path]) -> Path | None:
     for path in paths:
         try:
             if path.is_dir() and has_tokenizer(path):
-                return path
+                return path.resolve()
         except OSError:
             continue
     return None
