@@ -194,3 +194,21 @@ def test_without_re2_the_gate_falls_back_to_re_and_finds_the_same(monkeypatch: p
     assert fast.hit_lines(lines) == slow.hit_lines(lines) == list(range(len(records)))
     for r in records:
         assert fast.mask_value(r["messages"]) == slow.mask_value(r["messages"])
+
+
+def test_a_value_found_once_is_masked_wherever_it_recurs_in_the_record() -> None:
+    record = {
+        "messages": [
+            {"role": "user", "content": "Meine Steuer-ID ist 86095742719."},
+            {"role": "assistant", "content": "Notiert: 86095742719 (nicht 860957427190)."},
+        ]
+    }
+    masked = default_masker().mask_value(record)
+    assert masked["messages"][1]["content"] == "Notiert: <NATIONAL_ID_1> (nicht 860957427190)."
+    # a prompt given as context lends its findings to the fields that are masked
+    row = {"expected": "86095742719", "prediction": "86095742719"}
+    from ernie_ops.privacy import mask_fields
+
+    assert mask_fields(row, ["expected", "prediction"]) == row  # a bare 11-digit run alone is not one
+    masked_row = mask_fields(row, ["expected", "prediction"], context=["Steuer-ID 86095742719?"])
+    assert masked_row == {"expected": "<NATIONAL_ID_1>", "prediction": "<NATIONAL_ID_1>"}

@@ -140,21 +140,27 @@ class Masker:
         scope: Scope | None = None,
         counts: Counter | None = None,
         detectors: list[Detector] | None = None,
+        context: Iterable[str] = (),
     ) -> Any:
         """A JSON-like value with every text masked: strings in lists and dict values, except the
         values of structural keys (role, from, ...); keys are kept as they are.
 
         The texts are joined with a separator no finding can cross and searched as one (one pass
         per detector for a whole record, not one per field); DETECTORS, when given, are the ones
-        the record's raw line triggered."""
+        the record's raw line triggered. A value found anywhere in the record is masked wherever
+        else it occurs in it, also where nothing around it says what it is (an assistant repeating
+        the user's tax ID bare); CONTEXT texts (an eval item's prompt) are searched for such values
+        but not returned."""
         texts: list[str] = []
         _texts(value, texts)
         if not texts:
             return value
-        joined = _SEPARATOR.join(texts)
+        extra = [c for c in context if c]
+        joined = _SEPARATOR.join(texts + extra)
         findings = self.find(joined, detectors)
         if not findings:
             return value
+        findings = _everywhere(joined, findings)
         scope = scope if scope is not None else Scope()
         starts, pos = [], 0
         for t in texts:
@@ -164,8 +170,10 @@ class Masker:
         for f in findings:
             i = bisect_right(starts, f.start) - 1
             base = starts[i]
-            if f.end <= base + len(texts[i]):
+            if f.end <= base + len(texts[i]):  # not across texts, not in the context
                 per_text[i].append(Finding(f.start - base, f.end - base, f.type, f.detail))
+        if not any(per_text):
+            return value
         masked = [self._replace(t, fs, scope, counts) for t, fs in zip(texts, per_text, strict=True)]
         return _rebuild(value, iter(masked))
 
@@ -185,6 +193,17 @@ class Masker:
 
 # between the texts of one record: no detector's pattern matches across a NUL between newlines
 _SEPARATOR = "\n\x00\n"
+
+
+def _everywhere(text: str, findings: list[Finding]) -> list[Finding]:
+    """FINDINGS plus every other occurrence in TEXT of a value they found (whole, not inside a
+    longer word or number)."""
+    values = {text[f.start : f.end]: f for f in findings if f.end - f.start >= 4}
+    more = []
+    for value, f in values.items():
+        for m in re.finditer(rf"(?<![0-9A-Za-z]){re.escape(value)}(?![0-9A-Za-z])", text):
+            more.append(Finding(m.start(), m.end(), f.type, f.detail))
+    return resolve([*findings, *more]) if more else findings
 
 
 def _texts(value: Any, out: list[str]) -> None:
@@ -351,12 +370,15 @@ def masking_on(flag: bool | None = None) -> bool:
     return os.environ.get(NO_MASK_ENV, "").strip().lower() not in ("1", "true", "yes", "on")
 
 
-def mask_fields(row: dict[str, Any], fields: Iterable[str], m: Masker | None = None) -> dict[str, Any]:
+def mask_fields(
+    row: dict[str, Any], fields: Iterable[str], m: Masker | None = None, context: Iterable[str] = ()
+) -> dict[str, Any]:
     """ROW with the values of FIELDS masked, with one placeholder numbering for the whole row (an
-    e-mail address in the expected answer and in the prediction gets the same placeholder)."""
+    e-mail address in the expected answer and in the prediction gets the same placeholder); values
+    found in CONTEXT (the prompt) are masked in the fields too."""
     m = m or default_masker()
     names = [f for f in fields if row.get(f) is not None]
-    masked = m.mask_value([row[f] for f in names], Scope())
+    masked = m.mask_value([row[f] for f in names], Scope(), context=context)
     return {**row, **dict(zip(names, masked, strict=True))}
 
 

@@ -127,8 +127,8 @@ async def run_eval(
             else:
                 result = failed(item, f"request failed: {reply.error}", suite.default_judge)
             row = item_result(item, reply, result)
-            if masked:
-                row = mask_fields(row, MASKED_FIELDS)
+            if masked:  # the prompt says what a bare value in the answer is (a tax ID, ...)
+                row = mask_fields(row, MASKED_FIELDS, context=_texts_of(item))
             if on_result:
                 on_result(row)
             return row
@@ -141,6 +141,18 @@ async def run_eval(
     report.summary = summarize(scores)
     report.seconds = round(time.perf_counter() - started, 3)
     return report
+
+
+def _texts_of(item: SuiteItem) -> list[str]:
+    """The texts of an item's request (its prompt, system prompt, earlier turns)."""
+    texts = []
+    for message in item.request_messages():
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts += [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    return texts
 
 
 def summary_rows(report: EvalReport) -> list[list[str]]:
