@@ -198,12 +198,21 @@ _SEPARATOR = "\n\x00\n"
 def _everywhere(text: str, findings: list[Finding]) -> list[Finding]:
     """FINDINGS plus every other occurrence in TEXT of a value they found (whole, not inside a
     longer word or number)."""
-    values = {text[f.start : f.end]: f for f in findings if f.end - f.start >= 4}
     more = []
-    for value, f in values.items():
-        for m in re.finditer(rf"(?<![0-9A-Za-z]){re.escape(value)}(?![0-9A-Za-z])", text):
-            more.append(Finding(m.start(), m.end(), f.type, f.detail))
+    for value, f in {text[f.start : f.end]: f for f in findings if f.end - f.start >= 4}.items():
+        if text.count(value) < 2:  # the usual case: only where it was found
+            continue
+        at = text.find(value)
+        while at >= 0:
+            end = at + len(value)
+            if not (_alnum(text, at - 1) or _alnum(text, end)):
+                more.append(Finding(at, end, f.type, f.detail))
+            at = text.find(value, at + 1)
     return resolve([*findings, *more]) if more else findings
+
+
+def _alnum(text: str, i: int) -> bool:
+    return 0 <= i < len(text) and text[i].isascii() and text[i].isalnum()
 
 
 def _texts(value: Any, out: list[str]) -> None:
