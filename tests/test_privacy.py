@@ -212,3 +212,13 @@ def test_a_value_found_once_is_masked_wherever_it_recurs_in_the_record() -> None
     assert mask_fields(row, ["expected", "prediction"]) == row  # a bare 11-digit run alone is not one
     masked_row = mask_fields(row, ["expected", "prediction"], context=["Steuer-ID 86095742719?"])
     assert masked_row == {"expected": "<NATIONAL_ID_1>", "prediction": "<NATIONAL_ID_1>"}
+
+
+def test_data_mask_reads_a_json_array_and_writes_jsonl(tmp_path: Path) -> None:
+    source = tmp_path / "chats.json"
+    records = [{"messages": [{"role": "user", "content": f"mail anna{i}@example.de"}]} for i in range(3)]
+    source.write_text(json.dumps(records, indent=2))
+    out = tmp_path / "masked.jsonl"
+    assert main(["data", "mask", str(source), str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert [json.loads(line)["messages"][0]["content"] for line in lines] == ["mail <EMAIL_1>"] * 3

@@ -5,7 +5,8 @@ it), so memory stays flat with the file's size. A line is parsed only when the m
 (one C-level regex over its raw bytes) says a detector could find something in it; every other
 line is copied byte for byte. Only texts are masked: JSON keys and structural values (role, from,
 ...) are kept, so the output is the same format as the input, one record a line. A line that is
-not JSON is masked as plain text (its personal data must not survive either) and counted.
+not JSON is masked as plain text (its personal data must not survive either) and counted. A JSON
+array (possibly pretty-printed) is written as JSONL, one compact record a line.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import orjson
 
 from ernie_ops.data.read import is_json_array, read_chunks, read_items, require_file
+from ernie_ops.errors import UserError
 from ernie_ops.files import atomic_output
 from ernie_ops.privacy.masker import Masker, Scope
 
@@ -47,11 +49,11 @@ class MaskResult:
 def _lines(path: Path, progress: bool) -> Iterator[tuple[int, list[bytes]]]:
     """(number of the first line, the lines) in blocks; a JSON array's records one per line."""
     require_file(path)
-    if is_json_array(path):
-        items = list(read_items(path))
-        for item in items:
-            raw = item.raw if item.raw else b""
-            yield item.line, [raw]
+    if is_json_array(path):  # parsed whole, as convert does; written one compact record a line
+        for item in read_items(path):
+            if item.error:
+                raise UserError(f"{item.error}", where=f"{path}:{item.line}", hint="fix the JSON array")
+            yield item.line, [orjson.dumps(item.value)]
         return
     chunks = read_chunks(path)
     if progress:
