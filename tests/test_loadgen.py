@@ -827,3 +827,28 @@ def test_the_tokenizer_of_a_server_started_here_is_found_from_its_record(tmp_pat
         assert tokens.find(tokens.candidates("served-name", None, port, loopback=True)) == directory
     assert tokens.find(tokens.candidates("served-name", None, 8180, loopback=False)) is None  # not ours
     assert tokens.find(tokens.candidates("served-name", None, 9999, loopback=True)) is None
+
+
+def test_failed_requests_miss_the_slo_of_a_rate_search():
+    # numpy interpolating between two infinities gives NaN, and NaN > bound is False: a level whose
+    # p99 fell on failed requests once "met" every SLO. They count as longer than any bound.
+    good = [
+        Reply(status=200, start=i, sent=i, first=i + 0.01, end=i + 0.02, completion_tokens=2)
+        for i in range(90)
+    ]
+    bad = [Reply(status=500, error="boom", start=i, end=i) for i in range(90, 100)]
+    replies: list[Reply | None] = [*good, *bad]
+    due = [float(i) for i in range(100)]
+    slo = loadgen.SLO(ttft_ms=50, e2e_ms=50)
+    level = loadgen.summarize(0, [loadgen.Planned({}, 1)] * 100, replies, 100.0, slo, due=due)
+    level.rate = 1.0
+    runner = _Simulated(1, 0.01, slo)
+    met, seen, why = search.judge(level, runner)  # type: ignore[arg-type]
+    assert not met and seen == {"ttft_ms": None, "e2e_ms": None}
+    assert why == "p99 TTFT a failed request > 50 ms; p99 E2E a failed request > 50 ms"
+    level.replies = [*good, *[None] * 10]  # not sent (a stop condition) counts the same
+    assert not search.judge(level, runner)[0]  # type: ignore[arg-type]
+    slow = loadgen.summarize(0, [loadgen.Planned({}, 1)] * 90, list(good), 100.0, slo, due=due[:90])
+    slow.rate = 1.5  # asked for 1.5 req/s, sent at 1.0
+    met, _, why = search.judge(slow, runner)  # type: ignore[arg-type]
+    assert not met and "this client could not send that fast" in why

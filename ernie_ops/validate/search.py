@@ -8,7 +8,8 @@ spaced from the synchronous rate to the throughput rate (the last one is the thr
 Find-max-rate (EvalScope's SLA auto-tune, GuideLLM's highest rate meeting the SLO): the highest
 open-loop rate at which the `--slo-percentile` (default p99) of every SLO given (TTFT and E2E
 counted from the scheduled send time, TPOT) is within its bound; a failed, cancelled or unsent
-request counts as missing every bound. First one request at a time (the synchronous rate). Then
+request counts as missing every bound, and so does a level whose requests went out at less than
+90% of its rate (this client could not send them). First one request at a time (the synchronous rate). Then
 from `--rate-min` (default the synchronous rate) the rate doubles until a level misses (or
 reaches `--rate-max`), and the bracket [met, missed] is halved until (missed - met) / met <=
 `--precision` (default 2%); when the first rate misses, it halves (up to 6 times; 2 when one at a
@@ -28,6 +29,8 @@ from ernie_ops.validate.loadgen import Level, Runner
 
 MAX_PROBES = 24
 MAX_HALVINGS = 6  # below rate-min / 64: give up
+FAILED_MS = 1e300  # a failed, cancelled or unsent request's latency when judging a percentile
+SHORT_RATE = 0.9  # a level whose requests went out slower than this share of its rate missed
 SWEEP_CONCURRENCY = 256  # the throughput level's concurrency when --max-concurrency is not given
 
 
@@ -62,14 +65,21 @@ def judge(level: Level, runner: Runner) -> tuple[bool, dict[str, float | None], 
     for name, bound in (("ttft_ms", slo.ttft_ms), ("tpot_ms", slo.tpot_ms), ("e2e_ms", slo.e2e_ms)):
         if bound is None:
             continue
-        x = values[name]
+        # a failed request stands for a latency longer than any: a huge finite number, as numpy's
+        # interpolation between two infinities is NaN (and NaN > bound is False)
+        x = np.minimum(values[name], FAILED_MS)
         value = float(np.percentile(x, q)) if x.size else None
-        seen[name] = None if value is None or not np.isfinite(value) else round(value, 3)
+        seen[name] = None if value is None or value >= FAILED_MS else round(value, 3)
         if value is not None and value > bound:
-            shown = "a failed request" if not np.isfinite(value) else f"{value:.1f} ms"
+            shown = "a failed request" if value >= FAILED_MS else f"{value:.1f} ms"
             missed.append(f"p{q:g} {name.removesuffix('_ms').upper()} {shown} > {bound:g} ms")
     if level.completed == 0:
         missed.append("no request completed")
+    if level.rate and level.achieved_rate is not None and level.achieved_rate < SHORT_RATE * level.rate:
+        missed.append(
+            f"requests went out at {level.achieved_rate:.4g} req/s, short of {level.rate:.4g}: this client "
+            "could not send that fast"
+        )
     return not missed, seen, "; ".join(missed)
 
 
