@@ -40,7 +40,6 @@ ENTRY_POINTS = "ernie_ops.pii_detectors"
 STRUCTURAL_KEYS = frozenset(
     {"role", "from", "speaker", "tag", "type", "weight", "label", "sort", "is_system"}
 )
-PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*_(?:[0-9]+|[0-9a-f]{12})>")
 
 NER_NOTE = (
     "Names of people are not found: that needs a NER model, which is not shipped here; plug one in "

@@ -47,6 +47,7 @@ class Gen:
 
     def phone(self, region: str, national: bool) -> str:
         base = phonenumbers.example_number_for_type(region, self.r.choice([0, 1]))  # fixed line, mobile
+        assert base is not None, region
         for _ in range(200):
             e164 = phonenumbers.format_number(base, phonenumbers.PhoneNumberFormat.E164)
             num = phonenumbers.parse(e164[:-4] + self.digits(4), None)
