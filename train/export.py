@@ -14,6 +14,9 @@ export and verification.
 `--format hf` goes one step further: that verified Paddle checkpoint is converted to the
 transformers layout (`ernie_ops.train.hf_format`) in `<run_dir>/export-hf/`, verified in turn and
 recorded under run.json's `exports.hf`. Any checkpoint directory converts the same way, both ways.
+
+`--format gguf --quant Q` writes one GGUF file for llama.cpp (`ernie_ops.train.gguf_format`) into
+`<run_dir>/export-gguf/<run>-<Q>.gguf`, recorded under `exports.gguf.<Q>`.
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ from ernie_ops.train.verify import (
 )
 
 log = logging.getLogger(__name__)
+
+GGUF = "gguf"
+GGUF_EXPORT_DIR = "export-gguf"  # beside export/ and export-hf/
 
 EXPORT_LOG = "export.log"
 LOG_TAIL = 15  # lines of ERNIEKit's log quoted when its export fails
@@ -211,6 +217,91 @@ def convert_checkpoint(
     )
     report = verify_checkpoint(converted.path, forward=forward)
     return LayoutExport(converted.path, path, converted, report, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# GGUF (llama.cpp), see train/gguf_format.py
+
+
+@dataclass
+class GgufResult:
+    path: Path  # the .gguf file
+    source: Path  # the checkpoint converted
+    export: Any  # gguf_format.GgufExport
+    record: RunRecord | None
+    paddle: ExportResult | None = None
+
+
+def export_gguf(
+    run_dir: Path | str,
+    quant: str,
+    *,
+    out: Path | str | None = None,
+    base_model: Path | str | None = None,
+    force: bool = False,
+    forward: bool = True,
+    timeout: float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> GgufResult:
+    """A finished run as one GGUF file for llama.cpp: its verified Paddle export (made first unless
+    recorded) converted into `<run_dir>/export-gguf/<run>-<quant>.gguf` (or `out`), recorded in
+    run.json under exports.gguf.<quant>."""
+    from ernie_ops.train import gguf_format
+
+    quant = gguf_format.check_quant(quant)
+    run_dir = Path(run_dir).resolve()
+    record = RunRecord.load(run_dir)
+    record.run_dir = str(run_dir)
+    _require_succeeded(record)
+    paddle: ExportResult | None = None
+    recorded = Path(record.exported) if record.exported else None
+    if recorded is not None and record.verified and (recorded / CONFIG).is_file():
+        source = recorded
+    else:
+        paddle = export_and_verify(
+            run_dir, base_model=base_model, force=force, forward=forward, timeout=timeout
+        )
+        if not paddle.report.ok:
+            failed = ", ".join(c.name for c in paddle.report.failed)
+            raise ExportFailed(
+                f"the Paddle export {paddle.path} failed verification ({failed}); nothing was converted"
+            )
+        source, record = paddle.path, paddle.record
+    target = Path(out).expanduser() if out else run_dir / GGUF_EXPORT_DIR / f"{record.name}-{quant}.gguf"
+    done = gguf_format.convert(source, target, quant, force=force, name=record.name, progress=progress)
+    entry = {
+        "path": str(done.path),
+        "from": str(source),
+        "tensors": done.tensors,
+        "bytes": done.bytes,
+    }
+    record.exports.setdefault(GGUF, {})[quant] = entry
+    record.save()
+    return GgufResult(done.path, source, done, record, paddle)
+
+
+def convert_checkpoint_gguf(
+    path: Path | str,
+    quant: str,
+    *,
+    out: Path | str | None = None,
+    force: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> GgufResult:
+    """A checkpoint directory (either layout) as one GGUF file: `out`, default `<dir>-<quant>.gguf`
+    beside it."""
+    from ernie_ops.train import gguf_format
+
+    quant = gguf_format.check_quant(quant)
+    path = Path(path).resolve()
+    if not (path / CONFIG).is_file():
+        raise UserError(
+            f"{path} is neither a run directory (run.json) nor a checkpoint directory ({CONFIG})",
+            hint="give a run `ernie-ops train` created or a checkpoint directory",
+        )
+    target = Path(out).expanduser() if out else path.parent / gguf_format.default_name(path, quant)
+    done = gguf_format.convert(path, target, quant, force=force, progress=progress)
+    return GgufResult(done.path, path, done, None)
 
 
 def _hub_id(name: str | None) -> str | None:

@@ -8,7 +8,8 @@ from typing import Any
 
 from ernie_ops.cli.base import Subcommand
 
-FORMATS = ("paddle", "hf")
+FORMATS = ("paddle", "hf", "gguf")
+QUANTS = ("f32", "f16", "q8_0", "q4_0", "q4_k_m")  # q4_k_m is refused with the reason (train/gguf_format.py)
 
 
 class Export(Subcommand):
@@ -28,7 +29,12 @@ class Export(Subcommand):
         "in run.json under exports.hf; it streams tensor by tensor and appears complete or not at all. "
         "Given a checkpoint directory instead of a run, --format hf converts an ERNIEKit (Paddle) "
         "checkpoint and --format paddle a transformers one (e.g. a -PT download), to --out or "
-        "<dir>-<format> beside it. Exits 1 when the export or the verification fails, 2 for a directory "
+        "<dir>-<format> beside it. --format gguf writes one GGUF file for llama.cpp (architecture ernie4_5, "
+        "dense models; tokenizer and chat template inside) quantized by --quant (f32, f16, q8_0, q4_0; "
+        "default f16) into RUN_DIR/export-gguf/<run>-<quant>.gguf (or --out FILE, or "
+        "<checkpoint>-<quant>.gguf beside a checkpoint directory), recorded under exports.gguf; it is "
+        "what `--engine llamacpp` serves. "
+        "Exits 1 when the export or the verification fails, 2 for a directory "
         "that is neither a finished run nor a checkpoint."
     )
     examples = (
@@ -37,6 +43,7 @@ class Export(Subcommand):
         "ernie-ops export runs/my-run --format hf --out models/my-run-hf",
         "ernie-ops export ~/models/ERNIE-4.5-0.3B-Paddle --format hf --out ~/models/ernie-0.3b-hf",
         "ernie-ops export ~/models/ERNIE-4.5-0.3B-PT --format paddle     # -> ERNIE-4.5-0.3B-PT-paddle",
+        "ernie-ops export runs/my-run --format gguf --quant q4_0  # runs/my-run/export-gguf/my-run-q4_0.gguf",
         "ernie-ops export runs/my-run --force --no-forward",
         "ernie-ops export runs/my-run --base-model ~/models/ERNIE-4.5-0.3B-Paddle",
     )
@@ -53,7 +60,14 @@ class Export(Subcommand):
             choices=FORMATS,
             default="paddle",
             help="paddle: ERNIEKit's layout (FastDeploy, the embedded server; default); "
-            "hf: the transformers layout (vLLM, SGLang, transformers)",
+            "hf: the transformers layout (vLLM, SGLang, transformers); gguf: one file for llama.cpp",
+        )
+        parser.add_argument(
+            "--quant",
+            choices=QUANTS,
+            default=None,
+            help="--format gguf: the matrices' type (default f16; norms stay f32; q4_k_m is refused: the "
+            "gguf package cannot write K-quants)",
         )
         parser.add_argument(
             "--out",
@@ -90,6 +104,12 @@ class Export(Subcommand):
             raise UserError(f"--max-shard-size: {err}") from None
         is_run = (args.run_dir / RUN_FILE).is_file()
         checkpoint = not is_run and (args.run_dir / "config.json").is_file()
+        if args.format == "gguf":
+            return self._gguf(args, is_run)
+        if args.quant is not None:
+            raise UserError(
+                "--quant applies to --format gguf", hint="ernie-ops export RUN --format gguf --quant q8_0"
+            )
         if args.format == "paddle" and not checkpoint:  # a run (or not: RunRecord says what is wrong)
             if args.out is not None:
                 raise UserError(
@@ -183,3 +203,55 @@ class Export(Subcommand):
             if result.record is not None:
                 print(f"recorded in {result.record.path / 'run.json'} (exports.{args.format})")
         return 0 if result.report.ok else 1
+
+    def _gguf(self, args: argparse.Namespace, is_run: bool) -> int:
+        from ernie_ops.train.export import ExportFailed, GgufResult, convert_checkpoint_gguf, export_gguf
+
+        def progress(message: str) -> None:
+            print(message, file=sys.stderr, flush=True)
+
+        result: GgufResult
+        try:
+            if is_run:
+                result = export_gguf(
+                    args.run_dir,
+                    args.quant or "f16",
+                    out=args.out,
+                    base_model=args.base_model,
+                    force=args.force,
+                    forward=args.forward,
+                    progress=progress,
+                )
+            else:
+                result = convert_checkpoint_gguf(
+                    args.run_dir, args.quant or "f16", out=args.out, force=args.force, progress=progress
+                )
+        except ExportFailed as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        done = result.export
+        if args.json:
+            out: dict[str, Any] = {
+                "exported": str(result.path),
+                "format": "gguf",
+                "quant": done.quant,
+                "from": str(result.source),
+                "architecture": done.architecture,
+                "tensors": done.tensors,
+                "bytes": done.bytes,
+                "seconds": round(done.seconds, 3),
+                "tokenizer": done.tokenizer,
+                "notes": done.notes,
+            }
+            print(json.dumps(out, indent=2))
+        else:
+            print(
+                f"exported: {result.path} (GGUF {done.architecture}, {done.quant}: {done.tensors} tensors, "
+                f"{done.bytes / 2**20:,.1f} MiB, {done.seconds:.1f} s) from {result.source}"
+            )
+            for note in done.notes:
+                print(f"note: {note}")
+            if result.record is not None:
+                print(f"recorded in {result.record.path / 'run.json'} (exports.gguf.{done.quant})")
+            print(f"serve it: ernie-ops serve {result.path} --engine llamacpp")
+        return 0
