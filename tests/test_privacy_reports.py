@@ -59,13 +59,16 @@ def test_eval_scores_the_real_answer_and_writes_it_masked(
     assert "is masked" in (out / "eval.md").read_text()
 
 
+@pytest.mark.parametrize("how", ["--no-mask", "ERNIE_OPS_NO_MASK=1"])
 def test_eval_with_masking_turned_off_keeps_the_values_and_says_so(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    monkeypatch.setenv("ERNIE_OPS_NO_MASK", "1")
+    flags = [how] if how.startswith("--") else []
+    if not flags:
+        monkeypatch.setenv(*how.split("="))
     suite, out = _suite(tmp_path), tmp_path / "eval"
     with serving(create_standin(_answers())) as (url, _):
-        assert main(["eval", url, "--suite", str(suite), "--out", str(out)]) == 0
+        assert main(["eval", url, "--suite", str(suite), "--out", str(out), *flags]) == 0
     assert json.loads((out / "eval.json").read_text())["masked"] is False
     assert {v for _, v in _leaks(out)} == set(VALUES)
     assert "NOT masked" in (out / "eval.md").read_text()
@@ -82,6 +85,10 @@ def test_smoke_evidence_quoting_answers_is_masked(tmp_path: Path) -> None:
     assert data["masked"] is True
     assert any("<EMAIL_1>" in c["evidence"] for c in data["checks"])
     assert not _leaks(out)
+    with serving(create_standin({}, default="Mail anna.schmidt@example.de.")) as (url, _):
+        main(["smoke", url, "--out", str(out), "--expect", "none", "--no-mask"])
+    assert json.loads((out / "smoke.json").read_text())["masked"] is False
+    assert "anna.schmidt@example.de" in (out / "smoke.json").read_text()
 
 
 def test_the_pipeline_reports_examples_are_masked_even_from_an_older_report() -> None:

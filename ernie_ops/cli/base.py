@@ -46,3 +46,15 @@ def endpoint_from(args: argparse.Namespace) -> Endpoint:
     from ernie_ops.validate.client import Endpoint  # lazy: aiohttp is not needed for `--help`
 
     return Endpoint.parse(args.url, args.api_key_env, args.model)
+
+
+def add_mask_argument(parser: argparse.ArgumentParser) -> None:
+    """--no-mask: what `eval`, `smoke` and `pipeline` write keeps personal data as it was."""
+    parser.add_argument(
+        "--no-mask",
+        dest="mask",
+        action="store_false",
+        help="do not mask personal data in the results and reports this run writes (masked by default; "
+        "the report says when it was off; ERNIE_OPS_NO_MASK=1 does the same). Names of people are never "
+        "detected: that needs a NER model (see ernie_ops.privacy)",
+    )

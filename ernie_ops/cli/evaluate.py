@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ernie_ops.argtypes import positive_float, positive_int
-from ernie_ops.cli.base import Subcommand, add_endpoint_arguments, endpoint_from
+from ernie_ops.cli.base import Subcommand, add_endpoint_arguments, add_mask_argument, endpoint_from
 from ernie_ops.errors import UserError
 
 SHOWN_FAILURES = 5  # items below 1.0 printed on the console (the report lists more)
@@ -79,6 +79,7 @@ class Eval(Subcommand):
         parser.add_argument("--min-score", type=float, help="exit 1 when the overall score is below this")
         parser.add_argument("--out", type=Path, help="report directory (default runs/eval-<suite>-<time>)")
         parser.add_argument("--json", action="store_true", help="the summary as JSON on stdout")
+        add_mask_argument(parser)
         parser.add_argument(
             "--write-examples", type=Path, metavar="DIR", help="write the example suites and exit"
         )
@@ -172,6 +173,7 @@ def _run(endpoint: Any, suite: Any, args: argparse.Namespace, log: Any) -> Any:
                 args.body,
                 args.timeout,
                 on_result=lambda _row: bar.update(),
+                mask=None if args.mask else False,
             )
         )
 

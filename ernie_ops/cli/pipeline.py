@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
-from ernie_ops.cli.base import Subcommand
+from ernie_ops.cli.base import Subcommand, add_mask_argument
 from ernie_ops.errors import UserError
 
 STAGE_LIST = "check, lint, train, export, verify, serve, smoke, bench, eval, compare, stop, report"
@@ -42,10 +43,14 @@ class PipelineCommand(Subcommand):
         parser.add_argument(
             "--runs-dir", type=Path, default=Path("runs"), help="where pipeline directories go"
         )
+        add_mask_argument(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from ernie_ops.pipeline.runner import Pipeline
+        from ernie_ops.privacy import NO_MASK_ENV
 
+        if not args.mask:  # the stages run in this process and read it, as eval and smoke do
+            os.environ[NO_MASK_ENV] = "1"
         if args.resume is not None:
             if args.spec or args.recipe:
                 raise UserError("--resume continues a pipeline as it was started: give no spec or recipe")

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ernie_ops.argtypes import positive_float, positive_int
-from ernie_ops.cli.base import Subcommand, add_endpoint_arguments, endpoint_from
+from ernie_ops.cli.base import Subcommand, add_endpoint_arguments, add_mask_argument, endpoint_from
 
 
 class Smoke(Subcommand):
@@ -46,6 +46,7 @@ class Smoke(Subcommand):
         parser.add_argument(
             "--out", type=Path, metavar="DIR", help="write smoke.json, smoke.md and smoke.html here"
         )
+        add_mask_argument(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         import asyncio
@@ -64,7 +65,15 @@ class Smoke(Subcommand):
             )
 
         report = asyncio.run(
-            run_smoke(endpoint, expect, args.max_tokens, args.concurrency, args.timeout, on_check=show)
+            run_smoke(
+                endpoint,
+                expect,
+                args.max_tokens,
+                args.concurrency,
+                args.timeout,
+                on_check=show,
+                mask=None if args.mask else False,
+            )
         )
         counts = report.counts()
         summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
