@@ -19,7 +19,19 @@ from ernie_ops.recipe.load import LoadedRecipe
 from ernie_ops.recipe.problems import Problem, error
 from ernie_ops.spec import check_fields, field_types, load_yaml, missing, raise_problems, text_overrides
 
-QUANTIZATIONS = ("bf16", "wint8", "wint4", "wint2", "block_wise_fp8", "tensor_wise_fp8", "w4a8", "mix_quant")
+FASTDEPLOY_QUANTIZATIONS = (
+    "bf16",
+    "wint8",
+    "wint4",
+    "wint2",
+    "block_wise_fp8",
+    "tensor_wise_fp8",
+    "w4a8",
+    "mix_quant",
+)
+# the GGUF types the llama.cpp engine serves (`engine: llamacpp`, serve/backends/llamacpp.py)
+GGUF_QUANTIZATIONS = ("f32", "f16", "q8_0", "q4_0")
+QUANTIZATIONS: tuple[str, ...] = FASTDEPLOY_QUANTIZATIONS + GGUF_QUANTIZATIONS
 # ERNIE-4.5-VL processor kwargs and the types FastDeploy's processor expects (shared reference)
 MM_PROCESSOR_KWARGS: dict[str, type] = {
     "spatial_conv_size": int,
@@ -174,10 +186,31 @@ def _rules(p: ServeProfile, recipe: LoadedRecipe) -> list[Problem]:
             error(
                 where("quantization"),
                 "quantization",
-                f"{p.quantization!r} is not a FastDeploy quantization ({', '.join(QUANTIZATIONS)})",
+                f"{p.quantization!r} is not a FastDeploy quantization or GGUF ({', '.join(QUANTIZATIONS)})",
                 f"did you mean {guess!r}?" if guess else "",
             )
         )
+    elif isinstance(p.quantization, str) and (p.quantization in GGUF_QUANTIZATIONS) != (
+        p.engine == "llamacpp"
+    ):
+        if p.engine == "llamacpp" and p.quantization != "bf16":  # bf16, the default: the file's own type
+            out.append(
+                error(
+                    where("quantization"),
+                    "quantization",
+                    f"{p.quantization!r} is not a GGUF type the llamacpp engine serves",
+                    f"one of {', '.join(GGUF_QUANTIZATIONS)} (ernie-ops export RUN --format gguf --quant Q)",
+                )
+            )
+        elif p.engine is not None:  # None: the engine is chosen later (--engine)
+            out.append(
+                error(
+                    where("quantization"),
+                    "quantization",
+                    f"{p.quantization!r} is a GGUF type: only engine: llamacpp serves GGUF files",
+                    "engine: llamacpp",
+                )
+            )
     elif isinstance(p.quantization, dict) and p.quantization.get("quantization") != "mix_quant":
         out.append(
             error(
