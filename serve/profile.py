@@ -190,27 +190,24 @@ def _rules(p: ServeProfile, recipe: LoadedRecipe) -> list[Problem]:
                 f"did you mean {guess!r}?" if guess else "",
             )
         )
-    elif isinstance(p.quantization, str) and (p.quantization in GGUF_QUANTIZATIONS) != (
-        p.engine == "llamacpp"
-    ):
-        if p.engine == "llamacpp" and p.quantization != "bf16":  # bf16, the default: the file's own type
-            out.append(
-                error(
-                    where("quantization"),
-                    "quantization",
-                    f"{p.quantization!r} is not a GGUF type the llamacpp engine serves",
-                    f"one of {', '.join(GGUF_QUANTIZATIONS)} (ernie-ops export RUN --format gguf --quant Q)",
-                )
+    elif p.engine == "llamacpp" and p.quantization not in (*GGUF_QUANTIZATIONS, "bf16"):  # bf16: the default
+        out.append(
+            error(
+                where("quantization"),
+                "quantization",
+                f"{p.quantization!r} is not a GGUF type the llamacpp engine serves",
+                f"one of {', '.join(GGUF_QUANTIZATIONS)} (ernie-ops export RUN --format gguf --quant Q)",
             )
-        elif p.engine is not None:  # None: the engine is chosen later (--engine)
-            out.append(
-                error(
-                    where("quantization"),
-                    "quantization",
-                    f"{p.quantization!r} is a GGUF type: only engine: llamacpp serves GGUF files",
-                    "engine: llamacpp",
-                )
+        )
+    elif p.engine not in (None, "llamacpp") and p.quantization in GGUF_QUANTIZATIONS:  # None: --engine later
+        out.append(
+            error(
+                where("quantization"),
+                "quantization",
+                f"{p.quantization!r} is a GGUF type: only engine: llamacpp serves GGUF files",
+                "engine: llamacpp",
             )
+        )
     elif isinstance(p.quantization, dict) and p.quantization.get("quantization") != "mix_quant":
         out.append(
             error(

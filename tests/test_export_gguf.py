@@ -181,6 +181,35 @@ def test_cli_export_gguf(perturbed, tmp_path, cli):
     assert wrong.returncode != 0 and "--quant applies to --format gguf" in wrong.stderr
 
 
+def test_run_export_gguf_is_recorded_and_served_by_quantization(perturbed, tmp_path, cli):
+    import shutil
+
+    from ernie_ops.serve.backends.llamacpp import BACKEND
+    from ernie_ops.serve.profile import profile_for_checkpoint
+    from ernie_ops.train.record import RunRecord
+
+    run = tmp_path / "runs" / "sft-full-1"
+    output = run / "output"
+    shutil.copytree(perturbed, output)
+    RunRecord(
+        name=run.name,
+        run_dir=str(run),
+        recipe_source="recipe.yaml",
+        status="succeeded",
+        fine_tuning="Full",
+        model_name_or_path=str(perturbed),
+        output_dir=str(output),
+    ).save()
+    for quant in ("q8_0", "q4_0"):
+        result = cli("export", str(run), "--format", "gguf", "--quant", quant, "--no-forward", "--json")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert json.loads(result.stdout)["exported"] == str(run / "export-gguf" / f"{run.name}-{quant}.gguf")
+    exports = RunRecord.load(run).exports["gguf"]
+    assert sorted(exports) == ["q4_0", "q8_0"] and exports["q4_0"]["from"] == str(output)
+    target = BACKEND.resolve(profile_for_checkpoint(str(run), ["quantization=q4_0"]))
+    assert target.model_dir == run / "export-gguf" / f"{run.name}-q4_0.gguf" and target.run_dir == run
+
+
 # ---------------------------------------------------------------------------------------------
 # the proof: llama.cpp loads the file and gives ERNIEKit's logits
 

@@ -468,6 +468,11 @@ def read(path: Path | str) -> dict[str, Any]:
     return {"metadata": meta, "tensors": tensors}
 
 
+def read_metadata(path: Path | str) -> dict[str, Any]:
+    """The metadata of a GGUF file (token lists as their lengths), without the tensor table."""
+    return read(path)["metadata"]
+
+
 def token_list(path: Path | str) -> list[str]:
     g = _gguf()
     reader = g.GGUFReader(str(path), "r")
@@ -483,5 +488,6 @@ __all__ = [
     "convert",
     "is_gguf",
     "read",
+    "read_metadata",
     "token_list",
 ]

@@ -1,0 +1,259 @@
+"""llama.cpp on CPU (`engine: llamacpp`): a GGUF file (`ernie-ops export RUN --format gguf --quant Q`)
+served by llama-cpp-python's OpenAI-compatible server (`python -m llama_cpp.server`, the optional
+extra `llamacpp`: `pip install "llama-cpp-python[server]"`, which compiles llama.cpp at install).
+
+- The model is one `.gguf` file, a directory holding some, or a run whose GGUF exports run.json
+  records (exports.gguf.<quant>); `quantization:` (f32 | f16 | q8_0 | q4_0) picks among them and
+  must match the file's own type. A checkpoint directory is refused with the export command.
+- The chat template and the end-of-turn token come from the file (the export writes them); the
+  server's own settings (llama_cpp/server/settings.py) are given explicitly where its defaults do
+  not suit a shared server: `--interrupt_requests False` (its default cancels a streaming answer
+  when the next request arrives), `--logits_all False` (its default keeps the logits of every
+  position: vocabulary x context floats), `--use_mlock False`, `--n_ctx` from max_model_len capped
+  at the model's context.
+- Threads: llama.cpp's threads busy-wait, and collapse when another process shares the cores. The
+  default is the machine's physical cores available to this process (n_threads and n_threads_batch);
+  ERNIE_OPS_LLAMACPP_THREADS overrides it. Not measured against a busy neighbour yet.
+- The server handles one request at a time (llama-cpp-python has no continuous batching);
+  concurrent requests queue. The API key goes in its environment (`API_KEY`, read by its pydantic
+  settings), never on the command line.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ernie_ops.errors import UserError
+from ernie_ops.serve.backends.base import Backend, Command
+
+if TYPE_CHECKING:
+    from ernie_ops.serve.preflight import Target
+    from ernie_ops.serve.profile import ServeProfile
+
+MODULE = "llama_cpp.server"
+INSTALL = 'pip install "llama-cpp-python[server]>=0.3.16,<0.4"  (the `llamacpp` extra; compiles llama.cpp)'
+SERVER_MODULES = ("fastapi", "uvicorn", "sse_starlette", "starlette_context", "pydantic_settings")
+THREADS_ENV = "ERNIE_OPS_LLAMACPP_THREADS"
+API_KEY_ENV = "API_KEY"  # its pydantic settings read the field api_key from the environment
+# general.file_type -> the profile's quantization name (gguf.LlamaFileType)
+FILE_TYPES = {0: "f32", 1: "f16", 7: "q8_0", 2: "q4_0"}
+
+
+def physical_cores() -> int:
+    """The physical cores this process may run on (hyperthread siblings counted once)."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return max(os.cpu_count() or 1, 1)
+    cores: set[tuple[str, str]] = set()
+    try:
+        for cpu in allowed:
+            topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+            cores.add(
+                (
+                    (topology / "physical_package_id").read_text().strip(),
+                    (topology / "core_id").read_text().strip(),
+                )
+            )
+    except OSError:
+        return max(len(allowed), 1)
+    return max(len(cores), 1)
+
+
+def threads() -> int:
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise UserError(f"{THREADS_ENV}={value!r} is not a thread count", hint=f"e.g. {THREADS_ENV}=2")
+        return int(value)
+    return physical_cores()
+
+
+def gguf_info(path: Path) -> dict[str, Any]:
+    """Architecture, type and context length of a GGUF file (its metadata only)."""
+    from ernie_ops.train.gguf_format import read_metadata
+
+    meta = read_metadata(path)
+    arch = str(meta.get("general.architecture", ""))
+    return {
+        "architecture": arch,
+        "quant": FILE_TYPES.get(int(meta.get("general.file_type", -1))),
+        "context": int(meta.get(f"{arch}.context_length", 0) or 0),
+        "chat_template": "tokenizer.chat_template" in meta,
+    }
+
+
+class LlamaCpp(Backend):
+    name = "llamacpp"
+    title = "llama.cpp (llama-cpp-python's server)"
+    described = "llama.cpp on CPU"
+    serves = "GGUF files (ernie-ops export --format gguf) on CPU with llama.cpp: f32, f16, q8_0, q4_0"
+    priority = 95  # never the default: chosen with --engine llamacpp / engine: llamacpp
+    default_host = "127.0.0.1"
+    health_path = "/v1/models"  # llama-cpp-python has no /health; the model is loaded before it listens
+    api_key_env = API_KEY_ENV
+
+    def unavailable(self) -> str | None:
+        if importlib.util.find_spec("llama_cpp") is None:
+            return "llama-cpp-python is not installed (the `llamacpp` extra)"
+        missing = [m for m in (*SERVER_MODULES, "gguf") if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"llama-cpp-python's server needs {', '.join(missing)} (the `llamacpp` extra)"
+        return None
+
+    def resolve(self, profile: ServeProfile) -> Target:
+        from ernie_ops.serve.preflight import Target
+
+        path = Path(profile.model).expanduser()
+        run_dir = None
+        if (path / "run.json").is_file():
+            run_dir = path
+            path = self._run_export(path, profile)
+        elif path.is_dir():
+            path = self._in_directory(path, profile)
+        if not path.is_file():
+            raise UserError(
+                f"{profile.model} is not a local GGUF file, directory of them or run directory",
+                hint="ernie-ops export RUN --format gguf --quant q8_0, then serve the .gguf it writes",
+            )
+        from ernie_ops.train.gguf_format import is_gguf
+
+        if not is_gguf(path):
+            raise UserError(
+                f"{path} is not a GGUF file: llama.cpp serves GGUF",
+                hint="ernie-ops export CHECKPOINT --format gguf --quant q8_0   # then serve the .gguf",
+            )
+        return Target(path.resolve(), None, False, False, run_dir)
+
+    @staticmethod
+    def _wanted(profile: ServeProfile) -> str | None:
+        from ernie_ops.serve.profile import GGUF_QUANTIZATIONS
+
+        q = profile.quantization
+        return q if isinstance(q, str) and q in GGUF_QUANTIZATIONS else None
+
+    def _run_export(self, run: Path, profile: ServeProfile) -> Path:
+        from ernie_ops.train.record import RunRecord
+
+        exports = {q: Path(e["path"]) for q, e in (RunRecord.load(run).exports.get("gguf") or {}).items()}
+        exports = {q: p for q, p in exports.items() if p.is_file()}
+        wanted = self._wanted(profile)
+        if wanted in exports:
+            return exports[wanted]
+        if wanted is None and len(exports) == 1:
+            return next(iter(exports.values()))
+        have = f" (it has {', '.join(sorted(exports))}; set quantization: to one)" if exports else ""
+        raise UserError(
+            f"run {run} has no GGUF export{' in ' + wanted if wanted else ''}{have}: "
+            "llama.cpp serves GGUF files",
+            hint=f"ernie-ops export {run} --format gguf --quant {wanted or 'q8_0'}",
+        )
+
+    def _in_directory(self, directory: Path, profile: ServeProfile) -> Path:
+        files = sorted(directory.glob("*.gguf"))
+        if not files:
+            what = "a checkpoint" if (directory / "config.json").is_file() else "a directory"
+            raise UserError(
+                f"{directory} is {what} without a GGUF file: llama.cpp serves GGUF files",
+                hint=f"ernie-ops export {directory} --format gguf --quant q8_0   # writes "
+                f"{directory.name}-q8_0.gguf beside it; serve that",
+            )
+        wanted = self._wanted(profile)
+        if wanted:
+            files = [f for f in files if gguf_info(f)["quant"] == wanted]
+        if len(files) != 1:
+            raise UserError(
+                f"{directory} holds {len(files) or 'no'} GGUF file(s)"
+                + (f" of type {wanted}" if wanted else "")
+                + ": name the file as model:",
+                hint="model: path/to/file.gguf",
+            )
+        return files[0]
+
+    def preflight(self, profile: ServeProfile, target: Target) -> list[str]:
+        from ernie_ops.serve.preflight import check_ports
+
+        why = self.unavailable()
+        if why:
+            raise UserError(f"the llamacpp engine cannot run here: {why}", hint=INSTALL)
+        info = gguf_info(target.model_dir)
+        wanted = self._wanted(profile)
+        if wanted and info["quant"] != wanted:
+            raise UserError(
+                f"{target.model_dir} is {info['quant'] or 'of another type'}, the profile says "
+                f"quantization: {wanted}",
+                hint=f"serve a {wanted} export (ernie-ops export RUN --format gguf --quant {wanted}) "
+                "or change quantization:",
+            )
+        if not info["architecture"].startswith("ernie4_5"):
+            raise UserError(
+                f"{target.model_dir} is a {info['architecture'] or 'unknown'} model, not ERNIE 4.5",
+                hint="serve a file written by ernie-ops export --format gguf",
+            )
+        if profile.chat_template:
+            raise UserError(
+                "chat_template: llama.cpp uses the chat template inside the GGUF file",
+                hint="put the template beside the checkpoint as chat_template.jinja and export again",
+            )
+        check_ports(profile, only_main=True)
+        n_ctx = self._n_ctx(profile, info)
+        lines = [
+            f"llama.cpp: {threads()} thread(s) ({THREADS_ENV} overrides; physical cores: "
+            f"{physical_cores()}), context {n_ctx}, requests served one at a time"
+        ]
+        if not info["chat_template"]:
+            lines.append("warning: the file has no chat template: llama.cpp falls back to its default format")
+        return lines
+
+    @staticmethod
+    def _n_ctx(profile: ServeProfile, info: dict[str, Any]) -> int:
+        context = info.get("context") or 0
+        return min(profile.max_model_len, context) if context else profile.max_model_len
+
+    def command(
+        self, profile: ServeProfile, target: Target | None = None, python: str | None = None
+    ) -> Command:
+        from ernie_ops.serve.profile import api_key
+
+        model = str(target.model_dir) if target is not None else profile.model
+        n_ctx = profile.max_model_len
+        if target is not None:
+            n_ctx = self._n_ctx(profile, gguf_info(target.model_dir))
+        n = str(threads())
+        argv = [
+            python or sys.executable,
+            "-m",
+            MODULE,
+            "--model",
+            model,
+            "--host",
+            profile.host or self.default_host,
+            "--port",
+            str(profile.port),
+            "--n_ctx",
+            str(n_ctx),
+            "--n_threads",
+            n,
+            "--n_threads_batch",
+            n,
+            "--interrupt_requests",
+            "False",
+            "--logits_all",
+            "False",
+            "--use_mlock",
+            "False",
+        ]
+        if profile.served_model_name:
+            argv += ["--model_alias", profile.served_model_name]
+        env = {}
+        key = api_key(profile) if target is not None else None  # read only to start, never to show
+        if key:
+            env[API_KEY_ENV] = key
+        return Command(argv, env)
+
+
+BACKEND = LlamaCpp()
