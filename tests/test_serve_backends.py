@@ -27,8 +27,8 @@ def free_port() -> int:
 
 
 def test_the_registry_finds_every_backend_module_preferred_first():
-    assert backends.names() == ("fastdeploy", "vllm", "paddle")
-    fastdeploy, _, paddle = backends.all_backends()
+    assert backends.names() == ("fastdeploy", "vllm", "paddle", "llamacpp")
+    fastdeploy, _, paddle, _ = backends.all_backends()
     assert (fastdeploy.port_block, paddle.port_block) == (4, 1)
     assert (fastdeploy.default_host, paddle.default_host) == ("0.0.0.0", "127.0.0.1")
     assert fastdeploy.health_path == paddle.health_path == "/health"
@@ -139,7 +139,7 @@ def test_a_third_backend_is_one_module_the_cli_serves_status_and_stops_unchanged
     echo_backend, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.chdir(tmp_path)
-    assert backends.names() == ("fastdeploy", "vllm", "paddle", "echo")
+    assert backends.names() == ("fastdeploy", "vllm", "paddle", "llamacpp", "echo")
     port = free_port()
     assert main(["serve", str(tmp_path), "--backend", "echo", "--port", str(port), "--print-command"]) == 0
     assert capsys.readouterr().out.strip().endswith(f" {port}")
