@@ -487,3 +487,23 @@ def test_the_quick_scan_of_a_stream_agrees_with_the_full_parse():
     usage = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 7}}
     for raw in (sse(opening, *tokens, last), sse(opening, *tokens, last, usage)):
         assert read_stream(raw) == _parse_stream(raw, False)
+
+
+def test_content_is_logged_only_when_asked_and_then_masked(tmp_path):
+    from standin_openai import prompt_key
+
+    messages = [{"role": "user", "content": "mail jane.doe@example.com please"}]
+    answers = {prompt_key(messages): "I wrote to jane.doe@example.com"}
+    with (
+        serving(create_standin(answers, model="standin")) as (stable, _),
+        gateway(stable, None, tmp_path, log_content=True) as url,
+    ):
+        body = {"model": "standin", "messages": messages, "stream": True}
+        r = httpx.post(url + "/v1/chat/completions", json=body, timeout=GUARD_S)
+        assert "jane.doe@example.com" in r.text  # the client gets the real answer
+        log_file = tmp_path / "log" / "requests.jsonl"
+        eventually(lambda: log_file.exists() and log_file.read_text(), "the line written")
+    entry = json.loads(log_file.read_text())
+    assert "jane.doe" not in log_file.read_text()
+    assert entry["request"][0]["content"] == "mail <EMAIL_1> please"
+    assert entry["answer"] == "I wrote to <EMAIL_1>"  # one numbering for the whole line

@@ -88,7 +88,7 @@ class Gateway(Subcommand):
         run.add_argument(
             "--log-content",
             action="store_true",
-            help="log prompts and answers, PII-masked (needs the privacy masker; refused until it exists)",
+            help="log prompts and answers too, PII-masked (ernie_ops.privacy; default: figures only)",
         )
         run.add_argument(
             "--admin-key-env",
@@ -171,11 +171,8 @@ def _run(args: argparse.Namespace) -> int:
     from ernie_ops.rollout.routing import Routing
     from ernie_ops.validate.client import Endpoint
 
-    if args.log_content:
-        raise UserError(
-            "--log-content needs the PII masker (issue 'Personal data'), which is not in this version",
-            hint="run without --log-content: the request log keeps figures, models and tool names only",
-        )
+    if args.log_content and args.no_log:
+        raise UserError("--log-content with --no-log: there is no log to put content in")
     import os
 
     config = GatewayConfig(
@@ -188,6 +185,7 @@ def _run(args: argparse.Namespace) -> int:
         log_dir=None if args.no_log else args.log_dir,
         log_max_bytes=int(args.log_max_mb * 2**20),
         retention_days=args.retention_days,
+        log_content=args.log_content,
         admin_key=os.environ.get(args.admin_key_env) or None,
         api_key=Endpoint.parse("x", args.api_key_env).api_key if args.api_key_env else None,
         sticky_header=args.sticky_header,

