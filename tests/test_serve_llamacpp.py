@@ -116,7 +116,7 @@ def test_command_threads_context_alias_and_the_key_kept_out_of_argv(tmp_path, mo
     monkeypatch.setenv(llamacpp.THREADS_ENV, "3")
     launch = backend.command(profile, backend.resolve(profile), python="python")
     argv = launch.argv
-    assert argv[:3] == ["python", "-m", "llama_cpp.server"]
+    assert argv[:3] == ["python", "-m", "ernie_ops.serve.backends._llamacpp_server"]
 
     def flag(name):
         return argv[argv.index(name) + 1]
@@ -178,7 +178,7 @@ def test_the_shipped_cpu_profile(capsys):
     assert profile.engine == "llamacpp" and profile.quantization == "q4_0" and profile.host == "127.0.0.1"
     assert main(["serve", str(PROFILE), "--print-command"]) == 0
     out = capsys.readouterr().out
-    assert "-m llama_cpp.server" in out and "--n_ctx 4096" in out
+    assert "-m ernie_ops.serve.backends._llamacpp_server" in out and "--n_ctx 4096" in out
     assert f"ernie-ops serve {PROFILE.relative_to(REPO)}" in PROFILE.read_text()
 
 
@@ -210,7 +210,7 @@ def test_serve_chat_stream_smoke_and_bench_through_llama_cpp(tiny_gguf, cli, tmp
         "--set", "served_model_name=tiny", "--detach", cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert started.returncode == 0, started.stdout + started.stderr
-    assert "llama_cpp.server" in started.stdout
+    assert "_llamacpp_server" in started.stdout
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
         assert [m.id for m in client.models.list().data] == ["tiny"]

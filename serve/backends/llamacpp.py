@@ -14,6 +14,8 @@ extra `llamacpp`: `pip install "llama-cpp-python[server]"`, which compiles llama
 - Threads: llama.cpp's threads busy-wait, and collapse when another process shares the cores. The
   default is the machine's physical cores available to this process (n_threads and n_threads_batch);
   ERNIE_OPS_LLAMACPP_THREADS overrides it. Not measured against a busy neighbour yet.
+- It runs through `_llamacpp_server.py`, which is `python -m llama_cpp.server` with llama.cpp's
+  extra buffer types off on CPUs with AMX (where this llama.cpp crashes on q8_0 / q4_0 in them).
 - The server handles one request at a time (llama-cpp-python has no continuous batching);
   concurrent requests queue. The API key goes in its environment (`API_KEY`, read by its pydantic
   settings), never on the command line.
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
     from ernie_ops.serve.preflight import Target
     from ernie_ops.serve.profile import ServeProfile
 
-MODULE = "llama_cpp.server"
+MODULE = "ernie_ops.serve.backends._llamacpp_server"  # llama_cpp.server, AMX-safe (see there)
 INSTALL = 'pip install "llama-cpp-python[server]>=0.3.16,<0.4"  (the `llamacpp` extra; compiles llama.cpp)'
 SERVER_MODULES = ("fastapi", "uvicorn", "sse_starlette", "starlette_context", "pydantic_settings")
 THREADS_ENV = "ERNIE_OPS_LLAMACPP_THREADS"

@@ -1,0 +1,58 @@
+"""llama-cpp-python's OpenAI server (`python -m llama_cpp.server`, the same arguments), started by the
+llamacpp engine through this module for one reason: on CPUs with AMX (Intel Sapphire Rapids and
+later) the llama.cpp that llama-cpp-python 0.3.36 builds with GGML_NATIVE crashes (SIGSEGV in
+decode) on q8_0 / q4_0 weights placed in its AMX buffer type, whatever wrote the file (its own
+`llama_model_quantize` too). The server has no setting for it, so here the model parameters'
+`use_extra_bufts` (AMX and the CPU repack buffers) is turned off on such CPUs before the server
+loads the model. ERNIE_OPS_LLAMACPP_EXTRA_BUFFERS=1 keeps them (=0 turns them off anywhere).
+
+Not registered as a backend (the leading underscore); run as `python -m` by the engine only.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+from pathlib import Path
+
+ENV = "ERNIE_OPS_LLAMACPP_EXTRA_BUFFERS"
+
+
+def cpu_has_amx() -> bool:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return any(line.startswith("flags") and " amx_int8" in line for line in text.splitlines())
+
+
+def extra_buffers() -> bool:
+    value = os.environ.get(ENV, "").strip()
+    if value in ("0", "1"):
+        return value == "1"
+    return not cpu_has_amx()
+
+
+def disable_extra_buffers() -> None:
+    """Every model llama-cpp-python loads from now on in this process: no extra buffer types."""
+    import llama_cpp.llama_cpp as lib
+
+    original = lib.llama_model_default_params
+
+    def params():  # type: ignore[no-untyped-def]
+        p = original()
+        p.use_extra_bufts = False
+        return p
+
+    lib.llama_model_default_params = params
+
+
+def main() -> None:
+    if not extra_buffers():
+        disable_extra_buffers()
+        print(f"ernie-ops: llama.cpp extra buffer types (AMX, repack) off ({ENV}=1 keeps them)", flush=True)
+    runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()
