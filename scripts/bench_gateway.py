@@ -303,8 +303,13 @@ def main() -> int:
                 f"core {client_core} (of {len(cores)}); nice {NICE}",
                 flush=True,
             )
+            cpu0 = gw_paced.cpu_seconds()
             latency = asyncio.run(
                 latency_part(paced.url, gw_paced.url, args.rate, args.requests, args.tokens)
+            )
+            # the gateway's own CPU per request: what it adds when the machine gives it a core at once
+            latency["gateway_cpu_ms_per_request"] = (
+                (gw_paced.cpu_seconds() - cpu0) * 1000 / (args.requests // 2)
             )
             rate = rate_part(instant, gw_instant, args.concurrency, args.seconds, args.tokens, args.repeat)
         finally:
@@ -338,7 +343,8 @@ def main() -> int:
     print(
         f"\npart 1: {args.requests} streamed requests ({args.tokens} chunks, {args.delay_ms:g} ms apart) at "
         f"{args.rate:g}/s, direct and gateway interleaved; failed {latency['failed']}; "
-        f"client send lag p99 {latency['send_late_ms_p99']} ms"
+        f"client send lag p99 {latency['send_late_ms_p99']} ms; gateway CPU "
+        f"{latency['gateway_cpu_ms_per_request']:.3f} ms per request (its /proc times; 10 ms ticks)"
     )
     print_table(rows)
     rows = [["part 2", "req/s", "failed", "gateway CPU", "client CPU", "null CPU", "req per gateway CPU-s"]]
