@@ -943,11 +943,10 @@ async def run_level(
 
     start = time.perf_counter()
     workers = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, len(planned)))]
-    waits: list[asyncio.Future[Any]] = list(workers)
-    stopper = asyncio.ensure_future(stop.event.wait()) if stop is not None else None
+    waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(asyncio.wait(workers))]
+    if stop is not None:
+        waits.append(asyncio.ensure_future(stop.event.wait()))
     try:
-        everything = asyncio.ensure_future(asyncio.wait(workers))
-        waits = [everything] + ([stopper] if stopper is not None else [])
         await asyncio.wait(waits, timeout=options.max_duration, return_when=asyncio.FIRST_COMPLETED)
         pending = [task for task in workers if not task.done()]
         for task in pending:
