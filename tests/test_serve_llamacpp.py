@@ -205,14 +205,18 @@ def test_serve_chat_stream_smoke_and_bench_through_llama_cpp(tiny_gguf, cli, tmp
     import openai
 
     port = _free_port()
+    monkeypatch.setenv("TINY_KEY", "sk-tiny")  # the readiness probe has no key: it must not need one
     started = cli(
         "serve", str(tiny_gguf), "--engine", "llamacpp", "--set", f"port={port}",
-        "--set", "served_model_name=tiny", "--detach", cwd=tmp_path, timeout=300,
+        "--set", "served_model_name=tiny", "--set", "api_key_env=TINY_KEY", "--detach",
+        cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert started.returncode == 0, started.stdout + started.stderr
     assert "_llamacpp_server" in started.stdout
     try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong").models.list()
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-tiny")
         assert [m.id for m in client.models.list().data] == ["tiny"]
         messages = [{"role": "user", "content": "Hi"}]
         reply = client.chat.completions.create(model="tiny", messages=messages, max_tokens=4, temperature=0)
@@ -226,14 +230,17 @@ def test_serve_chat_stream_smoke_and_bench_through_llama_cpp(tiny_gguf, cli, tmp
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert text == reply.choices[0].message.content  # greedy: the same answer streamed
 
-        smoke = cli("smoke", f"127.0.0.1:{port}", "--out", str(tmp_path / "smoke"), "--json", timeout=300)
+        smoke = cli(
+            "smoke", f"127.0.0.1:{port}", "--api-key-env", "TINY_KEY", "--out", str(tmp_path / "smoke"),
+            "--json", timeout=300,
+        )  # fmt: skip
         report = json.loads(smoke.stdout)
         status = {c["name"]: c["status"] for c in report["checks"]}
         for name in ("models", "chat", "streaming", "max_tokens"):
             assert status[name] == "PASS", (name, smoke.stdout[-3000:], smoke.stderr[-2000:])
         bench = cli(
-            "bench", f"127.0.0.1:{port}", "--num-prompts", "4", "--concurrency", "2",
-            "--out", str(tmp_path / "bench"), timeout=300,
+            "bench", f"127.0.0.1:{port}", "--api-key-env", "TINY_KEY", "--num-prompts", "4",
+            "--concurrency", "2", "--out", str(tmp_path / "bench"), timeout=300,
         )  # fmt: skip
         assert bench.returncode == 0, bench.stdout[-3000:] + bench.stderr[-3000:]
         status_out = json.loads(cli("serve", "status", "--json", cwd=tmp_path).stdout)

@@ -96,7 +96,10 @@ class LlamaCpp(Backend):
     serves = "GGUF files (ernie-ops export --format gguf) on CPU with llama.cpp: f32, f16, q8_0, q4_0"
     priority = 95  # never the default: chosen with --engine llamacpp / engine: llamacpp
     default_host = "127.0.0.1"
-    health_path = "/v1/models"  # llama-cpp-python has no /health; the model is loaded before it listens
+    # llama-cpp-python has no /health and every /v1 route wants the API key, which the supervisor's
+    # probe does not have; FastAPI's schema answers without one, and the model is loaded before the
+    # server listens (create_app loads it, then uvicorn starts)
+    health_path = "/openapi.json"
     api_key_env = API_KEY_ENV
 
     def unavailable(self) -> str | None:
