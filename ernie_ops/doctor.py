@@ -271,6 +271,81 @@ def check_fastdeploy(paddle_version: str | None, gpu_count: int) -> list[Check]:
     return checks
 
 
+def _erniekit_source_commit() -> str | None:
+    """The git commit of an ERNIEKit installed from a source checkout (pip install -e), else None."""
+    import json
+    import subprocess
+    from urllib.parse import unquote, urlparse
+
+    try:
+        text = md.distribution("erniekit").read_text("direct_url.json")
+    except md.PackageNotFoundError:
+        return None
+    if not text:
+        return None
+    url = json.loads(text).get("url", "")
+    if not url.startswith("file://"):
+        return None
+    try:
+        result = subprocess.run(
+            ["git", "-C", unquote(urlparse(url).path), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def check_versions() -> list[Check]:
+    """The Paddle / FastDeploy / ERNIEKit versions found, and whether the Paddle / FastDeploy pair is
+    one FastDeploy documents (FASTDEPLOY_PADDLE); for an ERNIEKit from source, its commit and
+    whether a shipped schema snapshot was read from it."""
+    paddle = dist_version("paddlepaddle-gpu", "paddlepaddle")
+    fastdeploy = dist_version("fastdeploy-gpu")
+    erniekit = dist_version("erniekit")
+    commit = _erniekit_source_commit() if erniekit else None
+    parts = [f"{found[0]} {found[1]}" for found in (paddle, fastdeploy, erniekit) if found]
+    if commit:
+        parts[-1] += f" (source at {commit[:12]})"
+    data: dict = {
+        "paddle": paddle[1] if paddle else None,
+        "fastdeploy": fastdeploy[1] if fastdeploy else None,
+        "erniekit": erniekit[1] if erniekit else None,
+        "erniekit_commit": commit,
+        "documented_pair": None,
+    }
+    if commit:
+        import json
+
+        from ernie_ops.recipe.schema import snapshots
+
+        for version, path in snapshots().items():
+            if json.loads(path.read_text(encoding="utf-8")).get("commit") == commit:
+                data["schema_snapshot"] = version
+    found = ", ".join(parts) or "none of paddlepaddle, fastdeploy-gpu, erniekit"
+    if fastdeploy is None or paddle is None:
+        return [Check("versions", INFO, f"{found}; no Paddle/FastDeploy pair to check", data=data)]
+    series = ".".join(fastdeploy[1].split(".")[:2])
+    wanted = FASTDEPLOY_PADDLE.get(series)
+    documented = wanted is not None and paddle[1].startswith(wanted)
+    data["documented_pair"] = documented
+    pairs = ", ".join(f"{fd}/{pd}" for fd, pd in FASTDEPLOY_PADDLE.items())
+    if documented:
+        return [Check("versions", OK, f"{found}: a pair FastDeploy documents", data=data)]
+    return [
+        Check(
+            "versions",
+            WARN,
+            f"{found}: not a pair FastDeploy documents"
+            + (f" (fastdeploy-gpu {series} is built for paddlepaddle-gpu {wanted})" if wanted else ""),
+            f"install a documented fastdeploy/paddle pair ({pairs}): scripts/setup_gpu.sh",
+            data,
+        )
+    ]
+
+
 def check_serve_extras() -> list[Check]:
     missing = [m for m in ("fastapi", "uvicorn", "httpx") if importlib.util.find_spec(m) is None]
     if missing:
@@ -313,6 +388,7 @@ def run_doctor(progress: Callable[[str], None] | None = None) -> Report:
         paddle_version = paddle.data.get("version") if paddle else None
         gpus = paddle.data.get("gpu_count", 0) if paddle else 0
         checks += check_fastdeploy(paddle_version, gpus)
+        checks += check_versions()
         checks += check_serve_extras()
         checks += check_disk()
     return Report(checks)

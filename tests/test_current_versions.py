@@ -115,3 +115,49 @@ def test_setup_gpu_pins_erniekit_to_the_commit_of_the_newest_schema_snapshot():
     for fd, paddle in FASTDEPLOY_PADDLE.items():  # the script's pair table is doctor's
         assert f"{fd}*) echo {paddle} ;;" in text
     assert 'PADDLE_VERSION="${PADDLE_VERSION:-3.3.1}"' in text and "FASTDEPLOY_VERSION:-2.5" in text
+
+
+def _versions(monkeypatch, found: dict[str, str], commit: str | None = None):
+    from ernie_ops import doctor
+
+    def dist_version(*names: str):
+        return next(((n, found[n]) for n in names if n in found), None)
+
+    monkeypatch.setattr(doctor, "dist_version", dist_version)
+    monkeypatch.setattr(doctor, "_erniekit_source_commit", lambda: commit)
+    (check,) = doctor.check_versions()
+    return check
+
+
+def test_doctor_reports_the_versions_and_a_documented_pair(monkeypatch):
+    check = _versions(
+        monkeypatch, {"paddlepaddle-gpu": "3.3.1", "fastdeploy-gpu": "2.5.0", "erniekit": "1.4.0"}
+    )
+    assert check.status == "ok" and check.data["documented_pair"] is True
+    assert "paddlepaddle-gpu 3.3.1" in check.detail and "fastdeploy-gpu 2.5.0" in check.detail
+    assert "erniekit 1.4.0" in check.detail and "a pair FastDeploy documents" in check.detail
+
+
+def test_doctor_warns_on_a_pair_fastdeploy_does_not_document(monkeypatch):
+    check = _versions(monkeypatch, {"paddlepaddle-gpu": "3.3.0", "fastdeploy-gpu": "2.5.0"})
+    assert check.status == "warn" and check.data["documented_pair"] is False
+    assert "built for paddlepaddle-gpu 3.3.1" in check.detail and "setup_gpu.sh" in check.fix
+
+
+def test_doctor_names_the_erniekit_commit_and_its_snapshot(monkeypatch):
+    from ernie_ops.recipe.schema import LATEST, latest_version, load_schema
+
+    commit = load_schema(LATEST).commit
+    check = _versions(monkeypatch, {"paddlepaddle": "3.3.1", "erniekit": "1.4.0"}, commit)
+    assert check.status == "info" and check.data["documented_pair"] is None  # no FastDeploy here
+    assert f"source at {commit[:12]}" in check.detail
+    assert check.data["schema_snapshot"] == latest_version()
+
+
+def test_doctor_on_this_machine_reports_what_is_installed():
+    from ernie_ops.doctor import check_versions, dist_version
+
+    (check,) = check_versions()
+    for found in (dist_version("paddlepaddle-gpu", "paddlepaddle"), dist_version("erniekit")):
+        if found:
+            assert f"{found[0]} {found[1]}" in check.detail
