@@ -1200,6 +1200,15 @@ def _lag_note(result: BenchResult) -> str:
     return f"{where} (send lag p50/p99 ms: {lags}); this client's CPU, of one core: {cpu}{windows}"
 
 
+DEFINITIONS = (
+    "TTFT and E2E count from when a request was written (closed loop, as vLLM and GuideLLM) or from "
+    "when it was due (open loop: a client or server falling behind shows as latency); TPOT = (last "
+    "chunk - first chunk) / (output tokens - 1) per request = vLLM's TPOT = GuideLLM's ITL; ITL = "
+    "every gap between output chunks, pooled (vLLM's ITL; a chunk may carry several tokens); "
+    "goodput = requests meeting every SLO bound per second (vLLM's --goodput)."
+)
+
+
 def markdown(result: BenchResult, image: str | None = "bench.png") -> str:
     """A Markdown section for a deployment report: what was run, the table, the plot, the problems."""
     lines = ["## Load test", ""]
@@ -1209,12 +1218,17 @@ def markdown(result: BenchResult, image: str | None = "bench.png") -> str:
 
         rows = table_rows(result)
         lines += ["", md_table(rows, right=set(range(1, len(rows[0])))).rstrip("\n")]
-        lines += ["", "Latencies in ms; throughput per second of wall time of each level."]
-        lines += ["", _lag_note(result).capitalize() + "."]
+        lines += ["", "Latencies in ms; throughput per second of wall time of each level. " + DEFINITIONS]
+        note = _lag_note(result)
+        lines += ["", note[:1].upper() + note[1:] + "."]  # not capitalize(): it lowercases "CPU"
     if image and result.levels:
         lines += ["", f"![latency against throughput]({image})"]
     problems = result.problems()
-    lines += ["", "**Result:** " + ("every request completed." if result.ok else "failed.")]
+    if result.mode == "find-max-rate":
+        verdict = "a rate met the SLO." if result.ok else "no rate met the SLO."
+    else:
+        verdict = "every request completed." if result.ok else "failed."
+    lines += ["", "**Result:** " + verdict]
     lines += [f"- {p}" for p in problems]
     return "\n".join(lines) + "\n"
 
