@@ -8,13 +8,14 @@ responses) with every streamed chunk pre-encoded; no framework, no JSON encoding
     python -m ernie_ops.validate.null_server --port 8190 [--delay-ms 20] [--fail-every 10]
     python -m ernie_ops.validate.null_server --slots 8 --service-ms 50     # capacity 160 req/s
 
-A known capacity (`--slots K --service-ms S`): at most K requests are served at once, each for S ms
-(its K output chunks evenly spread over them, the last at S), the others wait for a slot in arrival
-order; the server's capacity is K * 1000 / S requests per second, and a load above it makes the
-queue (and the latency) grow without bound. Slots are kept on the clock, not by sleeping: request n
-starts at max(its arrival, the earliest time a slot frees) and ends exactly S ms later, so the
-capacity holds however late the event loop wakes (a late wake-up delays a write, not the next
-request). What `ernie-ops bench --find-max-rate` is checked against (scripts/bench_loadgen.py).
+A known capacity (`--slots K --service-ms S`, streamed requests): at most K requests are served at
+once, each for S ms (its output chunks evenly spread over them, the last at S), the others wait for
+a slot in arrival order; the server's capacity is K * 1000 / S requests per second, and a load
+above it makes the queue (and the latency) grow without bound. Slots are kept on the clock, not by
+sleeping: request n starts at max(its arrival, the earliest time a slot frees) and ends exactly
+S ms later, so the capacity holds however late the event loop wakes (a late wake-up delays a
+write, not the next request). What `ernie-ops bench --find-max-rate` is checked against
+(scripts/bench_loadgen.py).
 
 Endpoints: `GET /health`, `GET /v1/models`, `POST /v1/chat/completions` and `/v1/completions`
 (streaming or not; K = `max_tokens` output chunks of one token each, `usage` in a last chunk when
