@@ -63,7 +63,11 @@ BREAKER_REST_S = 5.0
 # the first piece of a stream that carries generated output (a role-only opening event does not):
 # TTFT is measured to it, as the servers themselves measure time to first token
 _TOKEN = re.compile(rb'"(?:content|text|reasoning_content)": ?"[^"]|"tool_calls"')
-_CLIENT_GONE: tuple[type[BaseException], ...] = (ConnectionResetError, aiohttp.ClientConnectionResetError)
+# a write to a client that left (aiohttp >= 3.10 raises its own subclass; 3.9, ConnectionResetError)
+_CLIENT_GONE: tuple[type[BaseException], ...] = (
+    ConnectionResetError,
+    getattr(aiohttp, "ClientConnectionResetError", ConnectionResetError),
+)
 
 
 @dataclass
