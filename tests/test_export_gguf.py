@@ -5,13 +5,15 @@ Without llama.cpp (the `gguf` package alone): the file read back with the gguf p
 file against the checkpoint's split / transposed tensors, the tokenizer's pieces, scores, types,
 special ids and chat template), the refusals, and the staging file. With `llama-cpp-python`: the
 file loads in llama.cpp, whose logits on a prompt match ERNIEKit's on the Paddle checkpoint (f32
-within 1e-3; the q8_0 / q4_0 drift printed and bounded loosely), and its tokenizer matches ours.
+within 1e-3; the q8_0 / q4_0 drift printed and bounded loosely), dense and MoE, and its tokenizer
+matches ours.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -145,8 +147,11 @@ def test_tokenizer_pieces_special_ids_and_chat_template(exported, perturbed):
 def test_refusals_and_no_staging_left(perturbed, tiny_moe, tmp_path, monkeypatch):
     with pytest.raises(UserError, match="Q4_K quantizer"):
         gguf_format.convert(perturbed, tmp_path / "m.gguf", "q4_k_m")
-    with pytest.raises(UserError, match="MoE"):
-        gguf_format.convert(tiny_moe, tmp_path / "moe.gguf", "f16")
+    config = json.loads((tiny_moe / "config.json").read_text())
+    interleaved = Path(shutil.copytree(tiny_moe, tmp_path / "interleaved"))
+    (interleaved / "config.json").write_text(json.dumps({**config, "moe_layer_interval": 2}))
+    with pytest.raises(UserError, match="interleaved"):
+        gguf_format.convert(interleaved, tmp_path / "moe.gguf", "f16")
     with pytest.raises(UserError, match=r"\.gguf"):
         gguf_format.convert(perturbed, tmp_path / "model.bin", "f16")
     out = gguf_format.convert(perturbed, tmp_path / "m.gguf", "q8_0").path
@@ -164,7 +169,7 @@ def test_refusals_and_no_staging_left(perturbed, tiny_moe, tmp_path, monkeypatch
     with pytest.raises(RuntimeError):
         gguf_format.convert(perturbed, out, "f16", force=True)
     assert out.read_bytes() == before  # the earlier file is untouched
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "notes.gguf"]  # no staging file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["interleaved", "m.gguf", "notes.gguf"]  # no staging
 
 
 def test_cli_export_gguf(perturbed, tmp_path, cli):
@@ -183,8 +188,6 @@ def test_cli_export_gguf(perturbed, tmp_path, cli):
 
 
 def test_run_export_gguf_is_recorded_and_served_by_quantization(perturbed, tmp_path, cli):
-    import shutil
-
     from ernie_ops.serve.backends.llamacpp import BACKEND
     from ernie_ops.serve.profile import profile_for_checkpoint
     from ernie_ops.train.record import RunRecord
@@ -266,6 +269,31 @@ def test_llama_cpp_gives_erniekit_logits(exported, perturbed, monkeypatch, tmp_p
     assert drift["f16"] < 0.05 * spread
     assert drift["q8_0"] < 0.1 * spread
     assert drift["q4_0"] < 0.5 * spread  # random weights: q4_0's drift is large, but bounded
+
+
+@needs_llama_cpp
+@pytest.mark.cpu_stack
+def test_llama_cpp_gives_erniekit_logits_on_the_moe_model(tiny_moe, tmp_path, monkeypatch):
+    """ernie4_5-moe: experts stacked per layer, router float32, the correction bias (large enough to
+    change which experts win) as exp_probs_b, the shared expert."""
+    from test_export_hf import _erniekit_logits, _perturbed
+
+    paddle = _perturbed(tiny_moe, tmp_path / "moe")
+    drift = {}
+    ours = _erniekit_logits(paddle, monkeypatch)(PROMPT)
+    for quant in ("f32", "q8_0"):
+        done = gguf_format.convert(paddle, tmp_path / f"moe-{quant}.gguf", quant)
+        assert done.architecture == "ernie4_5-moe"
+        tensors = gguf_format.read(done.path)["tensors"]
+        assert tensors["blk.1.ffn_gate_inp.weight"][1] == "F32" and tensors["blk.1.exp_probs_b.bias"][0] == (
+            4,
+        )
+        assert tensors["blk.1.ffn_up_exps.weight"][0][2] == 4  # [n_expert, ff, hidden] (GGUF order reversed)
+        theirs = _llama(done.path, tmp_path, ids=PROMPT)
+        drift[quant] = float(np.abs(theirs - ours).max())
+    print(f"\nMoE: max |logits(llama.cpp) - logits(ERNIEKit)|: {drift}")
+    assert drift["f32"] < 1e-3
+    assert drift["q8_0"] < 0.1 * float(np.abs(ours).max())
 
 
 @needs_llama_cpp

@@ -27,8 +27,16 @@ refused: the `gguf` package has no quantizer for them; `llama-quantize` makes on
 
 The conversion streams: the tensor table and every size are known before the first byte, then each
 tensor is read, converted and written a slice of rows at a time into a staging file beside the
-target, renamed into place when complete. MoE checkpoints (llama.cpp's `ernie4_5-moe`) are not
-converted yet: their experts are stacked into one tensor per layer, which this module does not do.
+target, renamed into place when complete.
+
+MoE checkpoints become llama.cpp's `ernie4_5-moe`: each layer's experts are stacked into one
+[n_expert, out, in] tensor (`ffn_gate_exps` / `ffn_up_exps` / `ffn_down_exps`, written expert after
+expert), the router `ffn_gate_inp` stays float32, the correction bias is `exp_probs_b.bias`
+([n_expert]), the shared experts `ffn_*_shexp`; expert_count, expert_used_count,
+leading_dense_block_count (moe_layer_start_index), interleave_moe_layer_step and the expert sizes
+go in the metadata. llama.cpp's loader wants every layer from the first MoE one on to be MoE:
+checkpoints with moe_layer_interval != 1 or an earlier moe_layer_end_index are refused. MTP heads
+are left out (as llama.cpp's converter does).
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,6 +84,7 @@ DEFAULT_QUANT = "f16"
 SUFFIX = ".gguf"
 ROWS_PER_SLICE = 4096  # rows converted at once: bounds the float32 copy and the quantizer's temporaries
 EOT_PIECE = "<|end_of_sentence|>"
+EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 
 
 def _gguf() -> Any:
@@ -118,9 +128,19 @@ class GgufTensor:
     name: str  # GGUF's name
     item: Planned  # how to build it (transformers orientation, [out, in])
     qtype: Any  # gguf.GGMLQuantizationType
+    stacked: list[Planned] = field(default_factory=list)  # MoE experts: one [n_expert, out, in] tensor
+    squeeze: bool = False  # the [1, experts] correction bias, which llama.cpp reads as [experts]
+
+    @property
+    def items(self) -> list[Planned]:
+        return self.stacked or [self.item]
 
     @property
     def shape(self) -> tuple[int, ...]:
+        if self.stacked:
+            return (len(self.stacked), *self.item.shape)
+        if self.squeeze:
+            return (int(np.prod(self.item.shape)),)
         return self.item.shape
 
     def nbytes(self) -> int:
@@ -154,20 +174,35 @@ def plan(source: Source, config: dict[str, Any], quant: str) -> tuple[list[GgufT
     g = _gguf()
     _, matrix_type = _types(quant)
     layers = int(config["num_hidden_layers"])
-    names = g.get_tensor_name_map(g.MODEL_ARCH.ERNIE4_5, layers)
+    moe = is_moe(config)
+    names = g.get_tensor_name_map(g.MODEL_ARCH.ERNIE4_5_MOE if moe else g.MODEL_ARCH.ERNIE4_5, layers)
     tied = bool(config.get("tie_word_embeddings", False))
     out: list[GgufTensor] = []
     unknown: list[str] = []
     fallback: list[str] = []
+    experts: dict[str, GgufTensor] = {}
     for item in _hf_plan(source, config):
         if ".mtp_" in item.name or item.name.startswith(HF_PREFIX + "mtp"):
             continue  # multi-token prediction heads: llama.cpp's converter leaves them out too
-        name = names.get_name(item.name, try_suffixes=(".weight", ".bias"))
+        expert = EXPERT.match(item.name)
+        squeeze = item.name.endswith(".e_score_correction_bias")
+        if expert:  # model.layers.L.mlp.experts.E.gate_proj.weight -> blk.L.ffn_gate_exps.weight
+            key = f"{expert.group(1)}.experts.{expert.group(3)}"
+            base = names.get_name(key)
+            name = None if base is None else base + ".weight"
+            if name is not None and name in experts:
+                experts[name].stacked.append(item)
+                continue
+        elif squeeze:  # llama.cpp's name is exp_probs_b.bias
+            name = names.get_name(item.name[: -len("_bias")] + ".bias", try_suffixes=(".bias",))
+        else:
+            name = names.get_name(item.name, try_suffixes=(".weight", ".bias"))
         if name is None:
             unknown.append(item.name)
             continue
         qtype = g.GGMLQuantizationType.F32
-        if len(item.shape) == 2:
+        router = item.name.endswith(".mlp.gate.weight")  # kept float32, as llama.cpp's converter does
+        if len(item.shape) == 2 and not router and not squeeze:
             qtype = matrix_type
             is_output = name == "output.weight" or (tied and name == "token_embd.weight")
             if quant == "q4_0" and is_output:
@@ -176,11 +211,23 @@ def plan(source: Source, config: dict[str, Any], quant: str) -> tuple[list[GgufT
             if item.shape[-1] % block:
                 fallback.append(name)
                 qtype = g.GGMLQuantizationType.F16
-        out.append(GgufTensor(name, item, qtype))
+        tensor = GgufTensor(name, item, qtype, squeeze=squeeze)
+        if expert:
+            tensor.stacked.append(item)
+            experts[name] = tensor
+        out.append(tensor)
+    for tensor in experts.values():
+        count = int(config["moe_num_experts"])
+        if len(tensor.stacked) != count:
+            raise UserError(
+                f"{tensor.name}: {len(tensor.stacked)} experts in the checkpoint, config says {count}"
+            )
+        order = [int(EXPERT.match(i.name).group(2)) for i in tensor.stacked]  # type: ignore[union-attr]
+        tensor.stacked = [i for _, i in sorted(zip(order, tensor.stacked, strict=True))]
     if unknown:
         raise UserError(
             f"{len(unknown)} tensor(s) have no GGUF name for {ARCH}: {', '.join(unknown[:5])}",
-            hint="only ERNIE 4.5 dense text checkpoints are converted to GGUF",
+            hint="only ERNIE 4.5 text checkpoints are converted to GGUF",
         )
     notes = []
     if fallback:
@@ -195,11 +242,15 @@ def plan(source: Source, config: dict[str, Any], quant: str) -> tuple[list[GgufT
 def _refuse(config: dict[str, Any]) -> None:
     _refuse_unsupported(config)  # VL, position compression, LayerNorm: no llama.cpp equivalent either
     if is_moe(config):
-        raise UserError(
-            "this is an ERNIE 4.5 MoE checkpoint: its GGUF export (llama.cpp's ernie4_5-moe) is not "
-            "implemented here yet",
-            hint="export --format hf and convert it with llama.cpp's convert_hf_to_gguf.py",
-        )
+        layers = int(config["num_hidden_layers"])
+        end = int(config.get("moe_layer_end_index", -1))
+        if int(config.get("moe_layer_interval", 1)) != 1 or end not in (-1, layers - 1):
+            raise UserError(
+                "MoE layers interleaved with dense ones (moe_layer_interval != 1) or ending before the "
+                "last layer: llama.cpp's ernie4_5-moe loader wants every layer from the first MoE one on "
+                "to be MoE",
+                hint="serve this model with the embedded engine or vLLM",
+            )
     if config.get("use_bias"):
         raise UserError(
             "use_bias true: attention / MLP biases are not exported to GGUF (unverified in llama.cpp)",
@@ -316,6 +367,17 @@ def _hyperparameters(writer: Any, config: dict[str, Any], name: str, file_type: 
     writer.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))  # ERNIEKit's default
     writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
     writer.add_vocab_size(int(config["vocab_size"]))
+    if is_moe(config):
+        experts = int(config["moe_num_experts"])
+        shared = int(config.get("moe_num_shared_experts") or 0)
+        writer.add_expert_count(experts)
+        writer.add_expert_used_count(int(config.get("moe_k", 2)))
+        writer.add_interleave_moe_layer_step(int(config.get("moe_layer_interval", 1)))
+        writer.add_leading_dense_block_count(int(config.get("moe_layer_start_index", 0)))
+        writer.add_expert_feed_forward_length(int(config["moe_intermediate_size"]))
+        writer.add_expert_shared_count(shared)
+        if shared:  # ERNIEKit's shared experts are one MLP of moe_intermediate_size x shared
+            writer.add_expert_shared_feed_forward_length(int(config["moe_intermediate_size"]) * shared)
     writer.add_file_type(int(file_type))
     writer.add_quantization_version(g.GGML_QUANT_VERSION)
 
@@ -337,25 +399,29 @@ class GgufExport:
     notes: list[str] = field(default_factory=list)
 
 
-def _values(tensor: GgufTensor, source: Source) -> np.ndarray:
-    """The tensor as float32, [out, in]."""
-    array = _build(tensor.item, source)
-    real = _real_dtype(tensor.item.dtype)
+def _values(item: Planned, source: Source) -> np.ndarray:
+    """One source item as float32, [out, in]."""
+    array = _build(item, source)
+    real = _real_dtype(item.dtype)
     if array.dtype != real:
         array = array.view(real)
     return array.astype(np.float32, copy=False)
 
 
 def _write_data(fout: Any, tensor: GgufTensor, source: Source, alignment: int) -> None:
+    """The tensor's data, an expert (or the whole tensor) and a slice of rows at a time: rows are
+    quantized independently, so the experts of a stacked tensor are simply written one after another."""
     g = _gguf()
-    values = _values(tensor, source)
     fout.write(b"\0" * (-fout.tell() % alignment))
     written = 0
-    rows = values.reshape(-1, values.shape[-1]) if values.ndim > 1 else values.reshape(1, -1)
-    for start in range(0, rows.shape[0], ROWS_PER_SLICE):
-        part = g.quants.quantize(np.ascontiguousarray(rows[start : start + ROWS_PER_SLICE]), tensor.qtype)
-        fout.write(memoryview(np.ascontiguousarray(part).reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
-        written += part.nbytes
+    for item in tensor.items:
+        values = _values(item, source)
+        rows = values.reshape(-1, values.shape[-1]) if values.ndim > 1 else values.reshape(1, -1)
+        for start in range(0, rows.shape[0], ROWS_PER_SLICE):
+            part = g.quants.quantize(np.ascontiguousarray(rows[start : start + ROWS_PER_SLICE]), tensor.qtype)
+            fout.write(memoryview(np.ascontiguousarray(part).reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
+            written += part.nbytes
+        del values, rows
     if written != tensor.nbytes():
         raise AssertionError(f"{tensor.name}: wrote {written} bytes, planned {tensor.nbytes()}")
     fout.write(b"\0" * (-written % alignment))
@@ -400,7 +466,8 @@ def convert(
     out.parent.mkdir(parents=True, exist_ok=True)
     _require_space(out.parent, total)
     staging = out.parent / f".{out.name}.{os.getpid()}.tmp"
-    writer = g.GGUFWriter(staging, ARCH)
+    arch = MOE_ARCH if is_moe(config) else ARCH
+    writer = g.GGUFWriter(staging, arch)
     try:
         _hyperparameters(writer, config, name or src.name, file_type)
         summary = _tokenizer(writer, src, config)
@@ -429,7 +496,7 @@ def convert(
         staging.unlink(missing_ok=True)
     log.info("wrote %s", out)
     return GgufExport(
-        out, src, quant, ARCH, len(tensors), out.stat().st_size, time.monotonic() - started, summary, notes
+        out, src, quant, arch, len(tensors), out.stat().st_size, time.monotonic() - started, summary, notes
     )
 
 
