@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -180,6 +181,21 @@ def test_the_shipped_cpu_profile(capsys):
     out = capsys.readouterr().out
     assert "-m ernie_ops.serve.backends._llamacpp_server" in out and "--n_ctx 4096" in out
     assert f"ernie-ops serve {PROFILE.relative_to(REPO)}" in PROFILE.read_text()
+
+
+@needs_llama_cpp
+def test_the_server_ignores_settings_from_the_environment(monkeypatch):
+    from ernie_ops.serve.backends import _llamacpp_server
+
+    for name, value in (
+        ("N_CTX", "8"),
+        ("chat_format", "chatml"),
+        ("CONFIG_FILE", "x.yaml"),
+        ("API_KEY", "k"),
+    ):
+        monkeypatch.setenv(name, value)
+    assert sorted(_llamacpp_server.scrub_environment()) == ["CONFIG_FILE", "N_CTX", "chat_format"]
+    assert os.environ["API_KEY"] == "k" and "N_CTX" not in os.environ
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,7 +47,24 @@ def disable_extra_buffers() -> None:
     lib.llama_model_default_params = params
 
 
+def scrub_environment() -> list[str]:
+    """Drop the environment variables llama-cpp-python's server would read as settings: its pydantic
+    settings take any field from a variable of that name (case-insensitive: MODEL, N_CTX, CHAT_FORMAT,
+    N_GPU_LAYERS, ...) and CONFIG_FILE replaces the command line altogether. Everything it needs is on
+    the command line the engine built; only API_KEY (how the engine passes the key) stays."""
+    from llama_cpp.server.settings import Settings
+
+    fields = {name.lower() for name in Settings.model_fields} | {"config_file"}
+    dropped = [k for k in os.environ if k.lower() in fields and k.lower() != "api_key"]
+    for name in dropped:
+        del os.environ[name]
+    return dropped
+
+
 def main() -> None:
+    dropped = scrub_environment()
+    if dropped:
+        print(f"ernie-ops: ignoring {', '.join(sorted(dropped))} from the environment", flush=True)
     if not extra_buffers():
         disable_extra_buffers()
         print(f"ernie-ops: llama.cpp extra buffer types (AMX, repack) off ({ENV}=1 keeps them)", flush=True)
