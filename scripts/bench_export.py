@@ -14,8 +14,12 @@ Target (issue #17): peak RSS of the exporting process below 1.5x the checkpoint'
 safetensors bytes). The first run may read the checkpoint from disk, later ones from the page cache
 (which is not counted in a process's RSS: the conversion reads with plain reads, no mmap).
 
+`--formats` adds GGUF exports (`--format gguf --quant Q`, one file for llama.cpp) beside the
+transformers one: `--formats hf,gguf-f32,gguf-q8_0,gguf-q4_0`; each is measured the same way.
+
     .venv/bin/python scripts/bench_export.py              # 3 runs each, JSON to runs/bench/export.json
     .venv/bin/python scripts/bench_export.py --repeat 1 --max-shard-size 500MB --dtypes bfloat16
+    .venv/bin/python scripts/bench_export.py --repeat 1 --formats gguf-q8_0,gguf-q4_0
 """
 
 from __future__ import annotations
@@ -53,7 +57,14 @@ def _status(field: str) -> int:
     return 0
 
 
-def child(src: str, out: str, shard: str) -> int:
+def _format_args(fmt: str) -> list[str]:
+    """`hf` or `gguf-<quant>` as export arguments."""
+    if fmt.startswith("gguf-"):
+        return ["--format", "gguf", "--quant", fmt[len("gguf-") :]]
+    return ["--format", fmt]
+
+
+def child(src: str, out: str, shard: str, fmt: str = "hf") -> int:
     """One export through the CLI in this process; one JSON line of measurements on stdout's last
     line (the CLI's own JSON comes before it)."""
     import ernie_ops.cli.main as cli_main  # everything the command imports, before the baseline
@@ -65,8 +76,7 @@ def child(src: str, out: str, shard: str) -> int:
     argv = [
         "export",
         src,
-        "--format",
-        "hf",
+        *_format_args(fmt),
         "--out",
         out,
         "--no-forward",
@@ -87,6 +97,8 @@ def child(src: str, out: str, shard: str) -> int:
 
 
 def weights_bytes(path: Path) -> int:
+    if path.is_file():  # a GGUF file
+        return path.stat().st_size
     return sum(p.stat().st_size for p in path.glob("*.safetensors"))
 
 
@@ -116,31 +128,34 @@ def bf16_copy(model: Path) -> Path:
     return out
 
 
-def measure(model: Path, repeat: int, shard: str) -> dict[str, Any] | None:
-    """`repeat` exports of MODEL, each in its own child process."""
+def measure(model: Path, repeat: int, shard: str, fmt: str = "hf") -> dict[str, Any] | None:
+    """`repeat` exports of MODEL to FMT, each in its own child process."""
     size = weights_bytes(model)
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="ernie-ops-bench-export-", dir=model.parent) as tmp:
         for i in range(repeat):
-            out = Path(tmp) / f"hf-{i}"
-            cmd = [sys.executable, __file__, "--child", str(model), str(out), shard]
+            out = Path(tmp) / (f"{fmt}-{i}.gguf" if fmt.startswith("gguf-") else f"{fmt}-{i}")
+            cmd = [sys.executable, __file__, "--child", str(model), str(out), shard, fmt]
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             result = subprocess.run(cmd, capture_output=True, text=True, env=env)
             lines = result.stdout.strip().splitlines()
             measured = json.loads(lines[-1]) if result.returncode == 0 and lines else {"rc": -1}
             exported = json.loads("\n".join(lines[:-1])) if measured["rc"] == 0 else {}
-            if measured["rc"] != 0 or not exported["verify"]["ok"]:
+            if measured["rc"] != 0 or not exported.get("verify", {"ok": True})["ok"]:
                 print(result.stdout[-3000:] + result.stderr[-3000:], file=sys.stderr)
                 return None
-            measured.update(out_bytes=weights_bytes(out), files=exported["files"])
+            measured.update(out_bytes=weights_bytes(out), files=exported.get("files", 1))
             measured["tensors"] = exported["tensors"]
             runs.append(measured)
             print(
-                f"{model.name} run {i + 1}/{repeat}: {measured['seconds']:.1f} s, "
+                f"{model.name} {fmt} run {i + 1}/{repeat}: {measured['seconds']:.1f} s, "
                 f"peak RSS {measured['peak_rss'] / 2**20:,.0f} MiB",
                 flush=True,
             )
-            shutil.rmtree(out)
+            if out.is_dir():
+                shutil.rmtree(out)
+            else:
+                out.unlink()
     peak = max(r["peak_rss"] for r in runs)
     return {
         "checkpoint_bytes": size,
@@ -163,7 +178,10 @@ def main() -> int:
     parser.add_argument(
         "--dtypes", default="float32,bfloat16", help="checkpoint dtypes to export (default: both)"
     )
-    parser.add_argument("--child", nargs=3, metavar=("SRC", "OUT", "SHARD"), help=argparse_hidden())
+    parser.add_argument(
+        "--formats", default="hf", help="hf and / or gguf-<quant> (f32, f16, q8_0, q4_0), comma-separated"
+    )
+    parser.add_argument("--child", nargs=4, metavar=("SRC", "OUT", "SHARD", "FMT"), help=argparse_hidden())
     args = parser.parse_args()
     if args.child:
         return child(*args.child)
@@ -171,17 +189,19 @@ def main() -> int:
     serve = _serve_bench()
     fp32 = serve.build_model(args.model_dir or serve.DEFAULT_MODEL_DIR)
     results: dict[str, dict[str, Any]] = {}
+    formats = args.formats.split(",")
     for dtype in args.dtypes.split(","):
         model = fp32 if dtype == "float32" else bf16_copy(fp32)
-        measured = measure(model, args.repeat, args.max_shard_size)
-        if measured is None:
-            return 1
-        results[dtype] = measured
+        for fmt in formats:
+            measured = measure(model, args.repeat, args.max_shard_size, fmt)
+            if measured is None:
+                return 1
+            results[dtype if formats == ["hf"] else f"{dtype} -> {fmt}"] = measured
     mib = 2**20
     rows = [["ERNIE-4.5-0.3B shape", *results]]
     for label, show in (
         ("checkpoint (Paddle safetensors)", lambda r: f"{r['checkpoint_bytes'] / mib:,.0f} MiB"),
-        ("export (transformers safetensors)", lambda r: f"{r['export_bytes'] / mib:,.0f} MiB"),
+        ("export (its files)", lambda r: f"{r['export_bytes'] / mib:,.0f} MiB"),
         ("files written", lambda r: str(r["files"])),
         ("export time (median)", lambda r: f"{r['seconds_median']:.1f} s"),
         ("export time (each run)", lambda r: ", ".join(f"{x['seconds']:.1f}" for x in r["runs"]) + " s"),

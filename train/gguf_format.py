@@ -400,12 +400,11 @@ class GgufExport:
 
 
 def _values(item: Planned, source: Source) -> np.ndarray:
-    """One source item as float32, [out, in]."""
+    """One source item in its own dtype (bf16 / f16 / f32), [out, in]: made float32 a slice of rows
+    at a time, so that a bf16 embedding never exists whole in float32."""
     array = _build(item, source)
     real = _real_dtype(item.dtype)
-    if array.dtype != real:
-        array = array.view(real)
-    return array.astype(np.float32, copy=False)
+    return array if array.dtype == real else array.view(real)
 
 
 def _write_data(fout: Any, tensor: GgufTensor, source: Source, alignment: int) -> None:
@@ -418,7 +417,8 @@ def _write_data(fout: Any, tensor: GgufTensor, source: Source, alignment: int) -
         values = _values(item, source)
         rows = values.reshape(-1, values.shape[-1]) if values.ndim > 1 else values.reshape(1, -1)
         for start in range(0, rows.shape[0], ROWS_PER_SLICE):
-            part = g.quants.quantize(np.ascontiguousarray(rows[start : start + ROWS_PER_SLICE]), tensor.qtype)
+            rows_f32 = np.ascontiguousarray(rows[start : start + ROWS_PER_SLICE], dtype=np.float32)
+            part = g.quants.quantize(rows_f32, tensor.qtype)
             fout.write(memoryview(np.ascontiguousarray(part).reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
             written += part.nbytes
         del values, rows
