@@ -246,3 +246,38 @@ def test_recipes_new_for_the_tiny_model_trains_long_enough_to_learn(tmp_path, re
     recipe = yaml.safe_load(out.read_text())
     # one epoch, at least the demo's 600 steps; one checkpoint, at the end (not one every 4 steps)
     assert (recipe["max_steps"], recipe["save_steps"], recipe["eval_steps"]) == (steps, steps, steps // 10)
+
+
+SIGNAL_IN_A_WEAKREF_CALLBACK = """
+import os, signal, sys, time, weakref
+from ernie_ops.cli.main import signals_end_the_command
+from ernie_ops.errors import Terminated
+
+class Obj:
+    pass
+
+def callback(_):
+    os.kill(os.getpid(), signal.SIGTERM)
+    sum(range(100000))  # the handler runs here, where Python can only drop its exception
+
+try:
+    with signals_end_the_command():
+        obj = Obj()
+        ref = weakref.ref(obj, callback)
+        del obj
+        print("callback done", flush=True)
+        time.sleep(30)
+    sys.exit(0)
+except Terminated as stop:
+    sys.exit(128 + stop.signum)
+"""
+
+
+def test_a_sigterm_landing_in_a_weakref_callback_still_ends_the_command():
+    # seen: `timeout 900 ernie-ops bench ...` kept running (the handler raised inside aiohttp's
+    # weakref callback, and Python printed the exception and went on)
+    done = subprocess.run(
+        [sys.executable, "-c", SIGNAL_IN_A_WEAKREF_CALLBACK], capture_output=True, text=True, timeout=25
+    )
+    assert done.returncode == 143, done.stderr
+    assert "callback done" in done.stdout

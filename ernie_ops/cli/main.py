@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
+import threading
+from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 from ernie_ops import __version__
 from ernie_ops.cli.base import Subcommand
@@ -124,8 +128,11 @@ def _add_verbosity(parser: argparse.ArgumentParser, default: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _terminate)
+    with signals_end_the_command():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     verbosity = 0
     try:
         parser = build_parser()
@@ -170,6 +177,31 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 def _is_override(arg: str) -> bool:
     key, eq, _ = arg.partition("=")
     return bool(eq and key) and not key.startswith("-")
+
+
+@contextlib.contextmanager
+def signals_end_the_command() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise Terminated (cleanups run as on Ctrl-C). A signal that lands in code
+    where Python can only drop an exception (a weakref callback or __del__, e.g. inside aiohttp) is
+    delivered again a moment later, so it still ends the command (`timeout` sends one SIGTERM)."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
+    previous = sys.unraisablehook
+
+    def redeliver(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, Terminated):
+            previous(unraisable)
+            return
+        signum = unraisable.exc_value.signum
+        signal.signal(signum, _terminate)
+        # from another thread: a signal raised here would run its handler inside this hook
+        threading.Timer(0.01, os.kill, (os.getpid(), signum)).start()
+
+    sys.unraisablehook = redeliver
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
