@@ -3,7 +3,7 @@
 `openai_server.py` handles requests through `EngineClient` only: `generate` queues a request and
 returns an async iterator of its `Delta`s, `abort` ends one, `check_health` says whether the engine
 can serve, `load` gives the scheduler's (running, waiting). The server is tested against a small
-fake of it (no Paddle); `AsyncEngine` adapts the CPU `Engine` (`serve/engine.py`).
+fake of it (no Paddle); `AsyncEngine` adapts the CPU `Engine` (`serve/engine/`).
 
 How tokens reach the event loop (`AsyncEngine`): the engine thread hands each delta to a listener
 of the request (no thread per request). The listener appends it to one inbox and, when the inbox was
