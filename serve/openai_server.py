@@ -946,9 +946,9 @@ def run(
         read_timeout=read_timeout,
         docs=docs,
     )
-    guarded_server(
-        uvicorn.Config(app, host=host, port=port, **uvicorn_settings(read_timeout, max_connections))
-    ).run()
+    config = uvicorn.Config(app, host=host, port=port, **uvicorn_settings(read_timeout, max_connections))
+    with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run: Ctrl-C after a graceful shutdown
+        guarded_server(config).run()
 
 
 # The kernel's queue of connections not yet accepted (it caps this at net.core.somaxconn). uvicorn
