@@ -330,35 +330,38 @@ class _Connection(asyncio.Protocol):
     async def _stream(
         self, enc: _Encoded, k: int, usage: bytes | None, plan: Behaviour, record: Record
     ) -> None:
-        try:
-            assert self.transport is not None
-            self.transport.write(STREAM_HEAD + b"\r\n" + enc.opening)
-            for i, token in enumerate(enc.tokens(k)):
-                delay = plan.ttft_ms if i == 0 and plan.ttft_ms is not None else plan.delay_ms
-                if delay > 0:
-                    await asyncio.sleep(delay / 1000)
-                if self.transport is None:
-                    return
-                if i == 0:
-                    record.first_ns = time.perf_counter_ns()
-                self.transport.write(token)
-            record.last_ns = time.perf_counter_ns()
-            self.transport.write((usage or b"") + enc.done)
-        finally:
-            self.streaming = None
-        self._next()
+        def pause(i: int, _chunks: int) -> float:
+            delay = plan.ttft_ms if i == 0 and plan.ttft_ms is not None else plan.delay_ms
+            return delay / 1000
+
+        await self._write_stream(enc, k, usage, record, pause)
 
     async def _served(
         self, enc: _Encoded, k: int, usage: bytes | None, begin: float, end: float, record: Record
     ) -> None:
         """A stream in a slot from `begin` to `end` (perf_counter seconds): chunk i at its share."""
+
+        def pause(i: int, chunks: int) -> float:
+            return begin + (end - begin) * (i + 1) / chunks - time.perf_counter()
+
+        await self._write_stream(enc, k, usage, record, pause)
+
+    async def _write_stream(
+        self,
+        enc: _Encoded,
+        k: int,
+        usage: bytes | None,
+        record: Record,
+        pause: Callable[[int, int], float],
+    ) -> None:
+        """Write the event stream of k tokens, sleeping `pause(i, chunks)` seconds (when positive)
+        before chunk i; then answer the next request."""
         try:
             assert self.transport is not None
             self.transport.write(STREAM_HEAD + b"\r\n" + enc.opening)
             tokens = enc.tokens(k)
             for i, token in enumerate(tokens):
-                due = begin + (end - begin) * (i + 1) / len(tokens)
-                wait = due - time.perf_counter()
+                wait = pause(i, len(tokens))
                 if wait > 0:
                     await asyncio.sleep(wait)
                 if self.transport is None:
