@@ -10,9 +10,13 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ernie_ops.catalog import MODELS, ModelSpec
 from ernie_ops.errors import UserError
+
+if TYPE_CHECKING:
+    from ernie_ops.serve.gpus import GpuSpec
 
 LOG_DIR = Path("runs") / "serve"  # logs of servers not started from a run directory (project-local)
 LOOPBACK = "127.0.0.1"
@@ -195,6 +199,23 @@ def gpu_inventory() -> list[tuple[int, str, float]]:
     return [(g.nvml_index, g.name, g.memory_gib) for g in gpus().gpus if not g.is_mig]
 
 
+def plan_inputs(
+    profile, target: Target, inventory: list[tuple[int, str, float]]
+) -> tuple[ModelSpec, GpuSpec] | None:
+    """Refuse a profile whose GPUs are not all in INVENTORY (`gpu_inventory()`); then what the
+    planner plans on: the catalog model and the profile's first GPU (None: no catalog model)."""
+    visible = {i for i, _, _ in inventory}
+    missing = [g for g in profile.gpus if g not in visible]
+    if missing:
+        raise UserError(f"gpus {missing} are not visible here (visible: {sorted(visible)})")
+    if target.spec is None:
+        return None
+    from ernie_ops.serve.gpus import gpu_from_smi
+
+    name, memory = next((n, m) for i, n, m in inventory if i == profile.gpus[0])
+    return target.spec, gpu_from_smi(name, memory)
+
+
 def check_gpus(profile, target: Target) -> str | None:
     """Refuse what cannot start; return the planner's explanation when it fits."""
     inventory = gpu_inventory()
@@ -206,19 +227,15 @@ def check_gpus(profile, target: Target) -> str | None:
             "no GPU visible" + (f" ({why})" if why else "") + ": FastDeploy serves on GPUs only",
             hint="on this machine serve with the embedded CPU backend: --backend paddle",
         )
-    visible = {i for i, _, _ in inventory}
-    missing = [g for g in profile.gpus if g not in visible]
-    if missing:
-        raise UserError(f"gpus {missing} are not visible here (visible: {sorted(visible)})")
-    if target.spec is None:
+    fit = plan_inputs(profile, target, inventory)
+    if fit is None:
         return None
-    from ernie_ops.serve.gpus import gpu_from_smi
     from ernie_ops.serve.planner import plan_serve
 
-    name, memory = next((n, m) for i, n, m in inventory if i == profile.gpus[0])
+    spec, gpu = fit
     plan = plan_serve(
-        target.spec,
-        gpu_from_smi(name, memory),
+        spec,
+        gpu,
         gpus=len(profile.gpus),
         quantization=profile.quantization if isinstance(profile.quantization, str) else "wint4",
         max_model_len=profile.max_model_len,

@@ -363,23 +363,18 @@ class VLLM(Backend):
 
 def check_gpus(profile: ServeProfile, target: Target) -> str | None:
     """The GPUs exist; the planner (vLLM's memory model) says it fits. Returns its explanation."""
-    from ernie_ops.serve.preflight import gpu_inventory
+    from ernie_ops.serve.preflight import gpu_inventory, plan_inputs
 
-    inventory = gpu_inventory()
-    visible = {i for i, _, _ in inventory}
-    missing = [g for g in profile.gpus if g not in visible]
-    if missing:
-        raise UserError(f"gpus {missing} are not visible here (visible: {sorted(visible)})")
-    if target.spec is None:
+    fit = plan_inputs(profile, target, gpu_inventory())
+    if fit is None:
         return None
-    from ernie_ops.serve.gpus import gpu_from_smi
     from ernie_ops.serve.planner import plan_serve
 
-    name, memory = next((n, m) for i, n, m in inventory if i == profile.gpus[0])
+    spec, gpu = fit
     quantization = profile.quantization if isinstance(profile.quantization, str) else "wint4"
     plan = plan_serve(
-        target.spec,
-        gpu_from_smi(name, memory),
+        spec,
+        gpu,
         gpus=len(profile.gpus),
         quantization=quantization,
         max_model_len=profile.max_model_len,
