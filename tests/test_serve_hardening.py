@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 import psutil
 import pytest
+from polling import wait_until
 from test_supervisor import alive, fake, free_port
 
 from ernie_ops.cli.main import main
@@ -55,15 +56,6 @@ def driver(tmp_path: Path, name: str, port: int, *flags: str, detach: bool) -> s
     )
 
 
-def wait_until(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
-
-
 def listeners(port: int) -> set[int]:
     """Pids (of this user) listening on the port."""
     found = set()
@@ -94,12 +86,14 @@ def test_a_foreground_server_dies_with_a_sigkilled_supervisor(tmp_path):
     port = free_port()
     sup = driver(tmp_path, "logs", port, "--load-seconds", "0.2", "--workers", "2", detach=False)
     try:
-        assert wait_until(lambda: listeners(port)), "the server never listened"
+        assert wait_until(lambda: listeners(port), 30), "the server never listened"
         server = tree_of(sup.pid) - {sup.pid}
         assert len(server) == 3  # the API server and two workers
         sup.kill()
         sup.wait(timeout=30)
-        assert wait_until(lambda: not any(alive(p) for p in server)), "the server outlived ernie-ops serve"
+        assert wait_until(lambda: not any(alive(p) for p in server), 30), (
+            "the server outlived ernie-ops serve"
+        )
     finally:
         sup.kill()
         for pid in tree_of(sup.pid):
@@ -111,7 +105,7 @@ def test_a_detached_server_whose_supervisor_dies_while_loading_stays_recorded_an
     sup = driver(tmp_path, "logs", port, "--load-seconds", "3", detach=True)
     state_file = state_dir() / f"{port}.json"
     try:
-        assert wait_until(state_file.exists), "no record while it starts"
+        assert wait_until(state_file.exists, 30), "no record while it starts"
         sup.kill()
         sup.wait(timeout=30)
         status = server_status(state_file)
@@ -130,7 +124,7 @@ def test_a_second_server_on_a_port_is_refused_while_the_first_loads(tmp_path):
     first = driver(tmp_path, "a", port, "--load-seconds", "3", detach=True)
     state_file = state_dir() / f"{port}.json"
     try:
-        assert wait_until((tmp_path / "a" / "server.log").exists), "the first never started"
+        assert wait_until((tmp_path / "a" / "server.log").exists, 30), "the first never started"
         # the second loads faster: before the lock it took the port, and the first then called that
         # ready and recorded its own pid, which died on "address already in use"
         second = driver(tmp_path, "b", port, "--load-seconds", "0.2", detach=True)

@@ -13,11 +13,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import psutil
 import pytest
+from polling import wait_until
 
 from ernie_ops import supervise
 from ernie_ops.supervise import Known, Pump, clean_lines, last_exception, match_known, start, stop_tree
@@ -48,17 +48,8 @@ TREE = textwrap.dedent(
 )
 
 
-def wait_for(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
-
-
 def workers(path: Path) -> list[int]:
-    assert wait_for(path.exists), "the tree never started its workers"
+    assert wait_until(path.exists, 20), "the tree never started its workers"
     return [int(p) for p in path.read_text().split()]
 
 
@@ -91,7 +82,7 @@ def test_a_stopped_run_takes_workers_that_left_the_process_group_with_it(tmp_pat
     found = workers(pids)
     try:
         assert outcome.status == "stopped" and "stalled" in (outcome.failure or "")
-        assert wait_for(lambda: not any(running(p) for p in found), 10), [p for p in found if running(p)]
+        assert wait_until(lambda: not any(running(p) for p in found), 10), [p for p in found if running(p)]
     finally:
         _kill(found)
 
@@ -107,7 +98,7 @@ def test_workers_left_behind_by_a_trainer_that_exited_are_stopped(tmp_path, tree
         assert outcome.status == "succeeded"
         # the worker in the group is stopped; the escaped one was orphaned before anyone looked (its
         # parent is gone), so no tree walk can find it: only the group reaches it
-        assert wait_for(lambda: not running(inside), 10)
+        assert wait_until(lambda: not running(inside), 10)
     finally:
         _kill([inside, escaped])
 
@@ -125,7 +116,7 @@ def test_an_export_that_times_out_stops_its_workers_too(tmp_path, tree_script, m
         export._run_logged(command, tmp_path / "export.log", cwd=tmp_path, timeout=3)
     found = workers(pids)
     try:
-        assert wait_for(lambda: not any(running(p) for p in found), 10), [p for p in found if running(p)]
+        assert wait_until(lambda: not any(running(p) for p in found), 10), [p for p in found if running(p)]
         assert "workers started" in (tmp_path / "export.log").read_text()
     finally:
         _kill(found)

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from polling import wait_until
 
 from ernie_ops.serve.supervisor import diagnose, redact_command, run_server, server_status, stop_server
 
@@ -44,15 +45,6 @@ def alive(pid: int) -> bool:
 def worker_pids(log_dir: Path) -> list[int]:
     text = (log_dir / "server.log").read_text()
     return [int(pid) for pid in WORKER_PID.findall(text)]
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def run(tmp_path: Path, command: list[str], timeout: float = 20.0, detach: bool = False, env=None) -> int:
