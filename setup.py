@@ -59,7 +59,8 @@ setup(
         # the PII masker (ernie_ops/privacy): libphonenumber's rules and checksum-validated identifiers
         "phonenumbers>=9.0,<10",
         "python-stdnum>=2.0,<3",
-        "google-re2>=1.1,<2",  # the masker's patterns in linear time: 15x faster than re, same findings
+        "google-re2>=1.1,<2",
+        "gguf>=0.17,<1",  # export --format gguf: llama.cpp's own GGUF writer and quantizers (pure Python)  # the masker's patterns in linear time: 15x faster than re, same findings
     ],
     extras_require={
         # CPU machines: Paddle CPU build + the ERNIEKit wheel that ships `ernie` (pins: constraints.txt)
@@ -72,6 +73,8 @@ setup(
         # (export --format hf) and the engine-vs-PyTorch benchmark. 2.13.0 exactly: the CPU build
         # these machines provide; an open range pulls a multi-GB CUDA build.
         "torch": ["torch==2.13.0", "transformers>=4.54,<4.56"],
+        # engine: llamacpp. Compiles llama.cpp at install (10-12 min on 2 cores); not in setup.sh
+        "llamacpp": ["llama-cpp-python[server]>=0.3.16,<0.4"],
     },
     entry_points={"console_scripts": ["ernie-ops=ernie_ops.cli:entry"]},
     classifiers=[
