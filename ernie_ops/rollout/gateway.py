@@ -35,7 +35,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,19 @@ class Attempt:
         if self.answer is not None:
             entry.update(self.answer.summary())
         return entry
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One client request as the gateway relays it: the same whichever backend answers it."""
+
+    request: web.Request
+    response: web.StreamResponse
+    route: str
+    body: dict[str, Any]
+    raw: bytes
+    arrival: float  # perf_counter when the request arrived
+    want_text: bool  # keep the answer's text (a shadow comparison, a content log)
 
 
 @dataclass(slots=True)
@@ -323,19 +336,16 @@ class Gateway:
             self.metrics.of(CANDIDATE, "client").outcomes.add(time.time(), False, None, 0.0)
             backend = self.stable
         response = web.StreamResponse()
+        exchange = Exchange(request, response, route, body, raw, arrival, want_text)
         attempts: list[Attempt] = []
         try:
-            attempts.append(
-                await self._forward(request, response, backend, route, body, raw, arrival, want_text)
-            )
+            attempts.append(await self._forward(exchange, backend))
             if backend is self.candidate:
                 backend.outcome(attempts[-1].before_first_byte, time.perf_counter())
             if attempts[-1].before_first_byte and backend is self.candidate:
                 self.metrics.retries.inc()
                 self.metrics.retried += 1
-                attempts.append(
-                    await self._forward(request, response, self.stable, route, body, raw, arrival, want_text)
-                )
+                attempts.append(await self._forward(exchange, self.stable))
         finally:
             last = attempts[-1] if attempts else None
             if job is not None and not job.stable.done():
@@ -348,48 +358,28 @@ class Gateway:
             self._log_request(rid, route, routing, key, body, attempts)
         return response
 
-    async def _forward(
-        self,
-        request: web.Request,
-        response: web.StreamResponse,
-        backend: Backend,
-        route: str,
-        body: dict[str, Any],
-        raw: bytes,
-        arrival: float,
-        want_text: bool,
-    ) -> Attempt:
+    async def _forward(self, exchange: Exchange, backend: Backend) -> Attempt:
         """Send the request to BACKEND and pass its answer to the client as it arrives. A failure
         before the first byte is returned for the caller to retry or relay, not answered here."""
         series = self.metrics.of(backend.role, "client")
         attempt = Attempt(backend.role)
         series.in_flight.inc()
         try:
-            await self._send(request, response, backend, route, body, raw, arrival, want_text, attempt)
+            await self._send(exchange, backend, attempt)
         finally:
             series.in_flight.dec()
-            attempt.e2e = time.perf_counter() - arrival
-            self._account(series, route, attempt)
+            attempt.e2e = time.perf_counter() - exchange.arrival
+            self._account(series, exchange.route, attempt)
         return attempt
 
-    async def _send(
-        self,
-        request: web.Request,
-        response: web.StreamResponse,
-        backend: Backend,
-        route: str,
-        body: dict[str, Any],
-        raw: bytes,
-        arrival: float,
-        want_text: bool,
-        attempt: Attempt,
-    ) -> None:
+    async def _send(self, exchange: Exchange, backend: Backend, attempt: Attempt) -> None:
         assert backend.session is not None
-        payload = _payload(body, raw, backend.model)
+        request, response = exchange.request, exchange.response
+        payload = _payload(exchange.body, exchange.raw, backend.model)
         attempt.sent = time.perf_counter()
         try:
             upstream = await backend.session.post(
-                backend.base + route[3:], data=payload, headers=backend.headers
+                backend.base + exchange.route[3:], data=payload, headers=backend.headers
             )
         except asyncio.TimeoutError:
             attempt.error = "timeout"
@@ -407,15 +397,10 @@ class Gateway:
                     attempt.error_body = await upstream.read()
                 return
             if not ctype.startswith(SSE):
-                try:
-                    data = await upstream.read()
-                except asyncio.TimeoutError:
-                    attempt.error = "timeout"
+                data = await _read(upstream.read(), attempt)
+                if data is None:
                     return
-                except aiohttp.ClientError:
-                    attempt.error = "upstream_closed"
-                    return
-                attempt.ttft = time.perf_counter() - arrival
+                attempt.ttft = time.perf_counter() - exchange.arrival
                 response.set_status(upstream.status)
                 response.headers["Content-Type"] = ctype
                 response.headers[BACKEND_HEADER] = backend.role
@@ -427,30 +412,19 @@ class Gateway:
                     await response.write_eof()
                 except _CLIENT_GONE:
                     attempt.error = "client_gone"
-                attempt.answer = read_whole(data, want_text) if upstream.status == 200 else None
+                attempt.answer = read_whole(data, exchange.want_text) if upstream.status == 200 else None
                 return
-            await self._stream(request, response, backend, upstream, arrival, want_text, attempt)
+            await self._stream(exchange, backend, upstream, attempt)
         finally:
             upstream.release()
 
     async def _stream(
-        self,
-        request: web.Request,
-        response: web.StreamResponse,
-        backend: Backend,
-        upstream: aiohttp.ClientResponse,
-        arrival: float,
-        want_text: bool,
-        attempt: Attempt,
+        self, exchange: Exchange, backend: Backend, upstream: aiohttp.ClientResponse, attempt: Attempt
     ) -> None:
+        request, response, arrival = exchange.request, exchange.response, exchange.arrival
         content = upstream.content
-        try:
-            first = await content.readany()
-        except asyncio.TimeoutError:
-            attempt.error = "timeout"
-            return
-        except aiohttp.ClientError:
-            attempt.error = "upstream_closed"
+        first = await _read(content.readany(), attempt)
+        if first is None:
             return
         if not first:  # the backend closed an event stream before any event: nothing was answered
             attempt.error = "upstream_closed"
@@ -467,15 +441,8 @@ class Gateway:
             await response.prepare(request)
             await response.write(first)
             while True:
-                try:
-                    data = await content.readany()
-                except asyncio.TimeoutError:
-                    attempt.error = "timeout"
-                    break
-                except aiohttp.ClientError:
-                    attempt.error = "upstream_closed"
-                    break
-                if not data:
+                data = await _read(content.readany(), attempt)
+                if not data:  # the end, or a failure (recorded)
                     break
                 if attempt.ttft is None and _TOKEN.search(data):
                     attempt.ttft = time.perf_counter() - arrival
@@ -485,7 +452,7 @@ class Gateway:
         except _CLIENT_GONE:
             attempt.error = "client_gone"
             upstream.close()  # the backend stops generating for nobody
-        attempt.answer = read_stream(b"".join(pieces), want_text)
+        attempt.answer = read_stream(b"".join(pieces), exchange.want_text)
 
     def _account(self, series: Any, route: str, attempt: Attempt) -> None:
         status = str(attempt.status) if attempt.status is not None else "error"
@@ -740,6 +707,18 @@ class Gateway:
         figures["shadow_dropped"] = self.metrics.dropped
         figures["retries"] = self.metrics.retried
         return web.Response(body=orjson.dumps(figures), content_type="application/json")
+
+
+async def _read(read: Awaitable[bytes], attempt: Attempt) -> bytes | None:
+    """Await a read from the backend; None when it failed (timeout, or the backend's connection
+    broke), the failure recorded in ATTEMPT."""
+    try:
+        return await read
+    except asyncio.TimeoutError:
+        attempt.error = "timeout"
+    except aiohttp.ClientError:
+        attempt.error = "upstream_closed"
+    return None
 
 
 def _payload(body: dict[str, Any], raw: bytes, model: str | None) -> bytes:
