@@ -148,24 +148,7 @@ def export_hf(
     verified first unless a verified one is recorded), converted into `<run_dir>/export-hf/` (or
     `out`), verified, and recorded in run.json under exports.hf."""
     run_dir = Path(run_dir).resolve()
-    record = RunRecord.load(run_dir)
-    record.run_dir = str(run_dir)
-    _require_succeeded(record)
-    paddle: ExportResult | None = None
-    recorded = Path(record.exported) if record.exported else None
-    if recorded is not None and record.verified and (recorded / CONFIG).is_file():
-        log.info("converting the run's verified export %s", recorded)
-        source = recorded
-    else:
-        paddle = export_and_verify(
-            run_dir, base_model=base_model, force=force, forward=forward, timeout=timeout
-        )
-        if not paddle.report.ok:
-            failed = ", ".join(c.name for c in paddle.report.failed)
-            raise ExportFailed(
-                f"the Paddle export {paddle.path} failed verification ({failed}); nothing was converted"
-            )
-        source, record = paddle.path, paddle.record
+    source, record, paddle = _paddle_source(run_dir, base_model, force, forward, timeout)
     target = Path(out).expanduser() if out else run_dir / HF_EXPORT_DIR
     card = {"name": record.name, "run": record.name, "base_model": _hub_id(record.model_name_or_path)}
     converted = convert(
@@ -197,12 +180,7 @@ def convert_checkpoint(
 ) -> LayoutExport:
     """Convert a checkpoint directory (not a run) to layout `to`, into `out` (default: beside it,
     named `<name>-<to>`), and verify the result."""
-    path = Path(path).resolve()
-    if not (path / CONFIG).is_file():
-        raise UserError(
-            f"{path} is neither a run directory (run.json) nor a checkpoint directory ({CONFIG})",
-            hint="give a run `ernie-ops train` created or a checkpoint directory",
-        )
+    path = _checkpoint_dir(path)
     layout = checkpoint_layout(path)
     if layout == to:
         what = "an ERNIEKit (Paddle)" if to == PADDLE else "a transformers"
@@ -250,23 +228,7 @@ def export_gguf(
 
     quant = gguf_format.check_quant(quant)
     run_dir = Path(run_dir).resolve()
-    record = RunRecord.load(run_dir)
-    record.run_dir = str(run_dir)
-    _require_succeeded(record)
-    paddle: ExportResult | None = None
-    recorded = Path(record.exported) if record.exported else None
-    if recorded is not None and record.verified and (recorded / CONFIG).is_file():
-        source = recorded
-    else:
-        paddle = export_and_verify(
-            run_dir, base_model=base_model, force=force, forward=forward, timeout=timeout
-        )
-        if not paddle.report.ok:
-            failed = ", ".join(c.name for c in paddle.report.failed)
-            raise ExportFailed(
-                f"the Paddle export {paddle.path} failed verification ({failed}); nothing was converted"
-            )
-        source, record = paddle.path, paddle.record
+    source, record, paddle = _paddle_source(run_dir, base_model, force, forward, timeout)
     target = Path(out).expanduser() if out else run_dir / GGUF_EXPORT_DIR / f"{record.name}-{quant}.gguf"
     done = gguf_format.convert(source, target, quant, force=force, name=record.name, progress=progress)
     entry = {
@@ -293,15 +255,41 @@ def convert_checkpoint_gguf(
     from ernie_ops.train import gguf_format
 
     quant = gguf_format.check_quant(quant)
+    path = _checkpoint_dir(path)
+    target = Path(out).expanduser() if out else path.parent / gguf_format.default_name(path, quant)
+    done = gguf_format.convert(path, target, quant, force=force, progress=progress)
+    return GgufResult(done.path, path, done, None)
+
+
+def _paddle_source(
+    run_dir: Path, base_model: Path | str | None, force: bool, forward: bool, timeout: float | None
+) -> tuple[Path, RunRecord, ExportResult | None]:
+    """What another layout is converted from: the run's verified Paddle export, made (and verified)
+    first unless one is recorded; (source, the run's record, the export made on the way or None)."""
+    record = RunRecord.load(run_dir)
+    record.run_dir = str(run_dir)
+    _require_succeeded(record)
+    recorded = Path(record.exported) if record.exported else None
+    if recorded is not None and record.verified and (recorded / CONFIG).is_file():
+        log.info("converting the run's verified export %s", recorded)
+        return recorded, record, None
+    paddle = export_and_verify(run_dir, base_model=base_model, force=force, forward=forward, timeout=timeout)
+    if not paddle.report.ok:
+        failed = ", ".join(c.name for c in paddle.report.failed)
+        raise ExportFailed(
+            f"the Paddle export {paddle.path} failed verification ({failed}); nothing was converted"
+        )
+    return paddle.path, paddle.record, paddle
+
+
+def _checkpoint_dir(path: Path | str) -> Path:
     path = Path(path).resolve()
     if not (path / CONFIG).is_file():
         raise UserError(
             f"{path} is neither a run directory (run.json) nor a checkpoint directory ({CONFIG})",
             hint="give a run `ernie-ops train` created or a checkpoint directory",
         )
-    target = Path(out).expanduser() if out else path.parent / gguf_format.default_name(path, quant)
-    done = gguf_format.convert(path, target, quant, force=force, progress=progress)
-    return GgufResult(done.path, path, done, None)
+    return path
 
 
 def _hub_id(name: str | None) -> str | None:

@@ -149,9 +149,6 @@ class Export(Subcommand):
         from ernie_ops.cli.verify import print_report
         from ernie_ops.train.export import ExportFailed, LayoutExport, convert_checkpoint, export_hf
 
-        def progress(message: str) -> None:
-            print(message, file=sys.stderr, flush=True)
-
         result: LayoutExport
         try:
             if is_run:
@@ -162,7 +159,7 @@ class Export(Subcommand):
                     force=args.force,
                     forward=args.forward,
                     max_shard_bytes=shard_bytes,
-                    progress=progress,
+                    progress=_progress,
                 )
             else:
                 result = convert_checkpoint(
@@ -172,7 +169,7 @@ class Export(Subcommand):
                     force=args.force,
                     forward=args.forward,
                     max_shard_bytes=shard_bytes,
-                    progress=progress,
+                    progress=_progress,
                 )
         except ExportFailed as err:
             print(f"error: {err}", file=sys.stderr)
@@ -207,9 +204,6 @@ class Export(Subcommand):
     def _gguf(self, args: argparse.Namespace, is_run: bool) -> int:
         from ernie_ops.train.export import ExportFailed, GgufResult, convert_checkpoint_gguf, export_gguf
 
-        def progress(message: str) -> None:
-            print(message, file=sys.stderr, flush=True)
-
         result: GgufResult
         try:
             if is_run:
@@ -220,11 +214,11 @@ class Export(Subcommand):
                     base_model=args.base_model,
                     force=args.force,
                     forward=args.forward,
-                    progress=progress,
+                    progress=_progress,
                 )
             else:
                 result = convert_checkpoint_gguf(
-                    args.run_dir, args.quant or "f16", out=args.out, force=args.force, progress=progress
+                    args.run_dir, args.quant or "f16", out=args.out, force=args.force, progress=_progress
                 )
         except ExportFailed as err:
             print(f"error: {err}", file=sys.stderr)
@@ -255,3 +249,8 @@ class Export(Subcommand):
                 print(f"recorded in {result.record.path / 'run.json'} (exports.gguf.{done.quant})")
             print(f"serve it: ernie-ops serve {result.path} --engine llamacpp")
         return 0
+
+
+def _progress(message: str) -> None:
+    """A conversion's steps, on stderr (stdout stays the result, or JSON)."""
+    print(message, file=sys.stderr, flush=True)
