@@ -12,6 +12,7 @@ from ernie_ops.cli.main import main
 from ernie_ops.errors import UserError
 from ernie_ops.pipeline.record import STAGES, PipelineRecord
 from ernie_ops.pipeline.spec import load_pipeline
+from ernie_ops.serve import backends as engines
 from ernie_ops.validate.examples import write_example_suites
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +44,7 @@ def test_spec_problems_are_all_reported_with_lines(tmp_path):
         f"{spec}:3: error: eval_judg: unknown pipeline key" in text and "did you mean 'eval_judge'?" in text
     )
     assert f"{spec}:4: error: compare_base: expected bool, got 'maybe'" in text
-    assert f"{spec}:5: error: engine: expected fastdeploy, vllm, paddle or null, not 'vlm'" in text
+    assert f"{spec}:5: error: engine: expected {', '.join(engines.names())} or null, not 'vlm'" in text
     assert f"{spec}:6: error: bench_concurrency: expected positive integers" in text
     assert f"{spec}:7: error: overrides: 'max_steps' is not key=value" in text
     assert f"{spec}:8: error: eval_box_space: expected one of pixels, norm1000, norm1" in text
