@@ -59,8 +59,9 @@ setup(
         # the PII masker (ernie_ops/privacy): libphonenumber's rules and checksum-validated identifiers
         "phonenumbers>=9.0,<10",
         "python-stdnum>=2.0,<3",
-        "google-re2>=1.1,<2",
-        "gguf>=0.17,<1",  # export --format gguf: llama.cpp's own GGUF writer and quantizers (pure Python)  # the masker's patterns in linear time: 15x faster than re, same findings
+        "google-re2>=1.1,<2",  # the masker's patterns in linear time: 15x faster than re, same findings
+        "gguf>=0.17,<1",  # export --format gguf: llama.cpp's own GGUF writer and quantizers (pure Python)
+        "tokenizers>=0.15",  # bench: prompt lengths in tokens of a transformers-layout checkpoint
     ],
     extras_require={
         # CPU machines: Paddle CPU build + the ERNIEKit wheel that ships `ernie` (pins: constraints.txt)
