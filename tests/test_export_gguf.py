@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from finished_run import finished_run
 
 from ernie_ops.errors import UserError
 
@@ -192,18 +193,8 @@ def test_run_export_gguf_is_recorded_and_served_by_quantization(perturbed, tmp_p
     from ernie_ops.serve.profile import profile_for_checkpoint
     from ernie_ops.train.record import RunRecord
 
-    run = tmp_path / "runs" / "sft-full-1"
+    run = finished_run(tmp_path / "runs", perturbed)
     output = run / "output"
-    shutil.copytree(perturbed, output)
-    RunRecord(
-        name=run.name,
-        run_dir=str(run),
-        recipe_source="recipe.yaml",
-        status="succeeded",
-        fine_tuning="Full",
-        model_name_or_path=str(perturbed),
-        output_dir=str(output),
-    ).save()
     for quant in ("q8_0", "q4_0"):
         result = cli("export", str(run), "--format", "gguf", "--quant", quant, "--no-forward", "--json")
         assert result.returncode == 0, result.stdout + result.stderr

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from finished_run import finished_run
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
@@ -469,18 +470,8 @@ def test_transformers_tokenizer_matches_erniekit(tiny_dense, tmp_path):
 
 @pytest.mark.cpu_stack
 def test_run_export_hf_is_recorded(tiny_dense, tmp_path, cli):
-    run = tmp_path / "runs" / "sft-full-1"
+    run = finished_run(tmp_path / "runs", tiny_dense)
     output = run / "output"
-    shutil.copytree(tiny_dense, output)
-    RunRecord(
-        name=run.name,
-        run_dir=str(run),
-        recipe_source="recipe.yaml",
-        status="succeeded",
-        fine_tuning="Full",
-        model_name_or_path=str(tiny_dense),
-        output_dir=str(output),
-    ).save()
     result = cli("export", str(run), "--format", "hf", "--no-forward", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     record = RunRecord.load(run)

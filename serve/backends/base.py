@@ -80,6 +80,27 @@ class Backend:
         needs no local checkpoint); `python` the interpreter (default: the backend's choice for display)."""
         raise NotImplementedError
 
+    def python_server(
+        self, module: str, profile: ServeProfile, target: Target | None, python: str | None
+    ) -> list[str]:
+        """`python -m MODULE --model M --host H --port P`: how the engines that are Python servers
+        start (the embedded one, llama-cpp-python's); the engine appends its own flags."""
+        import sys
+
+        model = str(target.model_dir) if target is not None else profile.model
+        host = profile.host or self.default_host
+        return [
+            python or sys.executable,
+            "-m",
+            module,
+            "--model",
+            model,
+            "--host",
+            host,
+            "--port",
+            str(profile.port),
+        ]
+
     def protected(self, env: dict[str, str]) -> bool:
         """Whether the server will require an API key, given its whole environment."""
         return self.api_key_env is not None and self.api_key_env in env

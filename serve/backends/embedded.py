@@ -3,7 +3,6 @@ our FastAPI OpenAI-compatible server (`serve/openai_server.py`, started as `pyth
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,17 +29,8 @@ class Embedded(Backend):
     ) -> Command:
         from ernie_ops.serve.profile import api_key
 
-        model = str(target.model_dir) if target is not None else profile.model
         argv = [
-            python or sys.executable,
-            "-m",
-            MODULE,
-            "--model",
-            model,
-            "--host",
-            profile.host or self.default_host,
-            "--port",
-            str(profile.port),
+            *self.python_server(MODULE, profile, target, python),
             "--max-batch-size",
             str(profile.max_num_seqs),
         ]

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -228,21 +227,12 @@ class LlamaCpp(Backend):
     ) -> Command:
         from ernie_ops.serve.profile import api_key
 
-        model = str(target.model_dir) if target is not None else profile.model
         n_ctx = profile.max_model_len
         if target is not None:
             n_ctx = self._n_ctx(profile, gguf_info(target.model_dir))
         n = str(threads())
         argv = [
-            python or sys.executable,
-            "-m",
-            MODULE,
-            "--model",
-            model,
-            "--host",
-            profile.host or self.default_host,
-            "--port",
-            str(profile.port),
+            *self.python_server(MODULE, profile, target, python),
             "--n_ctx",
             str(n_ctx),
             "--n_threads",
