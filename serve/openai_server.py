@@ -991,7 +991,7 @@ def uvicorn_settings(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m ernie_ops.serve.openai_server`: what `ernie-ops serve --backend paddle` supervises.
+    """`python -m ernie_ops.serve.openai_server`: what `ernie-ops serve --engine paddle` supervises.
     The API key comes from $ERNIE_OPS_API_KEY, never from the command line (it would show in `ps`)."""
     import argparse
     import os

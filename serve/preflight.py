@@ -225,7 +225,7 @@ def check_gpus(profile, target: Target) -> str | None:
         why = gpus().reason
         raise UserError(
             "no GPU visible" + (f" ({why})" if why else "") + ": FastDeploy serves on GPUs only",
-            hint="on this machine serve with the embedded CPU backend: --backend paddle",
+            hint="on this machine serve with the embedded CPU backend: --engine paddle",
         )
     fit = plan_inputs(profile, target, inventory)
     if fit is None:

@@ -364,7 +364,7 @@ def test_fastdeploy_on_cpu_points_at_the_embedded_backend(tiny_dense, capsys, mo
     monkeypatch.chdir(tmp_path)
     assert main(["serve", str(tiny_dense), "--backend", "fastdeploy", "--port", str(free_port_block(4))]) == 2
     err = capsys.readouterr().err
-    assert "no GPU visible" in err and "--backend paddle" in err and "once it lands" not in err
+    assert "no GPU visible" in err and "--engine paddle" in err and "once it lands" not in err
 
 
 def test_a_lora_run_on_the_embedded_backend_is_told_what_applies_there(tmp_path, capsys):
