@@ -85,9 +85,9 @@ class Follower:
             record = _numbers(line[step.start() :])
             record["step"] = int(step.group("step"))
             record["time"] = round(time.time(), 3)
+            self._write(record)  # first: an interrupt between the two never claims an unwritten step
             self.last_step = record["step"]
             self.skipped_since_step = 0
-            self._write(record)
             if self.on_step:
                 self.on_step(record)
             return
