@@ -101,3 +101,12 @@ def test_the_pipeline_reports_examples_are_masked_even_from_an_older_report() ->
     assert "anna.schmidt@example.de" not in text and "<EMAIL_1>" in text and "is masked" in text
     off = {**old, "masked": False}
     assert "anna.schmidt@example.de" in _examples(off, None) and "NOT masked" in _examples(off, None)
+
+
+def test_pipeline_no_mask_is_for_that_run_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # main() called as a library: a --no-mask pipeline must not leave masking off for what follows
+    monkeypatch.delenv("ERNIE_OPS_NO_MASK", raising=False)
+    assert main(["pipeline", "--no-mask", str(tmp_path / "missing.yaml")]) == 2  # refused, then restored
+    import os
+
+    assert "ERNIE_OPS_NO_MASK" not in os.environ
