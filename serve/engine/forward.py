@@ -29,6 +29,7 @@ import numpy as np
 
 from ernie_ops.errors import UserError
 from ernie_ops.extras import optional_imports
+from ernie_ops.serve.engine.quantize import fake_quantize
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class DenseForward:
     the Paddle parameters; the layer weights are copied once into [out, in] layout (see `_Linear`).
     """
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, quantization: str | None = None):
         config = model.config
         problems = [
             name
@@ -126,10 +127,10 @@ class DenseForward:
             _Layer(
                 _array(layer.input_layernorm.weight),
                 _array(layer.post_attention_layernorm.weight),
-                _Linear.of(layer.self_attn.qkv_proj),
-                _Linear.of(layer.self_attn.o_proj),
-                _Linear.of(layer.mlp.up_gate_proj),
-                _Linear.of(layer.mlp.down_proj),
+                _Linear.of(layer.self_attn.qkv_proj, quantization),
+                _Linear.of(layer.self_attn.o_proj, quantization),
+                _Linear.of(layer.mlp.up_gate_proj, quantization),
+                _Linear.of(layer.mlp.down_proj, quantization),
             )
             for layer in model.ernie.layers
         ]
@@ -246,12 +247,12 @@ class _Linear:
     bias: np.ndarray | None
 
     @classmethod
-    def of(cls, layer: Any) -> _Linear:
+    def of(cls, layer: Any, quantization: str | None = None) -> _Linear:
+        """A copy of LAYER's weights (Paddle's own can then be freed, `release_linears`), quantized
+        and dequantized as FastDeploy's weight-only QUANTIZATION computes with them (None: as they are)."""
         bias = getattr(layer, "bias", None)
-        # copies, both: Paddle's own can then be freed (`release_linears`)
-        return cls(
-            np.ascontiguousarray(_array(layer.weight).T), None if bias is None else np.array(_array(bias))
-        )
+        weight_t = fake_quantize(np.ascontiguousarray(_array(layer.weight).T), quantization)
+        return cls(weight_t, None if bias is None else np.array(_array(bias)))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         flat = x.reshape(-1, x.shape[-1])  # one 2-D gemm over all rows, not one per batch row

@@ -64,9 +64,11 @@ class Engine:
         reference: bool = True,
         prefill_chunk: int = PREFILL_CHUNK,
         generation_config: dict[str, Any] | None = None,
+        quantization: str | None = None,
     ):
         self.model = model  # ERNIEKit's: the weights, and the reference forward of `full_logits`
-        self.net = DenseForward(model)
+        self.net = DenseForward(model, quantization)  # wint8 / wint4: FastDeploy's arithmetic
+        self.quantization = quantization
         self.reference = reference
         if not reference:  # the fast path holds its own copies of the linear layers: free Paddle's
             release_linears(model)  # (~1 GB at the 0.3B shape); norms and embeddings stay shared
@@ -92,7 +94,13 @@ class Engine:
     # -- loading ------------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, model_dir: Path | str, max_batch_size: int = 8, reference: bool = False) -> Engine:
+    def load(
+        cls,
+        model_dir: Path | str,
+        max_batch_size: int = 8,
+        reference: bool = False,
+        quantization: str | None = None,
+    ) -> Engine:
         """Load a dense ERNIE 4.5 Paddle checkpoint in float32 on the CPU; `reference` keeps ERNIEKit's
         own forward usable (`full_logits`, for tests) at the cost of a second copy of the weights."""
         model, tokenizer, generation_config = load_checkpoint(Path(model_dir))
@@ -102,6 +110,7 @@ class Engine:
             max_batch_size=max_batch_size,
             reference=reference,
             generation_config=generation_config,
+            quantization=quantization,
         )
 
     # -- text helpers -------------------------------------------------------------------------
