@@ -62,6 +62,7 @@ setup(
         "google-re2>=1.1,<2",  # the masker's patterns in linear time: 15x faster than re, same findings
         "gguf>=0.17,<1",  # export --format gguf: llama.cpp's own GGUF writer and quantizers (pure Python)
         "tokenizers>=0.15",  # bench: prompt lengths in tokens of a transformers-layout checkpoint
+        "rich>=13",  # `ernie-ops top`: the live per-backend table in the terminal
     ],
     extras_require={
         # CPU machines: Paddle CPU build + the ERNIEKit wheel that ships `ernie` (pins: constraints.txt)
