@@ -13,6 +13,30 @@ ADMIN_KEY_ENV = "ERNIE_OPS_GATEWAY_ADMIN_KEY"
 MODES = ("shadow", "split", "all-stable", "all-candidate")  # as ernie_ops.rollout.routing.MODES
 
 
+def age(text: str) -> float:
+    """An argparse type: a duration ('30d', '12h', '2w') in seconds."""
+    from ernie_ops.errors import UserError
+    from ernie_ops.privacy.retention import parse_age
+
+    try:
+        seconds = parse_age(text)
+    except UserError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be longer than 0")
+    return seconds
+
+
+def unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a score from 0 to 1")
+    return value
+
+
 def percent(text: str) -> float:
     try:
         value = float(text)
@@ -32,10 +56,13 @@ class Gateway(Subcommand):
         "answers are compared), split (WEIGHT percent to the candidate, sticky per user or session "
         "key), all-stable, all-candidate. The mode and weight are kept in a state file that a "
         "restarted gateway continues from; /metrics has per-backend Prometheus metrics, and a JSONL "
-        "request log (no content) is kept with rotation and a retention period."
+        "request log (no content) is kept with rotation and a retention period. Wrong-looking answers "
+        "(a shadow disagreement; an answer to a --judge-suite prompt its judge scores low) go to the "
+        "review queue, PII-masked, for `ernie-ops review`."
     )
     examples = (
         "ernie-ops gateway run --stable 127.0.0.1:8180 --candidate 127.0.0.1:8181 --mode shadow",
+        "ernie-ops gateway run --stable 127.0.0.1:8180 --judge-suite probes.jsonl --retention 14d",
         f"{ADMIN_KEY_ENV}=... ernie-ops gateway set http://127.0.0.1:8200 --mode split --weight 5",
         f"{ADMIN_KEY_ENV}=... ernie-ops gateway status http://127.0.0.1:8200",
     )
@@ -80,10 +107,44 @@ class Gateway(Subcommand):
             "--log-max-mb", type=positive_float, default=100.0, help="rotate past this size (default 100)"
         )
         run.add_argument(
-            "--retention-days",
-            type=positive_float,
-            default=30.0,
-            help="delete rotated logs older than this (default 30)",
+            "--retention",
+            type=age,
+            default=30 * 86400.0,
+            metavar="AGE",
+            help="delete rotated logs and review items older than this, e.g. 30d, 12h, 2w (default 30d)",
+        )
+        run.add_argument(
+            "--review-dir",
+            type=Path,
+            default=Path("runs/gateway/review"),
+            help="the review queue (default runs/gateway/review; `ernie-ops review` reads it)",
+        )
+        run.add_argument("--no-review", action="store_true", help="keep no review queue")
+        run.add_argument(
+            "--review-queue",
+            type=positive_int,
+            default=256,
+            help="review items waiting to be written at most; more are dropped and counted (default 256)",
+        )
+        run.add_argument(
+            "--judge-suite",
+            type=Path,
+            metavar="SUITE",
+            help="an eval suite (JSONL, as `ernie-ops eval`): answers to its prompts are scored by "
+            "their judge and those below --judge-min-score go to the review queue",
+        )
+        run.add_argument(
+            "--judge-min-score",
+            type=unit_interval,
+            default=1.0,
+            help="the score an answer needs to pass, 0 to 1 (default 1: anything less is reviewed)",
+        )
+        run.add_argument(
+            "--no-mask",
+            dest="mask",
+            action="store_false",
+            help="keep personal data unmasked in the review items and the logged content (masked by "
+            "default; every item and content line then says masked: false)",
         )
         run.add_argument(
             "--log-content",
@@ -137,7 +198,7 @@ class Gateway(Subcommand):
             ("status", "the routing state and backends of a running gateway", 2),
             ("set", "change a running gateway's mode and/or weight (recorded in its state file)", 1),
         ):
-            p = self._action(actions, action, help_text, example)
+            p = self._action(actions, action, help_text, example + 1)
             p.add_argument("url", metavar="URL", help="the gateway, e.g. http://127.0.0.1:8200")
             p.add_argument(
                 "--admin-key-env", default=ADMIN_KEY_ENV, metavar="VAR", help=f"default {ADMIN_KEY_ENV}"
@@ -173,6 +234,14 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.log_content and args.no_log:
         raise UserError("--log-content with --no-log: there is no log to put content in")
+    if args.judge_suite and args.no_review:
+        raise UserError("--judge-suite with --no-review: there is no queue to put flagged answers in")
+    judge = None
+    if args.judge_suite:
+        from ernie_ops.files import regular_file
+        from ernie_ops.rollout.judge import LiveJudge
+
+        judge = LiveJudge.load(regular_file(args.judge_suite, "judge suite"), args.judge_min_score)
     import os
 
     config = GatewayConfig(
@@ -184,8 +253,12 @@ def _run(args: argparse.Namespace) -> int:
         state_path=args.state,
         log_dir=None if args.no_log else args.log_dir,
         log_max_bytes=int(args.log_max_mb * 2**20),
-        retention_days=args.retention_days,
+        retention_days=args.retention / 86400,
         log_content=args.log_content,
+        mask=args.mask,
+        review_dir=None if args.no_review else args.review_dir,
+        review_capacity=args.review_queue,
+        judge=judge,
         admin_key=os.environ.get(args.admin_key_env) or None,
         api_key=Endpoint.parse("x", args.api_key_env).api_key if args.api_key_env else None,
         sticky_header=args.sticky_header,
@@ -223,6 +296,10 @@ def _run(args: argparse.Namespace) -> int:
             + ("" if config.admin_key else f"; admin API off ({args.admin_key_env} not set)"),
             flush=True,
         )
+        if config.review_dir is not None:
+            judged = f"; judge: {len(judge)} prompts of {args.judge_suite}" if judge else ""
+            masked = "" if config.mask else " (personal data NOT masked: --no-mask)"
+            print(f"review queue {config.review_dir}{masked}{judged}", flush=True)
         await stop.wait()
         print("gateway stopping: finishing the requests in flight", flush=True)
         await gateway.stop()

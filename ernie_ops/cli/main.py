@@ -29,10 +29,13 @@ from ernie_ops.cli.models import Models
 from ernie_ops.cli.pipeline import Demo, PipelineCommand
 from ernie_ops.cli.plan import Plan
 from ernie_ops.cli.recipes import Recipes
+from ernie_ops.cli.review import Review
 from ernie_ops.cli.rollout import Rollout
 from ernie_ops.cli.serve import Serve
 from ernie_ops.cli.smoke import Smoke
+from ernie_ops.cli.sweep import SweepCommand
 from ernie_ops.cli.tiny_model import TinyModel
+from ernie_ops.cli.top import TopCommand
 from ernie_ops.cli.train import Train
 from ernie_ops.cli.verify import Verify
 from ernie_ops.errors import Terminated, UserError
@@ -58,8 +61,11 @@ SUBCOMMANDS: tuple[type[Subcommand], ...] = (
     Compare,
     Gateway,
     Rollout,
+    Review,
+    TopCommand,
     PipelineCommand,
     Demo,
+    SweepCommand,
     Gc,
 )
 
@@ -72,7 +78,10 @@ examples:
   ernie-ops check my_recipe.yaml         # every problem of an ERNIEKit recipe, before launch
   ernie-ops recipes                      # the recipe library (model, method, context, GPUs)
   ernie-ops data lint train.jsonl        # every bad training record, with its line and reason
+  ernie-ops top 127.0.0.1:8200           # live per-backend requests/s, errors, TTFT and E2E p99
+  ernie-ops review list --status open    # answers the gateway flagged as wrong-looking, to judge
   ernie-ops smoke http://127.0.0.1:8180  # a functional checklist against any OpenAI endpoint
+  ernie-ops sweep my-sweep.yaml          # serve variants (wint8, wint4, engines) in turn: trade-off report
   ernie-ops COMMAND --help               # details and examples of one command
 """
 

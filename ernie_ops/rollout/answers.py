@@ -213,14 +213,24 @@ def _arguments(text: str) -> Any:
         return text
 
 
-def agree(stable: Answer, candidate: Answer) -> bool:
-    """Exact agreement: the same text (whitespace aside) and the same tool calls (names, and
-    arguments as JSON values). A judge from the eval suite is the next comparer (#19)."""
-    if _normal(stable.text) != _normal(candidate.text):
-        return False
+def difference(stable: Answer, candidate: Answer) -> str | None:
+    """How two answers differ, for a person (None: they agree). Exact agreement: the same text
+    (whitespace aside) and the same tool calls (names, and arguments as JSON values); a judge
+    suite (`ernie_ops.rollout.judge`) scores answers against references instead."""
+    a, b = _normal(stable.text), _normal(candidate.text)
+    if a != b:
+        at = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        return f"the texts differ from character {at} ({len(a)} and {len(b)} characters)"
     if len(stable.tool_calls) != len(candidate.tool_calls):
-        return False
-    return all(
-        a.name == b.name and _arguments(a.arguments) == _arguments(b.arguments)
-        for a, b in zip(stable.tool_calls, candidate.tool_calls, strict=True)
-    )
+        return f"{len(stable.tool_calls)} and {len(candidate.tool_calls)} tool calls"
+    for i, (x, y) in enumerate(zip(stable.tool_calls, candidate.tool_calls, strict=True)):
+        if x.name != y.name:
+            return f"tool call {i + 1}: {x.name} and {y.name}"
+        if _arguments(x.arguments) != _arguments(y.arguments):
+            return f"tool call {i + 1} ({x.name}): the arguments differ"
+    return None
+
+
+def agree(stable: Answer, candidate: Answer) -> bool:
+    """Exact agreement (see `difference`)."""
+    return difference(stable, candidate) is None

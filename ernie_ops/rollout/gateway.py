@@ -15,7 +15,11 @@ comparison) is read from a copy of the bytes after the client has its last byte.
 - **Shadow.** The client is answered by stable; the request is put on a bounded queue for the
   candidate (`shadow_queue`), sent by `shadow_workers` tasks with their own connection pool. A full
   queue drops the copy and counts it: the client never waits for the candidate. Both answers are
-  compared (`answers.agree`) and logged.
+  compared (`answers.agree`) and logged; a disagreement goes to the review queue.
+- **Review queue.** Shadow disagreements, and answers to a judge suite's prompts that its judge
+  scores below the bar (`ernie_ops.rollout.judge`), are written as items for `ernie-ops review`
+  (`ernie_ops.rollout.review`) by a thread behind a bounded queue: content masked, off the request
+  path, dropped and counted when the writer is behind.
 - **Routing state.** `GET/POST /admin/state` (Bearer key from the environment) reads and changes the
   mode and weight; each change is written atomically to the state file before it takes effect, and a
   restarted gateway continues from that file. `GET /admin/stats?since=T` gives exact error rates and
@@ -38,18 +42,23 @@ import time
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
 from aiohttp import web
 
 from ernie_ops.errors import UserError
-from ernie_ops.rollout.answers import Answer, agree, read_stream, read_whole
+from ernie_ops.rollout.answers import Answer, difference, read_stream, read_whole
 from ernie_ops.rollout.metrics import GatewayMetrics
 from ernie_ops.rollout.requestlog import RequestLog
+from ernie_ops.rollout.review import Case, ReviewWriter, Side
 from ernie_ops.rollout.routing import CANDIDATE, STABLE, Routing, StateFile, check_mode, check_weight, pick
 from ernie_ops.validate.client import Endpoint
+
+if TYPE_CHECKING:
+    from ernie_ops.rollout.judge import LiveJudge
+    from ernie_ops.validate.suite import SuiteItem
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +87,12 @@ class GatewayConfig:
     state_path: Path | None = None
     log_dir: Path | None = None
     log_max_bytes: int = 100 * 2**20
-    retention_days: float = 30.0
+    retention_days: float = 30.0  # the request log's rotated files and the review queue's items
     log_content: bool = False  # prompts and answers in the log, PII-masked
+    mask: bool = True  # content in the log and the review queue (off: --no-mask, and they say so)
+    review_dir: Path | None = None  # the review queue (None: none)
+    review_capacity: int = 256  # cases waiting for the review writer at most
+    judge: LiveJudge | None = None  # scores answers to its suite's prompts for the review queue
     admin_key: str | None = None  # the admin API is refused without one
     api_key: str | None = None  # clients must send it when set
     sticky_header: str = "X-Session-Id"
@@ -143,6 +156,7 @@ class ShadowJob:
     body: dict[str, Any]
     raw: bytes
     stable: asyncio.Future[Answer | None]
+    item: SuiteItem | None = None  # the judge suite's item the request is, if any
 
 
 class Backend:
@@ -228,11 +242,16 @@ class Gateway:
             else None
         )
         self.log = (
-            RequestLog(config.log_dir, config.log_max_bytes, config.retention_days, config.log_content)
+            RequestLog(
+                config.log_dir, config.log_max_bytes, config.retention_days, config.log_content, config.mask
+            )
             if config.log_dir
             else None
         )
         self.shadow: asyncio.Queue[ShadowJob] | None = None
+        self.review: ReviewWriter | None = None
+        if config.judge is not None and config.review_dir is None:
+            raise UserError("a judge suite needs a review queue to put flagged answers in")
         self._ids = itertools.count(1)
         self._prefix = f"{int(time.time()):x}-"
         self._tasks: list[asyncio.Task[None]] = []
@@ -258,6 +277,15 @@ class Gateway:
             backend.open()
         await asyncio.gather(*(b.discover() for b in self.backends() if b.model is None))
         self.shadow = asyncio.Queue(maxsize=self.config.shadow_queue)
+        if self.config.review_dir is not None and self.review is None:
+            self.review = ReviewWriter(
+                self.config.review_dir,
+                self.metrics.registry,
+                self.config.mask,
+                self.config.judge,
+                self.config.review_capacity,
+                self.config.retention_days * 86400,
+            )
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._shadow_worker()) for _ in range(self.config.shadow_workers)]
         self._tasks.append(loop.create_task(self._housekeeping()))
@@ -282,6 +310,8 @@ class Gateway:
             await backend.close()
         if self.log is not None:
             self.log.close()
+        if self.review is not None:
+            await asyncio.to_thread(self.review.close)
 
     def backends(self) -> list[Backend]:
         return [self.stable] + ([self.candidate] if self.candidate else [])
@@ -325,10 +355,11 @@ class Gateway:
             key = body["user"]
         target = pick(routing, key)
         rid = self._prefix + str(next(self._ids))
+        item = self.config.judge.match(route, body) if self.config.judge is not None else None
         job = None
         if routing.mode == "shadow" and self.candidate is not None:
-            job = self._queue_shadow(rid, route, body, raw)
-        want_text = job is not None or (self.log is not None and self.log.content)
+            job = self._queue_shadow(rid, route, body, raw, item)
+        want_text = job is not None or item is not None or (self.log is not None and self.log.content)
         backend = self.candidate if target == CANDIDATE and self.candidate else self.stable
         if backend is self.candidate and backend.resting(arrival):
             self.metrics.rested.inc()
@@ -356,7 +387,19 @@ class Gateway:
             response = _relay_failure(last)
         if self.log is not None:
             self._log_request(rid, route, routing, key, body, attempts)
+        if item is not None and _answered(last):
+            self._judge(rid, route, body, item, last)
         return response
+
+    def _judge(self, rid: str, route: str, body: dict[str, Any], item: SuiteItem, attempt: Attempt) -> None:
+        """Hand an answer to a judge suite's prompt to the review writer, which scores it."""
+        assert self.review is not None and attempt.answer is not None
+        side = self._side(attempt.backend, attempt.answer)
+        self.review.submit(Case(rid, route, body, [side], "judge", judged=side, item=item))
+
+    def _side(self, role: str, answer: Answer) -> Side:
+        backend = self.candidate if role == CANDIDATE and self.candidate else self.stable
+        return Side(role, backend.base, answer, backend.model)
 
     async def _forward(self, exchange: Exchange, backend: Backend) -> Attempt:
         """Send the request to BACKEND and pass its answer to the client as it arrives. A failure
@@ -506,9 +549,11 @@ class Gateway:
 
     # -- shadow --------------------------------------------------------------------------------
 
-    def _queue_shadow(self, rid: str, route: str, body: dict[str, Any], raw: bytes) -> ShadowJob | None:
+    def _queue_shadow(
+        self, rid: str, route: str, body: dict[str, Any], raw: bytes, item: SuiteItem | None
+    ) -> ShadowJob | None:
         assert self.shadow is not None
-        job = ShadowJob(rid, route, body, raw, asyncio.get_running_loop().create_future())
+        job = ShadowJob(rid, route, body, raw, asyncio.get_running_loop().create_future(), item)
         try:
             self.shadow.put_nowait(job)
         except asyncio.QueueFull:
@@ -569,11 +614,20 @@ class Gateway:
             stable = await asyncio.wait_for(asyncio.shield(job.stable), self.config.total_timeout)
         except asyncio.TimeoutError:
             stable = None
-        if stable is None or attempt.answer is None or attempt.error or (attempt.status or 0) >= 400:
+        why = None
+        if stable is None or not _answered(attempt):
             result = "error"
         else:
-            result = "agree" if agree(stable, attempt.answer) else "disagree"
+            assert attempt.answer is not None
+            why = difference(stable, attempt.answer)
+            result = "agree" if why is None else "disagree"
         self.metrics.compared_as(result)
+        if self.review is not None and attempt.answer is not None and _answered(attempt):
+            sides = [self._side(STABLE, stable), self._side(CANDIDATE, attempt.answer)] if stable else []
+            if why is not None:
+                self.review.submit(Case(job.rid, job.route, job.body, sides, "shadow-disagreement", why))
+            if job.item is not None:
+                self._judge(job.rid, job.route, job.body, job.item, attempt)
         if self.log is not None:
             record: dict[str, Any] = {
                 "time": round(time.time(), 3),
@@ -707,6 +761,11 @@ class Gateway:
         figures["shadow_dropped"] = self.metrics.dropped
         figures["retries"] = self.metrics.retried
         return web.Response(body=orjson.dumps(figures), content_type="application/json")
+
+
+def _answered(attempt: Attempt) -> bool:
+    """The backend gave a whole answer (no failure, an HTTP success, what it said was read)."""
+    return attempt.answer is not None and attempt.error is None and (attempt.status or 0) < 400
 
 
 async def _read(read: Awaitable[bytes], attempt: Attempt) -> bytes | None:

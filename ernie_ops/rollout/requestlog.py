@@ -9,7 +9,8 @@ the candidate's figures and the comparison with the stable answer.
 Content (the request's messages or prompt, the answer) is written only with `content=True`
 (`ernie-ops gateway run --log-content`), and then always through the toolkit's PII masker
 (`ernie_ops.privacy.masker.default_masker`, one placeholder numbering per line: `<EMAIL_1>` in the
-request and the answer is the same address). Masking runs on the gateway's event loop as each
+request and the answer is the same address), unless the gateway runs with `--no-mask`: then each
+content line says `"masked": false`. Masking runs on the gateway's event loop as each
 line is queued: content logging costs CPU per request, the figures-only log almost none.
 
 The active file is `requests.jsonl`; at a new UTC day or past `max_bytes` it is renamed
@@ -44,14 +45,16 @@ class RequestLog:
         max_bytes: int = 100 * 2**20,
         retention_days: float = 30.0,
         content: bool = False,
+        mask: bool = True,
         clock: Callable[[], float] = time.time,
     ):
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self.retention_s = retention_days * 86400
-        self.content = content  # whether prompts and answers are logged (always masked)
+        self.content = content  # whether prompts and answers are logged
+        self.mask = mask  # masked unless the gateway was told not to
         self._masker: Any = None
-        if content:
+        if content and mask:
             from ernie_ops.privacy.masker import default_masker
 
             self._masker = default_masker()
@@ -66,8 +69,10 @@ class RequestLog:
         """Queue one line (written at the next flush); its content fields masked, or dropped when
         content is not logged."""
         if any(f in record for f in CONTENT_FIELDS):
-            if self._masker is None:
+            if not self.content:
                 record = {k: v for k, v in record.items() if k not in CONTENT_FIELDS}
+            elif self._masker is None:
+                record = {**record, "masked": False}
             else:
                 from ernie_ops.privacy.masker import mask_fields
 
