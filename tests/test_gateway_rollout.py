@@ -18,7 +18,8 @@ import pytest
 from standin_openai import create_standin, serving
 
 from ernie_ops.errors import UserError
-from ernie_ops.rollout.controller import Controller, ControllerState, GatewayRouter, evaluate, markdown
+from ernie_ops.rollout.controller import Controller, ControllerState, GatewayRouter, evaluate
+from ernie_ops.rollout.report import markdown
 from ernie_ops.rollout.gateway import GatewayConfig, run_in_thread, url_of
 from ernie_ops.rollout.routing import Routing
 from ernie_ops.rollout.spec import Gates, RolloutSpec, Stage, load_rollout
@@ -133,6 +134,7 @@ def test_a_good_candidate_is_promoted_through_every_stage_with_no_client_request
     ]
     assert controller.state.timeline[1]["figures"]["agreement"] == 1.0
     assert "| passed | shadow |" in markdown(controller.spec, controller.state)
+    assert controller.state.timeline[-1]["event"] == "promoted"
 
 
 @pytest.mark.parametrize("bad", ["errors", "slow", "disagrees"])

@@ -1,7 +1,9 @@
 """The rollout controller: carries a candidate through the stages of a ROLLOUT.yaml, gate by gate.
 
 Every `interval_s` it reads the candidate's figures since the stage began from the router (error
-rate, TTFT / E2E p99, shadow agreement; exact, from the gateway's `/admin/stats`) and:
+rate, TTFT / E2E p99, shadow agreement; exact, from the gateway's `/admin/stats`, or HAProxy's
+counters and log: `ernie_ops.rollout.haproxy`) and the stage's suite gates (judged agreement, eval
+re-run: `ernie_ops.rollout.suitegates`, run in the background from the stage's start) and:
 
 - a gate fails (once `min_samples` candidate requests are in): all traffic to stable at once
   (`all-stable`), the reason and the figures recorded, exit 1;
@@ -10,16 +12,27 @@ rate, TTFT / E2E p99, shadow agreement; exact, from the gateway's `/admin/stats`
 
 The controller's state (stage, when it began, the router's revision it set, the timeline) is
 written atomically after every step, so a killed controller restarted on the same file continues
-with the same stage and start time. It never overrides a change made by someone else: when the
-router's revision is not the one it set, it stops and says so.
+with the same stage and start time (a stage's suite gates run again). It never overrides a change made
+by someone else: when the router's revision is not the one it set, it stops and says so. A
+rollback is recorded with the router's time of the figures that failed and of the all-stable
+change (`decided_at`, `in_effect_at`), so the report says how long it took.
 
-Routers are reached through one small interface (`Router`): the built-in gateway today; HAProxy's
-runtime API, Envoy and Kubernetes Gateway API weights are the next adapters (#19 item 3).
+Routers are reached through one small interface (`Router`): the built-in gateway and HAProxy's
+runtime API. The next adapters, same interface:
+
+- Envoy: the candidate share as `weighted_clusters` weights of the route, pushed through an xDS
+  control plane (RDS), or a runtime key (`runtime_key_prefix`) set with `POST /runtime_modify` on
+  the admin port; the figures from `/stats` (`cluster.<name>.upstream_rq_5xx`, and the
+  `upstream_rq_time` histogram's P99 per cluster). Shadow: `request_mirror_policies`.
+- Kubernetes Gateway API: the `weight` of each `backendRefs` entry of the HTTPRoute, patched through
+  the API server (revision: the object's `resourceVersion`, which also detects a foreign change);
+  the figures from the implementation's Prometheus metrics. Shadow: the `RequestMirror` filter.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,7 +43,9 @@ from typing import Any, Protocol
 
 from ernie_ops.errors import UserError
 from ernie_ops.files import write_text_atomic
+from ernie_ops.rollout import suitegates
 from ernie_ops.rollout.spec import Gates, RolloutSpec, Stage
+from ernie_ops.validate.client import Endpoint
 
 
 class Router(Protocol):
@@ -44,7 +59,11 @@ class Router(Protocol):
         routing."""
 
     def figures(self, since: float) -> dict[str, Any]:
-        """Per backend/traffic figures since SINCE (the gateway's /admin/stats shape)."""
+        """Per backend/traffic figures since SINCE (the gateway's /admin/stats shape; `now` is the
+        router's time of the figures)."""
+
+    def endpoints(self) -> tuple[str, str] | None:
+        """The stable and candidate models' own URLs, when the router knows them (suite gates)."""
 
 
 class GatewayRouter:
@@ -85,6 +104,12 @@ class GatewayRouter:
     def figures(self, since: float) -> dict[str, Any]:
         return self._call(f"/admin/stats?since={since!r}")
 
+    def endpoints(self) -> tuple[str, str] | None:
+        backends = self._call("/admin/state").get("backends") or {}
+        if "stable" not in backends or "candidate" not in backends:
+            return None
+        return backends["stable"]["url"], backends["candidate"]["url"]
+
 
 @dataclass
 class ControllerState:
@@ -119,8 +144,11 @@ class Verdict:
     figures: dict[str, Any]
 
 
-def evaluate(stage: Stage, gates: Gates, figures: dict[str, Any], elapsed: float) -> Verdict:
-    """The gates of STAGE on the router's FIGURES (since the stage began ELAPSED seconds ago)."""
+def evaluate(
+    stage: Stage, gates: Gates, figures: dict[str, Any], elapsed: float, suite: dict[str, Any] | None = None
+) -> Verdict:
+    """The gates of STAGE on the router's FIGURES (since the stage began ELAPSED seconds ago) and
+    the stage's SUITE gates' figures (None: still running, when the gates have any)."""
     traffic = "shadow" if stage.mode == "shadow" else "client"
     cand = figures.get("backends", {}).get(f"candidate/{traffic}") or {}
     n = int(cand.get("requests") or 0)
@@ -147,12 +175,17 @@ def evaluate(stage: Stage, gates: Gates, figures: dict[str, Any], elapsed: float
     if (
         failed is None
         and stage.mode == "shadow"
+        and gates.agreement is None  # a judged agreement replaces the exact one
         and gates.min_agreement is not None
         and compared >= gates.min_samples
         and seen["agreement"] < gates.min_agreement
     ):
         failed = f"agreement with stable {seen['agreement']:.3f} < {gates.min_agreement:g}"
-    passed = failed is None and elapsed >= stage.min_duration_s and n >= stage.min_requests
+    if suite is not None:
+        seen |= {k: v for k, v in suite.items() if k != "failed"}
+        failed = failed or suite["failed"]
+    waiting = gates.suites and suite is None
+    passed = failed is None and not waiting and elapsed >= stage.min_duration_s and n >= stage.min_requests
     return Verdict(failed, passed, seen)
 
 
@@ -173,16 +206,22 @@ class Controller:
         recorded = ControllerState.load(self.state_path)
         self.resumed = recorded is not None
         self.state = recorded or ControllerState()
+        self._suite: dict[str, Any] = {}  # the current stage's suite gates' figures, once they answer
+        self._endpoints: tuple[Endpoint, Endpoint] | None = None
 
     def _event(self, event: str, **details: Any) -> None:
         entry = {"time": round(self.clock(), 3), "event": event, **details}
         self.state.timeline.append(entry)
         self.state.save(self.state_path)
 
-    def _set(self, mode: str, weight: float, reason: str, force: bool = False) -> None:
+    def _gates(self, index: int) -> Gates:
+        return self.spec.stages[index].gates or self.spec.gates
+
+    def _set(self, mode: str, weight: float, reason: str, force: bool = False) -> dict[str, Any]:
         """Set the split, only over this controller's own last change unless FORCE (a rollback)."""
         routing = self.router.set(mode, weight, reason, None if force else self.state.revision)
         self.state.revision = int(routing["revision"])
+        return routing
 
     def _enter(self, index: int) -> None:
         stage = self.spec.stages[index]
@@ -191,6 +230,39 @@ class Controller:
         self.state.stage_started = self.clock()
         self._event("stage", stage=index, label=stage.label, mode=stage.mode, weight=stage.weight)
         self.say(f"stage {index + 1}/{len(self.spec.stages)}: {stage.label}")
+        self._start_suites(index)
+
+    def _start_suites(self, index: int) -> None:
+        """The stage's suite gates, in a thread: the router's gates are read meanwhile."""
+        box: dict[str, Any] = {}
+        self._suite = box
+        gates = self._gates(index)
+        if not gates.suites:
+            return
+        stable, candidate = self._models()
+        self.say(f"stage {index + 1}: suite gates running against {candidate.root}")
+
+        def work() -> None:
+            try:
+                box.update(suitegates.run(gates, stable, candidate))
+            except Exception as err:  # an unreachable model, a suite that fails to load: the gate fails
+                box.update(failed=f"suite gate could not run: {err}")
+
+        threading.Thread(target=work, name=f"suite-gates-{index}", daemon=True).start()
+
+    def _models(self) -> tuple[Endpoint, Endpoint]:
+        """The stable and candidate models' own endpoints (the spec's, else the router's)."""
+        if self._endpoints is None:
+            urls = (self.spec.stable, self.spec.candidate)
+            if not all(urls):
+                urls = self.router.endpoints() or (None, None)
+            if not (urls[0] and urls[1]):
+                raise UserError(
+                    "the suite gates need the stable and candidate models' URLs",
+                    hint="add stable: URL and candidate: URL to the rollout",
+                )
+            self._endpoints = (Endpoint.parse(urls[0]), Endpoint.parse(urls[1]))
+        return self._endpoints
 
     def _check_ownership(self) -> None:
         """Stop when someone else changed the routing since this controller last did."""
@@ -208,15 +280,17 @@ class Controller:
             return self.state.status
         index = self.state.stage
         stage = self.spec.stages[index]
-        gates = stage.gates or self.spec.gates
+        gates = self._gates(index)
         started = self.state.stage_started
         figures = self.router.figures(started)
-        verdict = evaluate(stage, gates, figures, self.clock() - started)
+        suite = dict(self._suite) if self._suite else None
+        verdict = evaluate(stage, gates, figures, self.clock() - started, suite)
         if verdict.failed:
             reason = f"stage {index + 1} ({stage.label}): {verdict.failed}"
-            self._set("all-stable", 0.0, f"rollback: {reason}", force=True)
+            routing = self._set("all-stable", 0.0, f"rollback: {reason}", force=True)
             self.state.status = "rolled_back"
-            self._event("rollback", stage=index, reason=reason, figures=verdict.figures)
+            timing = _timing(figures.get("now"), routing.get("updated"))
+            self._event("rollback", stage=index, reason=reason, figures=verdict.figures, **timing)
             self.say(f"ROLLED BACK to all-stable: {reason}")
         elif verdict.passed:
             self._event("passed", stage=index, figures=verdict.figures)
@@ -238,12 +312,15 @@ class Controller:
         if self.state.status != "running":
             self.say(f"the rollout in {self.state_path} has ended: {self.state.status}")
             return self.state.status
+        if any(self._gates(i).suites for i in range(len(self.spec.stages))):
+            self._models()  # no URLs for the suite gates: refused before anything changes
         if not self.resumed:
             self._enter(0)
         else:
             self._check_ownership()
             stage = self.spec.stages[self.state.stage]
             self.say(f"resuming stage {self.state.stage + 1}/{len(self.spec.stages)}: {stage.label}")
+            self._start_suites(self.state.stage)
         while not until():
             try:
                 status = self.step()
@@ -256,6 +333,17 @@ class Controller:
         return self.state.status
 
 
+def _timing(decided: Any, in_effect: Any) -> dict[str, float]:
+    """When the failing figures were read and when all-stable took effect, on the router's clock."""
+    if not isinstance(decided, int | float) or not isinstance(in_effect, int | float):
+        return {}
+    return {
+        "decided_at": round(decided, 3),
+        "in_effect_at": round(in_effect, 3),
+        "rollback_s": round(in_effect - decided, 3),
+    }
+
+
 def _brief(figures: dict[str, Any]) -> str:
     parts = []
     for key, value in figures.items():
@@ -264,16 +352,3 @@ def _brief(figures: dict[str, Any]) -> str:
         elif value is not None:
             parts.append(f"{key} {value}")
     return ", ".join(parts)
-
-
-def markdown(spec: RolloutSpec, state: ControllerState) -> str:
-    """The rollout report: the decision, then the timeline with each gate's figures."""
-    lines = [f"# Rollout: {state.status}", "", f"Gateway {spec.gateway}; {len(spec.stages)} stages.", ""]
-    lines += ["| time (UTC) | event | stage | details |", "|---|---|---|---|"]
-    for entry in state.timeline:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry["time"]))
-        stage = entry.get("stage")
-        label = spec.stages[stage].label if isinstance(stage, int) and stage < len(spec.stages) else ""
-        details = entry.get("reason") or _brief(entry.get("figures") or {})
-        lines.append(f"| {when} | {entry['event']} | {label} | {details} |")
-    return "\n".join(lines) + "\n"
