@@ -922,6 +922,7 @@ def run(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     chat_template: Path | str | None = None,
     docs: bool = False,
+    quantization: str | None = None,
 ) -> None:
     """Load the checkpoint, then serve it until interrupted (the port opens only once it is loaded).
 
@@ -933,7 +934,7 @@ def run(
     from ernie_ops.serve.engine import Engine
     from ernie_ops.serve.engine_client import AsyncEngine
 
-    engine = Engine.load(model_dir, max_batch_size=max_batch_size)
+    engine = Engine.load(model_dir, max_batch_size=max_batch_size, quantization=quantization)
     if chat_template is not None:
         use_chat_template(engine, chat_template)
     name = served_model_name or Path(model_dir).name
@@ -1027,6 +1028,12 @@ def main(argv: list[str] | None = None) -> int:
         "--chat-template", type=Path, help="a Jinja chat template file used instead of the checkpoint's"
     )
     parser.add_argument("--docs", action="store_true", help="serve /docs and /openapi.json (with the key)")
+    parser.add_argument(
+        "--quantization",
+        choices=("wint8", "wint4"),
+        help="FastDeploy's weight-only int8 / int4 applied to the linear weights at load, as its GPU "
+        "kernel computes them (the quality effect; memory and speed stay float32's)",
+    )
     args = parser.parse_args(argv)
     try:
         run(
@@ -1042,6 +1049,7 @@ def main(argv: list[str] | None = None) -> int:
             max_connections=args.max_connections,
             chat_template=args.chat_template,
             docs=args.docs,
+            quantization=args.quantization,
         )
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -32,6 +32,32 @@ FASTDEPLOY_QUANTIZATIONS = (
 # the GGUF types the llama.cpp engine serves (`engine: llamacpp`, serve/backends/llamacpp.py)
 GGUF_QUANTIZATIONS = ("f32", "f16", "q8_0", "q4_0")
 QUANTIZATIONS: tuple[str, ...] = FASTDEPLOY_QUANTIZATIONS + GGUF_QUANTIZATIONS
+# what the embedded CPU engine (`engine: paddle`) does: bf16 = the weights as they are (it computes
+# in float32 on a CPU); wint8 / wint4 = FastDeploy's online weight-only quantization, emulated at load
+EMBEDDED_QUANTIZATIONS = ("bf16", "wint8", "wint4")
+# why the embedded engine cannot do the others, and what to use instead
+_NOT_EMBEDDED = {
+    "wint2": "wint2 needs a pre-quantized -2Bits checkpoint and FastDeploy on a GPU",
+    "w4a8": "w4a8 needs a pre-quantized W4A8C8 checkpoint and FastDeploy on a GPU",
+    "block_wise_fp8": "fp8 needs FastDeploy (or vLLM) on a GPU",
+    "tensor_wise_fp8": "fp8 needs FastDeploy (or vLLM) on a GPU",
+    "mix_quant": "mix_quant quantizes MoE experts apart and the embedded engine runs dense models",
+}
+
+
+def embedded_quantization_problem(quantization: str | dict) -> tuple[str, str] | None:
+    """(what is wrong, a hint) when the embedded CPU engine cannot serve QUANTIZATION, else None."""
+    name = quantization if isinstance(quantization, str) else str(quantization.get("quantization"))
+    if name in EMBEDDED_QUANTIZATIONS:
+        return None
+    why = _NOT_EMBEDDED.get(name, f"{name} is not a quantization the embedded CPU engine emulates")
+    return (
+        f"{name!r} is not served by the embedded CPU engine (engine: paddle), which does "
+        f"{', '.join(EMBEDDED_QUANTIZATIONS)}: {why}",
+        "quantization: wint8 or wint4 (FastDeploy's weight-only scheme, emulated at load), or bf16",
+    )
+
+
 # ERNIE-4.5-VL processor kwargs and the types FastDeploy's processor expects (shared reference)
 MM_PROCESSOR_KWARGS: dict[str, type] = {
     "spatial_conv_size": int,
@@ -55,7 +81,9 @@ class ServeProfile:
     engine: str | None = None  # None: FastDeploy where it and a GPU exist, else the embedded CPU server
     fastdeploy_version: str = "2.5"
     gpus: list[int] = field(default_factory=lambda: [0])
-    quantization: str | dict = "bf16"  # a name, or a mix_quant spec {dense_quant_type, moe_quant_type}
+    # a name, or a mix_quant spec {dense_quant_type, moe_quant_type}; engine paddle: bf16 (no
+    # quantization: float32 on the CPU), wint8 or wint4 (EMBEDDED_QUANTIZATIONS)
+    quantization: str | dict = "bf16"
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
     enable_expert_parallel: bool = False
@@ -208,6 +236,8 @@ def _rules(p: ServeProfile, recipe: LoadedRecipe) -> list[Problem]:
                 "engine: llamacpp",
             )
         )
+    elif p.engine == "paddle" and (problem := embedded_quantization_problem(p.quantization)):
+        out.append(error(where("quantization"), "quantization", *problem))
     elif isinstance(p.quantization, dict) and p.quantization.get("quantization") != "mix_quant":
         out.append(
             error(

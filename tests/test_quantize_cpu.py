@@ -6,6 +6,10 @@ here from Paddle itself with probe weights whose integers spell out their own po
 
 from __future__ import annotations
 
+import json
+import socket
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -215,3 +219,84 @@ def test_engine_logits_drift_from_float32_by_a_bounded_nonzero_amount(tiny_dense
             drift[name] = max(drift.get(name, 0.0), float(diff.max()) / float(np.abs(reference).max()))
     assert 2e-3 < drift["wint8"] < 0.05, drift
     assert drift["wint8"] < drift["wint4"] < 0.5, drift
+
+
+# -- serving ------------------------------------------------------------------------------------
+
+CPU_PROFILE = (
+    Path(__file__).parent.parent / "recipes" / "serve" / "cpu" / "ERNIE-4.5-0.3B_wint8_cpu_paddle.yaml"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_wint8_profile_is_served_by_the_embedded_engine(tiny_dense, cli, tmp_path):
+    import openai
+
+    port = _free_port()
+    started = cli(
+        "serve",
+        str(CPU_PROFILE),
+        "--set",
+        f"model={tiny_dense}",
+        "--set",
+        f"port={port}",
+        "--detach",
+        cwd=tmp_path,
+        timeout=180,
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+        reply = client.chat.completions.create(
+            model="ERNIE-4.5-0.3B-wint8",
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=4,
+            temperature=0,
+        )
+        assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 4
+        status = json.loads(cli("serve", "status", "--json", cwd=tmp_path).stdout)
+        (ours,) = [s for s in status if s["port"] == port]  # others' servers may be listed too
+        command = ours["command"]
+        assert command[command.index("--quantization") + 1] == "wint8"
+    finally:
+        stopped = cli("serve", "stop", "--port", str(port), cwd=tmp_path)
+    assert stopped.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("quantization", "engine", "problem"),
+    [
+        ("wint2", "paddle", "pre-quantized -2Bits checkpoint and FastDeploy on a GPU"),
+        ("block_wise_fp8", "paddle", "fp8 needs FastDeploy"),
+        ("{quantization: mix_quant, dense_quant_type: wint8, moe_quant_type: wint4}", "paddle", "dense"),
+        ("wint4", "paddle", None),
+        ("bf16", "paddle", None),
+        ("wint2", "fastdeploy", None),
+    ],
+)
+def test_the_embedded_engine_takes_bf16_wint8_wint4_and_refuses_the_rest(
+    tmp_path, quantization, engine, problem
+):
+    from ernie_ops.serve.backends.embedded import BACKEND
+    from ernie_ops.serve.profile import load_profile
+
+    path = tmp_path / "p.yaml"
+    path.write_text(f"model: /m\nengine: {engine}\nquantization: {quantization}\n")
+    if problem is None:
+        profile = load_profile(path)
+        if engine == "paddle":
+            argv = BACKEND.command(profile).argv
+            assert ("--quantization" in argv) == (quantization != "bf16")
+        return
+    with pytest.raises(UserError) as err:
+        load_profile(path)
+    assert f"{path}:3" in str(err.value) + str(err.value.where) and problem in str(err.value)
+    # a profile without engine: that lands on the embedded engine is refused when its command is built
+    path.write_text(f"model: /m\nquantization: {quantization}\n")
+    with pytest.raises(UserError, match="embedded CPU engine"):
+        BACKEND.command(load_profile(path))

@@ -19,7 +19,10 @@ class Embedded(Backend):
     name = "paddle"
     title = "the embedded CPU server"
     described = "the embedded CPU backend"
-    serves = "ERNIE 4.5 text checkpoints (dense and MoE) on CPU, ERNIEKit's exact arithmetic"
+    serves = (
+        "ERNIE 4.5 text checkpoints (dense and MoE) on CPU, ERNIEKit's exact arithmetic; "
+        "quantization: wint8 / wint4 emulates FastDeploy's weight-only int8 / int4 (quality, not speed)"
+    )
     priority = 90  # the fallback: runs wherever Paddle does
     default_host = "127.0.0.1"  # no TLS: this machine only unless the profile says otherwise
     api_key_env = "ERNIE_OPS_API_KEY"
@@ -27,13 +30,20 @@ class Embedded(Backend):
     def command(
         self, profile: ServeProfile, target: Target | None = None, python: str | None = None
     ) -> Command:
-        from ernie_ops.serve.profile import api_key
+        from ernie_ops.errors import UserError
+        from ernie_ops.serve.profile import api_key, embedded_quantization_problem
 
+        # the profile check needs `engine: paddle`; a profile without engine lands here on a CPU
+        problem = embedded_quantization_problem(profile.quantization)
+        if problem:
+            raise UserError(problem[0], hint=problem[1])
         argv = [
             *self.python_server(MODULE, profile, target, python),
             "--max-batch-size",
             str(profile.max_num_seqs),
         ]
+        if profile.quantization != "bf16":  # wint8 / wint4
+            argv += ["--quantization", str(profile.quantization)]
         if profile.served_model_name:
             argv += ["--served-model-name", profile.served_model_name]
         if profile.chat_template:
