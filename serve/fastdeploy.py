@@ -2,6 +2,8 @@
 builder that turns a serve profile into the exact `python -m fastdeploy.entrypoints.openai.api_server`
 argument list for the targeted FastDeploy release.
 
+Each release's flags, parser names and quantization methods are extracted from its own source
+(`scripts/extract_fastdeploy_flags.py` -> `data/fastdeploy-flags-<series>.json`, with the commit).
 Flags drift between 2.x releases (port defaults, `--enable-mm`, parser names, `--load-choices`), and
 FastDeploy drops a whole `--mm-processor-kwargs` on one wrong type, so every flag the builder emits
 is checked against the target version's table with a value of the right type.
@@ -19,32 +21,22 @@ from packaging.version import Version
 
 from ernie_ops.errors import UserError
 
-FLAG_TABLE = Path(__file__).resolve().parent / "data" / "fastdeploy-flags.json"
+DATA = Path(__file__).resolve().parent / "data"
 VERSIONS = ("2.0", "2.1", "2.2", "2.3", "2.4", "2.5", "2.6")
 DEFAULT_VERSION = "2.5"  # the newest release paired with paddlepaddle-gpu 3.3.1 (doctor's table)
 MODULE = "fastdeploy.entrypoints.openai.api_server"
 
-# What the develop table (2.6) does not show about older releases (shared reference: fastdeploy.md).
-# flag -> first release that has it
-ADDED_IN = {"--load-choices": "2.3"}
-# --quantization names (develop's parse_quantization; a JSON quantization_config is also taken),
-# each with the first release that has it where that is known: W4AFP8 (INT4 weights, FP8
-# activations) is new in 2.5 (FastDeploy's 2.5 release notes); FP8 activations need SM 8.9/9.0.
-QUANTIZATION_ADDED_IN = {
-    "wint8": "2.0",
-    "wint4": "2.0",
-    "wint2": "2.0",
-    "weight_only": "2.0",
-    "block_wise_fp8": "2.0",
-    "tensor_wise_fp8": "2.0",
-    "wfp8afp8": "2.0",
-    "w8a8": "2.0",
-    "w4a8": "2.0",
-    "mix_quant": "2.0",
-    "kvcache": "2.0",
-    "w4afp8": "2.5",
-}
-# parser names by release; canonical names are the current ones
+# Releases with a table extracted from their own source (scripts/extract_fastdeploy_flags.py:
+# data/fastdeploy-flags-<series>.json, which records the commit). An older release is described by
+# the oldest extracted table minus what arrived later, per FastDeploy's history:
+# flag -> first release that has it (--enable-keep-sampling-mask: #7146, on release/2.5 only)
+ADDED_IN = {"--load-choices": "2.3", "--enable-keep-sampling-mask": "2.5"}
+# --quantization names that arrived after 2.0 (both for torch-layout checkpoints, not ERNIE's)
+QUANTIZATION_ADDED_IN = {"modelopt_fp4": "2.5", "mxfp4": "2.5"}
+# online quantization of a BF16 checkpoint that came after the name: FastDeploy knew w4afp8 from
+# 2.0 for pre-quantized checkpoints only; online MoE W4AFP8 (#5282) is in release/2.4 and later
+ONLINE_SINCE = {"w4afp8": "2.4"}
+# parser names of the releases without an extracted table; canonical names are the current ones
 REASONING_PARSERS = {
     "2.0": {"ernie-45-vl": "ernie-45-vl", "qwen3": "qwen3"},
     "2.1": {"ernie-45-vl": "ernie-45-vl", "ernie-x1": "ernie_x1", "qwen3": "qwen3"},
@@ -68,6 +60,27 @@ def _at_or_before(table: dict[str, Any], version: str) -> Any:
     """The entry of the newest release <= version."""
     keys = sorted((k for k in table if Version(k) <= Version(version)), key=Version)
     return table[keys[-1]]
+
+
+@cache
+def extracted() -> tuple[str, ...]:
+    """The series that have a table extracted from their source, oldest first."""
+    found = (
+        p.name.removeprefix("fastdeploy-flags-").removesuffix(".json")
+        for p in DATA.glob("fastdeploy-flags-*.json")
+    )
+    return tuple(sorted(found, key=Version))
+
+
+@cache
+def release_table(series: str) -> dict[str, Any]:
+    """The extracted table of a series, or for an older one the oldest extracted table."""
+    own = [s for s in extracted() if s == series] or extracted()[:1]
+    return json.loads((DATA / f"fastdeploy-flags-{own[0]}.json").read_text(encoding="utf-8"))
+
+
+def has_own_table(series: str) -> bool:
+    return series in extracted()
 
 
 @dataclass(frozen=True)
@@ -101,7 +114,11 @@ class Dialect:
         return self._parser(name, TOOL_PARSERS, "tool_call_parser")
 
     def _parser(self, name: str, table: dict[str, dict[str, str]], key: str) -> str:
-        names = _at_or_before(table, self.version)
+        if has_own_table(self.version):  # the names its source registers
+            listed = {"reasoning_parser": "reasoning_parsers", "tool_call_parser": "tool_parsers"}[key]
+            names = {n: n for n in release_table(self.version)[listed]}
+        else:
+            names = _at_or_before(table, self.version)
         if name not in names:
             known = ", ".join(names) or "none"
             raise UserError(f"{key} {name!r} does not exist in FastDeploy {self.version} (it has: {known})")
@@ -119,41 +136,62 @@ def dialect(version: str | None) -> Dialect:
     return Dialect(series)
 
 
-@cache
-def _develop_flags() -> dict[str, dict[str, str]]:
-    return json.loads(FLAG_TABLE.read_text(encoding="utf-8"))["flags"]
+def flag_table(version: str) -> dict[str, dict[str, Any]]:
+    """Flags of a FastDeploy release: its own table, or the oldest extracted one minus later arrivals."""
+    table = release_table(version)["flags"]
+    if has_own_table(version):
+        return dict(table)
+    return {f: spec for f, spec in table.items() if Version(ADDED_IN.get(f, "2.0")) <= Version(version)}
 
 
-def flag_table(version: str) -> dict[str, dict[str, str]]:
-    """Flags of a FastDeploy release: the develop table minus what arrived later."""
-    return {
-        flag: spec
-        for flag, spec in _develop_flags().items()
-        if Version(ADDED_IN.get(flag, "2.0")) <= Version(version)
-    }
+def quantizations(version: str) -> list[str]:
+    """The --quantization method names a release knows (a JSON quantization_config is also taken)."""
+    names = release_table(version)["quantization_methods"]
+    return [q for q in names if Version(QUANTIZATION_ADDED_IN.get(q, "2.0")) <= Version(version)]
 
 
-def _check_value(flag: str, kind: str, value: str | None, version: str = DEFAULT_VERSION) -> str | None:
+def _check_quantization(value: str, version: str) -> str | None:
+    known = quantizations(version)
+    if value not in known:
+        since = QUANTIZATION_ADDED_IN.get(value)
+        if since:
+            return f"{value!r} arrived in FastDeploy {since}"
+        return f"{value!r} is not a quantization FastDeploy {version} knows ({', '.join(known)})"
+    since = ONLINE_SINCE.get(value)
+    if since and Version(since) > Version(version):
+        return (
+            f"{value!r} as online quantization of a BF16 checkpoint arrived in FastDeploy {since}; "
+            "before it, serve a pre-quantized checkpoint (its config.json names the method) "
+            "without --quantization"
+        )
+    return None
+
+
+def _check_value(flag: str, spec: dict[str, Any], value: str | None, version: str) -> str | None:
     """Why `value` is not what `flag` takes in this release, or None."""
-    if kind in ("switch",):
+    kind = spec["type"]
+    if kind == "switch":
         return None if value is None else "takes no value"
     if value is None:
         return None if kind == "bool_optional" else "needs a value"
+    if "choices" in spec and value not in spec["choices"]:
+        return f"{value!r} is not one of {', '.join(spec['choices'])}"
     if kind == "quantization" and not value.startswith("{"):
-        since = QUANTIZATION_ADDED_IN.get(value)
-        if since is None:
-            return f"{value!r} is not a quantization FastDeploy knows ({', '.join(QUANTIZATION_ADDED_IN)})"
-        if Version(since) > Version(version):
-            return f"{value!r} arrived in FastDeploy {since}"
+        return _check_quantization(value, version)
     try:
         if kind == "int":
             int(value)
         elif kind == "float":
             float(value)
-        elif kind == "json" or (kind == "quantization" and value.startswith("{")):
+        elif kind == "csv_int":
+            [int(v) for v in value.split(",")]
+        elif kind == "json" or kind == "quantization":
             json.loads(value)
     except ValueError:
-        return f"{value!r} is not {'JSON' if kind in ('json', 'quantization') else 'an ' + kind}"
+        what = {"json": "JSON", "quantization": "JSON", "csv_int": "comma-separated ints"}.get(
+            kind, "an " + kind
+        )
+        return f"{value!r} is not {what}"
     return None
 
 
@@ -172,7 +210,7 @@ def check_command(args: list[str], version: str) -> None:
             )
         takes_value = spec["type"] not in ("switch", "bool_optional")
         value = args[i + 1] if takes_value and i + 1 < len(args) else None
-        problem = _check_value(flag, spec["type"], value, version)
+        problem = _check_value(flag, spec, value, version)
         if problem:
             raise UserError(f"FastDeploy {version}: {flag} {problem}")
         i += 2 if takes_value else 1

@@ -10,11 +10,11 @@ from ernie_ops.catalog import MODELS, find_model
 from ernie_ops.errors import UserError
 from ernie_ops.serve.fastdeploy import (
     DEFAULT_VERSION,
-    QUANTIZATION_ADDED_IN,
     build_launch,
     check_command,
     dialect,
     flag_table,
+    quantizations,
 )
 from ernie_ops.serve.gpus import FASTDEPLOY_WHEEL_CAPABILITIES, GPUS, find_gpu, gpu_from_smi
 from ernie_ops.serve.profile import load_profile
@@ -59,11 +59,12 @@ def test_the_thinking_models_parsers_exist_in_2_5():
     assert find_model("ERNIE-4.5-21B-A3B").reasoning_parser is None  # not a thinking model
 
 
-def test_w4afp8_is_a_2_5_quantization_and_not_an_earlier_one():
-    assert QUANTIZATION_ADDED_IN["w4afp8"] == "2.5"
+def test_w4afp8_is_a_2_5_quantization_online_since_2_4():
+    """W4AFP8 (INT4 experts, FP8 activations): the name since 2.0, online from BF16 since 2.4 (#5282)."""
+    assert "w4afp8" in quantizations("2.5")
     check_command(["--quantization", "w4afp8"], "2.5")
-    with pytest.raises(UserError, match=r"arrived in FastDeploy 2\.5"):
-        check_command(["--quantization", "w4afp8"], "2.4")
+    with pytest.raises(UserError, match=r"arrived in FastDeploy 2\.4"):
+        check_command(["--quantization", "w4afp8"], "2.3")
     with pytest.raises(UserError, match="not a quantization"):
         check_command(["--quantization", "w4afp16"], "2.5")
     check_command(["--quantization", '{"quantization": "mix_quant"}'], "2.0")  # JSON: any release
