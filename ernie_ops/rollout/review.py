@@ -163,7 +163,7 @@ class ReviewQueue:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            what = "truncated (a partial copy?)" if err.pos >= len(text.rstrip()) else "not valid JSON"
+            what = "not valid JSON" if text.rstrip().endswith("}") else "truncated (a partial copy?)"
             raise UserError(
                 f"{path}:{err.lineno}: {what}: {err.msg}; expected a whole review item (one JSON object)",
                 hint="restore it, or delete it (the gateway writes items whole, so this is a copy or "
