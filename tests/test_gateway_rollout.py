@@ -85,10 +85,13 @@ def spec_for(url: str, **gates: float) -> RolloutSpec:
 
 
 @contextlib.contextmanager
-def rig(candidate_url: str, tmp_path: Path) -> Iterator[str]:
-    with serve_in_thread(model="stable-m") as stable:
+def rig(candidate_url: str, tmp_path: Path, stable_url: str | None = None) -> Iterator[str]:
+    """The gateway over CANDIDATE_URL and a stable (STABLE_URL, else a null server)."""
+    with contextlib.ExitStack() as stack:
+        if stable_url is None:
+            stable_url = stack.enter_context(serve_in_thread(model="stable-m")).url
         config = GatewayConfig(
-            stable=Endpoint.parse(stable.url),
+            stable=Endpoint.parse(stable_url),
             candidate=Endpoint.parse(candidate_url),
             routing=Routing("all-stable"),
             state_path=tmp_path / "gateway.json",
@@ -99,9 +102,12 @@ def rig(candidate_url: str, tmp_path: Path) -> Iterator[str]:
             yield url_of(g)
 
 
-def roll(url: str, tmp_path: Path, **gates: float) -> tuple[str, Controller, list[int | str]]:
+def roll(
+    url: str, tmp_path: Path, spec: RolloutSpec | None = None, **gates: float
+) -> tuple[str, Controller, list[int | str]]:
+    """SPEC (else spec_for's) run to its end under a steady client load; every client status."""
     controller = Controller(
-        spec_for(url, **gates), GatewayRouter(url, "sesame"), tmp_path / "rollout.json", say=print
+        spec or spec_for(url, **gates), GatewayRouter(url, "sesame"), tmp_path / "rollout.json", say=print
     )
     with ClientLoad(url) as load:
         status = controller.run()
