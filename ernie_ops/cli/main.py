@@ -33,6 +33,7 @@ from ernie_ops.cli.review import Review
 from ernie_ops.cli.rollout import Rollout
 from ernie_ops.cli.serve import Serve
 from ernie_ops.cli.smoke import Smoke
+from ernie_ops.cli.sweep import SweepCommand
 from ernie_ops.cli.tiny_model import TinyModel
 from ernie_ops.cli.top import TopCommand
 from ernie_ops.cli.train import Train
@@ -64,6 +65,7 @@ SUBCOMMANDS: tuple[type[Subcommand], ...] = (
     TopCommand,
     PipelineCommand,
     Demo,
+    SweepCommand,
     Gc,
 )
 
@@ -79,6 +81,7 @@ examples:
   ernie-ops top 127.0.0.1:8200           # live per-backend requests/s, errors, TTFT and E2E p99
   ernie-ops review list --status open    # answers the gateway flagged as wrong-looking, to judge
   ernie-ops smoke http://127.0.0.1:8180  # a functional checklist against any OpenAI endpoint
+  ernie-ops sweep my-sweep.yaml          # serve variants (wint8, wint4, engines) in turn: trade-off report
   ernie-ops COMMAND --help               # details and examples of one command
 """
 
