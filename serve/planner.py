@@ -63,6 +63,9 @@ BF16 = 2.0
 WINT2_BYTES = 0.25 + 1 / 64
 # block_wise_fp8: 1 byte + one fp32 scale per 128x128 block.
 FP8_BYTES = 1.0 + 4 / (128 * 128)
+# w4afp8 experts (FastDeploy 2.5 CutlassW4AFP8MoEMethod, online): INT4 packed two per byte + one
+# fp32 scale per 128-weight group (group_wise_int4_weight_quantize(group_size=128), scale float32).
+W4AFP8_EXPERT_BYTES = 0.5 + 4 / 128
 
 # quantization -> (bytes per dense linear weight, bytes per expert weight, KV cache bytes per value)
 # Embeddings, lm_head, MoE gates and the vision encoder stay bf16.
@@ -78,9 +81,14 @@ QUANTIZATIONS: dict[str, tuple[str, str, int]] = {
     # W4A8C8: int4 experts, int8 dense, int8 activations and an int8 (C8) KV cache; the published
     # checkpoint carries scales for exactly 4 ranks (docs/best_practices ERNIE-4.5-300B-A47B tip 2)
     "w4a8": ("int8", "int4", 1),
+    # W4AFP8 (FastDeploy parse_quant_config, 2.4+): an online mix_quant of MoE models, dense layers
+    # block_wise_fp8 and experts INT4 weights with FP8 activations; the KV cache stays bf16
+    "w4afp8": ("fp8", "w4afp8", 2),
 }
 ALIASES = {"fp8": "block_wise_fp8", "bfloat16": "bf16", "none": "bf16", "mix_quant": "wint4"}
 # lowest precision loss first: the order `plan_serve` tries when no quantization is given
+# (w4afp8 is not tried unasked: its weights are never smaller than wint4's, so it cannot fit where
+# wint4 does not)
 LOSS_ORDER = ("bf16", "wint8", "block_wise_fp8", "wint4", "w4a8", "wint2")
 PRE_QUANTIZED = {"wint2": "-2Bits-", "w4a8": "-W4A8C8-"}  # needs a checkpoint with this in its hub id
 FIXED_TP = {"w4a8": 4}
@@ -214,6 +222,7 @@ def _bytes_per_weight(kind: str, hidden: int) -> float:
         "int2": WINT2_BYTES,
         "fp8": FP8_BYTES,
         "fp8t": 1.0,
+        "w4afp8": W4AFP8_EXPERT_BYTES,
     }[kind]
 
 
@@ -341,6 +350,10 @@ def unsupported(m: ModelSpec, gpu: GpuSpec, quantization: str, tensor_parallel: 
             f"block_wise_fp8 needs FP8 tensor cores (Hopper or Ada, SM 8.9+); {gpu.name} is "
             f"{gpu.arch} (SM {gpu.compute_capability[0]}.{gpu.compute_capability[1]})"
         )
+    if quantization == "w4afp8":
+        why = _w4afp8_unsupported(m, gpu, tensor_parallel)
+        if why:
+            return why
     if quantization in PRE_QUANTIZED and not any(PRE_QUANTIZED[quantization] in h for h in m.hub_ids):
         return f"{quantization} needs a pre-quantized checkpoint and {m.name} has none published"
     fixed = FIXED_TP.get(quantization)
@@ -348,6 +361,25 @@ def unsupported(m: ModelSpec, gpu: GpuSpec, quantization: str, tensor_parallel: 
         return f"the {quantization} checkpoint carries scales for exactly {fixed} ranks (TP {fixed})"
     if tensor_parallel is not None and m.num_heads % tensor_parallel:
         return f"{m.num_heads} attention heads do not split over {tensor_parallel} ranks"
+    return None
+
+
+def _w4afp8_unsupported(m: ModelSpec, gpu: GpuSpec, tensor_parallel: int | None) -> str | None:
+    # FastDeploy 2.5: the experts' W4AFP8 GEMM (custom_ops/gpu_ops/w4afp8_gemm) is built with Hopper's
+    # warpgroup MMA (cute GMMA) and only for SM 9.0; dense models have no experts to quantize
+    if not m.is_moe:
+        return (
+            f"w4afp8 quantizes MoE experts and {m.name} has none (FastDeploy would run it as block_wise_fp8)"
+        )
+    if gpu.compute_capability != (9, 0):
+        cc = ".".join(map(str, gpu.compute_capability))
+        return f"w4afp8's expert GEMM is built for Hopper (SM 9.0) only; {gpu.name} is {gpu.arch} (SM {cc})"
+    if tensor_parallel and m.moe_intermediate_size % tensor_parallel:
+        # FastDeploy's _compute_hadamard_block_size raises on it
+        return (
+            f"w4afp8 needs the expert size {m.moe_intermediate_size} divisible by the "
+            f"{tensor_parallel} tensor-parallel ranks"
+        )
     return None
 
 
@@ -384,6 +416,11 @@ def _plan_one(
         notes.append("FastDeploy runs wint4 on ERNIE MoE models as mix_quant: dense wint8, experts wint4.")
     if q in PRE_QUANTIZED:
         notes.append(f"{q} loads a pre-quantized checkpoint ({PRE_QUANTIZED[q].strip('-')}), not online.")
+    if q == "w4afp8":
+        notes.append(
+            "FastDeploy (2.4+) runs w4afp8 as mix_quant: dense block_wise_fp8, experts INT4 weights with "
+            "FP8 activations, quantized online from the BF16 checkpoint."
+        )
     if m.name in HOST_RAM_NOTES and not vllm:
         notes.append(HOST_RAM_NOTES[m.name])
     if count_params(m).inferred:
@@ -533,6 +570,8 @@ def plan_serve(
 def _alternative_hint(q: str) -> str:
     if q == "block_wise_fp8":
         return "use wint8 (about the same memory) on this GPU"
+    if q == "w4afp8":
+        return "use wint4 (about the same memory; on any supported GPU) or, on a dense model, block_wise_fp8"
     if q in PRE_QUANTIZED:
         return "use wint4 or wint8 (online quantization from the BF16 checkpoint)"
     return "pick a TP size that divides the attention heads (1, 2, 4 or 8)"
