@@ -1,18 +1,31 @@
 """The shipped monitoring (recipes/monitoring/): every metric the Grafana dashboard queries exists on
-the gateway or on the model servers (the embedded server's names, which are FastDeploy's), and the
-Prometheus config scrapes them."""
+a running gateway (with its review queue) or on the running embedded server (whose names are
+FastDeploy's), or is one of vLLM's own; and the Prometheus config scrapes the gateway and the servers."""
 
 from __future__ import annotations
 
 import json
 import re
 
+import httpx
 import yaml
+from standin_openai import serving
 
-from ernie_ops.rollout.metrics import GatewayMetrics
+from ernie_ops.rollout.gateway import GatewayConfig, run_in_thread, url_of
+from ernie_ops.validate.client import Endpoint
 
-NAME = re.compile(r"\b(ernie_ops_gateway_\w+|fastdeploy:\w+)")
+NAME = re.compile(r"\b(ernie_ops_\w+|fastdeploy:\w+|vllm:\w+)")
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+# vLLM's names for what the dashboard reads (vllm/v1/metrics/loggers.py, PrometheusStatLogger); no
+# vLLM runs here, so they are checked against this list, which `ernie_ops.rollout.top` reads too
+VLLM = {
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+    "vllm:generation_tokens_total",
+    "vllm:request_success_total",
+    "vllm:time_to_first_token_seconds_bucket",
+    "vllm:e2e_request_latency_seconds_bucket",
+}
 
 
 def exposed(text: str) -> set[str]:
@@ -25,8 +38,11 @@ def exposed(text: str) -> set[str]:
     return names
 
 
-def test_every_metric_the_dashboard_queries_exists(repo):
-    from ernie_ops.serve.metrics import Metrics
+def test_every_metric_the_dashboard_queries_exists_on_the_gateway_and_the_embedded_server(
+    repo, tiny_dense, tmp_path
+):
+    from ernie_ops.serve.engine import Engine
+    from ernie_ops.serve.openai_server import create_app
 
     dashboard = json.loads((repo / "recipes" / "monitoring" / "grafana-dashboard.json").read_text())
     queried = {
@@ -35,10 +51,42 @@ def test_every_metric_the_dashboard_queries_exists(repo):
         for target in panel["targets"]
         for name in NAME.findall(target["expr"])
     }
-    assert any(n.startswith("ernie_ops_gateway_") for n in queried)
-    assert any(n.startswith("fastdeploy:") for n in queried)
-    available = exposed(GatewayMetrics().render(0).decode()) | exposed(Metrics().render(0, 0))
-    assert sorted(queried - available) == []
+    for prefix in (
+        "ernie_ops_gateway_",
+        "ernie_ops_gateway_review",
+        "fastdeploy:",
+        "vllm:",
+        "ernie_ops_requests",
+    ):
+        assert any(n.startswith(prefix) for n in queried), prefix
+    engine = Engine.load(tiny_dense, max_batch_size=1)
+    try:
+        with serving(create_app(engine, "tiny")) as (server, _):
+            config = GatewayConfig(
+                stable=Endpoint.parse(server, model="tiny"), review_dir=tmp_path / "review"
+            )
+            with run_in_thread(config) as gateway:
+                available = exposed(httpx.get(url_of(gateway) + "/metrics", timeout=30).text)
+            embedded = exposed(httpx.get(server + "/metrics", timeout=30).text)
+    finally:
+        engine.stop()
+    assert sorted(queried - available - embedded - VLLM) == []
+    assert {n for n in queried if n.startswith("fastdeploy:")} <= embedded  # the embedded backend, live
+
+
+def test_top_reads_the_vllm_names_the_dashboard_does():
+    from ernie_ops.rollout.top import KINDS
+
+    vllm = next(k for k in KINDS if k.name == "vllm")
+    read = {
+        vllm.requests,
+        vllm.tokens,
+        vllm.running,
+        vllm.waiting,
+        vllm.ttft + "_bucket",
+        vllm.e2e + "_bucket",
+    }
+    assert read == VLLM
 
 
 def test_the_prometheus_config_scrapes_the_gateway_and_the_servers(repo):
