@@ -144,13 +144,13 @@ def test_sweep_on_cpu_records_a_failed_start_and_resumes(tiny_dense, tmp_path, m
         tiny_dense,
         "  - {{name: ref, engine: paddle, max_num_seqs: 4}}\n"
         "  - {{name: broken, engine: paddle, chat_template: {bad}}}\n"
-        "  - {{name: one-seq, engine: paddle, max_num_seqs: 1}}\n",
+        "  - {{name: wint8, engine: paddle, quantization: wint8, max_num_seqs: 1}}\n",
     )
     out = tmp_path / "sw"
     assert main(["sweep", str(spec), "--out", str(out)]) == 0
     record = json.loads((out / "sweep.json").read_text())
     variants = record["variants"]
-    assert [variants[n]["status"] for n in ("ref", "broken", "one-seq")] == ["passed", "failed", "passed"]
+    assert [variants[n]["status"] for n in ("ref", "broken", "wint8")] == ["passed", "failed", "passed"]
     broken = variants["broken"]
     assert broken["failed_step"] == "serve" and broken["steps"]["eval"]["status"] == "pending"
     assert "chat template" in broken["steps"]["serve"]["diagnosis"]
@@ -160,19 +160,52 @@ def test_sweep_on_cpu_records_a_failed_start_and_resumes(tiny_dense, tmp_path, m
     rows = {r["variant"]: r for r in report["variants"]}
     assert rows["ref"]["memory_gb"] > 0.05 and rows["ref"]["output_tokens_per_s"] > 0
     assert rows["ref"]["ttft_p99_ms"] >= rows["ref"]["ttft_p50_ms"] > 0
-    vs = rows["one-seq"]["vs_reference"]
+    vs = rows["wint8"]["vs_reference"]
     assert vs["paired"] == 3 and vs["low"] <= vs["delta"] <= vs["high"]
-    assert report["recommendation"]["variant"] in ("ref", "one-seq")
+    assert report["recommendation"]["variant"] in ("ref", "wint8")
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 1
     assert "broken** at serve" in (out / "report.md").read_text()
+    assert rows["wint8"]["quantization"] == "wint8"
+    assert "--quantization wint8" in (out / "variants" / "wint8" / "serve.log").read_text()
 
     capsys.readouterr()
     assert main(["sweep", "--resume", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "already passed, not redone: ref, one-seq" in text
+    assert "already passed, not redone: ref, wint8" in text
     again = json.loads((out / "sweep.json").read_text())["variants"]
     assert (again["ref"]["runs"], again["broken"]["runs"]) == (1, 2)
     assert again["broken"]["status"] == "failed"
+
+
+def test_ctrl_c_stops_the_server_and_leaves_a_resumable_sweep(tiny_dense, tmp_path, monkeypatch):
+    import ernie_ops.serve as serving
+    from ernie_ops.sweep.runner import VariantRun
+
+    monkeypatch.chdir(tmp_path)
+    spec = _write_spec(tmp_path, tiny_dense, "  - {{name: only, engine: paddle, max_num_seqs: 2}}\n")
+    out = tmp_path / "sw"
+    real_eval = VariantRun._eval
+
+    def interrupted(self):
+        assert serving.servers()  # the server is up when Ctrl-C lands
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(VariantRun, "_eval", interrupted)
+    assert main(["sweep", str(spec), "--out", str(out)]) == 130
+    record = json.loads((out / "sweep.json").read_text())
+    only = record["variants"]["only"]
+    assert (record["status"], only["status"], only["steps"]["eval"]["status"]) == ("interrupted",) * 3
+    assert only["steps"]["stop"]["status"] == "passed" and serving.servers() == []
+    assert (out / "report.md").is_file()
+
+    monkeypatch.setattr(VariantRun, "_eval", real_eval)
+    assert main(["sweep", "--resume", str(out)]) == 0
+    again = json.loads((out / "sweep.json").read_text())
+    assert (again["status"], again["variants"]["only"]["status"], again["variants"]["only"]["runs"]) == (
+        "finished",
+        "passed",
+        2,
+    )
 
 
 @needs_llama_cpp
