@@ -507,3 +507,11 @@ def test_content_is_logged_only_when_asked_and_then_masked(tmp_path):
     assert "jane.doe" not in log_file.read_text()
     assert entry["request"][0]["content"] == "mail <EMAIL_1> please"
     assert entry["answer"] == "I wrote to <EMAIL_1>"  # one numbering for the whole line
+
+
+def test_content_logged_with_no_mask_says_so(tmp_path):
+    log = RequestLog(tmp_path, content=True, mask=False)
+    log.add({"id": "1", "request": "mail a@example.com", "answer": "done"})
+    log.close()
+    entry = json.loads((tmp_path / "requests.jsonl").read_text())
+    assert entry["request"] == "mail a@example.com" and entry["masked"] is False

@@ -48,6 +48,7 @@ def test_set_status_and_a_killed_gateway_restarts_with_the_recorded_weights(tmp_
     with serve_in_thread(model="stable-m") as stable, serve_in_thread(model="cand-m") as candidate:
         args = ["--stable", stable.url, "--candidate", candidate.url, "--port", "0"]
         args += ["--state", str(tmp_path / "state.json"), "--log-dir", str(tmp_path / "log")]
+        args += ["--review-dir", str(tmp_path / "review")]
         proc, url, _ = start([*args, "--mode", "shadow"], env)
         try:
             r = httpx.post(
@@ -108,3 +109,27 @@ def test_set_without_the_key_and_content_without_a_log_are_refused_clearly(cli, 
     args = ["--stable", "127.0.0.1:9", "--log-content", "--no-log", "--state", str(tmp_path / "s")]
     refused = cli("gateway", "run", *args, timeout=GUARD_S)
     assert refused.returncode == 2 and "no log to put content in" in refused.stderr
+
+
+def test_a_judge_suite_retention_and_no_mask_are_announced_and_bad_values_refused(cli, tmp_path):
+    suite = tmp_path / "probes.jsonl"
+    suite.write_text(
+        '{"prompt": "What is 2 + 2?", "expected": 4}\n{"prompt": "Capital of France?", "expected": "Paris"}\n'
+    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with serve_in_thread(model="stable-m") as stable:
+        args = ["--stable", stable.url, "--port", "0", "--state", str(tmp_path / "state.json")]
+        args += ["--log-dir", str(tmp_path / "log"), "--review-dir", str(tmp_path / "review")]
+        proc, _, _ = start([*args, "--judge-suite", str(suite), "--retention", "14d", "--no-mask"], env)
+        out = stop(proc)
+    assert f"review queue {tmp_path / 'review'} (personal data NOT masked: --no-mask)" in out
+    assert f"judge: 2 prompts of {suite}" in out
+    for bad, message in (
+        (["--retention", "0d"], "longer than 0"),
+        (["--retention", "soon"], "not a duration"),
+    ):
+        refused = cli("gateway", "run", "--stable", "127.0.0.1:9", *bad, timeout=GUARD_S)
+        assert refused.returncode == 2 and message in refused.stderr
+    suite.write_text('{"prompt": "x", "judge": "exactly"}\n')
+    refused = cli("gateway", "run", "--stable", "127.0.0.1:9", "--judge-suite", str(suite), timeout=GUARD_S)
+    assert refused.returncode == 2 and "probes.jsonl:1" in refused.stderr
