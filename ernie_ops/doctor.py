@@ -17,7 +17,9 @@ from packaging.version import InvalidVersion, Version
 
 from ernie_ops.extras import hide_framework_advisory
 
-# FastDeploy release -> the paddlepaddle-gpu it is built against (FastDeploy's install docs).
+# FastDeploy release -> the paddlepaddle-gpu it is built against (FastDeploy's install docs; 2.4 and
+# 2.5 read in docs/get_started/installation/nvidia_gpu.md of release/2.4 and of release/2.5 at
+# f3fb7e032, the commit of serve/data/fastdeploy-flags-2.5.json).
 FASTDEPLOY_PADDLE = {
     "2.0": "3.1.0",
     "2.1": "3.1.1",
