@@ -29,7 +29,8 @@ MODULE = "fastdeploy.entrypoints.openai.api_server"
 # Releases with a table extracted from their own source (scripts/extract_fastdeploy_flags.py:
 # data/fastdeploy-flags-<series>.json, which records the commit). An older release is described by
 # the oldest extracted table minus what arrived later, per FastDeploy's history:
-# flag -> first release that has it (--enable-keep-sampling-mask: #7146, on release/2.5 only)
+# flag -> first release that has it (--enable-keep-sampling-mask: in 2.5.0; release/2.4 got it in a
+# 2026-03 patch, #6725; develop at the 2.6 table's commit has not)
 ADDED_IN = {"--load-choices": "2.3", "--enable-keep-sampling-mask": "2.5"}
 # --quantization names that arrived after 2.0 (both for torch-layout checkpoints, not ERNIE's)
 QUANTIZATION_ADDED_IN = {"modelopt_fp4": "2.5", "mxfp4": "2.5"}

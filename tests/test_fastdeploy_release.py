@@ -42,7 +42,7 @@ def test_2_5_has_its_own_flags_not_the_develop_ones():
             check_command([flag, "x"], "2.5")
     assert "--enable-keep-sampling-mask" in flag_table("2.5")
     assert "--enable-keep-sampling-mask" not in flag_table("2.6")  # develop's history differs
-    assert "--enable-keep-sampling-mask" not in flag_table("2.4")  # #7146 landed on release/2.5
+    assert "--enable-keep-sampling-mask" not in flag_table("2.4")  # not in 2.4.0
     assert "--load-choices" in flag_table("2.3") and "--load-choices" not in flag_table("2.2")
 
 
