@@ -101,7 +101,7 @@ def _row(name, score=0.5, quality_ok=True, memory=1.0, rate=2.0, status="passed"
         "met_slo": met,
         "sustainable_rate": rate,
         "output_tokens_per_s": 10.0,
-        "memory_gb": memory,
+        "memory_gib": memory,
         "memory_source": "peak RSS",
     }
 
@@ -158,7 +158,7 @@ def test_sweep_on_cpu_records_a_failed_start_and_resumes(tiny_dense, tmp_path, m
     assert serving.servers() == []  # every server stopped
     report = json.loads((out / "report.json").read_text())
     rows = {r["variant"]: r for r in report["variants"]}
-    assert rows["ref"]["memory_gb"] > 0.05 and rows["ref"]["output_tokens_per_s"] > 0
+    assert rows["ref"]["memory_gib"] > 0.05 and rows["ref"]["output_tokens_per_s"] > 0
     assert rows["ref"]["ttft_p99_ms"] >= rows["ref"]["ttft_p50_ms"] > 0
     vs = rows["wint8"]["vs_reference"]
     assert vs["paired"] == 3 and vs["low"] <= vs["delta"] <= vs["high"]
@@ -225,3 +225,50 @@ def test_llamacpp_variants_share_one_prepared_gguf_export(tiny_dense, tmp_path, 
     assert Path(made).is_file() and Path(made).parent == out / "exports"
     assert record["variants"]["q4-small"]["steps"]["prepare"]["summary"].startswith("reused")
     assert all(v["status"] == "passed" for v in record["variants"].values())
+
+
+def test_memory_as_the_gpu_engines_report_it(tmp_path):
+    from ernie_ops.sweep.memory import engine_report
+
+    fd = tmp_path / "fd"
+    fd.mkdir()
+    # FastDeploy's worker logs its profile run as one tuple; vLLM one line each
+    (fd / "workerlog.0").write_text(
+        "INFO ('After running the profile, the memory usage info is as follows:', '\\nDevice Total memory: "
+        "79.1', '\\nPaddle reserved memory: 45.2', '\\nPaddle allocated memory: 41.5', "
+        "'\\nAvailable KV Cache meomory: 27.75', 'Profile time: 3.2')\n"
+    )
+    assert engine_report(fd) == {"weights_gib": 41.5, "kv_cache_gib": 27.75, "source": "FastDeploy's log"}
+    vllm = tmp_path / "vllm"
+    vllm.mkdir()
+    (vllm / "server.log").write_text(
+        "INFO Model loading took 40.7 GiB and 21.3 seconds\nINFO Available KV cache memory: 28.1 GiB\n"
+    )
+    assert engine_report(vllm) == {"weights_gib": 40.7, "kv_cache_gib": 28.1, "source": "vLLM's log"}
+    assert engine_report(tmp_path / "none") == {}
+
+
+def test_gpu_memory_counts_only_the_server_processes():
+    from types import SimpleNamespace
+
+    from ernie_ops.sweep.memory import gpu_memory
+
+    class Nvml:  # NVML's calls as pynvml names them; no GPU here to ask
+        def nvmlInit(self):
+            pass
+
+        def nvmlShutdown(self):
+            pass
+
+        def nvmlDeviceGetCount(self):
+            return 2
+
+        def nvmlDeviceGetHandleByIndex(self, i):
+            return i
+
+        def nvmlDeviceGetComputeRunningProcesses(self, handle):
+            used = {0: [(10, 5 << 30), (99, 7 << 30)], 1: [(11, 3 << 30), (12, None)]}[handle]
+            return [SimpleNamespace(pid=p, usedGpuMemory=u) for p, u in used]
+
+    assert gpu_memory({10, 11, 12}, Nvml()) == 8 << 30
+    assert gpu_memory({42}, Nvml()) is None

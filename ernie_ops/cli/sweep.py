@@ -16,7 +16,7 @@ class SweepCommand(Subcommand):
         "smoke-test, evaluate and load it, record its memory and stop it. A variant that fails is "
         "recorded with its diagnosis and the sweep goes on. Then report.md / report.html / report.json: "
         "quality with paired bootstrap intervals against the first variant, TTFT / TPOT p50 / p99, "
-        "sustainable rate under the SLO, output tok/s, memory, tok/s per GB, a Pareto chart, and the "
+        "sustainable rate under the SLO, output tok/s, memory, tok/s per GiB, a Pareto chart, and the "
         "cheapest (least memory) variant within max_drop of the reference that met the SLO. The format: "
         "`python -m pydoc ernie_ops.sweep.spec`. Exit 0 when a variant is recommended, 1 when none "
         "qualifies, 2 bad input, 130 interrupted (continue with --resume)."

@@ -4,7 +4,7 @@ pareto.png in the sweep's directory.
 Per variant: quality (the eval score, and against the reference, the first variant, the paired
 bootstrap interval of the difference from `ernie_ops.validate.compare`), TTFT / TPOT p50 / p99 and
 output tokens/s at the reported load level, the sustainable request rate under the SLO, memory and
-output tokens/s per GB of it.
+output tokens/s per GiB of it.
 
 The recommendation names the cheapest variant, that is the one holding the least memory (GPU
 memory on a GPU, peak RSS on CPU), among those that finished, whose quality is not worse than the
@@ -49,11 +49,11 @@ def rows(record: SweepRecord) -> tuple[list[dict[str, Any]], str | None]:
             "sustainable_rate": load.get("sustainable_rate"),
             "output_tokens_per_s": load.get("output_tokens_per_s"),
             "met_slo": load.get("met_slo"),
-            "memory_gb": memory.get("memory_gb"),
+            "memory_gib": memory.get("memory_gib"),
             "memory_source": memory.get("source"),
         }
-        tps, gb = row["output_tokens_per_s"], row["memory_gb"]
-        row["tokens_per_s_per_gb"] = round(tps / gb, 3) if tps is not None and gb else None
+        tps, gb = row["output_tokens_per_s"], row["memory_gib"]
+        row["tokens_per_s_per_gib"] = round(tps / gb, 3) if tps is not None and gb else None
         report = v.out("eval", "report")
         if name == reference and row["score"] is not None:
             row["quality_ok"] = True
@@ -98,7 +98,7 @@ def recommend(table: list[dict[str, Any]], reference: str | None, max_drop: floa
                 reasons.append(
                     "missed the SLO" if row["sustainable_rate"] is None else "missed the SLO at some level"
                 )
-            if row["memory_gb"] is None:
+            if row["memory_gib"] is None:
                 reasons.append("memory not measured")
         row["qualifies"], row["why_not"] = not reasons, "; ".join(reasons) or None
     qualified = [r for r in table if r["qualifies"]]
@@ -106,14 +106,14 @@ def recommend(table: list[dict[str, Any]], reference: str | None, max_drop: floa
         listing = "; ".join(f"{r['variant']}: {r['why_not']}" for r in table)
         return {"variant": None, "text": f"none qualifies ({listing})"}
     best = min(
-        qualified, key=lambda r: (r["memory_gb"], -(r["sustainable_rate"] or r["output_tokens_per_s"] or 0))
+        qualified, key=lambda r: (r["memory_gib"], -(r["sustainable_rate"] or r["output_tokens_per_s"] or 0))
     )
     others = len(qualified) - 1
     return {
         "variant": best["variant"],
-        "memory_gb": best["memory_gb"],
+        "memory_gib": best["memory_gib"],
         "text": (
-            f"{best['variant']}: the least memory ({best['memory_gb']:.3f} GB, "
+            f"{best['variant']}: the least memory ({best['memory_gib']:.3f} GiB, "
             f"{best['memory_source']}) of the "
             f"{len(qualified)} variant(s) within {max_drop:g} of {reference}'s quality that met the SLO"
             + (f" ({others} other(s) qualified)" if others else "")
@@ -186,8 +186,8 @@ def markdown(report: dict[str, Any], image: str | None) -> str:
         "TPOT p50 / p99 ms",
         "sustainable req/s",
         "output tok/s",
-        "memory GB",
-        "tok/s per GB",
+        "memory GiB",
+        "tok/s per GiB",
     ]
     body: list[list[object]] = [header]
     for r in table:
@@ -209,8 +209,8 @@ def markdown(report: dict[str, Any], image: str | None) -> str:
                 f"{_f(r['tpot_p50_ms'])} / {_f(r['tpot_p99_ms'])}",
                 _f(r["sustainable_rate"], "{:.3g}"),
                 _f(r["output_tokens_per_s"]),
-                _f(r["memory_gb"], "{:.3f}"),
-                _f(r["tokens_per_s_per_gb"]),
+                _f(r["memory_gib"], "{:.3f}"),
+                _f(r["tokens_per_s_per_gib"]),
             ]
         )
     pick = report["recommendation"]
@@ -283,7 +283,7 @@ def plot(
             color="#c0392b" if r["variant"] == chosen else "#3b6fb6" if on_front else "#999999",
             zorder=3,
         )
-        label = r["variant"] + (f" ({r['memory_gb']:.2g} GB)" if r.get("memory_gb") else "")
+        label = r["variant"] + (f" ({r['memory_gib']:.2g} GiB)" if r.get("memory_gib") else "")
         ax.annotate(label, (r[x], r["score"]), textcoords="offset points", xytext=(6, 4), fontsize=9)
     front = sorted((r for r in points if r["variant"] in frontier), key=lambda r: r[x])
     if len(front) > 1:

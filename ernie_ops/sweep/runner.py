@@ -321,7 +321,7 @@ class VariantRun:
 
         figures = server_memory(self.record.endpoint["port"])
         self.outputs.update(figures)
-        return f"{figures['memory_gb']:.3f} GB ({figures['source']})"
+        return f"{figures['memory_gib']:.3f} GiB ({figures['source']})"
 
     def _stop(self) -> str | None:
         import ernie_ops.serve as serving
