@@ -20,8 +20,8 @@ class Embedded(Backend):
     title = "the embedded CPU server"
     described = "the embedded CPU backend"
     serves = (
-        "ERNIE 4.5 text checkpoints (dense and MoE) on CPU, ERNIEKit's exact arithmetic; "
-        "quantization: wint8 / wint4 emulates FastDeploy's weight-only int8 / int4 (quality, not speed)"
+        "dense ERNIE 4.5 text checkpoints on CPU, ERNIEKit's exact arithmetic, or FastDeploy's "
+        "wint8 / wint4 emulated (their quality, not their speed)"
     )
     priority = 90  # the fallback: runs wherever Paddle does
     default_host = "127.0.0.1"  # no TLS: this machine only unless the profile says otherwise
