@@ -19,8 +19,8 @@ from standin_openai import create_standin, serving
 
 from ernie_ops.errors import UserError
 from ernie_ops.rollout.controller import Controller, ControllerState, GatewayRouter, evaluate
-from ernie_ops.rollout.report import markdown
 from ernie_ops.rollout.gateway import GatewayConfig, run_in_thread, url_of
+from ernie_ops.rollout.report import markdown
 from ernie_ops.rollout.routing import Routing
 from ernie_ops.rollout.spec import Gates, RolloutSpec, Stage, load_rollout
 from ernie_ops.validate.client import Endpoint
@@ -32,8 +32,9 @@ GUARD_S = 60.0
 class ClientLoad:
     """Threads sending chat requests back to back (streamed and not) until stopped; every status kept."""
 
-    def __init__(self, url: str, threads: int = 3):
+    def __init__(self, url: str, threads: int = 3, model: str | None = None):
         self.url = url
+        self.model = {"model": model} if model else {}
         self.statuses: list[int | str] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
@@ -46,6 +47,7 @@ class ClientLoad:
                     "messages": [{"role": "user", "content": f"q{k}-{i}"}],
                     "max_tokens": 3,
                     "stream": i % 2 == 0,
+                    **self.model,
                 }
                 try:
                     r = client.post(self.url + "/v1/chat/completions", json=body)

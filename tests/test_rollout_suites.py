@@ -37,11 +37,11 @@ def suite_file(tmp_path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def models(candidate_answer):
+def models(candidate_answer, names=("stable-m", "cand-m")):
     """(stable URL, candidate URL): stable answers every item right; the candidate as told."""
     with (
-        serving(create_standin(answers(str), model="stable-m")) as (stable, _),
-        serving(create_standin(answers(candidate_answer), model="cand-m", default="hm")) as (cand, _),
+        serving(create_standin(answers(str), model=names[0])) as (stable, _),
+        serving(create_standin(answers(candidate_answer), model=names[1], default="hm")) as (cand, _),
     ):
         yield stable, cand
 

@@ -5,7 +5,10 @@ controller changes the split with `set weight BACKEND/SERVER` on the runtime API
 of haproxy.cfg, `level admin`: a unix socket, or `ipv4@host:port`) and reads the gates' figures:
 
 - **Requests and errors: HAProxy's counters** (`show stat`, per server, differences since the
-  stage began): requests = `stot`; errors = `hrsp_5xx` + `eresp` + `econ` + `wretr`. `wretr`
+  stage began): attempts = `stot`; errors = `hrsp_5xx` + `eresp` + `econ` + `wretr`, the error
+  rate is errors / attempts. With the log, a request counts towards the stage's `min_requests` once
+  it has ended (a log line, or a retried failure), so a stage does not pass on fast answers alone
+  while slow ones are still running. `wretr`
   counts the attempts HAProxy retried elsewhere (`retry-on` with `option redispatch`): the client
   got stable's answer, but the candidate failed it, as the gateway counts a retried request.
 - **Latency p99: HAProxy's log, not its stats.** `show stat` gives `rtime` / `ttime` as averages over
@@ -33,14 +36,19 @@ candidate at weight 0 so a restart without state is all-stable).
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import re
+import shutil
 import socket
+import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ernie_ops import supervise
 from ernie_ops.errors import UserError
 from ernie_ops.files import write_text_atomic
 from ernie_ops.rollout.metrics import quantile
@@ -174,12 +182,17 @@ class HaproxyRouter:
     """The `Router` of the rollout controller over HAProxy (see the module docstring)."""
 
     def __init__(
-        self, spec: HaproxySpec, state_path: Path, stable: str | None = None, candidate: str | None = None
+        self,
+        spec: HaproxySpec,
+        state_path: Path,
+        stable: str | None = None,
+        candidate: str | None = None,
+        log: LogReceiver | None = None,  # one already listening (else spec.log's)
     ):
         self.spec = spec
         self.api = RuntimeAPI(spec.socket)
         self.state_path = Path(state_path)
-        self.log = LogReceiver(spec.log, spec.backend) if spec.log else None
+        self.log = log or (LogReceiver(spec.log, spec.backend) if spec.log else None)
         self._urls = (stable, candidate) if stable and candidate else None
         self._snapshots: list[tuple[float, dict[str, dict[str, int]]]] = []
         self._check_servers()
@@ -276,17 +289,17 @@ class HaproxyRouter:
         for role, server in self.servers.items():
             before, after = base.get(server, {}), now_stats[server]
             delta = {k: max(0, after[k] - before.get(k, 0)) for k in COUNTERS}
-            requests = delta["stot"]
-            if not requests:
+            started = delta["stot"]
+            if not started:
                 continue
-            errors = min(requests, sum(delta[k] for k in ERROR_COUNTERS))
-            figures: dict[str, Any] = {
-                "requests": requests,
-                "errors": errors,
-                "error_rate": errors / requests,
-            }
+            errors = min(started, sum(delta[k] for k in ERROR_COUNTERS))
+            figures: dict[str, Any] = {"requests": started, "errors": errors, "error_rate": errors / started}
             if self.log is not None:
                 trs, tas = self.log.since(since, server)
+                # a request counts for the stage's minimums once it has ended (logged, or failed and
+                # retried elsewhere), as on the gateway: slow ones still running have no timing yet
+                figures["requests"] = min(started, len(tas) + delta["wretr"] + delta["econ"])
+                figures["started"] = started
                 figures |= {
                     "ttft_p99": quantile(trs, 0.99),
                     "e2e_p99": quantile(tas, 0.99),
@@ -313,3 +326,59 @@ class HaproxyRouter:
     def close(self) -> None:
         if self.log is not None:
             self.log.close()
+
+
+# -- a local HAProxy (tests, scripts/rollout_e2e.py) -------------------------------------------
+
+
+def local_config(port: int, stable: str, candidate: str, runtime: str, log: str, backend: str = "llm") -> str:
+    """haproxy.cfg for a frontend on PORT over STABLE and CANDIDATE (host:port), the runtime API on
+    RUNTIME (a unix socket path), httplog to LOG (host:port); the settings of
+    recipes/rollouts/haproxy.cfg, all-stable to begin with."""
+    return f"""global
+    stats socket {runtime} mode 600 level admin
+    log {log} local0
+defaults
+    mode http
+    log global
+    option httplog
+    timeout connect 3s
+    timeout client 600s
+    timeout server 600s
+    retries 2
+    option redispatch 1
+    retry-on all-retryable-errors
+    option http-buffer-request
+frontend front
+    bind 127.0.0.1:{port}
+    default_backend {backend}
+backend {backend}
+    balance roundrobin
+    server stable {stable} weight {MAX_WEIGHT}
+    server candidate {candidate} weight 0
+"""
+
+
+@contextlib.contextmanager
+def running(config: Path, runtime: str, timeout: float = 30.0) -> Iterator[supervise.Child]:
+    """HAProxy on CONFIG in the foreground (`-db`) until the block ends; ready once its runtime API
+    at RUNTIME answers."""
+    exe = shutil.which("haproxy")
+    if exe is None:
+        raise UserError("haproxy is not installed", hint="apt-get install haproxy")
+    child = supervise.start([exe, "-f", str(config), "-db"], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                RuntimeAPI(runtime)("show info")
+                break
+            except ConnectionError:
+                if child.process.poll() is not None or time.monotonic() > deadline:
+                    raise UserError(
+                        f"haproxy -f {config} did not start (exit {child.process.poll()})"
+                    ) from None
+                time.sleep(0.05)
+        yield child
+    finally:
+        child.stop()
