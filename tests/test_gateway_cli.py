@@ -120,10 +120,10 @@ def test_a_judge_suite_retention_and_no_mask_are_announced_and_bad_values_refuse
     with serve_in_thread(model="stable-m") as stable:
         args = ["--stable", stable.url, "--port", "0", "--state", str(tmp_path / "state.json")]
         args += ["--log-dir", str(tmp_path / "log"), "--review-dir", str(tmp_path / "review")]
-        proc, _, _ = start([*args, "--judge-suite", str(suite), "--retention", "14d", "--no-mask"], env)
-        out = stop(proc)
+        proc, _, out = start([*args, "--judge-suite", str(suite), "--retention", "14d", "--no-mask"], env)
+        stop(proc)
     assert f"review queue {tmp_path / 'review'} (personal data NOT masked: --no-mask)" in out
-    assert f"judge: 2 prompts of {suite}" in out
+    assert f", judge: 2 prompts of {suite}" in out
     for bad, message in (
         (["--retention", "0d"], "longer than 0"),
         (["--retention", "soon"], "not a duration"),

@@ -288,18 +288,20 @@ def _run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, stop.set)
+        review = ""  # on the start line: scripts read that line alone
+        if config.review_dir is not None:
+            review = f"; review queue {config.review_dir}"
+            review += "" if config.mask else " (personal data NOT masked: --no-mask)"
+            review += f", judge: {len(judge)} prompts of {args.judge_suite}" if judge else ""
         names = ", ".join(f"{b.role} {b.base} ({b.model or 'model unknown yet'})" for b in gateway.backends())
         print(
             f"gateway on http://{args.host}:{gateway.port}: {r.mode}"
             + (f" {r.weight:g}%" if r.mode == "split" else "")
             + f"; {names}"
-            + ("" if config.admin_key else f"; admin API off ({args.admin_key_env} not set)"),
+            + ("" if config.admin_key else f"; admin API off ({args.admin_key_env} not set)")
+            + review,
             flush=True,
         )
-        if config.review_dir is not None:
-            judged = f"; judge: {len(judge)} prompts of {args.judge_suite}" if judge else ""
-            masked = "" if config.mask else " (personal data NOT masked: --no-mask)"
-            print(f"review queue {config.review_dir}{masked}{judged}", flush=True)
         await stop.wait()
         print("gateway stopping: finishing the requests in flight", flush=True)
         await gateway.stop()
