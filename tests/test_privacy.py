@@ -222,3 +222,57 @@ def test_data_mask_reads_a_json_array_and_writes_jsonl(tmp_path: Path) -> None:
     assert main(["data", "mask", str(source), str(out)]) == 0
     lines = out.read_text().splitlines()
     assert [json.loads(line)["messages"][0]["content"] for line in lines] == ["mail <EMAIL_1>"] * 3
+
+
+class _NoSkipping:
+    """A built-in detector seen as a plugged-in one: it never gets the outranking values."""
+
+    def __init__(self, detector) -> None:  # type: ignore[no-untyped-def]
+        self.d, self.name, self.types = detector, detector.name, detector.types
+        self.trigger = detector.trigger
+
+    def find(self, text: str):  # type: ignore[no-untyped-def]
+        return self.d.find(text)
+
+
+def _texts_with_whitespace(records: list[dict]) -> list[str]:
+    """The corpus texts, and each again with its spaces turned into newlines, tabs or quotes."""
+    texts = [m["content"] for r in records for m in r["messages"]]
+    return texts + [t.replace(" ", "\n\t "[i % 3], 1 + i % 4) for i, t in enumerate(texts)]
+
+
+def test_skipping_what_an_outranking_detector_found_changes_no_finding() -> None:
+    fast = default_masker()
+    slow = Masker([_NoSkipping(d) for d in load_detectors()])
+    assert not slow._outranked and fast._outranked
+    texts = _texts_with_whitespace(corpus()[:300] + generate.generate(300, 4321))
+    assert [fast.find(t) for t in texts] == [slow.find(t) for t in texts]
+
+
+def test_each_text_is_searched_by_the_detectors_its_own_trigger_selects() -> None:
+    """Per text gating finds what running every detector on every text finds (newlines and tabs
+    included, which are escapes in the raw line)."""
+    m = default_masker()
+    texts = _texts_with_whitespace(corpus()[:300])
+    assert [m.find(t) for t in texts] == [m.find(t, m.detectors) for t in texts]
+    record = {"messages": [{"role": "user", "content": "Lieferadresse:\nHauptstraße 67,\n67204 München"}]}
+    assert m.mask_value(record)["messages"][0]["content"] == "Lieferadresse:\n<POSTAL_ADDRESS_1>"
+
+
+def test_a_label_and_a_colon_on_the_line_before_still_name_the_value() -> None:
+    m = default_masker()
+    assert [f.type for f in m.find("PESEL:\n91101381402")] == ["NATIONAL_ID"]
+    assert m.find("PESEL\n91101381402") == []  # a new line without a colon: a new clause
+    record = {
+        "messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": "PESEL:\n91101381402"}]
+    }
+    assert m.mask_value(record)["messages"][1]["content"] == "PESEL:\n<NATIONAL_ID_1>"
+
+
+def test_hit_lines_finds_every_line_a_detector_could_find_something_in() -> None:
+    m = default_masker()
+    pii = [json.dumps({"messages": r["messages"]}, ensure_ascii=False).encode() for r in corpus()[:50]]
+    plain = b'{"messages": [{"role": "user", "content": "nothing here, 2024-05-17 10:30"}]}'
+    lines = [plain, *pii[:20], plain, plain, *pii[20:], b"", plain]
+    expected = [i for i, line in enumerate(lines) if line in pii]
+    assert m.hit_lines(lines) == expected == [i for i, line in enumerate(lines) if m.may_hold(line)]

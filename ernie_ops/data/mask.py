@@ -66,7 +66,7 @@ def _lines(path: Path, progress: bool) -> Iterator[tuple[int, list[bytes]]]:
 
 def mask_file(source: Path, out: Path, masker: Masker, progress: bool = True) -> MaskResult:
     result = MaskResult(source, out, masker.strategy)
-    triggered, loads, dumps = masker.triggered, orjson.loads, orjson.dumps
+    loads, dumps = orjson.loads, orjson.dumps
     with atomic_output(out, [source]) as f:
         for _first, lines in _lines(source, progress):
             hits = masker.hit_lines(lines)  # usually few
@@ -87,7 +87,7 @@ def mask_file(source: Path, out: Path, masker: Masker, progress: bool = True) ->
                         result.not_json += 1
                         out_lines[i] = masked_text.encode()
                 else:
-                    masked = masker.mask_value(record, Scope(), counts, triggered(raw))
+                    masked = masker.mask_value(record, Scope(), counts)
                     if counts:
                         out_lines[i] = dumps(masked)
                 if counts:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -91,6 +91,24 @@ def normalise(text: str) -> str:
     return text.translate(_FULLWIDTH) if _HAS_FULLWIDTH.search(text) else text
 
 
+def top_priority(detector: Detector) -> int:
+    """The highest priority among the types DETECTOR reports (unknown types rank 20)."""
+    return max((PRIORITY.get(t, 20) for t in detector.types), default=20)
+
+
+Taken = Sequence[Finding]
+
+
+def inside(taken: Taken, pos: int) -> bool:
+    """Does POS fall inside a value in TAKEN?
+
+    The built-in detectors (`skips_outranked = True`) take, besides the text, the values already
+    found by detectors whose types outrank all of theirs. A candidate that starts inside one of them
+    would lose to it in `resolve` whatever it is, so its validation (a checksum, libphonenumber)
+    is skipped: the digits of an IBAN are not tried as a phone number, a VAT number or a card."""
+    return any(f.start <= pos < f.end for f in taken)
+
+
 def resolve(findings: Iterable[Finding]) -> list[Finding]:
     """The findings that do not overlap, in text order: on an overlap the higher type wins, then
     the longer span."""
@@ -109,7 +127,13 @@ def entropy(value: str) -> float:
     return -sum(c / n * math.log2(c / n) for c in counts.values())
 
 
-_CLAUSE_END = re.compile(r"[0-9.!?;。！？；\n](?=[^0-9.!?;。！？；\n]*$)")
+# the last sentence mark, number or line break before a value; a line break after a colon is not
+# one ("PESEL:\n9110..." is labelled). \Z, not $: $ also matches before a final newline, which made
+# the search stop at an earlier line break in some texts and not in others.
+_CLAUSE_END = re.compile(
+    r"(?:[0-9.!?;。！？；]|(?<![:：])(?<![:：][ \t])\n)"
+    r"(?=(?:[^0-9.!?;。！？；\n]|(?<=[:：])\n|(?<=[:：][ \t])\n)*\Z)"
+)
 
 
 def before(text: str, start: int, pattern: re.Pattern[str], window: int = 40) -> bool:

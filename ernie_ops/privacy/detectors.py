@@ -23,8 +23,10 @@ from ernie_ops.privacy.base import (
     POSTAL_ADDRESS,
     URL_CREDENTIALS,
     Finding,
+    Taken,
     before,
     entropy,
+    inside,
     prefixes,
 )
 from ernie_ops.privacy.ids import IdentifierDetector
@@ -48,8 +50,12 @@ class PatternDetector:
         self.trigger: re.Pattern[bytes] | None = re.compile(trigger)
         self.check = check
 
-    def find(self, text: str) -> Iterator[Finding]:
+    skips_outranked = True  # find() takes what outranking detectors found (base.inside)
+
+    def find(self, text: str, taken: Taken = ()) -> Iterator[Finding]:
         for m in self.pattern.finditer(text):
+            if taken and inside(taken, m.start()):
+                continue
             if self.check is None:
                 yield Finding(m.start(), m.end(), self.type, self.name)
                 continue
@@ -196,6 +202,7 @@ _DATE = re.compile(
     r"[0-9]{1,2}[./-][0-9]{1,2}[./-](?:[0-9]{4}|[0-9]{2})|[0-9]{4}[./-][0-9]{1,2}[./-][0-9]{1,2}.*"
 )
 _NANP = re.compile(r"\(?[2-9][0-9]{2}\)?[ .-]?[2-9][0-9]{2}[ .-][0-9]{4}|\([2-9][0-9]{2}\) ?[2-9][0-9]{6}")
+_NOT_DIGIT = re.compile(r"[^0-9]")
 _CN_MOBILE = re.compile(r"1[3-9][0-9](?:[ -]?[0-9]{4}){2}")
 # national forms with a trunk prefix 0, tried in this order (the rest of the EU after ours)
 NATIONAL_REGIONS = (
@@ -221,10 +228,14 @@ class PhoneDetector:
         self.regions = regions
         self.pattern = re.compile(PHONE_PATTERN)
 
-    def find(self, text: str) -> Iterator[Finding]:
+    skips_outranked = True
+
+    def find(self, text: str, taken: Taken = ()) -> Iterator[Finding]:
         for m in self.pattern.finditer(text):
+            if taken and inside(taken, m.start()):
+                continue
             value = m.group()
-            digits = re.sub(r"[^0-9]", "", value)
+            digits = _NOT_DIGIT.sub("", value)
             if not 7 <= len(digits) <= 17 or _DATE.match(value):
                 continue
             region = self._region(text, m, value, digits)
@@ -232,26 +243,31 @@ class PhoneDetector:
                 yield Finding(m.start(), m.end(), PHONE, region)
 
     def _region(self, text: str, m: re.Match[str], value: str, digits: str) -> str | None:
-        import phonenumbers
-
+        """The region the number is valid for, or None. Its shape picks the region to try first
+        (most candidates are other numbers: addresses, cards, identifiers, versions, and have no
+        phone shape); the keyword look-ups and libphonenumber come after, on the few left."""
         bare = value.isdigit()
+        if value.startswith(("+", "00")):
+            number, region = ("+" + value[2:] if value.startswith("00") else value), None
+        elif bare and not before(text, m.start(), _PHONE_WORDS):
+            return None
+        elif value.startswith(("0", "(0")):
+            number, region = value, "national"
+        elif _NANP.fullmatch(value) or (bare and len(digits) == 10):
+            number, region = value, "US"
+        elif _CN_MOBILE.fullmatch(value):
+            number, region = value, "CN"
+        else:
+            return None
         if before(text, m.start(), _NOT_PHONE_WORDS):
             return None
-        if value.startswith(("+", "00")):
-            number = "+" + value[2:] if value.startswith("00") else value
+        import phonenumbers
+
+        if region is None:
             return "intl" if _valid(phonenumbers, number, None) else None
-        if bare and not before(text, m.start(), _PHONE_WORDS):
-            return None
-        if value.startswith(("0", "(0")):
-            for region in self.regions:
-                if _valid(phonenumbers, value, region):
-                    return region
-            return None
-        if _NANP.fullmatch(value) or (bare and len(digits) == 10):
-            return "US" if _valid(phonenumbers, value, "US") else None
-        if _CN_MOBILE.fullmatch(value):
-            return "CN" if _valid(phonenumbers, value, "CN") else None
-        return None
+        if region == "national":
+            return next((r for r in self.regions if _valid(phonenumbers, number, r)), None)
+        return region if _valid(phonenumbers, number, region) else None
 
 
 def _valid(phonenumbers, value: str, region: str | None) -> bool:  # type: ignore[no-untyped-def]
@@ -317,10 +333,13 @@ class SecretDetector(PatternDetector):
         super().__init__("api-key", API_KEY, API_KEY_PATTERN, API_KEY_TRIGGER)
         self.secret = re.compile(SECRET_PATTERN)
 
-    def find(self, text: str) -> Iterator[Finding]:
+    def find(self, text: str, taken: Taken = ()) -> Iterator[Finding]:
         for m in self.pattern.finditer(text):
-            yield Finding(m.start(), m.end(), API_KEY, "prefix")
+            if not (taken and inside(taken, m.start())):
+                yield Finding(m.start(), m.end(), API_KEY, "prefix")
         for m in self.secret.finditer(text):
+            if taken and inside(taken, m.start("value")):
+                continue
             span = _secret(text, m)
             if span:
                 yield Finding(span[0], span[1], API_KEY, span[2])
@@ -369,8 +388,9 @@ def builtin_detectors() -> list:
         PatternDetector(
             "ipv6", IP_ADDRESS, IPV6_PATTERN, rb"[0-9A-Fa-f]::|::[0-9A-Fa-f]|(?:[0-9A-Fa-f]{1,4}:){7}", _ipv6
         ),
-        PatternDetector("card", CARD, CARD_PATTERN, rb"(?:[0-9][ -]?){12}[0-9]", _card),
-        PatternDetector("iban", IBAN, IBAN_PATTERN, rb"[A-Z]{2}[0-9]{2} ?[A-Z0-9]{4}", _iban),
+        # the shortest match of the pattern, a card starting with an issuer's digit (2-6)
+        PatternDetector("card", CARD, CARD_PATTERN, rb"(?:^|[^0-9])[2-6](?:[ -]?[0-9]){12}", _card),
+        PatternDetector("iban", IBAN, IBAN_PATTERN, rb"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){10}", _iban),
         IdentifierDetector(),
         PhoneDetector(),
         SecretDetector(),

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 
-from ernie_ops.privacy.base import NATIONAL_ID, VAT_ID, Finding, before, prefixes
+from ernie_ops.privacy.base import NATIONAL_ID, VAT_ID, Finding, Taken, before, inside, prefixes
 
 ID_WORDS = re.compile(
     r"(?i)(?<![a-z])(?:id|ident|identifikation|steuer|tax|tin|fiscal|fiscale|sozial|versicherung|social|"
@@ -85,6 +85,9 @@ _BY_LENGTH: dict[int, list[Scheme]] = {}
 for _s in DIGIT_SCHEMES:
     _BY_LENGTH.setdefault(_s.length, []).append(_s)
 
+_SHORTEST = min(_BY_LENGTH)
+_NO_SEPARATORS = str.maketrans("", "", " ./-")
+
 DIGITS_PATTERN = re.compile(
     r"(?<![0-9A-Za-z.,/+-])[0-9](?:[0-9]|[ ./-](?=[0-9]))*[0-9Xx](?![0-9A-Za-z]|[.,/-][0-9])"
 )
@@ -133,13 +136,17 @@ class IdentifierDetector:
         rb"|[A-Z]{2,3} ?[0-9A-Z][0-9 ]{5}|[A-Z]{6}[0-9]{2}|[0-9]{7}-?[A-Z]|[XYZ]-?[0-9]{7}"
     )
 
-    def find(self, text: str) -> Iterator[Finding]:
-        yield from self._vat(text)
-        yield from self._digits(text)
-        yield from self._letters(text)
+    skips_outranked = True  # see base.inside
 
-    def _vat(self, text: str) -> Iterator[Finding]:
+    def find(self, text: str, taken: Taken = ()) -> Iterator[Finding]:
+        yield from self._vat(text, taken)
+        yield from self._digits(text, taken)
+        yield from self._letters(text, taken)
+
+    def _vat(self, text: str, taken: Taken) -> Iterator[Finding]:
         for m in VAT_PATTERN.finditer(text):
+            if taken and inside(taken, m.start()):
+                continue
             value = m.group()
             end = len(value)
             while end > 0:  # the longest space-separated prefix that is a valid VAT number
@@ -150,8 +157,12 @@ class IdentifierDetector:
                     break
                 end = value.rfind(" ", 0, end)
 
-    def _digits(self, text: str) -> Iterator[Finding]:
+    def _digits(self, text: str, taken: Taken) -> Iterator[Finding]:
         for m in DIGITS_PATTERN.finditer(text):
+            if m.end() - m.start() < _SHORTEST:  # a year, a count, a price: most candidates
+                continue
+            if taken and inside(taken, m.start()):
+                continue
             whole = m.group()
             # a number may run into the next one ("240-09-5957 737"): a prefix cut at a space
             # counts when it has no space of its own (else the grouping is ambiguous)
@@ -163,27 +174,28 @@ class IdentifierDetector:
                     break
 
     def _digit_scheme(self, text: str, start: int, value: str) -> Finding | None:
-        compact = re.sub(r"[ ./-]", "", value)
+        compact = value.translate(_NO_SEPARATORS)
         schemes = _BY_LENGTH.get(len(compact))
         if not schemes:
             return None
-        if True:
-            keyword: bool | None = None  # looked up once, when a scheme needs it
-            for scheme in schemes:
-                grouping = scheme.grouping
-                if not (scheme.standalone or (grouping and grouping.fullmatch(value))):
-                    if "." in value or "/" in value:  # dotted or slashed: only in its official grouping
-                        continue
-                    if keyword is None:
-                        keyword = before(text, start, ID_WORDS, 48)
-                    if not keyword:
-                        continue
-                if validator(scheme.name)(value if scheme.name == "fr.nir" else compact):
-                    return Finding(start, start + len(value), scheme.type, scheme.name)
+        keyword: bool | None = None  # looked up once, when a scheme needs it
+        for scheme in schemes:
+            grouping = scheme.grouping
+            if not (scheme.standalone or (grouping and grouping.fullmatch(value))):
+                if "." in value or "/" in value:  # dotted or slashed: only in its official grouping
+                    continue
+                if keyword is None:
+                    keyword = before(text, start, ID_WORDS, 48)
+                if not keyword:
+                    continue
+            if validator(scheme.name)(value if scheme.name == "fr.nir" else compact):
+                return Finding(start, start + len(value), scheme.type, scheme.name)
         return None
 
-    def _letters(self, text: str) -> Iterator[Finding]:
+    def _letters(self, text: str, taken: Taken) -> Iterator[Finding]:
         for m in LETTERS_PATTERN.finditer(text):
+            if taken and inside(taken, m.start()):
+                continue
             group = m.lastgroup or ""
             name = group.replace("_", ".")
             value = m.group()

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ernie_ops.errors import UserError
-from ernie_ops.privacy.base import Detector, Finding, normalise, resolve
+from ernie_ops.privacy.base import PRIORITY, Detector, Finding, normalise, resolve, top_priority
 
 STRATEGIES = ("placeholder", "hash", "remove")
 SALT_ENV = "ERNIE_OPS_PII_SALT"
@@ -76,7 +76,10 @@ class Masker:
                 "hashing needs a secret salt",
                 hint=f"set {SALT_ENV} or give --salt-file (keep the salt out of the data you share)",
             )
-        self.detectors = list(detectors)
+        # the order find() runs them in: plugged-in detectors, then the built-in ones, those whose
+        # types outrank the others' first (each skips what an outranking one found: base.inside)
+        self.detectors = sorted(detectors, key=lambda d: (_skips(d), -top_priority(d)))
+        self._outranked = {d: top_priority(d) for d in self.detectors if _skips(d)}
         self.strategy = strategy
         self._salt = salt or b""
         self._gate = Gate(self.detectors)
@@ -97,15 +100,24 @@ class Masker:
 
     def find(self, text: str, detectors: list[Detector] | None = None) -> list[Finding]:
         """Every finding in TEXT, without overlaps, in order. A detector runs only when its trigger
-        matches (or, given DETECTORS, only those), so most texts cost one scan and nothing more."""
+        matches the text (or, given DETECTORS, only those), so most texts cost one scan and nothing
+        more."""
         if not text:
             return []
         norm = normalise(text)
         if detectors is None:
-            detectors = self._gate.triggered(norm.encode("utf-8", "surrogatepass"))
-        if not detectors:
-            return []
-        return resolve(f for d in detectors for f in d.find(norm))
+            detectors = self._gate.text(norm)  # in self.detectors' order
+        else:
+            detectors = [d for d in self.detectors if d in detectors]
+        found: list[Finding] = []
+        for d in detectors:
+            top = self._outranked.get(d)
+            if top is None or not found:
+                found.extend(d.find(norm))
+                continue
+            taken = [f for f in resolve(found) if PRIORITY.get(f.type, 20) > top]
+            found.extend(d.find(norm, taken))  # type: ignore[call-arg]
+        return resolve(found) if len(found) > 1 else found
 
     # -- replacing -------------------------------------------------------------------------------
 
@@ -138,41 +150,42 @@ class Masker:
         value: Any,
         scope: Scope | None = None,
         counts: Counter | None = None,
-        detectors: list[Detector] | None = None,
         context: Iterable[str] = (),
     ) -> Any:
         """A JSON-like value with every text masked: strings in lists and dict values, except the
         values of structural keys (role, from, ...); keys are kept as they are.
 
-        The texts are joined with a separator no finding can cross and searched as one (one pass
-        per detector for a whole record, not one per field); DETECTORS, when given, are the ones
-        the record's raw line triggered. A value found anywhere in the record is masked wherever
-        else it occurs in it, also where nothing around it says what it is (an assistant repeating
-        the user's tax ID bare); CONTEXT texts (an eval item's prompt) are searched for such values
-        but not returned."""
+        Each text is searched by the detectors its own trigger selects (a record's address is in one
+        message, its phone number in another: neither detector reads the rest). A value found
+        anywhere in the record is masked wherever else it occurs in it, also where nothing around
+        it says what it is (an assistant repeating the user's tax ID bare); CONTEXT texts (an eval
+        item's prompt) are searched for such values but not returned."""
         texts: list[str] = []
         _texts(value, texts)
         if not texts:
             return value
-        extra = [c for c in context if c]
-        joined = _SEPARATOR.join(texts + extra)
-        findings = self.find(joined, detectors)
-        if not findings:
+        every = texts + [c for c in context if c]
+        found = [self.find(t) for t in every]
+        if not any(found):
             return value
+        # one text for the whole record (separators no value crosses) to look for recurrences
+        joined = _SEPARATOR.join(every)
+        starts = list(accumulate((len(t) + len(_SEPARATOR) for t in every[:-1]), initial=0))
+        findings = [
+            Finding(f.start + base, f.end + base, f.type, f.detail)
+            for base, fs in zip(starts, found, strict=True)
+            for f in fs
+        ]
         findings = _everywhere(joined, findings)
-        scope = scope if scope is not None else Scope()
-        starts, pos = [], 0
-        for t in texts:
-            starts.append(pos)
-            pos += len(t) + len(_SEPARATOR)
         per_text: list[list[Finding]] = [[] for _ in texts]
         for f in findings:
             i = bisect_right(starts, f.start) - 1
             base = starts[i]
-            if f.end <= base + len(texts[i]):  # not across texts, not in the context
+            if i < len(texts) and f.end <= base + len(texts[i]):  # not across texts, not in the context
                 per_text[i].append(Finding(f.start - base, f.end - base, f.type, f.detail))
         if not any(per_text):
             return value
+        scope = scope if scope is not None else Scope()
         masked = [self._replace(t, fs, scope, counts) for t, fs in zip(texts, per_text, strict=True)]
         return _rebuild(value, iter(masked))
 
@@ -247,6 +260,9 @@ def _rebuild(value: Any, masked: Iterator[str]) -> Any:
 _ESCAPES = b"\\\\[u/]|" + "|".join("０１２３４５６７８９＋－＠").encode()
 
 
+_CONTROLS_AS_SPACES = bytes.maketrans(bytes(range(32)), b" " * 32)
+
+
 class Gate:
     """Which detectors could find something in some bytes: one pass of RE2's multi-pattern DFA
     (google-re2) over the bytes when it is installed, else one `re` search per trigger."""
@@ -282,13 +298,29 @@ class Gate:
 
     def hit_lines(self, lines: list[bytes]) -> list[int]:
         """The indexes of the LINES some detector could find something in: one scan of the whole
-        block (a match never spans lines but for one leading character: its end tells the line)."""
+        block, resumed past each line found (a match never spans lines but for one leading
+        character: its end tells the line)."""
         if self.always:
             return [i for i, line in enumerate(lines) if line and not line.isspace()]
         ends = list(accumulate(map(len, lines)))
         ends = [end + i for i, end in enumerate(ends)]  # each line's newline, in the joined block
-        hit = {bisect_left(ends, m.end() - 1) for m in self.union.finditer(b"\n".join(lines))}
-        return sorted(hit)
+        block, search, last = b"\n".join(lines), self.union.search, len(lines) - 1
+        hits: list[int] = []
+        pos = 0
+        while (m := search(block, pos)) is not None:
+            i = bisect_left(ends, m.end() - 1)
+            hits.append(i)
+            if i >= last:
+                break
+            # from this line's newline on: a trigger may take it as its leading character
+            pos = ends[i] if m.end() <= ends[i] else ends[i] + 1
+        return hits
+
+    def text(self, norm: str) -> list[Detector]:
+        """The detectors whose trigger matches a decoded (normalised) text. Control characters,
+        newlines and tabs included, read as spaces: the triggers are written for raw JSON, where
+        they are escapes, and the patterns behind them take any whitespace where a space is."""
+        return self.triggered(norm.encode("utf-8", "surrogatepass").translate(_CONTROLS_AS_SPACES))
 
     def triggered(self, raw: bytes, escapes: bool = False) -> list[Detector]:
         if escapes and (b"\\" in raw or b"\xef\xbc" in raw) and self.escapes.search(raw):
@@ -296,9 +328,11 @@ class Gate:
         if self.set is None:
             hit = [d for d in self.gated if d.trigger.search(raw)]  # type: ignore[union-attr]
         else:
-            hit = [self.indexed[i] for i in self.set.Match(raw) or ()]
-            hit += [d for d in self.slow if d.trigger.search(raw)]  # type: ignore[union-attr]
-        return hit + self.always if self.always else hit
+            hit = [self.indexed[i] for i in sorted(self.set.Match(raw) or ())]
+            if self.slow:
+                hit += [d for d in self.slow if d.trigger.search(raw)]  # type: ignore[union-attr]
+                hit.sort(key=self.gated.index)
+        return self.always + hit if self.always else hit  # in the order the detectors were given
 
 
 # -- construction ---------------------------------------------------------------------------------
@@ -347,6 +381,10 @@ def read_salt(salt_file: Path | None = None) -> bytes | None:
         return salt
     env = os.environ.get(SALT_ENV, "").encode()
     return env or None
+
+
+def _skips(detector: Detector) -> bool:
+    return bool(getattr(detector, "skips_outranked", False))
 
 
 _DEFAULT: Masker | None = None
