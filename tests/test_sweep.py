@@ -119,6 +119,8 @@ def test_recommendation_is_the_least_memory_that_qualifies():
     assert [r["qualifies"] for r in table] == [True, True, False, False, False]
     assert "missed the SLO" in table[3]["why_not"] and "quality more than 0.02" in table[2]["why_not"]
     assert recommend([_row("bf16", status="failed"), _row("w")], "bf16", 0.02)["variant"] is None
+    close = [_row("fp32", memory=0.593, rate=113), _row("wint4", memory=0.590, rate=25)]
+    assert recommend(close, "fp32", 0.02)["variant"] == "fp32"  # 0.5% less memory does not buy 4x slower
     assert set(pareto(table, "sustainable_rate")) == {"bf16", "wint8", "wint4"}
 
 

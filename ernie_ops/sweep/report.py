@@ -7,9 +7,10 @@ output tokens/s at the reported load level, the sustainable request rate under t
 output tokens/s per GiB of it.
 
 The recommendation names the cheapest variant, that is the one holding the least memory (GPU
-memory on a GPU, peak RSS on CPU), among those that finished, whose quality is not worse than the
-reference beyond `max_drop` (compare's conservative rule: no metric's point estimate more than
-max_drop below) and which met the SLO; or says that none does, and why.
+memory on a GPU, peak RSS on CPU; within MEMORY_TIE of the least, the faster one), among those that
+finished, whose quality is not worse than the reference beyond `max_drop` (compare's conservative
+rule: no metric's point estimate more than max_drop below) and which met the SLO; or says that none
+does, and why.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from typing import Any
 
 from ernie_ops.files import atomic_output, write_text_atomic
 from ernie_ops.sweep.record import PASSED, SweepRecord
+
+# memory figures this close count as equal (RSS moves by a few percent from one start to the next):
+# among them the higher sustainable rate, then output throughput, wins
+MEMORY_TIE = 0.05
 
 
 def rows(record: SweepRecord) -> tuple[list[dict[str, Any]], str | None]:
@@ -105,17 +110,18 @@ def recommend(table: list[dict[str, Any]], reference: str | None, max_drop: floa
     if not qualified:
         listing = "; ".join(f"{r['variant']}: {r['why_not']}" for r in table)
         return {"variant": None, "text": f"none qualifies ({listing})"}
-    best = min(
-        qualified, key=lambda r: (r["memory_gib"], -(r["sustainable_rate"] or r["output_tokens_per_s"] or 0))
-    )
+    least = min(r["memory_gib"] for r in qualified)
+    cheapest = [r for r in qualified if r["memory_gib"] <= least * (1 + MEMORY_TIE)]
+    best = max(cheapest, key=lambda r: (r["sustainable_rate"] or 0, r["output_tokens_per_s"] or 0))
     others = len(qualified) - 1
     return {
         "variant": best["variant"],
         "memory_gib": best["memory_gib"],
         "text": (
-            f"{best['variant']}: the least memory ({best['memory_gib']:.3f} GiB, "
-            f"{best['memory_source']}) of the "
-            f"{len(qualified)} variant(s) within {max_drop:g} of {reference}'s quality that met the SLO"
+            f"{best['variant']}: {best['memory_gib']:.3f} GiB ({best['memory_source']}), the least memory"
+            + (f" (or within {MEMORY_TIE:.0%} of it, and faster)" if len(cheapest) > 1 else "")
+            + f" of the {len(qualified)} variant(s) within {max_drop:g} of {reference}'s quality"
+            + " that met the SLO"
             + (f" ({others} other(s) qualified)" if others else "")
         ),
     }
@@ -165,6 +171,14 @@ def write_sweep_report(record: SweepRecord) -> dict[str, Any]:
     return report
 
 
+def quant_label(row: dict[str, Any]) -> str:
+    """The weights' format: the embedded engine's "bf16" (the profile default) computes in float32."""
+    q = row["quantization"]
+    if not isinstance(q, str):
+        return "mix_quant"
+    return "fp32" if q == "bf16" and row["engine"] == "paddle" else q
+
+
 def _f(value: Any, fmt: str = "{:.1f}") -> str:
     return "-" if value is None else fmt.format(value)
 
@@ -201,7 +215,7 @@ def markdown(report: dict[str, Any], image: str | None) -> str:
             [
                 r["variant"],
                 r["engine"] or "default",
-                r["quantization"] if isinstance(r["quantization"], str) else "mix_quant",
+                quant_label(r),
                 r["status"] + (f" ({r['failed_step']})" if r["failed_step"] else ""),
                 _f(r["score"], "{:.3f}"),
                 delta,
