@@ -322,7 +322,8 @@ def table(rows_: list[Row], title: str = "") -> Any:
         t.add_column(header, justify="right")
     for r in rows_:
         if r.status != "up":
-            t.add_row(_host(r.url), "[red]down[/red]", *["-"] * 10)
+            what = "down" if r.status.startswith("down") else "no metrics"
+            t.add_row(_host(r.url), f"[red]{what}[/red]", *["-"] * 10)
             continue
         t.add_row(
             _host(r.url),
