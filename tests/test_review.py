@@ -231,6 +231,18 @@ def test_a_full_queue_drops_and_counts_and_the_stable_path_never_waits(tmp_path,
     assert sorted(p.name for p in tmp_path.glob("*.json")) == ["b-1-shadow.json", "b-2-shadow.json"]
 
 
+def test_an_id_taken_already_gets_a_suffix_and_the_marked_item_stays(tmp_path):
+    queue = ReviewQueue(tmp_path)
+    for _ in range(2):  # a gateway restarted within the second: its request ids start over
+        writer = ReviewWriter(tmp_path, CollectorRegistry())
+        writer.submit(case("d-1"))
+        writer.close()
+        if not queue.get("d-1-shadow").data["marks"]:
+            queue.mark("d-1-shadow", "correct", "fine")
+    assert queue.get("d-1-shadow").status == "correct"
+    assert queue.get("d-1-shadow.2").status == "open" and queue.get("d-1-shadow.2").id == "d-1-shadow.2"
+
+
 def test_retention_deletes_old_items_whole_by_the_queue_and_by_gc(tmp_path, capsys):
     queue = ReviewQueue(tmp_path / "review")
     writer = ReviewWriter(queue.directory, CollectorRegistry())

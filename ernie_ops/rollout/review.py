@@ -94,6 +94,12 @@ class ReviewQueue:
         return self.directory / f"{item_id}.json"
 
     def add(self, data: dict[str, Any]) -> Path:
+        """Write a new item; an id already taken (a gateway restarted within the second it started,
+        replicas sharing the queue) gets a suffix rather than replacing an item someone marked."""
+        base, n = data["id"], 1
+        while self.path_of(data["id"]).exists():
+            n += 1
+            data = {**data, "id": f"{base}.{n}"}
         return write_text_atomic(self.path_of(data["id"]), json.dumps(data, ensure_ascii=False, indent=1))
 
     def read(self) -> tuple[list[Item], list[str]]:
