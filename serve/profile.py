@@ -27,6 +27,7 @@ FASTDEPLOY_QUANTIZATIONS = (
     "block_wise_fp8",
     "tensor_wise_fp8",
     "w4a8",
+    "w4afp8",  # FastDeploy 2.4+: online W4AFP8 of MoE models on Hopper (serve/planner.py)
     "mix_quant",
 )
 # the GGUF types the llama.cpp engine serves (`engine: llamacpp`, serve/backends/llamacpp.py)

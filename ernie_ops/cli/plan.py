@@ -40,7 +40,8 @@ class Plan(Subcommand):
         serve.add_argument("--gpus", type=int, help="tensor-parallel size (default: the fewest that fit)")
         serve.add_argument(
             "--quantization",
-            help="bf16, wint8, wint4, wint2, block_wise_fp8 (fp8), w4a8 (default: the cheapest that fits)",
+            help="bf16, wint8, wint4, wint2, block_wise_fp8 (fp8), w4a8, w4afp8 (MoE on Hopper, asked only) "
+            "(default: the cheapest that fits)",
         )
         serve.add_argument("--max-model-len", type=int, default=2048, help="FastDeploy's default: 2048")
         serve.add_argument("--max-num-seqs", type=int, default=8, help="FastDeploy's default: 8")

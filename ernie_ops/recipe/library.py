@@ -280,6 +280,7 @@ THINKING_LORA: dict[str, Any] = {
     "pipeline_parallel_config": "disable_partial_send_recv enable_clear_every_step_cache",
     "unified_checkpoint_config": "async_save",
 }
+THINKING_LORA_LONG = {"tensor_parallel_degree": 2, "pipeline_parallel_degree": 2}  # the 32K example
 FC: dict[str, Any] = {  # function-call SFT: ERNIEKit's chatml reader (messages + tools records)
     "train_dataset_path": FC_TRAIN,
     "eval_dataset_path": FC_EVAL,
@@ -486,23 +487,25 @@ def build_library() -> list[Entry]:
         add(Entry(m, "sft", seq, _merge(vl, VL_SFT, _long(seq, VL_LONG)), erniekit=">=1.3"))
         add(Entry(m, "sft-lora", seq, _merge(vl, VL_SFT, VL_LORA, _long(seq, VL_LONG)), erniekit=">=1.3"))
 
-    # Models and methods ERNIEKit ships examples for at 8K only (ERNIEKit >= 1.3)
-    seq = 8192
+    # The Thinking models (ERNIEKit >= 1.3): SFT and LoRA at 8K and 32K, function-call SFT at 8K only
     m = "ERNIE-4.5-21B-A3B-Thinking"
     hub = "baidu/ERNIE-4.5-21B-A3B-Thinking"
-    think = _merge(_text(m, "sft", seq), {"model_name_or_path": hub}, THINKING_SFT)
-    for method, extra, notes in (
-        ("sft", {}, (THINKING_DATA_NOTE,)),
-        ("sft-lora", THINKING_LORA, (THINKING_DATA_NOTE,)),
-        ("fc", FC, (FC_DATA_NOTE,)),
-        ("fc-lora", _merge(THINKING_LORA, FC), (FC_DATA_NOTE,)),
-    ):
-        add(Entry(m, method, seq, _merge(think, extra), erniekit=">=1.3", notes=notes, hub=hub))
+    for seq in SEQS:
+        think = _merge(_text(m, "sft", seq), {"model_name_or_path": hub}, THINKING_SFT)
+        lora = _merge(THINKING_LORA, _long(seq, THINKING_LORA_LONG))
+        methods = [("sft", {}, (THINKING_DATA_NOTE,)), ("sft-lora", lora, (THINKING_DATA_NOTE,))]
+        if seq == 8192:
+            methods += [("fc", FC, (FC_DATA_NOTE,)), ("fc-lora", _merge(THINKING_LORA, FC), (FC_DATA_NOTE,))]
+        for method, extra, notes in methods:
+            add(Entry(m, method, seq, _merge(think, extra), erniekit=">=1.3", notes=notes, hub=hub))
     m = "ERNIE-4.5-VL-28B-A3B-Thinking"
     hub = "baidu/ERNIE-4.5-VL-28B-A3B-Thinking"
-    vl = {"model_name_or_path": hub, "train_dataset_path": VL_TRAIN, "max_seq_len": seq}
-    add(Entry(m, "sft", seq, _merge(vl, VL_SFT, VL_THINKING), erniekit=">=1.3", hub=hub))
-    add(Entry(m, "sft-lora", seq, _merge(vl, VL_SFT, VL_LORA, VL_THINKING), erniekit=">=1.3", hub=hub))
+    for seq in SEQS:
+        vl = {"model_name_or_path": hub, "train_dataset_path": VL_TRAIN, "max_seq_len": seq}
+        long = _long(seq, VL_LONG)
+        add(Entry(m, "sft", seq, _merge(vl, VL_SFT, VL_THINKING, long), erniekit=">=1.3", hub=hub))
+        lora = _merge(vl, VL_SFT, VL_LORA, VL_THINKING, long)
+        add(Entry(m, "sft-lora", seq, lora, erniekit=">=1.3", hub=hub))
 
     tiny_sft = {"train_dataset_path": TRAIN["sft"], "eval_dataset_path": EVAL["sft"], **TINY}
     add(
