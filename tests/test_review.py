@@ -263,6 +263,23 @@ def test_retention_deletes_old_items_whole_by_the_queue_and_by_gc(tmp_path, caps
     assert sorted(p.name for p in queue.directory.glob("*.json")) == ["c-3-shadow.json"]
 
 
+def test_gc_of_runs_collects_old_review_items_and_keeps_the_gateway_state(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    writer = ReviewWriter(runs / "gateway" / "review", CollectorRegistry())
+    writer.submit(case("e-1"))
+    writer.submit(case("e-2"))
+    writer.close()
+    (runs / "gateway" / "state.json").write_text("{}")
+    old = time.time() - 40 * 86400
+    for path in (runs / "gateway" / "state.json", runs / "gateway" / "review" / "e-1-shadow.json"):
+        os.utime(path, (old, old))
+    assert main(["gc", str(runs), "--older-than", "30d", "--json"]) == 0
+    deleted = [Path(d["path"]).name for d in json.loads(capsys.readouterr().out)["deleted"]]
+    assert deleted == ["e-1-shadow.json"]
+    assert (runs / "gateway" / "state.json").exists()
+    assert (runs / "gateway" / "review" / "e-2-shadow.json").exists()
+
+
 @pytest.mark.parametrize(
     "args", [["--judge-suite", "missing.jsonl"], ["--judge-suite", "s.jsonl", "--no-review"]]
 )

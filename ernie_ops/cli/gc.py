@@ -13,10 +13,11 @@ class Gc(Subcommand):
     help = "delete runs, reports and logs older than the retention period"
     description = (
         "Delete what the toolkit wrote (training runs, pipelines, eval/smoke/bench outputs, reports, "
-        "rotated gateway request logs) once it is older than the retention period: --older-than, or "
-        "ERNIE_OPS_RETENTION. A unit's age is its newest file's. Whole run directories and files go "
-        "atomically; a run in progress (its run.lock held by a live training, a file open in a live "
-        "process, a pipeline stage running) is never deleted. Lists what it deleted."
+        "rotated gateway request logs, gateway review items) once it is older than the retention "
+        "period: --older-than, or ERNIE_OPS_RETENTION. A unit's age is its newest file's. Whole run "
+        "directories and files go atomically; a run in progress (its run.lock held by a live "
+        "training, a file open in a live process, a pipeline stage running) is never deleted. Lists "
+        "what it deleted."
     )
     examples = (
         "ernie-ops gc --older-than 30d --dry-run",

@@ -3,8 +3,9 @@
 `ernie-ops gc --older-than 30d` looks at the directories that hold user content (`runs/` by
 default). Each entry of such a directory is one unit (a training run, a pipeline, an eval, smoke or
 bench output, a report file), except the containers that group units (`runs/bench/`, `runs/lint/`,
-`runs/serve/`, `runs/gateway/requests/`...), whose entries are the units. A unit's age is that of
-the newest file in it, so a run written to yesterday is a day old whatever its start.
+`runs/serve/`, `runs/gateway/requests/`, `runs/gateway/review/`...), whose entries are the units.
+A unit's age is that of the newest file in it, so a run written to yesterday is a day old whatever
+its start.
 
 A unit is never deleted while it is in use: a `run.lock` in it held by a live training (checked
 with the lock itself, and taken by gc for the moment of the deletion, so a `train --resume` cannot
@@ -31,9 +32,19 @@ from ernie_ops.errors import UserError
 
 RETENTION_ENV = "ERNIE_OPS_RETENTION"
 # directories of units rather than units (relative to a root), and the names in them never removed
-CONTAINERS = ("bench", "lint", "serve", "smoke", "eval", "compare", "gateway/requests", "gc")
+CONTAINERS = (
+    "bench",
+    "lint",
+    "serve",
+    "smoke",
+    "eval",
+    "compare",
+    "gateway/requests",
+    "gateway/review",
+    "gc",
+)
 KEEP = {
-    "gateway": None,  # routing state; only its requests/ log is user content (a container above)
+    "gateway": None,  # routing state; only its requests/ log and review/ queue are user content
     "rollouts": None,  # controller state
 }
 ACTIVE_NAMES = {"requests.jsonl"}  # files something appends to now (the gateway's active log)
