@@ -4,9 +4,12 @@ It builds the tiny random ERNIE 4.5 model, writes a task it can learn in a minut
 unseen numbers, `demo_task.py`), renders the tiny LoRA recipe from the library for that model and
 data, and runs `ernie-ops pipeline` on it: check, lint, LoRA training with the real ERNIEKit,
 export (merge), verify, the embedded server for the tuned and the base model, smoke test, a short
-load test, evaluation of both on the held-out numbers, comparison, report. Everything lands in one
-directory, `runs/demo-<time>/`: `inputs/` (model, task data, recipe), `pipeline.yaml` (rerun it
-with `ernie-ops pipeline`), the training run, and `report.md` / `report.html`.
+load test, evaluation of both on the held-out numbers, comparison, report. Then a quantization
+step: `ernie-ops sweep` serves the tuned model as fp32, wint8 and wint4 (FastDeploy's weight-only
+schemes, emulated by the embedded engine) and the report gains their trade-off table. Everything
+lands in one directory, `runs/demo-<time>/`: `inputs/` (model, task data, recipe, sweep.yaml),
+`pipeline.yaml` (rerun it with `ernie-ops pipeline`), the training run, `quantization/` (the sweep)
+and `report.md` / `report.html`.
 """
 
 from __future__ import annotations
@@ -58,6 +61,59 @@ def prepare_demo(directory: Path, seed: int = 0, echo: Callable[[str], None] = p
     return spec
 
 
+# the embedded engine's weight formats: float32 (its "bf16", the profile default), FastDeploy's
+# weight-only int8 and int4 applied at load
+QUANTIZATIONS = {"fp32": "bf16", "wint8": "wint8", "wint4": "wint4"}
+
+
+def write_quantization_sweep(directory: Path, checkpoint: str, spec: PipelineSpec) -> Path:
+    """inputs/sweep.yaml: the tuned checkpoint in each weight format, on the pipeline's suite, with a
+    short closed-loop load like the pipeline's (rerun it with `ernie-ops sweep`)."""
+    variants = [{"name": name, "engine": "paddle", "quantization": q} for name, q in QUANTIZATIONS.items()]
+    sweep = {
+        "name": "demo-quantization",
+        "checkpoint": checkpoint,
+        "variants": variants,
+        "eval_suite": spec.eval_suite,
+        "eval_max_tokens": spec.eval_max_tokens,
+        "eval_concurrency": spec.eval_concurrency,
+        "smoke_expect": [],  # the tiny model is in no catalog: the basic checks only, as the pipeline's
+        "max_drop": 0.05,
+        "load": {
+            "concurrency": [4],
+            "num_prompts": spec.bench_num_prompts,
+            "output_len": spec.bench_output_len,
+            "ignore_eos": True,
+            "slo_ttft_ms": 2000.0,
+        },
+    }
+    from ernie_ops.files import write_text_atomic
+
+    path = directory / "inputs" / "sweep.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = "# ernie-ops demo's quantization step: ernie-ops sweep inputs/sweep.yaml\n"
+    return write_text_atomic(path, header + yaml.safe_dump(sweep, sort_keys=False))
+
+
+def quantization_step(pipeline: Pipeline, echo: Callable[[str], None] = print) -> int | None:
+    """The tuned export served as fp32, wint8 and wint4 by `ernie-ops sweep` into quantization/,
+    then the pipeline report written again with their trade-off table; the sweep's exit status
+    (None when the pipeline has no verified export to serve)."""
+    from ernie_ops.pipeline.report import write_pipeline_report
+    from ernie_ops.sweep.runner import Sweep
+    from ernie_ops.sweep.spec import load_sweep
+
+    checkpoint = pipeline.record.out("export", "path")
+    if not checkpoint or pipeline.record.stages["verify"].status != "passed":
+        return None
+    directory = pipeline.record.path
+    echo("[demo] quantization: the tuned model served as fp32, wint8 and wint4 (ernie-ops sweep)")
+    sweep_spec, profiles = load_sweep(write_quantization_sweep(directory, str(checkpoint), pipeline.spec))
+    code = Sweep.create(sweep_spec, profiles, directory=directory / "quantization").run()
+    write_pipeline_report(pipeline.record)
+    return code
+
+
 def run_demo(runs_dir: Path = Path("runs"), seed: int = 0, until: str | None = None) -> int:
     directory = (runs_dir / f"demo-{dt.datetime.now():%Y%m%d-%H%M%S}").resolve()
     directory.mkdir(parents=True)
@@ -67,4 +123,7 @@ def run_demo(runs_dir: Path = Path("runs"), seed: int = 0, until: str | None = N
     tuned, base = pipeline.record.out("eval", "tuned"), pipeline.record.out("eval", "base")
     if tuned and base:
         print(f"[demo] held-out accuracy: tuned {tuned['score']:.3f}, base {base['score']:.3f}")
+    if until is None:  # the whole demo: the verdict is the pipeline's, the sweep adds its table
+        quantization_step(pipeline)
+        print(f"[demo] report: {directory / 'report.html'}")
     return code

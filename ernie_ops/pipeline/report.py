@@ -29,6 +29,8 @@ def write_pipeline_report(record: PipelineRecord) -> tuple[Path, Path]:
         _bench(record),
         "## Evaluation: tuned vs base\n\n" + _evaluation(record),
     ]
+    if (record.path / QUANTIZATION / "report.json").is_file():  # `ernie-ops demo`'s quantization step
+        sections.append(_quantization(record))
     return write_report(record.path, "report", "\n\n".join(sections) + "\n", f"pipeline {record.name}")
 
 
@@ -188,6 +190,26 @@ def _evaluation(record: PipelineRecord) -> str:
         text += "\n" + markdown(Comparison.from_json(comparison))
     text += "\n" + _examples(tuned, base)
     return text
+
+
+QUANTIZATION = "quantization"  # the sweep of the tuned model's weight formats, when one ran
+
+
+def _quantization(record: PipelineRecord) -> str:
+    """The sweep's trade-off table under this report's headings, its chart linked from here."""
+    from ernie_ops.sweep.report import markdown
+
+    report = _load(record.path / QUANTIZATION / "report.json")
+    chart = record.path / QUANTIZATION / "pareto.png"
+    text = markdown(report, f"{QUANTIZATION}/pareto.png" if chart.is_file() else None)
+    lines = [("#" + line if line.startswith("## ") else line) for line in text.splitlines()[1:]]
+    head = (
+        "## Quantization: the tuned model as fp32, wint8 and wint4\n\n"
+        f"Served one at a time by `ernie-ops sweep` ({QUANTIZATION}/report.html); wint8 / wint4 are "
+        "FastDeploy's weight-only schemes, emulated at load by the embedded engine, so they show the "
+        "quality a quantized deployment keeps, not its speed or memory on a GPU.\n"
+    )
+    return head + "\n".join(lines)
 
 
 def _groups(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
