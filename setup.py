@@ -28,7 +28,8 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir=package_dir,
-    package_data={"ernie_ops.recipe": ["snapshots/*.json"]},
+    # the version tables the checks and command builders read (ERNIEKit schemas, FastDeploy / vLLM flags)
+    package_data={"ernie_ops.recipe": ["snapshots/*.json"], "ernie_ops.serve": ["data/*.json"]},
     # The light core: the CLI, recipe checks and the model catalog need nothing heavier.
     # Paddle / ERNIEKit are extras because GPU nodes bring their own builds (see README).
     install_requires=[
