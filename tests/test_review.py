@@ -181,6 +181,24 @@ def test_a_judge_flags_the_wrong_answer_to_a_suite_prompt_and_no_mask_says_so(tm
     assert code == 0 and "NOT MASKED" in out and "capital" in out
 
 
+def test_in_shadow_mode_the_judge_scores_the_candidate_too(tmp_path):
+    messages = [{"role": "user", "content": "Capital of France?"}]
+    judge = LiveJudge.load(write_suite(tmp_path / "probes.jsonl"))
+    with (
+        serving(create_standin({prompt_key(messages): "Paris"}, model="stable-m")) as (stable, _),
+        serving(create_standin({prompt_key(messages): "Lyon"}, model="cand-m")) as (candidate, _),
+        gateway(stable, candidate, tmp_path, routing=Routing("shadow"), judge=judge) as url,
+    ):
+        r = httpx.post(url + "/v1/chat/completions", json=chat(messages, "stable-m", True), timeout=GUARD_S)
+        assert r.status_code == 200 and "Paris" in r.text
+        eventually(lambda: len(list((tmp_path / "review").glob("*.json"))) == 2, "two items")
+    items, _ = ReviewQueue(tmp_path / "review").read()
+    by_reason = {i.reason: i.data for i in items}
+    assert by_reason["judge"]["judge"]["backend"] == "candidate"
+    assert by_reason["judge"]["answers"]["candidate"]["text"] == "Lyon"
+    assert by_reason["shadow-disagreement"]["answers"]["stable"]["text"] == "Paris"
+
+
 def case(rid: str, reason: str = "shadow-disagreement", at: float | None = None) -> Case:
     side = Side("stable", "http://s/v1", Answer(model="m", text="a"))
     other = Side("candidate", "http://c/v1", Answer(model="n", text="b"))

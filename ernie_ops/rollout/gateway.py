@@ -623,8 +623,8 @@ class Gateway:
             result = "agree" if why is None else "disagree"
         self.metrics.compared_as(result)
         if self.review is not None and attempt.answer is not None and _answered(attempt):
-            sides = [self._side(STABLE, stable), self._side(CANDIDATE, attempt.answer)] if stable else []
-            if why is not None:
+            if why is not None and stable is not None:
+                sides = [self._side(STABLE, stable), self._side(CANDIDATE, attempt.answer)]
                 self.review.submit(Case(job.rid, job.route, job.body, sides, "shadow-disagreement", why))
             if job.item is not None:
                 self._judge(job.rid, job.route, job.body, job.item, attempt)
