@@ -8,9 +8,11 @@ from pathlib import Path
 
 from ernie_ops.cli.base import Subcommand
 from ernie_ops.data.formats import FORMATS  # light: no heavy import
+from ernie_ops.errors import UserError
 from ernie_ops.text import format_table
 
 FORMAT_CHOICES = ("auto", *FORMATS)
+STRATEGIES = ("placeholder", "hash", "remove")  # privacy.STRATEGIES, without importing the masker
 
 
 class Data(Subcommand):
@@ -30,6 +32,8 @@ class Data(Subcommand):
         "ernie-ops data lint chats.jsonl --pii",
         "ernie-ops data mask chats.jsonl chats.masked.jsonl",
         "ERNIE_OPS_PII_SALT=... ernie-ops data mask chats.jsonl.gz masked.jsonl.gz --strategy hash",
+        "ernie-ops data convert chats.jsonl train.jsonl --to erniekit-sft --mask",
+        "ernie-ops data preview train.jsonl --tokenizer runs/tiny-dense --no-mask",
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -57,7 +61,9 @@ class Data(Subcommand):
         )
         lint.add_argument("--json", action="store_true", help="summary as JSON on stdout")
 
-        convert = self._action(actions, "convert", "convert into ERNIEKit's format; rejects go to a file", 2)
+        convert = self._action(
+            actions, "convert", "convert into ERNIEKit's format; rejects go to a file", 2, 8
+        )
         convert.add_argument("input", type=Path, metavar="IN")
         convert.add_argument("output", type=Path, metavar="OUT")
         convert.add_argument("--to", required=True, choices=("erniekit-sft", "erniekit-dpo"))
@@ -67,6 +73,16 @@ class Data(Subcommand):
             action="store_true",
             help="drop exact duplicates (the first copy is kept; the others go to the reject file)",
         )
+        convert.add_argument(
+            "--mask",
+            nargs="?",
+            const="placeholder",
+            choices=STRATEGIES,
+            metavar="STRATEGY",
+            help="mask personal data in what is written, the reject file included, as `data mask` does: "
+            "placeholder (the default), hash or remove (see `data mask --help`); off unless given",
+        )
+        _masking_options(convert)
         convert.add_argument("--json", action="store_true", help="summary as JSON on stdout")
 
         mask = self._action(
@@ -90,30 +106,32 @@ class Data(Subcommand):
         mask.add_argument("output", type=Path, metavar="OUT")
         mask.add_argument(
             "--strategy",
-            choices=("placeholder", "hash", "remove"),
+            choices=STRATEGIES,
             default="placeholder",
             help="placeholder: <EMAIL_1>, numbered per record (default); hash: <EMAIL_9f86d0...>, "
             "keyed with a secret salt from ERNIE_OPS_PII_SALT or --salt-file (never written); "
             "remove: cut the value out",
         )
-        mask.add_argument("--salt-file", type=Path, help="the secret salt for --strategy hash")
-        mask.add_argument(
-            "--detector",
-            action="append",
-            default=[],
-            metavar="MODULE:FACTORY",
-            help="add a detector (e.g. a NER model for names of people), repeatable",
-        )
+        _masking_options(mask)
         mask.add_argument("--json", action="store_true", help="summary as JSON on stdout")
 
         preview = self._action(
-            actions, "preview", "show records through the chat template, trained tokens marked", 3
+            actions, "preview", "show records through the chat template, trained tokens marked", 3, 9
         )
         preview.add_argument("file", type=Path, metavar="FILE")
         preview.add_argument("--tokenizer", type=Path, required=True, metavar="MODEL_DIR")
         preview.add_argument("-n", type=int, default=3, help="records to show (default 3)")
         preview.add_argument("--format", **fmt)  # type: ignore[arg-type]
         preview.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+        preview.add_argument(
+            "--no-mask",
+            dest="mask",
+            action="store_false",
+            default=None,
+            help="show personal data as it is (masked by default, as everywhere the toolkit shows or "
+            "writes user content; ERNIE_OPS_NO_MASK=1 does the same); token counts are always those "
+            "of the unmasked record, which is what the model trains on",
+        )
 
         split = self._action(actions, "split", "deterministic train/eval split", 4)
         split.add_argument("input", type=Path, metavar="IN")
@@ -134,6 +152,17 @@ class Data(Subcommand):
     def run(self, args: argparse.Namespace) -> int:
         actions = {"lint": _lint, "convert": _convert, "mask": _mask, "preview": _preview, "split": _split}
         return actions[args.action](args)
+
+
+def _masking_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--salt-file", type=Path, help="the secret salt for the hash strategy")
+    parser.add_argument(
+        "--detector",
+        action="append",
+        default=[],
+        metavar="MODULE:FACTORY",
+        help="add a detector (e.g. a NER model for names of people), repeatable",
+    )
 
 
 def _lint(args: argparse.Namespace) -> int:
@@ -210,12 +239,21 @@ def _lint(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from ernie_ops.data.convert import convert
 
-    result = convert(args.input, args.output, args.to, args.format, dedupe=args.dedupe)
+    if args.mask is None and (args.salt_file or args.detector):
+        raise UserError("--salt-file and --detector are for masking", hint="add --mask (e.g. --mask hash)")
+    m = None
+    if args.mask:
+        from ernie_ops.privacy import masker
+
+        m = masker(args.mask, args.salt_file, args.detector)
+    result = convert(args.input, args.output, args.to, args.format, dedupe=args.dedupe, masker=m)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
     head = f"{result.source} ({result.format}) -> {result.output} ({args.to})"
     print(f"{head}: {result.written} of {result.records} written")
+    if result.masked:
+        _print_masked(result.masked)
     if result.first_duplicate:
         print(f"  warning: {_duplicates(result.duplicates, result.first_duplicate)}; --dedupe drops them")
     for reason, count in result.rejected.most_common():
@@ -246,7 +284,7 @@ def _pii(path: Path, quiet: bool):  # type: ignore[no-untyped-def]
 
 def _mask(args: argparse.Namespace) -> int:
     from ernie_ops.data.mask import mask_file
-    from ernie_ops.privacy import NER_NOTE, masker
+    from ernie_ops.privacy import masker
 
     m = masker(args.strategy, args.salt_file, args.detector)
     result = mask_file(args.input, args.output, m)
@@ -257,12 +295,20 @@ def _mask(args: argparse.Namespace) -> int:
         f"{result.source} -> {result.output} ({result.strategy}): personal data in {result.with_pii} "
         f"of {result.records} record(s)"
     )
+    _print_masked(result)
+    return 0
+
+
+def _print_masked(result) -> None:  # type: ignore[no-untyped-def]
+    from ernie_ops.privacy import NER_NOTE
+
+    if not result.found:
+        print(f"  personal data: none found ({result.strategy} masking was on)")
     for type_, n in result.found.most_common():
-        print(f"  {n} x {type_}")
+        print(f"  masked {n} x {type_}")
     if result.not_json:
         print(f"  {result.not_json} line(s) were not JSON: masked as plain text")
     print(f"  note: {NER_NOTE}")
-    return 0
 
 
 def _duplicates(count: int, first: tuple[int, int]) -> str:
@@ -274,12 +320,20 @@ def _duplicates(count: int, first: tuple[int, int]) -> str:
 
 def _preview(args: argparse.Namespace) -> int:
     from ernie_ops.data.preview import preview
+    from ernie_ops.privacy import NO_MASK_ENV, default_masker, masking_on
 
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     legend = "highlighted" if color else "in [[double brackets]]"
-    print(f"# trained-on tokens (the loss mask ERNIEKit uses) are {legend}\n")
+    print(f"# trained-on tokens (the loss mask ERNIEKit uses) are {legend}")
+    if masking_on(args.mask):
+        m = default_masker()
+        print("# personal data is masked (<EMAIL_1>, ...; names of people are not found): --no-mask shows it")
+    else:
+        m = None
+        print(f"# personal data is NOT masked (--no-mask or {NO_MASK_ENV}=1)")
+    print()
     shown = 0
-    for r in preview(args.file, args.tokenizer, args.n, color, args.format):
+    for r in preview(args.file, args.tokenizer, args.n, color, args.format, m):
         print(f"--- {args.file}:{r.line}  ({r.tokens} tokens, {r.trained} trained on)")
         print(r.text)
         print()

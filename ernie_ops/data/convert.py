@@ -4,6 +4,10 @@ Records that are broken, or that ERNIEKit's format cannot express, go to a rejec
 line number and reason; nothing is dropped silently. Exact duplicates are counted (ERNIEKit trains
 on every copy); with `dedupe` every copy after the first goes to the reject file too. Outputs are
 written atomically and never replace an input.
+
+With a masker (`convert --mask`), personal data is masked in what is written, the reject file
+included: the converted records' texts (as `data mask` does, keys and labels kept), and each
+rejected record before it is written.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import orjson
 
 from ernie_ops.data.formats import TARGETS, Conversation, Unsupported
 from ernie_ops.data.lint import Batch, Problem, RecordHashes, parsed_batches, reason_kind
+from ernie_ops.data.mask import MaskResult, mask_lines
 from ernie_ops.errors import UserError
 from ernie_ops.files import atomic_output, check_output
+from ernie_ops.privacy.masker import Masker
 
 
 @dataclass
@@ -33,6 +39,7 @@ class ConvertResult:
     rejected: Counter = field(default_factory=Counter)
     duplicates: int = 0  # exact copies of an earlier record (rejected when deduped, else written)
     first_duplicate: tuple[int, int] | None = None  # (line, line of its first copy)
+    masked: MaskResult | None = None  # what --mask replaced (None: not masked)
 
     def to_dict(self) -> dict:
         return {
@@ -44,6 +51,11 @@ class ConvertResult:
             "written": self.written,
             "rejected": dict(self.rejected),
             "duplicates": self.duplicates,
+            "masked": (
+                {k: v for k, v in self.masked.to_dict().items() if k not in ("source", "output", "records")}
+                if self.masked
+                else None
+            ),
         }
 
 
@@ -52,11 +64,18 @@ def rejects_path(out: Path) -> Path:
 
 
 def convert(
-    source: Path, out: Path, to: str, fmt: str = "auto", progress: bool = True, dedupe: bool = False
+    source: Path,
+    out: Path,
+    to: str,
+    fmt: str = "auto",
+    progress: bool = True,
+    dedupe: bool = False,
+    masker: Masker | None = None,
 ) -> ConvertResult:
     if to not in TARGETS:
         raise UserError(f"--to must be one of {', '.join(TARGETS)}, not {to!r}")
     result = ConvertResult(source, out, rejects_path(out))
+    found = result.masked = MaskResult(source, out, masker.strategy) if masker else None
     _check_rejects_path(source, out, result.rejects)
     first_lines: dict[int, int] = {}  # dedupe: record hash -> line of its first copy
     hashes = RecordHashes()  # otherwise: counted at the end, 12 bytes per record
@@ -69,14 +88,17 @@ def convert(
             else:
                 hashes.add(batch.raws, batch.lines)
             lines, written, problems = _encode(batch, to)
+            if masker and found and lines:  # lines: each one ends with a newline
+                lines = b"\n".join(mask_lines(lines[:-1].split(b"\n"), masker, found)) + b"\n"
             good.write(lines)  # one write per batch
             result.written += written
             for p in problems:
                 result.rejected[reason_kind(p.reason)] += 1
-                record = orjson.dumps(
-                    {"line": batch.lines[p.index], "reason": p.reason, "record": _record(batch.raws[p.index])}
-                )
-                bad.write(record + b"\n")
+                raw = batch.raws[p.index]
+                if masker and found:
+                    raw = mask_lines([raw], masker, found)[0]
+                line = batch.lines[p.index]
+                bad.write(orjson.dumps({"line": line, "reason": p.reason, "record": _record(raw)}) + b"\n")
     if not dedupe:
         duplicates = hashes.duplicates()
         result.duplicates = len(duplicates)

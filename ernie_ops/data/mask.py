@@ -66,35 +66,39 @@ def _lines(path: Path, progress: bool) -> Iterator[tuple[int, list[bytes]]]:
 
 def mask_file(source: Path, out: Path, masker: Masker, progress: bool = True) -> MaskResult:
     result = MaskResult(source, out, masker.strategy)
-    loads, dumps = orjson.loads, orjson.dumps
     with atomic_output(out, [source]) as f:
         for _first, lines in _lines(source, progress):
-            hits = masker.hit_lines(lines)  # usually few
             result.records += len(lines) - sum(1 for raw in lines if not raw or raw.isspace())
-            if not hits:
-                f.write(b"\n".join(lines) + b"\n")
-                continue
-            out_lines = list(lines)
-            for i in hits:
-                raw = out_lines[i]
-                counts: Counter = Counter()
-                try:
-                    record = loads(raw)
-                except orjson.JSONDecodeError:
-                    text = raw.decode("utf-8", "replace")
-                    masked_text = masker.mask_text(text, Scope(), counts)
-                    if counts:
-                        result.not_json += 1
-                        out_lines[i] = masked_text.encode()
-                else:
-                    masked = masker.mask_value(record, Scope(), counts)
-                    if counts:
-                        out_lines[i] = dumps(masked)
-                if counts:
-                    result.with_pii += 1
-                    result.found.update(counts)
-            f.write(b"\n".join(out_lines) + b"\n")
+            f.write(b"\n".join(mask_lines(lines, masker, result)) + b"\n")
     return result
+
+
+def mask_lines(lines: list[bytes], masker: Masker, result: MaskResult) -> list[bytes]:
+    """LINES (raw JSONL records, no newlines) with their personal data masked, counted in RESULT.
+    Only the lines the masker's trigger picks are parsed (usually few); the others, and the lines
+    in which nothing was found, are returned as they were, byte for byte."""
+    hits = masker.hit_lines(lines)
+    if not hits:
+        return lines
+    out = list(lines)
+    for i in hits:
+        raw = out[i]
+        counts: Counter = Counter()
+        try:
+            record = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            masked_text = masker.mask_text(raw.decode("utf-8", "replace"), Scope(), counts)
+            if counts:
+                result.not_json += 1
+                out[i] = masked_text.encode()
+        else:
+            masked = masker.mask_value(record, Scope(), counts)
+            if counts:
+                out[i] = orjson.dumps(masked)
+        if counts:
+            result.with_pii += 1
+            result.found.update(counts)
+    return out
 
 
 Where = Callable[[int, str, str, int, int], None]  # (line, field, type, start, end) per finding

@@ -2,6 +2,8 @@
 
 ERNIEKit encodes each turn as (prompt tokens, answer tokens) with the chat template and trains on
 the answer tokens of turns whose label is 1 (ernie/dataset/finetuning.py); that is what is marked.
+With a masker, the text shown has its personal data masked (one placeholder numbering per record);
+the token counts are those of the record as it is, which is what the model trains on.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from ernie_ops.data.formats import Conversation
 from ernie_ops.data.lint import TokenCounter, parsed_items
 from ernie_ops.data.read import require_file
+from ernie_ops.privacy.masker import Masker, Scope
 
 GREEN, RESET = "\x1b[30;42m", "\x1b[0m"
 
@@ -38,7 +41,12 @@ def _pieces(counter: TokenCounter, parsed: Conversation) -> Iterator[tuple[str, 
 
 
 def preview(
-    path: Path, model_dir: Path, n: int = 3, color: bool = False, fmt: str = "auto"
+    path: Path,
+    model_dir: Path,
+    n: int = 3,
+    color: bool = False,
+    fmt: str = "auto",
+    masker: Masker | None = None,
 ) -> Iterator[Rendered]:
     require_file(path)  # before the seconds the tokenizer takes to load
     counter = TokenCounter(model_dir, max_seq_len=1 << 30)
@@ -46,15 +54,18 @@ def preview(
     for item, _, parsed, _ in parsed_items(path, fmt, progress=False):
         if not isinstance(parsed, Conversation):
             continue
+        pieces = list(_pieces(counter, parsed))
+        texts = [text for text, _ in pieces]
+        shown_texts = masker.mask_value(texts, Scope()) if masker else texts
         parts, tokens, trained = [], 0, 0
-        for text, learn in _pieces(counter, parsed):
+        for (text, learn), shown_text in zip(pieces, shown_texts, strict=True):
             n_tokens = len(counter.tokenizer.tokenize(text))
             tokens += n_tokens
             if learn:
                 trained += n_tokens
-                parts.append(f"{GREEN}{text}{RESET}" if color else f"[[{text}]]")
+                parts.append(f"{GREEN}{shown_text}{RESET}" if color else f"[[{shown_text}]]")
             else:
-                parts.append(text)
+                parts.append(shown_text)
         yield Rendered(item.line, "".join(parts), tokens, trained)
         shown += 1
         if shown >= n:
