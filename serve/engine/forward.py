@@ -1,18 +1,24 @@
-"""The model: a dense ERNIE 4.5 Paddle checkpoint loaded with ERNIEKit, and the numpy forward that
-serves requests over its weights.
+"""The model: a dense ERNIE 4.5 Paddle checkpoint's weights, the forward that serves requests over
+them, and ERNIEKit's own model as the tests' reference.
 
-The checkpoint is loaded with ERNIEKit's own `Ernie4_5_MoeForCausalLM` in float32 (Paddle has no
-bf16 CPU kernels), the tokenizer is `ernie.tokenizer.Ernie4_5_Tokenizer`.
+`DenseForward` is dense ERNIE 4.5's float32 arithmetic written out (embedding, RMSNorm, fused QKV
+with GQA, interleaved RoPE, softmax attention, SwiGLU MLP, LM head): the matrix products with the
+weights go through Paddle's CPU matmul (MKL), everything else is numpy over the same memory (DLPack,
+no copies). Its weights come straight from the checkpoint's safetensors files (`weights.py`), in
+Paddle's [in, out] layout as stored, so loading holds the weights once; the tied LM head is kept
+transposed ([hidden, vocab]), and the embedding lookup reads its columns.
 
-The forward that serves requests is `DenseForward`: dense ERNIE 4.5's arithmetic written out in numpy
-over the loaded weights (embedding, norms and LM head shared zero-copy with Paddle, the linear
-layers copied once into [out, in] layout, after which Paddle's copies are freed). Kept whole
-(`Engine(..., reference=True)`, the tests), ERNIEKit's model is the reference: `reference_logits`
-runs it, and the tests hold the fast path to it within float tolerance. Why not ERNIEKit's forward:
-on CPU it costs about 3x more per decode step and 4x more per prompt, because Paddle's matmul goes
-through its bundled MKL (a slow generic path on non-Intel CPUs, slower gemv everywhere), its
-attention concatenates the cache every step, builds masks and casts, and its LM head runs over every
-prompt position. Why not `model.generate()`: it re-feeds the whole sequence at every step.
+Measured on 2 cores (Xeon, AVX-512; 0.3B shapes, float32, best of 5): MKL's sgemm with the weight
+as the right operand in [in, out] layout against numpy's OpenBLAS 0.3.23 in its best layout,
+per layer (the 4 linears) and for the LM head:
+- 1 row (batch-1 decode): the same (memory-bound gemv: 1.0 ms / layer, 12-13 ms LM head);
+- 8 rows (8 decoding streams): 1.9 ms against 2.8 ms per layer, 23 ms against 32 ms LM head
+  (OpenBLAS packs the whole weight at every call; at a few rows that costs as much as the product);
+- 64 rows (a prompt): 5.9 ms against 10-13 ms per layer.
+ERNIEKit's forward itself is not used for serving: it concatenates the cache every step, builds
+masks and casts, and runs its LM head over every prompt position. Kept (`Engine(...,
+reference=True)`, the tests), ERNIEKit's model is the reference: `reference_logits` runs it, and the
+tests hold this forward to it within float tolerance.
 """
 
 from __future__ import annotations
@@ -30,18 +36,22 @@ import numpy as np
 from ernie_ops.errors import UserError
 from ernie_ops.extras import optional_imports
 from ernie_ops.serve.engine.quantize import fake_quantize
+from ernie_ops.serve.engine.weights import FileWeights, ModelWeights, Weights
 
 log = logging.getLogger(__name__)
 
+# a layer's linear weights, in the order of _Layer's fields
+LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.up_gate_proj", "mlp.down_proj")
+
 
 def load_checkpoint(path: Path) -> tuple[Any, Any, dict[str, Any]]:
-    """ERNIEKit's model (float32, on the CPU, in eval mode), the tokenizer and the generation config
-    of a dense ERNIE 4.5 Paddle checkpoint directory."""
+    """ERNIEKit's config and tokenizer and the generation config of a dense ERNIE 4.5 Paddle
+    checkpoint directory (no weights: `DenseForward.load` reads them)."""
     config_file = path / "config.json"
     if not config_file.is_file():
         raise UserError(f"{path} has no config.json", hint="give an ERNIE 4.5 Paddle checkpoint directory")
-    config = json.loads(config_file.read_text(encoding="utf-8"))
-    if int(config.get("moe_num_experts") or 0) > 0:
+    raw = json.loads(config_file.read_text(encoding="utf-8"))
+    if int(raw.get("moe_num_experts") or 0) > 0:
         raise UserError(
             f"{path} is a MoE model: the embedded CPU engine runs dense ERNIE 4.5 only",
             hint="ERNIEKit's MoE dispatch kernel (moe_gate_dispatch) is GPU-only in Paddle; "
@@ -49,17 +59,26 @@ def load_checkpoint(path: Path) -> tuple[Any, Any, dict[str, Any]]:
         )
     with optional_imports("cpu", "the embedded CPU server"):
         import paddle
-        from ernie.modeling_moe import Ernie4_5_MoeForCausalLM
+        from ernie.configuration import Ernie4_5_MoeConfig
         from ernie.tokenizer import Ernie4_5_Tokenizer
 
     paddle.set_device("cpu")
+    config = Ernie4_5_MoeConfig.from_pretrained(str(path))
+    tokenizer = Ernie4_5_Tokenizer.from_pretrained(str(path))
+    return config, tokenizer, _generation_config(path)
+
+
+def load_reference(path: Path) -> Any:
+    """ERNIEKit's own model of the checkpoint (float32, on the CPU, in eval mode)."""
+    with optional_imports("cpu", "the embedded CPU server"):
+        from ernie.modeling_moe import Ernie4_5_MoeForCausalLM
+
     started = time.perf_counter()
     # moe_group "dummy": no process group is needed; fp32: no bf16 CPU kernels
     model = Ernie4_5_MoeForCausalLM.from_pretrained(str(path), moe_group="dummy", dtype="float32")
     model.eval()
-    tokenizer = Ernie4_5_Tokenizer.from_pretrained(str(path))
-    log.info("loaded %s in %.1f s", path, time.perf_counter() - started)
-    return model, tokenizer, _generation_config(path)
+    log.info("loaded ERNIEKit's model of %s in %.1f s", path, time.perf_counter() - started)
+    return model
 
 
 def _generation_config(model_dir: Path) -> dict[str, Any]:
@@ -91,65 +110,97 @@ def reference_logits(model: Any, token_ids: Sequence[int]) -> np.ndarray:
     return np.asarray(out.logits.numpy()[0])
 
 
+def _tensor(array: np.ndarray) -> Any:
+    """A Paddle tensor over ARRAY's memory (DLPack; read-only arrays cannot be shared: copied)."""
+    from paddle.utils.dlpack import from_dlpack
+
+    array = np.ascontiguousarray(array)
+    return from_dlpack(array if array.flags.writeable else array.copy())  # type: ignore[arg-type]
+
+
+def _matmul(x: np.ndarray, weight: Any) -> np.ndarray:
+    """x [M, in] @ weight (a Paddle tensor [in, out]) -> [M, out], a read-only numpy view of the result."""
+    import paddle
+
+    return np.from_dlpack(paddle.matmul(_tensor(x), weight))
+
+
 class DenseForward:
-    """A lean numpy forward of dense ERNIE 4.5 over the weights of ERNIEKit's loaded model.
+    """A lean forward of dense ERNIE 4.5 (see the module docstring), built from a config and a
+    source of weights by ERNIEKit's parameter names."""
 
-    The same float32 arithmetic as ERNIEKit's `Ernie4_5_MoeForCausalLM` (RMSNorm, fused QKV with
-    GQA, interleaved RoPE, softmax attention, SwiGLU MLP, tied or untied LM head), held to it within
-    float tolerance by the tests. The embedding / LM head table and the norms are zero-copy views of
-    the Paddle parameters; the layer weights are copied once into [out, in] layout (see `_Linear`).
-    """
-
-    def __init__(self, model: Any, quantization: str | None = None):
-        config = model.config
+    def __init__(self, config: Any, weights: Weights, quantization: str | None = None):
         problems = [
             name
             for name, bad in (
                 ("MoE layers", bool(getattr(config, "use_moe", False))),
                 ("LayerNorm instead of RMSNorm", not getattr(config, "use_rmsnorm", True)),
-                ("3-D RoPE", bool(config.get("rope_3d", False))),
+                ("3-D RoPE", bool(getattr(config, "rope_3d", False))),
             )
             if bad
         ]
         if problems:
             raise UserError(f"the CPU engine cannot run this model: {', '.join(problems)}")
+        self.config = config
         self.heads = int(config.num_attention_heads)
         self.kv_heads = int(config.num_key_value_heads or self.heads)
         self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
-        self.eps = float(config.rms_norm_eps)
+        self.eps = np.float32(config.rms_norm_eps)
         self.inner = int(config.intermediate_size)
         self.scale = np.float32(1.0 / self.head_dim**0.5)  # scale_qk_coeff cancels out in ERNIEKit
         ratio = float(getattr(config, "compression_ratio", 1.0) or 1.0)
         dims = np.arange(0, self.head_dim, 2, dtype=np.float32) / self.head_dim
         self.inv_freq = (1.0 / float(config.rope_theta) ** dims / ratio).astype(np.float32)
 
-        self.layers = [
-            _Layer(
-                _array(layer.input_layernorm.weight),
-                _array(layer.post_attention_layernorm.weight),
-                _Linear.of(layer.self_attn.qkv_proj, quantization),
-                _Linear.of(layer.self_attn.o_proj, quantization),
-                _Linear.of(layer.mlp.up_gate_proj, quantization),
-                _Linear.of(layer.mlp.down_proj, quantization),
+        self.layers = []
+        for i in range(int(config.num_hidden_layers)):
+            prefix = f"ernie.layers.{i}."
+            self.layers.append(
+                _Layer(
+                    weights.read(prefix + "input_layernorm.weight"),
+                    weights.read(prefix + "post_attention_layernorm.weight"),
+                    *(_Linear.of(weights, prefix + name, quantization) for name in LINEARS),
+                )
             )
-            for layer in model.ernie.layers
-        ]
-        self.embed = _array(model.ernie.embed_tokens.weight)
-        self.norm = _array(model.ernie.norm.weight)
-        head = _array(model.lm_head.weight)
-        bias = getattr(model.lm_head, "bias", None)
-        # [V, hidden] (a view): the tied embedding table as it is, an untied [hidden, V] transposed
-        self.vocab_rows = head if config.tie_word_embeddings else head.T
-        self.head_bias = None if bias is None else _array(bias)
+        self.norm = weights.read("ernie.norm.weight")
+        self.tied = bool(config.tie_word_embeddings)
+        # the LM head as [hidden, V] (MKL's fast layout); tied, it is the embedding table transposed,
+        # and the embedding lookup reads its columns (one copy of the table, not two)
+        name = "ernie.embed_tokens.weight" if self.tied else "lm_head.weight"
+        self.head = weights.read_transposed(name) if self.tied else weights.read(name)
+        self.head_tensor = _tensor(self.head)
+        self.embed = None if self.tied else weights.read("ernie.embed_tokens.weight")
+        self.head_bias = weights.read("lm_head.bias") if weights.has("lm_head.bias") else None
+
+    @classmethod
+    def load(cls, path: Path, config: Any, quantization: str | None = None) -> DenseForward:
+        """The forward of a checkpoint directory, its weights read from its safetensors files."""
+        started = time.perf_counter()
+        net = cls(config, FileWeights(path), quantization)
+        log.info("read the weights of %s in %.1f s", path, time.perf_counter() - started)
+        return net
+
+    @classmethod
+    def of_model(cls, model: Any, quantization: str | None = None) -> DenseForward:
+        """The forward over the weights of ERNIEKit's loaded model."""
+        return cls(model.config, ModelWeights(model), quantization)
 
     def new_cache(self, batch: int, capacity: int) -> list[np.ndarray]:
         """Keys and values of every layer: [2 * layers] arrays of [batch, kv_heads, capacity, head_dim]."""
         shape = (batch, self.kv_heads, capacity, self.head_dim)
         return [np.zeros(shape, dtype=np.float32) for _ in range(2 * len(self.layers))]
 
+    def _embed(self, ids: np.ndarray) -> np.ndarray:
+        """Embedding rows [B, S, hidden] of ids [B, S]."""
+        if self.embed is not None:
+            return self.embed[ids]
+        return np.ascontiguousarray(np.moveaxis(self.head[:, ids], 0, -1))
+
     def _norm(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
-        variance = np.mean(np.square(x), axis=-1, keepdims=True)
-        return x / np.sqrt(variance + self.eps) * weight
+        variance = np.einsum("...i,...i->...", x, x)[..., None] / np.float32(x.shape[-1])
+        out = x / np.sqrt(variance + self.eps)
+        out *= weight
+        return out
 
     def _rope(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
         """ERNIE's RoPE rotates interleaved pairs (x[2i], x[2i+1]) by angle i; x is [B, S, heads, D]."""
@@ -174,7 +225,7 @@ class DenseForward:
         end = at + steps
         angles = positions[..., None].astype(np.float32) * self.inv_freq
         cos, sin = np.cos(angles)[:, :, None], np.sin(angles)[:, :, None]  # [B, S, 1, D/2]
-        x = self.embed[ids]  # [B, S, hidden]
+        x = self._embed(ids)  # [B, S, hidden]
         for i, w in enumerate(self.layers):
             qkv = w.qkv(self._norm(x, w.ln1))
             qkv = qkv.reshape(rows, steps, heads + 2 * kv, dim)
@@ -186,12 +237,16 @@ class DenseForward:
             x = x + w.o(out)
             gate_up = w.up_gate(self._norm(x, w.ln2))
             gate, up = gate_up[..., : self.inner], gate_up[..., self.inner :]
-            x = x + w.down(gate / (1.0 + np.exp(-gate)) * up)  # SwiGLU: silu(gate) * up
+            act = np.exp(-gate)  # SwiGLU: silu(gate) * up = gate / (1 + e^-gate) * up
+            act += 1
+            np.divide(gate, act, out=act)
+            act *= up
+            x = x + w.down(act)
         return self._logits(self._norm(x[:, -1], self.norm))
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
-        """x [B, hidden] @ the LM head -> [B, V] (a gemv for one row, else by blocks of vocabulary)."""
-        out = (self.vocab_rows @ x[0])[None] if len(x) == 1 else _skinny_matmul(x, self.vocab_rows)
+        """x [B, hidden] @ the LM head -> [B, V]."""
+        out = _matmul(x, self.head_tensor)
         return out if self.head_bias is None else out + self.head_bias
 
     def _attend(self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -221,58 +276,30 @@ class DenseForward:
         return out.transpose(0, 3, 1, 2, 4).reshape(rows, steps, heads * dim)
 
 
-def release_linears(model: Any) -> None:
-    """Free the memory of ERNIEKit's attention and MLP weights (the engine computes with copies)."""
-    for layer in model.ernie.layers:
-        for block in (layer.self_attn, layer.mlp):
-            for param in block.parameters():
-                param._clear_data()
-
-
-def _array(param: Any) -> np.ndarray:
-    """A zero-copy, read-only numpy view of a Paddle parameter's memory (DLPack)."""
-    return np.from_dlpack(param.detach())
-
-
-@dataclass(frozen=True)
 class _Linear:
-    """y = x @ W + b, with W kept transposed ([out, in], contiguous: a copy of Paddle's [in, out]).
+    """y = x @ W + b with W in Paddle's [in, out] layout, multiplied by Paddle's matmul (see the
+    module docstring for why that layout and that kernel)."""
 
-    OpenBLAS's gemm at a handful of rows (decoding a batch) is about twice as fast with the weight as
-    the left operand in [out, in] layout, taken a block of output rows at a time, as x @ W (measured
-    at 4 and 8 rows on the 0.3B shapes); one row (gemv) and prompt-sized inputs are as fast either way.
-    """
+    __slots__ = ("bias", "weight")
 
-    weight_t: np.ndarray  # [out, in]
-    bias: np.ndarray | None
+    def __init__(self, weight: np.ndarray, bias: np.ndarray | None):
+        self.weight = _tensor(weight)  # shares the array's memory
+        self.bias = bias
 
     @classmethod
-    def of(cls, layer: Any, quantization: str | None = None) -> _Linear:
-        """A copy of LAYER's weights (Paddle's own can then be freed, `release_linears`), quantized
-        and dequantized as FastDeploy's weight-only QUANTIZATION computes with them (None: as they are)."""
-        bias = getattr(layer, "bias", None)
-        weight_t = fake_quantize(np.ascontiguousarray(_array(layer.weight).T), quantization)
-        return cls(weight_t, None if bias is None else np.array(_array(bias)))
+    def of(cls, weights: Weights, name: str, quantization: str | None = None) -> _Linear:
+        """The layer NAME, quantized and dequantized as FastDeploy's weight-only QUANTIZATION
+        computes with it (None: as it is)."""
+        weight = weights.read(name + ".weight")  # [in, out]
+        if quantization is not None:  # fake_quantize works on [out, in] (a scale per output channel)
+            weight = np.ascontiguousarray(fake_quantize(np.ascontiguousarray(weight.T), quantization).T)
+        bias = weights.read(name + ".bias") if weights.has(name + ".bias") else None
+        return cls(weight, None if bias is None else np.array(bias))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        flat = x.reshape(-1, x.shape[-1])  # one 2-D gemm over all rows, not one per batch row
-        if len(flat) == 1:  # gemv down contiguous rows
-            y = (self.weight_t @ flat[0])[None]
-        elif len(flat) <= 32:
-            y = _skinny_matmul(flat, self.weight_t)
-        else:
-            y = flat @ self.weight_t.T
+        y = _matmul(x.reshape(-1, x.shape[-1]), self.weight)  # one 2-D product over all rows
         y = y.reshape(*x.shape[:-1], -1)
         return y if self.bias is None else y + self.bias
-
-
-def _skinny_matmul(x: np.ndarray, rows: np.ndarray, block: int = 1024) -> np.ndarray:
-    """x [M, in] @ rows.T for a few rows of x, `rows` [out, in] taken `block` output rows at a time."""
-    out_t = np.empty((rows.shape[0], x.shape[0]), dtype=np.float32)
-    x_t = np.ascontiguousarray(x.T)
-    for start in range(0, rows.shape[0], block):
-        np.matmul(rows[start : start + block], x_t, out=out_t[start : start + block])
-    return out_t.T
 
 
 @dataclass(frozen=True)

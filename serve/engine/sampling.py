@@ -45,6 +45,8 @@ class SamplingParams:
 
 def sample(logits: np.ndarray, params: SamplingParams, seen: Sequence[int], rng: np.random.Generator) -> int:
     """One token id from a logits row."""
+    if params.temperature == 0 and (params.repetition_penalty == 1.0 or not len(seen)):
+        return int(np.argmax(logits))  # the float64 copy below changes no comparison: skip it
     row = logits.astype(np.float64)
     if params.repetition_penalty != 1.0 and len(seen):
         # CTRL-style: shrink positive logits, grow negative ones, of every token already seen

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ernie_ops.errors import UserError
-from ernie_ops.serve.engine.forward import DenseForward, load_checkpoint, reference_logits, release_linears
+from ernie_ops.serve.engine.forward import DenseForward, load_checkpoint, load_reference, reference_logits
 from ernie_ops.serve.engine.kv_cache import Batch, Filling, merge, prefill_inputs, relayout, shrink, with_room
 from ernie_ops.serve.engine.request import (
     FINISH_CANCELLED,
@@ -65,18 +65,23 @@ class Engine:
         prefill_chunk: int = PREFILL_CHUNK,
         generation_config: dict[str, Any] | None = None,
         quantization: str | None = None,
+        net: DenseForward | None = None,
     ):
-        self.model = model  # ERNIEKit's: the weights, and the reference forward of `full_logits`
-        self.net = DenseForward(model, quantization)  # wint8 / wint4: FastDeploy's arithmetic
+        """MODEL: ERNIEKit's loaded model, the reference of `full_logits` (None with NET given and
+        no reference wanted); NET: the forward that serves (built over MODEL's weights when None)."""
+        if net is None:
+            if model is None:
+                raise ValueError("Engine needs ERNIEKit's model or a DenseForward")
+            net = DenseForward.of_model(model, quantization)  # wint8 / wint4: FastDeploy's arithmetic
+        self.net = net
+        self.model = model if reference else None  # ERNIEKit's: the reference forward of `full_logits`
         self.quantization = quantization
-        self.reference = reference
-        if not reference:  # the fast path holds its own copies of the linear layers: free Paddle's
-            release_linears(model)  # (~1 GB at the 0.3B shape); norms and embeddings stay shared
+        self.reference = reference and model is not None
         self.tokenizer = tokenizer
         self.generation_config = generation_config or {}  # the checkpoint's generation_config.json
         self.max_batch_size = max_batch_size
         self.prefill_chunk = prefill_chunk
-        self.max_length = max_length or int(getattr(model.config, "max_position_embeddings", 4096))
+        self.max_length = max_length or int(getattr(net.config, "max_position_embeddings", 4096))
         # ERNIE 4.5 ends a chat turn with <|end_of_sentence|> and a document with </s>: either ends
         eos = [getattr(tokenizer, "eos_token_id", None), getattr(tokenizer, "sep_token_id", None)]
         self.eos_token_ids = {int(i) for i in eos if i is not None}
@@ -101,16 +106,20 @@ class Engine:
         reference: bool = False,
         quantization: str | None = None,
     ) -> Engine:
-        """Load a dense ERNIE 4.5 Paddle checkpoint in float32 on the CPU; `reference` keeps ERNIEKit's
-        own forward usable (`full_logits`, for tests) at the cost of a second copy of the weights."""
-        model, tokenizer, generation_config = load_checkpoint(Path(model_dir))
+        """Load a dense ERNIE 4.5 Paddle checkpoint in float32 on the CPU, its weights read from the
+        safetensors files once; `reference` also loads ERNIEKit's own model (`full_logits`, for tests),
+        a second copy of the weights."""
+        path = Path(model_dir)
+        config, tokenizer, generation_config = load_checkpoint(path)
+        net = DenseForward.load(path, config, quantization)
         return cls(
-            model,
+            load_reference(path) if reference else None,
             tokenizer,
             max_batch_size=max_batch_size,
             reference=reference,
             generation_config=generation_config,
             quantization=quantization,
+            net=net,
         )
 
     # -- text helpers -------------------------------------------------------------------------
@@ -133,7 +142,7 @@ class Engine:
         The reference the tests hold the fast path to; serving never calls it.
         """
         if not self.reference:
-            raise RuntimeError("ERNIEKit's weights were released: load with Engine.load(..., reference=True)")
+            raise RuntimeError("ERNIEKit's model was not loaded: load with Engine.load(..., reference=True)")
         return reference_logits(self.model, token_ids)
 
     # -- submitting ---------------------------------------------------------------------------

@@ -1,0 +1,146 @@
+"""The embedded engine's forward on its own: weights read straight from the safetensors files
+(float32 and bfloat16, tied and untied LM head) give ERNIEKit's logits, and a batched decode step
+gives each row what it gets alone."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ernie_ops.errors import UserError
+from ernie_ops.serve.engine.forward import DenseForward, load_checkpoint, load_reference, reference_logits
+from ernie_ops.serve.engine.kv_cache import prefill_inputs
+from ernie_ops.serve.engine.weights import FileWeights
+
+PROMPTS = [[5, 17, 300, 42, 9, 88, 120], [7, 7, 64], [900, 3, 11, 250, 251]]
+
+
+def logits_of(net: DenseForward, prompt: list[int]) -> np.ndarray:
+    """Logits [n, V] of every position of PROMPT, fed a token at a time through the cache."""
+    cache = net.new_cache(1, len(prompt))
+    rows = []
+    for at, token in enumerate(prompt):
+        bias = np.zeros((1, 1, at + 1), dtype=np.float32)
+        rows.append(net.forward(np.array([[token]]), np.array([[at]]), bias, cache, at)[0])
+    return np.stack(rows)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_dense):
+    return load_reference(tiny_dense)
+
+
+def test_forward_from_the_files_equals_erniekit(tiny_dense, reference):
+    config, _, _ = load_checkpoint(tiny_dense)
+    net = DenseForward.load(tiny_dense, config)
+    assert net.tied and net.embed is None  # the tiny model ties: one table, kept transposed
+    for prompt in PROMPTS:
+        np.testing.assert_allclose(
+            logits_of(net, prompt), reference_logits(reference, prompt), atol=1e-4, rtol=0
+        )
+
+
+def test_batched_decode_equals_each_row_alone(tiny_dense):
+    config, _, _ = load_checkpoint(tiny_dense)
+    net = DenseForward.load(tiny_dense, config)
+    ids, positions, bias, real = prefill_inputs(PROMPTS)  # left-padded to the longest
+    width = ids.shape[1]
+    cache = net.new_cache(len(PROMPTS), width + 3)
+    batched = [net.forward(ids, positions, bias, cache, 0)]
+    valid = np.where(real, np.float32(0), np.float32(-np.inf))
+    nxt = np.array([[11], [12], [13]])
+    for step in range(3):  # three decode steps of all rows at once
+        valid = np.concatenate([valid, np.zeros((len(PROMPTS), 1), dtype=np.float32)], axis=1)
+        pos = np.array([[len(p) + step] for p in PROMPTS])
+        batched.append(net.forward(nxt + step, pos, valid[:, None, :], cache, width + step))
+    for row, prompt in enumerate(PROMPTS):
+        alone = logits_of(net, [*prompt, *(int(nxt[row, 0]) + s for s in range(3))])
+        got = np.stack([b[row] for b in batched])
+        np.testing.assert_allclose(got, alone[len(prompt) - 1 :], atol=1e-4, rtol=0)
+
+
+def test_untied_lm_head_from_the_files_equals_erniekit(tiny_dense, tmp_path):
+    from ernie.modeling_moe import Ernie4_5_MoeForCausalLM
+
+    config, _, _ = load_checkpoint(tiny_dense)
+    config.tie_word_embeddings = False
+    config.moe_group = "dummy"  # no process group (as ernie_ops.tiny_model builds it)
+    model = Ernie4_5_MoeForCausalLM(config)
+    model.eval()
+    model.save_pretrained(str(tmp_path), safe_serialization=True)
+    net = DenseForward(config, FileWeights(tmp_path))
+    assert not net.tied and net.embed is not None
+    np.testing.assert_allclose(
+        logits_of(net, PROMPTS[0]), reference_logits(model, PROMPTS[0]), atol=1e-4, rtol=0
+    )
+
+
+def bfloat16_copy(src: Path, dest: Path) -> None:
+    """The checkpoint with every tensor stored as bfloat16 (a plain safetensors writer)."""
+    import ml_dtypes
+
+    shutil.copytree(src, dest)
+    file = src / "model.safetensors"
+    with file.open("rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        data = f.read()
+    out_header, chunks, offset = {}, [], 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        array = np.frombuffer(data[start:end], dtype=np.float32).astype(ml_dtypes.bfloat16)
+        chunks.append(array.tobytes())
+        out_header[name] = {
+            "dtype": "BF16",
+            "shape": info["shape"],
+            "data_offsets": [offset, offset + array.nbytes],
+        }
+        offset += array.nbytes
+    raw = json.dumps(out_header).encode()
+    raw += b" " * (-len(raw) % 8)
+    (dest / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + b"".join(chunks))
+
+
+def test_bfloat16_weights_are_widened_exactly(tiny_dense, tmp_path):
+    import ml_dtypes
+
+    bfloat = tmp_path / "bf16"
+    bfloat16_copy(tiny_dense, bfloat)
+    f32, bf16 = FileWeights(tiny_dense), FileWeights(bfloat)
+    name = "ernie.layers.1.mlp.up_gate_proj.weight"
+    want = f32.read(name).astype(ml_dtypes.bfloat16).astype(np.float32)
+    got = bf16.read(name)
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    assert not np.array_equal(got, f32.read(name))  # the rounding happened
+    table = "ernie.embed_tokens.weight"
+    np.testing.assert_array_equal(bf16.read_transposed(table), bf16.read(table).T)
+
+
+def test_transposed_read_in_blocks(tiny_dense, monkeypatch):
+    from ernie_ops.serve.engine import weights
+
+    monkeypatch.setattr(weights, "TRANSPOSE_ROWS", 300)  # 1024 rows: blocks of 300, 300, 300, 124
+    files = FileWeights(tiny_dense)
+    table = "ernie.embed_tokens.weight"
+    out = files.read_transposed(table)
+    assert out.flags.c_contiguous
+    np.testing.assert_array_equal(out, files.read(table).T)
+
+
+def test_a_missing_tensor_is_named_with_a_hint(tiny_dense):
+    with pytest.raises(UserError, match=r"no tensor ernie\.layers\.9\.mlp\.down_proj\.weight") as err:
+        FileWeights(tiny_dense).read("ernie.layers.9.mlp.down_proj.weight")
+    assert "ERNIEKit" in (err.value.hint or "")
+
+
+def test_a_checkpoint_without_safetensors_is_refused(tiny_dense, tmp_path):
+    (tmp_path / "config.json").write_text((tiny_dense / "config.json").read_text())
+    with pytest.raises(UserError, match=r"model\.safetensors"):
+        FileWeights(tmp_path)
