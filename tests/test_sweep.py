@@ -121,6 +121,9 @@ def test_recommendation_is_the_least_memory_that_qualifies():
     assert recommend([_row("bf16", status="failed"), _row("w")], "bf16", 0.02)["variant"] is None
     close = [_row("fp32", memory=0.593, rate=113), _row("wint4", memory=0.590, rate=25)]
     assert recommend(close, "fp32", 0.02)["variant"] == "fp32"  # 0.5% less memory does not buy 4x slower
+    same = [_row("fp32", memory=0.587, rate=136), _row("wint4", memory=0.587, rate=138)]
+    assert recommend(same, "fp32", 0.02)["variant"] == "fp32"  # equal within noise: the first listed
+    assert recommend(same[::-1], "wint4", 0.02)["variant"] == "wint4"
     assert set(pareto(table, "sustainable_rate")) == {"bf16", "wint8", "wint4"}
 
 

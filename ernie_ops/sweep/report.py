@@ -7,7 +7,7 @@ output tokens/s at the reported load level, the sustainable request rate under t
 output tokens/s per GiB of it.
 
 The recommendation names the cheapest variant, that is the one holding the least memory (GPU
-memory on a GPU, peak RSS on CPU; within MEMORY_TIE of the least, the faster one), among those that
+memory on a GPU, peak RSS on CPU; within TIE of the least, the faster one), among those that
 finished, whose quality is not worse than the reference beyond `max_drop` (compare's conservative
 rule: no metric's point estimate more than max_drop below) and which met the SLO; or says that none
 does, and why.
@@ -22,9 +22,11 @@ from typing import Any
 from ernie_ops.files import atomic_output, write_text_atomic
 from ernie_ops.sweep.record import PASSED, SweepRecord
 
-# memory figures this close count as equal (RSS moves by a few percent from one start to the next):
-# among them the higher sustainable rate, then output throughput, wins
-MEMORY_TIE = 0.05
+# figures this close count as equal (RSS and rates move by a few percent from one run to the next):
+# among variants whose memory is that close to the least, the faster wins; when their speed (the
+# sustainable rate, else output tokens/s) is that close too, the one listed first (nearest the
+# reference) wins
+TIE = 0.05
 
 
 def rows(record: SweepRecord) -> tuple[list[dict[str, Any]], str | None]:
@@ -111,15 +113,17 @@ def recommend(table: list[dict[str, Any]], reference: str | None, max_drop: floa
         listing = "; ".join(f"{r['variant']}: {r['why_not']}" for r in table)
         return {"variant": None, "text": f"none qualifies ({listing})"}
     least = min(r["memory_gib"] for r in qualified)
-    cheapest = [r for r in qualified if r["memory_gib"] <= least * (1 + MEMORY_TIE)]
-    best = max(cheapest, key=lambda r: (r["sustainable_rate"] or 0, r["output_tokens_per_s"] or 0))
+    cheapest = [r for r in qualified if r["memory_gib"] <= least * (1 + TIE)]
+    speed = {r["variant"]: r["sustainable_rate"] or r["output_tokens_per_s"] or 0 for r in cheapest}
+    fastest = max(speed.values())
+    best = next(r for r in cheapest if speed[r["variant"]] >= fastest * (1 - TIE))  # in the spec's order
     others = len(qualified) - 1
     return {
         "variant": best["variant"],
         "memory_gib": best["memory_gib"],
         "text": (
             f"{best['variant']}: {best['memory_gib']:.3f} GiB ({best['memory_source']}), the least memory"
-            + (f" (or within {MEMORY_TIE:.0%} of it, and faster)" if len(cheapest) > 1 else "")
+            + (f" (within {TIE:.0%}; then the fastest, then the first listed)" if len(cheapest) > 1 else "")
             + f" of the {len(qualified)} variant(s) within {max_drop:g} of {reference}'s quality"
             + " that met the SLO"
             + (f" ({others} other(s) qualified)" if others else "")

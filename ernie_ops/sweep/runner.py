@@ -271,9 +271,15 @@ class VariantRun:
         return f"{profile.engine} at {self.record.endpoint['url']}"
 
     def _smoke(self) -> str:
-        from ernie_ops.validate.smoke import run_smoke
+        from ernie_ops.validate.smoke import default_expectations, run_smoke
 
-        expect = set(self.sweep.spec.smoke_expect) if self.sweep.spec.smoke_expect is not None else None
+        given = self.sweep.spec.smoke_expect
+        # the catalog knows the model by its name, not by the name the sweep serves it under
+        expect = (
+            set(given)
+            if given is not None
+            else default_expectations(str(self.sweep.profiles[self.name].model))
+        )
         report = asyncio.run(run_smoke(self._endpoint(), expect))
         path = self.dir / "smoke.json"
         _write_json(path, report.to_json())

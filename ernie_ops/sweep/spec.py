@@ -14,7 +14,7 @@
     eval_max_tokens: 256
     eval_concurrency: 4
     eval_body: {}
-    smoke_expect: null                 # null: what the catalog says of the served model
+    smoke_expect: null                 # null: what the catalog says of each variant's model (by name)
     max_drop: 0.02                     # how far a variant's quality may fall below the reference
     load:                              # one load per variant (see LoadSpec)
       mode: find_max_rate              # concurrency | rate | find_max_rate
