@@ -17,6 +17,7 @@ from ernie_ops.errors import UserError
 from ernie_ops.serve.engine.quantize import (
     ALGOS,
     LEVELS,
+    ROWS_AT_ONCE,
     dequantize,
     fake_quantize,
     quantize,
@@ -185,6 +186,13 @@ def test_dequantized_error_is_within_half_a_step(name):
     assert err.mean() > absmax.mean() / levels / 8  # it did quantize
     assert len(np.unique(deq[0])) <= 2 * levels + 1
     assert fake_quantize(w, None) is w
+
+
+def test_fake_quantize_by_blocks_of_rows_equals_the_whole():
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((2 * ROWS_AT_ONCE + 3, 24)).astype(np.float32)
+    for name in LEVELS:
+        np.testing.assert_array_equal(fake_quantize(w, name), dequantize(*quantize(w, name)))
 
 
 def test_bfloat16_rounding_is_to_nearest_even():
