@@ -104,14 +104,22 @@ def start(
 
 class Pump:
     """Copies a child's text output to LOG line by line and hands each line on (to LINES, then None
-    at the end of the output).
+    at the end of the output). TRANSFORM, when given, rewrites each line before it is written (a
+    masker: ERNIEKit logs the examples it skips, personal data included); the line handed on is
+    the child's own.
 
     A write that fails (ENOSPC on a full disk) is remembered in `failure`, put once on LINES, and
     the log is written no more, but the pipe is still drained: a child blocked on a full pipe would
     hang instead of being stopped. The caller decides what a lost log means."""
 
-    def __init__(self, stream: IO[str], log: IO[str], lines: queue.Queue | None = None):
-        self.stream, self.log, self.lines = stream, log, lines
+    def __init__(
+        self,
+        stream: IO[str],
+        log: IO[str],
+        lines: queue.Queue | None = None,
+        transform: Callable[[str], str] | None = None,
+    ):
+        self.stream, self.log, self.lines, self.transform = stream, log, lines, transform
         self.failure: OSError | None = None
         self._thread = threading.Thread(target=self._run, name="log-pump", daemon=True)
 
@@ -136,6 +144,11 @@ class Pump:
     def _write(self, line: str) -> None:
         if self.failure is not None:
             return
+        if self.transform is not None:
+            try:
+                line = self.transform(line)
+            except Exception as err:  # neither stop draining nor write the line unmasked
+                line = f"[ernie-ops: line withheld, masking it failed: {type(err).__name__}]\n"
         try:
             self.log.write(line)
             self.log.flush()

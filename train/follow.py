@@ -4,10 +4,19 @@ The watchdog stops a run that stops making progress (no new log line for `stall_
 data-loader thread died (ERNIEKit's main process then waits forever, see shared reference), and
 says what it saw. Ctrl-C (or SIGTERM, SIGHUP) stops the whole process tree, and the trainer dies
 with `ernie-ops` even when that is killed outright. A disk too full for the log stops the run.
+
+ERNIEKit's log can hold dataset text: the examples it skips are logged whole ("[SKIP] wrong
+example: ...", "[SKIP] all labels set to 0: ...", "[SKIP] Example is too long: ..." in
+ernie/dataset/finetuning.py and dpo.py; "bad line: ..." in its HF parser). So personal data is
+masked in every line written to the train log, kept in the tail of a failure and echoed, unless
+masking is off for the run (ERNIE_OPS_NO_MASK=1, pipeline --no-mask): the log then says so. Metrics
+are read from the lines as ERNIEKit wrote them. On GPUs, paddle.distributed.launch's workers write
+logs/workerlog.N themselves: those are masked in place once the workers are stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import re
@@ -20,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ernie_ops.files import atomic_output
 from ernie_ops.supervise import STOP_GRACE_S, Pump, close_log, last_exception, start
 from ernie_ops.text import strip_ansi
 
@@ -62,6 +72,7 @@ class Follower:
     skipped_since_step: int = 0
     loader_died_at: float | None = None
     last_progress: float = field(default_factory=time.monotonic)  # a step, or any line but a skip
+    mask: Callable[[str], str] | None = field(default_factory=lambda: log_masker())  # None: not masked
 
     @property
     def skipping_everything(self) -> bool:
@@ -70,9 +81,10 @@ class Follower:
 
     def feed(self, line: str) -> None:
         line = strip_ansi(line.rstrip("\n"))
-        self.tail.append(line)
+        shown = self.mask(line) if self.mask else line
+        self.tail.append(shown)
         if self.echo:
-            print(line, flush=True)
+            print(shown, flush=True)
         if SKIPPED.search(line):
             self.skipped += 1
             self.skipped_since_step += 1
@@ -108,6 +120,38 @@ class Follower:
             raise
 
 
+def log_masker() -> Callable[[str], str] | None:
+    """What masks a log line (its values numbered per line), or None when masking is off."""
+    from ernie_ops.privacy import default_masker, masking_on
+
+    if not masking_on():
+        return None
+    mask_text = default_masker().mask_text
+    return lambda line: mask_text(line)
+
+
+MASK_NOTE = (
+    "# ernie-ops: personal data in ERNIEKit's output is masked in this log (<EMAIL_1>, ...; names of "
+    "people are not found)\n"
+)
+NO_MASK_NOTE = "# ernie-ops: personal data in this log is NOT masked (ERNIE_OPS_NO_MASK=1 or --no-mask)\n"
+
+
+def mask_worker_logs(log_dir: Path, mask: Callable[[str], str]) -> None:
+    """Mask the logs paddle.distributed.launch's workers wrote themselves (workerlog.N), each
+    replaced atomically; one that cannot be rewritten is left as it is (the run's outcome stands)."""
+    for path in sorted(log_dir.glob("workerlog.*")):
+        if path.is_symlink() or not path.is_file():
+            continue
+        with (
+            contextlib.suppress(OSError),
+            path.open(encoding="utf-8", errors="replace") as src,
+            atomic_output(path) as out,
+        ):
+            for line in src:
+                out.write(mask(line).encode("utf-8"))
+
+
 def _numbers(text: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in PAIR.findall(text):
@@ -136,6 +180,7 @@ def supervise(
     that must take its workers down itself); PASS_FDS (lock descriptors) are inherited by it."""
     log = follower.log_path.open("a", encoding="utf-8")
     try:
+        log.write(MASK_NOTE if follower.mask else NO_MASK_NOTE)
         child = start(command, env=env, cwd=cwd, text=True, death_signal=death_signal, pass_fds=pass_fds)
     except BaseException:
         close_log(log)
@@ -143,7 +188,7 @@ def supervise(
     process = child.process
     lines: queue.Queue = queue.Queue()
     assert process.stdout is not None
-    pump = Pump(process.stdout, log, lines).start()
+    pump = Pump(process.stdout, log, lines, follower.mask).start()
 
     def stop() -> None:
         child.stop(STOP_GRACE_S)
@@ -164,6 +209,8 @@ def supervise(
         stop()  # also when it ended on its own: workers it left behind
         pump.join(timeout=10)  # the pipe ends with the process tree; then nothing writes the log
         close_log(log)
+        if follower.mask:
+            mask_worker_logs(follower.log_path.parent, follower.mask)
 
 
 def _watch(
