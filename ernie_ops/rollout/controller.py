@@ -7,7 +7,8 @@ re-run: `ernie_ops.rollout.suitegates`, run in the background from the stage's s
 
 - a gate fails (once `min_samples` candidate requests are in): all traffic to stable at once
   (`all-stable`), the reason and the figures recorded, exit 1;
-- the stage has run `min_duration_s` with `min_requests` candidate requests and every gate holds:
+- the stage has run `min_duration_s` with `min_requests` candidate requests (and at least
+  `min_samples`, so that every gate could have failed) and every gate holds:
   the next stage's mode and weight are set; after the last one, `all-candidate` (promote: true).
 
 The controller's state (stage, when it began, the router's revision it set, the timeline) is
@@ -184,8 +185,12 @@ def evaluate(
     if suite is not None:
         seen |= {k: v for k, v in suite.items() if k != "failed"}
         failed = failed or suite["failed"]
+    # a stage never passes before its gates could have failed: min_samples bounds min_requests
+    enough = n >= max(stage.min_requests, gates.min_samples)
+    if stage.mode == "shadow" and gates.min_agreement is not None and gates.agreement is None:
+        enough = enough and compared >= gates.min_samples
     waiting = gates.suites and suite is None
-    passed = failed is None and not waiting and elapsed >= stage.min_duration_s and n >= stage.min_requests
+    passed = failed is None and not waiting and enough and elapsed >= stage.min_duration_s
     return Verdict(failed, passed, seen)
 
 

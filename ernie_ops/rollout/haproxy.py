@@ -202,7 +202,7 @@ class HaproxyRouter:
         return {"stable": self.spec.stable_server, "candidate": self.spec.candidate_server}
 
     def _check_servers(self) -> None:
-        found = self._stats()
+        found = self.stats()
         absent = [s for s in self.servers.values() if s not in found]
         if absent:
             raise UserError(
@@ -211,7 +211,7 @@ class HaproxyRouter:
                 hint="name them in the rollout: haproxy: {backend, stable_server, candidate_server}",
             )
 
-    def _stats(self) -> dict[str, dict[str, int]]:
+    def stats(self) -> dict[str, dict[str, int]]:
         """The backend's servers' counters and weights (`show stat`)."""
         text = self.api("show stat")
         lines = text.splitlines()
@@ -237,7 +237,7 @@ class HaproxyRouter:
             raise UserError(f"{self.state_path}: not JSON ({err})", hint="remove it to start over") from None
 
     def routing(self) -> dict[str, Any]:
-        stats = self._stats()
+        stats = self.stats()
         weights = [stats[self.servers["stable"]]["weight"], stats[self.servers["candidate"]]["weight"]]
         recorded = self._recorded()
         revision = int(recorded["revision"])
@@ -262,7 +262,7 @@ class HaproxyRouter:
         order = sorted(range(2), key=lambda i: -wanted[i])  # the raised weight first
         self.api("; ".join(f"set weight {self.spec.backend}/{names[i]} {wanted[i]}" for i in order))
         updated = time.time()
-        self._snapshots.append((updated, self._stats()))
+        self._snapshots.append((updated, self.stats()))
         new = {
             "revision": int(self._recorded()["revision"]) + 1,
             "weights": list(wanted),
@@ -277,7 +277,7 @@ class HaproxyRouter:
     # -- figures -------------------------------------------------------------------------------
 
     def figures(self, since: float) -> dict[str, Any]:
-        now_stats = self._stats()
+        now_stats = self.stats()
         now = time.time()
         base = next((s for t, s in reversed(self._snapshots) if t <= since), None)
         if base is None:  # a restarted controller: count from its first reading
