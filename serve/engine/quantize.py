@@ -31,10 +31,12 @@ CPU `weight_quantize`); the engine uses `kernel="gpu"`, what FastDeploy runs.
 How the GPU computes with them (`weight_only_linear`, `paddle/phi/kernels/gpu/
 weight_only_linear_kernel.cu`): more than 3 rows go through the cutlass fpA_intB GEMM, whose
 dequantizer (`fusion/cutlass/cutlass_extensions/gemm/warp/mma_tensorop_dequantizer.h`, the bfloat16
-Ampere specialization) multiplies the integer, converted exactly, by the scale with `__hmul2`:
-the weight the tensor cores see is T(q * scale). `dequantize` gives exactly that. The GEMV path of
-at most 3 rows (batch-1 decode) was not checked. An all-zero channel has scale 0: the GPU's integers
-there come from 0/0 (127 for int8), here 0; either way the weight is 0.
+Ampere specialization) multiplies the integer, converted exactly, by the scale with `__hmul2`; up to
+3 rows (decode at small batch) go through the GEMV of `funcs/weight_only_gemv.cu`, whose
+`WeightPostProcessor` does the same product in T (int8: `w * scale`, int4: an fma with a zero
+offset). Either way the weight multiplied with the activations is T(q * scale): `dequantize`. An
+all-zero channel has scale 0: the GPU's integers there come from 0/0 (127 for int8), here 0; either
+way the weight is 0.
 
 What is not the GPU's: the CPU engine keeps the activations, the embedding, the norms and the LM head
 in float32 (the GPU: bfloat16), so the drift measured against float32 is the weights' alone; and it
