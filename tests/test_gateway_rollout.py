@@ -8,6 +8,7 @@ and started again on its state file continues the same stage."""
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -226,3 +227,45 @@ def test_every_shipped_rollout_reads(repo):
     for path in shipped:
         spec = load_rollout(path)
         assert spec.stages and spec.promote
+
+
+def test_a_gateway_killed_mid_rollout_restarts_with_the_recorded_split_and_the_controller_continues(tmp_path):
+    import os
+    import signal
+    import sys
+
+    from ernie_ops import supervise
+    from ernie_ops.rollout.acceptance import free_port, wait_healthy
+
+    port = free_port()
+    env = {**os.environ, "ERNIE_OPS_GATEWAY_ADMIN_KEY": "sesame"}
+    state = tmp_path / "gateway-state.json"
+
+    def start(stable: str, candidate: str) -> supervise.Child:
+        command = [sys.executable, "-m", "ernie_ops", "gateway", "run", "--stable", stable]
+        command += ["--candidate", candidate, "--port", str(port), "--state", str(state), "--no-log"]
+        child = supervise.start(command, env=env, stdout=subprocess.DEVNULL)
+        wait_healthy(url, child, timeout=60)
+        return child
+
+    def routing() -> dict:
+        return httpx.get(url + "/admin/state", headers={"Authorization": "Bearer sesame"}).json()
+
+    url = f"http://127.0.0.1:{port}"
+    with serve_in_thread(model="stable-m") as stable, serve_in_thread(model="cand-m") as candidate:
+        gateway = start(stable.url, candidate.url)
+        try:
+            controller = Controller(spec_for(url), GatewayRouter(url, "sesame"), tmp_path / "rollout.json")
+            with ClientLoad(url):
+                assert controller.run(until=lambda: controller.state.stage == 1) == "running"
+                before = routing()["routing"]
+                assert (before["mode"], before["weight"]) == ("split", 20.0)
+                os.kill(gateway.pid, signal.SIGKILL)
+                gateway.process.wait(10)
+                gateway = start(stable.url, candidate.url)  # the command line says all-stable
+                after = routing()
+                assert after["restored"] and after["routing"] == before
+                assert controller.run() == "promoted"  # the same controller, retrying meanwhile
+        finally:
+            gateway.stop()
+    assert [e["event"] for e in controller.state.timeline].count("stage") == 3

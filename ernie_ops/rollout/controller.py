@@ -319,9 +319,9 @@ class Controller:
             return self.state.status
         if any(self._gates(i).suites for i in range(len(self.spec.stages))):
             self._models()  # no URLs for the suite gates: refused before anything changes
-        if not self.resumed:
+        if not self.state.timeline:
             self._enter(0)
-        else:
+        else:  # a state file from before, or this controller's own earlier run()
             self._check_ownership()
             stage = self.spec.stages[self.state.stage]
             self.say(f"resuming stage {self.state.stage + 1}/{len(self.spec.stages)}: {stage.label}")
