@@ -18,7 +18,8 @@
     promote: true                         # all stages passed: all traffic to the candidate
 
 A stage passes when it has run `min_duration_s` with `min_requests` candidate requests (at least
-`min_samples`) and every gate holds; a gate that fails (once `min_samples` requests are in) rolls back to all-stable at once.
+`min_samples`) and every gate holds; a gate that fails (once `min_samples` requests are in) rolls
+back to all-stable at once.
 
 Suite gates (`ernie_ops.rollout.suitegates`), run once in each stage whose gates name them, from the
 stage's start; the stage cannot pass before they have answered:
