@@ -91,6 +91,20 @@ def test_gpu_recipe_prints_every_variant_command(capsys):
     assert commands[3].split()[1:3] == ["vllm", "serve"] and "--dtype bfloat16" in commands[3]
 
 
+def test_every_shipped_sweep_prints_its_commands(capsys):
+    printed = {}
+    for path in sorted(GPU_RECIPE.parent.glob("*.yaml")):
+        assert main(["sweep", str(path), "--print-command"]) == 0, path
+        printed[path.name] = capsys.readouterr().out
+        variants = load_sweep(path, check_files=False)[0].variants
+        assert printed[path.name].count("# ") == len(variants), path
+    cpu = printed["ERNIE-4.5-0.3B_cpu.yaml"]
+    assert (
+        "# gguf-q4_0  (first: ernie-ops export models/ERNIE-4.5-0.3B-Paddle --format gguf --quant q4_0" in cpu
+    )
+    assert "--quantization wint4" in cpu
+
+
 def _row(name, score=0.5, quality_ok=True, memory=1.0, rate=2.0, status="passed", met=True):
     return {
         "variant": name,

@@ -82,9 +82,13 @@ def print_commands(spec, profiles) -> int:
         profile = profiles[name]
         need = needed(profile)
         first = ""
-        if need and Path(profile.model).expanduser().is_dir():
+        local = Path(profile.model).expanduser()
+        # llama.cpp serves only GGUF files; vLLM reads a hub id itself, a local Paddle checkpoint not
+        if need and (local.is_dir() if need[0] == "hf" else local.suffix != ".gguf"):
             quant = f" --quant {need[1]}" if need[1] else ""
-            first = f"  (the sweep first runs: ernie-ops export {profile.model} --format {need[0]}{quant})"
+            first = (
+                f"  (first: ernie-ops export {profile.model} --format {need[0]}{quant}; the export is served)"
+            )
         print(f"# {name}{first}")
         print(serve.command(profile).shown())
     return 0
