@@ -200,3 +200,27 @@ def test_shadow_is_refused_on_haproxy(haproxy, tmp_path):
         pytest.raises(UserError, match="HAProxy cannot do 'shadow'"),
     ):
         rig.router().set("shadow", 0, "", None)
+
+
+def test_the_rollout_command_drives_haproxy_and_writes_its_reports(haproxy, cli, tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "gateway: http://127.0.0.1:1\n"  # replaced by --router
+        "interval_s: 0.1\n"
+        "gates: {max_error_rate: 0.05, min_samples: 3}\n"
+        "stages: [{mode: split, weight: 30, min_duration_s: 0.2, min_requests: 3}]\n"
+    )
+    with (
+        serve_in_thread(model="m") as stable,
+        serve_in_thread(model="m") as cand,
+        haproxy_rig(stable.url, cand.url, tmp_path) as rig,
+        ClientLoad(rig.url, model="m"),
+    ):
+        state = tmp_path / "out" / "state.json"
+        args = ["rollout", str(path), "--router", f"haproxy:{rig.spec.socket}", "--backend", "llm"]
+        result = cli(*args, "--state", str(state), timeout=120)
+        weights = rig.weights()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PROMOTED" in result.stdout and weights == (0, 256)
+    assert "# Rollout: promoted" in (tmp_path / "out" / "rollout.md").read_text()
+    assert "Router: HAProxy" in (tmp_path / "out" / "rollout.html").read_text()

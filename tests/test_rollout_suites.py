@@ -187,3 +187,17 @@ def test_haproxy_rollouts_refuse_a_shadow_stage_and_latency_gates_without_its_lo
     )
     with pytest.raises(UserError, match="name one router"):
         load_rollout(path)
+
+
+def test_the_rollout_command_refuses_router_options_that_do_not_fit(cli, tmp_path):
+    path = write_spec(tmp_path, "gateway: http://127.0.0.1:1\nstages: [{mode: split, weight: 5}]\n")
+    result = cli("rollout", str(path), "--backend", "llm")
+    assert (
+        result.returncode == 2
+        and "--backend and --haproxy-log go with --router haproxy:SOCKET" in result.stderr
+    )
+    result = cli("rollout", str(path), "--router", "envoy:x")
+    assert result.returncode == 2 and "expected gateway:URL or haproxy:SOCKET" in result.stderr
+    result = cli("rollout", str(path), "--router", "haproxy:/nowhere.sock")
+    assert result.returncode == 2 and "needs --backend NAME" in result.stderr
+    assert "--router haproxy:/run/haproxy/admin.sock" in cli("rollout", "--help").stdout
