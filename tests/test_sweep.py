@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from finished_run import finished_run
 
 from ernie_ops.cli.main import main
 from ernie_ops.errors import UserError
@@ -291,3 +292,33 @@ def test_gpu_memory_counts_only_the_server_processes():
 
     assert gpu_memory({10, 11, 12}, Nvml()) == 8 << 30
     assert gpu_memory({42}, Nvml()) is None
+
+
+def test_a_run_gets_its_exports_made_into_the_run_once(tiny_dense, tmp_path):
+    """A run directory: the GGUF and transformers-layout exports go into the run and its run.json,
+    as `ernie-ops export` puts them; a second variant (and the sweep's cache) reuses them."""
+    import dataclasses
+
+    from ernie_ops.serve.profile import profile_for_checkpoint
+    from ernie_ops.sweep.prepare import prepare
+    from ernie_ops.sweep.record import SweepRecord
+    from ernie_ops.train.record import RunRecord
+
+    run = finished_run(tmp_path / "runs", tiny_dense)
+    (tmp_path / "sw").mkdir()
+    record = SweepRecord("s", str(tmp_path / "sw"), {})
+    said: list[str] = []
+    gguf = profile_for_checkpoint(str(run), ["engine=llamacpp", "quantization=q4_0"])
+    served, summary = prepare(record, gguf, said.append)
+    assert summary.startswith("exported into the run") and served.model.endswith("-q4_0.gguf")
+    assert RunRecord.load(run).exports["gguf"]["q4_0"]["path"] == served.model
+    again, summary = prepare(record, dataclasses.replace(gguf, max_model_len=128), said.append)
+    assert (again.model, summary.startswith("reused")) == (served.model, True)
+    assert len(said) == 1  # one export made
+
+    hf = profile_for_checkpoint(str(run), ["engine=vllm"])
+    served, _ = prepare(record, hf, said.append)
+    assert (Path(served.model) / "config.json").is_file()
+    assert RunRecord.load(run).exports["hf"]["path"] == served.model
+    untouched, summary = prepare(record, profile_for_checkpoint(str(run), ["engine=paddle"]), said.append)
+    assert untouched.model == str(run) and summary.startswith("nothing to prepare")
