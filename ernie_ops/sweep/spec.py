@@ -150,9 +150,15 @@ def validate(
     if isinstance(clean.get("variants"), list) and not any(p.key == "serve_profile" for p in problems):
         profiles, more = _variants(clean, loaded, lines, where)
         problems += more
+    problems.sort(key=lambda p: (p.where.rpartition(":")[0], _line(p.where)))  # in the file's order
     if any(p.severity == "error" for p in problems):
         return None, {}, problems
     return SweepSpec(**clean), profiles, problems
+
+
+def _line(where: str) -> int:
+    tail = where.rpartition(":")[2]
+    return int(tail) if tail.isdigit() else 0
 
 
 def nested_lines(loaded: LoadedRecipe) -> dict[str, int]:
