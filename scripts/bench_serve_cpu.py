@@ -1,33 +1,47 @@
 #!/usr/bin/env python
-"""CPU serving speed of the embedded engine at the real ERNIE-4.5-0.3B shape, against its targets.
+"""CPU serving speed of the embedded engine at the real ERNIE-4.5-0.3B shape, beside llama.cpp and
+PyTorch (issue #21).
 
 A random checkpoint with ERNIE-4.5-0.3B's shapes (hidden 1024, 18 layers, 16 heads / 2 KV heads,
 head_dim 128, intermediate 3072, vocab 103424, tied embeddings; float32) is built once with
-ERNIEKit's classes and cached (--model-dir). Its tokenizer is the tiny model's, padded with inert
-pieces to the model's vocab so every sampled id decodes. Then, in one run:
+ERNIEKit's classes and cached (--model-dir), with its GGUF exports (f32, q8_0, q4_0; `ernie-ops
+export DIR --format gguf`) beside it. Its tokenizer is the tiny model's, padded with inert pieces to
+the model's vocab so every sampled id decodes.
 
-- the engine in-process: batch 1 and 8 concurrent requests (64-token prompts, 32 new tokens, greedy,
-  EOS ignored): time to first token, decode tokens/s (after the first token) and end-to-end
-  output tokens/s (prefill included); then a 2048-token prompt (1024 with --quick) arriving while
-  4 streams decode, prefilled whole and in chunks: the streams' longest gap between tokens while
-  it is prefilled, and its own time to first token;
-- PyTorch + transformers' own `Ernie4_5ForCausalLM` (random weights, same shape, same threads)
-  `generate` with the KV cache at batch 1 and a static batch of 8, in a child process; its decode
-  rate is B * (N - 1) / (t(N new) - t(1 new)), its end-to-end rate B * N / t(N new);
-- the memory-bandwidth floor at batch 1: fp32 weight bytes / copy bandwidth (numpy copy of a large
-  array split over the same threads; bytes read + written, as STREAM counts a copy);
-- the OpenAI-compatible server as a child process on a free loopback port: 16 concurrent streaming
-  clients (aggregate output tokens/s, TTFT p50 / p90, end-to-end p50), then a soak of 200 requests
-  (random prompt lengths and max_tokens, streaming and not, at most 16 in flight) counting errors,
-  with the server's VmRSS before and after.
-
-Targets (from the issue): engine batch 1 >= 0.9x PyTorch batch 1; 8 concurrent >= 1.0x PyTorch static
-batch 8; batch 1 within 2x of the bandwidth floor; soak 0 errors and RSS after <= 1.1x before.
+--part compare (the default): each contender of --contenders in a fresh child process, taken in
+turn, --rounds times (the order reversed every other round, so a busy neighbour slows all alike),
+with the 1-minute load average recorded at each run. Each runs batch 1 (a 64-token prompt, 32 new
+tokens, greedy) and 8 concurrent requests: batch-1 decode tokens/s (after the first token), time to
+first token, 8-concurrent end-to-end output tokens/s (prefill included), RSS and peak RSS (the
+process's ru_maxrss; a server's VmHWM). Contenders:
+- engine / engine-wint8: the embedded engine in-process (wint8: FastDeploy's arithmetic emulated,
+  still float32 compute);
+- llamacpp-f32 / -q8_0 / -q4_0: llama.cpp in-process through llama-cpp-python's C API, batched as
+  llama-batched-bench does (all prompts in one decode call, then one call per step for all
+  sequences): llama.cpp's own figure, as llama-bench / llama-batched-bench are not installed;
+- llamacpp-serve-f32 / -q8_0 / -q4_0 and engine-serve: `ernie-ops serve FILE --engine llamacpp`
+  (paddle: the embedded engine), the real serving path, driven by streaming HTTP clients;
+- pytorch: transformers' Ernie4_5ForCausalLM `generate` with the KV cache, static batch 8.
+The table shows each contender's best round (the quietest) with its ratio to llamacpp-f32, then
+issue #21's targets: engine batch-1 decode and 8-concurrent >= 1.0x llama.cpp f32, engine load peak
+<= 1.3x the weight bytes, `ernie-ops serve` llama.cpp q4_0 >= 0.9x llama.cpp's own q4_0 figures.
 A missed target is reported, not an exit status: the script fails only when something breaks.
 
-    .venv/bin/python scripts/bench_serve_cpu.py            # full run, about 10 minutes on 2 cores
-    .venv/bin/python scripts/bench_serve_cpu.py --quick    # smoke run, about a minute (model cached)
+    .venv/bin/python scripts/bench_serve_cpu.py                      # compare, 3 rounds: ~10 min
+    .venv/bin/python scripts/bench_serve_cpu.py --rounds 5 --contenders engine,llamacpp-f32
+    .venv/bin/python scripts/bench_serve_cpu.py --quick              # 1 round, 8 new tokens
+    .venv/bin/python scripts/bench_serve_cpu.py --part engine-detail # long prompts, soak, PyTorch
     .venv/bin/python scripts/bench_serve_cpu.py --part server-overhead   # ~3 minutes, see below
+
+--part engine-detail: the engine in-process (batch 1, 8 concurrent, then a 2048-token prompt
+(1024 with --quick) arriving while 4 streams decode, prefilled whole and in chunks: the streams'
+longest gap between tokens and its own time to first token); PyTorch's batch 1 and static batch
+8 (decode rate B * (N - 1) / (t(N new) - t(1 new)), end-to-end B * N / t(N new)); the
+memory-bandwidth floor at batch 1 (fp32 weight bytes / numpy copy bandwidth over the same
+threads); the OpenAI-compatible server as a child: 16 concurrent streaming clients, then a soak of
+200 requests counting errors, with the server's VmRSS before and after. Targets: engine batch 1 >=
+0.9x PyTorch, 8 concurrent >= 1.0x PyTorch static batch 8, batch 1 within 2x of the bandwidth
+floor, soak 0 errors and RSS after <= 1.1x before. Written to runs/bench/serve_cpu_engine.json.
 
 --part server-overhead (issue #15): the server as it was before the async engine client (9659adf^,
 a pump thread per request; run from a `git archive` of that commit on PYTHONPATH) and this
@@ -358,6 +372,7 @@ def torch_phase(threads: int, repeat: int, new_tokens: int, quick: bool, out: Pa
             f"e2e {result[label]['e2e_tok_s']:.2f} tok/s",
             flush=True,
         )
+    result["rss_mb"], result["peak_rss_mb"] = vm_rss_mb(os.getpid()), peak_rss_mb()
     out.write_text(json.dumps(result, indent=2) + "\n")
 
 
@@ -612,6 +627,461 @@ def bench_server(model_dir: Path, env: dict[str, str], quick: bool, new_tokens: 
         return {"ready_s": ready_s, "concurrent": conc, "soak": soaked}
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# the comparison (--part compare, the default): every contender in a fresh child process, the
+# contenders taken in turn, `--rounds` times (the order reversed every other round), so a busy
+# neighbour slows all of them alike; the 1-minute load average is recorded with every run
+
+CONTENDERS = {
+    "engine": "the embedded engine in-process, float32",
+    "engine-wint8": "the embedded engine in-process, FastDeploy's wint8 emulated (float32 compute)",
+    "engine-serve": "ernie-ops serve CHECKPOINT --engine paddle, streaming HTTP clients",
+    "llamacpp-f32": "llama.cpp in-process (llama-cpp-python's C API; batched as llama-batched-bench)",
+    "llamacpp-q8_0": "the same, q8_0 GGUF",
+    "llamacpp-q4_0": "the same, q4_0 GGUF",
+    "llamacpp-serve-f32": "ernie-ops serve FILE.gguf --engine llamacpp, streaming HTTP clients",
+    "llamacpp-serve-q8_0": "the same, q8_0 GGUF",
+    "llamacpp-serve-q4_0": "the same, q4_0 GGUF",
+    "pytorch": "PyTorch + transformers' Ernie4_5ForCausalLM generate (static batch 8)",
+}
+DEFAULT_CONTENDERS = (
+    "engine",
+    "llamacpp-f32",
+    "llamacpp-q8_0",
+    "llamacpp-q4_0",
+    "llamacpp-serve-q4_0",
+    "engine-serve",
+    "pytorch",
+)
+METRICS = ("b1_decode_tok_s", "b1_ttft_s", "b8_e2e_tok_s", "peak_rss_mb", "rss_mb")
+SERVE_CONTEXT = 2048  # max_model_len of the served contenders: room for the prompts, a small KV cache
+
+
+def gguf_file(model_dir: Path, quant: str) -> Path:
+    """The checkpoint's GGUF export in QUANT beside it (`ernie-ops export DIR --format gguf`), made once."""
+    from ernie_ops.train.gguf_format import convert, default_name
+
+    path = model_dir.parent / default_name(model_dir, quant)
+    if not path.is_file():
+        print(f"gguf: exporting {path.name} (once)", flush=True)
+        convert(model_dir, path, quant)
+    return path
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def engine_phase(model_dir: Path, quantization: str | None, new_tokens: int) -> dict[str, Any]:
+    from ernie_ops.serve.engine import Engine
+
+    started = time.perf_counter()
+    engine = Engine.load(model_dir, max_batch_size=BATCH, quantization=quantization)
+    out: dict[str, Any] = {"load_s": time.perf_counter() - started, "load_peak_rss_mb": peak_rss_mb()}
+    engine.start()
+    try:
+        engine_run(engine, prompts(1, PROMPT_LEN, 99), 2)  # first-touch allocations, not counted
+        b1 = engine_run(engine, prompts(1, PROMPT_LEN, SEED), new_tokens)
+        engine_run(engine, prompts(BATCH, PROMPT_LEN, 99), 2)
+        b8 = engine_run(engine, prompts(BATCH, PROMPT_LEN, SEED), new_tokens)
+    finally:
+        engine.stop()
+    return out | {
+        "b1_decode_tok_s": b1["decode_tok_s"],
+        "b1_ttft_s": b1["ttft_s"],
+        "b8_e2e_tok_s": b8["e2e_tok_s"],
+        "b8_decode_tok_s": b8["decode_tok_s"],
+        "rss_mb": vm_rss_mb(os.getpid()),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+class LlamaContext:
+    """A GGUF model and a context of BATCH sequences through llama-cpp-python's C API (its `Llama`
+    class has no n_seq_max), with llama.cpp's extra buffers off where the engine turns them off."""
+
+    def __init__(self, path: Path, threads: int, n_ctx: int):
+        import llama_cpp.llama_cpp as lib
+
+        from ernie_ops.serve.backends import _llamacpp_server
+
+        if not _llamacpp_server.extra_buffers():
+            _llamacpp_server.disable_extra_buffers()  # AMX CPUs: q8_0 / q4_0 crash in them (see there)
+        self.lib = lib
+        lib.llama_backend_init()
+        self.model = lib.llama_model_load_from_file(str(path).encode(), lib.llama_model_default_params())
+        if not self.model:
+            raise RuntimeError(f"llama.cpp could not load {path}")
+        params = lib.llama_context_default_params()
+        params.n_ctx, params.n_seq_max = n_ctx, BATCH
+        params.n_batch = params.n_ubatch = BATCH * PROMPT_LEN  # every prompt in one decode call
+        params.n_threads = params.n_threads_batch = threads
+        self.ctx = lib.llama_init_from_model(self.model, params)
+        if not self.ctx:
+            raise RuntimeError(f"llama.cpp could not make a context for {path}")
+        self.vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(self.model))
+
+    def close(self) -> None:
+        self.lib.llama_free(self.ctx)
+        self.lib.llama_model_free(self.model)
+
+    def generate(self, batch: list[list[int]], new_tokens: int) -> dict[str, float]:
+        """All prompts in one decode call, then one decode call per step for every sequence (greedy),
+        as llama-batched-bench does; the same timings as `engine_run`."""
+        import numpy as np
+
+        lib = self.lib
+        lib.llama_memory_clear(lib.llama_get_memory(self.ctx), True)
+        n = len(batch)
+        llama_batch = lib.llama_batch_init(max(sum(len(p) for p in batch), n), 0, n)
+
+        def decode(items: list[tuple[int, int, int, bool]]) -> None:
+            llama_batch.n_tokens = len(items)
+            for i, (token, pos, seq, logits) in enumerate(items):
+                llama_batch.token[i], llama_batch.pos[i], llama_batch.logits[i] = token, pos, logits
+                llama_batch.n_seq_id[i] = 1
+                llama_batch.seq_id[i][0] = seq
+            code = lib.llama_decode(self.ctx, llama_batch)
+            if code != 0:
+                raise RuntimeError(f"llama_decode returned {code}")
+
+        def greedy(i: int) -> int:
+            row = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx, i), shape=(self.vocab,))
+            return int(np.argmax(row))
+
+        try:
+            started = time.perf_counter()
+            decode([(t, p, s, p == len(pr) - 1) for s, pr in enumerate(batch) for p, t in enumerate(pr)])
+            ends = list(itertools.accumulate(len(p) for p in batch))
+            tokens = [greedy(end - 1) for end in ends]
+            first = time.perf_counter()
+            for step in range(new_tokens - 1):
+                decode([(tokens[s], len(batch[s]) + step, s, True) for s in range(n)])
+                tokens = [greedy(s) for s in range(n)]
+            ended = time.perf_counter()
+        finally:
+            lib.llama_batch_free(llama_batch)
+        return {
+            "ttft_s": first - started,
+            "decode_tok_s": n * (new_tokens - 1) / (ended - first),
+            "e2e_tok_s": n * new_tokens / (ended - started),
+        }
+
+
+def llamacpp_phase(path: Path, threads: int, new_tokens: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    llama = LlamaContext(path, threads, BATCH * 256)
+    out: dict[str, Any] = {"load_s": time.perf_counter() - started, "load_peak_rss_mb": peak_rss_mb()}
+    try:
+        llama.generate(prompts(1, PROMPT_LEN, 99), 2)  # warm-up, not counted
+        b1 = llama.generate(prompts(1, PROMPT_LEN, SEED), new_tokens)
+        llama.generate(prompts(BATCH, PROMPT_LEN, 99), 2)
+        b8 = llama.generate(prompts(BATCH, PROMPT_LEN, SEED), new_tokens)
+        rss = vm_rss_mb(os.getpid())  # before close: the model's pages are mapped from the file
+    finally:
+        llama.close()
+    return out | {
+        "b1_decode_tok_s": b1["decode_tok_s"],
+        "b1_ttft_s": b1["ttft_s"],
+        "b8_e2e_tok_s": b8["e2e_tok_s"],
+        "b8_decode_tok_s": b8["decode_tok_s"],
+        "rss_mb": rss,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+async def timed_stream(client: Any, url: str, prompt: str, max_tokens: int) -> dict[str, float]:
+    """One streamed /v1/completions call: send, first text and end times; it must end by length
+    (llama-cpp-python's stream has no usage: finish_reason "length" means max_tokens tokens)."""
+    body = {
+        "model": SERVED_NAME,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,  # the embedded server's; llama-cpp-python ignores unknown fields
+        "stream": True,
+    }
+    started = time.perf_counter()
+    first, finish = None, None
+    async with client.stream("POST", f"{url}/v1/completions", json=body) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:300]!r}")
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            for choice in json.loads(line[6:]).get("choices") or []:
+                if choice.get("text") and first is None:
+                    first = time.perf_counter()
+                finish = choice.get("finish_reason") or finish
+    ended = time.perf_counter()
+    if finish != "length" or first is None:
+        raise RuntimeError(f"the stream ended with finish_reason {finish!r}, not after {max_tokens} tokens")
+    return {"start": started, "first": first, "end": ended}
+
+
+async def drive_server(url: str, texts: list[str], new_tokens: int) -> dict[str, float]:
+    """Batch 1 (one streaming client), then BATCH streaming clients at once."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=BATCH + 4)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10), limits=limits) as client:
+        await timed_stream(client, url, texts[0], 2)  # warm-up, not counted
+        one = await timed_stream(client, url, texts[0], new_tokens)
+        many = await asyncio.gather(*(timed_stream(client, url, t, new_tokens) for t in texts[:BATCH]))
+    wall = max(r["end"] for r in many) - min(r["start"] for r in many)
+    return {
+        "b1_decode_tok_s": (new_tokens - 1) / (one["end"] - one["first"]),
+        "b1_ttft_s": one["first"] - one["start"],
+        "b8_e2e_tok_s": BATCH * new_tokens / wall,
+        "b8_ttft_max_s": max(r["first"] - r["start"] for r in many),
+    }
+
+
+def prompt_texts(model_dir: Path, n: int) -> list[str]:
+    """PROMPT_LEN-token prompts as text (both servers take text): the checkpoint tokenizer's decoding
+    of `prompts`, so each server tokenizes it back to about PROMPT_LEN tokens."""
+    from ernie.tokenizer import Ernie4_5_Tokenizer
+
+    tokenizer = Ernie4_5_Tokenizer.from_pretrained(str(model_dir))
+    return [tokenizer.decode(p) for p in prompts(n, PROMPT_LEN, SEED)]
+
+
+def serve_phase(target: Path, engine: str, model_dir: Path, threads: int, new_tokens: int) -> dict[str, Any]:
+    """`ernie-ops serve TARGET --engine ENGINE` (the real serving path: pre-flight, supervisor,
+    the engine's server) on a free port, driven over HTTP; RSS of its server process(es)."""
+    import httpx
+    import psutil
+
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "ernie_ops",
+        "serve",
+        str(target),
+        "--engine",
+        engine,
+        "--port",
+        str(port),
+        "--set",
+        f"served_model_name={SERVED_NAME}",
+        "--set",
+        f"max_model_len={SERVE_CONTEXT}",
+        "--set",
+        f"max_num_seqs={BATCH}",
+    ]
+    env = {**os.environ, "ERNIE_OPS_LLAMACPP_THREADS": str(threads)}  # its default leaves a core free
+    log_path = Path(tempfile.gettempdir()) / f"bench_serve_cpu.{engine}.{os.getpid()}.log"
+    url = f"http://127.0.0.1:{port}"
+    texts = prompt_texts(model_dir, BATCH)
+    with log_path.open("w") as log_file:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            while True:
+                if proc.poll() is not None:
+                    tail = log_path.read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"ernie-ops serve exited with {proc.returncode}:\n{tail}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                        break
+                if time.perf_counter() - started > 300:
+                    raise RuntimeError(f"ernie-ops serve was not ready after 300 s (log {log_path})")
+                time.sleep(0.5)
+            ready_s = time.perf_counter() - started
+            out = asyncio.run(drive_server(url, texts, new_tokens))
+            servers = psutil.Process(proc.pid).children(recursive=True)
+            out |= {
+                "load_s": ready_s,
+                "rss_mb": sum(p.memory_info().rss for p in servers) / 2**20,
+                "peak_rss_mb": max((vm_hwm_mb(p.pid) for p in servers), default=float("nan")),
+            }
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)  # ernie-ops serve stops its server on Ctrl-C
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+    return out
+
+
+def vm_hwm_mb(pid: int) -> float:
+    """A process's peak resident set (VmHWM), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def run_phase(name: str, args: Any) -> dict[str, Any]:
+    """One contender's measurement, in this (child) process."""
+    new_tokens = args.new_tokens or NEW_TOKENS
+    if name in ("engine", "engine-wint8"):
+        return engine_phase(args.model_dir, "wint8" if name == "engine-wint8" else None, new_tokens)
+    if name == "engine-serve":
+        return serve_phase(args.model_dir, "paddle", args.model_dir, args.threads, new_tokens)
+    if name.startswith("llamacpp-serve-"):
+        path = gguf_file(args.model_dir, name.rsplit("-", 1)[1])
+        return serve_phase(path, "llamacpp", args.model_dir, args.threads, new_tokens)
+    if name.startswith("llamacpp-"):
+        return llamacpp_phase(gguf_file(args.model_dir, name.split("-", 1)[1]), args.threads, new_tokens)
+    raise ValueError(name)
+
+
+def contender_round(name: str, args: Any, env: dict[str, str], new_tokens: int) -> dict[str, Any]:
+    """One contender in a fresh child process; its figures in METRICS' names."""
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "phase.json"
+        common = ["--threads", str(args.threads), "--new-tokens", str(new_tokens)]
+        if name == "pytorch":
+            cmd = [sys.executable, __file__, "--torch-phase", str(out), "--repeat", "1", *common]
+        else:
+            cmd = [
+                sys.executable,
+                __file__,
+                "--phase",
+                name,
+                str(out),
+                "--model-dir",
+                str(args.model_dir),
+                *common,
+            ]
+        proc = subprocess.run(cmd, env=env, timeout=1800, text=True, capture_output=True)
+        if proc.returncode != 0 or not out.is_file():
+            raise RuntimeError(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        res = json.loads(out.read_text())
+    if name == "pytorch":  # its own layout (the engine-detail part's table reads it too)
+        res = {
+            "b1_decode_tok_s": res["batch1"]["decode_tok_s"],
+            "b1_ttft_s": res["batch1"]["ttft_s"],
+            "b8_e2e_tok_s": res["batch8"]["e2e_tok_s"],
+            "peak_rss_mb": res.get("peak_rss_mb", float("nan")),
+            "rss_mb": res.get("rss_mb", float("nan")),
+        }
+    return res | {"load_average_1m": load}
+
+
+def compare_targets(best: dict[str, dict[str, float]], wbytes: int) -> dict[str, Any]:
+    """Issue #21's acceptance, on the best (quietest) round of each contender. llama-bench and
+    llama-batched-bench are not installed here: llama.cpp's own figures are the in-process
+    contenders (the same C library, batched the way llama-batched-bench does)."""
+    targets: dict[str, Any] = {}
+
+    def ratio(key: str, a: str, b: str, metric: str, target: float) -> None:
+        if a in best and b in best:
+            value = best[a][metric] / best[b][metric]
+            targets[key] = {
+                "target": f">= {target}x ({a} / {b}, {metric})",
+                "value": value,
+                "met": value >= target,
+            }
+
+    ratio("engine_b1_vs_llamacpp_f32", "engine", "llamacpp-f32", "b1_decode_tok_s", 1.0)
+    ratio("engine_b8_vs_llamacpp_f32", "engine", "llamacpp-f32", "b8_e2e_tok_s", 1.0)
+    if "engine" in best:  # the peak while loading (serving adds the KV cache and activations)
+        value = best["engine"]["load_peak_rss_mb"] * 2**20 / wbytes
+        targets["engine_load_peak"] = {"target": "<= 1.3x weight bytes", "value": value, "met": value <= 1.3}
+    ratio("serve_q4_0_b1_vs_llamacpp", "llamacpp-serve-q4_0", "llamacpp-q4_0", "b1_decode_tok_s", 0.9)
+    ratio("serve_q4_0_b8_vs_llamacpp", "llamacpp-serve-q4_0", "llamacpp-q4_0", "b8_e2e_tok_s", 0.9)
+    return targets
+
+
+def compare_main(args: Any, env: dict[str, str]) -> int:
+    started = time.perf_counter()
+    contenders = args.contenders
+    new_tokens = args.new_tokens or (8 if args.quick else NEW_TOKENS)
+    rounds = 1 if args.quick else args.rounds
+    model_dir = build_model(args.model_dir)
+    wbytes = weight_bytes(model_dir)
+    for name in contenders:  # the exports happen before any timing
+        if name.startswith("llamacpp-"):
+            gguf_file(model_dir, name.rsplit("-", 1)[1])
+    runs: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
+    load_before = os.getloadavg()
+    for r in range(rounds):
+        for name in contenders if r % 2 == 0 else contenders[::-1]:
+            res = contender_round(name, args, env, new_tokens)
+            runs[name].append(res)
+            print(
+                f"round {r + 1} {name}: batch 1 {res['b1_decode_tok_s']:.1f} tok/s, "
+                f"TTFT {res['b1_ttft_s']:.2f} s; "
+                f"{BATCH} concurrent {res['b8_e2e_tok_s']:.1f} tok/s; peak RSS {res['peak_rss_mb']:.0f} MiB "
+                f"(load {res['load_average_1m']:.2f})",
+                flush=True,
+            )
+    load_after = os.getloadavg()
+    # the best round of each (highest batch-1 decode rate: the quietest), and the median of each metric
+    best = {c: max(v, key=lambda x: x["b1_decode_tok_s"]) for c, v in runs.items()}
+    median = {c: {m: statistics.median(x[m] for x in v) for m in METRICS} for c, v in runs.items()}
+    base = "llamacpp-f32" if "llamacpp-f32" in best else None
+
+    def rel(c: str, m: str) -> str:
+        if base is None or c == base:
+            return ""
+        return f" ({best[c][m] / best[base][m]:.2f}x)"
+
+    rows = [
+        [
+            "contender",
+            "batch-1 decode tok/s",
+            f"{BATCH} concurrent e2e tok/s",
+            "TTFT batch 1 s",
+            "RSS / peak MiB",
+        ]
+    ]
+    for c in contenders:
+        b = best[c]
+        rows.append(
+            [
+                c,
+                f"{b['b1_decode_tok_s']:.1f}{rel(c, 'b1_decode_tok_s')}",
+                f"{b['b8_e2e_tok_s']:.1f}{rel(c, 'b8_e2e_tok_s')}",
+                f"{b['b1_ttft_s']:.3f}{rel(c, 'b1_ttft_s')}",
+                f"{b['rss_mb']:.0f} / {b['peak_rss_mb']:.0f}",
+            ]
+        )
+    print()
+    print_table(rows)
+    targets = compare_targets(best, wbytes)
+    for key, t in targets.items():
+        print(f"target {key}: {t['target']}, value {t['value']:.2f}, {'met' if t['met'] else 'NOT met'}")
+    total = time.perf_counter() - started
+    print(
+        f"\nbest of {rounds} interleaved round(s) per contender (ratios: to {base or 'none'}); "
+        f"{PROMPT_LEN}-token prompts, {new_tokens} new tokens, greedy; {args.threads} threads everywhere; "
+        f"weights {wbytes / 1e9:.2f} GB; load average (1 min) {load_before[0]:.2f} before, "
+        f"{load_after[0]:.2f} after; llama.cpp's own figures: in-process through llama-cpp-python "
+        f"(llama-bench / llama-batched-bench are not installed); total {total:.0f} s"
+    )
+    write_report(
+        args.out,
+        settings={
+            "part": "compare",
+            "contenders": list(contenders),
+            "rounds": rounds,
+            "threads": args.threads,
+            "prompt_tokens": PROMPT_LEN,
+            "new_tokens": new_tokens,
+            "batch": BATCH,
+            "model_dir": str(model_dir),
+        },
+        weight_bytes=wbytes,
+        load_average_before=load_before,
+        load_average_after=load_after,
+        runs=runs,
+        best=best,
+        median=median,
+        targets=targets,
+        total_s=total,
+    )
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1022,16 +1492,33 @@ def main() -> int:
     )
     parser.add_argument("--new-tokens", type=int, default=None, help=argparse_hidden())
     parser.add_argument("--torch-phase", type=Path, default=None, help=argparse_hidden())
+    parser.add_argument("--phase", nargs=2, metavar=("NAME", "OUT"), default=None, help=argparse_hidden())
     parser.add_argument(
         "--part",
-        choices=["all", "server-overhead"],
-        default="all",
-        help="all: engine, PyTorch, bandwidth, server (the default); server-overhead: the server's added "
-        f"latency and threads, the server before {OVERHEAD_REV} against this checkout (tiny model, ~3 min)",
+        choices=["compare", "engine-detail", "server-overhead"],
+        default="compare",
+        help="compare (the default): the contenders of --contenders, interleaved, --rounds rounds; "
+        "engine-detail: the embedded engine's own checks (long prompt arriving, server soak, bandwidth "
+        "floor) beside PyTorch, not interleaved; server-overhead: the server's added latency and threads, "
+        f"the server before {OVERHEAD_REV} against this checkout (tiny model, ~3 min)",
+    )
+    parser.add_argument(
+        "--contenders",
+        type=contender_list,
+        default=list(DEFAULT_CONTENDERS),
+        help=f"--part compare: comma-separated, of {', '.join(CONTENDERS)} "
+        f"(default {','.join(DEFAULT_CONTENDERS)})",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="--part compare: interleaved rounds (default 3)"
     )
     args = parser.parse_args()
-    if args.part == "server-overhead" and args.out == parser.get_default("out"):
-        args.out = args.out.with_name("serve_cpu_overhead.json")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, not {args.rounds}")
+    if args.part != "compare" and args.out == parser.get_default("out"):
+        args.out = args.out.with_name(
+            {"engine-detail": "serve_cpu_engine.json"}.get(args.part, "serve_cpu_overhead.json")
+        )
     new_tokens = args.new_tokens or (4 if args.quick else NEW_TOKENS)
     repeat = 1 if args.quick else max(1, args.repeat)
 
@@ -1042,12 +1529,18 @@ def main() -> int:
     if args.torch_phase is not None:
         torch_phase(args.threads, repeat, new_tokens, args.quick, args.torch_phase)
         return 0
+    if args.phase is not None:
+        name, out = args.phase
+        Path(out).write_text(json.dumps(run_phase(name, args), indent=2) + "\n")
+        return 0
 
     # SIGTERM ends the run like Ctrl-C does, so the `finally`s stop the server
     signal.signal(signal.SIGTERM, _interrupt)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     if args.part == "server-overhead":
         return overhead_main(args, env)
+    if args.part == "compare":
+        return compare_main(args, env)
     started = time.perf_counter()
     model_dir = build_model(args.model_dir)
     wbytes = weight_bytes(model_dir)
@@ -1166,6 +1659,19 @@ def main() -> int:
 
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def contender_list(text: str) -> list[str]:
+    import argparse
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONTENDERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown contender(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(CONTENDERS)}"
+        )
+    return list(dict.fromkeys(names))
 
 
 def argparse_hidden() -> str:
