@@ -599,6 +599,7 @@ def create_app(
     max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
     read_timeout: float = DEFAULT_READ_TIMEOUT_S,
     docs: bool = False,
+    quantization: str | None = None,
 ) -> FastAPI:
     """The FastAPI app over an `EngineClient` (the CPU `Engine` is wrapped in `AsyncEngine`); the
     client starts with the app and shuts down with it.
@@ -606,7 +607,8 @@ def create_app(
     Up to `engine.max_batch_size` requests run at once and `max_waiting` more may queue; beyond
     that a request gets 429 at once rather than an unbounded wait. Bodies over `max_request_mb` get
     413, bodies slower than `read_timeout` 408. `docs`: serve /docs and /openapi.json (off: nothing
-    a client needs). Sampling defaults come from the checkpoint's generation config.
+    a client needs). Sampling defaults come from the checkpoint's generation config. `quantization`
+    is what /v1/models says the weights went through.
     """
     with optional_imports("serve", "the embedded CPU server"):
         from fastapi import FastAPI
@@ -716,7 +718,7 @@ def create_app(
         return await completion_endpoint(request, "completions")
 
     async def models(request: Request) -> JSONResponse:
-        card = ModelCard(id=model_name, max_model_len=client.max_length)
+        card = ModelCard(id=model_name, max_model_len=client.max_length, quantization=quantization)
         return JSONResponse(ModelList(data=[card]).model_dump(mode="json"))
 
     async def health(request: Request) -> Response:
@@ -946,6 +948,7 @@ def run(
         max_request_mb=max_request_mb,
         read_timeout=read_timeout,
         docs=docs,
+        quantization=quantization,
     )
     config = uvicorn.Config(app, host=host, port=port, **uvicorn_settings(read_timeout, max_connections))
     with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run: Ctrl-C after a graceful shutdown

@@ -333,6 +333,7 @@ class ModelCard(_Response):
     created: int = Field(default_factory=_now)
     owned_by: str = "ernie-ops"
     max_model_len: int | None = None
+    quantization: str | None = None  # wint8 / wint4: FastDeploy's weight-only scheme, emulated
 
 
 class ModelList(_Response):

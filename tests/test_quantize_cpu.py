@@ -267,6 +267,8 @@ def test_a_wint8_profile_is_served_by_the_embedded_engine(tiny_dense, cli, tmp_p
             temperature=0,
         )
         assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 4
+        (card,) = client.models.list().data
+        assert card.model_extra["quantization"] == "wint8"  # what the weights went through
         status = json.loads(cli("serve", "status", "--json", cwd=tmp_path).stdout)
         (ours,) = [s for s in status if s["port"] == port]  # others' servers may be listed too
         command = ours["command"]

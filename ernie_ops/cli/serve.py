@@ -26,6 +26,8 @@ class Serve(Subcommand):
         "ernie-ops serve recipes/serve/ERNIE-4.5-21B-A3B_fp8_1x80G_vllm.yaml --set model=runs/my-run-hf "
         "--print-command   # vLLM: export --format hf first",
         "ernie-ops serve runs/my-run --set quantization=wint8 --port 8280 --detach",
+        "ernie-ops serve recipes/serve/cpu/ERNIE-4.5-0.3B_wint8_cpu_paddle.yaml --set model=runs/my-run"
+        "   # FastDeploy's wint8, emulated on a CPU",
         "ernie-ops serve runs/my-run --host 0.0.0.0 --set api_key_env=MY_KEY   # reachable from the network",
         "ernie-ops serve status            # a table; --json for scripts",
         "ernie-ops serve stop --port 8280",
