@@ -310,6 +310,7 @@ def plot(
         "sustainable requests / s under the SLO" if x == "sustainable_rate" else "output tokens / s"
     )
     ax.set_ylabel("quality (eval score)")
+    ax.set_ylim(-0.05, 1.05)  # scores are 0..1: the whole scale, so small differences look small
     ax.set_title(
         "quality against throughput (red star: recommended)" if chosen else "quality against throughput"
     )
