@@ -3,7 +3,8 @@
 Sections: the verdict and why, every stage (status, time, summary or diagnosis), lineage (recipe,
 data fingerprints, versions, checkpoint), training (curve), serving (endpoints, command, memory
 plan as the server printed them), the smoke checklist, the load benchmark, and the evaluation of the
-tuned model against the base with paired-bootstrap intervals. A stage that did not run leaves its
+tuned model against the base with paired-bootstrap intervals; after `ernie-ops demo`, the trade-off
+table of its quantization sweep. A stage that did not run leaves its
 section saying so: a partial report after a failure shows exactly how far the pipeline got.
 """
 

@@ -200,6 +200,7 @@ def markdown(report: dict[str, Any], image: str | None) -> str:
         "status",
         "quality",
         f"vs {ref} (95% CI)",
+        "level",
         "TTFT p50 / p99 ms",
         "TPOT p50 / p99 ms",
         "sustainable req/s",
@@ -223,6 +224,7 @@ def markdown(report: dict[str, Any], image: str | None) -> str:
                 r["status"] + (f" ({r['failed_step']})" if r["failed_step"] else ""),
                 _f(r["score"], "{:.3f}"),
                 delta,
+                r.get("level") or "-",
                 f"{_f(r['ttft_p50_ms'])} / {_f(r['ttft_p99_ms'])}",
                 f"{_f(r['tpot_p50_ms'])} / {_f(r['tpot_p99_ms'])}",
                 _f(r["sustainable_rate"], "{:.3g}"),
@@ -238,7 +240,7 @@ def markdown(report: dict[str, Any], image: str | None) -> str:
         f"**Recommendation**: {pick['text']}.\n",
         f"Quality: the eval score; against {ref} (the reference), the paired bootstrap 95% interval of the "
         f"difference; a variant is worse when its point estimate falls more than max_drop = "
-        f"{report['max_drop']:g} below. Latencies and output tok/s at the level reported (load: "
+        f"{report['max_drop']:g} below. Latencies and output tok/s at the level shown (load: "
         f"{load.get('mode', 'concurrency')}"
         + (
             f", SLO p{load.get('slo_percentile', 99):g}"
@@ -248,7 +250,7 @@ def markdown(report: dict[str, Any], image: str | None) -> str:
         + "). Memory: "
         + (slo["memory_source"] if slo and slo.get("memory_source") else "the server's")
         + "; cheapest = least memory.\n",
-        md_table(body, right=set(range(4, 12))),
+        md_table(body, right={4, *range(7, 13)}),
     ]
     failed = [r for r in table if r["diagnosis"]]
     if failed:
