@@ -269,7 +269,7 @@ class HaproxyRouter:
             "mode": mode,
             "weight": weight,
             "reason": reason,
-            "updated": round(updated, 3),
+            "updated": updated,
         }
         write_text_atomic(self.state_path, json.dumps(new, indent=2) + "\n")
         return new
