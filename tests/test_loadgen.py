@@ -845,9 +845,18 @@ def test_failed_requests_miss_the_slo_of_a_rate_search():
     runner = _Simulated(1, 0.01, slo)
     met, seen, why = search.judge(level, runner)  # type: ignore[arg-type]
     assert not met and seen == {"ttft_ms": None, "e2e_ms": None}
-    assert why == "p99 TTFT a failed request > 50 ms; p99 E2E a failed request > 50 ms"
+    assert why == "p99 TTFT failed requests > 50 ms; p99 E2E failed requests > 50 ms"
     level.replies = [*good, *[None] * 10]  # not sent (a stop condition) counts the same
     assert not search.judge(level, runner)[0]  # type: ignore[arg-type]
+    # p99 between the last real latency and the first failed one: an astronomically large number,
+    # which the reason names as the failed requests it is (it printed a 300-digit TTFT)
+    level = loadgen.summarize(
+        0, [loadgen.Planned({}, 1)] * 100, [*good, *good[:9], *bad[:1]], 100.0, slo, due=due
+    )
+    level.rate = 1.0
+    met, seen, why = search.judge(level, runner)  # type: ignore[arg-type]
+    assert not met and seen == {"ttft_ms": None, "e2e_ms": None}
+    assert why == "p99 TTFT failed requests > 50 ms; p99 E2E failed requests > 50 ms"
     slow = loadgen.summarize(0, [loadgen.Planned({}, 1)] * 90, list(good), 100.0, slo, due=due[:90])
     slow.rate = 1.5  # asked for 1.5 req/s, sent at 1.0
     met, _, why = search.judge(slow, runner)  # type: ignore[arg-type]
