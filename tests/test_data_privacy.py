@@ -109,3 +109,29 @@ def test_preview_masks_personal_data_unless_told_not_to(
     monkeypatch.setenv("ERNIE_OPS_NO_MASK", "1")
     assert main(args) == 0
     assert "anna.schmidt@example.de" in capsys.readouterr().out
+
+
+def test_mask_with_worker_processes_writes_the_same_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from ernie_ops.data.mask import mask_file
+    from ernie_ops.data.read import CHUNK
+    from ernie_ops.privacy import default_masker
+
+    records = generate.generate(200, 5)
+    plain = json.dumps({"messages": [{"role": "user", "content": "nothing to see, 2024-05-17. " * 12}]})
+    lines = [plain] * 50
+    for i, r in enumerate(records):
+        lines += [json.dumps({"messages": r["messages"]}, ensure_ascii=False), *[plain] * (i % 9), ""]
+    lines.insert(7, "not json: anna@example.de")
+    source = tmp_path / "chats.jsonl"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert source.stat().st_size > 3 * CHUNK  # several blocks to share out
+    one, three = tmp_path / "one.jsonl", tmp_path / "three.jsonl"
+    first = mask_file(source, one, default_masker(), progress=False, jobs=1)
+    second = mask_file(source, three, default_masker(), progress=False, jobs=3)
+    assert one.read_bytes() == three.read_bytes()
+    assert first.to_dict() | {"output": None} == second.to_dict() | {"output": None}
+    assert first.with_pii == sum(1 for r in records if r["spans"]) + 1 and first.not_json == 1
+    assert main(["data", "mask", str(source), str(tmp_path / "x.jsonl"), "--jobs", "0"]) != 0
+    assert "--jobs must be 1 or more" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from ernie_ops.text import format_table
 
 FORMAT_CHOICES = ("auto", *FORMATS)
 STRATEGIES = ("placeholder", "hash", "remove")  # privacy.STRATEGIES, without importing the masker
+MAX_JOBS, AUTO_JOBS_MB = 8, 32
 
 
 class Data(Subcommand):
@@ -34,6 +35,7 @@ class Data(Subcommand):
         "ERNIE_OPS_PII_SALT=... ernie-ops data mask chats.jsonl.gz masked.jsonl.gz --strategy hash",
         "ernie-ops data convert chats.jsonl train.jsonl --to erniekit-sft --mask",
         "ernie-ops data preview train.jsonl --tokenizer runs/tiny-dense --no-mask",
+        "ernie-ops data mask big.jsonl.gz masked.jsonl.gz --jobs 4 --json",
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -91,6 +93,7 @@ class Data(Subcommand):
             "write a copy with personal data masked (same format, texts only; keys and roles kept)",
             6,
             7,
+            10,
         )
         mask.description = textwrap.fill(
             "Write a copy of IN with personal data replaced: e-mail addresses, phone numbers, IBANs, "
@@ -113,6 +116,14 @@ class Data(Subcommand):
             "remove: cut the value out",
         )
         _masking_options(mask)
+        mask.add_argument(
+            "--jobs",
+            type=int,
+            metavar="N",
+            help="worker processes that mask the records with personal data while this one reads and "
+            f"writes (default: one per CPU, at most {MAX_JOBS}, for JSONL files over "
+            f"{AUTO_JOBS_MB} MB; else 1); the output is the same",
+        )
         mask.add_argument("--json", action="store_true", help="summary as JSON on stdout")
 
         preview = self._action(
@@ -286,8 +297,10 @@ def _mask(args: argparse.Namespace) -> int:
     from ernie_ops.data.mask import mask_file
     from ernie_ops.privacy import masker
 
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError(f"--jobs must be 1 or more, not {args.jobs}")
     m = masker(args.strategy, args.salt_file, args.detector)
-    result = mask_file(args.input, args.output, m)
+    result = mask_file(args.input, args.output, m, jobs=args.jobs or _auto_jobs(args.input))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
@@ -297,6 +310,17 @@ def _mask(args: argparse.Namespace) -> int:
     )
     _print_masked(result)
     return 0
+
+
+def _auto_jobs(path: Path) -> int:
+    """One worker per usable CPU for a large file (a small one is done before they would start)."""
+    import os
+
+    try:
+        large = path.stat().st_size > AUTO_JOBS_MB * 1_000_000
+    except OSError:
+        return 1  # mask_file says what is wrong with it
+    return min(len(os.sched_getaffinity(0)), MAX_JOBS) if large else 1
 
 
 def _print_masked(result) -> None:  # type: ignore[no-untyped-def]

@@ -11,10 +11,13 @@ array (possibly pretty-printed) is written as JSONL, one compact record a line.
 
 from __future__ import annotations
 
-from collections import Counter
+import multiprocessing
+import signal
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -64,12 +67,16 @@ def _lines(path: Path, progress: bool) -> Iterator[tuple[int, list[bytes]]]:
         yield chunk.first, chunk.lines
 
 
-def mask_file(source: Path, out: Path, masker: Masker, progress: bool = True) -> MaskResult:
+def mask_file(source: Path, out: Path, masker: Masker, progress: bool = True, jobs: int = 1) -> MaskResult:
+    """Write SOURCE masked to OUT. With JOBS > 1 (JSONL only), worker processes mask the records
+    the trigger picks while this one reads, scans and writes; the output is the same, in order."""
     result = MaskResult(source, out, masker.strategy)
+    if jobs > 1 and is_json_array(source):
+        jobs = 1  # read whole, one record a block: nothing to share out
     with atomic_output(out, [source]) as f:
-        for _first, lines in _lines(source, progress):
+        for lines in _masked(_lines(source, progress), masker, result, jobs):
             result.records += len(lines) - sum(1 for raw in lines if not raw or raw.isspace())
-            f.write(b"\n".join(mask_lines(lines, masker, result)) + b"\n")
+            f.write(b"\n".join(lines) + b"\n")
     return result
 
 
@@ -81,8 +88,14 @@ def mask_lines(lines: list[bytes], masker: Masker, result: MaskResult) -> list[b
     if not hits:
         return lines
     out = list(lines)
-    for i in hits:
-        raw = out[i]
+    for i, raw in zip(hits, _mask_records([lines[i] for i in hits], masker, result), strict=True):
+        out[i] = raw
+    return out
+
+
+def _mask_records(raws: list[bytes], masker: Masker, result: MaskResult) -> list[bytes]:
+    out = []
+    for raw in raws:
         counts: Counter = Counter()
         try:
             record = orjson.loads(raw)
@@ -90,14 +103,73 @@ def mask_lines(lines: list[bytes], masker: Masker, result: MaskResult) -> list[b
             masked_text = masker.mask_text(raw.decode("utf-8", "replace"), Scope(), counts)
             if counts:
                 result.not_json += 1
-                out[i] = masked_text.encode()
+                raw = masked_text.encode()
         else:
             masked = masker.mask_value(record, Scope(), counts)
             if counts:
-                out[i] = orjson.dumps(masked)
+                raw = orjson.dumps(masked)
         if counts:
             result.with_pii += 1
             result.found.update(counts)
+        out.append(raw)
+    return out
+
+
+# -- worker processes ---------------------------------------------------------------------------
+
+_WORKER_MASKER: Masker | None = None  # the masker, inherited by the workers at fork
+
+
+def _worker_start() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends them
+
+
+def _worker_mask(raws: list[bytes]) -> tuple[list[bytes], MaskResult]:
+    assert _WORKER_MASKER is not None
+    part = MaskResult(Path(), None, _WORKER_MASKER.strategy)
+    return _mask_records(raws, _WORKER_MASKER, part), part
+
+
+def _masked(
+    blocks: Iterator[tuple[int, list[bytes]]], masker: Masker, result: MaskResult, jobs: int
+) -> Iterator[list[bytes]]:
+    """The blocks' lines masked, in order. With JOBS > 1 this process scans each block (one C-level
+    pass) and sends only the lines it picks to a pool of forked workers; at most 4 blocks a worker
+    wait, so memory stays flat."""
+    if jobs <= 1:
+        for _first, lines in blocks:
+            yield mask_lines(lines, masker, result)
+        return
+    global _WORKER_MASKER
+    _WORKER_MASKER = masker
+    # forked before the blocks are read (no progress thread yet): the workers inherit the masker
+    pool = multiprocessing.get_context("fork").Pool(jobs, initializer=_worker_start)
+    pending: deque[tuple[list[bytes], list[int], Any]] = deque()
+    try:
+        for _first, lines in blocks:
+            hits = masker.hit_lines(lines)
+            job = pool.apply_async(_worker_mask, ([lines[i] for i in hits],)) if hits else None
+            pending.append((lines, hits, job))
+            while pending and (len(pending) > 4 * jobs or pending[0][2] is None or pending[0][2].ready()):
+                yield _merged(*pending.popleft(), result)
+        while pending:
+            yield _merged(*pending.popleft(), result)
+    finally:
+        pool.terminate()
+        pool.join()
+        _WORKER_MASKER = None
+
+
+def _merged(lines: list[bytes], hits: list[int], job: Any, result: MaskResult) -> list[bytes]:
+    if job is None:
+        return lines
+    masked, part = job.get()
+    result.with_pii += part.with_pii
+    result.not_json += part.not_json
+    result.found.update(part.found)
+    out = list(lines)
+    for i, raw in zip(hits, masked, strict=True):
+        out[i] = raw
     return out
 
 

@@ -193,6 +193,12 @@ _PHONE_WORDS = re.compile(
     r"(?i)tel|phone|call|mobil|handy|fax|ruf|appel|portable|joindre|whatsapp|"
     r"sms|contact|kontakt|erreich|电话|手机|联系|致电|拨打|热线|微信"
 )
+# a number written the way phone numbers are (the trigger but for bare runs of digits, which are
+# phone numbers only after a phone word: _region)
+_SHAPED = re.compile(
+    r"\+ ?[1-9][0-9]|00[1-9][0-9]|(?:^|[^0-9./:-])\(?0[0-9]{1,4}\)?[ ./-]{0,2}[0-9]{2}"
+    r"|\(?[2-9][0-9]{2}\)?[ .-]?[0-9]{3}[ .-][0-9]{4}|1[3-9][0-9][ -][0-9]{4}"
+)
 # a number after these words is an order, invoice or ticket number even when it looks like a phone's
 _NOT_PHONE_WORDS = re.compile(
     r"(?i)order|bestell|auftrag|commande|rechnung|invoice|facture|ticket|referen|tracking|kunden|"
@@ -219,10 +225,7 @@ class PhoneDetector:
     name = "phonenumbers"
     types = (PHONE,)
     # international, national with a trunk 0 (not a date's "-05"), NANP, Chinese mobile, bare runs
-    trigger: re.Pattern[bytes] | None = re.compile(
-        rb"\+ ?[1-9][0-9]|00[1-9][0-9]|(?:^|[^0-9./:-])\(?0[0-9]{1,4}\)?[ ./-]{0,2}[0-9]{2}"
-        rb"|\(?[2-9][0-9]{2}\)?[ .-]?[0-9]{3}[ .-][0-9]{4}|1[3-9][0-9][ -][0-9]{4}|[0-9]{10}"
-    )
+    trigger: re.Pattern[bytes] | None = re.compile(_SHAPED.pattern.encode() + rb"|[0-9]{10}")
 
     def __init__(self, regions: tuple[str, ...] = NATIONAL_REGIONS):
         self.regions = regions
@@ -231,6 +234,8 @@ class PhoneDetector:
     skips_outranked = True
 
     def find(self, text: str, taken: Taken = ()) -> Iterator[Finding]:
+        if not (_SHAPED.search(text) or _PHONE_WORDS.search(text)):
+            return  # only bare runs of digits, and no phone word for them
         for m in self.pattern.finditer(text):
             if taken and inside(taken, m.start()):
                 continue
@@ -374,8 +379,10 @@ ADDRESS_PATTERN = "|".join(
 )
 # a postal code before a city (DE, FR), after a state (US), a UK postcode, a Chinese house number
 ADDRESS_TRIGGER = (
-    "[0-9]{4,5},? [A-ZÄÖÜÉ]|[A-Z]{2} [0-9]{5}|[A-Z][0-9][A-Z0-9]? ?[0-9][A-Z]{2}|[0-9]号".encode()
-)
+    # each code is preceded by a space (or D-) in the patterns: not the tail of a longer number
+    "(?:^|[^0-9A-Za-z.,:/])[0-9]{4,5},? [A-ZÄÖÜÉ]|(?:^|[^0-9A-Za-z])[A-Z]{2} [0-9]{5}(?:[^0-9]|$)"
+    "|(?:^|[^0-9A-Za-z])[A-Z]{1,2}[0-9][A-Z0-9]? ?[0-9][A-Z]{2}(?:[^0-9A-Za-z]|$)|[0-9]号"
+).encode()
 
 
 def builtin_detectors() -> list:
