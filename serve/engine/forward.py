@@ -2,16 +2,18 @@
 them, and ERNIEKit's own model as the tests' reference.
 
 `DenseForward` is dense ERNIE 4.5's float32 arithmetic written out (embedding, RMSNorm, fused QKV
-with GQA, interleaved RoPE, softmax attention, SwiGLU MLP, LM head): the matrix products with the
-weights go through Paddle's CPU matmul (MKL), everything else is numpy over the same memory (DLPack,
-no copies). Its weights come straight from the checkpoint's safetensors files (`weights.py`), in
-Paddle's [in, out] layout as stored, so loading holds the weights once; the tied LM head is kept
-transposed ([hidden, vocab]), and the embedding lookup reads its columns.
+with GQA, interleaved RoPE, softmax attention, SwiGLU MLP, LM head) in numpy, over weights read
+straight from the checkpoint's safetensors files (`weights.py`) in Paddle's [in, out] layout as
+stored, so loading holds the weights once; the tied LM head is kept transposed ([hidden, vocab]) and
+the embedding lookup reads its columns. The products of several rows with a weight (a batch
+decoding, a prompt) go through Paddle's CPU matmul (MKL) over the same memory (DLPack, no copies);
+one row (a lone stream decoding) through numpy's.
 
-Measured on 2 cores (Xeon, AVX-512; 0.3B shapes, float32, best of 5): MKL's sgemm with the weight
-as the right operand in [in, out] layout against numpy's OpenBLAS 0.3.23 in its best layout,
-per layer (the 4 linears) and for the LM head:
-- 1 row (batch-1 decode): the same (memory-bound gemv: 1.0 ms / layer, 12-13 ms LM head);
+Measured on 2 cores (Xeon, AVX-512; 0.3B shapes, float32, best of 5, quiet machine): MKL's sgemm
+with the weight as the right operand in [in, out] layout against numpy's OpenBLAS 0.3.23 in its best
+layout, per layer (the 4 linears) and for the LM head:
+- 1 row: the same (a memory-bound gemv: 1.0 ms / layer, 12-13 ms LM head); with other processes
+  on the cores, OpenBLAS's gemv held up better than MKL's OpenMP threads, so one row stays in numpy;
 - 8 rows (8 decoding streams): 1.9 ms against 2.8 ms per layer, 23 ms against 32 ms LM head
   (OpenBLAS packs the whole weight at every call; at a few rows that costs as much as the product);
 - 64 rows (a prompt): 5.9 ms against 10-13 ms per layer.
@@ -118,11 +120,13 @@ def _tensor(array: np.ndarray) -> Any:
     return from_dlpack(array if array.flags.writeable else array.copy())  # type: ignore[arg-type]
 
 
-def _matmul(x: np.ndarray, weight: Any) -> np.ndarray:
-    """x [M, in] @ weight (a Paddle tensor [in, out]) -> [M, out], a read-only numpy view of the result."""
+def _matmul(x: np.ndarray, weight: np.ndarray, tensor: Any) -> np.ndarray:
+    """x [M, in] @ weight [in, out] -> [M, out]; TENSOR is WEIGHT as a Paddle tensor (the same memory)."""
     import paddle
 
-    return np.from_dlpack(paddle.matmul(_tensor(x), weight))
+    if len(x) == 1:  # a gemv: as fast in numpy, and steadier on shared cores (module docstring)
+        return x @ weight
+    return np.from_dlpack(paddle.matmul(_tensor(x), tensor))
 
 
 class DenseForward:
@@ -246,7 +250,7 @@ class DenseForward:
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
         """x [B, hidden] @ the LM head -> [B, V]."""
-        out = _matmul(x, self.head_tensor)
+        out = _matmul(x, self.head, self.head_tensor)
         return out if self.head_bias is None else out + self.head_bias
 
     def _attend(self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -277,13 +281,13 @@ class DenseForward:
 
 
 class _Linear:
-    """y = x @ W + b with W in Paddle's [in, out] layout, multiplied by Paddle's matmul (see the
-    module docstring for why that layout and that kernel)."""
+    """y = x @ W + b with W in Paddle's [in, out] layout (see `_matmul` and the module docstring)."""
 
-    __slots__ = ("bias", "weight")
+    __slots__ = ("bias", "tensor", "weight")
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray | None):
-        self.weight = _tensor(weight)  # shares the array's memory
+        self.weight = weight
+        self.tensor = _tensor(weight)  # shares the array's memory
         self.bias = bias
 
     @classmethod
@@ -297,7 +301,7 @@ class _Linear:
         return cls(weight, None if bias is None else np.array(bias))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        y = _matmul(x.reshape(-1, x.shape[-1]), self.weight)  # one 2-D product over all rows
+        y = _matmul(x.reshape(-1, x.shape[-1]), self.weight, self.tensor)  # one 2-D product over all rows
         y = y.reshape(*x.shape[:-1], -1)
         return y if self.bias is None else y + self.bias
 
