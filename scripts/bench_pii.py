@@ -1,11 +1,16 @@
 """Benchmark the PII masker: precision and recall per type on the labelled corpus (tests/pii/), and
 the throughput and peak memory of `ernie-ops data mask` against `ernie-ops data convert` on a large
-messages file (each run in its own process, interleaved, best of N; RSS is the child's peak).
+messages file (each run in its own process, interleaved, best of N; RSS is the largest process's
+peak). `mask` runs in one process (--jobs 1) and with its default worker processes; `--baseline REV`
+adds the mask of another commit (its ernie_ops/ extracted with git archive), in the same
+interleaved rounds, for before/after ratios under the same load.
 
     python scripts/bench_pii.py --size-mb 150 --repeats 3
+    python scripts/bench_pii.py --size-mb 1000 --repeats 2 --work /scratch/pii --baseline HEAD~5
 
 Prints a table and writes JSON under runs/bench/. A benchmark, not a test: the numbers depend on the
-machine and its load (the load average is recorded with them).
+machine and its load (the load average is recorded with them). The PII records are the labelled
+corpus's generator's (dense: about five values and three hard negatives a record).
 """
 
 from __future__ import annotations
@@ -67,16 +72,36 @@ def make_messages_file(path: Path, size_mb: int, pii_share: float, seed: int = 0
             written += len(line.encode())
 
 
-def run(cmd: list[str]) -> tuple[float, int]:
+def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
     """Wall seconds and peak RSS (KiB) of one command in a child process."""
     code = (
         "import resource, subprocess, sys, time; t = time.perf_counter(); "
         "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
         "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
-    out = subprocess.run([sys.executable, "-c", code, *cmd], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, *cmd], check=True, capture_output=True, text=True, env=env
+    )
     seconds, rss = out.stdout.split()
     return float(seconds), int(rss)
+
+
+def checkout(rev: str, work: Path) -> Path:
+    """ernie_ops/ as it was at REV, in a directory of its own under WORK (for PYTHONPATH)."""
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    target = work / f"baseline-{commit[:12]}"
+    if not (target / "ernie_ops").is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", commit, "ernie_ops"], check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
 
 
 def main() -> int:
@@ -88,6 +113,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "pii-work")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
+    parser.add_argument("--baseline", metavar="REV", help="also time the mask of this git commit")
     args = parser.parse_args()
 
     corpus = [
@@ -121,6 +147,7 @@ def main() -> int:
         make_messages_file(data, args.size_mb, args.pii_share)
     size = data.stat().st_size
     exe = [sys.executable, "-m", "ernie_ops"]
+    mask = [*exe, "data", "mask", str(data), str(args.work / "out-mask.jsonl")]
     commands = {
         "convert": [
             *exe,
@@ -131,13 +158,19 @@ def main() -> int:
             "--to",
             "erniekit-sft",
         ],
-        "mask": [*exe, "data", "mask", str(data), str(args.work / "out-mask.jsonl")],
+        "mask --jobs 1": [*mask, "--jobs", "1"],
+        "mask": mask,
     }
+    env: dict[str, dict[str, str]] = {}
+    if args.baseline:
+        name = f"mask @{args.baseline}"
+        commands[name] = [*mask[:-1], str(args.work / "out-mask-baseline.jsonl")]
+        env[name] = dict(os.environ, PYTHONPATH=str(checkout(args.baseline, args.work)))
     results: dict[str, list[tuple[float, int]]] = {k: [] for k in commands}
     load = [os.getloadavg()]
-    for _ in range(args.repeats):  # interleaved: the machine's load falls on both alike
+    for _ in range(args.repeats):  # interleaved: the machine's load falls on all alike
         for name, cmd in commands.items():
-            results[name].append(run(cmd))
+            results[name].append(run(cmd, env.get(name)))
             load.append(os.getloadavg())
     best = {k: min(v) for k, v in results.items()}
     rows = [["command", "best s", "MB/s", "peak RSS MiB", "all runs s"]]
@@ -152,27 +185,32 @@ def main() -> int:
                 " ".join(f"{s:.2f}" for s, _ in runs),
             ]
         )
-    ratio = best["convert"][0] / best["mask"][0]
+    ratios = {name: best["convert"][0] / best[name][0] for name in commands if name != "convert"}
     print()
     print(format_table(rows))
     loads = f"{load[0][0]:.2f} .. {max(x[0] for x in load):.2f}"
-    print(f"mask runs at {ratio:.0%} of convert's throughput on {size / 1e6:.0f} MB; load average {loads}")
+    for name, ratio in ratios.items():
+        print(f"{name} runs at {ratio:.0%} of convert's throughput on {size / 1e6:.0f} MB")
+    print(f"load average (1 min) {loads} on {os.cpu_count()} CPUs")
 
     # flat memory: the same mask on a file a quarter the size should peak at about the same RSS
     small = args.work / "messages-quarter.jsonl"
     with data.open("rb") as src, small.open("wb") as dst:
         dst.write(src.read(size // 4).rsplit(b"\n", 1)[0] + b"\n")
-    small_rss = run([*exe, "data", "mask", str(small), str(args.work / "out-mask-quarter.jsonl")])[1]
-    big_rss = max(r for _, r in results["mask"])
+    small_rss = run(
+        [*exe, "data", "mask", str(small), str(args.work / "out-mask-quarter.jsonl"), "--jobs", "1"]
+    )[1]
+    big_rss = max(r for _, r in results["mask --jobs 1"])
     quarter = f"{small_rss / 1024:.0f} MiB on {size / 4e6:.0f} MB"
-    print(f"peak RSS of mask: {quarter}, {big_rss / 1024:.0f} MiB on {size / 1e6:.0f} MB")
+    print(f"peak RSS of mask --jobs 1: {quarter}, {big_rss / 1024:.0f} MiB on {size / 1e6:.0f} MB")
 
     report = {
         "quality": {name: s.table() for name, s in quality.items()},
         "file_mb": round(size / 1e6, 1),
         "pii_share": args.pii_share,
         "runs": {k: [{"seconds": s, "peak_rss_kib": r} for s, r in v] for k, v in results.items()},
-        "mask_vs_convert": round(ratio, 3),
+        "vs_convert": {name: round(r, 3) for name, r in ratios.items()},
+        "baseline": args.baseline,
         "mask_peak_rss_kib_quarter_file": small_rss,
         "load_average": load,
         "cpus": os.cpu_count(),
