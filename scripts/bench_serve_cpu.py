@@ -29,6 +29,7 @@ A missed target is reported, not an exit status: the script fails only when some
 
     .venv/bin/python scripts/bench_serve_cpu.py                      # compare, 3 rounds: ~10 min
     .venv/bin/python scripts/bench_serve_cpu.py --rounds 5 --contenders engine,llamacpp-f32
+    .venv/bin/python scripts/bench_serve_cpu.py --before f20ea1a --contenders engine,llamacpp-f32
     .venv/bin/python scripts/bench_serve_cpu.py --quick              # 1 round, 8 new tokens
     .venv/bin/python scripts/bench_serve_cpu.py --part engine-detail # long prompts, soak, PyTorch
     .venv/bin/python scripts/bench_serve_cpu.py --part server-overhead   # ~3 minutes, see below
@@ -681,7 +682,11 @@ def engine_phase(model_dir: Path, quantization: str | None, new_tokens: int) -> 
 
     started = time.perf_counter()
     engine = Engine.load(model_dir, max_batch_size=BATCH, quantization=quantization)
-    out: dict[str, Any] = {"load_s": time.perf_counter() - started, "load_peak_rss_mb": peak_rss_mb()}
+    out: dict[str, Any] = {
+        "load_s": time.perf_counter() - started,
+        "load_peak_rss_mb": peak_rss_mb(),
+        "source": sys.modules[Engine.__module__].__file__,  # which tree's engine ran (engine@REV)
+    }
     engine.start()
     try:
         engine_run(engine, prompts(1, PROMPT_LEN, 99), 2)  # first-touch allocations, not counted
@@ -922,7 +927,7 @@ def vm_hwm_mb(pid: int) -> float:
 def run_phase(name: str, args: Any) -> dict[str, Any]:
     """One contender's measurement, in this (child) process."""
     new_tokens = args.new_tokens or NEW_TOKENS
-    if name in ("engine", "engine-wint8"):
+    if name in ("engine", "engine-wint8") or name.startswith("engine@"):
         return engine_phase(args.model_dir, "wint8" if name == "engine-wint8" else None, new_tokens)
     if name == "engine-serve":
         return serve_phase(args.model_dir, "paddle", args.model_dir, args.threads, new_tokens)
@@ -935,8 +940,12 @@ def run_phase(name: str, args: Any) -> dict[str, Any]:
 
 
 def contender_round(name: str, args: Any, env: dict[str, str], new_tokens: int) -> dict[str, Any]:
-    """One contender in a fresh child process; its figures in METRICS' names."""
+    """One contender in a fresh child process; its figures in METRICS' names. engine@REV runs the
+    engine of commit REV (`--before`; a `git archive` of it leads PYTHONPATH)."""
     load = os.getloadavg()[0]
+    if name.startswith("engine@"):
+        tree = str(args.before_tree)
+        env = {**env, "PYTHONPATH": os.pathsep.join(p for p in (tree, env.get("PYTHONPATH")) if p)}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "phase.json"
         common = ["--threads", str(args.threads), "--new-tokens", str(new_tokens)]
@@ -957,6 +966,8 @@ def contender_round(name: str, args: Any, env: dict[str, str], new_tokens: int) 
         if proc.returncode != 0 or not out.is_file():
             raise RuntimeError(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         res = json.loads(out.read_text())
+    if name.startswith("engine@") and not str(res["source"]).startswith(str(args.before_tree)):
+        raise RuntimeError(f"{name} ran {res['source']}, not the archived tree {args.before_tree}")
     if name == "pytorch":  # its own layout (the engine-detail part's table reads it too)
         res = {
             "b1_decode_tok_s": res["batch1"]["decode_tok_s"],
@@ -996,6 +1007,15 @@ def compare_targets(best: dict[str, dict[str, float]], wbytes: int) -> dict[str,
 def compare_main(args: Any, env: dict[str, str]) -> int:
     started = time.perf_counter()
     contenders = args.contenders
+    if args.before:  # the engine as it was at commit BEFORE, beside this checkout's
+        rev = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent.parent), "rev-parse", "--short", args.before],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        args.before_tree = tree_of(rev, Path(tempfile.mkdtemp(prefix="bench-before-")))
+        contenders = [f"engine@{rev}", *contenders]
     new_tokens = args.new_tokens or (8 if args.quick else NEW_TOKENS)
     rounds = 1 if args.quick else args.rounds
     model_dir = build_model(args.model_dir)
@@ -1511,6 +1531,13 @@ def main() -> int:
     )
     parser.add_argument(
         "--rounds", type=int, default=3, help="--part compare: interleaved rounds (default 3)"
+    )
+    parser.add_argument(
+        "--before",
+        metavar="REV",
+        default=None,
+        help="--part compare: also the embedded engine of commit REV (a git archive of it), "
+        "as contender engine@REV",
     )
     args = parser.parse_args()
     if args.rounds < 1:
