@@ -299,8 +299,8 @@ def test_a_run_gets_its_exports_made_into_the_run_once(tiny_dense, tmp_path):
     as `ernie-ops export` puts them; a second variant (and the sweep's cache) reuses them."""
     import dataclasses
 
+    from ernie_ops.serve.exports import prepare
     from ernie_ops.serve.profile import profile_for_checkpoint
-    from ernie_ops.sweep.prepare import prepare
     from ernie_ops.sweep.record import SweepRecord
     from ernie_ops.train.record import RunRecord
 
@@ -309,16 +309,38 @@ def test_a_run_gets_its_exports_made_into_the_run_once(tiny_dense, tmp_path):
     record = SweepRecord("s", str(tmp_path / "sw"), {})
     said: list[str] = []
     gguf = profile_for_checkpoint(str(run), ["engine=llamacpp", "quantization=q4_0"])
-    served, summary = prepare(record, gguf, said.append)
-    assert summary.startswith("exported into the run") and served.model.endswith("-q4_0.gguf")
-    assert RunRecord.load(run).exports["gguf"]["q4_0"]["path"] == served.model
-    again, summary = prepare(record, dataclasses.replace(gguf, max_model_len=128), said.append)
-    assert (again.model, summary.startswith("reused")) == (served.model, True)
+    made = prepare(gguf, record, said.append)
+    assert made.summary.startswith("exported into the run") and made.profile.model.endswith("-q4_0.gguf")
+    assert RunRecord.load(run).exports["gguf"]["q4_0"]["path"] == made.profile.model
+    assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["exports"] == record.exports
+    again = prepare(dataclasses.replace(gguf, max_model_len=128), record, said.append)
+    assert (again.profile.model, again.summary.startswith("reused")) == (made.profile.model, True)
     assert len(said) == 1  # one export made
 
-    hf = profile_for_checkpoint(str(run), ["engine=vllm"])
-    served, _ = prepare(record, hf, said.append)
-    assert (Path(served.model) / "config.json").is_file()
-    assert RunRecord.load(run).exports["hf"]["path"] == served.model
-    untouched, summary = prepare(record, profile_for_checkpoint(str(run), ["engine=paddle"]), said.append)
-    assert untouched.model == str(run) and summary.startswith("nothing to prepare")
+    hf = prepare(profile_for_checkpoint(str(run), ["engine=vllm"]), record, said.append)
+    assert (Path(hf.profile.model) / "config.json").is_file()
+    assert RunRecord.load(run).exports["hf"]["path"] == hf.profile.model
+    untouched = prepare(profile_for_checkpoint(str(run), ["engine=paddle"]), record, said.append)
+    assert untouched.profile.model == str(run) and untouched.summary.startswith("nothing to prepare")
+    assert untouched.export is None
+
+
+def test_the_export_an_engine_needs(tmp_path):
+    """llama.cpp: the GGUF type asked for, f16 when the profile keeps its default (bf16), a refusal
+    for a quantization GGUF has no type for; vLLM: the transformers layout; the others: nothing."""
+    from types import SimpleNamespace
+
+    from ernie_ops.serve.exports import needed
+
+    def profile(engine, quantization="bf16"):
+        return SimpleNamespace(engine=engine, quantization=quantization)
+
+    assert needed(profile("llamacpp", "q4_0")) == ("gguf", "q4_0")
+    assert needed(profile("llamacpp")) == ("gguf", "f16")
+    assert needed(profile("vllm")) == ("hf", None)
+    assert needed(profile(None), engine="vllm") == ("hf", None)  # the engine chosen for the profile
+    assert needed(profile("llamacpp"), engine="paddle") is None
+    assert needed(profile("fastdeploy", "wint4")) is None
+    with pytest.raises(UserError, match="quantization 'wint8' is not a GGUF type") as err:
+        needed(profile("llamacpp", "wint8"))
+    assert "quantization: q8_0" in str(err.value)

@@ -76,7 +76,7 @@ def print_commands(spec, profiles) -> int:
     """Each variant's serve command as `ernie-ops serve --print-command` shows it (the sweep serves
     on a free port instead of the profile's), after the export a local checkpoint needs first."""
     import ernie_ops.serve as serve
-    from ernie_ops.sweep.prepare import needed
+    from ernie_ops.serve.exports import needed
 
     for name in spec.variant_names():
         profile = profiles[name]

@@ -4,6 +4,8 @@ Layout of a pipeline directory (`runs/<name>-<time>/`):
     pipeline.json   this record: the spec, every stage's status, times, summary, diagnosis, outputs
     <train run>/    the training run `ernie-ops train` made (run.json, logs, loss.png, export/)
     logs/           the servers' start-up output
+    exports/        the layout the engine reads (GGUF, transformers) of a checkpoint directory, e.g. the
+                    base model (the tuned run's go into the run, recorded in its run.json)
     smoke.json, bench/, eval/ (tuned/, base/), compare.json
     report.md, report.html
 
@@ -65,6 +67,8 @@ class PipelineRecord:
     status: str = RUNNING  # running | passed | failed | interrupted
     verdict: str | None = None  # SHIP | DO NOT SHIP, once compare ran
     endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> the server started for it
+    # "gguf:q4_0:<source>" -> the export made for the serving engine (ernie_ops.serve.exports)
+    exports: dict[str, dict[str, Any]] = field(default_factory=dict)
     stages: dict[str, StageRecord] = field(default_factory=lambda: {s: StageRecord() for s in STAGES})
 
     @property

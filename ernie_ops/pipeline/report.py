@@ -1,8 +1,8 @@
 """The pipeline's report: should this fine-tune ship? `report.md` and a self-contained `report.html`.
 
 Sections: the verdict and why, every stage (status, time, summary or diagnosis), lineage (recipe,
-data fingerprints, versions, checkpoint), training (curve), serving (endpoints, command, memory
-plan as the server printed them), the smoke checklist, the load benchmark, and the evaluation of the
+data fingerprints, versions, checkpoint), training (curve), serving (endpoints and their engine, the
+GGUF / transformers-layout exports made for it, command, memory plan as the server printed them), the smoke checklist, the load benchmark, and the evaluation of the
 tuned model against the base with paired-bootstrap intervals; after `ernie-ops demo`, the trade-off
 table of its quantization sweep. A stage that did not run leaves its
 section saying so: a partial report after a failure shows exactly how far the pipeline got.
@@ -128,9 +128,13 @@ def _serving(record: PipelineRecord) -> str:
     settings = spec.get("serve_set") or "none"
     engine = spec.get("engine") or spec.get("backend")  # records before engine: say backend
     text = f"Engine: {engine or 'auto'}; profile: {profile}; settings: {settings}.\n\n"
-    rows: list[list[object]] = [["role", "endpoint", "served name", "checkpoint"]]
-    rows += [[role, e["url"], e["model"], f"`{e['checkpoint']}`"] for role, e in endpoints.items()]
+    rows: list[list[object]] = [["role", "engine", "endpoint", "served name", "checkpoint"]]
+    rows += [
+        [role, e.get("engine", ""), e["url"], e["model"], f"`{e['checkpoint']}`"]
+        for role, e in endpoints.items()
+    ]
     text += md_table(rows) + "\nOne server at a time: the base model is served after the tuned one stops.\n"
+    text += _exports(record)
     log = Path(endpoints.get("tuned", {}).get("log", "/nonexistent"))
     if log.is_file():
         head = [
@@ -142,6 +146,19 @@ def _serving(record: PipelineRecord) -> str:
             + "\n```\n"
         )
     return text
+
+
+def _exports(record: PipelineRecord) -> str:
+    """The layouts made for the engine (GGUF for llama.cpp, transformers for vLLM), if any."""
+    from ernie_ops.serve.exports import describe
+
+    if not record.exports:
+        return ""
+    lines = [
+        f"- {describe(e)} of `{e['from']}`: `{e['path']}` ({e['how']}, {e['seconds']:.1f} s)"
+        for e in record.exports.values()
+    ]
+    return "\nMade for the engine, which does not read the Paddle checkpoint:\n\n" + "\n".join(lines) + "\n"
 
 
 def _smoke(record: PipelineRecord) -> str:

@@ -7,11 +7,14 @@ stage that fails raises `StageFailed` with the diagnosis a person needs to fix i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ernie_ops.errors import Terminated, UserError
+from ernie_ops.errors import UserError
+from ernie_ops.serve.detached import ephemeral_low as _ephemeral_low  # noqa: F401 (tests import it here)
+from ernie_ops.serve.detached import free_port_block
 
 if TYPE_CHECKING:
     from ernie_ops.pipeline.runner import Pipeline
@@ -89,16 +92,26 @@ def train(p: Pipeline) -> str:
 
 
 def export(p: Pipeline) -> str:
+    """The run's verified Paddle checkpoint, then the layout the serve profile's engine reads
+    (transformers for vLLM, a GGUF file for llama.cpp), made into the run and recorded in run.json
+    as `ernie-ops export --format hf | gguf` makes it."""
+    from ernie_ops.serve.exports import describe
     from ernie_ops.train.export import ExportFailed, export_and_verify
 
+    run_dir = p.record.out("train", "run_dir")
     try:
-        result = export_and_verify(p.record.out("train", "run_dir"), forward=False)
+        result = export_and_verify(run_dir, forward=False)
     except (ExportFailed, UserError) as err:
         raise StageFailed(f"export failed: {err}") from None
     p.outputs.update(path=str(result.path), merged=result.merged)
     if not result.report.ok:
         raise StageFailed(_failed_checks(result.report))
-    return f"{'merged LoRA into' if result.merged else 'full checkpoint'} {result.path}"
+    summary = f"{'merged LoRA into' if result.merged else 'full checkpoint'} {result.path}"
+    prepared, engine = _prepared(p, str(result.path), source=run_dir)
+    if prepared.export is None:
+        return summary
+    p.outputs["served"] = {**prepared.export, "engine": engine}
+    return f"{summary}; {describe(prepared.export)} for {engine}: {prepared.export['path']}"
 
 
 def verify(p: Pipeline) -> str:
@@ -121,80 +134,64 @@ def _failed_checks(report: Any) -> str:
 
 def serve(p: Pipeline) -> str:
     """The tuned checkpoint served detached on a free port, through the same library call as
-    `ernie-ops serve --detach`. The base model is served later, by `eval`, after this server stops: two
-    servers of a large model rarely fit one GPU, and the comparison needs the same serving settings
-    for both, not both at once."""
-    endpoint = start_server(p, "tuned", p.record.out("export", "path"))
-    return f"tuned at {endpoint['url']}"
+    `ernie-ops serve --detach`, in the layout the export stage made for the engine. The base model
+    is served later, by `eval`, after this server stops: two servers of a large model rarely fit one
+    GPU, and the comparison needs the same serving settings for both, not both at once."""
+    endpoint = start_server(
+        p, "tuned", p.record.out("export", "path"), source=p.record.out("train", "run_dir")
+    )
+    p.outputs.update(engine=endpoint["engine"], served=endpoint["checkpoint"])
+    return f"tuned on {endpoint['engine']} at {endpoint['url']}"
 
 
-def start_server(p: Pipeline, role: str, model: str) -> dict[str, Any]:
-    """Serve `model` detached (in this process: `ernie_ops.serve.start`), its output in
-    logs/serve-ROLE.log; the endpoint is recorded before the start, so a failed start is stoppable."""
-    import contextlib
+def start_server(p: Pipeline, role: str, model: str, source: str | None = None) -> dict[str, Any]:
+    """Serve `model` detached (in this process), its output in logs/serve-ROLE.log; the export its
+    engine needs is made first from `source` (default: `model`), or reused. The endpoint is recorded
+    before the start, so a failed start is stoppable."""
+    from ernie_ops.serve.backends import get
+    from ernie_ops.serve.detached import NotStarted, start_detached
 
-    import ernie_ops.serve as serving
-    from ernie_ops.serve.backends import choose
-
-    backend, _ = choose(p.spec.engine)
-    port = free_port_block(backend.port_block)  # FastDeploy's side ports follow it
+    prepared, engine = _prepared(p, model, source)
+    port = free_port_block(get(engine).port_block)  # FastDeploy's side ports follow it
     name = f"{p.spec.name}-{role}"
-    sets = [f"model={model}"] if p.spec.serve_profile else []
-    sets += [*p.spec.serve_set, f"port={port}", f"served_model_name={name}"]
+    changes: dict[str, Any] = {"port": port, "served_model_name": name}
     if p.spec.startup_timeout:
-        sets.append(f"startup_timeout={p.spec.startup_timeout}")
+        changes["startup_timeout"] = p.spec.startup_timeout
+    profile = dataclasses.replace(prepared.profile, **changes)
     log = p.record.path / "logs" / f"serve-{role}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    p.say(f"starting the {role} server on port {port} (log: {log})")
+    p.say(f"starting the {role} server ({engine}) on port {port} (log: {log})")
     endpoint = {
         "url": f"http://127.0.0.1:{port}",
         "port": port,
         "model": name,
-        "checkpoint": str(model),
+        "engine": engine,
+        "checkpoint": str(profile.model),
         "log": str(log),
     }
     p.record.endpoints[role] = endpoint
     p.record.save()
-    with open(log, "w", encoding="utf-8") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        try:
-            profile = serving.load(p.spec.serve_profile or str(model), sets)
-            code = serving.start(profile, detach=True, backend=p.spec.engine)
-        except UserError as err:  # what pre-flight refused, worded as the CLI words it
-            print(f"error: {err}")
-            code = 2
-    if code == 130:  # Ctrl-C while it started: the supervisor stopped the server; so does the pipeline
-        raise KeyboardInterrupt
-    if code > 128:
-        raise Terminated(code - 128)
-    if code != 0:
-        tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-20:])
-        raise StageFailed(f"the {role} server did not start (exit {code}):\n{tail}")
+    try:
+        start_detached(profile, log, backend=p.spec.engine)
+    except NotStarted as err:
+        raise StageFailed(f"{role}: {err}") from None
     return endpoint
 
 
-def free_port_block(size: int = 4) -> int:
-    """A port whose next `size - 1` neighbours are free too, probed as the server binds them (every
-    interface, SO_REUSEADDR: a port an earlier server left in TIME_WAIT is free). Searched below the
-    ephemeral range, where a busy client's own TIME_WAIT connections never sit."""
-    import random
+def _prepared(p: Pipeline, model: str, source: str | None = None) -> tuple[Any, str]:
+    """The serve profile for `model` (the pipeline's profile and settings) with the export its
+    engine reads made from `source` (`ernie_ops.serve.exports`), and that engine's name."""
+    import ernie_ops.serve as serving
+    from ernie_ops.serve.backends import choose
+    from ernie_ops.serve.exports import prepare
+    from ernie_ops.train.export import ExportFailed
 
-    from ernie_ops.serve.preflight import port_free
-
-    low = _ephemeral_low()
-    for _ in range(200):
-        port = random.randrange(10000, low - size)
-        if all(port_free("0.0.0.0", port + i) for i in range(size)):
-            return port
-    raise StageFailed(f"no block of {size} free port(s) found between 10000 and {low}")
-
-
-def _ephemeral_low() -> int:
-    """The first port the kernel hands to outgoing connections (Linux; 32768 elsewhere)."""
+    sets = [f"model={model}"] if p.spec.serve_profile else []
+    profile = serving.load(p.spec.serve_profile or str(model), [*sets, *p.spec.serve_set])
+    engine = choose(p.spec.engine or profile.engine)[0].name  # what `start` will pick
     try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-    return low if low > 10100 else 32768
+        return prepare(profile, p.record, p.say, engine=engine, source=source), engine
+    except ExportFailed as err:
+        raise StageFailed(f"the export {engine} serves could not be made: {err}") from None
 
 
 def stop_servers(p: Pipeline) -> list[str]:
@@ -274,7 +271,7 @@ def evaluate(p: Pipeline) -> str:
         if role == "base":  # one server at a time (see `serve`)
             for server in stop_servers(p):
                 p.say(f"stopped the {server} server")
-            start_server(p, "base", p.record.out("train", "base_model"))
+            start_server(p, "base", p.record.out("train", "base_model"))  # its export made if needed
         p.say(f"evaluating the {role} model on {suite.name} ({len(suite.items)} items)")
         report = asyncio.run(
             run_eval(

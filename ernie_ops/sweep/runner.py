@@ -11,7 +11,6 @@ partial report and exits 130.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -22,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ernie_ops.errors import Terminated, UserError
+from ernie_ops.errors import UserError
 from ernie_ops.sweep.record import (
     FAILED,
     INTERRUPTED,
@@ -218,22 +217,22 @@ class VariantRun:
     # the steps ---------------------------------------------------------------------------------
 
     def _prepare(self) -> str:
-        from ernie_ops.sweep.prepare import prepare
+        from ernie_ops.serve.exports import prepare
         from ernie_ops.train.export import ExportFailed
 
         try:
-            self.profile, summary = prepare(self.sweep.record, self.profile, self.sweep.say)
+            prepared = prepare(self.profile, self.sweep.record, self.sweep.say)
         except ExportFailed as err:
             raise StepFailed(f"export failed: {err}") from None
+        self.profile = prepared.profile
         self.outputs["model"] = self.profile.model
-        return summary
+        return prepared.summary
 
     def _serve(self) -> str:
-        """Detached on a free port through `ernie_ops.serve.start`, as the pipeline serves; the
-        endpoint is recorded before the start so a failed start is stopped too."""
-        import ernie_ops.serve as serving
-        from ernie_ops.pipeline.stages import free_port_block
+        """Detached on a free port, as the pipeline serves (`ernie_ops.serve.detached`); the endpoint
+        is recorded before the start so a failed start is stopped too."""
         from ernie_ops.serve.backends import choose
+        from ernie_ops.serve.detached import NotStarted, free_port_block, start_detached
 
         backend, _ = choose(self.profile.engine)
         port = free_port_block(backend.port_block)
@@ -251,22 +250,10 @@ class VariantRun:
         }
         self.sweep.record.save()
         self.sweep.say(f"  {self.name}: starting the server on port {port} (log: {log_path})")
-        with (
-            open(log_path, "w", encoding="utf-8") as f,
-            contextlib.redirect_stdout(f),
-            contextlib.redirect_stderr(f),
-        ):
-            try:
-                code = serving.start(profile, detach=True)
-            except UserError as err:  # what pre-flight refused, worded as the CLI words it
-                print(f"error: {err}")
-                code = 2
-        if code == 130:
-            raise KeyboardInterrupt
-        if code > 128:
-            raise Terminated(code - 128)
-        if code != 0:
-            raise StepFailed(start_failure(log_path, code))
+        try:
+            start_detached(profile, log_path)
+        except NotStarted as err:
+            raise StepFailed(str(err)) from None
         self.outputs.update(self.record.endpoint, engine=profile.engine)
         return f"{profile.engine} at {self.record.endpoint['url']}"
 
@@ -337,24 +324,6 @@ class VariantRun:
             return None
         stopped = [s for s in serving.stop(port=port) if s.stopped]
         return f"stopped the server on port {port}" if stopped else "no server was running"
-
-
-def start_failure(log_path: Path, code: int) -> str:
-    """Why a server did not start, from what `serve.start` printed: the supervisor's or pre-flight's
-    `error:` line, the server's own last error, and where its full logs are."""
-    from ernie_ops.supervise import last_exception, read_tail
-
-    lines = read_tail(log_path)
-    picked = [line.strip() for line in lines if line.startswith("error:")][:1]
-    cause = last_exception(lines) or next(
-        (line.strip() for line in reversed(lines) if "error" in line.lower() and line.strip() not in picked),
-        None,
-    )
-    picked += [cause] if cause else []
-    picked += [line.strip() for line in lines if line.startswith(("full logs:", "  hint:"))]
-    if not picked:
-        picked = [line.rstrip() for line in lines[-8:]]
-    return f"the server did not start (exit {code}):\n" + "\n".join(picked) + f"\n(everything: {log_path})"
 
 
 def _now() -> str:
