@@ -233,9 +233,10 @@ class DenseForward:
         for i, w in enumerate(self.layers):
             qkv = w.qkv(self._norm(x, w.ln1))
             qkv = qkv.reshape(rows, steps, heads + 2 * kv, dim)
-            q = self._rope(qkv[:, :, :heads], cos, sin)
+            qk = self._rope(qkv[:, :, : heads + kv], cos, sin)  # queries and keys in one pass
+            q = qk[:, :, :heads]
             keys, values = cache[2 * i], cache[2 * i + 1]
-            keys[:, :, at:end] = self._rope(qkv[:, :, heads : heads + kv], cos, sin).transpose(0, 2, 1, 3)
+            keys[:, :, at:end] = qk[:, :, heads:].transpose(0, 2, 1, 3)
             values[:, :, at:end] = qkv[:, :, heads + kv :].transpose(0, 2, 1, 3)
             out = self._attend(q, keys[:, :, :end], values[:, :, :end], bias)
             x = x + w.o(out)
