@@ -6,7 +6,9 @@ data, and runs `ernie-ops pipeline` on it: check, lint, LoRA training with the r
 export (merge), verify, the embedded server for the tuned and the base model, smoke test, a short
 load test, evaluation of both on the held-out numbers, comparison, report. Then a quantization
 step: `ernie-ops sweep` serves the tuned model as fp32, wint8 and wint4 (FastDeploy's weight-only
-schemes, emulated by the embedded engine) and the report gains their trade-off table. Everything
+schemes, emulated by the embedded engine) and, when llama-cpp-python is installed (the `llamacpp`
+extra), as q8_0 and q4_0 GGUF files on llama.cpp; the report gains their trade-off table (and says
+how to install llama.cpp when its variants were left out). Everything
 lands in one directory, `runs/demo-<time>/`: `inputs/` (model, task data, recipe, sweep.yaml),
 `pipeline.yaml` (rerun it with `ernie-ops pipeline`), the training run, `quantization/` (the sweep)
 and `report.md` / `report.html`.
@@ -64,12 +66,27 @@ def prepare_demo(directory: Path, seed: int = 0, echo: Callable[[str], None] = p
 # the embedded engine's weight formats: float32 (its "bf16", the profile default), FastDeploy's
 # weight-only int8 and int4 applied at load
 QUANTIZATIONS = {"fp32": "bf16", "wint8": "wint8", "wint4": "wint4"}
+# GGUF files served by llama.cpp on the CPU (the optional `llamacpp` extra), when it is installed
+LLAMACPP_QUANTIZATIONS = ("q8_0", "q4_0")
+LLAMACPP_INSTALL = 'pip install -e ".[llamacpp]"'  # compiles llama.cpp: about 10-12 min on 2 cores
 
 
-def write_quantization_sweep(directory: Path, checkpoint: str, spec: PipelineSpec) -> Path:
-    """inputs/sweep.yaml: the tuned checkpoint in each weight format, on the pipeline's suite, with a
-    short closed-loop load like the pipeline's (rerun it with `ernie-ops sweep`)."""
+def llamacpp_unavailable() -> str | None:
+    """Why the llama.cpp variants cannot run here (the engine's own check), None when they can."""
+    from ernie_ops.serve.backends import get
+
+    return get("llamacpp").unavailable()
+
+
+def write_quantization_sweep(
+    directory: Path, checkpoint: str, spec: PipelineSpec, llamacpp: bool = False
+) -> Path:
+    """inputs/sweep.yaml: the tuned checkpoint in each weight format (with `llamacpp`, also as q8_0
+    and q4_0 GGUF files on llama.cpp), on the pipeline's suite, with a short closed-loop load like the
+    pipeline's (rerun it with `ernie-ops sweep`)."""
     variants = [{"name": name, "engine": "paddle", "quantization": q} for name, q in QUANTIZATIONS.items()]
+    if llamacpp:  # the sweep exports each GGUF once, into quantization/exports/
+        variants += [{"name": q, "engine": "llamacpp", "quantization": q} for q in LLAMACPP_QUANTIZATIONS]
     sweep = {
         "name": "demo-quantization",
         "checkpoint": checkpoint,
@@ -96,9 +113,10 @@ def write_quantization_sweep(directory: Path, checkpoint: str, spec: PipelineSpe
 
 
 def quantization_step(pipeline: Pipeline, echo: Callable[[str], None] = print) -> int | None:
-    """The tuned export served as fp32, wint8 and wint4 by `ernie-ops sweep` into quantization/,
-    then the pipeline report written again with their trade-off table; the sweep's exit status
-    (None when the pipeline has no verified export to serve)."""
+    """The tuned export served as fp32, wint8 and wint4 (and as q8_0 and q4_0 on llama.cpp when it is
+    installed; the report says how to install it when it is not) by `ernie-ops sweep` into
+    quantization/, then the pipeline report written again with their trade-off table; the sweep's
+    exit status (None when the pipeline has no verified export to serve)."""
     from ernie_ops.pipeline.report import write_pipeline_report
     from ernie_ops.sweep.runner import Sweep
     from ernie_ops.sweep.spec import load_sweep
@@ -107,11 +125,23 @@ def quantization_step(pipeline: Pipeline, echo: Callable[[str], None] = print) -
     if not checkpoint or pipeline.record.stages["verify"].status != "passed":
         return None
     directory = pipeline.record.path
-    echo("[demo] quantization: the tuned model served as fp32, wint8 and wint4 (ernie-ops sweep)")
-    sweep_spec, profiles = load_sweep(write_quantization_sweep(directory, str(checkpoint), pipeline.spec))
+    why = llamacpp_unavailable()
+    names = [*QUANTIZATIONS, *(() if why else LLAMACPP_QUANTIZATIONS)]
+    echo(f"[demo] quantization: the tuned model served as {listed(names)} (ernie-ops sweep)")
+    if why:
+        echo(f"[demo] llama.cpp's {listed(LLAMACPP_QUANTIZATIONS)} left out: {why}; {LLAMACPP_INSTALL}")
+    pipeline.record.demo = {"llamacpp_left_out": why} if why else {}
+    pipeline.record.save()
+    written = write_quantization_sweep(directory, str(checkpoint), pipeline.spec, llamacpp=why is None)
+    sweep_spec, profiles = load_sweep(written)
     code = Sweep.create(sweep_spec, profiles, directory=directory / "quantization").run()
     write_pipeline_report(pipeline.record)
     return code
+
+
+def listed(names: list[str] | tuple[str, ...]) -> str:
+    """'a, b and c'."""
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
 
 
 def run_demo(runs_dir: Path = Path("runs"), seed: int = 0, until: str | None = None) -> int:

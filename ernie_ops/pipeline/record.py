@@ -69,6 +69,7 @@ class PipelineRecord:
     endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> the server started for it
     # "gguf:q4_0:<source>" -> the export made for the serving engine (ernie_ops.serve.exports)
     exports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    demo: dict[str, Any] = field(default_factory=dict)  # `ernie-ops demo`'s notes: what it left out, why
     stages: dict[str, StageRecord] = field(default_factory=lambda: {s: StageRecord() for s in STAGES})
 
     @property

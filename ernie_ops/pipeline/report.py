@@ -2,10 +2,11 @@
 
 Sections: the verdict and why, every stage (status, time, summary or diagnosis), lineage (recipe,
 data fingerprints, versions, checkpoint), training (curve), serving (endpoints and their engine, the
-GGUF / transformers-layout exports made for it, command, memory plan as the server printed them), the smoke checklist, the load benchmark, and the evaluation of the
-tuned model against the base with paired-bootstrap intervals; after `ernie-ops demo`, the trade-off
-table of its quantization sweep. A stage that did not run leaves its
-section saying so: a partial report after a failure shows exactly how far the pipeline got.
+GGUF / transformers-layout exports made for it, command, memory plan as the server printed them),
+the smoke checklist, the load benchmark, and the evaluation of the tuned model against the base
+with paired-bootstrap intervals; after `ernie-ops demo`, the trade-off table of its quantization
+sweep (and what it left out). A stage that did not run leaves its section saying so: a partial
+report after a failure shows exactly how far the pipeline got.
 """
 
 from __future__ import annotations
@@ -221,13 +222,29 @@ def _quantization(record: PipelineRecord) -> str:
     chart = record.path / QUANTIZATION / "pareto.png"
     text = markdown(report, f"{QUANTIZATION}/pareto.png" if chart.is_file() else None)
     lines = [("#" + line if line.startswith("## ") else line) for line in text.splitlines()[1:]]
+    from ernie_ops.pipeline.demo import LLAMACPP_INSTALL, LLAMACPP_QUANTIZATIONS, listed
+
+    rows = report["variants"]
+    gguf = [r["variant"] for r in rows if r.get("engine") == "llamacpp"]
     head = (
-        "## Quantization: the tuned model as fp32, wint8 and wint4\n\n"
+        f"## Quantization: the tuned model as {listed([r['variant'] for r in rows])}\n\n"
         f"Served one at a time by `ernie-ops sweep` ({QUANTIZATION}/report.html); wint8 / wint4 are "
         "FastDeploy's weight-only schemes, emulated at load by the embedded engine, so they show the "
-        "quality a quantized deployment keeps, not its speed or memory on a GPU.\n"
+        "quality a quantized deployment keeps, not its speed or memory on a GPU."
     )
-    return head + "\n".join(lines)
+    if gguf:
+        head += (
+            f" {listed(gguf)} are GGUF files served by llama.cpp (engine: llamacpp): real CPU "
+            "quantization, so their quality, speed and memory are what a CPU deployment gets."
+        )
+    left_out = record.demo.get("llamacpp_left_out")
+    if left_out:
+        head += (
+            f"\n\nllama.cpp's {listed(LLAMACPP_QUANTIZATIONS)} variants were left out: {left_out}. "
+            f"To add them, install it with `{LLAMACPP_INSTALL}` (it compiles llama.cpp: about 10-12 "
+            "minutes on 2 cores) and run `ernie-ops demo` again."
+        )
+    return head + "\n" + "\n".join(lines)
 
 
 def _groups(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
