@@ -17,7 +17,9 @@ class PipelineCommand(Subcommand):
         f"Run every stage ({STAGE_LIST}) and write report.md / report.html with the verdict: SHIP when "
         "the smoke test passed, no metric fell more than max_drop below the base model, and the tuned "
         "model scores above it. A failed stage stops the pipeline with its diagnosis; --resume continues "
-        "from there without redoing what passed. The spec format: `python -m pydoc "
+        "from there without redoing what passed. The export stage also makes what the serving engine "
+        "reads: the transformers layout for vLLM, a GGUF file of the profile's quantization for llama.cpp "
+        "(engine: llamacpp runs on CPU). The spec format: `python -m pydoc "
         "ernie_ops.pipeline.spec`. Exit 0 SHIP, 1 a stage failed or the verdict is DO NOT SHIP, 2 bad input."
     )
     examples = (
@@ -107,7 +109,10 @@ class Demo(Subcommand):
         "learn in a minute (parity of unseen numbers), fine-tunes it with LoRA through the real "
         "ERNIEKit, exports and verifies the checkpoint, serves the tuned and the base model on the "
         "embedded CPU backend, smoke-tests and load-tests the endpoint, evaluates both on held-out "
-        "numbers and writes runs/demo-<time>/report.html with the verdict. A few minutes on 2 cores. "
+        "numbers and writes runs/demo-<time>/report.html with the verdict. Then it sweeps the tuned "
+        "model's weight formats into quantization/: fp32, wint8 and wint4 on the embedded engine, and "
+        "q8_0 and q4_0 GGUF files on llama.cpp when the `llamacpp` extra is installed (the report says "
+        'how to install it otherwise: pip install -e ".[llamacpp]"). A few minutes on 2 cores. '
         "Exit 0 when the verdict is SHIP."
     )
     examples = ("ernie-ops demo", "ernie-ops demo --seed 3 --runs-dir /tmp/runs")

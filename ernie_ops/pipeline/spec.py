@@ -5,8 +5,8 @@
     overrides: [train_dataset_path=data/train.jsonl, eval_dataset_path=data/eval.jsonl]
     serve_profile: recipes/serve/ERNIE-4.5-21B-A3B_wint4_1x80G.yaml   # optional
     serve_set: [max_model_len=8192]     # profile overrides (`model` and the port are the pipeline's)
-    engine: null                        # fastdeploy | vllm | paddle | null: FastDeploy where it can run
-                                        # (`backend:`, its old name, is still read, with a warning)
+    engine: null                        # fastdeploy | vllm | paddle | llamacpp | null: FastDeploy where
+                                        # it can run (`backend:`, its old name, is still read, with a warning)
     smoke_expect: [thinking]            # optional; default: what the catalog says of the base model
     eval_suite: data/eval_suite.jsonl
     eval_judge: exact                   # judge of items without their own
@@ -20,6 +20,15 @@
     bench_num_prompts: 32
     bench_output_len: 64
     bench_ignore_eos: false             # true: every request generates bench_output_len tokens
+
+The engine decides what the export stage makes besides the verified Paddle checkpoint: vLLM reads the
+transformers layout (`ernie-ops export RUN --format hf`), llama.cpp one GGUF file of the profile's
+`quantization` (f32 | f16 | q8_0 | q4_0; f16 when the profile keeps its default). It is made into the
+training run and recorded in its run.json, as `ernie-ops export` makes it; the base model's, for the
+comparison, goes into the pipeline's `exports/`. On a CPU machine, llama.cpp (the `llamacpp` extra):
+
+    engine: llamacpp
+    serve_set: [quantization=q4_0]
 
 Relative paths resolve against the current directory, as ERNIEKit resolves a recipe's. The verdict
 is SHIP when the smoke test passed, no metric fell more than `max_drop` below the base, and the
