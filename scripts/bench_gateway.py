@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ import aiohttp
 import numpy as np
 import orjson
 
+from ernie_ops import eventloop
 from ernie_ops.benchmark import bench_parser, print_table, write_report
 
 TARGET_P99_ADDED_MS = 2.0
@@ -55,8 +57,9 @@ NICE = 0  # --nice: the priority of every process of the benchmark (children inh
 class Child:
     """A child process that prints its URL on its first line of output; pinned to CORE if given."""
 
-    def __init__(self, cmd: list[str], marker: str, core: int | None):
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    def __init__(self, cmd: list[str], marker: str, core: int | None, env: dict[str, str] | None = None):
+        environ = {**os.environ, **(env or {})}
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=environ)
         if core is not None:
             os.sched_setaffinity(self.proc.pid, {core})
         if NICE:
@@ -65,7 +68,7 @@ class Child:
         line = self.proc.stdout.readline()
         if marker not in line:
             self.proc.kill()
-            raise RuntimeError(f"{cmd[2]} did not start: {line!r}")
+            raise RuntimeError(f"{cmd[2][:40]} did not start: {line!r}")
         self.url = next(w for w in line.replace(":", " : ", 0).split() if w.startswith("http")).rstrip(":,")
 
     def cpu_seconds(self) -> float:
@@ -86,11 +89,46 @@ def null_server(delay_ms: float, core: int | None) -> Child:
     return Child(cmd, "listening on", core)
 
 
-def gateway(stable: str, workdir: Path, core: int | None) -> Child:
+# `ernie-ops gateway run` with the event loop of ERNIE_OPS_EVENT_LOOP (eventloop.py) whether or not the
+# CLI itself chooses it yet: asyncio.run() takes its loop from the policy set here
+GATEWAY_MAIN = (
+    "import asyncio, sys\n"
+    "from ernie_ops import eventloop\n"
+    "if eventloop.chosen() == 'uvloop':\n"
+    "    import uvloop\n"
+    "    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())\n"
+    "from ernie_ops.cli.main import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A gateway to measure: its event loop (auto: uvloop when installed) and whether it is pinned
+    to --gateway-core."""
+
+    loop: str
+    pinned: bool
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        loop, _, pin = text.strip().partition("+")
+        if loop not in eventloop.CHOICES or pin not in ("", "pin"):
+            raise SystemExit(
+                f"--variants: {text!r} is not LOOP[+pin] with LOOP one of {', '.join(eventloop.CHOICES)}"
+            )
+        eventloop.chosen(loop)  # uvloop asked for and not installed: say so now
+        return cls(loop, pin == "pin")
+
+    def __str__(self) -> str:
+        return "gateway " + eventloop.chosen(self.loop) + (" pinned" if self.pinned else "")
+
+
+def gateway(stable: str, workdir: Path, core: int | None, loop: str = "auto") -> Child:
     cmd = [
         sys.executable,
-        "-m",
-        "ernie_ops.cli.main",
+        "-c",
+        GATEWAY_MAIN,
         "gateway",
         "run",
         "--stable",
@@ -102,7 +140,7 @@ def gateway(stable: str, workdir: Path, core: int | None) -> Child:
         "--log-dir",
         str(workdir / "requests"),
     ]
-    return Child(cmd, "gateway on", core)
+    return Child(cmd, "gateway on", core, {eventloop.ENV: loop})
 
 
 def payload(i: int, tokens: int) -> bytes:
@@ -142,18 +180,22 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-async def latency_part(direct: str, via: str, rate: float, n: int, tokens: int) -> dict[str, Any]:
+async def latency_part(paths: dict[str, str], rate: float, n: int, tokens: int) -> dict[str, Any]:
+    """`paths`: name -> URL, the first the direct one. Each slot of the schedule sends one request
+    down every path, in a random order, so the machine's load falls on all alike."""
     rng = random.Random(0)
+    names = list(paths)
     order = []
-    for _ in range(n // 2):
-        pair = ["direct", "gateway"]
-        rng.shuffle(pair)
-        order += pair
-    urls = {"direct": direct, "gateway": via}
+    for _ in range(n // len(names)):
+        slot = names[:]
+        rng.shuffle(slot)
+        order += slot
+    direct = paths[names[0]]
     connector = aiohttp.TCPConnector(limit=512, keepalive_timeout=30)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
-        # warm both paths (connections, the gateway's first requests)
-        await asyncio.gather(*(one(client, urls[p], -1 - k, tokens) for k, p in enumerate(order[:20])))
+        # warm every path (connections, the gateway's first requests)
+        warm = order[: 10 * len(names)]
+        await asyncio.gather(*(one(client, paths[p], -1 - k, tokens) for k, p in enumerate(warm)))
         async with client.get(direct + "/v1/null/timestamps?clear=1") as r:
             await r.read()
         start = time.perf_counter() + 0.05
@@ -165,12 +207,12 @@ async def latency_part(direct: str, via: str, rate: float, n: int, tokens: int) 
             if wait > 0:
                 await asyncio.sleep(wait)
             late.append(max(0.0, -wait))
-            tasks.append(asyncio.ensure_future(one(client, urls[path], i, tokens)))
+            tasks.append(asyncio.ensure_future(one(client, paths[path], i, tokens)))
         replies = await asyncio.gather(*tasks)
         async with client.get(direct + "/v1/null/timestamps?clear=1") as r:
             stamps = {row["user"]: row for row in orjson.loads(await r.read())["requests"]}
     rows: dict[str, dict[str, list[float]]] = {
-        p: {"outside": [], "first": [], "last": [], "e2e": []} for p in urls
+        p: {"outside": [], "first": [], "last": [], "e2e": []} for p in paths
     }
     failed = 0
     for reply, path in zip(replies, order, strict=True):
@@ -185,18 +227,22 @@ async def latency_part(direct: str, via: str, rate: float, n: int, tokens: int) 
         r["first"].append((reply["first"] - server["first_ns"]) / 1e6)
         r["last"].append((reply["done"] - server["last_ns"]) / 1e6)
         r["e2e"].append(e2e / 1e6)
-    figures: dict[str, Any] = {"rate": rate, "requests": n, "failed": failed, "tokens": tokens}
+    figures: dict[str, Any] = {"rate": rate, "requests": len(order), "failed": failed, "tokens": tokens}
     figures["send_late_ms_p99"] = round(pct(late, 99) * 1000, 3)
-    for what in ("outside", "first", "last", "e2e"):
-        d, g = rows["direct"][what], rows["gateway"][what]
-        figures[what] = {
-            "direct_p50": pct(d, 50),
-            "direct_p99": pct(d, 99),
-            "gateway_p50": pct(g, 50),
-            "gateway_p99": pct(g, 99),
-            "added_p50": pct(g, 50) - pct(d, 50),
-            "added_p99": pct(g, 99) - pct(d, 99),
-        }
+    figures["paths"] = {}
+    for name in names[1:]:
+        per: dict[str, Any] = {}
+        for what in ("outside", "first", "last", "e2e"):
+            d, g = rows[names[0]][what], rows[name][what]
+            per[what] = {
+                "direct_p50": pct(d, 50),
+                "direct_p99": pct(d, 99),
+                "gateway_p50": pct(g, 50),
+                "gateway_p99": pct(g, 99),
+                "added_p50": pct(g, 50) - pct(d, 50),
+                "added_p99": pct(g, 99) - pct(d, 99),
+            }
+        figures["paths"][name] = per
     return figures
 
 
@@ -227,29 +273,33 @@ async def closed_loop(url: str, concurrency: int, seconds: float, tokens: int) -
 
 
 def rate_part(
-    null: Child, gw: Child, concurrency: int, seconds: float, tokens: int, repeat: int
+    null: Child, gateways: dict[str, Child], concurrency: int, seconds: float, tokens: int, repeat: int
 ) -> dict[str, Any]:
-    runs: dict[str, list[dict[str, float]]] = {"direct": [], "gateway": []}
+    """Direct, then each gateway, `repeat` times in turn (the order reversed every other time)."""
+    paths = {"direct": (null.url, None)} | {name: (gw.url, gw) for name, gw in gateways.items()}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in paths}
     me = Path("/proc/self/stat")
-    for _ in range(repeat):
-        for path, url in (("direct", null.url), ("gateway", gw.url)):
-            gw0, null0 = gw.cpu_seconds(), null.cpu_seconds()
+    for k in range(repeat):
+        for name in list(paths) if k % 2 == 0 else list(paths)[::-1]:
+            url, gw = paths[name]
+            gw0, null0 = (gw.cpu_seconds() if gw else 0.0), null.cpu_seconds()
             me0 = _cpu(me)
             done, failed, wall = asyncio.run(closed_loop(url, concurrency, seconds, tokens))
-            gw_cpu, null_cpu, me_cpu = gw.cpu_seconds() - gw0, null.cpu_seconds() - null0, _cpu(me) - me0
-            runs[path].append(
+            gw_cpu = (gw.cpu_seconds() - gw0) if gw else 0.0
+            null_cpu, me_cpu = null.cpu_seconds() - null0, _cpu(me) - me0
+            runs[name].append(
                 {
                     "rps": done / wall,
                     "failed": failed,
                     "gateway_cpu": gw_cpu / wall,
                     "null_cpu": null_cpu / wall,
                     "client_cpu": me_cpu / wall,
-                    "per_gateway_cpu_s": done / gw_cpu if path == "gateway" and gw_cpu > 0 else float("nan"),
+                    "per_gateway_cpu_s": done / gw_cpu if gw and gw_cpu > 0 else float("nan"),
                 }
             )
     return {
-        path: {key: statistics.median(r[key] for r in rs) for key in rs[0]} | {"runs": rs}
-        for path, rs in runs.items()
+        name: {key: statistics.median(r[key] for r in rs) for key in rs[0]} | {"runs": rs}
+        for name, rs in runs.items()
     }
 
 
@@ -267,7 +317,20 @@ def main() -> int:
     parser.add_argument("--delay-ms", type=float, default=1.0, help="part 1: before each chunk (default 1)")
     parser.add_argument("--concurrency", type=int, default=32, help="part 2 streams (default 32)")
     parser.add_argument("--seconds", type=float, default=8.0, help="part 2 run length (default 8)")
-    parser.add_argument("--gateway-core", type=int, default=0, help="core the gateway is pinned to")
+    parser.add_argument(
+        "--variants",
+        default="auto",
+        help="the gateways measured, comma-separated LOOP[+pin]: LOOP auto (uvloop when installed), uvloop "
+        "or asyncio; +pin pins it to --gateway-core; all are measured interleaved in one run, the targets "
+        "judged on the first (default auto: as `ernie-ops gateway run` runs); e.g. auto,asyncio+pin",
+    )
+    parser.add_argument("--gateway-core", type=int, default=0, help="core a +pin gateway is pinned to")
+    parser.add_argument(
+        "--pin-client",
+        action="store_true",
+        help="pin the client and the null servers to --client-core (default: unpinned, the kernel places "
+        "them; pinned, a process cannot move to the idle core while another holds its own)",
+    )
     parser.add_argument("--client-core", type=int, default=1, help="core of the client and null servers")
     parser.add_argument(
         "--nice",
@@ -283,9 +346,12 @@ def main() -> int:
         os.setpriority(os.PRIO_PROCESS, 0, NICE)
     if args.quick:
         args.requests, args.seconds, args.repeat = 1000, 3.0, 1
+    variants = [Variant.parse(v) for v in args.variants.split(",") if v.strip()]
     cores = sorted(os.sched_getaffinity(0))
     gw_core = args.gateway_core if args.gateway_core in cores else None
     client_core = args.client_core if args.client_core in cores and args.client_core != gw_core else None
+    if not args.pin_client:
+        client_core = None
     if client_core is not None:
         os.sched_setaffinity(0, {client_core})
     load_before = os.getloadavg()
@@ -294,24 +360,28 @@ def main() -> int:
         instant = null_server(0.0, client_core)
         children = [paced, instant]
         try:
-            gw_paced = gateway(paced.url, Path(tmp) / "paced", gw_core)
-            children.append(gw_paced)
-            gw_instant = gateway(instant.url, Path(tmp) / "instant", gw_core)
-            children.append(gw_instant)
+            in_front: dict[str, Child] = {}  # of the paced server, per variant
+            behind: dict[str, Child] = {}  # of the instant one
+            for k, v in enumerate(variants):
+                core = gw_core if v.pinned else None
+                in_front[str(v)] = gateway(paced.url, Path(tmp) / f"paced{k}", core, v.loop)
+                behind[str(v)] = gateway(instant.url, Path(tmp) / f"instant{k}", core, v.loop)
+                children += [in_front[str(v)], behind[str(v)]]
             print(
-                f"load average {load_before[0]:.2f}; gateway on core {gw_core}, client and null servers on "
-                f"core {client_core} (of {len(cores)}); nice {NICE}",
+                f"load average {load_before[0]:.2f}; {', '.join(map(str, variants))} (pinned: core "
+                f"{gw_core}); client and null servers on core {client_core} (of {len(cores)}); nice {NICE}",
                 flush=True,
             )
-            cpu0 = gw_paced.cpu_seconds()
-            latency = asyncio.run(
-                latency_part(paced.url, gw_paced.url, args.rate, args.requests, args.tokens)
-            )
+            cpu0 = {name: gw.cpu_seconds() for name, gw in in_front.items()}
+            paths = {"direct": paced.url} | {name: gw.url for name, gw in in_front.items()}
+            latency = asyncio.run(latency_part(paths, args.rate, args.requests, args.tokens))
             # the gateway's own CPU per request: what it adds when the machine gives it a core at once
-            latency["gateway_cpu_ms_per_request"] = (
-                (gw_paced.cpu_seconds() - cpu0) * 1000 / (args.requests // 2)
-            )
-            rate = rate_part(instant, gw_instant, args.concurrency, args.seconds, args.tokens, args.repeat)
+            per_path = latency["requests"] // len(paths)
+            for name, gw in in_front.items():
+                latency["paths"][name]["gateway_cpu_ms_per_request"] = (
+                    (gw.cpu_seconds() - cpu0[name]) * 1000 / per_path
+                )
+            rate = rate_part(instant, behind, args.concurrency, args.seconds, args.tokens, args.repeat)
         finally:
             for child in children:
                 child.stop()
@@ -320,36 +390,37 @@ def main() -> int:
     def ms(x: float) -> str:
         return f"{x:.3f}"
 
-    head = ["part 1 (ms)", "direct p50", "gateway p50", "added p50", "direct p99", "gateway p99"]
-    rows = [[*head, "added p99"]]
-    for what, label in (
-        ("outside", "per request (outside the server)"),
-        ("first", "first chunk delivery"),
-        ("last", "last chunk delivery"),
-        ("e2e", "end to end"),
-    ):
-        f = latency[what]
-        rows.append(
-            [
-                label,
-                ms(f["direct_p50"]),
-                ms(f["gateway_p50"]),
-                ms(f["added_p50"]),
-                ms(f["direct_p99"]),
-                ms(f["gateway_p99"]),
-                ms(f["added_p99"]),
-            ]
-        )
     print(
-        f"\npart 1: {args.requests} streamed requests ({args.tokens} chunks, {args.delay_ms:g} ms apart) at "
-        f"{args.rate:g}/s, direct and gateway interleaved; failed {latency['failed']}; "
-        f"client send lag p99 {latency['send_late_ms_p99']} ms; gateway CPU "
-        f"{latency['gateway_cpu_ms_per_request']:.3f} ms per request (its /proc times; 10 ms ticks)"
+        f"\npart 1: {latency['requests']} streamed requests ({args.tokens} chunks, {args.delay_ms:g} ms "
+        f"apart) at {args.rate:g}/s, direct and every gateway interleaved; failed {latency['failed']}; "
+        f"client send lag p99 {latency['send_late_ms_p99']} ms"
     )
+    head = ["part 1 (ms)", "direct p50", "gateway p50", "added p50", "direct p99", "gateway p99"]
+    rows = [[*head, "added p99", "gateway CPU ms/req"]]
+    for name, figures in latency["paths"].items():
+        for what, label in (
+            ("outside", "per request (outside the server)"),
+            ("first", "first chunk delivery"),
+            ("last", "last chunk delivery"),
+            ("e2e", "end to end"),
+        ):
+            f = figures[what]
+            rows.append(
+                [
+                    f"{name}: {label}",
+                    ms(f["direct_p50"]),
+                    ms(f["gateway_p50"]),
+                    ms(f["added_p50"]),
+                    ms(f["direct_p99"]),
+                    ms(f["gateway_p99"]),
+                    ms(f["added_p99"]),
+                    f"{figures['gateway_cpu_ms_per_request']:.3f}" if what == "outside" else "",
+                ]
+            )
     print_table(rows)
+    print("(gateway CPU from its /proc times: 10 ms ticks)")
     rows = [["part 2", "req/s", "failed", "gateway CPU", "client CPU", "null CPU", "req per gateway CPU-s"]]
-    for path in ("direct", "gateway"):
-        f = rate[path]
+    for path, f in rate.items():
         rows.append(
             [
                 path,
@@ -366,8 +437,9 @@ def main() -> int:
         f"median of {args.repeat} interleaved runs (CPU in cores)"
     )
     print_table(rows)
-    added_p99 = latency["outside"]["added_p99"]
-    per_core = rate["gateway"]["per_gateway_cpu_s"]
+    first = str(variants[0])
+    added_p99 = latency["paths"][first]["outside"]["added_p99"]
+    per_core = rate[first]["per_gateway_cpu_s"]
     verdict = {
         "p99_added_ms": added_p99,
         "p99_added_ok": added_p99 < TARGET_P99_ADDED_MS,
@@ -385,6 +457,7 @@ def main() -> int:
         args.out,
         settings={k: v for k, v in vars(args).items() if k != "out"},
         cores={"gateway": gw_core, "client_and_null": client_core, "available": cores},
+        variants=[str(v) for v in variants],
         load_average={"before": load_before, "after": load_after},
         latency=latency,
         rate=rate,

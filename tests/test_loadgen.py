@@ -796,7 +796,7 @@ def test_the_dispatchers_timer_never_wakes_early(monkeypatch, precise):
 
 def test_cli_rate_sweep_and_find_max_rate_end_to_end(tmp_path, capsys):
     sweep_argv = ["--rate-sweep", "3", "--num-prompts", "12", "--max-concurrency", "4", "--output-len", "2"]
-    find_argv = ["--find-max-rate", "--slo-e2e-ms", "5000", "--rate-min", "10", "--rate-max", "40"]
+    find_argv = ["--find-max-rate", "--slo-e2e-ms", "60000", "--rate-min", "10", "--rate-max", "40"]
     find_argv += ["--num-prompts", "16", "--output-len", "2"]
     with serve_in_thread() as server:
         sweep = main(["bench", server.url, *sweep_argv, "--out", str(tmp_path / "sweep"), "--json"])

@@ -3,7 +3,8 @@
 What it is for: measuring the load generator's own ceiling (`scripts/bench_loadgen.py`) and testing
 it without a model. It must cost far less per request than the generator, so it is a bare
 `asyncio.Protocol` speaking just enough HTTP/1.1 (Content-Length requests, keep-alive, chunked
-responses) with every streamed chunk pre-encoded; no framework, no JSON encoding per token.
+responses) with every streamed chunk pre-encoded; no framework, no JSON encoding per token; on uvloop
+when it is installed (ernie_ops/eventloop.py).
 
     python -m ernie_ops.validate.null_server --port 8190 [--delay-ms 20] [--fail-every 10]
     python -m ernie_ops.validate.null_server --slots 8 --service-ms 50     # capacity 160 req/s
@@ -44,6 +45,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from ernie_ops import eventloop
 
 MODEL = "null-model"
 TOKEN = "tok "
@@ -388,7 +391,7 @@ def serve_in_thread(
 ) -> Iterator[NullServer]:
     """Run a null server on a free loopback port in a daemon thread (tests, in-process benchmarks)."""
     server = NullServer(plan, model, capacity)
-    loop = asyncio.new_event_loop()
+    loop = eventloop.new_loop()
     ready = threading.Event()
 
     def run() -> None:
@@ -446,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=MODEL, help=f"the name /v1/models lists (default {MODEL})")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_main(args))
+        eventloop.run(_main(args))
     return 0
 
 
