@@ -93,11 +93,14 @@ def test_a_llamacpp_pipeline_serves_gguf_exports_end_to_end(tiny_dense, tmp_path
 
 
 def test_a_vllm_pipeline_on_cpu_fails_at_serve_for_want_of_a_gpu(tiny_dense, tmp_path, monkeypatch):
-    """engine: vllm: the transformers layout is exported into the run (so the refusal is not "vLLM
-    cannot read a Paddle checkpoint"), then serve fails with the reason it cannot run here."""
+    """A serve profile with engine: vllm: the transformers layout is exported into the run (so the
+    refusal is not "vLLM cannot read a Paddle checkpoint"), then serve fails with the reason it
+    cannot run here."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("ernie_ops.train.launch.detect_gpus", lambda: [])  # a CPU machine, as CI's
-    pipeline = _trained(tmp_path, tiny_dense, engine="vllm")
+    profile = tmp_path / "vllm.yaml"  # the engine comes from the serve profile, the model from the run
+    profile.write_text("model: baidu/ERNIE-4.5-0.3B-PT\nengine: vllm\nmax_model_len: 1024\n")
+    pipeline = _trained(tmp_path, tiny_dense, serve_profile=str(profile))
     assert pipeline.run() == 1
     record = pipeline.record
     assert record.stages["export"].status == PASSED and record.stages["serve"].status == "failed"

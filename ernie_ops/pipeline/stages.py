@@ -140,7 +140,7 @@ def serve(p: Pipeline) -> str:
     endpoint = start_server(
         p, "tuned", p.record.out("export", "path"), source=p.record.out("train", "run_dir")
     )
-    p.outputs.update(engine=endpoint["engine"], served=endpoint["checkpoint"])
+    p.outputs.update(engine=endpoint["engine"], checkpoint=endpoint["checkpoint"])
     return f"tuned on {endpoint['engine']} at {endpoint['url']}"
 
 
