@@ -5,8 +5,11 @@ gives each row what it gets alone."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +147,23 @@ def test_a_checkpoint_without_safetensors_is_refused(tiny_dense, tmp_path):
     (tmp_path / "config.json").write_text((tiny_dense / "config.json").read_text())
     with pytest.raises(UserError, match=r"model\.safetensors"):
         FileWeights(tmp_path)
+
+
+def test_paddles_matmul_gets_as_many_threads_as_numpys_blas(tiny_dense):
+    # Paddle's import sets OMP_NUM_THREADS=1 when it is unset, so its MKL would run one thread
+    # while numpy's BLAS runs every CPU; imported first here, as a server or test may do
+    script = f"""
+import ctypes, glob, os
+import paddle
+from ernie_ops.serve.engine import Engine
+Engine.load({str(tiny_dense)!r})
+mkl = ctypes.CDLL(glob.glob(os.path.join(os.path.dirname(paddle.__file__), "libs", "libmklml_intel.so"))[0])
+print(mkl.MKL_Get_Max_Threads(), len(os.sched_getaffinity(0)))
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    mkl, cpus = done.stdout.split()[-2:]
+    assert int(mkl) == int(cpus)

@@ -25,8 +25,10 @@ tests hold this forward to it within float tolerance.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,15 +61,34 @@ def load_checkpoint(path: Path) -> tuple[Any, Any, dict[str, Any]]:
             hint="ERNIEKit's MoE dispatch kernel (moe_gate_dispatch) is GPU-only in Paddle; "
             "serve MoE models with FastDeploy on a GPU",
         )
+    threads = blas_threads()
     with optional_imports("cpu", "the embedded CPU server"):
         import paddle
         from ernie.configuration import Ernie4_5_MoeConfig
         from ernie.tokenizer import Ernie4_5_Tokenizer
 
     paddle.set_device("cpu")
+    paddle.base.core.set_num_threads(threads)  # MKL's matmul threads: as many as numpy's BLAS has
     config = Ernie4_5_MoeConfig.from_pretrained(str(path))
     tokenizer = Ernie4_5_Tokenizer.from_pretrained(str(path))
     return config, tokenizer, _generation_config(path)
+
+
+def blas_threads() -> int:
+    """The threads numpy's BLAS runs, asked of its OpenBLAS (the environment cannot tell: Paddle's
+    import sets OMP_NUM_THREADS=1 when it is unset, after numpy's BLAS started with every CPU); every
+    CPU this process may run on when numpy's BLAS is not an OpenBLAS it can find."""
+    try:
+        maps = Path("/proc/self/maps").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        maps = []
+    loaded = {line.split()[-1] for line in maps if "/numpy" in line and "openblas" in line.rsplit("/", 1)[-1]}
+    for path in sorted(loaded):
+        lib = ctypes.CDLL(path)  # already loaded: the same handle
+        for symbol in ("openblas_get_num_threads64_", "openblas_get_num_threads"):
+            if hasattr(lib, symbol):
+                return int(getattr(lib, symbol)())
+    return len(os.sched_getaffinity(0))
 
 
 def load_reference(path: Path) -> Any:
