@@ -17,6 +17,7 @@ import numpy as np
 
 from ernie_ops.errors import UserError
 from ernie_ops.train.hf_format import Source, _real_dtype
+from ernie_ops.train.verify import HeaderError
 
 TRANSPOSE_ROWS = 8192  # rows read at a time when a table is transposed on the way in (32 MB at 1024 wide)
 
@@ -55,7 +56,12 @@ class FileWeights:
 
     def read(self, name: str) -> np.ndarray:
         tensor = self._tensor(name)
-        raw = self._source.read(name).view(_real_dtype(tensor.dtype))
+        try:
+            raw = self._source.read(name).view(_real_dtype(tensor.dtype))
+        except (OSError, HeaderError) as err:
+            raise UserError(
+                f"{self.path}: cannot read {name}: {err}", hint="the file is damaged: copy it again"
+            ) from None
         self._source._cached = None  # nothing is read twice here: do not keep the last tensor alive
         return raw if raw.dtype == np.float32 else raw.astype(np.float32)
 
