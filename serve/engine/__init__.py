@@ -3,7 +3,9 @@
 It is the core the embedded OpenAI-compatible server stands on (the server is a separate module,
 and reaches the engine through `serve/engine_client.py`). By concern:
 - `scheduler.py`: `Engine`, the request lifecycle (submit, cancel, one scheduler step, the thread);
-- `forward.py`: loading a checkpoint with ERNIEKit and the numpy forward that serves it;
+- `forward.py`: the forward that serves a checkpoint (numpy, with Paddle's matmul for several rows),
+  its config and tokenizer loaded with ERNIEKit, ERNIEKit's own model as the tests' reference;
+- `weights.py`: its weights, read from the safetensors files a tensor at a time;
 - `kv_cache.py`: the running batch's left-padded KV cache layout;
 - `request.py`: a request's state, its `Delta`s, `Result` and `RequestHandle`;
 - `sampling.py`: `SamplingParams` and drawing a token from logits;
