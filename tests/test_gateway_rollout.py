@@ -113,7 +113,8 @@ def roll(
         spec or spec_for(url, **gates), GatewayRouter(url, "sesame"), tmp_path / "rollout.json", say=print
     )
     with ClientLoad(url) as load:
-        status = controller.run()
+        guard = time.monotonic() + 2 * GUARD_S  # a rollout that never decides fails, not hangs
+        status = controller.run(until=lambda: time.monotonic() > guard)
         wanted = max(len(load.statuses) + 10, 30)  # requests after the decision are answered too
         deadline = time.monotonic() + GUARD_S
         while len(load.statuses) < wanted and time.monotonic() < deadline:

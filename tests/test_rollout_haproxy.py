@@ -100,7 +100,8 @@ def roll(
     candidate's request count at the decision and once 20 more client requests were answered."""
     controller = Controller(spec, router, rig.state_dir / "rollout.json", say=print)
     with ClientLoad(rig.url, model="m") as load:  # no gateway renames the model behind HAProxy
-        status = controller.run()
+        guard = time.monotonic() + 120
+        status = controller.run(until=lambda: time.monotonic() > guard)
         stot = _candidate_total(rig)
         wanted = len(load.statuses) + 20  # requests after the decision are answered too
         deadline = time.monotonic() + 60
@@ -224,3 +225,23 @@ def test_the_rollout_command_drives_haproxy_and_writes_its_reports(haproxy, cli,
     assert "PROMOTED" in result.stdout and weights == (0, 256)
     assert "# Rollout: promoted" in (tmp_path / "out" / "rollout.md").read_text()
     assert "Router: HAProxy" in (tmp_path / "out" / "rollout.html").read_text()
+
+
+def test_a_haproxy_that_sends_no_log_line_rolls_the_candidate_back_instead_of_passing_blind(
+    haproxy, tmp_path
+):
+    with (
+        serve_in_thread(model="m") as stable,
+        serve_in_thread(model="m") as cand,
+        haproxy_rig(stable.url, cand.url, tmp_path) as rig,
+    ):
+        deaf = LogReceiver("127.0.0.1:0", "llm")  # not the address in haproxy.cfg
+        try:
+            router = HaproxyRouter(rig.spec, tmp_path / "haproxy-router.json", log=deaf)
+            spec = replace(spec_for(rig), stages=[replace(s, min_requests=200) for s in spec_for(rig).stages])
+            status, controller, statuses, _ = roll(rig, spec, router)
+        finally:
+            deaf.close()
+        assert rig.weights() == (256, 0)
+    assert status == "rolled_back" and [s for s in statuses if s != 200] == []
+    assert "sent no log line to" in controller.state.timeline[-1]["reason"]

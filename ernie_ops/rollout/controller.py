@@ -287,9 +287,14 @@ class Controller:
         stage = self.spec.stages[index]
         gates = self._gates(index)
         started = self.state.stage_started
-        figures = self.router.figures(started)
-        suite = dict(self._suite) if self._suite else None
-        verdict = evaluate(stage, gates, figures, self.clock() - started, suite)
+        try:
+            figures = self.router.figures(started)
+        except UserError as err:  # figures that cannot be read cannot pass: all traffic to stable
+            verdict = Verdict(f"the gates' figures cannot be read: {err}", False, {})
+            figures = {"now": self.clock()}
+        else:
+            suite = dict(self._suite) if self._suite else None
+            verdict = evaluate(stage, gates, figures, self.clock() - started, suite)
         if verdict.failed:
             reason = f"stage {index + 1} ({stage.label}): {verdict.failed}"
             routing = self._set("all-stable", 0.0, f"rollback: {reason}", force=True)

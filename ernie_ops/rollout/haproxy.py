@@ -313,7 +313,7 @@ class HaproxyRouter:
 
     def _check_log(self, figures: dict[str, Any]) -> None:
         """Requests through HAProxy and not one log line: the latency gates would see nothing."""
-        total = sum(b["requests"] for b in figures["backends"].values())
+        total = sum(b.get("started", b["requests"]) for b in figures["backends"].values())
         if self.log is not None and self.log.lines == 0 and total >= 50:
             raise UserError(
                 f"HAProxy answered {total} requests but sent no log line to {self.log.address}",
