@@ -33,11 +33,20 @@ from ernie_ops.validate.null_server import Behaviour, fail_every, serve_in_threa
 @pytest.fixture(scope="module")
 def haproxy() -> str:
     exe = shutil.which("haproxy")
+    why = "not root"
     if exe is None and os.geteuid() == 0:
-        subprocess.run(["apt-get", "install", "-y", "haproxy"], capture_output=True, timeout=600)
-        exe = shutil.which("haproxy")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for update in (False, True):  # stale package lists: update them once and try again
+            if update:
+                subprocess.run(["apt-get", "update"], capture_output=True, timeout=600, env=env)
+            install = ["apt-get", "install", "-y", "haproxy"]
+            done = subprocess.run(install, capture_output=True, text=True, timeout=600, env=env)
+            exe = shutil.which("haproxy")
+            why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            if exe is not None:
+                break
     if exe is None:
-        pytest.skip("haproxy is not installed and `apt-get install -y haproxy` did not install it")
+        pytest.skip(f"haproxy is not installed and `apt-get install -y haproxy` did not install it ({why})")
     return exe
 
 
