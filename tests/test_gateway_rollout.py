@@ -23,7 +23,7 @@ from ernie_ops.rollout.controller import Controller, ControllerState, GatewayRou
 from ernie_ops.rollout.gateway import GatewayConfig, run_in_thread, url_of
 from ernie_ops.rollout.report import markdown
 from ernie_ops.rollout.routing import Routing
-from ernie_ops.rollout.spec import Gates, RolloutSpec, Stage, load_rollout
+from ernie_ops.rollout.spec import EvalGate, Gates, RolloutSpec, Stage, load_rollout
 from ernie_ops.validate.client import Endpoint
 from ernie_ops.validate.null_server import Behaviour, fail_every, serve_in_thread
 
@@ -207,6 +207,17 @@ def test_gates_wait_for_min_samples_and_stage_minimums():
     }
     assert not evaluate(stage, gates, many, 1).passed  # too early
     assert evaluate(stage, gates, many, 6).passed
+    # fewer requests than min_samples never pass a stage: its gates could not have failed yet
+    small = Stage("split", 10, min_duration_s=0, min_requests=3)
+    four = {"backends": {"candidate/client": {"requests": 4, "error_rate": 0.0}}}
+    assert not evaluate(small, Gates(min_samples=5), four, 1).passed
+    assert evaluate(small, Gates(min_samples=4), four, 1).passed
+    # a stage with suite gates waits for them, and fails on theirs
+    suites = Gates(min_samples=4, eval=EvalGate("s.jsonl", min_score=0.5))
+    assert not evaluate(small, suites, four, 1).passed
+    assert evaluate(small, suites, four, 1, {"failed": None, "eval_score": 0.9}).passed
+    verdict = evaluate(small, suites, four, 1, {"failed": "eval score 0.100 < 0.5", "eval_score": 0.1})
+    assert verdict.failed == "eval score 0.100 < 0.5" and verdict.figures["eval_score"] == 0.1
 
 
 def test_rollout_yaml_is_read_with_file_and_line(tmp_path):
