@@ -112,7 +112,7 @@ def test_preview_masks_personal_data_unless_told_not_to(
 
 
 def test_mask_with_worker_processes_writes_the_same_file(
-    tmp_path: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, capsys: pytest.CaptureFixture, cli
 ) -> None:
     from ernie_ops.data.mask import mask_file
     from ernie_ops.data.read import CHUNK
@@ -135,3 +135,7 @@ def test_mask_with_worker_processes_writes_the_same_file(
     assert first.with_pii == sum(1 for r in records if r["spans"]) + 1 and first.not_json == 1
     assert main(["data", "mask", str(source), str(tmp_path / "x.jsonl"), "--jobs", "0"]) != 0
     assert "--jobs must be 1 or more" in capsys.readouterr().err
+    # the command as users run it: the workers end quietly (no traceback from the CLI's handlers)
+    done = cli("data", "mask", str(source), str(tmp_path / "cli.jsonl"), "--jobs", "2")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert (tmp_path / "cli.jsonl").read_bytes() == one.read_bytes()

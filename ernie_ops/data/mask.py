@@ -121,7 +121,11 @@ _WORKER_MASKER: Masker | None = None  # the masker, inherited by the workers at 
 
 
 def _worker_start() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends them
+    # Ctrl-C is the parent's to handle (it ends the pool); the CLI's SIGTERM/SIGHUP handlers, which
+    # raise in the parent to run its cleanups, would make the pool's terminate() a traceback here
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def _worker_mask(raws: list[bytes]) -> tuple[list[bytes], MaskResult]:
