@@ -254,3 +254,12 @@ def test_a_haproxy_that_sends_no_log_line_rolls_the_candidate_back_instead_of_pa
         assert rig.weights() == (256, 0)
     assert status == "rolled_back" and [s for s in statuses if s != 200] == []
     assert "sent no log line to" in controller.state.timeline[-1]["reason"]
+
+
+def test_the_shipped_haproxy_cfg_is_valid_and_starts_all_stable(haproxy, repo):
+    config = repo / "recipes" / "rollouts" / "haproxy.cfg"
+    check = subprocess.run([haproxy, "-c", "-f", str(config)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    text = config.read_text()
+    assert "server candidate 127.0.0.1:8181 weight 0" in text and "level admin" in text
+    assert "retry-on all-retryable-errors" in text and "option httplog" in text
