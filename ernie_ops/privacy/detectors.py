@@ -224,8 +224,11 @@ class PhoneDetector:
 
     name = "phonenumbers"
     types = (PHONE,)
-    # international, national with a trunk 0 (not a date's "-05"), NANP, Chinese mobile, bare runs
-    trigger: re.Pattern[bytes] | None = re.compile(_SHAPED.pattern.encode() + rb"|[0-9]{10}")
+    # international, national with a trunk 0 (not a date's "-05"), NANP, Chinese mobile, and a bare
+    # run of digits after a phone word (_region: 10 or 11 digits, the US and Chinese mobiles)
+    trigger: re.Pattern[bytes] | None = re.compile(
+        _SHAPED.pattern.encode() + b"|(?i:" + _PHONE_WORDS.pattern[4:].encode() + rb")[^\n]*[0-9]{10}"
+    )
 
     def __init__(self, regions: tuple[str, ...] = NATIONAL_REGIONS):
         self.regions = regions
@@ -234,8 +237,6 @@ class PhoneDetector:
     skips_outranked = True
 
     def find(self, text: str, taken: Taken = ()) -> Iterator[Finding]:
-        if not (_SHAPED.search(text) or _PHONE_WORDS.search(text)):
-            return  # only bare runs of digits, and no phone word for them
         for m in self.pattern.finditer(text):
             if taken and inside(taken, m.start()):
                 continue
