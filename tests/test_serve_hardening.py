@@ -22,7 +22,7 @@ from polling import wait_until
 from test_supervisor import alive, fake, free_port
 
 from ernie_ops.cli.main import main
-from ernie_ops.pipeline.stages import free_port_block
+from ernie_ops.serve.detached import free_port_block
 from ernie_ops.serve.preflight import port_free, state_dir
 from ernie_ops.serve.profile import load_profile, profile_for_checkpoint
 from ernie_ops.serve.supervisor import run_server, server_status, stop_server
@@ -330,10 +330,10 @@ def test_a_port_an_earlier_server_left_in_time_wait_is_free_for_the_next():
 
 
 def test_the_pipeline_picks_a_block_below_the_ephemeral_range_where_clients_leave_time_wait():
-    from ernie_ops.pipeline.stages import _ephemeral_low, free_port_block
+    from ernie_ops.serve.detached import ephemeral_low
 
     port = free_port_block(4)
-    assert port >= 10000 and port + 4 <= _ephemeral_low()
+    assert port >= 10000 and port + 4 <= ephemeral_low()
     assert all(port_free("0.0.0.0", port + i) for i in range(4))
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ernie_ops.errors import UserError
-from ernie_ops.serve.detached import ephemeral_low as _ephemeral_low  # noqa: F401 (tests import it here)
 from ernie_ops.serve.detached import free_port_block
 
 if TYPE_CHECKING:
