@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -72,18 +73,25 @@ def make_messages_file(path: Path, size_mb: int, pii_share: float, seed: int = 0
             written += len(line.encode())
 
 
-def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of one command in a child process."""
+class Run(NamedTuple):
+    seconds: float  # wall
+    rss: int  # peak RSS of its largest process, KiB
+    cpu: float  # user + system seconds of it and its workers: the measure a busy machine skews least
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Run:
+    """Wall seconds, peak RSS and CPU seconds of one command in a child process."""
     code = (
         "import resource, subprocess, sys, time; t = time.perf_counter(); "
         "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
-        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+        "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+        "print(time.perf_counter() - t, u.ru_maxrss, u.ru_utime + u.ru_stime)"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, *cmd], check=True, capture_output=True, text=True, env=env
+        [sys.executable, "-c", code, *cmd], check=True, capture_output=True, text=True, env=env, cwd=cwd
     )
-    seconds, rss = out.stdout.split()
-    return float(seconds), int(rss)
+    seconds, rss, cpu = out.stdout.split()
+    return Run(float(seconds), int(rss), float(cpu))
 
 
 def checkout(rev: str, work: Path) -> Path:
@@ -115,6 +123,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
     parser.add_argument("--baseline", metavar="REV", help="also time the mask of this git commit")
     args = parser.parse_args()
+    args.work = args.work.resolve()
 
     corpus = [
         json.loads(x) for x in (ROOT / "tests" / "pii" / "corpus.jsonl").read_text("utf-8").splitlines()
@@ -161,36 +170,43 @@ def main() -> int:
         "mask --jobs 1": [*mask, "--jobs", "1"],
         "mask": mask,
     }
-    env: dict[str, dict[str, str]] = {}
+    # `python -m` puts the working directory first on sys.path: each command runs in the work
+    # directory with its own source tree on PYTHONPATH (this checkout's, or the baseline's)
+    env = {name: dict(os.environ, PYTHONPATH=str(ROOT)) for name in commands}
     if args.baseline:
         name = f"mask @{args.baseline}"
         commands[name] = [*mask[:-1], str(args.work / "out-mask-baseline.jsonl")]
         env[name] = dict(os.environ, PYTHONPATH=str(checkout(args.baseline, args.work)))
-    results: dict[str, list[tuple[float, int]]] = {k: [] for k in commands}
+    results: dict[str, list[Run]] = {k: [] for k in commands}
     load = [os.getloadavg()]
     for _ in range(args.repeats):  # interleaved: the machine's load falls on all alike
         for name, cmd in commands.items():
-            results[name].append(run(cmd, env.get(name)))
+            results[name].append(run(cmd, env[name], args.work))
             load.append(os.getloadavg())
-    best = {k: min(v) for k, v in results.items()}
-    rows = [["command", "best s", "MB/s", "peak RSS MiB", "all runs s"]]
+    best = {k: min(r.seconds for r in v) for k, v in results.items()}
+    cpu = {k: min(r.cpu for r in v) for k, v in results.items()}
+    rows = [["command", "best s", "MB/s", "best CPU s", "peak RSS MiB", "all runs s"]]
     for name, runs in results.items():
-        seconds = best[name][0]
         rows.append(
             [
                 name,
-                f"{seconds:.2f}",
-                f"{size / 1e6 / seconds:.1f}",
-                f"{max(r for _, r in runs) / 1024:.0f}",
-                " ".join(f"{s:.2f}" for s, _ in runs),
+                f"{best[name]:.2f}",
+                f"{size / 1e6 / best[name]:.1f}",
+                f"{cpu[name]:.2f}",
+                f"{max(r.rss for r in runs) / 1024:.0f}",
+                " ".join(f"{r.seconds:.2f}" for r in runs),
             ]
         )
-    ratios = {name: best["convert"][0] / best[name][0] for name in commands if name != "convert"}
+    ratios = {name: best["convert"] / best[name] for name in commands if name != "convert"}
+    cpu_ratios = {name: cpu["convert"] / cpu[name] for name in commands if name != "convert"}
     print()
     print(format_table(rows))
     loads = f"{load[0][0]:.2f} .. {max(x[0] for x in load):.2f}"
     for name, ratio in ratios.items():
-        print(f"{name} runs at {ratio:.0%} of convert's throughput on {size / 1e6:.0f} MB")
+        print(
+            f"{name} runs at {ratio:.0%} of convert's throughput on {size / 1e6:.0f} MB "
+            f"(per CPU second: {cpu_ratios[name]:.0%})"
+        )
     print(f"load average (1 min) {loads} on {os.cpu_count()} CPUs")
 
     # flat memory: the same mask on a file a quarter the size should peak at about the same RSS
@@ -198,9 +214,11 @@ def main() -> int:
     with data.open("rb") as src, small.open("wb") as dst:
         dst.write(src.read(size // 4).rsplit(b"\n", 1)[0] + b"\n")
     small_rss = run(
-        [*exe, "data", "mask", str(small), str(args.work / "out-mask-quarter.jsonl"), "--jobs", "1"]
-    )[1]
-    big_rss = max(r for _, r in results["mask --jobs 1"])
+        [*exe, "data", "mask", str(small), str(args.work / "out-mask-quarter.jsonl"), "--jobs", "1"],
+        env["mask --jobs 1"],
+        args.work,
+    ).rss
+    big_rss = max(r.rss for r in results["mask --jobs 1"])
     quarter = f"{small_rss / 1024:.0f} MiB on {size / 4e6:.0f} MB"
     print(f"peak RSS of mask --jobs 1: {quarter}, {big_rss / 1024:.0f} MiB on {size / 1e6:.0f} MB")
 
@@ -208,8 +226,9 @@ def main() -> int:
         "quality": {name: s.table() for name, s in quality.items()},
         "file_mb": round(size / 1e6, 1),
         "pii_share": args.pii_share,
-        "runs": {k: [{"seconds": s, "peak_rss_kib": r} for s, r in v] for k, v in results.items()},
+        "runs": {k: [r._asdict() for r in v] for k, v in results.items()},
         "vs_convert": {name: round(r, 3) for name, r in ratios.items()},
+        "vs_convert_per_cpu_second": {name: round(r, 3) for name, r in cpu_ratios.items()},
         "baseline": args.baseline,
         "mask_peak_rss_kib_quarter_file": small_rss,
         "load_average": load,
