@@ -197,7 +197,9 @@ def field_types(cls: type) -> dict[str, Any]:
 
 
 def _text_only(hint: Any) -> bool:
-    args = set(typing.get_args(hint)) - {type(None)} if typing.get_origin(hint) else {hint}
+    """`str` or `str | None` (not `list[str]`: a list override is YAML, `[a=1, b=2]`)."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    args = set(typing.get_args(hint)) - {type(None)} if union else {hint}
     return args == {str}
 
 

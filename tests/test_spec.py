@@ -76,6 +76,20 @@ def test_an_int_is_a_float_and_text_is_kept_as_typed(tmp_path):
     assert profile.fastdeploy_version == "2.5"
 
 
+def test_a_list_of_text_is_set_by_a_yaml_list_override(tmp_path):
+    # `str` fields keep an override's text as typed (`host=::`); a `list[str]` one did too, so
+    # `serve_set=[quantization=q4_0]` was refused as "expected list[str], got '[quantization=q4_0]'"
+    from ernie_ops.pipeline.spec import PipelineSpec
+    from ernie_ops.spec import text_overrides
+
+    loaded, problems = load_yaml(
+        write(tmp_path, "name: x\n"), ["serve_set=[quantization=q4_0, port=9000]", "name=::"]
+    )
+    assert loaded is not None and not problems
+    values = text_overrides(PipelineSpec, loaded)
+    assert values["serve_set"] == ["quantization=q4_0", "port=9000"] and values["name"] == "::"
+
+
 @dataclass
 class Toy:
     name: str
