@@ -116,14 +116,37 @@ def validate(
 
 def _choices(values: dict[str, Any], where: Any) -> list[Problem]:
     from ernie_ops.serve.backends import names as backend_names
-    from ernie_ops.validate.judges import BOX_SPACES, JUDGES
-    from ernie_ops.validate.smoke import CAPABILITIES
 
     out = []
     backends = backend_names()  # every module in serve/backends/
     if values.get("engine") not in (None, *backends):
         expected = f"expected {', '.join(backends)} or null, not {values['engine']!r}"
         out.append(error(where("engine"), "engine", expected))
+    out += validation_choices(values, where)
+    for key in ("overrides", "serve_set"):
+        for item in values.get(key) or ():
+            if "=" not in item:
+                out.append(error(where(key), key, f"{item!r} is not key=value"))
+    levels = values.get("bench_concurrency") or []
+    if not all(c > 0 for c in levels):
+        out.append(
+            error(
+                where("bench_concurrency"), "bench_concurrency", f"expected positive integers, got {levels!r}"
+            )
+        )
+    for key in ("bench_num_prompts", "bench_output_len"):
+        if key in values and values[key] < 1:
+            out.append(error(where(key), key, f"must be >= 1, not {values[key]}"))
+    return out
+
+
+def validation_choices(values: dict[str, Any], where: Any) -> list[Problem]:
+    """The smoke and eval keys a pipeline and a sweep share: eval_judge, eval_box_space, smoke_expect,
+    eval_max_tokens, eval_concurrency."""
+    from ernie_ops.validate.judges import BOX_SPACES, JUDGES
+    from ernie_ops.validate.smoke import CAPABILITIES
+
+    out = []
     if values.get("eval_judge", "exact") not in JUDGES:
         out.append(error(where("eval_judge"), "eval_judge", f"expected one of {', '.join(JUDGES)}"))
     if values.get("eval_box_space", "pixels") not in BOX_SPACES:
@@ -139,18 +162,7 @@ def _choices(values: dict[str, Any], where: Any) -> list[Problem]:
                     f"{cap!r}: expected one of {', '.join(CAPABILITIES)}",
                 )
             )
-    for key in ("overrides", "serve_set"):
-        for item in values.get(key) or ():
-            if "=" not in item:
-                out.append(error(where(key), key, f"{item!r} is not key=value"))
-    levels = values.get("bench_concurrency") or []
-    if not all(c > 0 for c in levels):
-        out.append(
-            error(
-                where("bench_concurrency"), "bench_concurrency", f"expected positive integers, got {levels!r}"
-            )
-        )
-    for key in ("eval_max_tokens", "eval_concurrency", "bench_num_prompts", "bench_output_len"):
+    for key in ("eval_max_tokens", "eval_concurrency"):
         if key in values and values[key] < 1:
             out.append(error(where(key), key, f"must be >= 1, not {values[key]}"))
     return out

@@ -204,30 +204,12 @@ def _where(loaded: LoadedRecipe, lines: dict[str, int]) -> Any:
 
 
 def _choices(values: dict[str, Any], where: Any) -> list[Problem]:
-    from ernie_ops.validate.judges import BOX_SPACES, JUDGES
-    from ernie_ops.validate.smoke import CAPABILITIES
+    from ernie_ops.pipeline.spec import validation_choices
 
     out = []
     if not NAME.fullmatch(str(values.get("name", "sweep"))):
         out.append(error(where("name"), "name", "letters, digits, '.', '_' and '-' only (a directory name)"))
-    if values.get("eval_judge", "exact") not in JUDGES:
-        out.append(error(where("eval_judge"), "eval_judge", f"expected one of {', '.join(JUDGES)}"))
-    if values.get("eval_box_space", "pixels") not in BOX_SPACES:
-        out.append(
-            error(where("eval_box_space"), "eval_box_space", f"expected one of {', '.join(BOX_SPACES)}")
-        )
-    for cap in values.get("smoke_expect") or ():
-        if cap not in CAPABILITIES:
-            out.append(
-                error(
-                    where("smoke_expect"),
-                    "smoke_expect",
-                    f"{cap!r}: expected one of {', '.join(CAPABILITIES)}",
-                )
-            )
-    for key in ("eval_max_tokens", "eval_concurrency"):
-        if key in values and values[key] < 1:
-            out.append(error(where(key), key, f"must be >= 1, not {values[key]}"))
+    out += validation_choices(values, where)
     if values.get("max_drop", 0.0) < 0:
         out.append(error(where("max_drop"), "max_drop", "must be >= 0 (a score difference, 0..1)"))
     if values.get("startup_timeout") is not None and values["startup_timeout"] <= 0:
