@@ -122,3 +122,13 @@ def test_an_engine_that_reads_the_checkpoint_gets_no_other_export(tiny_dense, tm
     assert pipeline.run(until="export") == 0
     assert pipeline.record.out("export", "served") is None and pipeline.record.exports == {}
     assert RunRecord.load(Path(pipeline.record.out("train", "run_dir"))).exports == {}
+
+
+def test_resuming_from_a_damaged_record_is_a_clear_error(tmp_path, capsys):
+    from ernie_ops.cli.main import main
+
+    for text in ('{"name": "x", "dir"', '{"name": "x", "stages": {"check": {"bogus": 1}}}', "[]"):
+        (tmp_path / "pipeline.json").write_text(text)
+        assert main(["pipeline", "--resume", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert "not a pipeline record this version reads" in err and "Traceback" not in err

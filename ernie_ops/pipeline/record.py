@@ -93,6 +93,9 @@ class PipelineRecord:
                 f"{directory} is not a pipeline directory (no {RECORD_FILE})",
                 hint="give the directory `ernie-ops pipeline` printed, e.g. runs/<name>-<time>",
             )
-        data = json.loads(path.read_text(encoding="utf-8"))
-        stages = {name: StageRecord(**data.get("stages", {}).get(name, {})) for name in STAGES}
-        return cls(**{**data, "stages": stages})
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            stages = {name: StageRecord(**data.get("stages", {}).get(name, {})) for name in STAGES}
+            return cls(**{**data, "stages": stages})
+        except (ValueError, TypeError, AttributeError) as err:  # cut short, edited, another version's
+            raise UserError(f"{path}: not a pipeline record this version reads ({err})") from None
