@@ -1,27 +1,33 @@
 #!/usr/bin/env python
 """The gateway's overhead: a null server behind `ernie-ops gateway` against the same server direct.
 
-Three child processes: a null OpenAI server (ernie_ops/validate/null_server.py), the gateway in
-front of it (`ernie-ops gateway run`, all-stable, request log on as by default), and this process as
-the client. Two parts, each interleaving direct and gateway requests in one run:
+Child processes: a null OpenAI server (ernie_ops/validate/null_server.py), one gateway in front of
+it per `--variants` entry (`ernie-ops gateway run`, all-stable, request log on as by default; its
+event loop: auto = uvloop when installed, as the CLI runs, or asyncio; `+pin`: pinned to
+`--gateway-core`), and this process as the client (unpinned unless `--pin-client`: a pinned process
+cannot move to the idle core while another process holds its own). Two parts, each interleaving
+direct and every gateway's requests in one run:
 
 1. **Latency at `--rate` requests/s** (open loop: a request is sent on schedule whether or not the
-   earlier ones are done; each pair of due requests goes one direct and one through the gateway, in
-   random order). Streamed chat of `--tokens` chunks, the server waiting `--delay-ms` before each
+   earlier ones are done; each slot of the schedule sends one request direct and one through each
+   gateway, in random order). Streamed chat of `--tokens` chunks, the server waiting `--delay-ms` before each
    chunk. The null server stamps each request's arrival, first token written and last byte written
    (perf_counter_ns: CLOCK_MONOTONIC, the same clock as this process), so for every request:
    - outside the server = client's end-to-end - (last byte written - arrival): what the path
      between client and server cost the request (loopback and client for direct; + the gateway);
    - first chunk / last chunk delivery = client receives - server wrote.
-   Added latency = the gateway's figure - the direct one, at p50 and p99 (target p99 < 2 ms).
+   Added latency = the gateway's figure - the direct one, at p50 and p99 (target p99 < 2 ms); and
+   paired: per slot, the gateway's request minus the direct one sent at the same moment, whose p99
+   leaves out the stalls of the client or the machine that delay both alike.
 2. **Highest streamed rate**: `--concurrency` closed-loop streams of `--tokens` chunks (the server
    answering at once) for `--seconds`, direct and through the gateway, `--repeat` times
    interleaved. Requests/s achieved, the gateway's CPU seconds (from /proc), and requests per
-   gateway CPU-second: the rate the gateway sustains on one core of its own (it is pinned to
-   `--gateway-core`; on a shared machine it does not get the whole core, which this figure does
-   not depend on). Target >= 1,000 streamed requests/s per core.
+   gateway CPU-second: the rate the gateway sustains on one core of its own (on a shared machine it
+   does not get the whole core, which this figure does not depend on). Target >= 1,000 streamed
+   requests/s per core.
 
-    .venv/bin/python scripts/bench_gateway.py            # ~1 minute
+    .venv/bin/python scripts/bench_gateway.py            # ~2 minutes
+    .venv/bin/python scripts/bench_gateway.py --variants auto,asyncio+pin   # the loop and pinning compared
     .venv/bin/python scripts/bench_gateway.py --quick    # ~20 s
 """
 

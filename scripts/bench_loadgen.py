@@ -23,8 +23,19 @@ The client's latencies start when the request is written (client.Reply.sent); th
 that, the generator's own queueing, is reported beside them.
 Targets: >= 1000 streamed requests/s; |difference| <= 5 ms (median and p99 both reported).
 
-    .venv/bin/python scripts/bench_loadgen.py            # ~2 minutes
-    .venv/bin/python scripts/bench_loadgen.py --quick    # ~20 s
+Open-loop accuracy (`--parts open`): Poisson / gamma levels at 10, 100 and 1000 req/s against the
+null server, unpinned (as `ernie-ops bench` runs: a pinned process cannot move to the idle core while
+another process holds its own), on the event loop `ernie-ops bench` uses (uvloop when installed).
+Per level: the rate and inter-arrival CV the server saw (the acceptance), the client's own write
+times, and a timer-only CV: the same schedule slept through right after with nothing sent, the floor
+the machine's scheduling sets at that moment. `--variants auto,asyncio+pin --rounds 3` runs the
+levels interleaved per variant (event loop, pinning) and reports the median CV error of each and
+its ratio to the first. Then find-max-rate against a null server of known capacity.
+
+    .venv/bin/python scripts/bench_loadgen.py            # ~15 minutes
+    .venv/bin/python scripts/bench_loadgen.py --quick    # ~5 minutes
+    .venv/bin/python scripts/bench_loadgen.py --parts open --open-levels 1000 \
+        --variants auto,asyncio+pin --rounds 4    # uvloop unpinned vs asyncio pinned, interleaved
 """
 
 from __future__ import annotations
