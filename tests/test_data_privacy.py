@@ -139,3 +139,19 @@ def test_mask_with_worker_processes_writes_the_same_file(
     done = cli("data", "mask", str(source), str(tmp_path / "cli.jsonl"), "--jobs", "2")
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert (tmp_path / "cli.jsonl").read_bytes() == one.read_bytes()
+
+
+def test_lint_reasons_never_quote_free_text_from_a_record(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    source = tmp_path / "chats.jsonl"
+    rows = [
+        {"messages": [{"role": "anna.schmidt@example.de", "content": "hi"}]},
+        {"messages": [{"role": 4917012345678, "content": "hi"}]},
+        {"messages": [{"role": "human2", "content": "hi"}]},
+    ]
+    source.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    main(["data", "lint", str(source)])
+    out = capsys.readouterr().out
+    assert "anna.schmidt" not in out and "4917012345678" not in out
+    assert "role (a 23-character text) is not user" in out and "role 'human2' is not user" in out

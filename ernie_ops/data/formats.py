@@ -26,6 +26,20 @@ def erniekit_format(stage: str) -> str:
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")  # C0 controls but tab, newline, CR
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,23}")
+
+
+def _named(value: Any) -> str:
+    """A record's value as a reason shows it: a short name or number as it is, anything else by
+    its type and length. Reasons are printed by lint and kept in reject files, and free text (or a
+    long number) where a role or a type belongs may be personal data."""
+    if isinstance(value, str):
+        return repr(value) if _NAME.fullmatch(value) else f"(a {len(value)}-character text)"
+    if value is None or isinstance(value, bool) or (isinstance(value, int) and abs(value) < 10**6):
+        return repr(value)
+    return f"(a value of type {type(value).__name__})"
+
+
 class Bad(ValueError):
     """The record is broken in its own format."""
 
@@ -209,7 +223,7 @@ def parse_erniekit_vl(r: dict) -> VLSample:
             raise Bad(f"image_info[{i}] needs an image_url string")
         index = image.get("matched_text_index", 0)
         if not isinstance(index, int) or not 0 <= index < len(segments):
-            raise Bad(f"image_info[{i}].matched_text_index {index!r} points at no text_info entry")
+            raise Bad(f"image_info[{i}].matched_text_index {_named(index)} points at no text_info entry")
         urls.append(image["image_url"])
     return VLSample(urls, segments)
 
@@ -260,7 +274,7 @@ def _content(content: Any, where: str) -> str:
                     f"{kind} content: ERNIEKit's text format has no images (VL data is another format)"
                 )
             else:
-                raise Bad(f"{where}.content[{i}] has unknown type {kind!r}")
+                raise Bad(f"{where}.content[{i}] has unknown type {_named(kind)}")
         return _content("".join(texts), where)
     if content is None:
         raise Bad(f"{where} has no content")
@@ -285,7 +299,7 @@ def _turns(messages: Any, where: str, role_key: str) -> tuple[str | None, list[s
                 raise Unsupported(
                     "tool calls / tool results: ERNIEKit's erniekit SFT format has no tool fields"
                 )
-            raise Bad(f"{where}[{i}].{role_key} {raw_role!r} is not user, assistant or system")
+            raise Bad(f"{where}[{i}].{role_key} {_named(raw_role)} is not user, assistant or system")
         text = _content(m.get(content_key), f"{where}[{i}]")
         if role == "system":
             if i != 0:
