@@ -1,7 +1,7 @@
 """Benchmark the PII masker: precision and recall per type on the labelled corpus (tests/pii/), and
 the throughput and peak memory of `ernie-ops data mask` against `ernie-ops data convert` on a large
 messages file (each run in its own process, interleaved, best of N; RSS is the largest process's
-peak). `mask` runs in one process (--jobs 1) and with its default worker processes; `--baseline REV`
+peak). `mask` runs in one process (--jobs 1) and with worker processes (--jobs 2); `--baseline REV`
 adds the mask of another commit (its ernie_ops/ extracted with git archive), in the same
 interleaved rounds, for before/after ratios under the same load.
 
@@ -122,6 +122,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "pii-work")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
     parser.add_argument("--baseline", metavar="REV", help="also time the mask of this git commit")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes of the second mask run")
     args = parser.parse_args()
     args.work = args.work.resolve()
 
@@ -168,7 +169,7 @@ def main() -> int:
             "erniekit-sft",
         ],
         "mask --jobs 1": [*mask, "--jobs", "1"],
-        "mask": mask,
+        f"mask --jobs {args.jobs}": [*mask, "--jobs", str(args.jobs)],
     }
     # `python -m` puts the working directory first on sys.path: each command runs in the work
     # directory with its own source tree on PYTHONPATH (this checkout's, or the baseline's)

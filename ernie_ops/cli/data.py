@@ -121,8 +121,8 @@ class Data(Subcommand):
             type=int,
             metavar="N",
             help="worker processes that mask the records with personal data while this one reads and "
-            f"writes (default: one per CPU, at most {MAX_JOBS}, for JSONL files over "
-            f"{AUTO_JOBS_MB} MB; else 1); the output is the same",
+            f"writes (default: one per CPU but one, at most {MAX_JOBS}, for JSONL files over "
+            f"{AUTO_JOBS_MB} MB on 3 CPUs or more; else 1: all in this process); the output is the same",
         )
         mask.add_argument("--json", action="store_true", help="summary as JSON on stdout")
 
@@ -313,14 +313,17 @@ def _mask(args: argparse.Namespace) -> int:
 
 
 def _auto_jobs(path: Path) -> int:
-    """One worker per usable CPU for a large file (a small one is done before they would start)."""
+    """A worker per usable CPU but the one this process reads and writes with, for a large file (a
+    small one is done before they would start). On 2 CPUs one process was measured faster than two
+    workers beside it on a busy machine (scripts/bench_pii.py)."""
     import os
 
     try:
         large = path.stat().st_size > AUTO_JOBS_MB * 1_000_000
     except OSError:
         return 1  # mask_file says what is wrong with it
-    return min(len(os.sched_getaffinity(0)), MAX_JOBS) if large else 1
+    cpus = len(os.sched_getaffinity(0))
+    return min(cpus - 1, MAX_JOBS) if large and cpus > 2 else 1
 
 
 def _print_masked(result) -> None:  # type: ignore[no-untyped-def]
