@@ -1510,7 +1510,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a ~1 minute smoke run (fewer, shorter runs)")
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="cached checkpoint")
     parser.add_argument(
-        "--threads", type=int, default=os.cpu_count() or 1, help="threads for Paddle and PyTorch"
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="threads of every contender: numpy's and Paddle's BLAS, llama.cpp, PyTorch (default: every CPU)",
     )
     parser.add_argument("--new-tokens", type=int, default=None, help=argparse_hidden())
     parser.add_argument("--torch-phase", type=Path, default=None, help=argparse_hidden())
