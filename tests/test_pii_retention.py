@@ -112,3 +112,27 @@ def test_older_than_beats_the_file_which_beats_the_environment(
     assert period_for("review_queue") == 7 * DAY
     monkeypatch.delenv("ERNIE_OPS_RETENTION_CONFIG")
     assert period_for("review_queue") == 3 * DAY
+
+
+def test_gc_honours_the_retention_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from ernie_ops.cli.main import main
+
+    units = _runs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ERNIE_OPS_RETENTION_CONFIG", raising=False)
+    Path("retention.yaml").write_text("default: 30d\nruns: 90d\nreview_queue: 7d\ndirs: [runs]\n")
+    assert main(["gc", "--dry-run", "--json"]) == 0  # the file's dirs, from the current directory
+    import json
+
+    result = json.loads(capsys.readouterr().out)
+    assert {Path(d["path"]).name for d in result["deleted"]} == {
+        "pipe-old",
+        "notes.html",
+        "bench-1.json",
+        "r1-shadow.json",
+    }
+    assert result["periods_days"]["runs"] == 90
+    assert main(["gc", "--older-than", "1d", "--config", "retention.yaml"]) != 0
+    assert "not both" in capsys.readouterr().err
+    assert main(["gc", "runs", "--older-than", "15d"]) == 0  # one period for every kind
+    assert not units["eval"].exists() and not units["run"].exists() and units["requests"].exists()

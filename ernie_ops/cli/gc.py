@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 from ernie_ops.cli.base import Subcommand
-from ernie_ops.errors import UserError
 
 
 class Gc(Subcommand):
@@ -14,7 +13,9 @@ class Gc(Subcommand):
     description = (
         "Delete what the toolkit wrote (training runs, pipelines, eval/smoke/bench outputs, reports, "
         "rotated gateway request logs, gateway review items) once it is older than the retention "
-        "period: --older-than, or ERNIE_OPS_RETENTION. A unit's age is its newest file's. Whole run "
+        "period: --older-than (one for all), retention.yaml (one per kind: runs, pipelines, eval, "
+        "bench, serve logs, gateway_log, review_queue, default; see `python -m pydoc "
+        "ernie_ops.privacy.retention`), or ERNIE_OPS_RETENTION. A unit's age is its newest file's. Whole run "
         "directories and files go atomically; a run in progress (its run.lock held by a live "
         "training, a file open in a live process, a pipeline stage running) is never deleted. Lists "
         "what it deleted."
@@ -23,6 +24,7 @@ class Gc(Subcommand):
         "ernie-ops gc --older-than 30d --dry-run",
         "ernie-ops gc --older-than 30d",
         "ERNIE_OPS_RETENTION=14d ernie-ops gc runs /data/team-runs --json",
+        "ernie-ops gc --config retention.yaml --dry-run",
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -33,19 +35,22 @@ class Gc(Subcommand):
             "--older-than", metavar="AGE", help="e.g. 30d, 12h, 2w (default: ERNIE_OPS_RETENTION)"
         )
         parser.add_argument(
+            "--config",
+            type=Path,
+            metavar="FILE",
+            help="retention periods by kind (default: ERNIE_OPS_RETENTION_CONFIG, else ./retention.yaml "
+            "when there is one)",
+        )
+        parser.add_argument(
             "--dry-run", action="store_true", help="list what would be deleted; delete nothing"
         )
         parser.add_argument("--json", action="store_true", help="the result as JSON on stdout")
 
     def run(self, args: argparse.Namespace) -> int:
-        from ernie_ops.privacy.retention import RETENTION_ENV, collect, default_retention, parse_age
+        from ernie_ops.privacy.retention import collect, policy_for
 
-        older_than = parse_age(args.older_than) if args.older_than else default_retention()
-        if older_than is None:
-            raise UserError(
-                "no retention period", hint=f"give --older-than (e.g. 30d) or set {RETENTION_ENV}"
-            )
-        result = collect(args.dirs or [Path("runs")], older_than, args.dry_run)
+        policy = policy_for(args.older_than, args.config)
+        result = collect(args.dirs or list(policy.dirs) or [Path("runs")], policy, args.dry_run)
         if args.json:
             print(json.dumps(result.to_dict(), indent=2))
             return 1 if result.errors else 0
