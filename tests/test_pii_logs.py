@@ -88,3 +88,17 @@ def test_the_logs_gpu_workers_write_themselves_are_masked_once_they_stopped(
         "step 1",
     ]
     assert not [p.name for p in logs.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_train_no_mask_turns_masking_off_for_that_run_only(monkeypatch, repo) -> None:
+    import ernie_ops.train.run as train_run
+    from ernie_ops.cli.main import main
+    from ernie_ops.privacy import masking_on
+
+    monkeypatch.delenv("ERNIE_OPS_NO_MASK", raising=False)
+    seen = []
+    monkeypatch.setattr(train_run, "train", lambda options: (seen.append(masking_on()), (None, None))[1])
+    recipe = str(repo / "recipes" / "tiny" / "sft_cpu.yaml")
+    assert main(["train", recipe, "--no-mask"]) == 0
+    assert main(["train", recipe]) == 0
+    assert seen == [False, True] and masking_on()  # off while that run trained, on again after

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -58,3 +61,21 @@ def add_mask_argument(parser: argparse.ArgumentParser) -> None:
         "the report says when it was off; ERNIE_OPS_NO_MASK=1 does the same). Names of people are never "
         "detected: that needs a NER model (see ernie_ops.privacy)",
     )
+
+
+@contextlib.contextmanager
+def masking_for(args: argparse.Namespace) -> Iterator[None]:
+    """Masking off (ERNIE_OPS_NO_MASK) while a command given --no-mask runs in this process, and
+    as it was afterwards: a later command in the same process (main() called as a library) masks."""
+    from ernie_ops.privacy import NO_MASK_ENV
+
+    saved = os.environ.get(NO_MASK_ENV)
+    if not args.mask:
+        os.environ[NO_MASK_ENV] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(NO_MASK_ENV, None)
+        else:
+            os.environ[NO_MASK_ENV] = saved

@@ -1,10 +1,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-from ernie_ops.cli.base import Subcommand, add_mask_argument
+from ernie_ops.cli.base import Subcommand, add_mask_argument, masking_for
 from ernie_ops.errors import UserError
 
 STAGE_LIST = "check, lint, train, export, verify, serve, smoke, bench, eval, compare, stop, report"
@@ -49,24 +48,13 @@ class PipelineCommand(Subcommand):
 
     def run(self, args: argparse.Namespace) -> int:
         from ernie_ops.pipeline.runner import Pipeline
-        from ernie_ops.privacy import NO_MASK_ENV
 
         if args.resume is not None and (args.spec or args.recipe):
             raise UserError("--resume continues a pipeline as it was started: give no spec or recipe")
-        # the stages run in this process and read it, as eval and smoke do; only for this run, so a
-        # later command in the same process (main() called as a library) masks again
-        saved = os.environ.get(NO_MASK_ENV)
-        if not args.mask:
-            os.environ[NO_MASK_ENV] = "1"
-        try:
+        with masking_for(args):  # the stages run in this process and read it, as eval and smoke do
             if args.resume is not None:
                 return Pipeline.resume(args.resume).run(args.until)
             return Pipeline.create(_spec(args), args.runs_dir).run(args.until)
-        finally:
-            if saved is None:
-                os.environ.pop(NO_MASK_ENV, None)
-            else:
-                os.environ[NO_MASK_ENV] = saved
 
 
 def _spec(args: argparse.Namespace):

@@ -5,7 +5,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ernie_ops.cli.base import Subcommand
+from ernie_ops.cli.base import Subcommand, add_mask_argument, masking_for
 
 
 class Train(Subcommand):
@@ -63,6 +63,7 @@ class Train(Subcommand):
             help="stop a run with no new log line for S seconds (default 1800)",
         )
         parser.add_argument("--echo", action="store_true", help="also print ERNIEKit's own log lines")
+        add_mask_argument(parser)  # ERNIEKit logs the examples it skips, whole: masked in logs/train.log
 
     def run(self, args: argparse.Namespace) -> int:
         from ernie_ops.errors import UserError
@@ -103,7 +104,8 @@ class Train(Subcommand):
             echo=args.echo,
         )
         try:
-            record, outcome = train(options)
+            with masking_for(args):
+                record, outcome = train(options)
         except CheckFailed as err:
             print(f"refused: {err}", file=sys.stderr)
             return 1
