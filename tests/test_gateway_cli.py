@@ -133,3 +133,15 @@ def test_a_judge_suite_retention_and_no_mask_are_announced_and_bad_values_refuse
     suite.write_text('{"prompt": "x", "judge": "exactly"}\n')
     refused = cli("gateway", "run", "--stable", "127.0.0.1:9", "--judge-suite", str(suite), timeout=GUARD_S)
     assert refused.returncode == 2 and "probes.jsonl:1" in refused.stderr
+
+
+def test_the_request_log_is_kept_as_long_as_the_retention_config_says(tmp_path, monkeypatch):
+    from ernie_ops.cli.gateway import _retention
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ERNIE_OPS_RETENTION", raising=False)
+    monkeypatch.delenv("ERNIE_OPS_RETENTION_CONFIG", raising=False)
+    assert _retention(None) == 30 * 86400  # no config anywhere: 30 days
+    (tmp_path / "retention.yaml").write_text("default: 90d\ngateway_log: 14d\n")
+    assert _retention(None) == 14 * 86400  # what `ernie-ops gc` would keep
+    assert _retention(3600.0) == 3600.0  # --retention wins

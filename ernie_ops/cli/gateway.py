@@ -109,9 +109,9 @@ class Gateway(Subcommand):
         run.add_argument(
             "--retention",
             type=age,
-            default=30 * 86400.0,
             metavar="AGE",
-            help="delete rotated logs and review items older than this, e.g. 30d, 12h, 2w (default 30d)",
+            help="delete rotated logs and review items older than this, e.g. 30d, 12h, 2w (default: "
+            "gateway_log of retention.yaml or ERNIE_OPS_RETENTION, as `ernie-ops gc` reads them; else 30d)",
         )
         run.add_argument(
             "--review-dir",
@@ -253,7 +253,7 @@ def _run(args: argparse.Namespace) -> int:
         state_path=args.state,
         log_dir=None if args.no_log else args.log_dir,
         log_max_bytes=int(args.log_max_mb * 2**20),
-        retention_days=args.retention / 86400,
+        retention_days=_retention(args.retention) / 86400,
         log_content=args.log_content,
         mask=args.mask,
         review_dir=None if args.no_review else args.review_dir,
@@ -347,3 +347,12 @@ def _admin(args: argparse.Namespace) -> int:
         raise UserError(f"cannot reach the gateway at {url}: {err}") from None
     print(json.dumps(answer, indent=2))
     return 0
+
+
+def _retention(given: float | None) -> float:
+    """--retention, else the retention config's gateway_log period (as `gc` reads it), else 30 days."""
+    from ernie_ops.privacy.retention import period_for
+
+    if given is not None:
+        return given
+    return period_for("gateway_log") or 30 * 86400.0
