@@ -3,20 +3,20 @@ them, and ERNIEKit's own model as the tests' reference.
 
 `DenseForward` is dense ERNIE 4.5's float32 arithmetic written out (embedding, RMSNorm, fused QKV
 with GQA, interleaved RoPE, softmax attention, SwiGLU MLP, LM head) in numpy, over weights read
-straight from the checkpoint's safetensors files (`weights.py`) in Paddle's [in, out] layout as
-stored, so loading holds the weights once; the tied LM head is kept transposed ([hidden, vocab]) and
-the embedding lookup reads its columns. The products of several rows with a weight (a batch
-decoding, a prompt) go through Paddle's CPU matmul (MKL) over the same memory (DLPack, no copies);
-one row (a lone stream decoding) through numpy's.
+straight from the checkpoint's safetensors files (`weights.py`) a tensor at a time, so loading holds
+the weights once. Linear weights are kept as [out, in] rows (Paddle stores [in, out]; each is
+transposed as it is read), the tied LM head is the embedding table itself.
 
-Measured on 2 cores (Xeon, AVX-512; 0.3B shapes, float32, best of 5, quiet machine): MKL's sgemm
-with the weight as the right operand in [in, out] layout against numpy's OpenBLAS 0.3.23 in its best
-layout, per layer (the 4 linears) and for the LM head:
-- 1 row: the same (a memory-bound gemv: 1.0 ms / layer, 12-13 ms LM head); with other processes
-  on the cores, OpenBLAS's gemv held up better than MKL's OpenMP threads, so one row stays in numpy;
-- 8 rows (8 decoding streams): 1.9 ms against 2.8 ms per layer, 23 ms against 32 ms LM head
-  (OpenBLAS packs the whole weight at every call; at a few rows that costs as much as the product);
-- 64 rows (a prompt): 5.9 ms against 10-13 ms per layer.
+Which kernel multiplies (`_matmul`), measured on 2 cores (Xeon, AVX-512; 0.3B shapes, float32):
+- one row (a lone stream decoding, memory-bound): numpy's OpenBLAS gemv down the [out, in] rows
+  (dot products over contiguous memory). Over [in, out] (axpy form) it measured 0.7x in interleaved
+  engine runs, and MKL's held up worse than OpenBLAS's with other processes on the cores;
+- a few rows (a batch decoding): numpy, [out, in] rows taken 1024 output rows at a time
+  (`_skinny_matmul`: about twice x @ W at 4-8 rows);
+- a prompt (more than SKINNY_ROWS rows): Paddle's matmul (MKL) over the same memory (DLPack, no
+  copy): 7.0 ms per layer against OpenBLAS's 13 ms at 64 rows (quiet machine, best of 5). MKL is
+  faster still at 8 rows over an [in, out] copy (1.9 against 2.8 ms per layer) but not over
+  [out, in], and one layout is kept.
 ERNIEKit's forward itself is not used for serving: it concatenates the cache every step, builds
 masks and casts, and runs its LM head over every prompt position. Kept (`Engine(...,
 reference=True)`, the tests), ERNIEKit's model is the reference: `reference_logits` runs it, and the
@@ -141,13 +141,29 @@ def _tensor(array: np.ndarray) -> Any:
     return from_dlpack(array if array.flags.writeable else array.copy())  # type: ignore[arg-type]
 
 
-def _matmul(x: np.ndarray, weight: np.ndarray, tensor: Any) -> np.ndarray:
-    """x [M, in] @ weight [in, out] -> [M, out]; TENSOR is WEIGHT as a Paddle tensor (the same memory)."""
+SKINNY_ROWS = 32  # up to this many rows, numpy's products over [out, in] rows (see `_matmul`)
+
+
+def _matmul(x: np.ndarray, rows: np.ndarray, tensor: Any) -> np.ndarray:
+    """x [M, in] @ rows.T -> [M, out]; ROWS is the weight as [out, in] (C-contiguous), TENSOR the
+    same memory as a Paddle tensor. One row: numpy's gemv (dot products down contiguous rows, the
+    memory-bound case); a few rows: `_skinny_matmul`; a prompt: Paddle's matmul (MKL)."""
     import paddle
 
-    if len(x) == 1:  # a gemv: as fast in numpy, and steadier on shared cores (module docstring)
-        return x @ weight
-    return np.from_dlpack(paddle.matmul(_tensor(x), tensor))
+    if len(x) == 1:
+        return (rows @ x[0])[None]
+    if len(x) <= SKINNY_ROWS:
+        return _skinny_matmul(x, rows)
+    return np.from_dlpack(paddle.matmul(_tensor(x), tensor, transpose_y=True))
+
+
+def _skinny_matmul(x: np.ndarray, rows: np.ndarray, block: int = 1024) -> np.ndarray:
+    """x [M, in] @ rows.T for a few rows of x, `rows` [out, in] taken `block` output rows at a time."""
+    out_t = np.empty((rows.shape[0], x.shape[0]), dtype=np.float32)
+    x_t = np.ascontiguousarray(x.T)
+    for start in range(0, rows.shape[0], block):
+        np.matmul(rows[start : start + block], x_t, out=out_t[start : start + block])
+    return out_t.T
 
 
 class DenseForward:
@@ -189,12 +205,11 @@ class DenseForward:
             )
         self.norm = weights.read("ernie.norm.weight")
         self.tied = bool(config.tie_word_embeddings)
-        # the LM head as [hidden, V] (MKL's fast layout); tied, it is the embedding table transposed,
-        # and the embedding lookup reads its columns (one copy of the table, not two)
-        name = "ernie.embed_tokens.weight" if self.tied else "lm_head.weight"
-        self.head = weights.read_transposed(name) if self.tied else weights.read(name)
+        self.embed = weights.read("ernie.embed_tokens.weight")  # [V, hidden]
+        # the LM head as [V, hidden] rows: tied, the embedding table itself; untied, Paddle's
+        # [hidden, V] lm_head transposed
+        self.head = self.embed if self.tied else weights.read_transposed("lm_head.weight")
         self.head_tensor = _tensor(self.head)
-        self.embed = None if self.tied else weights.read("ernie.embed_tokens.weight")
         self.head_bias = weights.read("lm_head.bias") if weights.has("lm_head.bias") else None
 
     @classmethod
@@ -214,12 +229,6 @@ class DenseForward:
         """Keys and values of every layer: [2 * layers] arrays of [batch, kv_heads, capacity, head_dim]."""
         shape = (batch, self.kv_heads, capacity, self.head_dim)
         return [np.zeros(shape, dtype=np.float32) for _ in range(2 * len(self.layers))]
-
-    def _embed(self, ids: np.ndarray) -> np.ndarray:
-        """Embedding rows [B, S, hidden] of ids [B, S]."""
-        if self.embed is not None:
-            return self.embed[ids]
-        return np.ascontiguousarray(np.moveaxis(self.head[:, ids], 0, -1))
 
     def _norm(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
         variance = np.einsum("...i,...i->...", x, x)[..., None] / np.float32(x.shape[-1])
@@ -250,7 +259,7 @@ class DenseForward:
         end = at + steps
         angles = positions[..., None].astype(np.float32) * self.inv_freq
         cos, sin = np.cos(angles)[:, :, None], np.sin(angles)[:, :, None]  # [B, S, 1, D/2]
-        x = self._embed(ids)  # [B, S, hidden]
+        x = self.embed[ids]  # [B, S, hidden]
         for i, w in enumerate(self.layers):
             qkv = w.qkv(self._norm(x, w.ln1))
             qkv = qkv.reshape(rows, steps, heads + 2 * kv, dim)
@@ -303,27 +312,25 @@ class DenseForward:
 
 
 class _Linear:
-    """y = x @ W + b with W in Paddle's [in, out] layout (see `_matmul` and the module docstring)."""
+    """y = x @ W + b with W kept as [out, in] rows (Paddle stores [in, out]; see `_matmul`)."""
 
-    __slots__ = ("bias", "tensor", "weight")
+    __slots__ = ("bias", "rows", "tensor")
 
-    def __init__(self, weight: np.ndarray, bias: np.ndarray | None):
-        self.weight = weight
-        self.tensor = _tensor(weight)  # shares the array's memory
+    def __init__(self, rows: np.ndarray, bias: np.ndarray | None):
+        self.rows = rows
+        self.tensor = _tensor(rows)  # shares the array's memory
         self.bias = bias
 
     @classmethod
     def of(cls, weights: Weights, name: str, quantization: str | None = None) -> _Linear:
         """The layer NAME, quantized and dequantized as FastDeploy's weight-only QUANTIZATION
         computes with it (None: as it is)."""
-        weight = weights.read(name + ".weight")  # [in, out]
-        if quantization is not None:  # fake_quantize works on [out, in] (a scale per output channel)
-            weight = np.ascontiguousarray(fake_quantize(np.ascontiguousarray(weight.T), quantization).T)
+        rows = fake_quantize(weights.read_transposed(name + ".weight"), quantization)  # [out, in]
         bias = weights.read(name + ".bias") if weights.has(name + ".bias") else None
-        return cls(weight, None if bias is None else np.array(bias))
+        return cls(np.ascontiguousarray(rows), None if bias is None else np.array(bias))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        y = _matmul(x.reshape(-1, x.shape[-1]), self.weight, self.tensor)  # one 2-D product over all rows
+        y = _matmul(x.reshape(-1, x.shape[-1]), self.rows, self.tensor)  # one 2-D product over all rows
         y = y.reshape(*x.shape[:-1], -1)
         return y if self.bias is None else y + self.bias
 
