@@ -64,6 +64,9 @@ setup(
         "gguf>=0.17,<1",  # export --format gguf: llama.cpp's own GGUF writer and quantizers (pure Python)
         "tokenizers>=0.15",  # bench: prompt lengths in tokens of a transformers-layout checkpoint
         "rich>=13",  # `ernie-ops top`: the live per-backend table in the terminal
+        # the load generator's, null server's and gateway's event loop (ernie_ops/eventloop.py): less
+        # CPU per request and per wake-up than asyncio's, so open-loop arrivals and the p99 hold better
+        "uvloop>=0.19; sys_platform != 'win32'",
     ],
     extras_require={
         # CPU machines: Paddle CPU build + the ERNIEKit wheel that ships `ernie` (pins: constraints.txt)

@@ -306,7 +306,9 @@ def _run(args: argparse.Namespace) -> int:
         print("gateway stopping: finishing the requests in flight", flush=True)
         await gateway.stop()
 
-    asyncio.run(serve())
+    from ernie_ops import eventloop
+
+    eventloop.run(serve())  # uvloop when installed: a lower p99 on a busy machine
     return 0
 
 
