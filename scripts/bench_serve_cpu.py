@@ -1071,6 +1071,11 @@ def compare_main(args: Any, env: dict[str, str]) -> int:
         )
     print()
     print_table(rows)
+    # this run's own threads keep the 1-minute load near the thread count: over 1.5x the CPUs,
+    # other processes were taking a share of them
+    busy = [c for c in contenders if best[c]["load_average_1m"] > 1.5 * (os.cpu_count() or 1)]
+    if busy:
+        print(f"warning: the load average was over 1.5x the CPUs at the best round of {', '.join(busy)}")
     targets = compare_targets(best, wbytes)
     for key, t in targets.items():
         print(f"target {key}: {t['target']}, value {t['value']:.2f}, {'met' if t['met'] else 'NOT met'}")
