@@ -3,6 +3,7 @@ our FastAPI OpenAI-compatible server (`serve/openai_server.py`, started as `pyth
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,7 +51,9 @@ class Embedded(Backend):
             argv += ["--chat-template", str(Path(profile.chat_template).expanduser())]
         if profile.max_request_mb is not None:
             argv += ["--max-request-mb", str(profile.max_request_mb)]
-        env = {}
+        # ERNIEKit's tokenizer pulls in transformers through paddleformers, and with it torch (200 MiB
+        # of the load peak) unless told not to; the engine itself needs neither. A user's choice stays.
+        env = {} if "USE_TORCH" in os.environ else {"USE_TORCH": "0"}
         key = api_key(profile) if target is not None else None  # read only to start, never to show
         if key:
             env["ERNIE_OPS_API_KEY"] = key  # the environment, never the command line
