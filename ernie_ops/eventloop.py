@@ -15,6 +15,7 @@ import asyncio
 import importlib
 import os
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ernie_ops.errors import UserError
@@ -74,3 +75,28 @@ def name(loop: asyncio.AbstractEventLoop | None = None) -> str:
     """`uvloop` or `asyncio`: what the running loop (or `loop`) is."""
     loop = loop or asyncio.get_running_loop()
     return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How a benchmark runs a timing-sensitive process: its event loop (auto: uvloop when installed)
+    and whether it is pinned to a core of its own (`LOOP[+pin]` on the command line)."""
+
+    loop: str
+    pinned: bool
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        loop, plus, pin = text.strip().partition("+")
+        if loop not in CHOICES or (plus and pin != "pin"):
+            raise UserError(f"--variants: {text!r} is not LOOP[+pin] with LOOP one of {', '.join(CHOICES)}")
+        chosen(loop)  # uvloop asked for and not installed: say so now
+        return cls(loop, pin == "pin")
+
+    def __str__(self) -> str:
+        return chosen(self.loop) + (" pinned" if self.pinned else " unpinned")
+
+
+def variants(text: str) -> list[Variant]:
+    """The comma-separated `LOOP[+pin]` list of a benchmark's --variants (UserError when one is bad)."""
+    return [Variant.parse(v) for v in text.split(",") if v.strip()]

@@ -41,7 +41,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,7 @@ import orjson
 
 from ernie_ops import eventloop
 from ernie_ops.benchmark import bench_parser, print_table, write_report
+from ernie_ops.errors import UserError
 
 TARGET_P99_ADDED_MS = 2.0
 TARGET_RPS_PER_CORE = 1000.0
@@ -106,28 +106,6 @@ GATEWAY_MAIN = (
     "from ernie_ops.cli.main import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A gateway to measure: its event loop (auto: uvloop when installed) and whether it is pinned
-    to --gateway-core."""
-
-    loop: str
-    pinned: bool
-
-    @classmethod
-    def parse(cls, text: str) -> Variant:
-        loop, _, pin = text.strip().partition("+")
-        if loop not in eventloop.CHOICES or pin not in ("", "pin"):
-            raise SystemExit(
-                f"--variants: {text!r} is not LOOP[+pin] with LOOP one of {', '.join(eventloop.CHOICES)}"
-            )
-        eventloop.chosen(loop)  # uvloop asked for and not installed: say so now
-        return cls(loop, pin == "pin")
-
-    def __str__(self) -> str:
-        return "gateway " + eventloop.chosen(self.loop) + (" pinned" if self.pinned else "")
 
 
 def gateway(stable: str, workdir: Path, core: int | None, loop: str = "auto") -> Child:
@@ -358,7 +336,7 @@ def main() -> int:
         os.setpriority(os.PRIO_PROCESS, 0, NICE)
     if args.quick:
         args.requests, args.seconds, args.repeat = 1000, 3.0, 1
-    variants = [Variant.parse(v) for v in args.variants.split(",") if v.strip()]
+    variants = _variants(args.variants)
     cores = sorted(os.sched_getaffinity(0))
     gw_core = args.gateway_core if args.gateway_core in cores else None
     client_core = args.client_core if args.client_core in cores and args.client_core != gw_core else None
@@ -489,6 +467,13 @@ def main() -> int:
         verdict=verdict,
     )
     return 0
+
+
+def _variants(text: str) -> list[eventloop.Variant]:
+    try:
+        return eventloop.variants(text)
+    except UserError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

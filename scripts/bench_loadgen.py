@@ -60,6 +60,7 @@ import orjson
 
 from ernie_ops import eventloop
 from ernie_ops.benchmark import bench_parser, print_table, write_report
+from ernie_ops.errors import UserError
 from ernie_ops.validate import loadgen
 from ernie_ops.validate.arrivals import ArrivalStats, target_cv
 from ernie_ops.validate.client import Endpoint, session
@@ -547,32 +548,10 @@ def open_level(
     }
 
 
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    """How the generator and the null server run in the open part: their event loop (auto: uvloop
-    when installed) and whether each is pinned to a core of its own."""
-
-    loop: str
-    pinned: bool
-
-    @classmethod
-    def parse(cls, text: str) -> Variant:
-        loop, _, pin = text.strip().partition("+")
-        if loop not in eventloop.CHOICES or pin not in ("", "pin"):
-            raise SystemExit(
-                f"--variants: {text!r} is not LOOP[+pin] with LOOP one of {', '.join(eventloop.CHOICES)}"
-            )
-        eventloop.chosen(loop)  # uvloop asked for and not installed: say so now
-        return cls(loop, pin == "pin")
-
-    def __str__(self) -> str:
-        return eventloop.chosen(self.loop) + (" pinned" if self.pinned else " unpinned")
-
-
 def part_open(args: argparse.Namespace, report: dict[str, Any]) -> None:
     """Each level run once per variant per round, the variants in turn (reversed every other round)
     so that a change in the machine's load falls on all of them alike."""
-    variants = [Variant.parse(v) for v in args.variants.split(",") if v.strip()]
+    variants = _variants(args.variants)
     client_core, server_core = cores()
     allowed = os.sched_getaffinity(0)
     servers = {
@@ -702,7 +681,7 @@ def _median_abs(rows: list[dict[str, Any]], level: tuple[float, float], key: str
     return statistics.median(abs(r[key]) for r in rows if (r["rate"], r["burstiness"]) == level)
 
 
-def _open_summary(rows: list[dict[str, Any]], variants: list[Variant]) -> list[list[str]]:
+def _open_summary(rows: list[dict[str, Any]], variants: list[eventloop.Variant]) -> list[list[str]]:
     names = [str(v) for v in variants]
     table = [["rate", "b", *names]]
     for level in _levels(rows):
@@ -824,6 +803,13 @@ def main() -> int:
         **report,
     )
     return 0
+
+
+def _variants(text: str) -> list[eventloop.Variant]:
+    try:
+        return eventloop.variants(text)
+    except UserError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

@@ -112,3 +112,15 @@ def test_bench_runs_on_the_chosen_loop(monkeypatch, uv):
         result = loadgen.bench(Endpoint.parse(server.url), workload, options)
     assert seen == ["uvloop" if uv else "asyncio"]
     assert result.ok and result.levels[0].completed == 20
+
+
+def test_a_benchmark_variant_is_a_loop_and_a_pinning():
+    from ernie_ops import eventloop
+    from ernie_ops.errors import UserError
+
+    (a, b) = eventloop.variants("asyncio+pin, asyncio")
+    assert (a.loop, a.pinned, str(a)) == ("asyncio", True, "asyncio pinned")
+    assert (b.pinned, str(b)) == (False, "asyncio unpinned")
+    for bad in ("asyncio+pinned", "tokio", "auto+"):
+        with pytest.raises(UserError, match="LOOP\\[\\+pin\\]"):
+            eventloop.variants(bad)
