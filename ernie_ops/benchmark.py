@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from ernie_ops.files import write_text_atomic
@@ -33,3 +35,22 @@ def write_report(path: Path, **report: Any) -> None:
     machine = {"python": platform.python_version(), "platform": platform.platform()}
     write_text_atomic(path, json.dumps({"machine": machine, **report}, indent=2) + "\n")
     print(f"\nwrote {path}")
+
+
+def script(name: str) -> ModuleType:
+    """scripts/NAME.py as a module: one benchmark reusing another's fixtures (the 0.3B-shaped checkpoint
+    of bench_serve_cpu) instead of a copy of them."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def memory_bytes(field: str) -> int:
+    """This process's VmRSS or VmHWM (the peak of this process image: getrusage's ru_maxrss can carry
+    over the parent's across fork and exec) in bytes; 0 where /proc has no such line."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    return 0

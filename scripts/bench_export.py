@@ -24,7 +24,6 @@ transformers one: `--formats hf,gguf-f32,gguf-q8_0,gguf-q4_0`; each is measured 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -36,25 +35,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ernie_ops.benchmark import REPO, bench_parser, print_table, write_report
+from ernie_ops.benchmark import bench_parser, memory_bytes, print_table, script, write_report
 
 TARGET = 1.5  # peak RSS / checkpoint bytes
-
-
-def _serve_bench() -> Any:
-    """scripts/bench_serve_cpu.py, for its cached 0.3B-shaped checkpoint (one definition of it)."""
-    spec = importlib.util.spec_from_file_location("bench_serve_cpu", REPO / "scripts" / "bench_serve_cpu.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def _format_args(fmt: str) -> list[str]:
@@ -72,7 +55,7 @@ def child(src: str, out: str, shard: str, fmt: str = "hf") -> int:
 
     assert _export.convert is not None
 
-    baseline = _status("VmRSS")
+    baseline = memory_bytes("VmRSS")
     argv = [
         "export",
         src,
@@ -89,7 +72,7 @@ def child(src: str, out: str, shard: str, fmt: str = "hf") -> int:
     seconds = time.perf_counter() - started
     # VmHWM, the peak RSS of this process image: getrusage's ru_maxrss would carry over the parent's
     # peak (it is preserved across fork + execve)
-    peak = _status("VmHWM")
+    peak = memory_bytes("VmHWM")
     print(
         json.dumps({"rc": code, "seconds": seconds, "peak_rss": peak, "baseline_rss": baseline}), flush=True
     )
@@ -186,7 +169,7 @@ def main() -> int:
     if args.child:
         return child(*args.child)
 
-    serve = _serve_bench()
+    serve = script("bench_serve_cpu")
     fp32 = serve.build_model(args.model_dir or serve.DEFAULT_MODEL_DIR)
     results: dict[str, dict[str, Any]] = {}
     formats = args.formats.split(",")

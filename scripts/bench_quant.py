@@ -26,7 +26,6 @@ coarser, so the drift here is a floor for the scheme's arithmetic, not a quality
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -39,27 +38,11 @@ from typing import Any
 import numpy as np
 
 from ernie_ops.argtypes import positive_int
-from ernie_ops.benchmark import REPO, bench_parser, print_table, write_report
+from ernie_ops.benchmark import bench_parser, memory_bytes, print_table, script, write_report
 
 VARIANTS = ("fp32", "wint8", "wint4")
 PROMPT_LEN = 32
 DECODE_PROMPT_LEN = 64
-
-
-def _serve_bench() -> Any:
-    """scripts/bench_serve_cpu.py: its cached 0.3B-shaped checkpoint, prompts and batch-1 timing."""
-    spec = importlib.util.spec_from_file_location("bench_serve_cpu", REPO / "scripts" / "bench_serve_cpu.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    return 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,12 +53,12 @@ def child(variant: str, model_dir: Path, out: Path, reference: Path | None, args
     """Load VARIANT, generate, write its tokens, teacher-forced logits and figures to OUT (.npz)."""
     from ernie_ops.serve.engine import Engine, SamplingParams
 
-    serve = _serve_bench()
+    serve = script("bench_serve_cpu")
     prompts = serve.prompts(args.prompts, PROMPT_LEN, serve.SEED)
     started = time.perf_counter()
     engine = Engine.load(model_dir, max_batch_size=8, quantization=None if variant == "fp32" else variant)
     load_s = time.perf_counter() - started
-    rss_mib, peak_mib = _status_kib("VmRSS") / 1024, _status_kib("VmHWM") / 1024
+    rss_mib, peak_mib = memory_bytes("VmRSS") / 2**20, memory_bytes("VmHWM") / 2**20
     engine.start()
     try:
         greedy = SamplingParams(max_tokens=args.steps, temperature=0.0, ignore_eos=True)
@@ -182,7 +165,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.prompts, args.steps, args.decode_tokens, args.repeat = 2, 6, 8, 1
-    serve = _serve_bench()
+    serve = script("bench_serve_cpu")
     model_dir = args.model_dir or serve.DEFAULT_MODEL_DIR
     if args.child:
         child(args.child, model_dir, args.child_out, args.reference, args)
