@@ -1,4 +1,5 @@
-"""The `llamacpp` engine (serve/backends/llamacpp.py): GGUF files served by llama-cpp-python.
+"""The `llamacpp` engine (serve/backends/llamacpp.py): GGUF files served by llama-cpp-python's
+server (LLAMA_SERVER=off here; llama.cpp's own llama-server: tests/test_llama_server.py).
 
 Without llama-cpp-python: the registry, resolution (file, directory, run exports by quantization,
 refusals with the export command), the command line, pre-flight and the profile rules, on small
@@ -31,10 +32,31 @@ PROFILE = REPO / "recipes" / "serve" / "cpu" / "ERNIE-4.5-0.3B_q4_0_cpu_llamacpp
 NO_LLAMA_CPP = (
     "llama-cpp-python is not installed (the `llamacpp` extra: pip install 'llama-cpp-python[server]')"
 )
+
+
+def _python_server_unavailable() -> str | None:
+    """Why llama-cpp-python's server cannot run (llama-server, if installed, not counted)."""
+    before = os.environ.get("LLAMA_SERVER")
+    os.environ["LLAMA_SERVER"] = "off"
+    try:
+        return llamacpp.BACKEND.unavailable()
+    finally:
+        if before is None:
+            del os.environ["LLAMA_SERVER"]
+        else:
+            os.environ["LLAMA_SERVER"] = before
+
+
 needs_llama_cpp = pytest.mark.skipif(
-    llamacpp.BACKEND.unavailable() is not None, reason=llamacpp.BACKEND.unavailable() or NO_LLAMA_CPP
+    _python_server_unavailable() is not None, reason=_python_server_unavailable() or NO_LLAMA_CPP
 )
 FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_0": 2}
+
+
+@pytest.fixture(autouse=True)
+def llama_cpp_python_server(monkeypatch):
+    """These tests are of llama-cpp-python's server, even where llama-server is installed."""
+    monkeypatch.setenv("LLAMA_SERVER", "off")
 
 
 def fake_gguf(path: Path, quant: str = "q8_0", arch: str = "ernie4_5", context: int = 4096) -> Path:

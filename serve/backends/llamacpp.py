@@ -1,6 +1,9 @@
 """llama.cpp on CPU (`engine: llamacpp`): a GGUF file (`ernie-ops export RUN --format gguf --quant Q`)
-served by llama-cpp-python's OpenAI-compatible server (`python -m llama_cpp.server`, the optional
-extra `llamacpp`: `pip install "llama-cpp-python[server]"`, which compiles llama.cpp at install).
+served by llama.cpp's own `llama-server` when it is installed (continuous batching over
+max_num_seqs slots; `_llama_server.py`: where it is looked for, its flags, LLAMA_SERVER=off), else
+by llama-cpp-python's OpenAI-compatible server (`python -m llama_cpp.server`, the optional extra
+`llamacpp`: `pip install "llama-cpp-python[server]"`, which compiles llama.cpp at install), which
+answers one request at a time. Start-up says which.
 
 - The model is one `.gguf` file, a directory holding some, or a run whose GGUF exports run.json
   records (exports.gguf.<quant>); `quantization:` (f32 | f16 | q8_0 | q4_0) picks among them and
@@ -20,9 +23,9 @@ extra `llamacpp`: `pip install "llama-cpp-python[server]"`, which compiles llama
   (a dedicated machine: its physical cores).
 - It runs through `_llamacpp_server.py`, which is `python -m llama_cpp.server` with llama.cpp's
   extra buffer types off on CPUs with AMX (where this llama.cpp crashes on q8_0 / q4_0 in them).
-- The server handles one request at a time (llama-cpp-python has no continuous batching);
-  concurrent requests queue. The API key goes in its environment (`API_KEY`, read by its pydantic
-  settings), never on the command line.
+- llama-cpp-python's server handles one request at a time (no continuous batching); concurrent
+  requests queue. The API key goes in the server's environment (`API_KEY` for llama-cpp-python's
+  pydantic settings, `LLAMA_API_KEY` for llama-server), never on the command line.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ernie_ops.errors import UserError
+from ernie_ops.serve.backends import _llama_server
 from ernie_ops.serve.backends.base import Backend, Command
 
 if TYPE_CHECKING:
@@ -84,28 +88,53 @@ def gguf_info(path: Path) -> dict[str, Any]:
 
     meta = read_metadata(path)
     arch = str(meta.get("general.architecture", ""))
+
+    def number(key: str) -> int:
+        value = meta.get(f"{arch}.{key}", 0) or 0
+        return int(value[0] if isinstance(value, list) else value)  # per-layer arrays: the first
+
+    heads = number("attention.head_count")
+    head_dim = number("attention.key_length") or (number("embedding_length") // heads if heads else 0)
+    kv_heads = number("attention.head_count_kv") or heads
     return {
         "architecture": arch,
         "quant": FILE_TYPES.get(int(meta.get("general.file_type", -1))),
         "context": int(meta.get(f"{arch}.context_length", 0) or 0),
         "chat_template": "tokenizer.chat_template" in meta,
+        # llama.cpp's default f16 KV cache: K and V, every layer
+        "kv_bytes_per_token": 2 * number("block_count") * kv_heads * head_dim * 2,
     }
 
 
 class LlamaCpp(Backend):
     name = "llamacpp"
-    title = "llama.cpp (llama-cpp-python's server)"
+    title = "llama.cpp"
     described = "llama.cpp on CPU"
     serves = "GGUF files (ernie-ops export --format gguf) on CPU with llama.cpp: f32, f16, q8_0, q4_0"
     priority = 95  # never the default: chosen with --engine llamacpp / engine: llamacpp
     default_host = "127.0.0.1"
-    # llama-cpp-python has no /health and every /v1 route wants the API key, which the supervisor's
-    # probe does not have; FastAPI's schema answers without one, and the model is loaded before the
-    # server listens (create_app loads it, then uvicorn starts)
-    health_path = "/openapi.json"
-    api_key_env = API_KEY_ENV
+
+    # which server runs is decided when asked (llama-server may be installed or LLAMA_SERVER set
+    # between two commands); the base class's class attributes become properties here
+    @property  # type: ignore[misc]
+    def health_path(self) -> str:  # type: ignore[override]
+        # llama-server: /health answers 503 while the model loads, 200 after, with no key.
+        # llama-cpp-python has no /health and every /v1 route wants the API key, which the
+        # supervisor's probe does not have; FastAPI's schema answers without one, and the model is
+        # loaded before the server listens (create_app loads it, then uvicorn starts)
+        return "/health" if _llama_server.found() else "/openapi.json"
+
+    @property  # type: ignore[misc]
+    def api_key_env(self) -> str:  # type: ignore[override]
+        return _llama_server.API_KEY_ENV if _llama_server.found() else API_KEY_ENV
 
     def unavailable(self) -> str | None:
+        try:
+            if _llama_server.find():
+                gguf = importlib.util.find_spec("gguf")
+                return None if gguf else "the gguf package is missing (the `llamacpp` extra)"
+        except UserError as exc:
+            return str(exc)
         if importlib.util.find_spec("llama_cpp") is None:
             return "llama-cpp-python is not installed (the `llamacpp` extra)"
         missing = [m for m in (*SERVER_MODULES, "gguf") if importlib.util.find_spec(m) is None]
@@ -209,10 +238,48 @@ class LlamaCpp(Backend):
             )
         check_ports(profile, only_main=True)
         n_ctx = self._n_ctx(profile, info)
+        binary = _llama_server.find()
+        if binary:
+            return self._llama_server_preflight(binary, profile, n_ctx, info)
         lines = [
             f"llama.cpp: {threads()} thread(s) (physical cores {physical_cores()} less one; "
-            f"{THREADS_ENV}=N overrides), context {n_ctx}, requests served one at a time"
+            f"{THREADS_ENV}=N overrides), context {n_ctx}, llama-cpp-python's server: requests served "
+            f"one at a time (llama-server, built by {_llama_server.BUILD_HINT.split()[0]}, batches them)"
         ]
+        if not info["chat_template"]:
+            lines.append("warning: the file has no chat template: llama.cpp falls back to its default format")
+        return lines
+
+    def _llama_server_preflight(
+        self, binary: str, profile: ServeProfile, n_ctx: int, info: dict[str, Any]
+    ) -> list[str]:
+        import psutil
+
+        _llama_server.check_flags(binary)
+        slots = profile.max_num_seqs
+        kv = slots * n_ctx * info["kv_bytes_per_token"]
+        free = psutil.virtual_memory().available
+        if kv > free:
+            raise UserError(
+                f"llama-server's KV cache for {slots} slot(s) of {n_ctx} tokens would take "
+                f"{kv / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB available",
+                hint="lower max_num_seqs (the slots) or max_model_len (each slot's context)",
+            )
+        lines = [
+            f"llama.cpp: llama-server {binary} ({_llama_server.version(binary)}), continuous batching: "
+            f"{slots} slot(s) of context {n_ctx} (--ctx-size {slots * n_ctx}, shared by the slots; "
+            f"KV cache {kv / 2**20:.0f} MiB), "
+            f"{threads()} thread(s) (physical cores {physical_cores()} less one; {THREADS_ENV}=N overrides)"
+        ]
+        if not _llama_server.repack(binary):
+            lines.append(
+                "llama.cpp extra buffer types (AMX, repack) off: this CPU has AMX and the binary its kernels "
+                f"(ERNIE_OPS_LLAMACPP_EXTRA_BUFFERS=1 keeps them; {_llama_server.BUILD_HINT.split()[0]} "
+                "builds without them)"
+            )
+        inherited = _llama_server.inherited_settings()
+        if inherited:
+            lines.append(f"warning: llama-server also reads {', '.join(inherited)} from the environment")
         if not info["chat_template"]:
             lines.append("warning: the file has no chat template: llama.cpp falls back to its default format")
         return lines
@@ -230,6 +297,31 @@ class LlamaCpp(Backend):
         n_ctx = profile.max_model_len
         if target is not None:
             n_ctx = self._n_ctx(profile, gguf_info(target.model_dir))
+        binary = _llama_server.find()
+        if binary:
+            model = str(target.model_dir) if target is not None else profile.model
+            argv = _llama_server.argv(
+                binary,
+                model,
+                profile.host or self.default_host,
+                profile.port,
+                slots=profile.max_num_seqs,
+                slot_context=n_ctx,
+                threads=threads(),
+                alias=profile.served_model_name,
+                repack=_llama_server.repack(binary),
+            )
+        else:
+            argv = self._python_argv(profile, target, python, n_ctx)
+        env = {}
+        key = api_key(profile) if target is not None else None  # read only to start, never to show
+        if key:
+            env[self.api_key_env] = key
+        return Command(argv, env)
+
+    def _python_argv(
+        self, profile: ServeProfile, target: Target | None, python: str | None, n_ctx: int
+    ) -> list[str]:
         n = str(threads())
         argv = [
             *self.python_server(MODULE, profile, target, python),
@@ -248,11 +340,7 @@ class LlamaCpp(Backend):
         ]
         if profile.served_model_name:
             argv += ["--model_alias", profile.served_model_name]
-        env = {}
-        key = api_key(profile) if target is not None else None  # read only to start, never to show
-        if key:
-            env[API_KEY_ENV] = key
-        return Command(argv, env)
+        return argv
 
 
 BACKEND = LlamaCpp()
