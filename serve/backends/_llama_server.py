@@ -7,10 +7,11 @@ llama.cpp llama-cpp-python 0.3.36 vendors; `scripts/build_llama_server.sh` build
   `--parallel` is given) each slot gets ctx-size / parallel, so the engine passes
   max_model_len x max_num_seqs.
 - The API key: llama-server reads `LLAMA_API_KEY` from its environment (the `--api-key` option's
-  environment name), so the key never goes on argv. `/health` and `/v1/models` need no key.
-- Any other option can come from a `LLAMA_ARG_*` variable in its environment; a flag on the
-  command line wins over it, so the engine gives every setting it relies on as a flag and warns
-  about the variables it inherits.
+  environment name), so the key never goes on argv. Only `/health` needs no key;
+  every route answers 503 until the model is loaded.
+- Any other option can come from a `LLAMA_ARG_*` variable in its environment or a llama.cpp
+  config.ini (system-wide or the user's); a flag on the command line wins over both, so the engine
+  gives every setting it relies on as a flag and warns about the others it would inherit.
 - `--no-repack` turns llama.cpp's extra buffer types (AMX, repack) off: needed where the CPU has AMX
   and the binary has the AMX kernels (q8_0 / q4_0 crash in them, see _llamacpp_server.py); the build
   script compiles without them, so repack stays on.
@@ -124,8 +125,14 @@ def repack(binary: str) -> bool:
 
 
 def inherited_settings() -> list[str]:
-    """LLAMA_ARG_* variables llama-server would read from the environment it inherits."""
-    return sorted(k for k in os.environ if k.startswith("LLAMA_ARG_"))
+    """Settings llama-server would take besides its command line: LLAMA_ARG_* variables in the
+    environment it inherits, and the config.ini files every llama.cpp program reads."""
+    found = sorted(k for k in os.environ if k.startswith("LLAMA_ARG_"))
+    home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    for path in (Path("/etc/llama.cpp/config.ini"), Path(home) / "llama.cpp" / "config.ini"):
+        if path.is_file():
+            found.append(str(path))
+    return found
 
 
 def argv(

@@ -279,7 +279,7 @@ class LlamaCpp(Backend):
             )
         inherited = _llama_server.inherited_settings()
         if inherited:
-            lines.append(f"warning: llama-server also reads {', '.join(inherited)} from the environment")
+            lines.append(f"warning: llama-server also takes settings from {', '.join(inherited)}")
         if not info["chat_template"]:
             lines.append("warning: the file has no chat template: llama.cpp falls back to its default format")
         return lines
