@@ -8,14 +8,14 @@
 #           else ./.venv). Idempotent: an up-to-date binary is not rebuilt.
 # Env:    LLAMA_CPP_PYTHON_VERSION  sdist version (default: the installed one)
 #         JOBS                      parallel build jobs (default 2)
-#         WORKDIR                   download/build directory (default ./.build/llama-server)
+#         WORKDIR                   download/build directory (default ~/.cache/ernie-ops/llama-server)
 # Needs cmake and a C++ compiler (Debian/Ubuntu: apt-get install -y cmake g++).
 # About 10 minutes on 2 cores.
 set -euo pipefail
 
 prefix="${1:-${VIRTUAL_ENV:-$PWD/.venv}}"
 jobs="${JOBS:-2}"
-workdir="${WORKDIR:-$PWD/.build/llama-server}"
+workdir="${WORKDIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ernie-ops/llama-server}"
 python="${PYTHON:-python}"
 
 for tool in cmake c++ "$python"; do

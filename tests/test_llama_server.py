@@ -265,7 +265,7 @@ def test_serve_chat_stream_eight_concurrent_streams_and_smoke(tiny_gguf, cli, tm
             barrier.wait()
             first = last = 0.0
             for chunk in client.chat.completions.create(
-                model="tiny", messages=[{"role": "user", "content": f"Story {i}"}], max_tokens=200,
+                model="tiny", messages=[{"role": "user", "content": f"Story {i}"}], max_tokens=400,
                 temperature=0, stream=True, extra_body={"ignore_eos": True},
             ):  # fmt: skip
                 if chunk.choices and chunk.choices[0].delta.content:
