@@ -47,6 +47,8 @@ STANDIN = textwrap.dedent(
         ckpt.mkdir()
         (ckpt / "model_state.pdparams").write_text("w")
         (ckpt / "trainer_state.json").write_text("{}")
+        (ckpt / "optimizer.pdopt").write_text("o")  # last, as PaddleFormers saves them
+        (ckpt / "scheduler.pdparams").write_text("s")
         time.sleep(float(recipe.get("standin_delay", 0)))
     """
 )

@@ -163,15 +163,21 @@ def fingerprint(values: dict[str, Any]) -> list[DataFile]:
 # checkpoints
 
 
-def checkpoint_complete(path: Path) -> bool:
-    """A checkpoint ERNIEKit can resume from: its trainer state and weights were fully written, and
-    every sharded-state index in it (weights, optimizer) parses and names only shards on disk. A
-    kill mid-save has been seen to leave trainer_state.json and the weights beside an empty
-    optimizer index, which PaddleFormers' resume then fails to parse."""
+def checkpoint_complete(path: Path, training_state: bool = False) -> bool:
+    """A checkpoint whose trainer state and weights were fully written, every sharded-state index in
+    it (weights, optimizer) parsing and naming only shards on disk; with TRAINING_STATE, one ERNIEKit
+    can resume from: the optimizer and scheduler were written too. PaddleFormers saves the weights,
+    trainer_state.json and the RNG state first and the optimizer and scheduler last, so a kill
+    mid-save has been seen to leave a checkpoint with no optimizer at all, or with an empty index."""
     if not (path / "trainer_state.json").is_file():
         return False
     weights = ("model.safetensors.index.json", "peft_model.safetensors.index.json", "model_state.pdparams")
     if not any((path / w).is_file() for w in weights) and not (path / "lora_model_state.pdparams").is_file():
+        return False
+    if training_state and not (
+        (path / "scheduler.pdparams").is_file()
+        and ((path / "optimizer.safetensors.index.json").is_file() or any(path.glob("*.pdopt")))
+    ):
         return False
     return all(_index_whole(index) for index in path.glob("*.index.json"))
 
@@ -186,11 +192,11 @@ def _index_whole(index: Path) -> bool:
     return all(isinstance(f, str) and (index.parent / f).is_file() for f in shards)
 
 
-def set_aside_incomplete(output_dir: Path) -> list[str]:
+def set_aside_incomplete(output_dir: Path, training_state: bool = False) -> list[str]:
     """ERNIEKit resumes from the highest checkpoint-N; one cut short by a kill would break it."""
     moved = []
     for path in checkpoints(output_dir):
-        if not checkpoint_complete(path):
+        if not checkpoint_complete(path, training_state):
             target = path.with_name(path.name + ".incomplete")
             shutil.rmtree(target, ignore_errors=True)
             path.rename(target)
@@ -446,8 +452,10 @@ def _prepare_resume(options: TrainOptions, held: list[Lock]) -> tuple[RunRecord,
             f"{record.path} already finished (step {record.last_step}/{record.max_steps or '?'})",
             hint="start a new run, or train it further: ernie-ops train --resume RUN_DIR max_steps=N",
         )
-    moved = set_aside_incomplete(output) if not options.dry_run else []
-    done = [p for p in checkpoints(output) if checkpoint_complete(p)]
+    # resuming needs the optimizer and scheduler too, unless the recipe never saves them
+    state = not (yaml.safe_load(text) or {}).get("ignore_save_lr_and_optim", False)
+    moved = set_aside_incomplete(output, state) if not options.dry_run else []
+    done = [p for p in checkpoints(output) if checkpoint_complete(p, state)]
     notes += [f"set aside incomplete checkpoint(s): {', '.join(moved)}"] if moved else []
     if done:
         record.resumed_from.append(str(done[-1]))
