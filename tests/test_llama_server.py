@@ -4,7 +4,8 @@ Everywhere: the command line built for a stand-in binary (slots, the shared cont
 key in the environment only, the AMX rule), the refusals (a bad LLAMA_SERVER, a binary without a
 flag the engine passes, a KV cache larger than the memory). With a real llama-server (built by
 scripts/build_llama_server.sh; skipped without): the tiny model's GGUF served through
-`ernie-ops serve`, chat and streaming, 8 streams decoded together, and `ernie-ops smoke`.
+`ernie-ops serve`, chat and streaming, 8 streams decoded together, `ernie-ops smoke` and
+`ernie-ops bench`.
 """
 
 from __future__ import annotations
@@ -230,7 +231,7 @@ def test_serve_chat_stream_eight_concurrent_streams_and_smoke(tiny_gguf, cli, tm
     started = cli(
         "serve", str(tiny_gguf), "--engine", "llamacpp", "--set", f"port={port}",
         "--set", "served_model_name=tiny", "--set", "api_key_env=TINY_KEY",
-        "--set", "max_num_seqs=8", "--set", "max_model_len=512", "--detach",
+        "--set", "max_num_seqs=8", "--set", "max_model_len=1024", "--detach",
         cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert started.returncode == 0, started.stdout + started.stderr
@@ -289,6 +290,11 @@ def test_serve_chat_stream_eight_concurrent_streams_and_smoke(tiny_gguf, cli, tm
         status = {c["name"]: c["status"] for c in report["checks"]}
         for name in ("models", "chat", "streaming", "max_tokens"):
             assert status[name] == "PASS", (name, smoke.stdout[-3000:], smoke.stderr[-2000:])
+        bench = cli(
+            "bench", f"127.0.0.1:{port}", "--api-key-env", "TINY_KEY", "--num-prompts", "8",
+            "--concurrency", "8", "--out", str(tmp_path / "bench"), timeout=300,
+        )  # fmt: skip
+        assert bench.returncode == 0, bench.stdout[-3000:] + bench.stderr[-3000:]
     finally:
         stopped = cli("serve", "stop", "--port", str(port), cwd=tmp_path)
     assert stopped.returncode == 0 and f"port {port}: stopped the server" in stopped.stdout
