@@ -832,7 +832,9 @@ async def drive_server(url: str, texts: list[str], new_tokens: int) -> dict[str,
     """Batch 1 (one streaming client), then BATCH streaming clients at once (TEXTS: BATCH + 2 prompts)."""
     import httpx
 
-    limits = httpx.Limits(max_connections=BATCH + 4)
+    # a new connection per request: llama-server sometimes closes a kept-alive one after a stream and
+    # httpx does not retry (RemoteProtocolError in 3 of 5 runs); locally it costs well under a ms
+    limits = httpx.Limits(max_connections=BATCH + 4, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10), limits=limits) as client:
         # prompts of their own for the warm-up and batch 1: llama-cpp-python's server reuses the KV
         # cache of a prompt it has just seen (no prefill, a TTFT of a few ms)
