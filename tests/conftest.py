@@ -67,6 +67,14 @@ def tiny_moe(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-moe", kind="moe", seed=0)
 
 
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny_dense, tmp_path_factory) -> Path:
+    """The tiny dense model as a q8_0 GGUF file (llama.cpp's engines)."""
+    from ernie_ops.train.gguf_format import convert
+
+    return convert(tiny_dense, tmp_path_factory.mktemp("gguf") / "tiny-q8_0.gguf", "q8_0").path
+
+
 def _ernie_ops_exe() -> list[str]:
     """The installed console script when there is one (what users run), else the module."""
     exe = shutil.which("ernie-ops", path=str(Path(sys.executable).parent))

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from polling import free_port
 
 from ernie_ops.errors import UserError
 from ernie_ops.serve.profile import profile_for_checkpoint
@@ -206,19 +206,6 @@ def test_the_installed_binary_takes_every_flag_the_engine_passes():
     assert _llama_server.version(REAL) != "unknown version"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def tiny_gguf(tiny_dense, tmp_path_factory) -> Path:
-    from ernie_ops.train.gguf_format import convert
-
-    return convert(tiny_dense, tmp_path_factory.mktemp("gguf") / "tiny-q8_0.gguf", "q8_0").path
-
-
 @needs_binary
 @pytest.mark.slow
 def test_serve_chat_stream_eight_concurrent_streams_and_smoke(tiny_gguf, cli, tmp_path, monkeypatch):
@@ -227,7 +214,7 @@ def test_serve_chat_stream_eight_concurrent_streams_and_smoke(tiny_gguf, cli, tm
     assert REAL is not None
     monkeypatch.setenv(_llama_server.BINARY_ENV, REAL)
     monkeypatch.setenv("TINY_KEY", "sk-tiny")
-    port = _free_port()
+    port = free_port()
     started = cli(
         "serve", str(tiny_gguf), "--engine", "llamacpp", "--set", f"port={port}",
         "--set", "served_model_name=tiny", "--set", "api_key_env=TINY_KEY",

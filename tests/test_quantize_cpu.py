@@ -7,11 +7,11 @@ here from Paddle itself with probe weights whose integers spell out their own po
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
+from polling import free_port
 
 from ernie_ops.errors import UserError
 from ernie_ops.serve.engine.quantize import (
@@ -236,16 +236,10 @@ CPU_PROFILE = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_wint8_profile_is_served_by_the_embedded_engine(tiny_dense, cli, tmp_path):
     import openai
 
-    port = _free_port()
+    port = free_port()
     started = cli(
         "serve",
         str(CPU_PROFILE),

@@ -13,11 +13,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
+from polling import free_port
 
 from ernie_ops.errors import UserError
 from ernie_ops.serve.backends import all_backends, choose, get
@@ -224,25 +224,12 @@ def test_the_server_ignores_settings_from_the_environment(monkeypatch):
 # the real server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def tiny_gguf(tiny_dense, tmp_path_factory) -> Path:
-    from ernie_ops.train.gguf_format import convert
-
-    return convert(tiny_dense, tmp_path_factory.mktemp("gguf") / "tiny-q8_0.gguf", "q8_0").path
-
-
 @needs_llama_cpp
 @pytest.mark.slow
 def test_serve_chat_stream_smoke_and_bench_through_llama_cpp(tiny_gguf, cli, tmp_path, monkeypatch):
     import openai
 
-    port = _free_port()
+    port = free_port()
     monkeypatch.setenv("TINY_KEY", "sk-tiny")  # the readiness probe has no key: it must not need one
     started = cli(
         "serve", str(tiny_gguf), "--engine", "llamacpp", "--set", f"port={port}",
