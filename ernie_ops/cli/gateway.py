@@ -6,45 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from ernie_ops.argtypes import positive_float, positive_int
+from ernie_ops.argtypes import age, percent, positive_float, positive_int, unit_interval
 from ernie_ops.cli.base import Subcommand
 
 ADMIN_KEY_ENV = "ERNIE_OPS_GATEWAY_ADMIN_KEY"
 MODES = ("shadow", "split", "all-stable", "all-candidate")  # as ernie_ops.rollout.routing.MODES
-
-
-def age(text: str) -> float:
-    """An argparse type: a duration ('30d', '12h', '2w') in seconds."""
-    from ernie_ops.errors import UserError
-    from ernie_ops.privacy.retention import parse_age
-
-    try:
-        seconds = parse_age(text)
-    except UserError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be longer than 0")
-    return seconds
-
-
-def unit_interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a score from 0 to 1")
-    return value
-
-
-def percent(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage from 0 to 100")
-    return value
 
 
 class Gateway(Subcommand):
