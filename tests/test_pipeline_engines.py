@@ -82,10 +82,9 @@ def test_a_llamacpp_pipeline_serves_gguf_exports_end_to_end(tiny_dense, tmp_path
     tuned, base = record.endpoints["tuned"], record.endpoints["base"]
     assert (tuned["engine"], tuned["checkpoint"]) == ("llamacpp", made)
     assert base["engine"] == "llamacpp" and Path(base["checkpoint"]).parent == tmp_path / "p" / "exports"
-    assert (
-        "llama_cpp.server" in Path(tuned["log"]).read_text()
-        or "_llamacpp_server" in Path(tuned["log"]).read_text()
-    )
+    # served by llama.cpp: its own llama-server when installed, else llama-cpp-python in process
+    log = Path(tuned["log"]).read_text()
+    assert any(mark in log for mark in ("llama-server", "llama_cpp.server", "_llamacpp_server")), log
     assert [e["how"] for e in record.exports.values()] == ["exported into the run", "converted"]
     report = (tmp_path / "p" / "report.md").read_text()
     assert "| tuned | llamacpp |" in report and f"- GGUF q8_0 of `{run}`: `{made}`" in report

@@ -119,6 +119,15 @@ _SENT = aiohttp.TraceConfig()
 _SENT.on_request_chunk_sent.append(_body_sent)
 
 
+async def _connection_reused(_session: Any, context: Any, _params: Any) -> None:
+    reply = context.trace_request_ctx
+    if isinstance(reply, Reply):
+        reply.reused = True
+
+
+_SENT.on_connection_reuseconn.append(_connection_reused)
+
+
 @dataclass
 class Reply:
     """One request as the client saw it; times are `time.perf_counter()` seconds."""
@@ -137,6 +146,7 @@ class Reply:
     first: float | None = None  # arrival of the first chunk carrying output (content, reasoning, tool call)
     end: float = 0.0
     chunk_times: list[float] = field(default_factory=list)  # arrival of every chunk carrying output
+    reused: bool = False  # the request went out on a kept-alive connection
 
     @property
     def ok(self) -> bool:
@@ -195,7 +205,32 @@ async def request(
     payload = {"model": endpoint.model, **body}
     if payload.get("stream") and "stream_options" not in payload:
         payload["stream_options"] = {"include_usage": True}
-    reply = Reply(start=time.perf_counter())
+    start = time.perf_counter()
+    for _attempt in range(_STALE_RETRIES + 1):
+        reply = Reply(start=start)
+        stale = await _post(client, endpoint, payload, path, timeout, reply)
+        # A kept-alive connection the server had closed (llama-server does after a stream now and
+        # then; any server may at its idle timeout) answered nothing: the request goes out again,
+        # as HTTP clients do for pooled connections. The reply keeps its start: the lost attempt
+        # is part of the latency the client saw.
+        if not (stale and reply.reused and reply.status == 0):
+            break
+    return reply
+
+
+_STALE_RETRIES = 2
+
+
+async def _post(
+    client: aiohttp.ClientSession,
+    endpoint: Endpoint,
+    payload: dict[str, Any],
+    path: str,
+    timeout: float | None,
+    reply: Reply,
+) -> bool:
+    """Send once into `reply`; True when the connection was found closed before any answer."""
+    stale = False
     try:
         async with client.post(
             f"{endpoint.base}/{path}",
@@ -215,11 +250,14 @@ async def request(
         reply.error = f"timed out after {timeout or client.timeout.total:g} s"
     except aiohttp.ClientConnectorError as err:
         reply.error = f"cannot connect to {endpoint.root}: {err.os_error.strerror or err}"
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as err:
+        reply.error = f"{type(err).__name__}: {err}".rstrip(": ")
+        stale = True  # only acted on when no status arrived on a reused connection
     except (aiohttp.ClientError, OSError) as err:
         reply.error = f"{type(err).__name__}: {err}".rstrip(": ")
     # the reply ended when its last byte arrived, not after the connection went back to the pool
     reply.end = reply.end or time.perf_counter()
-    return reply
+    return stale
 
 
 def _read_body(reply: Reply, raw: bytes) -> None:
