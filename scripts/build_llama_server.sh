@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Build llama.cpp's own `llama-server` (continuous batching) from the llama.cpp
 # sources vendored in llama-cpp-python's sdist, so the served engine and the
-# in-process bindings run the same llama.cpp build.
+# in-process bindings run the same llama.cpp build; with it, llama.cpp's own
+# benchmarks `llama-bench` and `llama-batched-bench` from the same build tree
+# (scripts/bench_serve_cpu.py --part compare measures the server against them).
 #
 # Usage: scripts/build_llama_server.sh [PREFIX]
-#   PREFIX  install directory for bin/llama-server (default: the active venv,
-#           else ./.venv). Idempotent: an up-to-date binary is not rebuilt.
+#   PREFIX  install directory for bin/llama-server, bin/llama-bench and
+#           bin/llama-batched-bench (default: the active venv, else ./.venv).
+#           Idempotent: up-to-date binaries are not rebuilt, and a cached build
+#           tree compiles only the targets it lacks.
 # Env:    LLAMA_CPP_PYTHON_VERSION  sdist version (default: the installed one)
 #         JOBS                      parallel build jobs (default 2)
 #         WORKDIR                   download/build directory (default ~/.cache/ernie-ops/llama-server)
@@ -31,9 +35,14 @@ if [ -z "$version" ]; then
     exit 2
 fi
 
+targets="llama-server llama-bench llama-batched-bench"
 stamp="$prefix/bin/.llama-server.version"
-if [ -x "$prefix/bin/llama-server" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$version" ]; then
-    echo "llama-server already built from llama-cpp-python $version: $prefix/bin/llama-server"
+installed=yes
+for target in $targets; do
+    [ -x "$prefix/bin/$target" ] || installed=no
+done
+if [ "$installed" = yes ] && [ "$(cat "$stamp" 2>/dev/null)" = "$version" ]; then
+    echo "llama.cpp tools already built from llama-cpp-python $version in $prefix/bin: $targets"
     "$prefix/bin/llama-server" --version 2>&1 | grep -i version || true
     exit 0
 fi
@@ -62,13 +71,16 @@ cmake -S "$src" -B "$src/build" \
     -DLLAMA_CURL=OFF \
     -DGGML_NATIVE=ON \
     -DBUILD_SHARED_LIBS=OFF
-cmake --build "$src/build" --target llama-server -j"$jobs"
+# shellcheck disable=SC2086  # $targets is a word list on purpose
+cmake --build "$src/build" --target $targets -j"$jobs"
 
 mkdir -p "$prefix/bin"
-tmp="$prefix/bin/.llama-server.tmp.$$"
-cp "$src/build/bin/llama-server" "$tmp"
-chmod 755 "$tmp"
-mv -f "$tmp" "$prefix/bin/llama-server"
+for target in $targets; do
+    tmp="$prefix/bin/.$target.tmp.$$"
+    cp "$src/build/bin/$target" "$tmp"
+    chmod 755 "$tmp"
+    mv -f "$tmp" "$prefix/bin/$target"
+done
 printf '%s\n' "$version" >"$stamp.tmp.$$" && mv -f "$stamp.tmp.$$" "$stamp"
-echo "installed $prefix/bin/llama-server (llama.cpp vendored in llama-cpp-python $version)"
+echo "installed $targets in $prefix/bin (llama.cpp vendored in llama-cpp-python $version)"
 "$prefix/bin/llama-server" --version 2>&1 | grep -i version || true
