@@ -16,15 +16,13 @@ A stage's `outputs` are what later stages read (the run directory, the export, t
 from __future__ import annotations
 
 import datetime as dt
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ernie_ops.errors import UserError
-from ernie_ops.files import atomic_output
+from ernie_ops.records import RecordFile
 
-RECORD_FILE = "pipeline.json"
+RECORD = RecordFile("pipeline.json", "pipeline", "ernie-ops pipeline", "runs/<name>-<time>")
 STAGES = (
     "check",
     "lint",
@@ -80,22 +78,13 @@ class PipelineRecord:
         return self.stages[stage].outputs.get(key, default)
 
     def save(self) -> Path:
-        target = self.path / RECORD_FILE
-        with atomic_output(target) as f:
-            f.write(json.dumps(asdict(self), indent=2, default=str).encode() + b"\n")
-        return target
+        return RECORD.save(self, self.path)
 
     @classmethod
     def load(cls, directory: Path) -> PipelineRecord:
-        path = Path(directory) / RECORD_FILE
-        if not path.is_file():
-            raise UserError(
-                f"{directory} is not a pipeline directory (no {RECORD_FILE})",
-                hint="give the directory `ernie-ops pipeline` printed, e.g. runs/<name>-<time>",
-            )
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            stages = {name: StageRecord(**data.get("stages", {}).get(name, {})) for name in STAGES}
-            return cls(**{**data, "stages": stages})
-        except (ValueError, TypeError, AttributeError) as err:  # cut short, edited, another version's
-            raise UserError(f"{path}: not a pipeline record this version reads ({err})") from None
+        return RECORD.load(directory, cls._from_json)
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> PipelineRecord:
+        stages = {name: StageRecord(**data.get("stages", {}).get(name, {})) for name in STAGES}
+        return cls(**{**data, "stages": stages})

@@ -26,6 +26,7 @@ from ernie_ops.pipeline.record import (
     FAILED,
     PASSED,
     PENDING,
+    RECORD,
     RUNNING,
     SKIPPED,
     STAGES,
@@ -75,7 +76,9 @@ class Pipeline:
     @classmethod
     def resume(cls, directory: Path, **kwargs: Any) -> Pipeline:
         record = PipelineRecord.load(directory)
-        return cls(PipelineSpec(**record.spec), record, **kwargs)
+        with RECORD.reading(directory):  # a spec this version does not take is a damaged record too
+            spec = PipelineSpec(**record.spec)
+        return cls(spec, record, **kwargs)
 
     def say(self, text: str) -> None:
         self.echo(f"[pipeline] {text}")

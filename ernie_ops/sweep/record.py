@@ -13,18 +13,16 @@ Written atomically after every step, so an interrupted sweep resumes from this f
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ernie_ops.errors import UserError
-from ernie_ops.files import write_text_atomic
 from ernie_ops.pipeline.record import FAILED, PASSED, PENDING, RUNNING, SKIPPED, StageRecord, utc_now
+from ernie_ops.records import RecordFile
 
 __all__ = ["FAILED", "PASSED", "PENDING", "RUNNING", "SKIPPED", "STEPS", "SweepRecord", "VariantRecord"]
 
-RECORD_FILE = "sweep.json"
+RECORD = RecordFile("sweep.json", "sweep", "ernie-ops sweep", "sweeps/<name>-<time>")
 STEPS = ("prepare", "serve", "smoke", "eval", "load", "memory", "stop")
 INTERRUPTED = "interrupted"
 
@@ -62,29 +60,18 @@ class SweepRecord:
         return Path(self.dir)
 
     def save(self) -> Path:
-        target = self.path / RECORD_FILE
-        write_text_atomic(target, json.dumps(asdict(self), indent=2, default=str) + "\n")
-        return target
+        return RECORD.save(self, self.path)
 
     @classmethod
     def load(cls, directory: Path) -> SweepRecord:
-        path = Path(directory) / RECORD_FILE
-        if not path.is_file():
-            raise UserError(
-                f"{directory} is not a sweep directory (no {RECORD_FILE})",
-                hint="give the directory `ernie-ops sweep` printed, e.g. sweeps/<name>-<time>",
+        return RECORD.load(directory, cls._from_json)
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> SweepRecord:
+        variants = {
+            name: VariantRecord(
+                **{**v, "steps": {s: StageRecord(**v.get("steps", {}).get(s, {})) for s in STEPS}}
             )
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            variants = {
-                name: VariantRecord(
-                    **{
-                        **v,
-                        "steps": {s: StageRecord(**v.get("steps", {}).get(s, {})) for s in STEPS},
-                    }
-                )
-                for name, v in data.get("variants", {}).items()
-            }
-            return cls(**{**data, "variants": variants})
-        except (ValueError, TypeError) as err:
-            raise UserError(f"{path}: not a sweep record this version reads ({err})") from None
+            for name, v in data.get("variants", {}).items()
+        }
+        return cls(**{**data, "variants": variants})

@@ -26,6 +26,7 @@ from ernie_ops.sweep.record import (
     FAILED,
     INTERRUPTED,
     PASSED,
+    RECORD,
     RUNNING,
     SKIPPED,
     STEPS,
@@ -66,10 +67,7 @@ class Sweep:
         if directory is None:
             directory = sweeps_dir / f"{spec.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
         directory = directory.resolve()
-        if (directory / "sweep.json").exists():
-            raise UserError(
-                f"{directory} already holds a sweep", hint=f"ernie-ops sweep --resume {directory}"
-            )
+        RECORD.refuse_existing(directory)
         directory.mkdir(parents=True, exist_ok=True)
         record = SweepRecord(spec.name, str(directory), spec.to_json())
         record.variants = {name: VariantRecord() for name in spec.variant_names()}
@@ -84,13 +82,9 @@ class Sweep:
         from ernie_ops.serve.profile import ServeProfile
 
         record = SweepRecord.load(directory)
-        try:
+        with RECORD.reading(directory):
             spec = SweepSpec(**record.spec)
             profiles = {name: ServeProfile(**values) for name, values in record.profiles.items()}
-        except TypeError as err:
-            raise UserError(
-                f"{directory}/sweep.json: not a sweep record this version reads ({err})"
-            ) from None
         return cls(spec, profiles, record, **kwargs)
 
     def say(self, text: str) -> None:
