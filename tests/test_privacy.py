@@ -82,6 +82,34 @@ def test_each_type_is_found_with_its_position() -> None:
     assert set(CHECKSUM_TYPES) <= set(found.values())
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sweep: POST http://127.0.0.1:11494/v1/chat/completions 200",  # the toolkit's own diagnostics
+        "listening on 0.0.0.0:8180, health at http://127.255.3.1:8180/health",
+        "bound [::1]:8180 and [::]:8180; also 0:0:0:0:0:0:0:1 and 0:0:0:0:0:0:0:0",
+    ],
+)
+def test_loopback_and_unspecified_addresses_are_not_reported(text: str) -> None:
+    assert default_masker().find(text) == []
+
+
+def test_private_link_local_and_public_addresses_are_reported() -> None:
+    text = (
+        "hosts 10.0.0.7, 192.168.1.20, 172.16.4.2, 8.8.8.8, 128.0.0.1, fe80::1ff:fe23:4567:890a, 2001:db8::1f"
+    )
+    found = [text[f.start : f.end] for f in default_masker().find(text) if f.type == "IP_ADDRESS"]
+    assert found == [
+        "10.0.0.7",
+        "192.168.1.20",
+        "172.16.4.2",
+        "8.8.8.8",
+        "128.0.0.1",
+        "fe80::1ff:fe23:4567:890a",
+        "2001:db8::1f",
+    ]
+
+
 def test_placeholders_are_consistent_within_a_record_and_keys_and_roles_are_kept() -> None:
     record = {
         "messages": [

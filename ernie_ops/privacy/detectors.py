@@ -90,7 +90,16 @@ IPV6_PATTERN = r"(?<![0-9A-Za-z:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![
 _VERSION_WORD = re.compile(r"(?i)(?:\bv|version|versión|ver\.|release|build|版本|kernel|firmware)\s*$")
 
 
+# Loopback (127.0.0.0/8, ::1) and unspecified (0.0.0.0, ::) addresses name "this machine" on every
+# machine: they identify nobody, and the toolkit's own diagnostics are full of them
+# (http://127.0.0.1:8180/v1/...). Private ranges (10/8, 172.16/12, 192.168/16) and link-local ones
+# are still reported: they locate a device in one household's or company's network (an fe80::
+# address may embed the device's MAC address), which is personal data once combined with the rest
+# of a log or chat.
 def _ipv4(text: str, m: re.Match[str]) -> tuple[int, int, str] | None:
+    value = m.group()
+    if value.startswith("127.") or value == "0.0.0.0":
+        return None
     # a version string looks like an address: "version 10.0.19041.1" is not one
     if _VERSION_WORD.search(text, max(0, m.start() - 12), m.start()):
         return None
@@ -102,8 +111,10 @@ def _ipv6(text: str, m: re.Match[str]) -> tuple[int, int, str] | None:
     if value.count(":") < 2 or len(value) < 6:  # "::", "a::b" are too short to be taken as addresses
         return None
     try:
-        ipaddress.IPv6Address(value)
+        address = ipaddress.IPv6Address(value)
     except ValueError:
+        return None
+    if address.is_loopback or address.is_unspecified:  # ::1, 0:0:0:0:0:0:0:0 (see _ipv4)
         return None
     return m.start(), m.end(), "ipv6"
 

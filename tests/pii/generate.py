@@ -181,7 +181,9 @@ class Gen:
     def ip(self) -> str:
         r = self.r
         if r.random() < 0.75:
-            return f"{r.randint(11, 223)}.{r.randint(0, 255)}.{r.randint(0, 255)}.{r.randint(1, 254)}"
+            first = r.randint(11, 223)
+            first += first == 127  # 127/8 is loopback, not personal data (no draw: the stream stays)
+            return f"{first}.{r.randint(0, 255)}.{r.randint(0, 255)}.{r.randint(1, 254)}"
         return f"2001:db8:{r.randint(0, 0xFFFF):x}:{r.randint(0, 0xFFFF):x}::{r.randint(1, 0xFFFF):x}"
 
     def url_credentials(self) -> str:
