@@ -10,10 +10,12 @@ whose checksum fails). Deterministic for a seed.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import string
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import phonenumbers
@@ -448,10 +450,16 @@ def record(g: Gen, lang: str) -> dict:
     return {"lang": lang, "messages": messages, "spans": spans}
 
 
-def generate(records: int, seed: int) -> list[dict]:
+def stream(seed: int) -> Iterator[dict]:
+    """Records without end, each with values of its own (generate's first N, for a seed)."""
     g = Gen(seed)
     langs = ["de", "fr", "zh", "en"]
-    return [record(g, langs[i % 4]) for i in range(records)]
+    for i in itertools.count():
+        yield record(g, langs[i % 4])
+
+
+def generate(records: int, seed: int) -> list[dict]:
+    return list(itertools.islice(stream(seed), records))
 
 
 def main(argv: list[str] | None = None) -> int:
