@@ -25,7 +25,7 @@ from typing import Any
 
 from ernie_ops import __version__
 from ernie_ops.errors import UserError, did_you_mean
-from ernie_ops.train.record import EXPORT_DIR, RECIPE_FILE, RUN_FILE
+from ernie_ops.train.record import EXPORT_DIR, RECIPE_FILE, RUN_FILE, RUN_RECORD
 
 log = logging.getLogger(__name__)
 
@@ -388,18 +388,7 @@ def find_run(checkpoint: Path, run_dir: Path | None = None) -> RunInfo | None:
         if checkpoint.resolve().name != EXPORT_DIR or not (parent / RUN_FILE).is_file():
             return None
         run_dir = parent
-    path = run_dir / RUN_FILE
-    if not path.is_file():
-        raise UserError(
-            f"{run_dir} is not a run directory (no {RUN_FILE})",
-            hint="give the directory `ernie-ops train` created, e.g. runs/<name>-<timestamp>",
-        )
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise UserError(f"{path} is not valid JSON ({err})") from None
-    if not isinstance(record, dict):
-        raise UserError(f"{path} is not a run record (a JSON object)")
+    record = RUN_RECORD.load(run_dir, dict)  # as data: the model card shows the record as written
     recipe = run_dir / RECIPE_FILE
     return RunInfo(run_dir, record, recipe.read_text(encoding="utf-8") if recipe.is_file() else None)
 

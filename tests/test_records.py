@@ -91,3 +91,17 @@ def test_resuming_a_record_whose_spec_this_version_does_not_take(tmp_path, capsy
     err = capsys.readouterr().err
     assert f"{command}.json: not a {command} record this version reads" in err
     assert "unexpected keyword argument 'bogus'" in err and "Traceback" not in err
+
+
+def test_run_record_and_the_hub_read_run_json_through_the_store(tmp_path):
+    from ernie_ops.hub import find_run
+    from ernie_ops.train.record import RunRecord
+
+    (tmp_path / "run.json").write_text('{"name": "r", "data": [{"bogus": 1}]}')  # was a traceback
+    with pytest.raises(UserError, match="not a run record this version reads"):
+        RunRecord.load(tmp_path)
+    (tmp_path / "run.json").write_text('{"name": "r",')
+    for read in (RunRecord.load, lambda d: find_run(d / "export", d)):
+        with pytest.raises(UserError, match="not a run record this version reads") as err:
+            read(tmp_path)
+        assert err.value.where == f"{tmp_path / 'run.json'}:1"

@@ -17,17 +17,16 @@ Serve and eval read `run.json` back, so the lineage from data to endpoint is one
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ernie_ops.errors import UserError
-from ernie_ops.files import write_text_atomic
 from ernie_ops.proc import Lock, Owner
+from ernie_ops.records import RecordFile
 
 RUN_FILE = "run.json"
+RUN_RECORD = RecordFile(RUN_FILE, "run", "ernie-ops train", "runs/<name>-<timestamp>")
 RUN_LOCK = "run.lock"
 OWNER_GONE = "owner gone"  # recorded running, but nobody holds its lock: killed before recording an end
 RECIPE_FILE = "recipe.yaml"
@@ -141,21 +140,14 @@ class RunRecord:
         return f"{OWNER_GONE} (was {last.describe()})" if last else OWNER_GONE
 
     def save(self) -> Path:
-        """Write run.json atomically (a crash never leaves half a record)."""
-        return write_text_atomic(self.path / RUN_FILE, json.dumps(asdict(self), indent=2) + "\n")
+        return RUN_RECORD.save(self, self.path)
 
     @classmethod
     def load(cls, run_dir: Path | str) -> RunRecord:
-        path = Path(run_dir) / RUN_FILE
-        if not path.is_file():
-            raise UserError(
-                f"{run_dir} is not a run directory (no {RUN_FILE})",
-                hint="give the directory `ernie-ops train` created, e.g. runs/<name>-<timestamp>",
-            )
-        try:
-            data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as err:
-            raise UserError(f"{path} is not valid JSON ({err})") from err
+        return RUN_RECORD.load(run_dir, cls._from_json)
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> RunRecord:
         known = {f.name for f in fields(cls)}
         data = {k: v for k, v in data.items() if k in known}  # records from newer versions still load
         data["data"] = [DataFile(**d) for d in data.get("data", [])]
