@@ -11,6 +11,7 @@ import sys
 
 import httpx
 import pytest
+from polling import free_port
 
 from ernie_ops.validate.null_server import serve_in_thread
 
@@ -89,6 +90,15 @@ def test_set_status_and_a_killed_gateway_restarts_with_the_recorded_weights(tmp_
             assert status.returncode == 0, status.stderr
             assert '"mode": "split"' in status.stdout and '"weight": 40.0' in status.stdout
             assert httpx.get(url + "/health", timeout=GUARD_S).json()["weight"] == 40
+            wrong = subprocess.run(
+                [sys.executable, "-m", "ernie_ops", "gateway", "status", url],
+                capture_output=True,
+                text=True,
+                env={**env, "ERNIE_OPS_GATEWAY_ADMIN_KEY": "wrong"},
+                timeout=GUARD_S,
+            )
+            assert wrong.returncode == 2, wrong.stderr
+            assert "refused /admin/state: HTTP 401: missing or wrong admin key" in wrong.stderr
         finally:
             out = stop(proc)
         assert proc.returncode == 0, out
@@ -106,6 +116,18 @@ def test_set_without_the_key_and_content_without_a_log_are_refused_clearly(cli, 
         timeout=GUARD_S,
     )
     assert result.returncode == 2 and "ERNIE_OPS_GATEWAY_ADMIN_KEY is not set" in result.stderr
+    nobody = f"127.0.0.1:{free_port()}"
+    unreachable = subprocess.run(
+        [sys.executable, "-m", "ernie_ops", "gateway", "status", nobody],
+        capture_output=True,
+        text=True,
+        env={**env_less, "ERNIE_OPS_GATEWAY_ADMIN_KEY": "sesame"},
+        timeout=GUARD_S,
+    )
+    assert unreachable.returncode == 2 and f"the gateway at http://{nobody} cannot be reached" in (
+        unreachable.stderr
+    )
+    assert "Traceback" not in unreachable.stderr
     args = ["--stable", "127.0.0.1:9", "--log-content", "--no-log", "--state", str(tmp_path / "s")]
     refused = cli("gateway", "run", *args, timeout=GUARD_S)
     assert refused.returncode == 2 and "no log to put content in" in refused.stderr

@@ -280,10 +280,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _admin(args: argparse.Namespace) -> int:
     import os
-    import urllib.error
-    import urllib.request
 
     from ernie_ops.errors import UserError
+    from ernie_ops.rollout.controller import GatewayRouter
 
     key = os.environ.get(args.admin_key_env)
     if not key:
@@ -291,28 +290,16 @@ def _admin(args: argparse.Namespace) -> int:
             f"the environment variable {args.admin_key_env} is not set",
             hint="export it with the key the gateway was started with",
         )
-    url = args.url.rstrip("/")
-    if "://" not in url:
-        url = "http://" + url
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    data = None
+    change = None
     if args.action == "set":
         if args.mode is None and args.weight is None:
             raise UserError("nothing to change", hint="give --mode and/or --weight")
         change = {"mode": args.mode, "weight": args.weight, "reason": args.reason or "ernie-ops gateway set"}
-        data = json.dumps({k: v for k, v in change.items() if v is not None}).encode()
-    request = urllib.request.Request(f"{url}/admin/state", data=data, headers=headers)
+        change = {k: v for k, v in change.items() if v is not None}
     try:
-        with urllib.request.urlopen(request, timeout=10) as r:
-            answer = json.loads(r.read())
-    except urllib.error.HTTPError as err:
-        try:
-            message = json.loads(err.read())["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = str(err)
-        raise UserError(f"the gateway refused: HTTP {err.code}: {message}") from None
-    except (urllib.error.URLError, OSError) as err:
-        raise UserError(f"cannot reach the gateway at {url}: {err}") from None
+        answer = GatewayRouter(args.url, key).call("/admin/state", change)
+    except ConnectionError as err:
+        raise UserError(str(err), hint="check the URL and that `ernie-ops gateway run` is up") from None
     print(json.dumps(answer, indent=2))
     return 0
 

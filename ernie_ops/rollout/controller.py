@@ -75,7 +75,9 @@ class GatewayRouter:
         self.headers = {"Authorization": f"Bearer {admin_key}", "Content-Type": "application/json"}
         self.timeout = timeout
 
-    def _call(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    def call(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The admin API's answer to PATH (a POST of BODY when given): a UserError when the gateway
+        refuses, a ConnectionError when it cannot be reached (the controller tries again)."""
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.url + path, data=data, headers=self.headers)
         try:
@@ -92,21 +94,21 @@ class GatewayRouter:
             raise ConnectionError(f"the gateway at {self.url} cannot be reached: {err}") from None
 
     def routing(self) -> dict[str, Any]:
-        routing: dict[str, Any] = self._call("/admin/state")["routing"]
+        routing: dict[str, Any] = self.call("/admin/state")["routing"]
         return routing
 
     def set(self, mode: str, weight: float, reason: str, revision: int | None) -> dict[str, Any]:
         body: dict[str, Any] = {"mode": mode, "weight": weight, "reason": reason}
         if revision is not None:
             body["revision"] = revision
-        routing: dict[str, Any] = self._call("/admin/state", body)["routing"]
+        routing: dict[str, Any] = self.call("/admin/state", body)["routing"]
         return routing
 
     def figures(self, since: float) -> dict[str, Any]:
-        return self._call(f"/admin/stats?since={since!r}")
+        return self.call(f"/admin/stats?since={since!r}")
 
     def endpoints(self) -> tuple[str, str] | None:
-        backends = self._call("/admin/state").get("backends") or {}
+        backends = self.call("/admin/state").get("backends") or {}
         if "stable" not in backends or "candidate" not in backends:
             return None
         return backends["stable"]["url"], backends["candidate"]["url"]
