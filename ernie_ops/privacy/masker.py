@@ -168,6 +168,12 @@ class Masker:
         found = [self.find(t) for t in every]
         if not any(found):
             return value
+        scope = scope if scope is not None else Scope()
+        if not _recurs(every, found):  # the usual case: each value only where it was found
+            if not any(found[: len(texts)]):  # found in the context only
+                return value
+            masked = [self._replace(t, fs, scope, counts) for t, fs in zip(texts, found, strict=False)]
+            return _rebuild(value, iter(masked))
         # one text for the whole record (separators no value crosses) to look for recurrences
         joined = _SEPARATOR.join(every)
         starts = list(accumulate((len(t) + len(_SEPARATOR) for t in every[:-1]), initial=0))
@@ -185,7 +191,6 @@ class Masker:
                 per_text[i].append(Finding(f.start - base, f.end - base, f.type, f.detail))
         if not any(per_text):
             return value
-        scope = scope if scope is not None else Scope()
         masked = [self._replace(t, fs, scope, counts) for t, fs in zip(texts, per_text, strict=True)]
         return _rebuild(value, iter(masked))
 
@@ -205,6 +210,15 @@ class Masker:
 
 # between the texts of one record: no detector's pattern matches across a NUL between newlines
 _SEPARATOR = "\n\x00\n"
+
+
+def _recurs(texts: list[str], found: list[list[Finding]]) -> bool:
+    """Does a value found in TEXTS (as `_everywhere` takes them: 4 characters or more) occur in
+    them more than once?"""
+    values = {
+        t[f.start : f.end] for t, fs in zip(texts, found, strict=True) for f in fs if f.end - f.start >= 4
+    }
+    return any(sum(t.count(v) for t in texts) > 1 for v in values)
 
 
 def _everywhere(text: str, findings: list[Finding]) -> list[Finding]:
