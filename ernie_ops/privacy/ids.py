@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
 
-from ernie_ops.privacy.base import NATIONAL_ID, VAT_ID, Finding, Taken, before, inside, prefixes
+from ernie_ops.privacy.base import NATIONAL_ID, VAT_ID, Finding, Taken, before, inside
 
 ID_WORDS = re.compile(
     r"(?i)(?<![a-z])(?:id|ident|identifikation|steuer|tax|tin|fiscal|fiscale|sozial|versicherung|social|"
@@ -185,8 +185,10 @@ class IdentifierDetector:
                 continue
             whole = m.group()
             # a number may run into the next one ("240-09-5957 737"): a prefix cut at a space
-            # counts when it has no space of its own (else the grouping is ambiguous)
-            ends = [len(whole)] + [i for i in prefixes(whole, " ")[1:] if " " not in whole[:i]]
+            # counts when it has no space of its own (else the grouping is ambiguous): the one
+            # before the first space
+            space = whole.find(" ")
+            ends = (len(whole), space) if space > 0 else (len(whole),)
             for end in ends:
                 found = self._digit_scheme(text, m.start(), whole[:end])
                 if found:
