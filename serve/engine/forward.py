@@ -11,12 +11,15 @@ Which kernel multiplies (`_matmul`), measured on 2 cores (Xeon, AVX-512; 0.3B sh
 - one row (a lone stream decoding, memory-bound): numpy's OpenBLAS gemv down the [out, in] rows
   (dot products over contiguous memory). Over [in, out] (axpy form) it measured 0.7x in interleaved
   engine runs, and MKL's held up worse than OpenBLAS's with other processes on the cores;
-- a few rows (a batch decoding): numpy, [out, in] rows taken 1024 output rows at a time
-  (`_skinny_matmul`: about twice x @ W at 4-8 rows);
-- a prompt (more than SKINNY_ROWS rows): Paddle's matmul (MKL) over the same memory (DLPack, no
-  copy): 7.0 ms per layer against OpenBLAS's 13 ms at 64 rows (quiet machine, best of 5). MKL is
-  faster still at 8 rows over an [in, out] copy (1.9 against 2.8 ms per layer) but not over
-  [out, in], and one layout is kept.
+- a few rows (a batch decoding, 2 to SMALL_ROWS): OpenBLAS's small-matrix kernel, which works on
+  the operands as they lie (no packing of the weight; a plain sgemm copies every weight into its
+  panel layout first, so 8 rows cost 2.4x one row). It takes products of at most 100^3
+  multiply-adds, so the weight goes in blocks of rows (`_small_matmul`), all blocks in one batched
+  numpy matmul per thread. CPU time of a decode step's weight products at 8 rows (18 layers and
+  the LM head, one thread): 121 ms against 200 ms for 1024-row OpenBLAS products and 240 ms for
+  MKL's (Paddle, transpose_y); one row's gemv: 86 ms;
+- a prompt (more rows): Paddle's matmul (MKL) over the same memory (DLPack, no copy): 7.0 ms per
+  layer against OpenBLAS's 13 ms at 64 rows (quiet machine, best of 5), close to the cores' peak.
 ERNIEKit's forward itself is not used for serving: it concatenates the cache every step, builds
 masks and casts, and runs its LM head over every prompt position. Kept (`Engine(...,
 reference=True)`, the tests), ERNIEKit's model is the reference: `reference_logits` runs it, and the
@@ -26,11 +29,14 @@ tests hold this forward to it within float tolerance.
 from __future__ import annotations
 
 import ctypes
+import functools
+import itertools
 import json
 import logging
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,29 +147,63 @@ def _tensor(array: np.ndarray) -> Any:
     return from_dlpack(array if array.flags.writeable else array.copy())  # type: ignore[arg-type]
 
 
-SKINNY_ROWS = 32  # up to this many rows, numpy's products over [out, in] rows (see `_matmul`)
+SMALL_ROWS = 24  # up to this many rows, `_small_matmul` (one row: gemv; more: MKL; see `_matmul`)
+SMALL_PRODUCT = 100**3  # OpenBLAS's small-matrix kernel takes M x N x K up to this
+SMALL_OUTPUT = 1200  # ... and, with the weight transposed (our case), M x N up to this
 
 
 def _matmul(x: np.ndarray, rows: np.ndarray, tensor: Any) -> np.ndarray:
     """x [M, in] @ rows.T -> [M, out]; ROWS is the weight as [out, in] (C-contiguous), TENSOR the
     same memory as a Paddle tensor. One row: numpy's gemv (dot products down contiguous rows, the
-    memory-bound case); a few rows: `_skinny_matmul`; a prompt: Paddle's matmul (MKL)."""
+    memory-bound case); a few rows: `_small_matmul`; a prompt: Paddle's matmul (MKL)."""
     import paddle
 
     if len(x) == 1:
         return (rows @ x[0])[None]
-    if len(x) <= SKINNY_ROWS:
-        return _skinny_matmul(x, rows)
+    if len(x) <= SMALL_ROWS:
+        return _small_matmul(np.ascontiguousarray(x), rows)
     return np.from_dlpack(paddle.matmul(_tensor(x), tensor, transpose_y=True))
 
 
-def _skinny_matmul(x: np.ndarray, rows: np.ndarray, block: int = 1024) -> np.ndarray:
-    """x [M, in] @ rows.T for a few rows of x, `rows` [out, in] taken `block` output rows at a time."""
-    out_t = np.empty((rows.shape[0], x.shape[0]), dtype=np.float32)
-    x_t = np.ascontiguousarray(x.T)
-    for start in range(0, rows.shape[0], block):
-        np.matmul(rows[start : start + block], x_t, out=out_t[start : start + block])
-    return out_t.T
+@functools.cache
+def _row_block(m: int, out: int, inner: int) -> int:
+    """Weight rows per product of M rows of x so that it stays in OpenBLAS's small-matrix kernel,
+    a divisor of OUT when one is close to the limit (then the blocks cover the weight exactly)."""
+    limit = max(1, min(SMALL_PRODUCT // (m * inner), SMALL_OUTPUT // m, out))
+    divisor = next(b for b in range(limit, 0, -1) if out % b == 0)
+    return divisor if 2 * divisor > limit else limit
+
+
+@functools.cache
+def _helpers() -> tuple[int, ThreadPoolExecutor | None]:
+    """The threads `_small_matmul` runs, as many as numpy's BLAS: the caller and a pool of the rest."""
+    threads = blas_threads()
+    return threads, ThreadPoolExecutor(threads - 1, "ernie-matmul") if threads > 1 else None
+
+
+def _small_matmul(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """x [M, in] @ rows.T for a few rows of x: the weight in blocks of `_row_block` rows, as one
+    batched matmul ([blocks, M, in] @ [blocks, in, block], written straight into the result's
+    columns) per thread; numpy releases the GIL for each, so the threads multiply in parallel."""
+    m, (out, inner) = len(x), rows.shape
+    block = _row_block(m, out, inner)
+    blocks = out // block
+    result = np.empty((m, out), dtype=np.float32)
+    weights = rows[: blocks * block].reshape(blocks, block, inner).transpose(0, 2, 1)
+    into = result[:, : blocks * block].reshape(m, blocks, block).transpose(1, 0, 2)
+    threads, pool = _helpers()
+    parts = min(blocks, threads)
+    bounds = [blocks * i // parts for i in range(parts + 1)]
+    futures = [
+        pool.submit(np.matmul, x, weights[lo:hi], out=into[lo:hi])  # type: ignore[union-attr]
+        for lo, hi in itertools.pairwise(bounds[1:])
+    ]
+    np.matmul(x, weights[: bounds[1]], out=into[: bounds[1]])
+    if blocks * block < out:  # the rows past the last whole block
+        np.matmul(x, rows[blocks * block :].T, out=result[:, blocks * block :])
+    for future in futures:
+        future.result()
+    return result
 
 
 class DenseForward:
