@@ -82,6 +82,14 @@ def test_each_type_is_found_with_its_position() -> None:
     assert set(CHECKSUM_TYPES) <= set(found.values())
 
 
+def test_a_library_error_on_odd_input_is_a_failed_validation_not_a_crash() -> None:
+    # stdnum's cn.ric raises KeyError (not its ValidationError) for this number: a known province
+    # (23) with an unknown county; the check character holds, so it reaches the birth-place lookup
+    text = "身份证号 233036148110045772, ID 233036148110045772"
+    assert default_masker().find(text) == []
+    assert default_masker().mask_value({"messages": [{"role": "user", "content": text}]})
+
+
 @pytest.mark.parametrize(
     "text",
     [
