@@ -16,9 +16,13 @@ first token, 8-concurrent end-to-end output tokens/s (prefill included), RSS and
 process's ru_maxrss; a server's VmHWM). Contenders:
 - engine / engine-wint8: the embedded engine in-process (wint8: FastDeploy's arithmetic emulated,
   still float32 compute);
-- llamacpp-f32 / -q8_0 / -q4_0: llama.cpp in-process through llama-cpp-python's C API, batched as
-  llama-batched-bench does (all prompts in one decode call, then one call per step for all
-  sequences): llama.cpp's own figure, as llama-bench / llama-batched-bench are not installed;
+- llamacpp-f32 / -q8_0 / -q4_0: llama.cpp's own figures: `llama-bench -o json` (batch-1 decode:
+  its tg test of the new tokens; TTFT: the prompt over its pp rate) and `llama-batched-bench -o jsonl`
+  (8 concurrent: BATCH prompts prefilled at once, then new tokens - 1 steps of all of them, whose
+  first token comes from the prefill as a server's does: BATCH x new tokens over its total time),
+  the binaries installed beside llama-server by scripts/build_llama_server.sh (the same build). Without
+  them, llama.cpp in-process through llama-cpp-python's C API, batched as llama-batched-bench does
+  (all prompts in one decode call, then one call per step for all sequences), and a note says so;
 - llamacpp-serve-f32 / -q8_0 / -q4_0 and engine-serve: `ernie-ops serve FILE --engine llamacpp`
   (paddle: the embedded engine), the real serving path, driven by streaming HTTP clients;
 - pytorch: transformers' Ernie4_5ForCausalLM `generate` with the KV cache, static batch 8.
@@ -33,6 +37,14 @@ A missed target is reported, not an exit status: the script fails only when some
     .venv/bin/python scripts/bench_serve_cpu.py --quick              # 1 round, 8 new tokens
     .venv/bin/python scripts/bench_serve_cpu.py --part engine-detail # long prompts, soak, PyTorch
     .venv/bin/python scripts/bench_serve_cpu.py --part server-overhead   # ~3 minutes, see below
+    .venv/bin/python scripts/bench_serve_cpu.py --part llamacpp-serve    # ~10 minutes, see below
+
+--part llamacpp-serve (issue #21's served-llama.cpp acceptance): llamacpp-q4_0 (llama.cpp's own
+benchmarks) and llamacpp-serve-q4_0 (`ernie-ops serve`, streaming clients) interleaved, --rounds
+rounds, at each thread count of --serve-threads (default 1,2); the best round of each, the ratios
+(target >= 0.9x for batch-1 decode and 8 concurrent), the load average, and the CPU seconds of the
+streaming client (it shares the cores) and of llama-server's threads. Written to
+runs/bench/serve_cpu_llamacpp.json.
 
 --part engine-detail: the engine in-process (batch 1, 8 concurrent, then a 2048-token prompt
 (1024 with --quick) arriving while 4 streams decode, prefilled whole and in chunks: the streams'
@@ -639,7 +651,7 @@ CONTENDERS = {
     "engine": "the embedded engine in-process, float32",
     "engine-wint8": "the embedded engine in-process, FastDeploy's wint8 emulated (float32 compute)",
     "engine-serve": "ernie-ops serve CHECKPOINT --engine paddle, streaming HTTP clients",
-    "llamacpp-f32": "llama.cpp in-process (llama-cpp-python's C API; batched as llama-batched-bench)",
+    "llamacpp-f32": "llama.cpp's own llama-bench / llama-batched-bench (else in-process, batched alike)",
     "llamacpp-q8_0": "the same, q8_0 GGUF",
     "llamacpp-q4_0": "the same, q4_0 GGUF",
     "llamacpp-serve-f32": "ernie-ops serve FILE.gguf --engine llamacpp, streaming HTTP clients",
@@ -799,6 +811,74 @@ def llamacpp_phase(path: Path, threads: int, new_tokens: int) -> dict[str, Any]:
     }
 
 
+OWN_BENCHMARKS = ("llama-bench", "llama-batched-bench")
+
+
+def own_benchmarks() -> dict[str, str] | None:
+    """llama.cpp's own benchmark binaries beside the llama-server `ernie-ops serve` runs (the build
+    script installs the three from one build tree); None when either is missing."""
+    from ernie_ops.serve.backends import _llama_server
+
+    try:
+        server = _llama_server.find()
+    except Exception:  # a bad LLAMA_SERVER: the served contender reports it
+        return None
+    if server is None:
+        return None
+    found = {name: Path(server).with_name(name) for name in OWN_BENCHMARKS}
+    if all(p.is_file() and os.access(p, os.X_OK) for p in found.values()):
+        return {name: str(p) for name, p in found.items()}
+    return None
+
+
+def own_output(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    """A benchmark's run: its results on stdout, its log on stderr."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def own_phase(binaries: dict[str, str], path: Path, threads: int, new_tokens: int) -> dict[str, Any]:
+    """llama.cpp's own figures for the GGUF at PATH: llama-bench (batch 1) and llama-batched-bench
+    (BATCH sequences), both at THREADS threads, with their defaults otherwise (as a user runs them)."""
+    import resource
+
+    n = str(threads)
+    bench = [binaries["llama-bench"], "-m", str(path), "-t", n, "-p", str(PROMPT_LEN), "-n", str(new_tokens)]
+    tests = json.loads(own_output([*bench, "-r", "3", "-o", "json"]).stdout)
+    pp = next(t for t in tests if t["n_prompt"] == PROMPT_LEN and t["n_gen"] == 0)
+    tg = next(t for t in tests if t["n_gen"] == new_tokens and t["n_prompt"] == 0)
+    steps = new_tokens - 1  # the first token comes from the prefill's logits, as a server's does
+    batched = [binaries["llama-batched-bench"], "-m", str(path), "-t", n, "-tb", n]
+    sizes = ["-c", str(BATCH * (PROMPT_LEN + steps)), "-npp", str(PROMPT_LEN), "-ntg", str(steps)]
+    # its logger is asynchronous and not flushed at exit (llama.cpp issue 22142): the last lines are
+    # lost in about 1 run of 3 on the tiny model. A batch-1 case after ours gives the logger time;
+    # when that is too short (a tiny model), the run is repeated
+    for _attempt in range(3):
+        proc = own_output([*batched, *sizes, "-npl", f"{BATCH},1", "--output-format", "jsonl"])
+        rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"n_kv_max"')]
+        rows = [row for row in rows if row["pl"] == BATCH]
+        if rows:
+            break
+    else:  # or it skipped the case: it does not fit its context (a silent `continue` there)
+        raise RuntimeError(
+            f"llama-batched-bench printed no result:\n{proc.stdout[-1000:]}{proc.stderr[-3000:]}"
+        )
+    row = rows[-1]
+    return {
+        "b1_decode_tok_s": tg["avg_ts"],
+        "b1_ttft_s": PROMPT_LEN / pp["avg_ts"],
+        "b8_e2e_tok_s": BATCH * new_tokens / row["t"],
+        "b8_decode_tok_s": row["speed_tg"],
+        "rss_mb": float("nan"),  # the binaries have exited: their peak only
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "own": "llama-bench / llama-batched-bench",
+        "llama_bench": {"pp": pp["samples_ts"], "tg": tg["samples_ts"]},
+        "llama_batched_bench": row,
+    }
+
+
 async def timed_stream(client: Any, url: str, prompt: str, max_tokens: int) -> dict[str, float]:
     """One streamed /v1/completions call: send, first text and end times; it must end by length
     (llama-cpp-python's stream has no usage: finish_reason "length" means max_tokens tokens)."""
@@ -902,8 +982,10 @@ def serve_phase(target: Path, engine: str, model_dir: Path, threads: int, new_to
                     raise RuntimeError(f"ernie-ops serve was not ready after 300 s (log {log_path})")
                 time.sleep(0.5)
             ready_s = time.perf_counter() - started
-            out = asyncio.run(drive_server(url, texts, new_tokens))
             servers = psutil.Process(proc.pid).children(recursive=True)
+            with cpu_seconds(servers) as cpu:
+                out = asyncio.run(drive_server(url, texts, new_tokens))
+            out |= cpu
             out |= {
                 "load_s": ready_s,
                 "rss_mb": sum(p.memory_info().rss for p in servers) / 2**20,
@@ -918,6 +1000,52 @@ def serve_phase(target: Path, engine: str, model_dir: Path, threads: int, new_to
                     proc.kill()
                     proc.wait(10)
     return out
+
+
+@contextlib.contextmanager
+def cpu_seconds(servers: list[Any]) -> Any:
+    """CPU seconds spent while the block runs: this process's (the streaming clients share the
+    cores with the server) and each server thread's, the busiest first (llama-server names all its
+    threads alike: `main` is the one running its loop and compute thread 0; the other compute
+    threads come next, then the HTTP pool; `exited` is the threads that ended meanwhile, such as
+    its per-connection HTTP threads), beside the wall time. Fills the yielded dict on exit."""
+    import resource
+
+    def threads() -> dict[tuple[int, int], tuple[str, float]]:
+        out = {}
+        for p in servers:
+            with contextlib.suppress(Exception):
+                for t in p.threads():
+                    comm = Path(f"/proc/{p.pid}/task/{t.id}/comm").read_text().strip()
+                    name = f"{comm}:{'main' if t.id == p.pid else t.id}"
+                    out[(p.pid, t.id)] = (name, t.user_time + t.system_time)
+        return out
+
+    def process() -> float:
+        total = 0.0
+        for p in servers:
+            with contextlib.suppress(Exception):
+                times = p.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def own() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    result: dict[str, Any] = {}
+    before, server_before, own_before, started = threads(), process(), own(), time.perf_counter()
+    yield result
+    wall, client = time.perf_counter() - started, own() - own_before
+    spent = {name: cpu - before.get(key, (name, 0.0))[1] for key, (name, cpu) in threads().items()}
+    server = process() - server_before
+    spent["exited"] = max(server - sum(spent.values()), 0.0)
+    result |= {
+        "drive_wall_s": wall,
+        "client_cpu_s": client,
+        "server_cpu_s": server,
+        "server_thread_cpu_s": {k: v for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v > 0},
+    }
 
 
 def vm_hwm_mb(pid: int) -> float:
@@ -939,7 +1067,11 @@ def run_phase(name: str, args: Any) -> dict[str, Any]:
         path = gguf_file(args.model_dir, name.rsplit("-", 1)[1])
         return serve_phase(path, "llamacpp", args.model_dir, args.threads, new_tokens)
     if name.startswith("llamacpp-"):
-        return llamacpp_phase(gguf_file(args.model_dir, name.split("-", 1)[1]), args.threads, new_tokens)
+        path = gguf_file(args.model_dir, name.split("-", 1)[1])
+        binaries = own_benchmarks()
+        if binaries:
+            return own_phase(binaries, path, args.threads, new_tokens)
+        return llamacpp_phase(path, args.threads, new_tokens) | {"own": "in-process (llama-cpp-python)"}
     raise ValueError(name)
 
 
@@ -984,9 +1116,8 @@ def contender_round(name: str, args: Any, env: dict[str, str], new_tokens: int) 
 
 
 def compare_targets(best: dict[str, dict[str, float]], wbytes: int) -> dict[str, Any]:
-    """Issue #21's acceptance, on the best (quietest) round of each contender. llama-bench and
-    llama-batched-bench are not installed here: llama.cpp's own figures are the in-process
-    contenders (the same C library, batched the way llama-batched-bench does)."""
+    """Issue #21's acceptance, on the best (quietest) round of each contender; llama.cpp's own
+    figures are llama-bench / llama-batched-bench's, or the in-process contenders without them."""
     targets: dict[str, Any] = {}
 
     def ratio(key: str, a: str, b: str, metric: str, target: float) -> None:
@@ -1006,6 +1137,19 @@ def compare_targets(best: dict[str, dict[str, float]], wbytes: int) -> dict[str,
     ratio("serve_q4_0_b1_vs_llamacpp", "llamacpp-serve-q4_0", "llamacpp-q4_0", "b1_decode_tok_s", 0.9)
     ratio("serve_q4_0_b8_vs_llamacpp", "llamacpp-serve-q4_0", "llamacpp-q4_0", "b8_e2e_tok_s", 0.9)
     return targets
+
+
+def own_note(runs: dict[str, list[dict[str, Any]]]) -> str:
+    """Where llama.cpp's own figures came from, for the summary line."""
+    sources = {r["own"] for v in runs.values() for r in v if "own" in r}
+    if not sources:
+        return ""
+    if sources == {"llama-bench / llama-batched-bench"}:
+        return "llama.cpp's own figures: llama-bench / llama-batched-bench; "
+    return (
+        f"llama.cpp's own figures: {' and '.join(sorted(sources))} (llama-bench / llama-batched-bench "
+        "not found beside llama-server: scripts/build_llama_server.sh installs them); "
+    )
 
 
 def compare_main(args: Any, env: dict[str, str]) -> int:
@@ -1086,8 +1230,7 @@ def compare_main(args: Any, env: dict[str, str]) -> int:
         f"\nbest of {rounds} interleaved round(s) per contender (ratios: to {base or 'none'}); "
         f"{PROMPT_LEN}-token prompts, {new_tokens} new tokens, greedy; {args.threads} threads everywhere; "
         f"weights {wbytes / 1e9:.2f} GB; load average (1 min) {load_before[0]:.2f} before, "
-        f"{load_after[0]:.2f} after; llama.cpp's own figures: in-process through llama-cpp-python "
-        f"(llama-bench / llama-batched-bench are not installed); total {total:.0f} s"
+        f"{load_after[0]:.2f} after; {own_note(runs)}total {total:.0f} s"
     )
     write_report(
         args.out,
@@ -1107,6 +1250,137 @@ def compare_main(args: Any, env: dict[str, str]) -> int:
         runs=runs,
         best=best,
         median=median,
+        targets=targets,
+        total_s=total,
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the served llama.cpp against llama.cpp's own benchmarks (--part llamacpp-serve, issue #21)
+
+SERVE_PAIR = ("llamacpp-q4_0", "llamacpp-serve-q4_0")
+SERVE_PAIR_METRICS = ("b1_decode_tok_s", "b8_e2e_tok_s")
+
+
+@contextlib.contextmanager
+def cpu_hogs(n: int) -> Any:
+    """N busy-looping processes for the block: a neighbour taking CPU, as on a shared machine."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def llamacpp_serve_main(args: Any, env: dict[str, str]) -> int:
+    import argparse
+
+    started = time.perf_counter()
+    new_tokens = args.new_tokens or (8 if args.quick else NEW_TOKENS)
+    rounds = 1 if args.quick else args.rounds
+    model_dir = build_model(args.model_dir)
+    gguf_file(model_dir, "q4_0")
+    if own_benchmarks() is None:
+        print(
+            "note: llama-bench / llama-batched-bench not found beside llama-server: llama.cpp's own "
+            "figures are in-process through llama-cpp-python (scripts/build_llama_server.sh installs them)"
+        )
+    runs: dict[int, dict[str, list[dict[str, Any]]]] = {
+        t: {c: [] for c in SERVE_PAIR} for t in args.serve_threads
+    }
+    load_before = os.getloadavg()
+    with cpu_hogs(args.hogs):
+        for r in range(rounds):
+            for t in args.serve_threads:
+                for name in SERVE_PAIR if r % 2 == 0 else SERVE_PAIR[::-1]:
+                    res = contender_round(
+                        name, argparse.Namespace(**{**vars(args), "threads": t}), env, new_tokens
+                    )
+                    runs[t][name].append(res)
+                    cpu = (
+                        f"; client CPU {res['client_cpu_s']:.2f} s, llama-server CPU "
+                        f"{res['server_cpu_s']:.1f} s in {res['drive_wall_s']:.1f} s"
+                        if "client_cpu_s" in res
+                        else ""
+                    )
+                    print(
+                        f"round {r + 1} {t} thread(s) {name}: batch 1 {res['b1_decode_tok_s']:.1f} tok/s, "
+                        f"{BATCH} concurrent {res['b8_e2e_tok_s']:.1f} tok/s{cpu} "
+                        f"(load {res['load_average_1m']:.2f})",
+                        flush=True,
+                    )
+    load_after = os.getloadavg()
+    # each metric's best round (the quietest for it): the noise of a shared machine only ever slows
+    best = {
+        t: {c: {m: max(x[m] for x in v) for m in SERVE_PAIR_METRICS} for c, v in per.items()}
+        for t, per in runs.items()
+    }
+    own, served = SERVE_PAIR
+    rows = [
+        [
+            "threads",
+            "own batch-1 tok/s",
+            "served batch-1 tok/s",
+            "ratio",
+            f"own {BATCH} conc. tok/s",
+            f"served {BATCH} conc. tok/s",
+            "ratio",
+            "client CPU s / wall s",
+        ]
+    ]
+    targets: dict[str, Any] = {}
+    for t, b in best.items():
+        ratios = {m: b[served][m] / b[own][m] for m in SERVE_PAIR_METRICS}
+        for m, value in ratios.items():
+            targets[f"threads_{t}_{m}"] = {
+                "target": f">= 0.9x ({served} / {own})",
+                "value": value,
+                "met": value >= 0.9,
+            }
+        clients = runs[t][served]
+        rows.append(
+            [
+                str(t),
+                f"{b[own]['b1_decode_tok_s']:.1f}",
+                f"{b[served]['b1_decode_tok_s']:.1f}",
+                f"{ratios['b1_decode_tok_s']:.2f}x",
+                f"{b[own]['b8_e2e_tok_s']:.1f}",
+                f"{b[served]['b8_e2e_tok_s']:.1f}",
+                f"{ratios['b8_e2e_tok_s']:.2f}x",
+                f"{statistics.median(x['client_cpu_s'] for x in clients):.2f} / "
+                f"{statistics.median(x['drive_wall_s'] for x in clients):.1f}",
+            ]
+        )
+    print()
+    print_table(rows)
+    for key, tg in targets.items():
+        print(f"target {key}: {tg['target']}, value {tg['value']:.2f}, {'met' if tg['met'] else 'NOT met'}")
+    total = time.perf_counter() - started
+    print(
+        f"\nq4_0, best of {rounds} interleaved round(s) per metric; {PROMPT_LEN}-token prompts, {new_tokens} "
+        f"new tokens, greedy; {args.hogs} busy-looping neighbour(s); load average (1 min) "
+        f"{load_before[0]:.2f} before, {load_after[0]:.2f} after, {os.cpu_count()} cpus; "
+        f"{own_note({str(t): per[own] for t, per in runs.items()})}total {total:.0f} s"
+    )
+    write_report(
+        args.out,
+        settings={
+            "part": "llamacpp-serve",
+            "threads": args.serve_threads,
+            "rounds": rounds,
+            "hogs": args.hogs,
+            "prompt_tokens": PROMPT_LEN,
+            "new_tokens": new_tokens,
+            "batch": BATCH,
+            "model_dir": str(model_dir),
+        },
+        load_average_before=load_before,
+        load_average_after=load_after,
+        runs={str(t): per for t, per in runs.items()},
+        best={str(t): per for t, per in best.items()},
         targets=targets,
         total_s=total,
     )
@@ -1527,12 +1801,25 @@ def main() -> int:
     parser.add_argument("--phase", nargs=2, metavar=("NAME", "OUT"), default=None, help=argparse_hidden())
     parser.add_argument(
         "--part",
-        choices=["compare", "engine-detail", "server-overhead"],
+        choices=["compare", "engine-detail", "server-overhead", "llamacpp-serve"],
         default="compare",
         help="compare (the default): the contenders of --contenders, interleaved, --rounds rounds; "
         "engine-detail: the embedded engine's own checks (long prompt arriving, server soak, bandwidth "
         "floor) beside PyTorch, not interleaved; server-overhead: the server's added latency and threads, "
-        f"the server before {OVERHEAD_REV} against this checkout (tiny model, ~3 min)",
+        f"the server before {OVERHEAD_REV} against this checkout (tiny model, ~3 min); llamacpp-serve: "
+        "`ernie-ops serve` llama.cpp q4_0 against llama.cpp's own benchmarks, at each of --serve-threads",
+    )
+    parser.add_argument(
+        "--serve-threads",
+        type=thread_list,
+        default=sorted({1, os.cpu_count() or 1}),
+        help="--part llamacpp-serve: comma-separated thread counts (default 1 and every CPU)",
+    )
+    parser.add_argument(
+        "--hogs",
+        type=int,
+        default=0,
+        help="--part llamacpp-serve: busy-looping neighbour processes during the runs (default 0)",
     )
     parser.add_argument(
         "--contenders",
@@ -1554,9 +1841,14 @@ def main() -> int:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, not {args.rounds}")
+    if args.hogs < 0:
+        parser.error(f"--hogs must be 0 or more, not {args.hogs}")
     if args.part != "compare" and args.out == parser.get_default("out"):
         args.out = args.out.with_name(
-            {"engine-detail": "serve_cpu_engine.json"}.get(args.part, "serve_cpu_overhead.json")
+            {
+                "engine-detail": "serve_cpu_engine.json",
+                "llamacpp-serve": "serve_cpu_llamacpp.json",
+            }.get(args.part, "serve_cpu_overhead.json")
         )
     new_tokens = args.new_tokens or (4 if args.quick else NEW_TOKENS)
     repeat = 1 if args.quick else max(1, args.repeat)
@@ -1580,6 +1872,8 @@ def main() -> int:
         return overhead_main(args, env)
     if args.part == "compare":
         return compare_main(args, env)
+    if args.part == "llamacpp-serve":
+        return llamacpp_serve_main(args, env)
     started = time.perf_counter()
     model_dir = build_model(args.model_dir)
     wbytes = weight_bytes(model_dir)
@@ -1711,6 +2005,18 @@ def contender_list(text: str) -> list[str]:
             f"choose from {', '.join(CONTENDERS)}"
         )
     return list(dict.fromkeys(names))
+
+
+def thread_list(text: str) -> list[int]:
+    import argparse
+
+    try:
+        values = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected thread counts >= 1, comma-separated (e.g. 1,2)")
+    return list(dict.fromkeys(values))
 
 
 def argparse_hidden() -> str:

@@ -285,3 +285,44 @@ def test_serve_chat_stream_eight_concurrent_streams_and_smoke(tiny_gguf, cli, tm
     finally:
         stopped = cli("serve", "stop", "--port", str(port), cwd=tmp_path)
     assert stopped.returncode == 0 and f"port {port}: stopped the server" in stopped.stdout
+
+
+def _bench_serve_cpu():
+    from ernie_ops.benchmark import script
+
+    return script("bench_serve_cpu")
+
+
+@needs_binary
+def test_bench_reads_llama_cpps_own_benchmarks(tiny_gguf):
+    """bench_serve_cpu's "llama.cpp own" figures come from llama-bench / llama-batched-bench run on
+    the file (their JSON parsed), when the build script installed them beside llama-server."""
+    bench = _bench_serve_cpu()
+    binaries = bench.own_benchmarks()
+    if binaries is None:
+        pytest.skip(
+            "llama-bench / llama-batched-bench not beside llama-server (scripts/build_llama_server.sh)"
+        )
+    assert set(binaries) == {"llama-bench", "llama-batched-bench"}
+    res = bench.own_phase(binaries, tiny_gguf, 1, 4)
+    assert res["own"] == "llama-bench / llama-batched-bench"
+    assert res["b1_decode_tok_s"] > 0 and res["b8_e2e_tok_s"] > 0 and 0 < res["b1_ttft_s"] < 60
+    row = res["llama_batched_bench"]  # BATCH sequences, the first token from the prefill
+    assert (row["pl"], row["pp"], row["tg"]) == (bench.BATCH, bench.PROMPT_LEN, 3)
+    assert res["b8_e2e_tok_s"] == pytest.approx(bench.BATCH * 4 / row["t"])
+    assert len(res["llama_bench"]["tg"]) == 3  # its repetitions
+
+
+def test_bench_finds_no_own_benchmarks_without_llama_server(monkeypatch):
+    monkeypatch.setenv(_llama_server.BINARY_ENV, "off")
+    assert _bench_serve_cpu().own_benchmarks() is None
+
+
+def test_bench_thread_list_refuses_nonsense():
+    import argparse
+
+    bench = _bench_serve_cpu()
+    assert bench.thread_list("1,2,1") == [1, 2]
+    for bad in ("", "0", "a,2", "-1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="thread counts"):
+            bench.thread_list(bad)
