@@ -13,19 +13,19 @@ import contextlib
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from polling import free_port
 from test_gateway_rollout import ClientLoad
 from test_rollout_suites import models, suite_file
 
 from ernie_ops.errors import UserError
 from ernie_ops.rollout.controller import Controller
-from ernie_ops.rollout.haproxy import HaproxyRouter, LogReceiver, RuntimeAPI, local_config, running
+from ernie_ops.rollout.haproxy import HaproxyRouter, LogReceiver, RuntimeAPI, local
 from ernie_ops.rollout.spec import AgreementGate, Gates, HaproxySpec, RolloutSpec, Stage
 from ernie_ops.validate.null_server import Behaviour, fail_every, serve_in_thread
 
@@ -66,27 +66,10 @@ class Rig:
         return got[0], got[1]
 
 
-def hostport(url: str) -> str:
-    return url.split("//", 1)[1].split("/", 1)[0]
-
-
 @contextlib.contextmanager
 def haproxy_rig(stable_url: str, candidate_url: str, tmp_path: Path) -> Iterator[Rig]:
-    from test_serve_backends import free_port
-
-    short = Path(tempfile.mkdtemp(prefix="hap"))  # a unix socket path has at most 107 bytes
-    runtime = str(short / "admin.sock")
-    log = LogReceiver("127.0.0.1:0", "llm")
-    port = free_port()
-    config = tmp_path / "haproxy.cfg"
-    config.write_text(local_config(port, hostport(stable_url), hostport(candidate_url), runtime, log.address))
-    try:
-        with running(config, runtime):
-            spec = HaproxySpec(socket=runtime, backend="llm", log=log.address)
-            yield Rig(f"http://127.0.0.1:{port}", spec, log, RuntimeAPI(runtime), tmp_path)
-    finally:
-        log.close()
-        shutil.rmtree(short, ignore_errors=True)
+    with local(stable_url, candidate_url, tmp_path, free_port()) as hap:
+        yield Rig(hap.url, hap.spec, hap.log, RuntimeAPI(hap.spec.socket), tmp_path)
 
 
 def spec_for(rig: Rig, **gates: object) -> RolloutSpec:

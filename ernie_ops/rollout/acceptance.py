@@ -36,7 +36,7 @@ from typing import Any
 from ernie_ops import supervise
 from ernie_ops.errors import UserError
 from ernie_ops.rollout.controller import Controller, GatewayRouter, Router
-from ernie_ops.rollout.spec import AgreementGate, Gates, HaproxySpec, RolloutSpec, Stage
+from ernie_ops.rollout.spec import AgreementGate, Gates, RolloutSpec, Stage
 from ernie_ops.validate.client import Endpoint
 
 CASES = ("good", "errors", "slow", "disagrees")
@@ -291,31 +291,16 @@ def _through_gateway(
 def _through_haproxy(
     case: str, stable: str, candidate: str, work: Path, rate: float, duration: float, suite: Path | None
 ) -> tuple[int | None, Controller, dict[str, Any]]:
-    import tempfile
+    from ernie_ops.rollout.haproxy import HaproxyRouter, local
 
-    from ernie_ops.rollout.haproxy import HaproxyRouter, LogReceiver, local_config, running
-
-    short = Path(tempfile.mkdtemp(prefix="hap"))  # a unix socket path has at most 107 bytes
-    runtime = str(short / "admin.sock")
-    log = LogReceiver("127.0.0.1:0", "llm")
-    port = free_port()
-    config = work / "haproxy.cfg"
-    config.write_text(local_config(port, _hostport(stable), _hostport(candidate), runtime, log.address))
-    try:
-        with running(config, runtime):
-            hap = HaproxySpec(socket=runtime, backend="llm", log=log.address)
-            spec = spec_for("haproxy", case, suite, haproxy=hap, stable=stable, candidate=candidate)
-            router = HaproxyRouter(hap, work / "haproxy-router.json", stable, candidate, log)
-            controller = Controller(spec, router, work / "state.json", say=lambda m: None)
-            with bench_load(f"http://127.0.0.1:{port}", rate, duration, work / "bench") as load:
-                _drive(controller, duration)
-                at_decision = _started(router)
-            after = _started(router) - at_decision if controller.state.status == "rolled_back" else None
-    finally:
-        log.close()
-        import shutil
-
-        shutil.rmtree(short, ignore_errors=True)
+    with local(stable, candidate, work, free_port()) as hap:
+        spec = spec_for("haproxy", case, suite, haproxy=hap.spec, stable=stable, candidate=candidate)
+        router = HaproxyRouter(hap.spec, work / "haproxy-router.json", stable, candidate, hap.log)
+        controller = Controller(spec, router, work / "state.json", say=lambda m: None)
+        with bench_load(hap.url, rate, duration, work / "bench") as load:
+            _drive(controller, duration)
+            at_decision = _started(router)
+        after = _started(router) - at_decision if controller.state.status == "rolled_back" else None
     return after, controller, load
 
 
@@ -325,10 +310,6 @@ def _started(router: Router) -> int:
 
     assert isinstance(router, HaproxyRouter)
     return router.stats()[router.spec.candidate_server]["stot"]
-
-
-def _hostport(url: str) -> str:
-    return url.split("//", 1)[1].split("/", 1)[0]
 
 
 @contextlib.contextmanager

@@ -42,9 +42,11 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -357,6 +359,40 @@ backend {backend}
     server stable {stable} weight {MAX_WEIGHT}
     server candidate {candidate} weight 0
 """
+
+
+def hostport(url: str) -> str:
+    """host:port of a URL, as a haproxy.cfg `server` line takes it."""
+    return url.split("//", 1)[1].split("/", 1)[0]
+
+
+@dataclass(frozen=True)
+class Local:
+    url: str  # the frontend
+    spec: HaproxySpec  # its runtime API socket, backend and httplog address
+    log: LogReceiver
+
+
+@contextlib.contextmanager
+def local(stable: str, candidate: str, work: Path, port: int) -> Iterator[Local]:
+    """HAProxy on 127.0.0.1:PORT over the STABLE and CANDIDATE URLs, all-stable, until the block
+    ends: its config in WORK, its httplog received here, its runtime API on a socket in a short
+    temporary directory (a unix socket path has at most 107 bytes), removed afterwards."""
+    short = Path(tempfile.mkdtemp(prefix="hap"))
+    runtime = str(short / "admin.sock")
+    log = LogReceiver("127.0.0.1:0", "llm")
+    try:
+        config = work / "haproxy.cfg"
+        write_text_atomic(
+            config, local_config(port, hostport(stable), hostport(candidate), runtime, log.address)
+        )
+        with running(config, runtime):
+            yield Local(
+                f"http://127.0.0.1:{port}", HaproxySpec(socket=runtime, backend="llm", log=log.address), log
+            )
+    finally:
+        log.close()
+        shutil.rmtree(short, ignore_errors=True)
 
 
 @contextlib.contextmanager
