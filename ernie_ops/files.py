@@ -139,3 +139,15 @@ def write_text_atomic(path: PathLike, text: str, inputs: Iterable[PathLike] = ()
     with atomic_output(path, inputs, compress=False) as f:
         f.write(text.encode("utf-8"))
     return Path(path)
+
+
+def delete_older(directory: PathLike, pattern: str, cutoff: float) -> list[Path]:
+    """Delete DIRECTORY's files matching PATTERN last written before CUTOFF (a `time.time()`); the
+    deleted paths. One another process deleted first is passed over (retention runs concurrently)."""
+    gone = []
+    for path in Path(directory).glob(pattern):
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                gone.append(path)
+    return gone

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ernie_ops.errors import UserError
-from ernie_ops.files import atomic_output, check_output, regular_file
+from ernie_ops.files import atomic_output, check_output, delete_older, regular_file
 from ernie_ops.proc import Lock
 
 
@@ -118,3 +118,20 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_delete_older_removes_only_old_matching_files(tmp_path: Path, monkeypatch) -> None:
+    now = time.time()
+    for name, age in (("a.json", 100), ("b.json", 10), ("c.txt", 100)):
+        (tmp_path / name).write_text("x")
+        os.utime(tmp_path / name, (now - age, now - age))
+    assert delete_older(tmp_path, "*.json", now - 50) == [tmp_path / "a.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "c.txt"]
+    real_unlink = Path.unlink
+
+    def raced(path: Path, missing_ok: bool = False) -> None:  # another process deleted it first
+        real_unlink(path)
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(Path, "unlink", raced)
+    assert delete_older(tmp_path, "*.json", now) == []

@@ -30,6 +30,8 @@ from typing import IO, Any
 
 import orjson
 
+from ernie_ops.files import delete_older
+
 ACTIVE = "requests.jsonl"
 CONTENT_FIELDS = ("request", "answer")
 
@@ -131,14 +133,9 @@ class RequestLog:
 
     def prune(self, now: float | None = None) -> list[Path]:
         """Delete rotated files last written before the retention period; the deleted paths."""
-        cutoff = (self.clock() if now is None else now) - self.retention_s
-        gone = []
-        for path in self.directory.glob("requests-*.jsonl"):
-            with contextlib.suppress(FileNotFoundError):
-                if path.stat().st_mtime < cutoff:
-                    path.unlink()
-                    gone.append(path)
-        return gone
+        return delete_older(
+            self.directory, "requests-*.jsonl", (self.clock() if now is None else now) - self.retention_s
+        )
 
     def files(self) -> list[Path]:
         """Every log file, oldest first (rotated ones, then the active one)."""

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ernie_ops.errors import UserError
-from ernie_ops.files import write_text_atomic
+from ernie_ops.files import delete_older, write_text_atomic
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -140,14 +140,7 @@ class ReviewQueue:
 
     def prune(self, older_than_s: float, now: float | None = None) -> list[Path]:
         """Delete items last written before the retention period; the deleted paths."""
-        cutoff = (time.time() if now is None else now) - older_than_s
-        gone = []
-        for path in self.directory.glob("*.json"):
-            with contextlib.suppress(FileNotFoundError):
-                if path.stat().st_mtime < cutoff:
-                    path.unlink()
-                    gone.append(path)
-        return gone
+        return delete_older(self.directory, "*.json", (time.time() if now is None else now) - older_than_s)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
