@@ -879,7 +879,7 @@ def own_phase(binaries: dict[str, str], path: Path, threads: int, new_tokens: in
     }
 
 
-async def timed_stream(client: Any, url: str, prompt: str, max_tokens: int) -> dict[str, float]:
+async def timed_stream(client: Any, url: str, prompt: str | list[int], max_tokens: int) -> dict[str, float]:
     """One streamed /v1/completions call: send, first text and end times; it must end by length
     (llama-cpp-python's stream has no usage: finish_reason "length" means max_tokens tokens)."""
     body = {
@@ -908,7 +908,7 @@ async def timed_stream(client: Any, url: str, prompt: str, max_tokens: int) -> d
     return {"start": started, "first": first, "end": ended}
 
 
-async def drive_server(url: str, texts: list[str], new_tokens: int) -> dict[str, float]:
+async def drive_server(url: str, texts: list[str] | list[list[int]], new_tokens: int) -> dict[str, float]:
     """Batch 1 (one streaming client), then BATCH streaming clients at once (TEXTS: BATCH + 2 prompts)."""
     import httpx
 
@@ -939,6 +939,17 @@ def prompt_texts(model_dir: Path, n: int) -> list[str]:
     return [tokenizer.decode(p) for p in prompts(n, PROMPT_LEN, SEED)]
 
 
+def serve_prompts(model_dir: Path, engine: str, n: int) -> list[str] | list[list[int]]:
+    """N prompts for a server: token ids where it takes them (the embedded server, llama-server), so
+    it prefills exactly what the in-process and llama.cpp's own runs do; text for llama-cpp-python's
+    server, which tokenizes the decoding back to 74-88 tokens, not PROMPT_LEN."""
+    from ernie_ops.serve.backends import _llama_server
+
+    if engine == "paddle" or _llama_server.found():
+        return prompts(n, PROMPT_LEN, SEED)
+    return prompt_texts(model_dir, n)
+
+
 def serve_phase(target: Path, engine: str, model_dir: Path, threads: int, new_tokens: int) -> dict[str, Any]:
     """`ernie-ops serve TARGET --engine ENGINE` (the real serving path: pre-flight, supervisor,
     the engine's server) on a free port, driven over HTTP; RSS of its server process(es)."""
@@ -966,7 +977,7 @@ def serve_phase(target: Path, engine: str, model_dir: Path, threads: int, new_to
     env = {**os.environ, "ERNIE_OPS_LLAMACPP_THREADS": str(threads)}  # its default leaves a core free
     log_path = Path(tempfile.gettempdir()) / f"bench_serve_cpu.{engine}.{os.getpid()}.log"
     url = f"http://127.0.0.1:{port}"
-    texts = prompt_texts(model_dir, BATCH + 2)
+    texts = serve_prompts(model_dir, engine, BATCH + 2)
     with log_path.open("w") as log_file:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
