@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from polling import free_port
 
 from ernie_ops import hub
 from ernie_ops.errors import UserError
@@ -54,12 +54,6 @@ max_steps: 20
 """
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def hub_env(monkeypatch, tmp_path) -> Path:
     """A clean hub environment: an empty HF_HOME, no token, not offline, and an endpoint nobody
@@ -73,7 +67,7 @@ def hub_env(monkeypatch, tmp_path) -> Path:
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     return tmp_path / "hf-home"
 

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+from polling import free_port
 
 from ernie_ops.cli.main import main
 from ernie_ops.errors import UserError
@@ -136,14 +137,8 @@ def test_server_errors_are_counted_with_their_message():
     assert not result.ok and "4/8 requests failed" in result.problems()[0]
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_nothing_listening_fails_with_a_clear_message(tmp_path, capsys):
-    url = f"http://127.0.0.1:{_closed_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     code = main(
         ["bench", url, "--model", "m", "--num-prompts", "2", "--concurrency", "1", "--out", str(tmp_path)]
     )

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from polling import free_port
 
 import ernie_ops.serve
 from ernie_ops.cli.main import main
@@ -18,12 +18,6 @@ from ernie_ops.errors import UserError
 from ernie_ops.serve import backends
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_registry_finds_every_backend_module_preferred_first():

@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,8 +17,8 @@ from types import SimpleNamespace
 
 import psutil
 import pytest
-from polling import wait_until
-from test_supervisor import alive, fake, free_port
+from polling import free_port, wait_until
+from test_supervisor import alive, fake, start_driver
 
 from ernie_ops.cli.main import main
 from ernie_ops.serve.detached import free_port_block
@@ -29,30 +28,11 @@ from ernie_ops.serve.supervisor import run_server, server_status, stop_server
 
 PROFILES = sorted((Path(__file__).parent.parent / "recipes" / "serve").glob("*.yaml"))
 
-DRIVER = """
-import json, os, sys
-from pathlib import Path
-from ernie_ops.serve.supervisor import run_server
-a = json.loads(sys.argv[1])
-sys.exit(run_server(a["command"], dict(os.environ), Path(a["log_dir"]), "127.0.0.1", a["port"],
-                    60, a["detach"], Path(a["state_file"])))
-"""
-
 
 def driver(tmp_path: Path, name: str, port: int, *flags: str, detach: bool) -> subprocess.Popen:
-    spec = {
-        "command": fake(port, *flags),
-        "log_dir": str(tmp_path / name),
-        "port": port,
-        "detach": detach,
-        "state_file": str(state_dir() / f"{port}.json"),
-    }
-    return subprocess.Popen(
-        [sys.executable, "-c", DRIVER, json.dumps(spec)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    log_dir, state_file = tmp_path / name, state_dir() / f"{port}.json"
+    return start_driver(
+        tmp_path, port, *flags, timeout=60, detach=detach, log_dir=log_dir, state_file=state_file
     )
 
 

@@ -15,19 +15,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from polling import wait_until
+from polling import free_port, wait_until
 
 from ernie_ops.serve.supervisor import diagnose, redact_command, run_server, server_status, stop_server
 
 FAKE = Path(__file__).resolve().parent / "fake_fastdeploy.py"
 SECRET = "sk-test-5ecret-value-42"
 WORKER_PID = re.compile(r"Started worker process \d+ \(pid (\d+)\)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fake(port: int, *flags: str) -> list[str]:
@@ -73,17 +67,27 @@ from pathlib import Path
 from ernie_ops.serve.supervisor import run_server
 a = json.loads(sys.argv[1])
 sys.exit(run_server(a["command"], dict(os.environ), Path(a["log_dir"]), "127.0.0.1", a["port"],
-                    a["timeout"], False, Path(a["state_file"])))
+                    a["timeout"], a["detach"], Path(a["state_file"])))
 """
 
 
-def start_driver(tmp_path: Path, port: int, *flags: str, timeout: float = 20.0) -> subprocess.Popen:
+def start_driver(
+    tmp_path: Path,
+    port: int,
+    *flags: str,
+    timeout: float = 20.0,
+    detach: bool = False,
+    log_dir: Path | None = None,
+    state_file: Path | None = None,
+) -> subprocess.Popen:
+    """`run_server` on the fake server in a process of its own, so tests can signal or kill it."""
     spec = {
         "command": fake(port, *flags),
-        "log_dir": str(tmp_path / "logs"),
+        "log_dir": str(log_dir or tmp_path / "logs"),
         "port": port,
         "timeout": timeout,
-        "state_file": str(tmp_path / "server.json"),
+        "detach": detach,
+        "state_file": str(state_file or tmp_path / "server.json"),
     }
     return subprocess.Popen(
         [sys.executable, "-c", DRIVER, json.dumps(spec)],

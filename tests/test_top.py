@@ -4,12 +4,12 @@ embedded server on the tiny model, and a URL nobody answers."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from polling import free_port
 from standin_openai import serving
 
 from ernie_ops.cli.main import main
@@ -57,12 +57,6 @@ def test_urls_are_read_as_their_metrics_endpoint():
     assert metrics_url("https://h/metrics") == "https://h/metrics"
 
 
-def dead_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"  # closed again: nothing listens there
-
-
 def send(url: str, n: int, model: str, stream: bool = True) -> None:
     body = {
         "model": model,
@@ -95,7 +89,7 @@ def test_a_gateway_row_per_backend_with_rates_errors_and_latencies(gateway):
 
 
 def test_once_snapshot_of_a_gateway_and_a_dead_url(gateway, capsys):
-    dead = dead_url()
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     stop = threading.Event()
 
     def traffic() -> None:
