@@ -44,6 +44,15 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> str:
     return out
 
 
+def admin(*args: str, key: str | None) -> subprocess.CompletedProcess:
+    """`ernie-ops gateway status|set ...` with KEY as the admin key (None: not set)."""
+    env = {k: v for k, v in os.environ.items() if k != "ERNIE_OPS_GATEWAY_ADMIN_KEY"}
+    if key is not None:
+        env["ERNIE_OPS_GATEWAY_ADMIN_KEY"] = key
+    command = [sys.executable, "-m", "ernie_ops", "gateway", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=GUARD_S)
+
+
 def test_set_status_and_a_killed_gateway_restarts_with_the_recorded_weights(tmp_path, cli):
     env = {**os.environ, "ERNIE_OPS_GATEWAY_ADMIN_KEY": "sesame", "PYTHONUNBUFFERED": "1"}
     with serve_in_thread(model="stable-m") as stable, serve_in_thread(model="cand-m") as candidate:
@@ -56,47 +65,18 @@ def test_set_status_and_a_killed_gateway_restarts_with_the_recorded_weights(tmp_
                 url + "/v1/chat/completions", json={"messages": [], "max_tokens": 2}, timeout=GUARD_S
             )
             assert r.status_code == 200 and r.headers["x-ernie-ops-backend"] == "stable"
-            set_ = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "ernie_ops",
-                    "gateway",
-                    "set",
-                    url,
-                    "--mode",
-                    "split",
-                    "--weight",
-                    "40",
-                ],
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=GUARD_S,
-            )
+            set_ = admin("set", url, "--mode", "split", "--weight", "40", key="sesame")
             assert set_.returncode == 0, set_.stderr
             assert '"weight": 40.0' in set_.stdout
         finally:
             out = stop(proc, signal.SIGKILL)  # no clean shutdown: the state file alone must carry it
         proc, url, head = start([*args, "--mode", "all-stable"], env)
         try:
-            status = subprocess.run(
-                [sys.executable, "-m", "ernie_ops", "gateway", "status", url],
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=GUARD_S,
-            )
+            status = admin("status", url, key="sesame")
             assert status.returncode == 0, status.stderr
             assert '"mode": "split"' in status.stdout and '"weight": 40.0' in status.stdout
             assert httpx.get(url + "/health", timeout=GUARD_S).json()["weight"] == 40
-            wrong = subprocess.run(
-                [sys.executable, "-m", "ernie_ops", "gateway", "status", url],
-                capture_output=True,
-                text=True,
-                env={**env, "ERNIE_OPS_GATEWAY_ADMIN_KEY": "wrong"},
-                timeout=GUARD_S,
-            )
+            wrong = admin("status", url, key="wrong")
             assert wrong.returncode == 2, wrong.stderr
             assert "refused /admin/state: HTTP 401: missing or wrong admin key" in wrong.stderr
         finally:
@@ -107,23 +87,10 @@ def test_set_status_and_a_killed_gateway_restarts_with_the_recorded_weights(tmp_
 
 
 def test_set_without_the_key_and_content_without_a_log_are_refused_clearly(cli, tmp_path):
-    env_less = {k: v for k, v in os.environ.items() if k != "ERNIE_OPS_GATEWAY_ADMIN_KEY"}
-    result = subprocess.run(
-        [sys.executable, "-m", "ernie_ops", "gateway", "set", "127.0.0.1:9", "--weight", "5"],
-        capture_output=True,
-        text=True,
-        env=env_less,
-        timeout=GUARD_S,
-    )
+    result = admin("set", "127.0.0.1:9", "--weight", "5", key=None)
     assert result.returncode == 2 and "ERNIE_OPS_GATEWAY_ADMIN_KEY is not set" in result.stderr
     nobody = f"127.0.0.1:{free_port()}"
-    unreachable = subprocess.run(
-        [sys.executable, "-m", "ernie_ops", "gateway", "status", nobody],
-        capture_output=True,
-        text=True,
-        env={**env_less, "ERNIE_OPS_GATEWAY_ADMIN_KEY": "sesame"},
-        timeout=GUARD_S,
-    )
+    unreachable = admin("status", nobody, key="sesame")
     assert unreachable.returncode == 2 and f"the gateway at http://{nobody} cannot be reached" in (
         unreachable.stderr
     )

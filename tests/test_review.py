@@ -8,21 +8,19 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 from standin_openai import create_standin, prompt_key, serving
+from test_gateway import gateway as gateway_in_thread
 
 from ernie_ops.cli.main import main
 from ernie_ops.rollout.answers import Answer
-from ernie_ops.rollout.gateway import GatewayConfig, run_in_thread, url_of
 from ernie_ops.rollout.judge import LiveJudge
 from ernie_ops.rollout.review import FORMAT, Case, ReviewQueue, ReviewWriter, Side
 from ernie_ops.rollout.routing import Routing
-from ernie_ops.validate.client import Endpoint
 
 GUARD_S = 30.0
 PII = [{"role": "user", "content": "Send the invoice total to alice@example.com please"}]
@@ -44,18 +42,11 @@ def metric_lines(url: str, name: str) -> list[str]:
     return [x for x in httpx.get(url + "/metrics", timeout=GUARD_S).text.splitlines() if x.startswith(name)]
 
 
-@contextlib.contextmanager
-def gateway(stable: str, candidate: str | None, tmp_path: Path, **options) -> Iterator[str]:
-    config = GatewayConfig(
-        stable=Endpoint.parse(stable),
-        candidate=Endpoint.parse(candidate) if candidate else None,
-        state_path=tmp_path / "state.json",
-        log_dir=tmp_path / "log",
-        review_dir=tmp_path / "review",
-        **options,
-    )
-    with run_in_thread(config) as g:
-        yield url_of(g)
+def gateway(
+    stable: str, candidate: str | None, tmp_path: Path, **options
+) -> contextlib.AbstractContextManager[str]:
+    """test_gateway's in-thread gateway, with a review queue in TMP_PATH/review."""
+    return gateway_in_thread(stable, candidate, tmp_path, review_dir=tmp_path / "review", **options)
 
 
 def review(*args: str, capsys) -> tuple[int, str, str]:
