@@ -58,13 +58,13 @@ def metric(url: str, name: str, **labels: str) -> float:
 
 @contextlib.contextmanager
 def gateway(stable: str, candidate: str | None, tmp_path: Path, **options) -> Iterator[str]:
+    """A gateway in this process over STABLE and CANDIDATE, its files in TMP_PATH (OPTIONS: any
+    other GatewayConfig field, or these replaced); its URL."""
+    settings = {"state_path": tmp_path / "state.json", "log_dir": tmp_path / "log", "admin_key": "sesame"}
     config = GatewayConfig(
         stable=Endpoint.parse(stable),
         candidate=Endpoint.parse(candidate) if candidate else None,
-        state_path=tmp_path / "state.json",
-        log_dir=tmp_path / "log",
-        admin_key="sesame",
-        **options,
+        **{**settings, **options},
     )
     with run_in_thread(config) as g:
         yield url_of(g)

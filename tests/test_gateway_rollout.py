@@ -17,14 +17,13 @@ from pathlib import Path
 import httpx
 import pytest
 from standin_openai import create_standin, serving
+from test_gateway import gateway
 
 from ernie_ops.errors import UserError
 from ernie_ops.rollout.controller import Controller, ControllerState, GatewayRouter, evaluate
-from ernie_ops.rollout.gateway import GatewayConfig, run_in_thread, url_of
 from ernie_ops.rollout.report import markdown
 from ernie_ops.rollout.routing import Routing
 from ernie_ops.rollout.spec import EvalGate, Gates, RolloutSpec, Stage, load_rollout
-from ernie_ops.validate.client import Endpoint
 from ernie_ops.validate.null_server import Behaviour, fail_every, serve_in_thread
 
 GUARD_S = 60.0
@@ -93,16 +92,7 @@ def rig(candidate_url: str, tmp_path: Path, stable_url: str | None = None) -> It
     with contextlib.ExitStack() as stack:
         if stable_url is None:
             stable_url = stack.enter_context(serve_in_thread(model="stable-m")).url
-        config = GatewayConfig(
-            stable=Endpoint.parse(stable_url),
-            candidate=Endpoint.parse(candidate_url),
-            routing=Routing("all-stable"),
-            state_path=tmp_path / "gateway.json",
-            log_dir=tmp_path / "log",
-            admin_key="sesame",
-        )
-        with run_in_thread(config) as g:
-            yield url_of(g)
+        yield stack.enter_context(gateway(stable_url, candidate_url, tmp_path, routing=Routing("all-stable")))
 
 
 def roll(
