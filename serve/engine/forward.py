@@ -147,6 +147,7 @@ def _tensor(array: np.ndarray) -> Any:
     return from_dlpack(array if array.flags.writeable else array.copy())  # type: ignore[arg-type]
 
 
+SCORES = 1 << 16  # attention scores (float32) computed at once: 256 KB, within the L2 cache
 SMALL_ROWS = 24  # up to this many rows, `_small_matmul` (one row: gemv; more: MKL; see `_matmul`)
 SMALL_PRODUCT = 100**3  # OpenBLAS's small-matrix kernel takes M x N x K up to this
 SMALL_OUTPUT = 1200  # ... and, with the weight transposed (our case), M x N up to this
@@ -276,14 +277,13 @@ class DenseForward:
         out *= weight
         return out
 
-    def _rope(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-        """ERNIE's RoPE rotates interleaved pairs (x[2i], x[2i+1]) by angle i; x is [B, S, heads, D]."""
-        pairs = x.reshape(*x.shape[:-1], -1, 2)
-        even, odd = pairs[..., 0], pairs[..., 1]
-        out = np.empty_like(pairs)
-        out[..., 0] = even * cos - odd * sin
-        out[..., 1] = odd * cos + even * sin
-        return out.reshape(x.shape)
+    @staticmethod
+    def _rope(qkv: np.ndarray, turns: np.ndarray, rotated: int) -> np.ndarray:
+        """ERNIE's RoPE rotates interleaved pairs (x[2i], x[2i+1]) by angle i: as complex numbers
+        x[2i] + i x[2i+1], a product with TURNS (e^(i angle), [B, S, 1, D/2]); of the first ROTATED
+        heads of qkv [B, S, heads, D] (queries and keys, in one pass)."""
+        pairs = qkv.view(np.complex64)[:, :, :rotated]  # the last axis is contiguous: a view
+        return (pairs * turns).view(np.float32)
 
     def forward(
         self, ids: np.ndarray, positions: np.ndarray, bias: np.ndarray, cache: list[np.ndarray], at: int
@@ -298,25 +298,27 @@ class DenseForward:
         heads, kv, dim = self.heads, self.kv_heads, self.head_dim
         end = at + steps
         angles = positions[..., None].astype(np.float32) * self.inv_freq
-        cos, sin = np.cos(angles)[:, :, None], np.sin(angles)[:, :, None]  # [B, S, 1, D/2]
+        turns = np.empty((rows, steps, 1, dim // 2), dtype=np.complex64)
+        turns.real[:, :, 0], turns.imag[:, :, 0] = np.cos(angles), np.sin(angles)
         x = self.embed[ids]  # [B, S, hidden]
         for i, w in enumerate(self.layers):
             qkv = w.qkv(self._norm(x, w.ln1))
             qkv = qkv.reshape(rows, steps, heads + 2 * kv, dim)
-            qk = self._rope(qkv[:, :, : heads + kv], cos, sin)  # queries and keys in one pass
+            qk = self._rope(qkv, turns, heads + kv)
             q = qk[:, :, :heads]
             keys, values = cache[2 * i], cache[2 * i + 1]
             keys[:, :, at:end] = qk[:, :, heads:].transpose(0, 2, 1, 3)
             values[:, :, at:end] = qkv[:, :, heads + kv :].transpose(0, 2, 1, 3)
             out = self._attend(q, keys[:, :, :end], values[:, :, :end], bias)
-            x = x + w.o(out)
+            x += w.o(out)  # x is this forward's own array (the embedding lookup copies)
             gate_up = w.up_gate(self._norm(x, w.ln2))
             gate, up = gate_up[..., : self.inner], gate_up[..., self.inner :]
-            act = np.exp(-gate)  # SwiGLU: silu(gate) * up = gate / (1 + e^-gate) * up
+            act = np.negative(gate)  # SwiGLU: silu(gate) * up = gate / (1 + e^-gate) * up
+            np.exp(act, out=act)
             act += 1
             np.divide(gate, act, out=act)
             act *= up
-            x = x + w.down(act)
+            x += w.down(act)
         return self._logits(self._norm(x[:, -1], self.norm))
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
@@ -327,14 +329,15 @@ class DenseForward:
     def _attend(self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, bias: np.ndarray) -> np.ndarray:
         """Softmax attention with GQA: q [B, S, heads, D], keys / values [B, kv, L, D] -> [B, S, heads * D].
 
-        The query heads sharing a KV head are stacked as rows of one matmul (no repeated keys). A
-        prompt is done per row and in query blocks, so the score matrix stays small.
+        The query heads sharing a KV head are stacked as rows of one matmul (no repeated keys). Rows
+        and queries go in blocks so that the scores stay within SCORES (a decode step or a batch of
+        short prompts at once; a long prompt a row and 256 queries at a time).
         """
         rows, steps, heads, dim = q.shape
         kv, group = self.kv_heads, heads // self.kv_heads
         q = q.reshape(rows, steps, kv, group, dim).transpose(0, 2, 3, 1, 4)  # [B, kv, group, S, D]
         out = np.empty((rows, kv, group, steps, dim), dtype=np.float32)
-        block = rows if steps == 1 else 1  # decode: every row at once; prefill: a row at a time
+        block = max(1, SCORES // (heads * min(steps, 256) * keys.shape[2]))  # rows at a time
         for r in range(0, rows, block):
             k, v = keys[r : r + block], values[r : r + block]
             for s in range(0, steps, 256):
