@@ -99,120 +99,97 @@ _ANSWER_LABEL = "Answer with the label only."
 
 def _charts(rng: random.Random) -> _Suite:
     suite = _Suite("chart_qa.jsonl")
-    tags = ["chart"]
 
     quarters = ["Q1", "Q2", "Q3", "Q4"]
     revenue = rng.sample(range(20, 95), 4)
     suite.images["chart_revenue.png"] = _bar_chart("Quarterly revenue ($k)", quarters, revenue)
     image = f"{IMAGES}/chart_revenue.png"
-    suite.add(
-        str(revenue[2]),
-        id="revenue-q3",
-        prompt=f"What is the value of the Q3 bar? {_ANSWER_NUMBER}",
-        image=image,
-        expected=revenue[2],
-        judge="exact",
-        tolerance=0.02,
-        tags=[*tags, "value"],
-    )
+    _chart_value(suite, image, "revenue-q3", f"What is the value of the Q3 bar? {_ANSWER_NUMBER}", revenue[2])
     best = quarters[revenue.index(max(revenue))]
-    suite.add(
-        best,
-        id="revenue-highest",
-        prompt=f"Which quarter has the highest revenue? {_ANSWER_LABEL}",
-        image=image,
-        expected=best,
-        judge="exact",
-        tags=[*tags, "compare"],
+    _chart_label(
+        suite, image, "revenue-highest", f"Which quarter has the highest revenue? {_ANSWER_LABEL}", best
     )
 
     fruits = ["Apples", "Bananas", "Cherries", "Dates"]
     sales = rng.sample(range(10, 60), 4)
     suite.images["chart_fruit.png"] = _bar_chart("Fruit sales (units)", fruits, sales)
     image = f"{IMAGES}/chart_fruit.png"
-    suite.add(
-        str(sales[1]),
-        id="fruit-bananas",
-        prompt=f"How many units of Bananas were sold? {_ANSWER_NUMBER}",
-        image=image,
-        expected=sales[1],
-        judge="exact",
-        tolerance=0.02,
-        tags=[*tags, "value"],
+    _chart_value(
+        suite, image, "fruit-bananas", f"How many units of Bananas were sold? {_ANSWER_NUMBER}", sales[1]
     )
     worst = fruits[sales.index(min(sales))]
-    suite.add(
-        worst,
-        id="fruit-lowest",
-        prompt=f"Which fruit sold the fewest units? {_ANSWER_LABEL}",
-        image=image,
-        expected=worst,
-        judge="exact",
-        tags=[*tags, "compare"],
-    )
+    _chart_label(suite, image, "fruit-lowest", f"Which fruit sold the fewest units? {_ANSWER_LABEL}", worst)
     spread = max(sales) - min(sales)
-    suite.add(
-        f"The difference is {max(sales)} - {min(sales)} = {spread}.",  # the last-number rule
-        id="fruit-spread",
-        prompt=f"What is the difference between the highest and the lowest sales? {_ANSWER_NUMBER}",
-        image=image,
-        expected=spread,
-        judge="exact",
-        tolerance=0.02,
-        tags=[*tags, "arithmetic"],
+    _chart_value(
+        suite,
+        image,
+        "fruit-spread",
+        f"What is the difference between the highest and the lowest sales? {_ANSWER_NUMBER}",
+        spread,
+        answer=f"The difference is {max(sales)} - {min(sales)} = {spread}.",  # the last-number rule
+        kind="arithmetic",
     )
 
     months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun"]
     temps = rng.sample(range(2, 30), 6)
     suite.images["chart_temperature.png"] = _line_chart("Average temperature (°C)", months, temps)
     image = f"{IMAGES}/chart_temperature.png"
-    suite.add(
-        str(temps[2]),
-        id="temperature-mar",
-        prompt=f"What is the average temperature in Mar? {_ANSWER_NUMBER}",
-        image=image,
-        expected=temps[2],
-        judge="exact",
-        tolerance=0.02,
-        tags=[*tags, "value"],
+    _chart_value(
+        suite, image, "temperature-mar", f"What is the average temperature in Mar? {_ANSWER_NUMBER}", temps[2]
     )
     hottest = months[temps.index(max(temps))]
-    suite.add(
-        f"Answer: {hottest}",
-        id="temperature-highest",
-        prompt=f"In which month is the temperature highest? {_ANSWER_LABEL}",
-        image=image,
-        expected=hottest,
-        judge="exact",
-        tags=[*tags, "compare"],
-    )
+    question = f"In which month is the temperature highest? {_ANSWER_LABEL}"
+    _chart_label(suite, image, "temperature-highest", question, hottest, answer=f"Answer: {hottest}")
 
     browsers = ["Chrome", "Safari", "Firefox", "Edge"]
     cuts = sorted(rng.sample(range(5, 95), 3))
     shares = [cuts[0], cuts[1] - cuts[0], cuts[2] - cuts[1], 100 - cuts[2]]
     suite.images["chart_browsers.png"] = _bar_chart("Browser share (%)", browsers, shares, percent=True)
     image = f"{IMAGES}/chart_browsers.png"
-    suite.add(
-        f"{shares[2]}%",
-        id="browsers-firefox",
-        prompt="What share does Firefox have? Answer with the percentage only.",
-        image=image,
-        expected=f"{shares[2]}%",
-        judge="exact",
-        tolerance=0.02,
-        tags=[*tags, "value"],
-    )
+    question = "What share does Firefox have? Answer with the percentage only."
+    _chart_value(suite, image, "browsers-firefox", question, f"{shares[2]}%")
     top = browsers[shares.index(max(shares))]
-    suite.add(
-        top,
-        id="browsers-highest",
-        prompt=f"Which browser has the largest share? {_ANSWER_LABEL}",
-        image=image,
-        expected=top,
-        judge="exact",
-        tags=[*tags, "compare"],
+    _chart_label(
+        suite, image, "browsers-highest", f"Which browser has the largest share? {_ANSWER_LABEL}", top
     )
     return suite
+
+
+def _chart_value(
+    suite: _Suite,
+    image: str,
+    id: str,
+    prompt: str,
+    expected: Any,
+    answer: str | None = None,
+    kind: str = "value",
+) -> None:
+    """An item reading a figure off IMAGE (exact within 2%); ANSWER scores 1.0 (default: EXPECTED)."""
+    suite.add(
+        str(expected) if answer is None else answer,
+        id=id,
+        prompt=prompt,
+        image=image,
+        expected=expected,
+        judge="exact",
+        tolerance=0.02,
+        tags=["chart", kind],
+    )
+
+
+def _chart_label(
+    suite: _Suite, image: str, id: str, prompt: str, expected: str, answer: str | None = None
+) -> None:
+    """An item naming a category of IMAGE (exact); ANSWER scores 1.0 (default: EXPECTED)."""
+    suite.add(
+        expected if answer is None else answer,
+        id=id,
+        prompt=prompt,
+        image=image,
+        expected=expected,
+        judge="exact",
+        tags=["chart", "compare"],
+    )
 
 
 def _figure() -> Any:
