@@ -11,6 +11,7 @@ optional, and `ERNIE_OPS_EVENT_LOOP=asyncio` forces the standard one (`uvloop` d
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib
 import os
@@ -89,7 +90,7 @@ class Variant:
     def parse(cls, text: str) -> Variant:
         loop, plus, pin = text.strip().partition("+")
         if loop not in CHOICES or (plus and pin != "pin"):
-            raise UserError(f"--variants: {text!r} is not LOOP[+pin] with LOOP one of {', '.join(CHOICES)}")
+            raise UserError(f"{text!r} is not LOOP[+pin] with LOOP one of {', '.join(CHOICES)}")
         chosen(loop)  # uvloop asked for and not installed: say so now
         return cls(loop, pin == "pin")
 
@@ -100,3 +101,13 @@ class Variant:
 def variants(text: str) -> list[Variant]:
     """The comma-separated `LOOP[+pin]` list of a benchmark's --variants (UserError when one is bad)."""
     return [Variant.parse(v) for v in text.split(",") if v.strip()]
+
+
+def variants_arg(text: str) -> str:
+    """An argparse type for a benchmark's --variants: TEXT once every entry parses, so a bad one is a
+    usage error naming the option (kept as text: the benchmarks record their settings as JSON)."""
+    try:
+        variants(text)
+    except UserError as err:
+        raise argparse.ArgumentTypeError(err.message) from None
+    return text

@@ -50,7 +50,6 @@ import orjson
 
 from ernie_ops import eventloop
 from ernie_ops.benchmark import bench_parser, print_table, write_report
-from ernie_ops.errors import UserError
 
 TARGET_P99_ADDED_MS = 2.0
 TARGET_RPS_PER_CORE = 1000.0
@@ -309,6 +308,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="part 2 run length (default 8)")
     parser.add_argument(
         "--variants",
+        type=eventloop.variants_arg,
         default="auto",
         help="the gateways measured, comma-separated LOOP[+pin]: LOOP auto (uvloop when installed), uvloop "
         "or asyncio; +pin pins it to --gateway-core; all are measured interleaved in one run, the targets "
@@ -336,7 +336,7 @@ def main() -> int:
         os.setpriority(os.PRIO_PROCESS, 0, NICE)
     if args.quick:
         args.requests, args.seconds, args.repeat = 1000, 3.0, 1
-    variants = _variants(args.variants)
+    variants = eventloop.variants(args.variants)
     cores = sorted(os.sched_getaffinity(0))
     gw_core = args.gateway_core if args.gateway_core in cores else None
     client_core = args.client_core if args.client_core in cores and args.client_core != gw_core else None
@@ -467,13 +467,6 @@ def main() -> int:
         verdict=verdict,
     )
     return 0
-
-
-def _variants(text: str) -> list[eventloop.Variant]:
-    try:
-        return eventloop.variants(text)
-    except UserError as err:
-        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

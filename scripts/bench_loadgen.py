@@ -60,7 +60,6 @@ import orjson
 
 from ernie_ops import eventloop
 from ernie_ops.benchmark import bench_parser, print_table, write_report
-from ernie_ops.errors import UserError
 from ernie_ops.validate import loadgen
 from ernie_ops.validate.arrivals import ArrivalStats, target_cv
 from ernie_ops.validate.client import Endpoint, session
@@ -551,7 +550,7 @@ def open_level(
 def part_open(args: argparse.Namespace, report: dict[str, Any]) -> None:
     """Each level run once per variant per round, the variants in turn (reversed every other round)
     so that a change in the machine's load falls on all of them alike."""
-    variants = _variants(args.variants)
+    variants = eventloop.variants(args.variants)
     client_core, server_core = cores()
     allowed = os.sched_getaffinity(0)
     servers = {
@@ -760,6 +759,7 @@ def main() -> int:
     parser.add_argument("--service-ms", type=float, default=200.0, help="find: ms per request (default 200)")
     parser.add_argument(
         "--variants",
+        type=eventloop.variants_arg,
         default="auto",
         help="open part: comma-separated LOOP[+pin], LOOP one of auto (uvloop when installed), uvloop, "
         "asyncio; +pin pins the generator and the null server to a core each; each level runs once per "
@@ -803,13 +803,6 @@ def main() -> int:
         **report,
     )
     return 0
-
-
-def _variants(text: str) -> list[eventloop.Variant]:
-    try:
-        return eventloop.variants(text)
-    except UserError as err:
-        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

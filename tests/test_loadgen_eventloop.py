@@ -124,3 +124,17 @@ def test_a_benchmark_variant_is_a_loop_and_a_pinning():
     for bad in ("asyncio+pinned", "tokio", "auto+"):
         with pytest.raises(UserError, match="LOOP\\[\\+pin\\]"):
             eventloop.variants(bad)
+
+
+def test_a_bad_benchmark_variant_is_a_usage_error_naming_the_option(capsys):
+    import argparse
+
+    from ernie_ops import eventloop
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--variants", type=eventloop.variants_arg, default="auto")
+    assert parser.parse_args(["--variants", "auto,asyncio+pin"]).variants == "auto,asyncio+pin"
+    with pytest.raises(SystemExit) as ended:
+        parser.parse_args(["--variants", "auto,tokio"])
+    assert ended.value.code == 2
+    assert "argument --variants: 'tokio' is not LOOP[+pin]" in capsys.readouterr().err
