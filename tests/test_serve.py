@@ -9,9 +9,11 @@ import socket
 from pathlib import Path
 
 import pytest
+from polling import free_port
 
 from ernie_ops.cli.main import main
 from ernie_ops.errors import UserError
+from ernie_ops.serve.detached import free_port_block
 from ernie_ops.serve.fastdeploy import VERSIONS, build_launch, check_command, dialect, flag_table
 from ernie_ops.serve.preflight import check_ports, resolve_model
 from ernie_ops.serve.profile import load_profile
@@ -172,7 +174,7 @@ def test_real_fastdeploy_serves_ernie_0_3b(cli, tmp_path):
     model = tmp_path / "ERNIE-4.5-0.3B-Paddle"
     pulled = cli("pull", "baidu/ERNIE-4.5-0.3B-Paddle", "--local-dir", str(model), timeout=3600)
     assert pulled.returncode == 0, pulled.stderr
-    port = 18680
+    port = free_port_block(4)  # FastDeploy takes the port and the three after it
     started = cli(
         "serve",
         str(model),
@@ -242,24 +244,23 @@ def test_every_shipped_profile_fits_the_gpu_it_is_sized_for(path):
 
 # No GPU and no FastDeploy here: with a simulated GPU inventory the whole path runs for real up to the
 # FastDeploy process, which fails to start; the supervisor must say why at once.
-def test_serve_without_fastdeploy_installed_fails_fast_with_the_reason(
-    tiny_dense, monkeypatch, capsys, tmp_path
-):
+def serve_fastdeploy_on_a_fake_gpu(model: Path, monkeypatch, tmp_path: Path) -> int:
+    """`ernie-ops serve MODEL --backend fastdeploy` in TMP_PATH as if an H800 were here: its exit
+    status (1: FastDeploy is not installed here, so it does not start)."""
     from ernie_ops.serve import preflight
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(preflight, "gpu_inventory", lambda: [(0, "NVIDIA H800", 79.6)])
-    args = [
-        "serve",
-        str(tiny_dense),
-        "--backend",
-        "fastdeploy",
-        "--set",
-        "port=18880",
-        "--set",
-        "startup_timeout=60",
-    ]
-    assert main(args) == 1
+    port = free_port_block(4)  # FastDeploy takes the port and the three after it
+    return main(
+        ["serve", str(model), "--backend", "fastdeploy", "--port", str(port), "--set", "startup_timeout=60"]
+    )
+
+
+def test_serve_without_fastdeploy_installed_fails_fast_with_the_reason(
+    tiny_dense, monkeypatch, capsys, tmp_path
+):
+    assert serve_fastdeploy_on_a_fake_gpu(tiny_dense, monkeypatch, tmp_path) == 1
     out = capsys.readouterr()
     assert "FastDeploy is not installed" in out.out + out.err
     assert (tmp_path / "runs" / "serve").is_dir()
@@ -269,7 +270,7 @@ def test_without_gpu_the_embedded_backend_serves_with_the_same_lifecycle(tiny_de
     """No GPU here: `serve` picks the embedded CPU server, says so, and status/stop manage it."""
     import openai
 
-    port = 18990
+    port = free_port()
     started = cli("serve", str(tiny_dense), "--set", f"port={port}", "--detach", cwd=tmp_path, timeout=180)
     assert started.returncode == 0, started.stdout + started.stderr
     assert "embedded CPU backend" in started.stdout

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 from polling import free_port, wait_until
+from test_serve import serve_fastdeploy_on_a_fake_gpu
 from test_supervisor import alive, fake, start_driver
 
 from ernie_ops.cli.main import main
@@ -259,21 +260,7 @@ def test_an_ipv6_host_and_0_0_0_0_are_honoured(tiny_dense, capsys):
 
 
 def test_serving_open_to_the_network_without_a_key_warns(tiny_dense, monkeypatch, capsys, tmp_path):
-    from ernie_ops.serve import preflight
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(preflight, "gpu_inventory", lambda: [(0, "NVIDIA H800", 79.6)])
-    args = [
-        "serve",
-        str(tiny_dense),
-        "--backend",
-        "fastdeploy",
-        "--port",
-        str(free_port_block(4)),  # FastDeploy takes the port and the three after it
-        "--set",
-        "startup_timeout=60",
-    ]
-    assert main(args) == 1  # no FastDeploy here: it fails to start, after the warning
+    assert serve_fastdeploy_on_a_fake_gpu(tiny_dense, monkeypatch, tmp_path) == 1  # after the warning
     err = capsys.readouterr().err
     assert "open to the network with no API key" in err and "api_key_env" in err
 
