@@ -145,15 +145,16 @@ def test_the_tiny_checkpoint_resolves_and_is_not_a_catalog_model(tiny_dense):
 
 
 def test_ports_in_use_and_low_byte_collisions_are_refused(tmp_path):
-    profile = load_profile(write(tmp_path, "model: /m\nport: 18180\n"))
+    port = free_port_block(4)
+    profile = load_profile(write(tmp_path, f"model: /m\nport: {port}\n"))
     with socket.socket() as busy:
-        busy.bind(("0.0.0.0", 18181))
+        busy.bind(("0.0.0.0", port + 1))
         busy.listen()
-        with pytest.raises(UserError, match="metrics_port 18181 is already in use"):
+        with pytest.raises(UserError, match=f"metrics_port {port + 1} is already in use"):
             check_ports(profile, tmp_path / "state")
     state = tmp_path / "state"
     state.mkdir()
-    other = {"port": 20000, "command": ["python", "--engine-worker-queue-port", str(18182 + 256)]}
+    other = {"port": 20000, "command": ["python", "--engine-worker-queue-port", str(port + 2 + 256)]}
     (state / "20000.json").write_text(json.dumps(other))
     with pytest.raises(UserError, match="low byte"):
         check_ports(profile, state)
@@ -161,7 +162,8 @@ def test_ports_in_use_and_low_byte_collisions_are_refused(tmp_path):
 
 def test_serving_here_stops_at_the_missing_gpu_after_verifying(tiny_dense, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    assert main(["serve", str(tiny_dense), "--backend", "fastdeploy", "--set", "port=18480"]) == 2
+    port = free_port_block(4)
+    assert main(["serve", str(tiny_dense), "--backend", "fastdeploy", "--set", f"port={port}"]) == 2
     assert "no GPU visible" in capsys.readouterr().err
 
 

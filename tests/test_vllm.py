@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from polling import free_port
 
 import ernie_ops.serve
 from ernie_ops.cli.main import main
@@ -304,7 +305,7 @@ def test_vllm_serves_the_exported_tiny_model(tiny_dense, tmp_path):
         timeout=600,
     )
     assert done.returncode == 0, done.stderr
-    port = 18790
+    port = free_port()
     args = ["--engine", "vllm", "--port", str(port), "--set", "max_model_len=256", "--set", "max_num_seqs=4"]
     started = subprocess.run(
         [*cli, "serve", str(exported), *args, "--set", "gpu_memory_utilization=0.3", "--detach"],
