@@ -66,8 +66,11 @@ class Gen:
     def cn_mobile(self) -> str:
         while True:
             n = "1" + self.r.choice("3456789") + self.digits(9)
-            if phonenumbers.is_valid_number(phonenumbers.parse(n, "CN")):
-                return n
+            try:  # a number starting with a carrier prefix (17951...) is too short once it is cut
+                if phonenumbers.is_valid_number(phonenumbers.parse(n, "CN")):
+                    return n
+            except phonenumbers.NumberParseException:
+                continue
 
     def iban(self) -> str:
         country = self.r.choice(["DE", "FR", "NL", "ES", "IT", "AT", "BE"])
