@@ -16,6 +16,7 @@ import textwrap
 import time
 import types
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -205,17 +206,28 @@ def test_a_running_run_whose_owner_is_gone_is_reported_and_resumed(tmp_path, sta
     assert steps(record.path)[-2:] == [3, 4]
 
 
-def test_sigkill_of_ernie_ops_train_takes_the_trainer_with_it(tmp_path):
+def long_standin_run(tmp_path: Path, **popen: Any) -> subprocess.Popen:
+    """`ernie-ops train` of a 1000-step run on the stand-in trainer, in a process of its own (POPEN:
+    its output), for the tests that signal or kill it."""
     standin = tmp_path / "standin.py"
     standin.write_text(STANDIN)
-    runs = tmp_path / "runs"
     path = recipe(tmp_path, max_steps=1000, standin_delay=0.2)
-    cmd = [*driver(tmp_path, standin), "train", str(path), "--runs-dir", str(runs), "--gpus", "cpu"]
-    ops = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = tmp_path / "runs"
+    return subprocess.Popen(
+        [*driver(tmp_path, standin), "train", str(path), "--runs-dir", str(runs), "--gpus", "cpu"], **popen
+    )
+
+
+def its_trainer(tmp_path: Path) -> tuple[Path, int]:
+    """The run directory of long_standin_run's run and its trainer's pid, once it has started."""
+    log = wait_for(lambda: next((tmp_path / "runs").glob("*/logs/train.log"), None), "the run's log")
+    return log.parent.parent, int(wait_for(lambda: _trainer_pid(log), "the trainer"))
+
+
+def test_sigkill_of_ernie_ops_train_takes_the_trainer_with_it(tmp_path):
+    ops = long_standin_run(tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        log = wait_for(lambda: next(runs.glob("*/logs/train.log"), None), "the run's log")
-        trainer = int(wait_for(lambda: _trainer_pid(log), "the trainer"))
-        run_dir = log.parent.parent
+        run_dir, trainer = its_trainer(tmp_path)
         assert RunRecord.load(run_dir).live_status() == "running"
         ops.kill()
         ops.wait(timeout=DEADLINE)
@@ -227,22 +239,16 @@ def test_sigkill_of_ernie_ops_train_takes_the_trainer_with_it(tmp_path):
 
 
 def test_sighup_stops_the_trainer_and_records_the_signal(tmp_path):
-    standin = tmp_path / "standin.py"
-    standin.write_text(STANDIN)
-    runs = tmp_path / "runs"
-    path = recipe(tmp_path, max_steps=1000, standin_delay=0.2)
-    cmd = [*driver(tmp_path, standin), "train", str(path), "--runs-dir", str(runs), "--gpus", "cpu"]
-    ops = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ops = long_standin_run(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        log = wait_for(lambda: next(runs.glob("*/logs/train.log"), None), "the run's log")
-        trainer = int(wait_for(lambda: _trainer_pid(log), "the trainer"))
+        run_dir, trainer = its_trainer(tmp_path)
         ops.send_signal(signal.SIGHUP)
         out, err = ops.communicate(timeout=DEADLINE)
     finally:
         ops.kill()
     assert ops.returncode == 128 + signal.SIGHUP, out + err
     assert gone(trainer)
-    record = RunRecord.load(log.parent.parent)
+    record = RunRecord.load(run_dir)
     assert record.status == "interrupted" and "SIGHUP" in record.failure
     assert "--resume" in err
 
