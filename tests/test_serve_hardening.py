@@ -19,13 +19,13 @@ import psutil
 import pytest
 from polling import free_port, wait_until
 from test_serve import serve_fastdeploy_on_a_fake_gpu
-from test_supervisor import alive, fake, start_driver
+from test_supervisor import alive, fake, run, start_driver
 
 from ernie_ops.cli.main import main
 from ernie_ops.serve.detached import free_port_block
 from ernie_ops.serve.preflight import port_free, state_dir
 from ernie_ops.serve.profile import load_profile, profile_for_checkpoint
-from ernie_ops.serve.supervisor import run_server, server_status, stop_server
+from ernie_ops.serve.supervisor import server_status, stop_server
 
 PROFILES = sorted((Path(__file__).parent.parent / "recipes" / "serve").glob("*.yaml"))
 
@@ -145,16 +145,7 @@ def test_a_foreign_process_answering_on_the_port_is_not_taken_for_our_server(tmp
     threading.Thread(target=take_the_port, daemon=True).start()
     state_file = state_dir() / f"{port}.json"
     try:
-        code = run_server(
-            fake(port, "--load-seconds", "3"),
-            dict(os.environ),
-            tmp_path / "logs",
-            "127.0.0.1",
-            port,
-            30,
-            True,
-            state_file,
-        )
+        code = run(tmp_path, fake(port, "--load-seconds", "3"), 30, detach=True, state_file=state_file)
     finally:
         if foreign:
             foreign[0].shutdown()
@@ -169,19 +160,7 @@ def test_status_and_stop_find_a_server_from_any_directory_and_say_what_they_did(
 ):
     port = free_port()
     state_file = state_dir() / f"{port}.json"
-    assert (
-        run_server(
-            fake(port, "--load-seconds", "0.2"),
-            dict(os.environ),
-            tmp_path / "logs",
-            "127.0.0.1",
-            port,
-            30,
-            True,
-            state_file,
-        )
-        == 0
-    )
+    assert run(tmp_path, fake(port, "--load-seconds", "0.2"), 30, detach=True, state_file=state_file) == 0
     pid = json.loads(state_file.read_text())["pid"]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -41,7 +41,15 @@ def worker_pids(log_dir: Path) -> list[int]:
     return [int(pid) for pid in WORKER_PID.findall(text)]
 
 
-def run(tmp_path: Path, command: list[str], timeout: float = 20.0, detach: bool = False, env=None) -> int:
+def run(
+    tmp_path: Path,
+    command: list[str],
+    timeout: float = 20.0,
+    detach: bool = False,
+    env=None,
+    state_file: Path | None = None,
+) -> int:
+    """`run_server` in this process on the fake server COMMAND (its --port), logs in TMP_PATH."""
     return run_server(
         command,
         env=env or dict(os.environ),
@@ -50,7 +58,7 @@ def run(tmp_path: Path, command: list[str], timeout: float = 20.0, detach: bool 
         port=int(command[command.index("--port") + 1]),
         startup_timeout=timeout,
         detach=detach,
-        state_file=tmp_path / "server.json",
+        state_file=state_file or tmp_path / "server.json",
     )
 
 
