@@ -181,18 +181,23 @@ def test_a_prompt_through_paddles_matmul_equals_erniekit(tiny_dense, reference):
     np.testing.assert_allclose(logits[0], reference_logits(reference, prompt)[-1], atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("rows", [2, 5, 8, 24])
 @pytest.mark.parametrize("shape", [(2560, 1024), (1031, 1024), (64, 3072), (7, 5)])
-def test_small_matmul_in_row_blocks_equals_the_product(rows, shape):
+def test_small_matmul_in_row_blocks_equals_the_product(rows, shape, threads, monkeypatch):
     """Blocks that divide the weight, a remainder after the last whole block, a weight smaller
-    than one block; split across threads or not."""
+    than one block; one thread, or three taking runs of blocks from a shared counter."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from ernie_ops.serve.engine import forward
 
-    rng = np.random.default_rng(rows)
-    weight = rng.standard_normal(shape, dtype=np.float32)
-    x = rng.standard_normal((rows, shape[1]), dtype=np.float32)
-    block = forward._row_block(rows, *shape)
-    assert rows * block * shape[1] <= forward.SMALL_PRODUCT or block == 1
-    got = forward._small_matmul(x, weight)
+    with ThreadPoolExecutor(threads - 1 or 1) as pool:
+        monkeypatch.setattr(forward, "_helpers", lambda: (threads, pool if threads > 1 else None))
+        rng = np.random.default_rng(rows)
+        weight = rng.standard_normal(shape, dtype=np.float32)
+        x = rng.standard_normal((rows, shape[1]), dtype=np.float32)
+        block = forward._row_block(rows, *shape)
+        assert rows * block * shape[1] <= forward.SMALL_PRODUCT or block == 1
+        got = forward._small_matmul(x, weight)
     want = x.astype(np.float64) @ weight.T.astype(np.float64)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())

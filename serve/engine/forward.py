@@ -151,6 +151,7 @@ SCORES = 1 << 16  # attention scores (float32) computed at once: 256 KB, within 
 SMALL_ROWS = 24  # up to this many rows, `_small_matmul` (one row: gemv; more: MKL; see `_matmul`)
 SMALL_PRODUCT = 100**3  # OpenBLAS's small-matrix kernel takes M x N x K up to this
 SMALL_OUTPUT = 1200  # ... and, with the weight transposed (our case), M x N up to this
+PARTS = 4  # runs of blocks per thread in `_small_matmul`
 
 
 def _matmul(x: np.ndarray, rows: np.ndarray, tensor: Any) -> np.ndarray:
@@ -183,9 +184,11 @@ def _helpers() -> tuple[int, ThreadPoolExecutor | None]:
 
 
 def _small_matmul(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """x [M, in] @ rows.T for a few rows of x: the weight in blocks of `_row_block` rows, as one
-    batched matmul ([blocks, M, in] @ [blocks, in, block], written straight into the result's
-    columns) per thread; numpy releases the GIL for each, so the threads multiply in parallel."""
+    """x [M, in] @ rows.T for a few rows of x: the weight in blocks of `_row_block` rows, a run of
+    blocks as one batched matmul ([blocks, M, in] @ [blocks, in, block], written straight into the
+    result's columns). numpy releases the GIL in each, so the threads multiply in parallel; they
+    take PARTS runs each from a shared counter, so a thread that another process holds off its
+    core leaves its remaining runs to the others instead of holding up the step."""
     m, (out, inner) = len(x), rows.shape
     block = _row_block(m, out, inner)
     blocks = out // block
@@ -193,16 +196,20 @@ def _small_matmul(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     weights = rows[: blocks * block].reshape(blocks, block, inner).transpose(0, 2, 1)
     into = result[:, : blocks * block].reshape(m, blocks, block).transpose(1, 0, 2)
     threads, pool = _helpers()
-    parts = min(blocks, threads)
-    bounds = [blocks * i // parts for i in range(parts + 1)]
-    futures = [
-        pool.submit(np.matmul, x, weights[lo:hi], out=into[lo:hi])  # type: ignore[union-attr]
-        for lo, hi in itertools.pairwise(bounds[1:])
-    ]
-    np.matmul(x, weights[: bounds[1]], out=into[: bounds[1]])
+    runs = min(blocks, PARTS * threads)
+    bounds = [blocks * i // runs for i in range(runs + 1)]
+    taken = itertools.count()  # next() on it is atomic: each run is taken once
+
+    def work() -> None:
+        while (i := next(taken)) < runs:
+            lo, hi = bounds[i], bounds[i + 1]
+            np.matmul(x, weights[lo:hi], out=into[lo:hi])
+
+    helping = [pool.submit(work) for _ in range(threads - 1)] if pool is not None and runs > 1 else []
+    work()
     if blocks * block < out:  # the rows past the last whole block
         np.matmul(x, rows[blocks * block :].T, out=result[:, blocks * block :])
-    for future in futures:
+    for future in helping:
         future.result()
     return result
 
