@@ -105,3 +105,18 @@ def test_run_record_and_the_hub_read_run_json_through_the_store(tmp_path):
         with pytest.raises(UserError, match="not a run record this version reads") as err:
             read(tmp_path)
         assert err.value.where == f"{tmp_path / 'run.json'}:1"
+
+
+def test_the_rollout_state_goes_through_the_store_too(tmp_path):
+    from ernie_ops.rollout.controller import ControllerState
+
+    path = tmp_path / "my-state.json"  # --state takes any name
+    assert ControllerState.load(path) is None  # a new rollout
+    state = ControllerState(stage=2, timeline=[{"event": "stage", "at": 1.5}])
+    state.save(path)
+    assert ControllerState.load(path) == state
+    for text, says in (('{"stage": 2,', "broken JSON"), ('{"stage": 2, "phase": 1}', "'phase'")):
+        path.write_text(text)
+        with pytest.raises(UserError, match="not a rollout record this version reads") as err:
+            ControllerState.load(path)
+        assert says in err.value.message and str(path) in str(err.value)

@@ -38,12 +38,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from ernie_ops.errors import UserError
-from ernie_ops.files import write_text_atomic
+from ernie_ops.records import RecordFile
 from ernie_ops.rollout import suitegates
 from ernie_ops.rollout.spec import Gates, RolloutSpec, Stage
 from ernie_ops.validate.client import Endpoint
@@ -124,18 +124,18 @@ class ControllerState:
 
     @classmethod
     def load(cls, path: Path) -> ControllerState | None:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        """The state recorded in PATH; None when there is none yet (a new rollout)."""
+        if not path.exists():
             return None
-        except json.JSONDecodeError as err:
-            raise UserError(
-                f"{path}: the rollout state is not JSON ({err})", hint="fix or remove it"
-            ) from None
-        return cls(**data)
+        return _store(path).load(path.parent, lambda data: cls(**data))
 
     def save(self, path: Path) -> None:
-        write_text_atomic(path, json.dumps(asdict(self), indent=2) + "\n")
+        _store(path).save(self, path.parent)
+
+
+def _store(path: Path) -> RecordFile:
+    """The controller's state file (--state: any name) as the record store reads and writes it."""
+    return RecordFile(path.name, "rollout", "ernie-ops rollout", "runs/rollouts/<name>")
 
 
 @dataclass(frozen=True)
