@@ -846,7 +846,9 @@ def own_phase(binaries: dict[str, str], path: Path, threads: int, new_tokens: in
 
     n = str(threads)
     bench = [binaries["llama-bench"], "-m", str(path), "-t", n, "-p", str(PROMPT_LEN), "-n", str(new_tokens)]
-    tests = json.loads(own_output([*bench, "-r", "3", "-o", "json"]).stdout)
+    # one repetition (after its warm-up run), like the served run's one batch-1 request: the rounds
+    # repeat both, and the best round of each is compared (an average would count the noisy ones)
+    tests = json.loads(own_output([*bench, "-r", "1", "-o", "json"]).stdout)
     pp = next(t for t in tests if t["n_prompt"] == PROMPT_LEN and t["n_gen"] == 0)
     tg = next(t for t in tests if t["n_gen"] == new_tokens and t["n_prompt"] == 0)
     steps = new_tokens - 1  # the first token comes from the prefill's logits, as a server's does
@@ -994,7 +996,7 @@ def serve_phase(target: Path, engine: str, model_dir: Path, threads: int, new_to
                 time.sleep(0.5)
             ready_s = time.perf_counter() - started
             servers = psutil.Process(proc.pid).children(recursive=True)
-            with cpu_seconds(servers) as cpu:
+            with cpu_seconds(servers, psutil.Process(proc.pid)) as cpu:
                 out = asyncio.run(drive_server(url, texts, new_tokens))
             out |= cpu
             out |= {
@@ -1014,12 +1016,13 @@ def serve_phase(target: Path, engine: str, model_dir: Path, threads: int, new_to
 
 
 @contextlib.contextmanager
-def cpu_seconds(servers: list[Any]) -> Any:
+def cpu_seconds(servers: list[Any], supervisor: Any = None) -> Any:
     """CPU seconds spent while the block runs: this process's (the streaming clients share the
     cores with the server) and each server thread's, the busiest first (llama-server names all its
     threads alike: `main` is the one running its loop and compute thread 0; the other compute
     threads come next, then the HTTP pool; `exited` is the threads that ended meanwhile, such as
-    its per-connection HTTP threads), beside the wall time. Fills the yielded dict on exit."""
+    its per-connection HTTP threads), and SUPERVISOR's (`ernie-ops serve` itself), beside the wall
+    time. Fills the yielded dict on exit."""
     import resource
 
     def threads() -> dict[tuple[int, int], tuple[str, float]]:
@@ -1032,9 +1035,9 @@ def cpu_seconds(servers: list[Any]) -> Any:
                     out[(p.pid, t.id)] = (name, t.user_time + t.system_time)
         return out
 
-    def process() -> float:
+    def process(processes: list[Any]) -> float:
         total = 0.0
-        for p in servers:
+        for p in processes:
             with contextlib.suppress(Exception):
                 times = p.cpu_times()
                 total += times.user + times.system
@@ -1045,16 +1048,19 @@ def cpu_seconds(servers: list[Any]) -> Any:
         return r.ru_utime + r.ru_stime
 
     result: dict[str, Any] = {}
-    before, server_before, own_before, started = threads(), process(), own(), time.perf_counter()
+    parent = [supervisor] if supervisor is not None else []
+    before, server_before, own_before = threads(), process(servers), own()
+    parent_before, started = process(parent), time.perf_counter()
     yield result
     wall, client = time.perf_counter() - started, own() - own_before
     spent = {name: cpu - before.get(key, (name, 0.0))[1] for key, (name, cpu) in threads().items()}
-    server = process() - server_before
+    server = process(servers) - server_before
     spent["exited"] = max(server - sum(spent.values()), 0.0)
     result |= {
         "drive_wall_s": wall,
         "client_cpu_s": client,
         "server_cpu_s": server,
+        "supervisor_cpu_s": process(parent) - parent_before,
         "server_thread_cpu_s": {k: v for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v > 0},
     }
 
@@ -1339,7 +1345,7 @@ def llamacpp_serve_main(args: Any, env: dict[str, str]) -> int:
             f"own {BATCH} conc. tok/s",
             f"served {BATCH} conc. tok/s",
             "ratio",
-            "client CPU s / wall s",
+            "CPU s: client / ernie-ops serve / wall",
         ]
     ]
     targets: dict[str, Any] = {}
@@ -1361,8 +1367,10 @@ def llamacpp_serve_main(args: Any, env: dict[str, str]) -> int:
                 f"{b[own]['b8_e2e_tok_s']:.1f}",
                 f"{b[served]['b8_e2e_tok_s']:.1f}",
                 f"{ratios['b8_e2e_tok_s']:.2f}x",
-                f"{statistics.median(x['client_cpu_s'] for x in clients):.2f} / "
-                f"{statistics.median(x['drive_wall_s'] for x in clients):.1f}",
+                " / ".join(
+                    f"{statistics.median(x.get(k, float('nan')) for x in clients):.2f}"
+                    for k in ("client_cpu_s", "supervisor_cpu_s", "drive_wall_s")
+                ),
             ]
         )
     print()
