@@ -35,7 +35,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,34 +183,44 @@ def _helpers() -> tuple[int, ThreadPoolExecutor | None]:
     return threads, ThreadPoolExecutor(threads - 1, "ernie-matmul") if threads > 1 else None
 
 
+def _in_parallel(tasks: int, run: Callable[[int], None]) -> None:
+    """run(0) .. run(tasks - 1) on the caller's and the helper threads (`_helpers`), each taking the
+    next task from a shared counter: a thread that another process holds off its core leaves its
+    remaining tasks to the others instead of holding up the step. RUN must release the GIL for
+    most of its time (numpy's products and ufuncs over large arrays do)."""
+    threads, pool = _helpers()
+    taken = itertools.count()  # next() on it is atomic: each task is taken once
+
+    def work() -> None:
+        while (i := next(taken)) < tasks:
+            run(i)
+
+    helping = [pool.submit(work) for _ in range(min(threads, tasks) - 1)] if pool is not None else []
+    work()
+    for future in helping:
+        future.result()
+
+
 def _small_matmul(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """x [M, in] @ rows.T for a few rows of x: the weight in blocks of `_row_block` rows, a run of
     blocks as one batched matmul ([blocks, M, in] @ [blocks, in, block], written straight into the
-    result's columns). numpy releases the GIL in each, so the threads multiply in parallel; they
-    take PARTS runs each from a shared counter, so a thread that another process holds off its
-    core leaves its remaining runs to the others instead of holding up the step."""
+    result's columns); PARTS runs per thread (`_in_parallel`)."""
     m, (out, inner) = len(x), rows.shape
     block = _row_block(m, out, inner)
     blocks = out // block
     result = np.empty((m, out), dtype=np.float32)
     weights = rows[: blocks * block].reshape(blocks, block, inner).transpose(0, 2, 1)
     into = result[:, : blocks * block].reshape(m, blocks, block).transpose(1, 0, 2)
-    threads, pool = _helpers()
-    runs = min(blocks, PARTS * threads)
+    runs = min(blocks, PARTS * _helpers()[0])
     bounds = [blocks * i // runs for i in range(runs + 1)]
-    taken = itertools.count()  # next() on it is atomic: each run is taken once
 
-    def work() -> None:
-        while (i := next(taken)) < runs:
-            lo, hi = bounds[i], bounds[i + 1]
-            np.matmul(x, weights[lo:hi], out=into[lo:hi])
+    def run(i: int) -> None:
+        lo, hi = bounds[i], bounds[i + 1]
+        np.matmul(x, weights[lo:hi], out=into[lo:hi])
 
-    helping = [pool.submit(work) for _ in range(threads - 1)] if pool is not None and runs > 1 else []
-    work()
+    _in_parallel(runs, run)
     if blocks * block < out:  # the rows past the last whole block
         np.matmul(x, rows[blocks * block :].T, out=result[:, blocks * block :])
-    for future in helping:
-        future.result()
     return result
 
 
@@ -345,7 +355,10 @@ class DenseForward:
         q = q.reshape(rows, steps, kv, group, dim).transpose(0, 2, 3, 1, 4)  # [B, kv, group, S, D]
         out = np.empty((rows, kv, group, steps, dim), dtype=np.float32)
         block = max(1, SCORES // (heads * min(steps, 256) * keys.shape[2]))  # rows at a time
-        for r in range(0, rows, block):
+        starts = range(0, rows, block)
+
+        def run(i: int) -> None:  # one block of rows (a prompt's row blocks go to several threads)
+            r = starts[i]
             k, v = keys[r : r + block], values[r : r + block]
             for s in range(0, steps, 256):
                 qs = q[r : r + block, :, :, s : s + 256]
@@ -358,6 +371,8 @@ class DenseForward:
                 scores /= scores.sum(axis=-1, keepdims=True)
                 mixed = scores.reshape(-1, kv, group * n, width) @ v
                 out[r : r + block, :, :, s : s + n] = mixed.reshape(-1, kv, group, n, dim)
+
+        _in_parallel(len(starts), run)
         return out.transpose(0, 3, 1, 2, 4).reshape(rows, steps, heads * dim)
 
 
