@@ -8,16 +8,22 @@ error that names the file (and the line, for broken JSON) and says what to do, n
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from ernie_ops.errors import UserError
 from ernie_ops.files import write_text_atomic
 
 T = TypeVar("T")
+R = TypeVar("R", bound="DirRecord")
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -83,3 +89,32 @@ class RecordFile:
             raise UserError(
                 f"{directory} already holds a {self.kind}", hint=f"{self.command} --resume {directory}"
             )
+
+
+@dataclass
+class DirRecord:
+    """A command's record in its directory (the pipeline's, a sweep's): what it was started with and
+    where it stands. A subclass names its STORE and rebuilds its nested parts in `from_json`."""
+
+    STORE: ClassVar[RecordFile]
+
+    name: str
+    dir: str
+    spec: dict[str, Any]  # the spec as started: --resume runs it, not an edited file
+    created: str = field(default_factory=utc_now)
+    status: str = "running"  # then how it ended (the subclass's words)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir)
+
+    def save(self) -> Path:
+        return self.STORE.save(self, self.path)
+
+    @classmethod
+    def load(cls: type[R], directory: str | Path) -> R:
+        return cls.STORE.load(directory, cls.from_json)
+
+    @classmethod
+    def from_json(cls: type[R], data: dict[str, Any]) -> R:
+        return cls(**data)

@@ -24,6 +24,7 @@ from ernie_ops import __version__
 from ernie_ops.errors import UserError
 from ernie_ops.files import atomic_output, write_text_atomic
 from ernie_ops.proc import Lock
+from ernie_ops.records import utc_now
 from ernie_ops.train.follow import Follower, Outcome, supervise
 from ernie_ops.train.launch import build_command, detect_gpus, launch_env
 from ernie_ops.train.record import (
@@ -59,10 +60,6 @@ class TrainOptions:
     stall_seconds: float = 1800.0
     echo: bool = False
     progress: bool = True
-
-
-def utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 # --------------------------------------------------------------------------------------------

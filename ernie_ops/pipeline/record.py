@@ -15,12 +15,10 @@ A stage's `outputs` are what later stages read (the run directory, the export, t
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from ernie_ops.records import RecordFile
+from ernie_ops.records import DirRecord, RecordFile
 
 RECORD = RecordFile("pipeline.json", "pipeline", "ernie-ops pipeline", "runs/<name>-<time>")
 STAGES = (
@@ -40,10 +38,6 @@ STAGES = (
 PENDING, RUNNING, PASSED, FAILED, SKIPPED = "pending", "running", "passed", "failed", "skipped"
 
 
-def utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
 @dataclass
 class StageRecord:
     status: str = PENDING
@@ -57,12 +51,9 @@ class StageRecord:
 
 
 @dataclass
-class PipelineRecord:
-    name: str
-    dir: str
-    spec: dict[str, Any]
-    created: str = field(default_factory=utc_now)
-    status: str = RUNNING  # running | passed | failed | interrupted
+class PipelineRecord(DirRecord):
+    STORE = RECORD
+    # status: running | passed | failed | interrupted
     verdict: str | None = None  # SHIP | DO NOT SHIP, once compare ran
     endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> the server started for it
     # "gguf:q4_0:<source>" -> the export made for the serving engine (ernie_ops.serve.exports)
@@ -70,21 +61,10 @@ class PipelineRecord:
     demo: dict[str, Any] = field(default_factory=dict)  # `ernie-ops demo`'s notes: what it left out, why
     stages: dict[str, StageRecord] = field(default_factory=lambda: {s: StageRecord() for s in STAGES})
 
-    @property
-    def path(self) -> Path:
-        return Path(self.dir)
-
     def out(self, stage: str, key: str, default: Any = None) -> Any:
         return self.stages[stage].outputs.get(key, default)
 
-    def save(self) -> Path:
-        return RECORD.save(self, self.path)
-
     @classmethod
-    def load(cls, directory: Path) -> PipelineRecord:
-        return RECORD.load(directory, cls._from_json)
-
-    @classmethod
-    def _from_json(cls, data: dict[str, Any]) -> PipelineRecord:
+    def from_json(cls, data: dict[str, Any]) -> PipelineRecord:
         stages = {name: StageRecord(**data.get("stages", {}).get(name, {})) for name in STAGES}
         return cls(**{**data, "stages": stages})

@@ -31,9 +31,9 @@ from ernie_ops.pipeline.record import (
     SKIPPED,
     STAGES,
     PipelineRecord,
-    utc_now,
 )
 from ernie_ops.pipeline.spec import PipelineSpec
+from ernie_ops.records import utc_now
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,10 @@ Written atomically after every step, so an interrupted sweep resumes from this f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from ernie_ops.pipeline.record import FAILED, PASSED, PENDING, RUNNING, SKIPPED, StageRecord, utc_now
-from ernie_ops.records import RecordFile
+from ernie_ops.pipeline.record import FAILED, PASSED, PENDING, RUNNING, SKIPPED, StageRecord
+from ernie_ops.records import DirRecord, RecordFile
 
 __all__ = ["FAILED", "PASSED", "PENDING", "RUNNING", "SKIPPED", "STEPS", "SweepRecord", "VariantRecord"]
 
@@ -44,30 +43,16 @@ class VariantRecord:
 
 
 @dataclass
-class SweepRecord:
-    name: str
-    dir: str
-    spec: dict[str, Any]
-    created: str = field(default_factory=utc_now)
-    status: str = RUNNING  # running | finished | interrupted
+class SweepRecord(DirRecord):
+    STORE = RECORD
+    # status: running | finished | interrupted
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)  # variant -> its validated profile
     exports: dict[str, dict[str, Any]] = field(default_factory=dict)  # "gguf:q4_0:<source>" -> what was made
     variants: dict[str, VariantRecord] = field(default_factory=dict)
     recommendation: dict[str, Any] | None = None
 
-    @property
-    def path(self) -> Path:
-        return Path(self.dir)
-
-    def save(self) -> Path:
-        return RECORD.save(self, self.path)
-
     @classmethod
-    def load(cls, directory: Path) -> SweepRecord:
-        return RECORD.load(directory, cls._from_json)
-
-    @classmethod
-    def _from_json(cls, data: dict[str, Any]) -> SweepRecord:
+    def from_json(cls, data: dict[str, Any]) -> SweepRecord:
         variants = {
             name: VariantRecord(
                 **{**v, "steps": {s: StageRecord(**v.get("steps", {}).get(s, {})) for s in STEPS}}

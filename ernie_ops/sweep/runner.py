@@ -321,7 +321,7 @@ class VariantRun:
 
 
 def _now() -> str:
-    from ernie_ops.pipeline.record import utc_now
+    from ernie_ops.records import utc_now
 
     return utc_now()
 
