@@ -29,6 +29,19 @@ class Subcommand:
         return "examples:\n" + "\n".join(f"  {e}" for e in self.examples) if self.examples else ""
 
 
+def add_set_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """--set key=value, repeatable, into `args.sets`: how `serve`, `pipeline` and `sweep` override WHAT
+    of the file they load."""
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="key=value",
+        help=f"override {what} (repeatable)",
+    )
+
+
 def add_endpoint_arguments(parser: argparse.ArgumentParser, url_optional: bool = False) -> None:
     """URL, --model and --api-key-env: how `smoke`, `bench` and `eval` name an OpenAI endpoint."""
     parser.add_argument(

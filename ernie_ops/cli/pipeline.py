@@ -3,7 +3,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ernie_ops.cli.base import Subcommand, add_mask_argument, masking_for
+from ernie_ops.cli.base import Subcommand, add_mask_argument, add_set_argument, masking_for
 from ernie_ops.errors import UserError
 
 STAGE_LIST = "check, lint, train, export, verify, serve, smoke, bench, eval, compare, stop, report"
@@ -30,9 +30,7 @@ class PipelineCommand(Subcommand):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("spec", nargs="?", type=Path, metavar="PIPELINE.yaml")
-        parser.add_argument(
-            "--set", dest="sets", action="append", default=[], metavar="key=value", help="override a spec key"
-        )
+        add_set_argument(parser, "a spec key")
         parser.add_argument("--recipe", help="instead of a spec file: the recipe")
         parser.add_argument("--eval-suite", help="instead of a spec file: the eval suite")
         parser.add_argument("--serve-profile", help="instead of a spec file: the serve profile (optional)")

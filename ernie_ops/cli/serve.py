@@ -4,7 +4,7 @@ import argparse
 import json
 import sys
 
-from ernie_ops.cli.base import Subcommand
+from ernie_ops.cli.base import Subcommand, add_set_argument
 from ernie_ops.errors import UserError
 
 
@@ -35,14 +35,7 @@ class Serve(Subcommand):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("target", metavar="PROFILE|CHECKPOINT|RUN_DIR|status|stop")
-        parser.add_argument(
-            "--set",
-            dest="sets",
-            action="append",
-            default=[],
-            metavar="key=value",
-            help="override a profile field (repeatable)",
-        )
+        add_set_argument(parser, "a profile field")
         parser.add_argument(
             "--print-command", action="store_true", help="print the server's command and exit"
         )

@@ -3,7 +3,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ernie_ops.cli.base import Subcommand
+from ernie_ops.cli.base import Subcommand, add_set_argument
 from ernie_ops.errors import UserError
 
 
@@ -30,9 +30,7 @@ class SweepCommand(Subcommand):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("spec", nargs="?", type=Path, metavar="SWEEP.yaml")
-        parser.add_argument(
-            "--set", dest="sets", action="append", default=[], metavar="key=value", help="override a spec key"
-        )
+        add_set_argument(parser, "a spec key")
         parser.add_argument(
             "--out", type=Path, metavar="DIR", help="the sweep's directory (default: a new one)"
         )
