@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterator
+from functools import lru_cache
 
 from ernie_ops.privacy.base import (
     API_KEY,
@@ -22,6 +23,7 @@ from ernie_ops.privacy.base import (
     PHONE,
     POSTAL_ADDRESS,
     URL_CREDENTIALS,
+    VALIDATION_CACHE,
     Finding,
     Taken,
     before,
@@ -180,13 +182,18 @@ def _mod97(value: str) -> bool:
     return int((compact[4:] + compact[:4]).translate(_LETTER_DIGITS)) % 97 == 1
 
 
-def _iban(text: str, m: re.Match[str]) -> tuple[int, int, str] | None:
+@lru_cache(maxsize=VALIDATION_CACHE)
+def _iban_valid(value: str) -> bool:
     from stdnum import iban
 
+    return bool(iban.is_valid(value))
+
+
+def _iban(text: str, m: re.Match[str]) -> tuple[int, int, str] | None:
     value = m.group()
     end = len(value)
     while end >= 15:  # the longest prefix that is a valid IBAN (a word may follow it)
-        if _mod97(value[:end]) and iban.is_valid(value[:end]):
+        if _mod97(value[:end]) and _iban_valid(value[:end]):
             return m.start(), m.start() + end, "iban"
         cut = value.rfind(" ", 0, end)
         end = cut if cut > 0 else end - 1
@@ -279,16 +286,17 @@ class PhoneDetector:
             return None
         if before(text, m.start(), _NOT_PHONE_WORDS):
             return None
-        import phonenumbers
-
         if region is None:
-            return "intl" if _valid(phonenumbers, number, None) else None
+            return "intl" if _valid(number, None) else None
         if region == "national":
-            return next((r for r in self.regions if _valid(phonenumbers, number, r)), None)
-        return region if _valid(phonenumbers, number, region) else None
+            return next((r for r in self.regions if _valid(number, r)), None)
+        return region if _valid(number, region) else None
 
 
-def _valid(phonenumbers, value: str, region: str | None) -> bool:  # type: ignore[no-untyped-def]
+@lru_cache(maxsize=VALIDATION_CACHE)
+def _valid(value: str, region: str | None) -> bool:
+    import phonenumbers
+
     try:
         return bool(phonenumbers.is_valid_number(phonenumbers.parse(value, region)))
     except phonenumbers.NumberParseException:

@@ -16,10 +16,10 @@ import importlib
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from types import ModuleType
 
-from ernie_ops.privacy.base import NATIONAL_ID, VAT_ID, Finding, Taken, before, inside
+from ernie_ops.privacy.base import NATIONAL_ID, VALIDATION_CACHE, VAT_ID, Finding, Taken, before, inside
 
 ID_WORDS = re.compile(
     r"(?i)(?<![a-z])(?:id|ident|identifikation|steuer|tax|tin|fiscal|fiscale|sozial|versicherung|social|"
@@ -54,6 +54,7 @@ def validator(name: str) -> Callable[[str], bool]:
     module = importlib.import_module(f"stdnum.{name}")
     first = _FIRST_CHECKS.get(name)
 
+    @lru_cache(maxsize=VALIDATION_CACHE)
     def is_valid(value: str) -> bool:
         if first is not None and not first(module, value):
             return False
