@@ -309,7 +309,10 @@ def test_train_on_a_full_disk_fails_with_the_reason_and_resumes_after_space_is_f
     cmd = [*driver(tmp_path, standin), "train", str(path), "--runs-dir", str(small_disk), "--gpus", "cpu"]
     full = subprocess.run(cmd, capture_output=True, text=True, timeout=DEADLINE)
     assert full.returncode == 1, full.stdout + full.stderr
-    assert "No space left on device" in full.stderr and "Traceback" not in full.stderr, full.stderr[-3000:]
+    # no traceback of ernie-ops' own; the trainer's (when the disk fills during a checkpoint save
+    # rather than a log write) may be among the quoted, indented log lines
+    own_traceback = any(line.startswith("Traceback") for line in full.stderr.splitlines())
+    assert "No space left on device" in full.stderr and not own_traceback, full.stderr[-3000:]
     (run_dir,) = small_disk.iterdir()
     record = RunRecord.load(run_dir)
     assert record.status == "failed" and "No space left on device" in record.failure
