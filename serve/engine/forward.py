@@ -197,8 +197,9 @@ def _in_parallel(tasks: int, run: Callable[[int], None]) -> None:
 
     helping = [pool.submit(work) for _ in range(min(threads, tasks) - 1)] if pool is not None else []
     work()
-    for future in helping:
-        future.result()
+    for future in helping:  # every task is taken: a helper that has not started is not waited for
+        if not future.cancel():
+            future.result()
 
 
 def _small_matmul(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
