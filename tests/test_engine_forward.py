@@ -203,17 +203,13 @@ def test_small_matmul_in_row_blocks_equals_the_product(rows, shape, threads, mon
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
 
 
-def test_prefill_attention_in_row_blocks_on_threads_equals_all_rows_at_once(tiny_dense, monkeypatch):
-    from concurrent.futures import ThreadPoolExecutor
-
+def test_prefill_attention_in_row_blocks_equals_all_rows_at_once(tiny_dense, monkeypatch):
     from ernie_ops.serve.engine import forward
 
     config, _, _ = load_checkpoint(tiny_dense)
     net = DenseForward.load(tiny_dense, config)
     ids, positions, bias, _ = prefill_inputs(PROMPTS)
     whole = net.forward(ids, positions, bias, net.new_cache(len(PROMPTS), ids.shape[1]), 0)
-    with ThreadPoolExecutor(2) as pool:
-        monkeypatch.setattr(forward, "_helpers", lambda: (3, pool))
-        monkeypatch.setattr(forward, "SCORES", 1)  # a row per block: three blocks, three threads
-        blocks = net.forward(ids, positions, bias, net.new_cache(len(PROMPTS), ids.shape[1]), 0)
+    monkeypatch.setattr(forward, "SCORES", 1)  # a row per block
+    blocks = net.forward(ids, positions, bias, net.new_cache(len(PROMPTS), ids.shape[1]), 0)
     np.testing.assert_allclose(blocks, whole, atol=1e-5, rtol=0)
