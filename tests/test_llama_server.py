@@ -117,11 +117,29 @@ def test_the_command_slots_shared_context_threads_and_the_key_in_the_environment
     assert flag("--threads") == flag("--threads-batch") == "3"
     assert {"--cont-batching", "--jinja", "--metrics"} <= set(argv) and flag("--alias") == "ernie"
     assert "--no-repack" not in argv
-    assert "sk-secret" not in " ".join(argv) and launch.env == {"LLAMA_API_KEY": "sk-secret"}
+    assert "sk-secret" not in " ".join(argv)
+    assert launch.env == {"LLAMA_API_KEY": "sk-secret", "GOMP_SPINCOUNT": _llama_server.SPIN_COUNT}
     assert backend.health_path == "/health" and backend.api_key_env == "LLAMA_API_KEY"
     assert set(argv) >= {f for f in _llama_server.FLAGS if f not in ("--no-repack",)}
     shown = backend.command(profile).shown()  # --print-command: no key read, the model as given
-    assert shown.startswith(str(fake)) and "LLAMA_API_KEY" not in shown
+    assert shown.startswith(f"GOMP_SPINCOUNT=10000 {fake}") and "LLAMA_API_KEY" not in shown
+
+
+def test_the_openmp_spin_default_yields_to_the_users_own(tmp_path, fake, monkeypatch):
+    """GOMP_SPINCOUNT=10000 for llama-server's OpenMP threads unless the environment already says how
+    they wait (either variable); llama-cpp-python's server is left alone."""
+    model = tiny_gguf_metadata(tmp_path / "m.gguf")
+    profile = profile_for_checkpoint(str(model), ["port=8301"])
+    for name in _llama_server.WAIT_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    assert llamacpp.BACKEND.command(profile).env == {"GOMP_SPINCOUNT": "10000"}
+    assert "GOMP_SPINCOUNT=10000 " in llamacpp.BACKEND.command(profile).shown()
+    for name, value in (("OMP_WAIT_POLICY", "active"), ("GOMP_SPINCOUNT", "300000")):
+        with monkeypatch.context() as m:
+            m.setenv(name, value)
+            assert llamacpp.BACKEND.command(profile).env == {}
+    monkeypatch.setenv(_llama_server.BINARY_ENV, "off")
+    assert llamacpp.BACKEND.command(profile, python="python").env == {}
 
 
 def test_llama_server_off_or_absent_falls_back_to_llama_cpp_python(tmp_path, monkeypatch):

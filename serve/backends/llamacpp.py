@@ -270,6 +270,7 @@ class LlamaCpp(Backend):
             f"{slots} slot(s) of context {n_ctx} (--ctx-size {slots * n_ctx}, shared by the slots; "
             f"KV cache {kv / 2**20:.0f} MiB), "
             f"{threads()} thread(s) (physical cores {physical_cores()} less one; {THREADS_ENV}=N overrides)"
+            + "".join(f", {k}={v}" for k, v in _llama_server.environment().items())
         ]
         if not _llama_server.repack(binary):
             lines.append(
@@ -313,7 +314,7 @@ class LlamaCpp(Backend):
             )
         else:
             argv = self._python_argv(profile, target, python, n_ctx)
-        env = {}
+        env = _llama_server.environment() if binary else {}
         key = api_key(profile) if target is not None else None  # read only to start, never to show
         if key:
             env[self.api_key_env] = key
