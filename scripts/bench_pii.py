@@ -10,7 +10,9 @@ interleaved rounds, for before/after ratios under the same load.
 
 Prints a table and writes JSON under runs/bench/. A benchmark, not a test: the numbers depend on the
 machine and its load (the load average is recorded with them). The PII records are the labelled
-corpus's generator's (dense: about five values and three hard negatives a record).
+corpus's generator's (dense: about five values and three hard negatives a record), each with values
+of its own (`--pii-values repeat`: drawn from 400 records, which flatters the validation caches).
+"best CPU s" (user + system seconds) is the figure a shared machine skews least.
 """
 
 from __future__ import annotations
