@@ -13,11 +13,12 @@ Which kernel multiplies (`_matmul`), measured on 2 cores (Xeon, AVX-512; 0.3B sh
   engine runs, and MKL's held up worse than OpenBLAS's with other processes on the cores;
 - a few rows (a batch decoding, 2 to SMALL_ROWS): OpenBLAS's small-matrix kernel, which works on
   the operands as they lie (no packing of the weight; a plain sgemm copies every weight into its
-  panel layout first, so 8 rows cost 2.4x one row). It takes products of at most 100^3
-  multiply-adds, so the weight goes in blocks of rows (`_small_matmul`), all blocks in one batched
-  numpy matmul per thread. CPU time of a decode step's weight products at 8 rows (18 layers and
-  the LM head, one thread): 121 ms against 200 ms for 1024-row OpenBLAS products and 240 ms for
-  MKL's (Paddle, transpose_y); one row's gemv: 86 ms;
+  panel layout first, so 8 rows cost 2.4x one row; here 1.45x). It takes products of at most
+  100^3 multiply-adds, so the weight goes in blocks of rows (`_small_matmul`), runs of blocks as
+  batched numpy matmuls on as many threads as numpy's BLAS has. CPU time of the 18 layers'
+  products at 8 rows on one thread: 92 ms against 142 ms for 1024-row OpenBLAS products and 178 ms
+  for MKL's (Paddle, transpose_y on [out, in]); one row's gemv 65 ms. Past 24 rows MKL is as fast
+  (32 rows: 198 against 217 ms);
 - a prompt (more rows): Paddle's matmul (MKL) over the same memory (DLPack, no copy): 7.0 ms per
   layer against OpenBLAS's 13 ms at 64 rows (quiet machine, best of 5), close to the cores' peak.
 ERNIEKit's forward itself is not used for serving: it concatenates the cache every step, builds
@@ -347,15 +348,16 @@ class DenseForward:
     def _attend(self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, bias: np.ndarray) -> np.ndarray:
         """Softmax attention with GQA: q [B, S, heads, D], keys / values [B, kv, L, D] -> [B, S, heads * D].
 
-        The query heads sharing a KV head are stacked as rows of one matmul (no repeated keys). Rows
-        and queries go in blocks so that the scores stay within SCORES (a decode step or a batch of
-        short prompts at once; a long prompt a row and 256 queries at a time).
+        The query heads sharing a KV head are stacked as rows of one matmul (no repeated keys). A
+        decode step takes every row at once; prompts go in blocks of rows whose scores stay within
+        SCORES (in the L2 cache: all 8 rows of an 8x64 prefill at once measured 1.3x the time of a
+        row at a time), a long prompt also 256 queries at a time.
         """
         rows, steps, heads, dim = q.shape
         kv, group = self.kv_heads, heads // self.kv_heads
         q = q.reshape(rows, steps, kv, group, dim).transpose(0, 2, 3, 1, 4)  # [B, kv, group, S, D]
         out = np.empty((rows, kv, group, steps, dim), dtype=np.float32)
-        block = max(1, SCORES // (heads * min(steps, 256) * keys.shape[2]))  # rows at a time
+        block = rows if steps == 1 else max(1, SCORES // (heads * min(steps, 256) * keys.shape[2]))
         # on this thread only: a prompt's blocks on the helpers too measured slower (8x64: MKL's
         # threads still spin on the cores after the products around it)
         for r in range(0, rows, block):
