@@ -19,8 +19,11 @@ answers one request at a time. Start-up says which.
   n_threads and n_threads_batch: the server's own Python thread (HTTP, tokenizing, streaming) and
   any neighbour keep a core. Measured on 2 cores with a busy neighbour (load 8, 0.3B shape, q4_0,
   64-token prompt, 32 decode steps, two interleaved rounds): 1 thread 10.6 / 14.0 tok/s and 0.9 /
-  0.7 s prefill, 2 threads 5.3 / 0.8 tok/s and 1.8 / 5.6 s. ERNIE_OPS_LLAMACPP_THREADS overrides it
-  (a dedicated machine: its physical cores).
+  0.7 s prefill, 2 threads 5.3 / 0.8 tok/s and 1.8 / 5.6 s. Through llama-server (GOMP_SPINCOUNT=10000,
+  see _llama_server.py), one busy-looping neighbour and other work (load 2.4-5.7, best of 2
+  interleaved rounds, batch-1 decode / 8 concurrent): 1 thread 18.7 / 33.6 tok/s, 2 threads 11.6 /
+  36.8 (llama.cpp's own benchmarks at 2 threads, libgomp's default spin: 6.3 / 13.7).
+  ERNIE_OPS_LLAMACPP_THREADS overrides it (a dedicated machine: its physical cores).
 - It runs through `_llamacpp_server.py`, which is `python -m llama_cpp.server` with llama.cpp's
   extra buffer types off on CPUs with AMX (where this llama.cpp crashes on q8_0 / q4_0 in them).
 - llama-cpp-python's server handles one request at a time (no continuous batching); concurrent
