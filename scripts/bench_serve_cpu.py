@@ -41,9 +41,10 @@ A missed target is reported, not an exit status: the script fails only when some
 
 --part llamacpp-serve (issue #21's served-llama.cpp acceptance): llamacpp-q4_0 (llama.cpp's own
 benchmarks) and llamacpp-serve-q4_0 (`ernie-ops serve`, streaming clients) interleaved, --rounds
-rounds, at each thread count of --serve-threads (default 1,2); the best round of each, the ratios
-(target >= 0.9x for batch-1 decode and 8 concurrent), the load average, and the CPU seconds of the
-streaming client (it shares the cores) and of llama-server's threads. Written to
+rounds, at each thread count of --serve-threads (default 1 and every CPU); each metric's best
+round, the ratios (target >= 0.9x for batch-1 decode and 8 concurrent), the load average, and the
+CPU seconds of the streaming client (it shares the cores), of `ernie-ops serve` and of
+llama-server's threads; --hogs N adds N busy-looping neighbours. Written to
 runs/bench/serve_cpu_llamacpp.json.
 
 --part engine-detail: the engine in-process (batch 1, 8 concurrent, then a 2048-token prompt
