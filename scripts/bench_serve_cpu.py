@@ -1097,6 +1097,10 @@ def contender_round(name: str, args: Any, env: dict[str, str], new_tokens: int) 
     """One contender in a fresh child process; its figures in METRICS' names. engine@REV runs the
     engine of commit REV (`--before`; a `git archive` of it leads PYTHONPATH)."""
     load = os.getloadavg()[0]
+    if name.startswith("engine") and name != "engine-serve":
+        # as the embedded backend does for its server: else ERNIEKit's tokenizer imports torch
+        # through paddleformers and the engine's load peak reads 1.44x the weights, not 1.28x
+        env = {"USE_TORCH": "0", **env}
     if name.startswith("engine@"):
         tree = str(args.before_tree)
         env = {**env, "PYTHONPATH": os.pathsep.join(p for p in (tree, env.get("PYTHONPATH")) if p)}
