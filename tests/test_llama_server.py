@@ -10,7 +10,6 @@ scripts/build_llama_server.sh; skipped without): the tiny model's GGUF served th
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from polling import free_port
+from served_gguf import check_chat_and_stream, check_smoke_and_bench, served_gguf
 
 from ernie_ops.errors import UserError
 from ernie_ops.serve.profile import profile_for_checkpoint
@@ -227,40 +226,12 @@ def test_the_installed_binary_takes_every_flag_the_engine_passes():
 @needs_binary
 @pytest.mark.slow
 def test_serve_chat_stream_eight_concurrent_streams_and_smoke(tiny_gguf, cli, tmp_path, monkeypatch):
-    import openai
-
     assert REAL is not None
     monkeypatch.setenv(_llama_server.BINARY_ENV, REAL)
-    monkeypatch.setenv("TINY_KEY", "sk-tiny")
-    port = free_port()
-    started = cli(
-        "serve", str(tiny_gguf), "--engine", "llamacpp", "--set", f"port={port}",
-        "--set", "served_model_name=tiny", "--set", "api_key_env=TINY_KEY",
-        "--set", "max_num_seqs=8", "--set", "max_model_len=1024", "--detach",
-        cwd=tmp_path, timeout=300,
-    )  # fmt: skip
-    assert started.returncode == 0, started.stdout + started.stderr
-    assert "llama-server" in started.stdout and "continuous batching" in started.stdout
-    assert "sk-tiny" not in started.stdout + started.stderr
-    try:
-        url = f"http://127.0.0.1:{port}/v1"
-        with pytest.raises(openai.AuthenticationError):
-            openai.OpenAI(base_url=url, api_key="wrong").chat.completions.create(
-                model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
-            )
-        client = openai.OpenAI(base_url=url, api_key="sk-tiny")
-        assert "tiny" in [m.id for m in client.models.list().data]
-        messages = [{"role": "user", "content": "Hi"}]
-        reply = client.chat.completions.create(model="tiny", messages=messages, max_tokens=4, temperature=0)
-        assert reply.choices[0].finish_reason in ("length", "stop") and reply.usage.completion_tokens <= 4
-        chunks = list(
-            client.chat.completions.create(
-                model="tiny", messages=messages, max_tokens=4, temperature=0, stream=True
-            )
-        )
-        assert chunks and chunks[-1].choices[0].finish_reason in ("length", "stop")
-        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        assert text == reply.choices[0].message.content  # greedy: the same answer streamed
+    sets = ("max_num_seqs=8", "max_model_len=1024")
+    with served_gguf(cli, tiny_gguf, tmp_path, monkeypatch, *sets) as (port, client, started):
+        assert "llama-server" in started.stdout and "continuous batching" in started.stdout
+        check_chat_and_stream(client)
 
         # 8 streams at once: served together, every stream's first token comes before any
         # stream's last (served one at a time, the 2nd would start after the 1st ended)
@@ -287,22 +258,7 @@ def test_serve_chat_stream_eight_concurrent_streams_and_smoke(tiny_gguf, cli, tm
         assert len(spans) == 8 and all(first for first, _ in spans), spans
         assert max(first for first, _ in spans) < min(last for _, last in spans), spans
 
-        smoke = cli(
-            "smoke", f"127.0.0.1:{port}", "--api-key-env", "TINY_KEY", "--out", str(tmp_path / "smoke"),
-            "--json", timeout=300,
-        )  # fmt: skip
-        report = json.loads(smoke.stdout)
-        status = {c["name"]: c["status"] for c in report["checks"]}
-        for name in ("models", "chat", "streaming", "max_tokens"):
-            assert status[name] == "PASS", (name, smoke.stdout[-3000:], smoke.stderr[-2000:])
-        bench = cli(
-            "bench", f"127.0.0.1:{port}", "--api-key-env", "TINY_KEY", "--num-prompts", "8",
-            "--concurrency", "8", "--out", str(tmp_path / "bench"), timeout=300,
-        )  # fmt: skip
-        assert bench.returncode == 0, bench.stdout[-3000:] + bench.stderr[-3000:]
-    finally:
-        stopped = cli("serve", "stop", "--port", str(port), cwd=tmp_path)
-    assert stopped.returncode == 0 and f"port {port}: stopped the server" in stopped.stdout
+        check_smoke_and_bench(cli, port, tmp_path, prompts=8, concurrency=8)
 
 
 def _bench_serve_cpu():

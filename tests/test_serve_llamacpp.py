@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from polling import free_port
+from served_gguf import check_chat_and_stream, check_smoke_and_bench, served_gguf
 
 from ernie_ops.errors import UserError
 from ernie_ops.serve.backends import all_backends, choose, get
@@ -227,49 +227,10 @@ def test_the_server_ignores_settings_from_the_environment(monkeypatch):
 @needs_llama_cpp
 @pytest.mark.slow
 def test_serve_chat_stream_smoke_and_bench_through_llama_cpp(tiny_gguf, cli, tmp_path, monkeypatch):
-    import openai
-
-    port = free_port()
-    monkeypatch.setenv("TINY_KEY", "sk-tiny")  # the readiness probe has no key: it must not need one
-    started = cli(
-        "serve", str(tiny_gguf), "--engine", "llamacpp", "--set", f"port={port}",
-        "--set", "served_model_name=tiny", "--set", "api_key_env=TINY_KEY", "--detach",
-        cwd=tmp_path, timeout=300,
-    )  # fmt: skip
-    assert started.returncode == 0, started.stdout + started.stderr
-    assert "_llamacpp_server" in started.stdout
-    try:
-        with pytest.raises(openai.AuthenticationError):
-            openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong").models.list()
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-tiny")
+    with served_gguf(cli, tiny_gguf, tmp_path, monkeypatch) as (port, client, started):
+        assert "_llamacpp_server" in started.stdout
         assert [m.id for m in client.models.list().data] == ["tiny"]
-        messages = [{"role": "user", "content": "Hi"}]
-        reply = client.chat.completions.create(model="tiny", messages=messages, max_tokens=4, temperature=0)
-        assert reply.choices[0].finish_reason in ("length", "stop") and reply.usage.completion_tokens <= 4
-        chunks = list(
-            client.chat.completions.create(
-                model="tiny", messages=messages, max_tokens=4, temperature=0, stream=True
-            )
-        )
-        assert chunks and chunks[-1].choices[0].finish_reason in ("length", "stop")
-        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        assert text == reply.choices[0].message.content  # greedy: the same answer streamed
-
-        smoke = cli(
-            "smoke", f"127.0.0.1:{port}", "--api-key-env", "TINY_KEY", "--out", str(tmp_path / "smoke"),
-            "--json", timeout=300,
-        )  # fmt: skip
-        report = json.loads(smoke.stdout)
-        status = {c["name"]: c["status"] for c in report["checks"]}
-        for name in ("models", "chat", "streaming", "max_tokens"):
-            assert status[name] == "PASS", (name, smoke.stdout[-3000:], smoke.stderr[-2000:])
-        bench = cli(
-            "bench", f"127.0.0.1:{port}", "--api-key-env", "TINY_KEY", "--num-prompts", "4",
-            "--concurrency", "2", "--out", str(tmp_path / "bench"), timeout=300,
-        )  # fmt: skip
-        assert bench.returncode == 0, bench.stdout[-3000:] + bench.stderr[-3000:]
+        check_chat_and_stream(client)
+        check_smoke_and_bench(cli, port, tmp_path, prompts=4, concurrency=2)
         status_out = json.loads(cli("serve", "status", "--json", cwd=tmp_path).stdout)
         assert [(s["port"], s["state"]) for s in status_out] == [(port, "ready")]
-    finally:
-        stopped = cli("serve", "stop", "--port", str(port), cwd=tmp_path)
-    assert stopped.returncode == 0 and f"port {port}: stopped the server" in stopped.stdout
