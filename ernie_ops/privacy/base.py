@@ -13,6 +13,8 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
+from operator import attrgetter
 from typing import Protocol, runtime_checkable
 
 # The types the built-in detectors report. A plugged-in detector may report others (PERSON, ...).
@@ -109,11 +111,21 @@ def inside(taken: Taken, pos: int) -> bool:
     return any(f.start <= pos < f.end for f in taken)
 
 
+_START = attrgetter("start")
+
+
 def resolve(findings: Iterable[Finding]) -> list[Finding]:
     """The findings that do not overlap, in text order: on an overlap the higher type wins, then
     the longer span."""
+    # the usual case, no two findings overlap: all of them, in text order (what the loop below
+    # returns then; a finding of no length, never made by the built-in detectors, takes the loop)
+    ordered = sorted(findings, key=_START)
+    if all(a.start < a.end <= b.start for a, b in pairwise(ordered)) and (
+        not ordered or ordered[-1].start < ordered[-1].end
+    ):
+        return ordered
     chosen: list[Finding] = []
-    for f in sorted(findings, key=lambda f: (-PRIORITY.get(f.type, 20), f.start - f.end, f.start)):
+    for f in sorted(ordered, key=lambda f: (-PRIORITY.get(f.type, 20), f.start - f.end, f.start)):
         if all(f.end <= c.start or f.start >= c.end for c in chosen):
             chosen.append(f)
     chosen.sort(key=lambda f: f.start)
