@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import json
 import platform
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -40,6 +41,9 @@ def write_report(path: Path, **report: Any) -> None:
 def script(name: str) -> ModuleType:
     """scripts/NAME.py as a module: one benchmark reusing another's fixtures (the 0.3B-shaped checkpoint
     of bench_serve_cpu) instead of a copy of them."""
+    scripts = str(REPO / "scripts")
+    if scripts not in sys.path:  # as when the script runs: its directory leads sys.path (scripts/servebench)
+        sys.path.insert(0, scripts)
     spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

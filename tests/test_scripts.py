@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 
 
 def _scripts(repo):
@@ -101,3 +102,16 @@ def test_chaos_script_explains_itself_and_classifies_every_attempt(repo, tmp_pat
     assert (result.returncode == 0) == all(a["outcome"] == "clean" for a in report["attempts"])
     temp = re.search(r"temp (\S+)", result.stdout)
     assert temp and not os.path.exists(temp.group(1)), "its temporary directory is removed at the end"
+
+
+def test_bench_serve_cpu_finds_its_parts_from_any_directory(repo, tmp_path):
+    """Its modules live in scripts/servebench/, found beside the script whatever the working directory;
+    a bad option is refused by the parser, before any model is built."""
+    script = [sys.executable, str(repo / "scripts" / "bench_serve_cpu.py")]
+    result = subprocess.run([*script, "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--part {compare,engine-detail,server-overhead,llamacpp-serve}" in result.stdout
+    bad = subprocess.run(
+        [*script, "--contenders", "engine,nope"], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert bad.returncode == 2 and "unknown contender(s) nope" in bad.stderr
