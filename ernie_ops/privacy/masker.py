@@ -313,10 +313,13 @@ class Gate:
             import re2
         except ImportError:
             return
-        with contextlib.suppress(re2.error):
-            self.union = re2.compile(union)
         options = re2.Options()
         options.max_mem = 64 << 20
+        # the union with the sets' budget too: with RE2's default (8 MiB) finding where a match in a
+        # record with personal data starts fell back from the DFA to the NFA, 12.6 us a hit line
+        # against 1.8 (the same matches; memory is only spent as the DFA grows: peak RSS unchanged)
+        with contextlib.suppress(re2.error):
+            self.union = re2.compile(union, options)
         group = {name: g for g, names in enumerate(_GATE_GROUPS, 1) for name in names}
         by_group: dict[int, list[int]] = {}
         for i, d in enumerate(self.gated):
