@@ -228,13 +228,15 @@ def test_the_installed_binary_takes_every_flag_the_engine_passes():
 def test_serve_chat_stream_eight_concurrent_streams_and_smoke(tiny_gguf, cli, tmp_path, monkeypatch):
     assert REAL is not None
     monkeypatch.setenv(_llama_server.BINARY_ENV, REAL)
-    sets = ("max_num_seqs=8", "max_model_len=1024")
+    sets = ("max_num_seqs=8", "max_model_len=2048")
     with served_gguf(cli, tiny_gguf, tmp_path, monkeypatch, *sets) as (port, client, started):
         assert "llama-server" in started.stdout and "continuous batching" in started.stdout
         check_chat_and_stream(client)
 
         # 8 streams at once: served together, every stream's first token comes before any
-        # stream's last (served one at a time, the 2nd would start after the 1st ended)
+        # stream's last (served one at a time, the 2nd would start after the 1st ended). 2000
+        # tokens each, so a thread started late on a busy machine still overlaps the others
+        # (400 tokens, ~0.2 s a stream, failed once at load 4)
         spans: list[tuple[float, float]] = []
         barrier = threading.Barrier(8)
 
@@ -242,7 +244,7 @@ def test_serve_chat_stream_eight_concurrent_streams_and_smoke(tiny_gguf, cli, tm
             barrier.wait()
             first = last = 0.0
             for chunk in client.chat.completions.create(
-                model="tiny", messages=[{"role": "user", "content": f"Story {i}"}], max_tokens=400,
+                model="tiny", messages=[{"role": "user", "content": f"Story {i}"}], max_tokens=2000,
                 temperature=0, stream=True, extra_body={"ignore_eos": True},
             ):  # fmt: skip
                 if chunk.choices and chunk.choices[0].delta.content:
