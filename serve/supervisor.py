@@ -33,6 +33,7 @@ from ernie_ops.errors import Terminated
 from ernie_ops.files import write_text_atomic
 from ernie_ops.proc import Lock
 from ernie_ops.supervise import (
+    KILL_WAIT_S,
     Child,
     Known,
     alive,
@@ -859,8 +860,20 @@ def stop_server(state_file: Path, timeout: float = 30.0) -> bool:
         raise UserError(
             f"pid {pid} (the server on port {state['port']}) survived SIGKILL; its record is kept"
         )
+    _await_ports_released(state_file.parent, state.get("ports") or [state["port"]])
     _forget(state_file, state)
     return stopped
+
+
+def _await_ports_released(directory: Path, ports: list[int], timeout: float = KILL_WAIT_S) -> None:
+    """Return once no process holds the servers' port locks (or after TIMEOUT), so a stopped
+    server's ports can be taken again at once: a leader thread that exited shows as a zombie while
+    its other threads, which share the lock's file descriptor, are still finishing."""
+    deadline = time.monotonic() + timeout
+    while any(Lock.holder(lock_path(directory, p)) is not None for p in ports):
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.05)
 
 
 def list_servers(directory: Path) -> list[dict[str, Any]]:

@@ -365,3 +365,36 @@ def test_serve_script_refuses_a_node_without_a_gpu(repo, tmp_path):
         ["bash", str(repo / "scripts" / "serve.sh"), "--model", "x"], capture_output=True, text=True, env=env
     )
     assert result.returncode == 2 and "nvidia-smi" in result.stderr
+
+
+def test_stop_returns_once_the_port_locks_are_free(tmp_path):
+    """A server whose other threads still hold its port lock after the main one exited: stop waits
+    for the lock, so the port can be taken again as soon as stop returns."""
+    from ernie_ops.proc import Lock
+    from ernie_ops.serve.supervisor import _await_ports_released, lock_path
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom pathlib import Path\nfrom ernie_ops.proc import Lock\n"
+            "assert Lock(Path(sys.argv[1])).acquire('server')\nprint('held', flush=True)\ntime.sleep(1.0)\n",
+            str(lock_path(tmp_path, 4321)),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        _await_ports_released(tmp_path, [4321], timeout=60)
+        assert Lock.holder(lock_path(tmp_path, 4321)) is None
+    finally:
+        holder.kill()
+        holder.wait()
+    # a lock nobody releases: stop gives up after its timeout instead of hanging
+    lock = Lock(lock_path(tmp_path, 4322))
+    assert lock.acquire("someone else")
+    started = time.monotonic()
+    _await_ports_released(tmp_path, [4322], timeout=0.2)
+    assert time.monotonic() - started < 30
+    lock.release()
