@@ -109,7 +109,11 @@ from ernie_ops.benchmark import bench_parser, print_table, write_report
 
 def main() -> int:
     parser = bench_parser(__doc__, "serve_cpu", repeat=2)
-    parser.add_argument("--quick", action="store_true", help="a ~1 minute smoke run (fewer, shorter runs)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: fewer, shorter runs (~5 minutes for every contender on 2 cores)",
+    )
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="cached checkpoint")
     parser.add_argument(
         "--threads",
