@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -159,7 +161,9 @@ def compare_main(args: Any, env: dict[str, str]) -> int:
             capture_output=True,
             text=True,
         ).stdout.strip()
-        args.before_tree = tree_of(rev, Path(tempfile.mkdtemp(prefix="bench-before-")))
+        scratch = tempfile.mkdtemp(prefix="bench-before-")
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)  # also after Ctrl-C or a failure
+        args.before_tree = tree_of(rev, Path(scratch))
         contenders = [f"engine@{rev}", *contenders]
     new_tokens = args.new_tokens or (8 if args.quick else NEW_TOKENS)
     rounds = 1 if args.quick else args.rounds

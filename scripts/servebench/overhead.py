@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import gc
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -230,6 +232,7 @@ def bench_server_overhead(env: dict[str, str], new_tokens: int, rounds: int) -> 
     if not (model_dir / "config.json").is_file():
         build_tiny_model(model_dir, seed=SEED, force=True)
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # also after Ctrl-C or a failure
     before_rev = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--short", OVERHEAD_REV],
         check=True,
