@@ -17,6 +17,37 @@ from polling import free_port
 
 KEY_ENV, KEY = "TINY_KEY", "sk-tiny"
 MODEL = "tiny"
+FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_0": 2}
+
+
+def fake_gguf(
+    path: Path,
+    quant: str = "q8_0",
+    arch: str = "ernie4_5",
+    context: int = 4096,
+    shape: tuple[int, int, int, int] | None = None,
+) -> Path:
+    """A GGUF file with the metadata the engine reads (and one tensor): no model behind it. SHAPE
+    (layers, hidden, heads, KV heads) adds what the KV-cache estimate reads."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_context_length(context)
+    writer.add_file_type(FILE_TYPES[quant])
+    if shape is not None:
+        layers, hidden, heads, kv_heads = shape
+        writer.add_block_count(layers)
+        writer.add_embedding_length(hidden)
+        writer.add_head_count(heads)
+        writer.add_head_count_kv(kv_heads)
+    writer.add_chat_template("{{ messages[0]['content'] }}")
+    writer.add_tensor("output_norm.weight", np.ones(8, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
 
 
 @contextmanager

@@ -15,9 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from served_gguf import check_chat_and_stream, check_smoke_and_bench, served_gguf
+from served_gguf import check_chat_and_stream, check_smoke_and_bench, fake_gguf, served_gguf
 
 from ernie_ops.errors import UserError
 from ernie_ops.serve.profile import profile_for_checkpoint
@@ -64,20 +63,8 @@ def fake_binary(tmp_path: Path, help_text: str = FAKE_HELP, amx: bool = False) -
 
 
 def tiny_gguf_metadata(path: Path, context: int = 4096) -> Path:
-    writer = gguf.GGUFWriter(str(path), "ernie4_5")
-    writer.add_context_length(context)
-    writer.add_file_type(2)  # q4_0
-    writer.add_block_count(18)
-    writer.add_embedding_length(1024)
-    writer.add_head_count(16)
-    writer.add_head_count_kv(2)
-    writer.add_chat_template("{{ messages[0]['content'] }}")
-    writer.add_tensor("output_norm.weight", np.ones(8, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    """q4_0 metadata at the 0.3B shape (18 layers, hidden 1024, 16 heads, 2 KV heads)."""
+    return fake_gguf(path, "q4_0", context=context, shape=(18, 1024, 16, 2))
 
 
 @pytest.fixture

@@ -15,9 +15,8 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-from served_gguf import check_chat_and_stream, check_smoke_and_bench, served_gguf
+from served_gguf import check_chat_and_stream, check_smoke_and_bench, fake_gguf, served_gguf
 
 from ernie_ops.errors import UserError
 from ernie_ops.serve.backends import all_backends, choose, get
@@ -50,27 +49,12 @@ def _python_server_unavailable() -> str | None:
 needs_llama_cpp = pytest.mark.skipif(
     _python_server_unavailable() is not None, reason=_python_server_unavailable() or NO_LLAMA_CPP
 )
-FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_0": 2}
 
 
 @pytest.fixture(autouse=True)
 def llama_cpp_python_server(monkeypatch):
     """These tests are of llama-cpp-python's server, even where llama-server is installed."""
     monkeypatch.setenv("LLAMA_SERVER", "off")
-
-
-def fake_gguf(path: Path, quant: str = "q8_0", arch: str = "ernie4_5", context: int = 4096) -> Path:
-    """A GGUF file with the metadata the engine reads (and one tensor): no model behind it."""
-    writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_context_length(context)
-    writer.add_file_type(FILE_TYPES[quant])
-    writer.add_chat_template("{{ messages[0]['content'] }}")
-    writer.add_tensor("output_norm.weight", np.ones(8, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 def test_registered_but_never_the_default():
