@@ -23,7 +23,7 @@ from ernie_ops.serve.planner import (
 )
 
 # --- FastDeploy's published minimum GPUs ------------------------------------------------------
-# Source: /work/shared/reference/fastdeploy.md "Published minimum GPUs", which summarises
+# Source: the team reference notes (reference/fastdeploy.md) "Published minimum GPUs", which summarises
 # FastDeploy docs/best_practices (develop): ERNIE-4.5-0.3B-Paddle.md and ERNIE-4.5-21B-A3B-Paddle.md
 # (rows H800 80GB, A800 80GB, H20 96GB, L20 48GB, A30, A10 24GB; columns WINT8, WINT4, FP8; "/" =
 # unsupported), ERNIE-4.5-300B-A47B-Paddle.md (H800, A800 x WINT8, WINT4, FP8, WINT2, W4A8),
