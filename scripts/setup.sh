@@ -26,6 +26,13 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "[setup] creating virtualenv $VENV"
     "$PYTHON" -m venv "$VENV"
 fi
+free_mb=$("$PYTHON" -c 'import shutil, sys; print(shutil.disk_usage(sys.argv[1]).free >> 20)' "$VENV")
+if [ ! -x "$VENV/bin/ernie-ops" ] && [ "$free_mb" -lt 6000 ]; then  # a first install
+    echo "error: ${free_mb} MB free where $VENV is; the install needs about 6000 MB (torch, paddle, ...)" >&2
+    echo "  hint: free some disk, or install elsewhere: VENV=/bigdisk/venv scripts/setup.sh" >&2
+    exit 2
+fi
+# --no-cache-dir: the venv is ~4 GB (torch, paddle); a wheel cache beside it doubles the disk it needs
 echo "[setup] installing paddlepaddle (CPU), erniekit, paddleformers and ernie-ops into $VENV"
-"$VENV/bin/python" -m pip install --progress-bar off -q -c constraints.txt -e ".[cpu,serve,dev,torch]"
+"$VENV/bin/python" -m pip install --progress-bar off --no-cache-dir -q -c constraints.txt -e ".[cpu,serve,dev,torch]"
 echo "[setup] done: $("$VENV/bin/ernie-ops" --version); activate with: source $VENV/bin/activate"
