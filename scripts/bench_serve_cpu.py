@@ -26,7 +26,8 @@ process's ru_maxrss; a server's VmHWM). Contenders:
 - llamacpp-serve-f32 / -q8_0 / -q4_0 and engine-serve: `ernie-ops serve FILE --engine llamacpp`
   (paddle: the embedded engine), the real serving path, driven by streaming HTTP clients;
 - pytorch: transformers' Ernie4_5ForCausalLM `generate` with the KV cache, static batch 8.
-The table shows each contender's best round (the quietest) with its ratio to llamacpp-f32, then
+The table shows each metric's best round per contender (a busy round only ever slows) with its
+ratio to llamacpp-f32, then
 issue #21's targets: engine batch-1 decode and 8-concurrent >= 1.0x llama.cpp f32, engine load peak
 <= 1.3x the weight bytes, `ernie-ops serve` llama.cpp q4_0 >= 0.9x llama.cpp's own q4_0 figures.
 A missed target is reported, not an exit status: the script fails only when something breaks.

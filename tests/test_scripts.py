@@ -115,3 +115,17 @@ def test_bench_serve_cpu_finds_its_parts_from_any_directory(repo, tmp_path):
         [*script, "--contenders", "engine,nope"], capture_output=True, text=True, cwd=tmp_path, timeout=120
     )
     assert bad.returncode == 2 and "unknown contender(s) nope" in bad.stderr
+
+
+def test_bench_serve_cpu_takes_each_metrics_best_round(repo, monkeypatch):
+    """Both comparisons take each metric's best round: the highest rate, the lowest time and memory
+    (a noisy round only ever slows), so a ratio never pairs one side's quiet round with a busy one."""
+    monkeypatch.syspath_prepend(str(repo / "scripts"))
+    from servebench.measure import best_per_metric
+
+    rounds = [
+        {"b1_decode_tok_s": 19.0, "b8_e2e_tok_s": 70.0, "b1_ttft_s": 0.30, "peak_rss_mb": 1800.0},
+        {"b1_decode_tok_s": 17.0, "b8_e2e_tok_s": 75.0, "b1_ttft_s": 0.25, "peak_rss_mb": 1790.0},
+    ]
+    best = best_per_metric(rounds, ("b1_decode_tok_s", "b8_e2e_tok_s", "b1_ttft_s", "peak_rss_mb", "rss_mb"))
+    assert best == {"b1_decode_tok_s": 19.0, "b8_e2e_tok_s": 75.0, "b1_ttft_s": 0.25, "peak_rss_mb": 1790.0}

@@ -19,6 +19,7 @@ from servebench import REPO, SCRIPT
 from servebench.checkpoint import BATCH, NEW_TOKENS, PROMPT_LEN, build_model, gguf_file, weight_bytes
 from servebench.engine import engine_phase
 from servebench.llamacpp import llamacpp_phase, own_benchmarks, own_phase
+from servebench.measure import best_per_metric
 from servebench.overhead import tree_of
 from servebench.served import serve_phase
 
@@ -186,8 +187,8 @@ def compare_main(args: Any, env: dict[str, str]) -> int:
                 flush=True,
             )
     load_after = os.getloadavg()
-    # the best round of each (highest batch-1 decode rate: the quietest), and the median of each metric
-    best = {c: max(v, key=lambda x: x["b1_decode_tok_s"]) for c, v in runs.items()}
+    # each metric's best round per contender (as --part llamacpp-serve), and the median of each
+    best = {c: best_per_metric(v, (*METRICS, "load_peak_rss_mb")) for c, v in runs.items()}
     median = {c: {m: statistics.median(x[m] for x in v) for m in METRICS} for c, v in runs.items()}
     base = "llamacpp-f32" if "llamacpp-f32" in best else None
 
@@ -220,15 +221,15 @@ def compare_main(args: Any, env: dict[str, str]) -> int:
     print_table(rows)
     # this run's own threads keep the 1-minute load near the thread count: over 1.5x the CPUs,
     # other processes were taking a share of them
-    busy = [c for c in contenders if best[c]["load_average_1m"] > 1.5 * (os.cpu_count() or 1)]
+    busy = [c for c in contenders if min(x["load_average_1m"] for x in runs[c]) > 1.5 * (os.cpu_count() or 1)]
     if busy:
-        print(f"warning: the load average was over 1.5x the CPUs at the best round of {', '.join(busy)}")
+        print(f"warning: the load average was over 1.5x the CPUs in every round of {', '.join(busy)}")
     targets = compare_targets(best, wbytes)
     for key, t in targets.items():
         print(f"target {key}: {t['target']}, value {t['value']:.2f}, {'met' if t['met'] else 'NOT met'}")
     total = time.perf_counter() - started
     print(
-        f"\nbest of {rounds} interleaved round(s) per contender (ratios: to {base or 'none'}); "
+        f"\neach metric's best of {rounds} interleaved round(s) per contender (ratios: to {base or 'none'}); "
         f"{PROMPT_LEN}-token prompts, {new_tokens} new tokens, greedy; {args.threads} threads everywhere; "
         f"weights {wbytes / 1e9:.2f} GB; load average (1 min) {load_before[0]:.2f} before, "
         f"{load_after[0]:.2f} after; {own_note(runs)}total {total:.0f} s"

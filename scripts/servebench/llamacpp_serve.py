@@ -14,6 +14,7 @@ from ernie_ops.benchmark import print_table, write_report
 from servebench.checkpoint import BATCH, NEW_TOKENS, PROMPT_LEN, build_model, gguf_file
 from servebench.compare import contender_round, own_note
 from servebench.llamacpp import own_benchmarks
+from servebench.measure import best_per_metric
 
 # ---------------------------------------------------------------------------------------------
 # the served llama.cpp against llama.cpp's own benchmarks (--part llamacpp-serve, issue #21)
@@ -72,11 +73,7 @@ def llamacpp_serve_main(args: Any, env: dict[str, str]) -> int:
                         flush=True,
                     )
     load_after = os.getloadavg()
-    # each metric's best round (the quietest for it): the noise of a shared machine only ever slows
-    best = {
-        t: {c: {m: max(x[m] for x in v) for m in SERVE_PAIR_METRICS} for c, v in per.items()}
-        for t, per in runs.items()
-    }
+    best = {t: {c: best_per_metric(v, SERVE_PAIR_METRICS) for c, v in per.items()} for t, per in runs.items()}
     own, served = SERVE_PAIR
     rows = [
         [

@@ -19,6 +19,19 @@ def pct(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
+# metrics for which less is better (times, memory); the rest are rates
+LOWER_IS_BETTER = frozenset({"b1_ttft_s", "peak_rss_mb", "rss_mb", "load_peak_rss_mb"})
+
+
+def best_per_metric(rounds: list[dict[str, Any]], metrics: tuple[str, ...]) -> dict[str, float]:
+    """Each metric's best value over interleaved ROUNDS: a shared machine's noise only ever slows a
+    run, so the best is the closest to what the code can do, and both sides of a ratio get theirs.
+    Memory is taken at its least too (a round's RSS shifts with the allocator, not with load)."""
+    return {
+        m: (min if m in LOWER_IS_BETTER else max)(r[m] for r in rounds) for m in metrics if m in rounds[0]
+    }
+
+
 def vm_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
