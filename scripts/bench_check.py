@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from ernie_ops.benchmark import REPO, bench_parser, print_table, write_report
 
@@ -73,15 +74,15 @@ def hostile(sizes: list[int], deadline: float) -> list[dict]:
     base = RECIPE.read_text()
     cases: list[tuple[str, str, list[str], int]] = []
     for n in sizes:
-        keys = "".join(f"unknown_key_{i:07d}: {i}\n" for i in range(n))
-        cases.append((f"{n:,} unknown keys", base + keys, [], n))
+        unknown = "".join(f"unknown_key_{i:07d}: {i}\n" for i in range(n))
+        cases.append((f"{n:,} unknown keys", base + unknown, [], n))
     lines = ['lol0: &lol0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
     lines += [f"lol{i}: &lol{i} [" + ", ".join([f"*lol{i - 1}"] * 10) + "]" for i in range(1, 9)]
     bomb = base + "\n".join(lines) + "\n"
     cases.append(("alias bomb, 9 levels", bomb, [], 0))
     cases.append(("alias bomb, 9 levels, seed=1", bomb, ["seed=1"], 0))
     cases.append(("5,000-deep YAML", base + "eval_steps: " + "[" * 5000 + "]" * 5000 + "\n", [], 0))
-    results = []
+    results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, text, overrides, keys in cases:
             recipe = Path(tmp) / "hostile.yaml"
@@ -91,7 +92,7 @@ def hostile(sizes: list[int], deadline: float) -> list[dict]:
                 seconds, code, out = timed(cmd, timeout=deadline)
                 outcome = "traceback" if "Traceback" in out else f"exit {code}"
             except subprocess.TimeoutExpired:
-                seconds, outcome = deadline, "hung"
+                seconds, outcome = float(deadline), "hung"
             results.append(
                 {
                     "case": name,
@@ -119,7 +120,7 @@ def corpus(repeat: int) -> list[dict]:
     from ernie_ops.recipe.check import check_recipe
 
     root = REPO / "tests" / "erniekit_examples"
-    results = []
+    results: list[dict[str, Any]] = []
     for path in sorted(root.rglob("*.yaml")):
         runs = [timed([EXE, "check", str(path), "--erniekit-version", "latest"]) for _ in range(repeat)]
         errors = runs[0][2].count(" error: ")
@@ -149,7 +150,7 @@ def corpus(repeat: int) -> list[dict]:
 
 
 def mistakes(repeat: int) -> list[dict]:
-    results = []
+    results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "tiny"
         subprocess.run([EXE, "-q", "tiny-model", str(model)], check=True)
@@ -182,12 +183,11 @@ def mistakes(repeat: int) -> list[dict]:
     rows = [["mistake", "check s", "flagged", "ERNIEKit s", "ERNIEKit", "speedup"]]
     for r in results:
         ek = "failed" if r["erniekit_reported"] else "ran on, said nothing"
-        flagged = "yes" if r["check_flagged"] else "NO"
         rows.append(
             [
                 r["mistake"],
                 f"{r['check_s']:.3f}",
-                flagged,
+                "yes" if r["check_flagged"] else "NO",
                 f"{r['erniekit_s']:.2f}",
                 ek,
                 f"{r['speedup']:.1f}x",

@@ -115,7 +115,7 @@ def main() -> int:
             records = generate(path, size)
             mb = path.stat().st_size / 1e6
             row = {"size_mb": round(mb, 1), "records": records}
-            kinds = ("ceiling", "lint", "convert", "roundtrip")
+            kinds: tuple[str, ...] = ("ceiling", "lint", "convert", "roundtrip")
             if args.baseline:
                 kinds += ("lint_base", "convert_base")
             # interleaved (ceiling, lint, convert, ceiling, ...): on shared cores a burst of load

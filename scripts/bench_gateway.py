@@ -206,12 +206,12 @@ async def latency_part(paths: dict[str, str], rate: float, n: int, tokens: int) 
             continue
         inside = server["last_ns"] - server["arrival_ns"]
         e2e = reply["done"] - reply["sent"]
-        r = rows[path]
-        r["outside"].append((e2e - inside) / 1e6)
+        row = rows[path]
+        row["outside"].append((e2e - inside) / 1e6)
         slots[path][k // len(names)] = (e2e - inside) / 1e6
-        r["first"].append((reply["first"] - server["first_ns"]) / 1e6)
-        r["last"].append((reply["done"] - server["last_ns"]) / 1e6)
-        r["e2e"].append(e2e / 1e6)
+        row["first"].append((reply["first"] - server["first_ns"]) / 1e6)
+        row["last"].append((reply["done"] - server["last_ns"]) / 1e6)
+        row["e2e"].append(e2e / 1e6)
     figures: dict[str, Any] = {"rate": rate, "requests": len(order), "failed": failed, "tokens": tokens}
     figures["send_late_ms_p99"] = round(pct(late, 99) * 1000, 3)
     figures["paths"] = {}

@@ -199,10 +199,15 @@ def quantization(src: Source) -> tuple[list[str], list[str]]:
     methods: list[str] = []
     online: list[str] = []
     for node in src.tree(QUANT).body:
-        target = node.target if isinstance(node, ast.AnnAssign) else None
+        target: ast.expr | None = node.target if isinstance(node, ast.AnnAssign) else None
         if isinstance(node, ast.Assign):
             target = node.targets[0]
-        if target is not None and _name(target) == "QUANTIZATION_METHODS" and node.value is not None:
+        if (
+            isinstance(node, ast.Assign | ast.AnnAssign)
+            and target is not None
+            and _name(target) == "QUANTIZATION_METHODS"
+            and node.value is not None
+        ):
             methods = [str(v) for v in _literal(node.value)]
         if isinstance(node, ast.FunctionDef) and node.name == "parse_quant_config":
             body = ast.unparse(node)

@@ -8,6 +8,7 @@ import struct
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 DEFAULT_MODEL_DIR = Path(tempfile.gettempdir()) / "ernie-ops-bench" / "ernie45-0.3b-random"
 SEED = 0
@@ -17,7 +18,7 @@ BATCH = 8
 CLIENTS = 16
 SERVED_NAME = "ernie45-0.3b-random"
 # ERNIE-4.5-0.3B's shapes (its public config.json)
-SHAPE = dict(
+SHAPE: dict[str, Any] = dict(
     vocab_size=103424,
     hidden_size=1024,
     intermediate_size=3072,

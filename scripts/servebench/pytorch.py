@@ -23,7 +23,7 @@ from servebench.measure import peak_rss_mb, vm_rss_mb
 
 def torch_phase(threads: int, repeat: int, new_tokens: int, quick: bool, out: Path) -> None:
     import torch
-    from transformers import Ernie4_5Config, Ernie4_5ForCausalLM
+    from transformers import Ernie4_5Config, Ernie4_5ForCausalLM  # type: ignore[attr-defined]
 
     torch.set_num_threads(threads)
     torch.manual_seed(SEED)
