@@ -134,6 +134,69 @@ def atomic_output(
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
+@contextlib.contextmanager
+def unnamed_files(directory: PathLike, count: int) -> Iterator[list[int]]:
+    """COUNT temporary files in DIRECTORY (on the output's file system, for `append_file`), open
+    for reading and writing and unlinked at once: nothing is left behind whatever ends the process,
+    SIGKILL included; their space is freed when the last descriptor closes (a forked child's too)."""
+    fds: list[int] = []
+    try:
+        for _ in range(count):
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, _ENDING_SIGNALS)
+            try:  # no ending signal between creating the name and unlinking it
+                fd, name = tempfile.mkstemp(dir=directory, prefix=".part.", suffix=".tmp")
+                os.unlink(name)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            fds.append(fd)
+        yield fds
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def append_file(source_fd: int, target_fd: int) -> None:
+    """Append the whole of the file open as SOURCE_FD at TARGET_FD's position (which advances), in
+    the kernel where it can (copy_file_range, else sendfile, else through a buffer)."""
+    size, start = os.fstat(source_fd).st_size, os.lseek(target_fd, 0, os.SEEK_CUR)
+    for copy in (_copy_file_range, _sendfile, _read_write):
+        try:
+            copy(source_fd, target_fd, os.lseek(target_fd, 0, os.SEEK_CUR) - start, size)
+            return
+        except OSError as err:  # not on this kernel or between these file systems: the next way
+            if err.errno not in _CANNOT_COPY or copy is _read_write:
+                raise
+
+
+_CANNOT_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}
+
+
+def _copy_file_range(source_fd: int, target_fd: int, done: int, size: int) -> None:
+    while done < size and (n := os.copy_file_range(source_fd, target_fd, size - done, done)):
+        done += n
+    _check_appended(done, size)
+
+
+def _sendfile(source_fd: int, target_fd: int, done: int, size: int) -> None:
+    while done < size and (n := os.sendfile(target_fd, source_fd, done, size - done)):
+        done += n
+    _check_appended(done, size)
+
+
+def _read_write(source_fd: int, target_fd: int, done: int, size: int) -> None:
+    while done < size and (block := os.pread(source_fd, min(1 << 20, size - done), done)):
+        view = memoryview(block)
+        while view:
+            view = view[os.write(target_fd, view) :]
+        done += len(block)
+    _check_appended(done, size)
+
+
+def _check_appended(done: int, size: int) -> None:
+    if done < size:
+        raise OSError(errno.EIO, f"the file shrank while it was appended ({done} of {size} bytes)")
+
+
 def write_text_atomic(path: PathLike, text: str, inputs: Iterable[PathLike] = ()) -> Path:
     """`Path.write_text`, atomically and with the checks of `atomic_output`."""
     with atomic_output(path, inputs, compress=False) as f:

@@ -17,6 +17,7 @@ import sys
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -117,13 +118,14 @@ class Chunk(NamedTuple):
 CHUNK = 1 << 16  # 64 KB: a block's lines and decoded records stay in the CPU caches (measured best)
 
 
-def read_chunks(path: Path, size: int = CHUNK) -> Iterator[Chunk]:
+def read_chunks(path: Path, size: int = CHUNK, span: tuple[int, int] | None = None) -> Iterator[Chunk]:
     """Blocks of whole JSONL lines; an unterminated last line counts. Each block read is split
     where it lies and only the line cut by its end is carried over (no copy of the block). A line
-    longer than `size` makes a longer chunk."""
+    longer than `size` makes a longer chunk. SPAN (start, stop): only those bytes of an
+    uncompressed file (both at line starts, see `line_spans`), its lines numbered from 1."""
     line, pending = 1, []  # pending: the pieces of a line not yet ended
     try:
-        with open_binary(path) as f:
+        with open_binary(path) if span is None else _Span(path, *span) as f:
             while block := f.read(size):
                 lines = block.split(b"\n")
                 if len(lines) == 1:
@@ -137,10 +139,72 @@ def read_chunks(path: Path, size: int = CHUNK) -> Iterator[Chunk]:
                 yield Chunk(line, block, lines)
                 line += len(lines)
     except READ_ERRORS as err:  # raised by the reads only: a consumer's errors never enter here
-        raise unreadable(path, line, err) from None
+        raise unreadable(path, line + (_lines_before(path, span[0]) if span else 0), err) from None
     if pending:
         tail = b"".join(pending)
         yield Chunk(line, tail, [tail])
+
+
+class _Span:
+    """Bytes START to STOP of an uncompressed file, read as the whole file would be."""
+
+    def __init__(self, path: Path, start: int, stop: int):
+        self._file = require_file(path).open("rb", buffering=0)
+        self._file.seek(start)
+        self._left = stop - start
+
+    def read(self, size: int) -> bytes:
+        data = self._file.read(min(size, self._left)) if self._left > 0 else b""
+        self._left -= len(data)
+        return data
+
+    def __enter__(self) -> _Span:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+
+def line_spans(path: Path, parts: int) -> list[tuple[int, int]]:
+    """An uncompressed file cut into at most PARTS (start, stop) byte ranges of about equal size,
+    each from a line start to the next range's: cut k is the first line start at or after k/PARTS
+    of the size. Fewer ranges when lines are fewer or longer than a part (none are empty)."""
+    size = require_file(path).stat().st_size
+    cuts = [0]
+    with path.open("rb") as f:
+        for k in range(1, parts):
+            cuts.append(max(cuts[-1], _line_start(f, k * size // parts)))
+    cuts.append(size)
+    return [(a, b) for a, b in pairwise(cuts) if b > a]
+
+
+def _line_start(f: IO[bytes], offset: int) -> int:
+    """The first line start at or after OFFSET: past the first newline from OFFSET - 1 on; the end
+    of the file when no newline follows."""
+    if offset <= 0:
+        return 0
+    f.seek(offset - 1)
+    pos = offset - 1
+    while block := f.read(CHUNK):
+        newline = block.find(b"\n")
+        if newline >= 0:
+            return pos + newline + 1
+        pos += len(block)
+    return pos
+
+
+def _lines_before(path: Path, offset: int) -> int:
+    """Newlines in the first OFFSET bytes of an uncompressed file: what a range's line numbers are
+    off by (counted only when an error names a line; those read before a read error there)."""
+    count = 0
+    try:
+        with path.open("rb") as f:
+            while offset > 0 and (block := f.read(min(CHUNK * 16, offset))):
+                count += block.count(b"\n")
+                offset -= len(block)
+    except OSError:
+        pass
+    return count
 
 
 def _json_error(raw: bytes, err: Exception) -> str:
