@@ -237,3 +237,32 @@ def test_workers_die_with_a_killed_parent_and_leave_no_part_file(tmp_path: Path)
     _wait_gone(workers)
     # only the output's own temporary file can stay after SIGKILL (atomic_output's): no parts
     assert [p.name for p in data.iterdir() if ".part." in p.name] == []
+
+
+@pytest.mark.parametrize(
+    ("name", "cpus", "expected"),
+    [
+        ("in.jsonl", 2, 2),
+        ("in.jsonl", 16, 8),
+        ("in.jsonl", 1, 1),
+        ("in.jsonl.gz", 2, 1),
+        ("in.jsonl.gz", 4, 3),
+    ],
+)
+def test_the_default_jobs_by_file_kind_and_cpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, cpus: int, expected: int
+) -> None:
+    from ernie_ops.cli import data
+
+    monkeypatch.setattr(data, "AUTO_JOBS_MB", 0)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cpus)))
+    path = tmp_path / name
+    record = b'{"text": "hello"}\n'
+    path.write_bytes(gzip.compress(record) if name.endswith(".gz") else record)
+    assert data._auto_jobs(path) == expected
+    array = tmp_path / "in.json"
+    array.write_text('[{"text": "hello"}]')
+    assert data._auto_jobs(array) == 1  # read whole: one process
+    assert data._auto_jobs(tmp_path / "missing.jsonl") == 1  # mask_file says what is wrong
+    monkeypatch.setattr(data, "AUTO_JOBS_MB", 1)
+    assert data._auto_jobs(path) == 1  # small: done before workers would start

@@ -120,9 +120,11 @@ class Data(Subcommand):
             "--jobs",
             type=int,
             metavar="N",
-            help="worker processes that mask the records with personal data while this one reads and "
-            f"writes (default: one per CPU but one, at most {MAX_JOBS}, for JSONL files over "
-            f"{AUTO_JOBS_MB} MB on 3 CPUs or more; else 1: all in this process); the output is the same",
+            help="processes that mask at once: an uncompressed JSONL file is cut into N parts masked "
+            "side by side; a .gz file is read by this process, which hands the records with personal "
+            "data to N workers; a JSON array is masked in one process (a warning says so). Default "
+            f"for files over {AUTO_JOBS_MB} MB: one per usable CPU for uncompressed JSONL, one per CPU "
+            f"but one on 3 CPUs or more for .gz, at most {MAX_JOBS}; else 1. The output is the same",
         )
         mask.add_argument("--json", action="store_true", help="summary as JSON on stdout")
 
@@ -313,17 +315,25 @@ def _mask(args: argparse.Namespace) -> int:
 
 
 def _auto_jobs(path: Path) -> int:
-    """A worker per usable CPU but the one this process reads and writes with, for a large file (a
-    small one is done before they would start). On 2 CPUs one process was measured faster than two
-    workers beside it on a busy machine (scripts/bench_pii.py)."""
+    """Processes for a file big enough to repay starting them (a small one is done first). An
+    uncompressed JSONL file is cut into byte ranges, one per usable CPU: no process coordinates
+    (MEASURED). A .gz file is read, scanned and written by this process beside its workers: a
+    worker per CPU but that one, and on 2 CPUs none (one process was measured faster there than
+    two workers beside it on a busy machine; scripts/bench_pii.py)."""
     import os
+
+    from ernie_ops.data.read import is_json_array
 
     try:
         large = path.stat().st_size > AUTO_JOBS_MB * 1_000_000
-    except OSError:
+        if not large or is_json_array(path):
+            return 1
+    except (OSError, UserError):
         return 1  # mask_file says what is wrong with it
     cpus = len(os.sched_getaffinity(0))
-    return min(cpus - 1, MAX_JOBS) if large and cpus > 2 else 1
+    if path.suffix == ".gz":
+        return min(cpus - 1, MAX_JOBS) if cpus > 2 else 1
+    return min(cpus, MAX_JOBS)
 
 
 def _print_masked(result) -> None:  # type: ignore[no-untyped-def]
