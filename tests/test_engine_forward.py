@@ -169,16 +169,41 @@ print(mkl.MKL_Get_Max_Threads(), len(os.sched_getaffinity(0)))
     assert int(mkl) == int(cpus)
 
 
-def test_a_prompt_through_paddles_matmul_equals_erniekit(tiny_dense, reference):
+@pytest.mark.parametrize("mkl", [True, False], ids=["paddle-mkl", "numpy-openblas"])
+def test_a_prompt_through_either_prompt_matmul_equals_erniekit(tiny_dense, reference, mkl, monkeypatch):
     from ernie_ops.serve.engine import forward
 
+    monkeypatch.setattr(forward, "_mkl_for_prompts", lambda: mkl)
     config, _, _ = load_checkpoint(tiny_dense)
     net = DenseForward.load(tiny_dense, config)
     prompt = [int(t) for t in np.random.default_rng(1).integers(3, 1000, 40)]
-    assert len(prompt) > forward.SMALL_ROWS  # the prompt's rows go through Paddle's matmul
+    assert len(prompt) > forward.SMALL_ROWS  # the prompt's rows go through the prompt matmul
     ids, positions, bias, _ = prefill_inputs([prompt])
     logits = net.forward(ids, positions, bias, net.new_cache(1, len(prompt)), 0)
     np.testing.assert_allclose(logits[0], reference_logits(reference, prompt)[-1], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "mkl"),
+    [
+        ("processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: avx512f\n", True),
+        ("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: avx512f\n", False),
+        ("processor\t: 0\nBogoMIPS\t: 50.00\n", True),  # no vendor (an Arm machine): as before
+        (None, True),  # no /proc/cpuinfo
+    ],
+)
+def test_prompts_go_through_mkl_on_intel_cpus_only(cpuinfo, mkl, tmp_path, monkeypatch):
+    from ernie_ops.serve.engine import forward
+
+    fake = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        fake.write_text(cpuinfo)
+    monkeypatch.setattr(forward, "CPUINFO", fake)
+    forward._mkl_for_prompts.cache_clear()
+    try:
+        assert forward._mkl_for_prompts() is mkl
+    finally:
+        forward._mkl_for_prompts.cache_clear()
 
 
 @pytest.mark.parametrize("threads", [1, 3])

@@ -19,8 +19,13 @@ Which kernel multiplies (`_matmul`), measured on 2 cores (Xeon, AVX-512; 0.3B sh
   products at 8 rows on one thread: 92 ms against 142 ms for 1024-row OpenBLAS products and 178 ms
   for MKL's (Paddle, transpose_y on [out, in]); one row's gemv 65 ms. Past 24 rows MKL is as fast
   (32 rows: 198 against 217 ms);
-- a prompt (more rows): Paddle's matmul (MKL) over the same memory (DLPack, no copy): 7.0 ms per
-  layer against OpenBLAS's 13 ms at 64 rows (quiet machine, best of 5), close to the cores' peak.
+- a prompt (more rows), on an Intel CPU: Paddle's matmul (MKL) over the same memory (DLPack, no
+  copy): 7.0 ms per layer against OpenBLAS's 13 ms at 64 rows (quiet machine, best of 5), close to
+  the cores' peak. On other CPUs numpy's OpenBLAS (`_mkl_for_prompts`): Paddle's MKL takes slower
+  code on them; on an AMD EPYC (Zen 4, AVX-512, OpenBLAS's Cooperlake kernels) an 8x64-token
+  prefill forward took 3.7 s through MKL against 1.6 s through OpenBLAS on 2 threads, 6.8 against
+  2.9 s on one (OpenBLAS at about the core's peak), and the 8-concurrent end-to-end rate is mostly
+  prefill there.
 ERNIEKit's forward itself is not used for serving: it concatenates the cache every step, builds
 masks and casts, and runs its LM head over every prompt position. Kept (`Engine(...,
 reference=True)`, the tests), ERNIEKit's model is the reference: `reference_logits` runs it, and the
@@ -149,23 +154,50 @@ def _tensor(array: np.ndarray) -> Any:
 
 
 SCORES = 1 << 16  # attention scores (float32) computed at once: 256 KB, within the L2 cache
-SMALL_ROWS = 24  # up to this many rows, `_small_matmul` (one row: gemv; more: MKL; see `_matmul`)
+SMALL_ROWS = 24  # up to this many rows, `_small_matmul` (one row: gemv; more: a prompt's; see `_matmul`)
 SMALL_PRODUCT = 100**3  # OpenBLAS's small-matrix kernel takes M x N x K up to this
 SMALL_OUTPUT = 1200  # ... and, with the weight transposed (our case), M x N up to this
 PARTS = 4  # runs of blocks per thread in `_small_matmul`
+CPUINFO = Path("/proc/cpuinfo")  # the CPU's vendor picks the prompts' matmul (`_mkl_for_prompts`)
 
 
 def _matmul(x: np.ndarray, rows: np.ndarray, tensor: Any) -> np.ndarray:
     """x [M, in] @ rows.T -> [M, out]; ROWS is the weight as [out, in] (C-contiguous), TENSOR the
     same memory as a Paddle tensor. One row: numpy's gemv (dot products down contiguous rows, the
-    memory-bound case); a few rows: `_small_matmul`; a prompt: Paddle's matmul (MKL)."""
+    memory-bound case); a few rows: `_small_matmul`; a prompt: Paddle's matmul (MKL) on Intel
+    CPUs, numpy's OpenBLAS on others (`_mkl_for_prompts`)."""
     import paddle
 
     if len(x) == 1:
         return (rows @ x[0])[None]
     if len(x) <= SMALL_ROWS:
         return _small_matmul(np.ascontiguousarray(x), rows)
+    if not _mkl_for_prompts():
+        return x @ rows.T
     return np.from_dlpack(paddle.matmul(_tensor(x), tensor, transpose_y=True))
+
+
+@functools.cache
+def _mkl_for_prompts() -> bool:
+    """Whether prompts' products go through Paddle's matmul (MKL): on Intel CPUs, where it is the
+    fastest; elsewhere numpy's OpenBLAS is (the module docstring has the figures). MKL when the
+    vendor cannot be read, as before this choice existed."""
+    vendor = _cpu_vendor()
+    return vendor is None or vendor == "GenuineIntel"
+
+
+def _cpu_vendor() -> str | None:
+    """The CPU's vendor_id ("GenuineIntel", "AuthenticAMD", ...) from /proc/cpuinfo; None where
+    there is none (not Linux, not x86)."""
+    try:
+        with CPUINFO.open(encoding="utf-8", errors="replace") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() == "vendor_id":
+                    return value.strip()
+    except OSError:
+        pass
+    return None
 
 
 @functools.cache
