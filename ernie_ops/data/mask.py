@@ -12,8 +12,10 @@ array (possibly pretty-printed) is written as JSONL, one compact record a line.
 same as with one (a .gz output's content; it is then N gzip members, which every gzip reader reads
 as one file):
 - an uncompressed JSONL file is cut into N byte ranges at line starts; a forked worker masks each
-  range into a part file (unnamed, beside the output), and the parts are appended in order to the
-  output in the kernel. No process coordinates, so N may be every CPU.
+  range, the first into the output's temporary file, the others into part files beside it
+  (unnamed: nothing is left behind, whatever ends the command), which are appended in order in
+  the kernel when all are done (they take up to (N-1)/N of the output's size again until then).
+  No process coordinates, so N may be every CPU; each worker streams (flat memory in each).
 - a compressed (.gz) JSONL file cannot be cut: this process reads, scans and writes it, and N
   workers mask the records the scan picks (a speed-up with 3 CPUs or more).
 - a JSON array is read whole, so it is masked in this process (and a warning says so).
