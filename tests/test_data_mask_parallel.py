@@ -266,3 +266,31 @@ def test_the_default_jobs_by_file_kind_and_cpus(
     assert data._auto_jobs(tmp_path / "missing.jsonl") == 1  # mask_file says what is wrong
     monkeypatch.setattr(data, "AUTO_JOBS_MB", 1)
     assert data._auto_jobs(path) == 1  # small: done before workers would start
+
+
+def test_the_progress_bar_counts_the_bytes_of_every_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tqdm
+
+    bars: list[Bar] = []
+
+    class Bar:
+        def __init__(self, total: int, **_: object) -> None:
+            self.total, self.n = total, 0
+            bars.append(self)
+
+        def update(self, n: int) -> None:
+            self.n += n
+
+        def __enter__(self) -> Bar:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"\n".join(_awkward_lines()) * 20)
+    mask_file(source, tmp_path / "out.jsonl", default_masker(), progress=True, jobs=3)
+    assert [(bar.total, bar.n) for bar in bars] == [(source.stat().st_size, source.stat().st_size)]
