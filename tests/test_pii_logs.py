@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ernie_ops.supervise import Pump
-from train.follow import Follower, supervise
+from ernie_ops.train.follow import Follower, supervise
 
 SKIP_LINE = "[SKIP] wrong example: Example(src=['Meine Mail: anna.schmidt@example.de'], tgt=['ok'])"
 SCRIPT = f"""
