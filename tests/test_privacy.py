@@ -339,3 +339,35 @@ def test_resolve_is_the_priority_rule_with_or_without_overlaps() -> None:
         overlapping += len(expected) < len(findings)
         assert resolve(findings) == expected, findings
     assert 100 < overlapping < 1900  # both paths taken
+
+
+def test_the_iban_check_is_stdnums_for_every_country_and_odd_forms() -> None:
+    """detectors._mod97 + _iban_valid (stdnum's per-country data looked up once) decide as
+    stdnum.iban.is_valid does: an IBAN of each registry country with a BBAN of its format, the same
+    with a wrong check digit or a wrong length, letters where digits go, unknown countries, and the
+    countries with their own check (BE, ES, ...) with random BBANs."""
+    import random
+
+    from stdnum import iban, numdb
+
+    from ernie_ops.privacy.detectors import _iban_valid, _mod97
+
+    r = random.Random(11)
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    kinds = {"n": "0123456789", "a": letters, "c": "0123456789" + letters}
+    samples: list[str] = []
+    countries = [(low, props) for _, low, _, props, _ in numdb.get("iban").prefixes]
+    for code, props in [*countries, ("XX", {"bban": "18!n"}), ("QQ", {"bban": "4!a14!c"})]:
+        for _ in range(30):
+            parts = iban._struct_re.findall(props["bban"])  # ("8", "n"): 8 digits
+            bban = "".join(r.choice(kinds[kind]) for n, kind in parts for _ in range(int(n)))
+            if r.random() < 0.2:  # letters where digits go, or a character more or less
+                bban = r.choice([bban + r.choice(kinds["c"]), bban[:-1], bban.replace("0", "Q")])
+            value = code + iban.mod_97_10.calc_check_digits(bban + code) + bban
+            samples += [value, value[:2] + f"{(int(value[2:4]) + 1) % 100:02d}" + value[4:]]
+    valid = 0
+    for value in samples:
+        expected = iban.is_valid(value)
+        valid += expected
+        assert (_mod97(value) and _iban_valid(value)) == expected, value
+    assert 0 < valid < len(samples)

