@@ -177,6 +177,30 @@ def test_cancel_stops_a_request(engine):
         engine.stop()
 
 
+def test_requests_sent_together_to_an_idle_engine_share_one_prefill(engine, alone, monkeypatch):
+    from ernie_ops.serve.engine import scheduler
+
+    # a wide window: submits in a loop fall within it even on a loaded machine (no timing asserted)
+    monkeypatch.setattr(scheduler, "GATHER_S", 0.5)
+    monkeypatch.setattr(scheduler, "GATHER_MAX_S", 30.0)
+    groups: list[int] = []
+    prefill = engine._prefill
+
+    def counted(group):
+        groups.append(len(group))
+        prefill(group)
+
+    monkeypatch.setattr(engine, "_prefill", counted)
+    engine.start()
+    try:
+        handles = [engine.submit(p, greedy(16)) for p in PROMPTS]  # a full batch: no wait after the last
+        results = [h.result(timeout=60) for h in handles]
+    finally:
+        engine.stop()
+    assert groups == [len(PROMPTS)]
+    assert [r.token_ids for r in results] == [a.token_ids for a in alone]
+
+
 def test_streamed_deltas_concatenate_to_the_text(engine, alone):
     text = alone[3].text
     stop = next(text[i : i + 3] for i in range(6, len(text) - 3) if "\ufffd" not in text[i : i + 3])

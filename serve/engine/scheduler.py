@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -52,6 +53,12 @@ log = logging.getLogger(__name__)
 PREFILL_TOKENS = 4096
 # A longer prompt is prefilled this many tokens per step, between the running rows' decode steps.
 PREFILL_CHUNK = 256  # on 2 cores at the 0.3B shape: ~2 s of prefill between two decode steps
+# An idle engine woken by a request waits while more keep arriving (each within GATHER_S of the one
+# before, GATHER_MAX_S at most) so that requests sent together share one prefill: 8 prompts submitted
+# in a loop were otherwise prefilled as 2 + 6 or so, which took 4.20 s to 32 tokens each against 4.09
+# (0.3B shape, 2 cores). A lone request's first token comes GATHER_S later.
+GATHER_S = 0.002
+GATHER_MAX_S = 0.02
 
 
 class Engine:
@@ -218,12 +225,29 @@ class Engine:
         self._thread = None
 
     def _loop(self) -> None:
+        idle = True
         while not self._stopping:
             if not self.has_work():
                 self._wake.wait(0.5)
                 self._wake.clear()
+                idle = True
                 continue
+            if idle:
+                self._gather()
+                idle = False
             self.step()
+
+    def _gather(self) -> None:
+        """Wait while requests keep arriving at the idle engine (see GATHER_S), up to a full batch."""
+        deadline = time.monotonic() + GATHER_MAX_S
+        seen = 0
+        while time.monotonic() < deadline:
+            with self._lock:
+                waiting = len(self._waiting)
+            if waiting == seen or waiting >= self.max_batch_size:
+                return
+            seen = waiting
+            time.sleep(GATHER_S)
 
     def has_work(self) -> bool:
         with self._lock:
