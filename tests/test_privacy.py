@@ -371,3 +371,28 @@ def test_the_iban_check_is_stdnums_for_every_country_and_odd_forms() -> None:
         valid += expected
         assert (_mod97(value) and _iban_valid(value)) == expected, value
     assert 0 < valid < len(samples)
+
+
+def test_the_eu_vat_check_is_stdnums_on_what_the_vat_pattern_matches() -> None:
+    """ids.validator("eu.vat") (the country's module directly) decides as stdnum.eu.vat.is_valid
+    does on VAT_PATTERN's matches: generated valid numbers and random ones for every prefix."""
+    import random
+
+    from stdnum.eu import vat
+
+    from ernie_ops.privacy.ids import VAT_PATTERN, VAT_PREFIXES, validator
+
+    r = random.Random(12)
+    g = generate.Gen(13)
+    samples = [g.vat() for _ in range(300)]
+    for prefix in VAT_PREFIXES.split("|"):
+        for _ in range(60):
+            body = "".join(r.choice("0123456789" * 4 + "ABLPXZ+* ") for _ in range(r.randint(7, 13)))
+            samples.append(prefix + body.strip())
+    checked = valid = 0
+    for text in samples:
+        for m in VAT_PATTERN.finditer(text):
+            expected = vat.is_valid(m.group())
+            assert validator("eu.vat")(m.group()) == expected, m.group()
+            checked, valid = checked + 1, valid + expected
+    assert checked > 1000 and 100 < valid < checked

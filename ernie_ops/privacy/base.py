@@ -140,19 +140,17 @@ def entropy(value: str) -> float:
 
 
 # the last sentence mark, number or line break before a value; a line break after a colon is not
-# one ("PESEL:\n9110..." is labelled). \Z, not $: $ also matches before a final newline, which made
-# the search stop at an earlier line break in some texts and not in others.
-_CLAUSE_END = re.compile(
-    r"(?:[0-9.!?;。！？；]|(?<![:：])(?<![:：][ \t])\n)"
-    r"(?=(?:[^0-9.!?;。！？；\n]|(?<=[:：])\n|(?<=[:：][ \t])\n)*\Z)"
-)
+# one ("PESEL:\n9110..." is labelled). Matched from the window's start: the greedy .* runs to its
+# end and backs off to the last one (a search for one with none after it, a lookahead to the end
+# at each candidate, took 1.2 us more a call on the bench's texts).
+_TO_CLAUSE_END = re.compile(r"(?s:.*)(?:[0-9.!?;。！？；]|(?<![:：])(?<![:：][ \t])\n)")
 
 
 def before(text: str, start: int, pattern: re.Pattern[str], window: int = 40) -> bool:
     """Does PATTERN occur in the WINDOW characters before START, in the same clause and with no
     other number in between (a keyword that says what this value is, not what another one is)?"""
     lo = max(0, start - window)
-    cut = _CLAUSE_END.search(text, lo, start)
+    cut = _TO_CLAUSE_END.match(text, lo, start)
     return pattern.search(text, cut.end() if cut else lo, start) is not None
 
 

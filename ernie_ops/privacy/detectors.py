@@ -164,7 +164,7 @@ def _card(text: str, m: re.Match[str]) -> tuple[int, int, str] | None:
             break
         if end < len(value) and not (part.isdigit() or _FOURS.fullmatch(part)):
             continue
-        one_separator = len({c for c in part if c in " -"}) <= 1
+        one_separator = not (" " in part and "-" in part)
         if len(digits) <= 19 and one_separator and _CARD_RANGES.fullmatch(digits) and luhn_ok(digits):
             return m.start(), m.start() + end, "luhn"
     return None

@@ -53,6 +53,7 @@ def validator(name: str) -> Callable[[str], bool]:
     much cheaper than the rest of its validation (_FIRST_CHECKS)."""
     module = importlib.import_module(f"stdnum.{name}")
     first = _FIRST_CHECKS.get(name)
+    decide = _DECIDES.get(name, _is_valid)
 
     @lru_cache(maxsize=VALIDATION_CACHE)
     def is_valid(value: str) -> bool:
@@ -63,7 +64,7 @@ def validator(name: str) -> Callable[[str], bool]:
             except Exception:  # a form the first check does not know: the module decides
                 pass
         try:
-            return bool(module.is_valid(value))
+            return decide(module, value)
         except Exception:
             # is_valid catches only stdnum's ValidationError; cn.ric raises KeyError for a number
             # whose province is known and its county not (1 random 18-digit run in 800): such a
@@ -71,6 +72,22 @@ def validator(name: str) -> Callable[[str], bool]:
             return False
 
     return is_valid
+
+
+def _is_valid(module: ModuleType, value: str) -> bool:
+    return bool(module.is_valid(value))
+
+
+def _eu_vat(vat: ModuleType, value: str) -> bool:
+    """`stdnum.eu.vat.is_valid` of a VAT_PATTERN match: its cleaning leaves such a value as it is
+    (ASCII letters, digits, spaces, + and *), so the module of the country it starts with decides
+    (3 of its 8 to 12 us a call were the cleaning)."""
+    country = vat._get_cc_module(value[:2])
+    return country is not None and bool(country.is_valid(value))
+
+
+# module -> what decides in place of the module's is_valid (the same answers on our candidates)
+_DECIDES: dict[str, Callable[[ModuleType, str], bool]] = {"eu.vat": _eu_vat}
 
 
 def _ric_first(ric: ModuleType, value: str) -> bool:
