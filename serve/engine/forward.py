@@ -398,7 +398,8 @@ class DenseForward:
         out = np.empty((rows, kv, group, steps, dim), dtype=np.float32)
         block = rows if steps == 1 else max(1, SCORES // (heads * min(steps, 256) * keys.shape[2]))
         # on this thread only: a prompt's blocks on the helpers too measured slower (8x64: MKL's
-        # threads still spin on the cores after the products around it)
+        # threads still spin on the cores after the products around it; with OpenBLAS's on an AMD
+        # EPYC, 1.77 against 1.59 s for the whole prefill)
         for r in range(0, rows, block):
             k, v = keys[r : r + block], values[r : r + block]
             for s in range(0, steps, 256):
