@@ -396,3 +396,27 @@ def test_the_eu_vat_check_is_stdnums_on_what_the_vat_pattern_matches() -> None:
             assert validator("eu.vat")(m.group()) == expected, m.group()
             checked, valid = checked + 1, valid + expected
     assert checked > 1000 and 100 < valid < checked
+
+
+def test_the_identifier_scans_skipped_by_their_hints_would_have_found_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ids._SCAN_HINTS (VAT_PATTERN and LETTERS_PATTERN without their lookarounds, in RE2) skip
+    only scans that find nothing: the detector finds the same with the hints and without them, on
+    the corpus, generated records and random strings of identifier characters."""
+    import random
+
+    from ernie_ops.privacy import ids
+
+    pytest.importorskip("re2")
+    detector = ids.IdentifierDetector()
+    r = random.Random(14)
+    alphabet = "0123456789" * 3 + "ABDEFGLMNPRSTUXYZ+*-. \n"
+    texts = _texts_with_whitespace(corpus()[:300] + generate.generate(300, 4322))
+    texts += ["".join(r.choice(alphabet) for _ in range(r.randint(8, 40))) for _ in range(20000)]
+    with_hints = [list(detector.find(t)) for t in texts]
+    monkeypatch.setattr(ids, "_hints", lambda: None)
+    without = [list(detector.find(t)) for t in texts]
+    assert with_hints == without
+    assert sum(1 for f in with_hints for x in f if x.type == "VAT_ID") > 50
+    assert sum(1 for f in with_hints for x in f if x.detail in ("es.dni", "gb.nino", "it.codicefiscale")) > 50

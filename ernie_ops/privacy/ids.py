@@ -213,6 +213,29 @@ VAT_PATTERN = re.compile(
     rf"(?:{_VAT_PREFIX}) ?[0-9A-Z](?:[0-9A-Z+*]| (?=[0-9A-Z]))" + r"{6,14}(?![0-9A-Za-z])"
 )
 
+# What a match of VAT_PATTERN and of LETTERS_PATTERN holds (each without its lookarounds, which RE2
+# has not): where one of these is nowhere in a text, that scan is skipped. One pass of RE2's set
+# (0.8 us a text) in place of the two scans (1.4 and 2.8 us) in most texts the trigger picks: on
+# the bench's fresh PII records a VAT prefix is in 41% of them, an identifier with letters in 17%.
+_SCAN_HINTS = (
+    rf"(?:{VAT_PREFIXES}) ?[0-9A-Z][0-9A-Z+* ]{{6}}",
+    "|".join(pattern for _, pattern in LETTER_SCHEMES),
+)
+
+
+@cache
+def _hints() -> Callable[[bytes], list[int] | None] | None:
+    """The C++ match of an RE2 set of _SCAN_HINTS (None without google-re2: both scans run)."""
+    try:
+        import re2
+    except ImportError:
+        return None
+    hints = re2.Set.SearchSet(re2.Options())
+    for pattern in _SCAN_HINTS:
+        hints.Add(pattern)
+    hints.Compile()
+    return getattr(hints, "_set", hints).Match  # past the wrapper's str check, as masker.Gate
+
 
 class IdentifierDetector:
     name = "stdnum"
@@ -227,9 +250,16 @@ class IdentifierDetector:
     skips_outranked = True  # see base.inside
 
     def find(self, text: str, taken: Taken = ()) -> Iterator[Finding]:
-        yield from self._vat(text, taken)
+        vat = letters = True
+        hints = _hints()
+        if hints is not None:
+            found = hints(text.encode("utf-8", "surrogatepass")) or ()
+            vat, letters = 0 in found, 1 in found
+        if vat:
+            yield from self._vat(text, taken)
         yield from self._digits(text, taken)
-        yield from self._letters(text, taken)
+        if letters:
+            yield from self._letters(text, taken)
 
     def _vat(self, text: str, taken: Taken) -> Iterator[Finding]:
         for m in VAT_PATTERN.finditer(text):
