@@ -420,3 +420,29 @@ def test_the_identifier_scans_skipped_by_their_hints_would_have_found_nothing(
     assert with_hints == without
     assert sum(1 for f in with_hints for x in f if x.type == "VAT_ID") > 50
     assert sum(1 for f in with_hints for x in f if x.detail in ("es.dni", "gb.nino", "it.codicefiscale")) > 50
+
+
+def test_the_address_scan_with_only_the_countries_whose_street_words_occur_finds_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """detectors.AddressDetector leaves out the countries' patterns whose street words are not in
+    the text: it finds what the whole pattern finds, on the corpus, generated records and random
+    mixes of street words, numbers, postcodes and city names."""
+    import random
+
+    from ernie_ops.privacy import detectors
+
+    pytest.importorskip("re2")
+    detector = detectors.AddressDetector()
+    r = random.Random(15)
+    pieces = [
+        *"Street St Road Ave Dr Pl Blvd Way rue avenue bd place straße Hauptstraße weg Ring".split(),
+        *"12 1600 75002 10115 SW1A 2AA DC 20500 NW Paris Berlin London Washington de la".split(),
+        "北京市朝阳区建国路88号", "88号", "邮编 100022", ",", "\n", "Musterstr.", "D-10115",
+    ]  # fmt: skip
+    texts = _texts_with_whitespace(corpus()[:300] + generate.generate(300, 4323))
+    texts += [" ".join(r.choice(pieces) for _ in range(r.randint(2, 12))) for _ in range(20000)]
+    with_words = [list(detector.find(t)) for t in texts]
+    monkeypatch.setattr(detectors, "_street_words", lambda: None)
+    assert with_words == [list(detector.find(t)) for t in texts]
+    assert sum(map(len, with_words)) > 500
