@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -21,7 +20,7 @@ from typing import Any
 from ernie_ops.benchmark import print_table, write_report
 from servebench import REPO
 from servebench.checkpoint import NEW_TOKENS, PROMPT_LEN, SEED, SERVED_NAME, prompts
-from servebench.measure import free_port, pct
+from servebench.measure import pct
 from servebench.server import Server
 
 # ---------------------------------------------------------------------------------------------
@@ -87,28 +86,9 @@ class StampingServer(Server):
             env["PYTHONPATH"] = (
                 f"{pythonpath}{os.pathsep}{env['PYTHONPATH']}" if env.get("PYTHONPATH") else str(pythonpath)
             )
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = work / f"server-{label}.log"
-        self._log = self.log_path.open("w")
-        cmd = [
-            sys.executable,
-            "-c",
-            STAMPING_SERVER,
-            str(self.stamps_path),
-            "--model",
-            str(model_dir),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--served-model-name",
-            SERVED_NAME,
-            "--max-batch-size",
-            str(OVERHEAD_BATCH),
-        ]
         # cwd: not the checkout, whose ernie_ops/ would shadow PYTHONPATH's ('' leads sys.path)
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=work)
+        program = ("-c", STAMPING_SERVER, str(self.stamps_path))
+        super().__init__(model_dir, env, work / f"server-{label}.log", program, OVERHEAD_BATCH, cwd=work)
 
     def stamps(self) -> dict[str, list[float]]:
         return dict(json.loads(self.stamps_path.read_text()))

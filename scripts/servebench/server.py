@@ -25,15 +25,22 @@ from servebench.measure import free_port, pct, vm_rss_mb
 class Server:
     """`python -m ernie_ops.serve.openai_server` on a free loopback port; always stopped on exit."""
 
-    def __init__(self, model_dir: Path, env: dict[str, str], log_path: Path):
+    def __init__(
+        self,
+        model_dir: Path,
+        env: dict[str, str],
+        log_path: Path,
+        program: tuple[str, ...] = ("-m", "ernie_ops.serve.openai_server"),
+        batch: int = BATCH,
+        cwd: Path | None = None,
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("w")
         cmd = [
             sys.executable,
-            "-m",
-            "ernie_ops.serve.openai_server",
+            *program,
             "--model",
             str(model_dir),
             "--host",
@@ -43,9 +50,9 @@ class Server:
             "--served-model-name",
             SERVED_NAME,
             "--max-batch-size",
-            str(BATCH),
+            str(batch),
         ]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd)
 
     def wait_ready(self, timeout: float) -> float:
         import httpx
