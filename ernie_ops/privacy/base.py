@@ -108,7 +108,11 @@ def inside(taken: Taken, pos: int) -> bool:
     found by detectors whose types outrank all of theirs. A candidate that starts inside one of them
     would lose to it in `resolve` whatever it is, so its validation (a checksum, libphonenumber)
     is skipped: the digits of an IBAN are not tried as a phone number, a VAT number or a card."""
-    return any(f.start <= pos < f.end for f in taken)
+    # a loop, not any() over a generator (330 -> 120 ns a call): called for most candidates
+    for f in taken:  # noqa: SIM110
+        if f.start <= pos < f.end:
+            return True
+    return False
 
 
 _START = attrgetter("start")
