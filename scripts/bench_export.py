@@ -15,7 +15,11 @@ safetensors bytes). The first run may read the checkpoint from disk, later ones 
 (which is not counted in a process's RSS: the conversion reads with plain reads, no mmap).
 
 `--formats` adds GGUF exports (`--format gguf --quant Q`, one file for llama.cpp) beside the
-transformers one: `--formats hf,gguf-f32,gguf-q8_0,gguf-q4_0`; each is measured the same way.
+transformers one: `--formats hf,gguf-f32,gguf-q8_0,gguf-q4_0`; each is measured the same way, and
+with llama-cpp-python installed (the `llamacpp` extra) its logits are compared with ERNIEKit's:
+the exported file loaded by llama.cpp and ERNIEKit's own model of the checkpoint, each in a child
+process, on the same 64 random token ids; the largest absolute difference over every position and
+the vocabulary (issue #21: below 1e-3 for f32; the quantized files' drift is reported).
 
     .venv/bin/python scripts/bench_export.py              # 3 runs each, JSON to runs/bench/export.json
     .venv/bin/python scripts/bench_export.py --repeat 1 --max-shard-size 500MB --dtypes bfloat16
@@ -38,6 +42,8 @@ from typing import Any
 from ernie_ops.benchmark import bench_parser, memory_bytes, print_table, script, write_report
 
 TARGET = 1.5  # peak RSS / checkpoint bytes
+GGUF_F32_LOGITS = 1e-3  # max |logit difference| of an f32 GGUF against ERNIEKit (issue #21)
+LOGIT_PROMPT = 64  # token ids, random (seeded) within the vocabulary
 
 
 def _format_args(fmt: str) -> list[str]:
@@ -79,6 +85,64 @@ def child(src: str, out: str, shard: str, fmt: str = "hf") -> int:
     return 0
 
 
+def logits_child(kind: str, path: str, out: str) -> int:
+    """The logits [64, vocab] of LOGIT_PROMPT token ids, saved to OUT (.npy): of ERNIEKit's model of
+    the checkpoint PATH (kind "erniekit") or of llama.cpp's load of the GGUF file PATH ("llamacpp")."""
+    import numpy as np
+
+    vocab = (
+        int(json.loads((Path(path) / "config.json").read_text())["vocab_size"]) if kind == "erniekit" else 0
+    )
+    if kind == "erniekit":
+        from ernie_ops.serve.engine.forward import load_reference, reference_logits
+
+        logits = reference_logits(load_reference(Path(path)), _prompt(vocab))
+    else:
+        from llama_cpp import Llama
+
+        llm = Llama(
+            model_path=path, n_ctx=2 * LOGIT_PROMPT, n_batch=LOGIT_PROMPT, logits_all=True, verbose=False
+        )
+        ids = _prompt(llm.n_vocab())
+        llm.eval(ids)
+        logits = np.asarray(llm.scores[: len(ids)])
+    np.save(out, logits.astype(np.float32))
+    return 0
+
+
+def _prompt(vocab: int) -> list[int]:
+    import random
+
+    rng = random.Random(0)
+    return [rng.randrange(5, vocab) for _ in range(LOGIT_PROMPT)]  # past the special tokens
+
+
+def logit_drift(model: Path, gguf: Path, work: Path, reference: dict[Path, Any]) -> float | None:
+    """Max |logits(llama.cpp on GGUF) - logits(ERNIEKit on MODEL)|; None without llama-cpp-python.
+    ERNIEKit's logits are computed once per checkpoint (kept in REFERENCE)."""
+    import importlib.util
+
+    import numpy as np
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        return None
+    if model not in reference:
+        reference[model] = np.load(_logits_in_child("erniekit", model, work / "erniekit.npy"))
+    theirs = np.load(_logits_in_child("llamacpp", gguf, work / f"{gguf.stem}.npy"))
+    ours = reference[model]
+    if theirs.shape != ours.shape:
+        raise RuntimeError(f"llama.cpp gave logits {theirs.shape}, ERNIEKit {ours.shape}")
+    return float(np.abs(theirs - ours).max())
+
+
+def _logits_in_child(kind: str, path: Path, out: Path) -> Path:
+    cmd = [sys.executable, __file__, "--logits-child", kind, str(path), str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "USE_TORCH": "0"})
+    if done.returncode != 0:
+        raise RuntimeError(f"the {kind} logits run failed:\n{done.stderr[-3000:]}")
+    return out
+
+
 def weights_bytes(path: Path) -> int:
     if path.is_file():  # a GGUF file
         return path.stat().st_size
@@ -111,9 +175,13 @@ def bf16_copy(model: Path) -> Path:
     return out
 
 
-def measure(model: Path, repeat: int, shard: str, fmt: str = "hf") -> dict[str, Any] | None:
-    """`repeat` exports of MODEL to FMT, each in its own child process."""
+def measure(
+    model: Path, repeat: int, shard: str, fmt: str = "hf", reference: dict[Path, Any] | None = None
+) -> dict[str, Any] | None:
+    """`repeat` exports of MODEL to FMT, each in its own child process; a GGUF's logits against
+    ERNIEKit's (the last run's file; REFERENCE caches ERNIEKit's logits per checkpoint)."""
     size = weights_bytes(model)
+    drift = None
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="ernie-ops-bench-export-", dir=model.parent) as tmp:
         for i in range(repeat):
@@ -135,6 +203,8 @@ def measure(model: Path, repeat: int, shard: str, fmt: str = "hf") -> dict[str, 
                 f"peak RSS {measured['peak_rss'] / 2**20:,.0f} MiB",
                 flush=True,
             )
+            if fmt.startswith("gguf-") and i == repeat - 1:
+                drift = logit_drift(model, out, Path(tmp), {} if reference is None else reference)
             if out.is_dir():
                 shutil.rmtree(out)
             else:
@@ -151,6 +221,8 @@ def measure(model: Path, repeat: int, shard: str, fmt: str = "hf") -> dict[str, 
         "baseline_rss": max(r["baseline_rss"] for r in runs),
         "peak_rss_over_checkpoint": peak / size,
         "target_met": peak / size < TARGET,
+        "format": fmt,
+        "logits_max_abs_vs_erniekit": drift,
     }
 
 
@@ -165,18 +237,22 @@ def main() -> int:
         "--formats", default="hf", help="hf and / or gguf-<quant> (f32, f16, q8_0, q4_0), comma-separated"
     )
     parser.add_argument("--child", nargs=4, metavar=("SRC", "OUT", "SHARD", "FMT"), help=argparse_hidden())
+    parser.add_argument("--logits-child", nargs=3, metavar=("KIND", "PATH", "OUT"), help=argparse_hidden())
     args = parser.parse_args()
     if args.child:
         return child(*args.child)
+    if args.logits_child:
+        return logits_child(*args.logits_child)
 
     serve = script("bench_serve_cpu")
     fp32 = serve.build_model(args.model_dir or serve.DEFAULT_MODEL_DIR)
     results: dict[str, dict[str, Any]] = {}
+    reference: dict[Path, Any] = {}  # ERNIEKit's logits per checkpoint, for the GGUF files
     formats = args.formats.split(",")
     for dtype in args.dtypes.split(","):
         model = fp32 if dtype == "float32" else bf16_copy(fp32)
         for fmt in formats:
-            measured = measure(model, args.repeat, args.max_shard_size, fmt)
+            measured = measure(model, args.repeat, args.max_shard_size, fmt, reference)
             if measured is None:
                 return 1
             results[dtype if formats == ["hf"] else f"{dtype} -> {fmt}"] = measured
@@ -192,12 +268,19 @@ def main() -> int:
         ("  of which imports (RSS before)", lambda r: f"{r['baseline_rss'] / mib:,.0f} MiB"),
         ("peak RSS / checkpoint size", lambda r: f"{r['peak_rss_over_checkpoint']:.2f}x"),
         ("read rate", lambda r: f"{r['checkpoint_bytes'] / mib / r['seconds_median']:,.0f} MiB/s"),
+        ("logits max |diff| vs ERNIEKit", _drift_cell),
     ):
         rows.append([label, *(show(r) for r in results.values())])
     print()
     print_table(rows)
     met = all(r["target_met"] for r in results.values())
     print(f"\ntarget peak RSS < {TARGET}x checkpoint: {'met' if met else 'MISSED'}")
+    f32 = [r["logits_max_abs_vs_erniekit"] for k, r in results.items() if k.endswith("gguf-f32")]
+    if f32 and f32[0] is not None:
+        print(
+            f"target f32 GGUF logits within {GGUF_F32_LOGITS:g} of ERNIEKit's: {f32[0]:.2e}, "
+            f"{'met' if f32[0] < GGUF_F32_LOGITS else 'MISSED'}"
+        )
     write_report(
         args.out,
         shape=serve.SHAPE,
@@ -208,6 +291,13 @@ def main() -> int:
         results=results,
     )
     return 0
+
+
+def _drift_cell(r: dict[str, Any]) -> str:
+    drift = r["logits_max_abs_vs_erniekit"]
+    if not r["format"].startswith("gguf-"):
+        return ""
+    return "no llama-cpp-python" if drift is None else f"{drift:.2e}"
 
 
 def argparse_hidden() -> str:
