@@ -169,15 +169,24 @@ print(mkl.MKL_Get_Max_Threads(), len(os.sched_getaffinity(0)))
     assert int(mkl) == int(cpus)
 
 
-@pytest.mark.parametrize("mkl", [True, False], ids=["paddle-mkl", "numpy-openblas"])
-def test_a_prompt_through_either_prompt_matmul_equals_erniekit(tiny_dense, reference, mkl, monkeypatch):
+@pytest.mark.parametrize(
+    ("mkl", "length"),
+    [(True, 40), (False, 40), (False, 120)],
+    ids=["paddle-mkl", "openblas-small-kernel", "openblas-sgemm"],
+)
+def test_a_prompt_through_either_prompt_matmul_equals_erniekit(
+    tiny_dense, reference, mkl, length, monkeypatch
+):
     from ernie_ops.serve.engine import forward
 
     monkeypatch.setattr(forward, "_mkl_for_prompts", lambda: mkl)
+    small = forward.SMALL_ROWS if mkl else forward.SMALL_ROWS_OPENBLAS
+    monkeypatch.setattr(forward, "_small_rows", lambda: small)
     config, _, _ = load_checkpoint(tiny_dense)
     net = DenseForward.load(tiny_dense, config)
-    prompt = [int(t) for t in np.random.default_rng(1).integers(3, 1000, 40)]
-    assert len(prompt) > forward.SMALL_ROWS  # the prompt's rows go through the prompt matmul
+    prompt = [int(t) for t in np.random.default_rng(1).integers(3, 1000, length)]
+    # 40 rows beside MKL and 120 beside OpenBLAS: the prompt matmul; 40 beside OpenBLAS: the small kernel
+    assert (len(prompt) > small) == (mkl or length == 120)
     ids, positions, bias, _ = prefill_inputs([prompt])
     logits = net.forward(ids, positions, bias, net.new_cache(1, len(prompt)), 0)
     np.testing.assert_allclose(logits[0], reference_logits(reference, prompt)[-1], atol=1e-4, rtol=0)

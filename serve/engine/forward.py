@@ -32,7 +32,10 @@ Which kernel multiplies (`_matmul`), measured on 2 cores (Xeon, AVX-512; 0.3B sh
   code on them; on an AMD EPYC (Zen 4, AVX-512, OpenBLAS's Cooperlake kernels) an 8x64-token
   prefill forward took 3.7 s through MKL against 1.6 s through OpenBLAS on 2 threads, 6.8 against
   2.9 s on one (OpenBLAS at about the core's peak); through MKL the prefill was two thirds of an
-  8-concurrent run there.
+  8-concurrent run there. There OpenBLAS's sgemm (which packs the weight) is also slower than the
+  small-matrix kernel up to ~110 rows: the four products of a layer at 32 / 64 / 96 / 128 rows took
+  9.9 / 14.0 / 18.0 / 22.5 ms against 5.5 / 10.2 / 16.1 / 24.1 (2 threads, best of 5), so without
+  MKL prompts of up to SMALL_ROWS_OPENBLAS rows take `_small_matmul` too (`_small_rows`).
 ERNIEKit's forward itself is not used for serving: it concatenates the cache every step, builds
 masks and casts, and runs its LM head over every prompt position. Kept (`Engine(...,
 reference=True)`, the tests), ERNIEKit's model is the reference: `reference_logits` runs it, and the
@@ -162,6 +165,7 @@ def _tensor(array: np.ndarray) -> Any:
 
 SCORES = 1 << 16  # attention scores (float32) computed at once: 256 KB, within the L2 cache
 SMALL_ROWS = 24  # up to this many rows, `_small_matmul` (one row: gemv; more: a prompt's; see `_matmul`)
+SMALL_ROWS_OPENBLAS = 96  # ... where prompts go through OpenBLAS, not MKL (`_small_rows`)
 SMALL_PRODUCT = 100**3  # OpenBLAS's small-matrix kernel takes M x N x K up to this
 SMALL_OUTPUT = 1200  # ... and, with the weight transposed (our case), M x N up to this
 PARTS = 4  # runs of blocks per thread in `_small_matmul`
@@ -177,11 +181,18 @@ def _matmul(x: np.ndarray, rows: np.ndarray, tensor: Any) -> np.ndarray:
 
     if len(x) == 1:
         return (rows @ x[0])[None]
-    if len(x) <= SMALL_ROWS:
+    if len(x) <= _small_rows():
         return _small_matmul(np.ascontiguousarray(x), rows)
     if not _mkl_for_prompts():
         return x @ rows.T
     return np.from_dlpack(paddle.matmul(_tensor(x), tensor, transpose_y=True))
+
+
+@functools.cache
+def _small_rows() -> int:
+    """Up to how many rows `_small_matmul` multiplies: SMALL_ROWS beside MKL's prompts, more beside
+    OpenBLAS's sgemm, which packs every weight first (the module docstring has the figures)."""
+    return SMALL_ROWS if _mkl_for_prompts() else SMALL_ROWS_OPENBLAS
 
 
 @functools.cache
