@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import os
 import shutil
 import statistics
@@ -208,13 +209,15 @@ def compare_main(args: Any, env: dict[str, str]) -> int:
     ]
     for c in contenders:
         b = best[c]
+        # llama.cpp's own tools report only their peak (the process's ru_maxrss), no steady RSS
+        rss = "-" if math.isnan(b["rss_mb"]) else f"{b['rss_mb']:.0f}"
         rows.append(
             [
                 c,
                 f"{b['b1_decode_tok_s']:.1f}{rel(c, 'b1_decode_tok_s')}",
                 f"{b['b8_e2e_tok_s']:.1f}{rel(c, 'b8_e2e_tok_s')}",
                 f"{b['b1_ttft_s']:.3f}{rel(c, 'b1_ttft_s')}",
-                f"{b['rss_mb']:.0f} / {b['peak_rss_mb']:.0f}",
+                f"{rss} / {b['peak_rss_mb']:.0f}",
             ]
         )
     print()
