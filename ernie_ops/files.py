@@ -118,8 +118,7 @@ def atomic_output(
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask like any file
         with os.fdopen(fd, "wb", buffering=1 << 20) as raw:
             if compress if compress is not None else path.name.endswith(".gz"):
-                # mtime=0: the same data gives the same bytes (fingerprints, caches)
-                with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) as gz:
+                with gzip_writer(raw) as gz:
                     yield gz  # type: ignore[misc]
             else:
                 yield raw
@@ -132,6 +131,12 @@ def atomic_output(
         raise
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def gzip_writer(raw: IO[bytes]) -> gzip.GzipFile:
+    """A gzip member written into RAW as every output of the toolkit is compressed; mtime 0 and no
+    name: the same data gives the same bytes (fingerprints, caches)."""
+    return gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0)
 
 
 @contextlib.contextmanager

@@ -294,3 +294,23 @@ def test_the_progress_bar_counts_the_bytes_of_every_worker(
     source.write_bytes(b"\n".join(_awkward_lines()) * 20)
     mask_file(source, tmp_path / "out.jsonl", default_masker(), progress=True, jobs=3)
     assert [(bar.total, bar.n) for bar in bars] == [(source.stat().st_size, source.stat().st_size)]
+
+
+def test_a_bug_in_a_worker_is_raised_with_its_traceback_and_leaves_nothing(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Not a user mistake: the parent raises it with the worker's traceback (no hang, no output file,
+    no part file), on every Python the toolkit supports (no 3.11-only exception notes)."""
+    from ernie_ops.data import mask
+
+    def broken(lines, masker, result):  # type: ignore[no-untyped-def]
+        raise ZeroDivisionError("the masker broke")
+
+    monkeypatch.setattr(mask, "mask_lines", broken)  # the forked workers inherit it
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"\n".join(_awkward_lines()) + b"\n")
+    with pytest.raises(RuntimeError, match=r"mask worker [12] failed: ZeroDivisionError") as raised:
+        mask_file(source, tmp_path / "out.jsonl", default_masker(), progress=False, jobs=2)
+    assert "the masker broke" in str(raised.value) and "Traceback" in str(raised.value)
+    assert isinstance(raised.value.__cause__, ZeroDivisionError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]

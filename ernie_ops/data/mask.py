@@ -24,7 +24,6 @@ as one file):
 from __future__ import annotations
 
 import contextlib
-import gzip
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -49,7 +48,7 @@ from ernie_ops.data.read import (
     require_file,
 )
 from ernie_ops.errors import UserError
-from ernie_ops.files import append_file, atomic_output, unnamed_files
+from ernie_ops.files import append_file, atomic_output, gzip_writer, unnamed_files
 from ernie_ops.privacy.masker import Masker, Scope
 from ernie_ops.proc import die_with_parent
 
@@ -260,10 +259,9 @@ def _picklable(err: Exception) -> Exception:
 
 
 def _maybe_gzip(raw: IO[bytes], compress: bool) -> contextlib.AbstractContextManager[IO[bytes]]:
-    # as atomic_output compresses: the same bytes for the same data (mtime 0, no name)
     if not compress:
         return contextlib.nullcontext(raw)
-    return gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0)  # type: ignore[return-value]
+    return gzip_writer(raw)  # type: ignore[return-value]
 
 
 def _counted(chunks: Iterator[Chunk], done: Any, k: int) -> Iterator[Chunk]:
@@ -307,10 +305,8 @@ def _outcome(receive: Any, worker: Any, k: int) -> MaskResult:
         ) from None
     if message[0] == "user":
         raise UserError(message[1], where=message[2], hint=message[3])
-    if message[0] == "error":
-        err = message[1]
-        err.add_note(f"in mask worker {k + 1}:\n{message[2]}")
-        raise err
+    if message[0] == "error":  # a bug, not a user mistake: its traceback in the worker goes with it
+        raise RuntimeError(f"mask worker {k + 1} failed: {message[1]!r}\n{message[2]}") from message[1]
     return message[1]
 
 
