@@ -373,6 +373,20 @@ def test_the_iban_check_is_stdnums_for_every_country_and_odd_forms() -> None:
     assert 0 < valid < len(samples)
 
 
+def test_the_iban_check_falls_back_to_stdnum_without_its_private_helper(monkeypatch) -> None:
+    """A python-stdnum release without iban._struct_to_re (private) is asked iban.is_valid itself."""
+    from ernie_ops.privacy import detectors
+
+    monkeypatch.setattr(detectors, "_stdnum_helper", lambda: False)
+    monkeypatch.setattr(detectors, "_iban_country", None)  # would raise if it were still called
+    detectors._iban_valid.cache_clear()
+    try:
+        assert detectors._iban_valid("DE89370400440532013000")
+        assert not detectors._iban_valid("DE89370400440532013001")
+    finally:
+        detectors._iban_valid.cache_clear()
+
+
 def test_the_eu_vat_check_is_stdnums_on_what_the_vat_pattern_matches() -> None:
     """ids.validator("eu.vat") (the country's module directly) decides as stdnum.eu.vat.is_valid
     does on VAT_PATTERN's matches: generated valid numbers and random ones for every prefix."""
