@@ -39,6 +39,14 @@ A missed target is reported, not an exit status: the script fails only when some
     .venv/bin/python scripts/bench_serve_cpu.py --part engine-detail # long prompts, soak, PyTorch
     .venv/bin/python scripts/bench_serve_cpu.py --part server-overhead   # ~3 minutes, see below
     .venv/bin/python scripts/bench_serve_cpu.py --part llamacpp-serve    # ~10 minutes, see below
+    .venv/bin/python scripts/bench_serve_cpu.py --part paired --rounds 9  # ~8 minutes, see below
+
+--part paired (issue #21's engine-vs-llama.cpp-f32 figures on a host whose memory bandwidth comes
+and goes): the engine stays loaded in a child process, and each of its measurements (batch-1
+decode, then 8 concurrent end-to-end) is paired with llama.cpp's own benchmark of the same shape
+on the f32 GGUF, run right before or after it (alternating), so both fall in the same bandwidth
+window; each pair's ratio, their median (the target: >= 1.0x), min and max, and in how many pairs
+the engine was ahead. Written to runs/bench/serve_cpu_paired.json.
 
 --part llamacpp-serve (issue #21's served-llama.cpp acceptance): llamacpp-q4_0 (llama.cpp's own
 benchmarks) and llamacpp-serve-q4_0 (`ernie-ops serve`, streaming clients) interleaved, --rounds
@@ -97,6 +105,7 @@ from servebench.engine import bench_engine
 from servebench.llamacpp_serve import llamacpp_serve_main
 from servebench.measure import copy_bandwidth
 from servebench.overhead import OVERHEAD_REV, overhead_main
+from servebench.paired import engine_worker, paired_main
 from servebench.pytorch import bench_torch, torch_phase
 from servebench.server import bench_server
 
@@ -125,11 +134,13 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=None, help=argparse_hidden())
     parser.add_argument("--torch-phase", type=Path, default=None, help=argparse_hidden())
     parser.add_argument("--phase", nargs=2, metavar=("NAME", "OUT"), default=None, help=argparse_hidden())
+    parser.add_argument("--engine-worker", action="store_true", help=argparse_hidden())
     parser.add_argument(
         "--part",
-        choices=["compare", "engine-detail", "server-overhead", "llamacpp-serve"],
+        choices=["compare", "paired", "engine-detail", "server-overhead", "llamacpp-serve"],
         default="compare",
         help="compare (the default): the contenders of --contenders, interleaved, --rounds rounds; "
+        "paired: the engine and llama.cpp f32 measured in pairs seconds apart, --rounds rounds (see above); "
         "engine-detail: the embedded engine's own checks (long prompt arriving, server soak, bandwidth "
         "floor) beside PyTorch, not interleaved; server-overhead: the server's added latency and threads, "
         f"the server before {OVERHEAD_REV} against this checkout (tiny model, ~3 min); llamacpp-serve: "
@@ -155,7 +166,7 @@ def main() -> int:
         f"(default {','.join(DEFAULT_CONTENDERS)})",
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="--part compare: interleaved rounds (default 3)"
+        "--rounds", type=int, default=3, help="--part compare / paired: interleaved rounds (default 3)"
     )
     parser.add_argument(
         "--before",
@@ -174,6 +185,7 @@ def main() -> int:
             {
                 "engine-detail": "serve_cpu_engine.json",
                 "llamacpp-serve": "serve_cpu_llamacpp.json",
+                "paired": "serve_cpu_paired.json",
             }.get(args.part, "serve_cpu_overhead.json")
         )
     new_tokens = args.new_tokens or (4 if args.quick else NEW_TOKENS)
@@ -186,6 +198,8 @@ def main() -> int:
     if args.torch_phase is not None:
         torch_phase(args.threads, repeat, new_tokens, args.quick, args.torch_phase)
         return 0
+    if args.engine_worker:
+        return engine_worker(args.model_dir, new_tokens)
     if args.phase is not None:
         name, out = args.phase
         Path(out).write_text(json.dumps(run_phase(name, args), indent=2) + "\n")
@@ -200,6 +214,8 @@ def main() -> int:
         return compare_main(args, env)
     if args.part == "llamacpp-serve":
         return llamacpp_serve_main(args, env)
+    if args.part == "paired":
+        return paired_main(args, env)
     started = time.perf_counter()
     model_dir = build_model(args.model_dir)
     wbytes = weight_bytes(model_dir)

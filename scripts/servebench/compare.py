@@ -72,14 +72,19 @@ def run_phase(name: str, args: Any) -> dict[str, Any]:
     raise ValueError(name)
 
 
+def engine_env(env: dict[str, str]) -> dict[str, str]:
+    """ENV for a process running the engine in-process, as the embedded backend sets it for its server:
+    else ERNIEKit's tokenizer imports torch through paddleformers and the engine's load peak reads
+    1.44x the weights, not 1.28x."""
+    return {"USE_TORCH": "0", **env}
+
+
 def contender_round(name: str, args: Any, env: dict[str, str], new_tokens: int) -> dict[str, Any]:
     """One contender in a fresh child process; its figures in METRICS' names. engine@REV runs the
     engine of commit REV (`--before`; a `git archive` of it leads PYTHONPATH)."""
     load = os.getloadavg()[0]
     if name.startswith("engine") and name != "engine-serve":
-        # as the embedded backend does for its server: else ERNIEKit's tokenizer imports torch
-        # through paddleformers and the engine's load peak reads 1.44x the weights, not 1.28x
-        env = {"USE_TORCH": "0", **env}
+        env = engine_env(env)
     if name.startswith("engine@"):
         tree = str(args.before_tree)
         env = {**env, "PYTHONPATH": os.pathsep.join(p for p in (tree, env.get("PYTHONPATH")) if p)}

@@ -141,14 +141,38 @@ def own_phase(binaries: dict[str, str], path: Path, threads: int, new_tokens: in
     (BATCH sequences), both at THREADS threads, with their defaults otherwise (as a user runs them)."""
     import resource
 
-    n = str(threads)
-    bench = [binaries["llama-bench"], "-m", str(path), "-t", n, "-p", str(PROMPT_LEN), "-n", str(new_tokens)]
+    return (
+        own_batch1(binaries, path, threads, new_tokens)
+        | own_batched(binaries, path, threads, new_tokens)
+        | {
+            "rss_mb": float("nan"),  # the binaries have exited: their peak only
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+            "own": "llama-bench / llama-batched-bench",
+        }
+    )
+
+
+def own_batch1(binaries: dict[str, str], path: Path, threads: int, new_tokens: int) -> dict[str, Any]:
+    """llama-bench's batch-1 figures: decode (its tg test of the new tokens) and the time to first
+    token (the prompt over its pp rate)."""
+    bench = [binaries["llama-bench"], "-m", str(path), "-t", str(threads), "-p", str(PROMPT_LEN)]
     # one repetition (after its warm-up run), like the served run's one batch-1 request: the rounds
     # repeat both, and the best round of each is compared (an average would count the noisy ones)
-    tests = json.loads(own_output([*bench, "-r", "1", "-o", "json"]).stdout)
+    tests = json.loads(own_output([*bench, "-n", str(new_tokens), "-r", "1", "-o", "json"]).stdout)
     pp = next(t for t in tests if t["n_prompt"] == PROMPT_LEN and t["n_gen"] == 0)
     tg = next(t for t in tests if t["n_gen"] == new_tokens and t["n_prompt"] == 0)
-    steps = new_tokens - 1  # the first token comes from the prefill's logits, as a server's does
+    return {
+        "b1_decode_tok_s": tg["avg_ts"],
+        "b1_ttft_s": PROMPT_LEN / pp["avg_ts"],
+        "llama_bench": {"pp": pp["samples_ts"], "tg": tg["samples_ts"]},
+    }
+
+
+def own_batched(binaries: dict[str, str], path: Path, threads: int, new_tokens: int) -> dict[str, Any]:
+    """llama-batched-bench's BATCH sequences: BATCH x new tokens over its total time (the first
+    token comes from the prefill's logits, as a server's does, so it runs new tokens - 1 steps)."""
+    n = str(threads)
+    steps = new_tokens - 1
     batched = [binaries["llama-batched-bench"], "-m", str(path), "-t", n, "-tb", n]
     sizes = ["-c", str(BATCH * (PROMPT_LEN + steps)), "-npp", str(PROMPT_LEN), "-ntg", str(steps)]
     # its logger is asynchronous and not flushed at exit (llama.cpp issue 22142): the last lines are
@@ -166,13 +190,7 @@ def own_phase(binaries: dict[str, str], path: Path, threads: int, new_tokens: in
         )
     row = rows[-1]
     return {
-        "b1_decode_tok_s": tg["avg_ts"],
-        "b1_ttft_s": PROMPT_LEN / pp["avg_ts"],
         "b8_e2e_tok_s": BATCH * new_tokens / row["t"],
         "b8_decode_tok_s": row["speed_tg"],
-        "rss_mb": float("nan"),  # the binaries have exited: their peak only
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-        "own": "llama-bench / llama-batched-bench",
-        "llama_bench": {"pp": pp["samples_ts"], "tg": tg["samples_ts"]},
         "llama_batched_bench": row,
     }
