@@ -221,18 +221,16 @@ def test_prompts_go_through_mkl_on_intel_cpus_only(cpuinfo, mkl, tmp_path, monke
 def test_small_matmul_in_row_blocks_equals_the_product(rows, shape, threads, monkeypatch):
     """Blocks that divide the weight, a remainder after the last whole block, a weight smaller
     than one block; one thread, or three taking runs of blocks from a shared counter."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from ernie_ops.serve.engine import forward
 
-    with ThreadPoolExecutor(threads - 1 or 1) as pool:
-        monkeypatch.setattr(forward, "_helpers", lambda: (threads, pool if threads > 1 else None))
-        rng = np.random.default_rng(rows)
-        weight = rng.standard_normal(shape, dtype=np.float32)
-        x = rng.standard_normal((rows, shape[1]), dtype=np.float32)
-        block = forward._row_block(rows, *shape)
-        assert rows * block * shape[1] <= forward.SMALL_PRODUCT or block == 1
-        got = forward._small_matmul(x, weight)
+    crew = forward._Crew(threads - 1) if threads > 1 else None
+    monkeypatch.setattr(forward, "_helpers", lambda: (threads, crew))
+    rng = np.random.default_rng(rows)
+    weight = rng.standard_normal(shape, dtype=np.float32)
+    x = rng.standard_normal((rows, shape[1]), dtype=np.float32)
+    block = forward._row_block(rows, *shape)
+    assert rows * block * shape[1] <= forward.SMALL_PRODUCT or block == 1
+    got = forward._small_matmul(x, weight)
     want = x.astype(np.float64) @ weight.T.astype(np.float64)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
 

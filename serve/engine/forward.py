@@ -44,15 +44,16 @@ tests hold this forward to it within float tolerance.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import itertools
 import json
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,14 @@ def blas_threads() -> int:
     """The threads numpy's BLAS runs, asked of its OpenBLAS (the environment cannot tell: Paddle's
     import sets OMP_NUM_THREADS=1 when it is unset, after numpy's BLAS started with every CPU); every
     CPU this process may run on when numpy's BLAS is not an OpenBLAS it can find."""
+    openblas = _openblas_threads()
+    return openblas[0]() if openblas is not None else len(os.sched_getaffinity(0))
+
+
+@functools.cache
+def _openblas_threads() -> tuple[Callable[[], int], Callable[[int], None]] | None:
+    """Get and set the threads of numpy's OpenBLAS; None when numpy's BLAS is not an OpenBLAS
+    found in this process's maps."""
     try:
         maps = Path("/proc/self/maps").read_text(encoding="utf-8").splitlines()
     except OSError:
@@ -107,10 +116,31 @@ def blas_threads() -> int:
     loaded = {line.split()[-1] for line in maps if "/numpy" in line and "openblas" in line.rsplit("/", 1)[-1]}
     for path in sorted(loaded):
         lib = ctypes.CDLL(path)  # already loaded: the same handle
-        for symbol in ("openblas_get_num_threads64_", "openblas_get_num_threads"):
-            if hasattr(lib, symbol):
-                return int(getattr(lib, symbol)())
-    return len(os.sched_getaffinity(0))
+        for suffix in ("64_", ""):
+            if hasattr(lib, "openblas_get_num_threads" + suffix):
+                get = getattr(lib, "openblas_get_num_threads" + suffix)
+                set_ = getattr(lib, "openblas_set_num_threads" + suffix)
+                get.restype, set_.argtypes, set_.restype = ctypes.c_int, [ctypes.c_int], None
+                return get, set_
+    return None
+
+
+@contextlib.contextmanager
+def _blas_on_one_thread() -> Iterator[None]:
+    """numpy's OpenBLAS on the calling thread only, within: a prompt's attention products
+    ([512, 128] @ [128, 64] a head group) measured 1.4-1.7x faster so than split over 2 threads,
+    and they do not wait for a core that another process holds."""
+    openblas = _openblas_threads()
+    if openblas is None:
+        yield
+        return
+    get, set_ = openblas
+    threads = get()
+    set_(1)
+    try:
+        yield
+    finally:
+        set_(threads)
 
 
 def load_reference(path: Path) -> Any:
@@ -228,29 +258,70 @@ def _row_block(m: int, out: int, inner: int) -> int:
 
 
 @functools.cache
-def _helpers() -> tuple[int, ThreadPoolExecutor | None]:
-    """The threads `_small_matmul` runs, as many as numpy's BLAS: the caller and a pool of the rest."""
+def _helpers() -> tuple[int, _Crew | None]:
+    """The threads `_small_matmul` runs, as many as numpy's BLAS: the caller and a crew of the rest."""
     threads = blas_threads()
-    return threads, ThreadPoolExecutor(threads - 1, "ernie-matmul") if threads > 1 else None
+    return threads, _Crew(threads - 1) if threads > 1 else None
+
+
+class _Crew:
+    """Helper threads that stay up between jobs, each woken by releasing a lock it waits on: a
+    job handed over costs ~5 us less than a ThreadPoolExecutor's submit / result (about 11 us less
+    with 8-row products running), and a decode step hands over ~70 jobs."""
+
+    def __init__(self, helpers: int):
+        self._wake = [threading.Lock() for _ in range(helpers)]
+        self._done = [threading.Lock() for _ in range(helpers)]
+        self._job: Callable[[], None] = lambda: None
+        self._errors: list[BaseException] = []
+        for wake, done in zip(self._wake, self._done, strict=True):
+            wake.acquire()
+            done.acquire()
+            threading.Thread(target=self._serve, args=(wake, done), name="ernie-matmul", daemon=True).start()
+
+    def _serve(self, wake: threading.Lock, done: threading.Lock) -> None:
+        while True:
+            wake.acquire()
+            try:
+                self._job()
+            except BaseException as err:  # raised again on the caller's thread
+                self._errors.append(err)
+            done.release()
+
+    def run(self, helpers: int, work: Callable[[], None]) -> None:
+        """work() on this thread and on HELPERS of the crew's threads; back when all have returned
+        (a helper that has not woken up by then is not waited for: it is not woken at all)."""
+        self._job, self._errors = work, []
+        woken = self._wake[:helpers]
+        for wake in woken:
+            wake.release()
+        try:
+            work()
+        finally:  # even when work() raised: no helper may still run this job when the next starts
+            for wake, done in zip(woken, self._done[:helpers], strict=True):
+                if not wake.acquire(blocking=False):  # the helper took its signal: wait for it
+                    done.acquire()
+        if self._errors:
+            raise self._errors[0]
 
 
 def _in_parallel(tasks: int, run: Callable[[int], None]) -> None:
     """run(0) .. run(tasks - 1) on the caller's and the helper threads (`_helpers`), each taking the
     next task from a shared counter: a thread that another process holds off its core leaves its
     remaining tasks to the others instead of holding up the step. RUN must release the GIL for
-    most of its time (numpy's products and ufuncs over large arrays do)."""
-    threads, pool = _helpers()
+    most of its time (numpy's products and ufuncs over large arrays do). Not re-entrant: one
+    caller at a time (the engine's stepping thread)."""
+    threads, crew = _helpers()
     taken = itertools.count()  # next() on it is atomic: each task is taken once
 
     def work() -> None:
         while (i := next(taken)) < tasks:
             run(i)
 
-    helping = [pool.submit(work) for _ in range(min(threads, tasks) - 1)] if pool is not None else []
-    work()
-    for future in helping:  # every task is taken: a helper that has not started is not waited for
-        if not future.cancel():
-            future.result()
+    if crew is None or tasks < 2:
+        work()
+    else:
+        crew.run(min(threads, tasks) - 1, work)
 
 
 def _small_matmul(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -347,12 +418,11 @@ class DenseForward:
         return out
 
     @staticmethod
-    def _rope(qkv: np.ndarray, turns: np.ndarray, rotated: int) -> np.ndarray:
+    def _rope(qkv: np.ndarray, turns: np.ndarray, out: np.ndarray) -> None:
         """ERNIE's RoPE rotates interleaved pairs (x[2i], x[2i+1]) by angle i: as complex numbers
-        x[2i] + i x[2i+1], a product with TURNS (e^(i angle), [B, S, 1, D/2]); of the first ROTATED
-        heads of qkv [B, S, heads, D] (queries and keys, in one pass)."""
-        pairs = qkv.view(np.complex64)[:, :, :rotated]  # the last axis is contiguous: a view
-        return (pairs * turns).view(np.float32)
+        x[2i] + i x[2i+1], a product with TURNS (e^(i angle), [B, S, 1, D/2]); of qkv [B, S, n, D]
+        (some of its heads) into OUT (the pairs, [B, S, n, D/2], any strides)."""
+        np.multiply(qkv.view(np.complex64), turns, out=out)  # the last axis is contiguous: a view
 
     def forward(
         self, ids: np.ndarray, positions: np.ndarray, bias: np.ndarray, cache: list[np.ndarray], at: int
@@ -369,16 +439,22 @@ class DenseForward:
         angles = positions[..., None].astype(np.float32) * self.inv_freq
         turns = np.empty((rows, steps, 1, dim // 2), dtype=np.complex64)
         turns.real[:, :, 0], turns.imag[:, :, 0] = np.cos(angles), np.sin(angles)
+        scaled = turns * self.scale  # the queries' turns carry the attention's 1 / sqrt(D)
+        attend = self._attend_one if steps == 1 else self._attend
         x = self.embed[ids]  # [B, S, hidden]
         for i, w in enumerate(self.layers):
             qkv = w.qkv(self._norm(x, w.ln1))
             qkv = qkv.reshape(rows, steps, heads + 2 * kv, dim)
-            qk = self._rope(qkv, turns, heads + kv)
-            q = qk[:, :, :heads]
             keys, values = cache[2 * i], cache[2 * i + 1]
-            keys[:, :, at:end] = qk[:, :, heads:].transpose(0, 2, 1, 3)
+            # rotated straight into the layouts they are read in: the queries [B, kv, group, S, D]
+            # (a head group's queries are the rows of one product), the keys the cache's columns
+            q = np.empty((rows, kv, heads // kv, steps, dim // 2), dtype=np.complex64)
+            queries = qkv[:, :, :heads].reshape(rows, steps, kv, heads // kv, dim)
+            self._rope(queries, scaled[:, :, None], out=q.transpose(0, 3, 1, 2, 4))
+            new_keys = keys.view(np.complex64)[:, :, at:end].transpose(0, 2, 1, 3)
+            self._rope(qkv[:, :, heads : heads + kv], turns, out=new_keys)
             values[:, :, at:end] = qkv[:, :, heads + kv :].transpose(0, 2, 1, 3)
-            out = self._attend(q, keys[:, :, :end], values[:, :, :end], bias)
+            out = attend(q.view(np.float32), keys[:, :, :end], values[:, :, :end], bias)
             x += w.o(out)  # x is this forward's own array (the embedding lookup copies)
             gate_up = w.up_gate(self._norm(x, w.ln2))
             gate, up = gate_up[..., : self.inner], gate_up[..., self.inner :]
@@ -396,35 +472,55 @@ class DenseForward:
         return out if self.head_bias is None else out + self.head_bias
 
     def _attend(self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, bias: np.ndarray) -> np.ndarray:
-        """Softmax attention with GQA: q [B, S, heads, D], keys / values [B, kv, L, D] -> [B, S, heads * D].
+        """Softmax attention with GQA: q [B, kv, group, S, D] (scaled by 1 / sqrt(D)), keys /
+        values [B, kv, L, D] -> [B, S, heads * D].
 
-        The query heads sharing a KV head are stacked as rows of one matmul (no repeated keys). A
-        decode step takes every row at once; prompts go in blocks of rows whose scores stay within
+        The query heads sharing a KV head are the rows of one matmul (no repeated keys; q is laid
+        out so that they are without a copy). Prompts go in blocks of rows whose scores stay within
         SCORES (in the L2 cache: all 8 rows of an 8x64 prefill at once measured 1.3x the time of a
         row at a time), a long prompt also 256 queries at a time.
         """
-        rows, steps, heads, dim = q.shape
-        kv, group = self.kv_heads, heads // self.kv_heads
-        q = q.reshape(rows, steps, kv, group, dim).transpose(0, 2, 3, 1, 4)  # [B, kv, group, S, D]
-        out = np.empty((rows, kv, group, steps, dim), dtype=np.float32)
-        block = rows if steps == 1 else max(1, SCORES // (heads * min(steps, 256) * keys.shape[2]))
+        rows, kv, group, steps, dim = q.shape
+        out = np.empty((rows, steps, kv, group, dim), dtype=np.float32)
         # on this thread only: a prompt's blocks on the helpers too measured slower (8x64: MKL's
         # threads still spin on the cores after the products around it; with OpenBLAS's on an AMD
         # EPYC, 1.77 against 1.59 s for the whole prefill)
+        with _blas_on_one_thread():
+            self._attend_blocks(q, keys, values, bias, out)
+        return out.reshape(rows, steps, kv * group * dim)
+
+    def _attend_blocks(
+        self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, bias: np.ndarray, out: np.ndarray
+    ) -> None:
+        """`_attend` into OUT [B, S, kv, group, D], in blocks of rows (and of 256 queries)."""
+        rows, kv, group, steps, dim = q.shape
+        block = max(1, SCORES // (kv * group * min(steps, 256) * keys.shape[2]))
         for r in range(0, rows, block):
             k, v = keys[r : r + block], values[r : r + block]
             for s in range(0, steps, 256):
                 qs = q[r : r + block, :, :, s : s + 256]
                 n, width = qs.shape[3], k.shape[2]
                 scores = qs.reshape(-1, kv, group * n, dim) @ k.swapaxes(-1, -2)
-                scores = scores.reshape(-1, kv, group, n, width) * self.scale
+                scores = scores.reshape(-1, kv, group, n, width)
                 scores += bias[r : r + block, None, None, s : s + n]
                 scores -= scores.max(axis=-1, keepdims=True)  # every row has a valid column: finite
                 np.exp(scores, out=scores)
                 scores /= scores.sum(axis=-1, keepdims=True)
                 mixed = scores.reshape(-1, kv, group * n, width) @ v
-                out[r : r + block, :, :, s : s + n] = mixed.reshape(-1, kv, group, n, dim)
-        return out.transpose(0, 3, 1, 2, 4).reshape(rows, steps, heads * dim)
+                out[r : r + block, s : s + n] = mixed.reshape(-1, kv, group, n, dim).transpose(0, 3, 1, 2, 4)
+
+    def _attend_one(
+        self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, bias: np.ndarray
+    ) -> np.ndarray:
+        """`_attend` for a decode step (S == 1): q [B, kv, group, 1, D] -> [B, 1, heads * D]. Every
+        row at once and no copies: with one query the result's heads lie as q's, [kv, group]."""
+        rows, kv, group, _, dim = q.shape
+        scores = q.reshape(rows, kv, group, dim) @ keys.swapaxes(-1, -2)  # [B, kv, group, L]
+        scores += bias[:, None]  # [B, 1, 1, L]
+        scores -= scores.max(axis=-1, keepdims=True)  # every row has a valid column: finite
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=-1, keepdims=True)
+        return (scores @ values).reshape(rows, 1, kv * group * dim)
 
 
 class _Linear:
