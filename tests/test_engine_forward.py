@@ -235,13 +235,61 @@ def test_small_matmul_in_row_blocks_equals_the_product(rows, shape, threads, mon
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
 
 
-def test_prefill_attention_in_row_blocks_equals_all_rows_at_once(tiny_dense, monkeypatch):
+@pytest.mark.parametrize(
+    ("scores", "queries"), [(1, 256), (1 << 16, 3), (1, 2)], ids=["rows", "queries", "rows-and-queries"]
+)
+def test_prefill_attention_in_blocks_equals_all_at_once(tiny_dense, monkeypatch, scores, queries):
+    """A row per block, a long prompt's queries a few at a time (the last block shorter), or both."""
     from ernie_ops.serve.engine import forward
 
     config, _, _ = load_checkpoint(tiny_dense)
     net = DenseForward.load(tiny_dense, config)
     ids, positions, bias, _ = prefill_inputs(PROMPTS)
     whole = net.forward(ids, positions, bias, net.new_cache(len(PROMPTS), ids.shape[1]), 0)
-    monkeypatch.setattr(forward, "SCORES", 1)  # a row per block
-    blocks = net.forward(ids, positions, bias, net.new_cache(len(PROMPTS), ids.shape[1]), 0)
+    monkeypatch.setattr(forward, "SCORES", scores)
+    monkeypatch.setattr(forward, "QUERIES", queries)
+    cache = net.new_cache(len(PROMPTS), ids.shape[1])
+    blocks = net.forward(ids, positions, bias, cache, 0)
     np.testing.assert_allclose(blocks, whole, atol=1e-5, rtol=0)
+
+
+def test_decode_attention_equals_the_prompt_path(tiny_dense):
+    """The decode-only attention (one query a row) against the prompts' for the same step."""
+    config, _, _ = load_checkpoint(tiny_dense)
+    net = DenseForward.load(tiny_dense, config)
+    rng = np.random.default_rng(3)
+    kv, group, dim, width = net.kv_heads, net.heads // net.kv_heads, net.head_dim, 9
+    q = rng.standard_normal((3, kv, group, 1, dim), dtype=np.float32)
+    keys, values = (rng.standard_normal((3, kv, width, dim), dtype=np.float32) for _ in range(2))
+    bias = np.zeros((3, 1, width), dtype=np.float32)
+    bias[1, 0, :4] = -np.inf  # a left-padded row
+    np.testing.assert_allclose(
+        net._attend_one(q, keys, values, bias), net._attend(q, keys, values, bias), atol=1e-6, rtol=0
+    )
+
+
+def test_a_failing_task_is_raised_on_the_caller_and_the_crew_goes_on():
+    from ernie_ops.serve.engine import forward
+
+    crew = forward._Crew(2)
+    done: list[int] = []
+    failing = {5}
+
+    def job() -> None:
+        tasks = iter(range(12))  # shared by the three threads: each task once
+
+        def work() -> None:
+            for i in tasks:
+                if i in failing:
+                    raise ValueError(f"task {i}")
+                done.append(i)
+
+        crew.run(2, work)
+
+    with pytest.raises(ValueError, match="task 5"):
+        job()
+    assert 5 not in done
+    failing.clear()
+    done.clear()
+    job()  # the crew serves the next job, and waits for all of it
+    assert sorted(done) == list(range(12))

@@ -194,6 +194,7 @@ def _tensor(array: np.ndarray) -> Any:
 
 
 SCORES = 1 << 16  # attention scores (float32) computed at once: 256 KB, within the L2 cache
+QUERIES = 256  # a long prompt's queries attend this many at a time (`_attend`)
 SMALL_ROWS = 24  # up to this many rows, `_small_matmul` (one row: gemv; more: a prompt's; see `_matmul`)
 SMALL_ROWS_OPENBLAS = 96  # ... where prompts go through OpenBLAS, not MKL (`_small_rows`)
 SMALL_PRODUCT = 100**3  # OpenBLAS's small-matrix kernel takes M x N x K up to this
@@ -478,7 +479,7 @@ class DenseForward:
         The query heads sharing a KV head are the rows of one matmul (no repeated keys; q is laid
         out so that they are without a copy). Prompts go in blocks of rows whose scores stay within
         SCORES (in the L2 cache: all 8 rows of an 8x64 prefill at once measured 1.3x the time of a
-        row at a time), a long prompt also 256 queries at a time.
+        row at a time), a long prompt also QUERIES queries at a time.
         """
         rows, kv, group, steps, dim = q.shape
         out = np.empty((rows, steps, kv, group, dim), dtype=np.float32)
@@ -492,13 +493,13 @@ class DenseForward:
     def _attend_blocks(
         self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, bias: np.ndarray, out: np.ndarray
     ) -> None:
-        """`_attend` into OUT [B, S, kv, group, D], in blocks of rows (and of 256 queries)."""
+        """`_attend` into OUT [B, S, kv, group, D], in blocks of rows (and of QUERIES queries)."""
         rows, kv, group, steps, dim = q.shape
-        block = max(1, SCORES // (kv * group * min(steps, 256) * keys.shape[2]))
+        block = max(1, SCORES // (kv * group * min(steps, QUERIES) * keys.shape[2]))
         for r in range(0, rows, block):
             k, v = keys[r : r + block], values[r : r + block]
-            for s in range(0, steps, 256):
-                qs = q[r : r + block, :, :, s : s + 256]
+            for s in range(0, steps, QUERIES):
+                qs = q[r : r + block, :, :, s : s + QUERIES]
                 n, width = qs.shape[3], k.shape[2]
                 scores = qs.reshape(-1, kv, group * n, dim) @ k.swapaxes(-1, -2)
                 scores = scores.reshape(-1, kv, group, n, width)
