@@ -36,6 +36,17 @@ Which kernel multiplies (`_matmul`), measured on 2 cores (Xeon, AVX-512; 0.3B sh
   small-matrix kernel up to ~110 rows: the four products of a layer at 32 / 64 / 96 / 128 rows took
   9.9 / 14.0 / 18.0 / 22.5 ms against 5.5 / 10.2 / 16.1 / 24.1 (2 threads, best of 5), so without
   MKL prompts of up to SMALL_ROWS_OPENBLAS rows take `_small_matmul` too (`_small_rows`).
+Outside the products (AMD EPYC, 2 threads: an 8-row decode step ~75 ms of which ~6 are not
+products, an 8x64 prefill ~1.7 s of which ~0.2): `_in_parallel`'s helpers are woken by a lock each
+(a ThreadPoolExecutor's submit / result cost 5-11 us more a hand-off, ~70 a step); RoPE writes the
+queries, scaled by 1 / sqrt(D), in the layout the attention reads them in and the keys straight
+into the cache; a decode step's attention (`_attend_one`) copies nothing; a prompt's runs its small
+products on one OpenBLAS thread ([512, 128] @ [128, 64]: 88 against 125 us on two). Interleaved,
+against the forward before: the 8x64 prefill's attention 142 -> 95 ms (prefill 0.98x), the 8-row
+step 0.98x, one row's 1.00x. Tried and not kept: SwiGLU in L2-sized blocks (1.006x the prefill)
+or on the helpers too (1.011x: OpenBLAS's threads still spin on the cores after the products), a
+step's or a prompt's attention rows split over the threads (1.006x the step; 97 against 95 ms),
+scores laid out [keys, queries] so the softmax reduces across rows (no gain).
 ERNIEKit's forward itself is not used for serving: it concatenates the cache every step, builds
 masks and casts, and runs its LM head over every prompt position. Kept (`Engine(...,
 reference=True)`, the tests), ERNIEKit's model is the reference: `reference_logits` runs it, and the
