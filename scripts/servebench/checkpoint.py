@@ -75,6 +75,12 @@ def weight_bytes(model_dir: Path) -> int:
 # small helpers
 
 
+def part_settings(part: str, new_tokens: int, model_dir: Path, **more: Any) -> dict[str, Any]:
+    """The settings a part's report records: the part, MORE, and the shape of every request."""
+    shape = {"prompt_tokens": PROMPT_LEN, "new_tokens": new_tokens, "batch": BATCH}
+    return {"part": part, **more, **shape, "model_dir": str(model_dir)}
+
+
 def prompts(n: int, length: int, seed: int) -> list[list[int]]:
     """Fixed token-id prompts from the tokenizer's real pieces (ids 3..999)."""
     rng = random.Random(seed)

@@ -17,10 +17,18 @@ from typing import Any
 
 from ernie_ops.benchmark import print_table, write_report
 from servebench import REPO, SCRIPT
-from servebench.checkpoint import BATCH, NEW_TOKENS, PROMPT_LEN, build_model, gguf_file, weight_bytes
+from servebench.checkpoint import (
+    BATCH,
+    NEW_TOKENS,
+    PROMPT_LEN,
+    build_model,
+    gguf_file,
+    part_settings,
+    weight_bytes,
+)
 from servebench.engine import engine_phase
 from servebench.llamacpp import llamacpp_phase, own_benchmarks, own_phase
-from servebench.measure import best_per_metric
+from servebench.measure import best_per_metric, print_targets
 from servebench.overhead import tree_of
 from servebench.served import serve_phase
 
@@ -233,8 +241,7 @@ def compare_main(args: Any, env: dict[str, str]) -> int:
     if busy:
         print(f"warning: the load average was over 1.5x the CPUs in every round of {', '.join(busy)}")
     targets = compare_targets(best, wbytes)
-    for key, t in targets.items():
-        print(f"target {key}: {t['target']}, value {t['value']:.2f}, {'met' if t['met'] else 'NOT met'}")
+    print_targets(targets)
     total = time.perf_counter() - started
     print(
         f"\neach metric's best of {rounds} interleaved round(s) per contender (ratios: to {base or 'none'}); "
@@ -244,16 +251,9 @@ def compare_main(args: Any, env: dict[str, str]) -> int:
     )
     write_report(
         args.out,
-        settings={
-            "part": "compare",
-            "contenders": list(contenders),
-            "rounds": rounds,
-            "threads": args.threads,
-            "prompt_tokens": PROMPT_LEN,
-            "new_tokens": new_tokens,
-            "batch": BATCH,
-            "model_dir": str(model_dir),
-        },
+        settings=part_settings(
+            "compare", new_tokens, model_dir, contenders=list(contenders), rounds=rounds, threads=args.threads
+        ),
         weight_bytes=wbytes,
         load_average_before=load_before,
         load_average_after=load_after,

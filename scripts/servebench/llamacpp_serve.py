@@ -11,10 +11,10 @@ import time
 from typing import Any
 
 from ernie_ops.benchmark import print_table, write_report
-from servebench.checkpoint import BATCH, NEW_TOKENS, PROMPT_LEN, build_model, gguf_file
+from servebench.checkpoint import BATCH, NEW_TOKENS, PROMPT_LEN, build_model, gguf_file, part_settings
 from servebench.compare import contender_round, own_note
 from servebench.llamacpp import own_benchmarks
-from servebench.measure import best_per_metric
+from servebench.measure import best_per_metric, print_targets
 
 # ---------------------------------------------------------------------------------------------
 # the served llama.cpp against llama.cpp's own benchmarks (--part llamacpp-serve, issue #21)
@@ -114,8 +114,7 @@ def llamacpp_serve_main(args: Any, env: dict[str, str]) -> int:
         )
     print()
     print_table(rows)
-    for key, tg in targets.items():
-        print(f"target {key}: {tg['target']}, value {tg['value']:.2f}, {'met' if tg['met'] else 'NOT met'}")
+    print_targets(targets)
     total = time.perf_counter() - started
     print(
         f"\nq4_0, best of {rounds} interleaved round(s) per metric; {PROMPT_LEN}-token prompts, {new_tokens} "
@@ -125,16 +124,9 @@ def llamacpp_serve_main(args: Any, env: dict[str, str]) -> int:
     )
     write_report(
         args.out,
-        settings={
-            "part": "llamacpp-serve",
-            "threads": args.serve_threads,
-            "rounds": rounds,
-            "hogs": args.hogs,
-            "prompt_tokens": PROMPT_LEN,
-            "new_tokens": new_tokens,
-            "batch": BATCH,
-            "model_dir": str(model_dir),
-        },
+        settings=part_settings(
+            "llamacpp-serve", new_tokens, model_dir, threads=args.serve_threads, rounds=rounds, hogs=args.hogs
+        ),
         load_average_before=load_before,
         load_average_after=load_after,
         runs={str(t): per for t, per in runs.items()},

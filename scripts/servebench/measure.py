@@ -32,6 +32,13 @@ def best_per_metric(rounds: list[dict[str, Any]], metrics: tuple[str, ...]) -> d
     }
 
 
+def print_targets(targets: dict[str, dict[str, Any]]) -> None:
+    """A line per target of a part's report: what it asks, the value, met or NOT met."""
+    for key, t in targets.items():
+        value = f"{t['value']:.2f}" if isinstance(t["value"], float) else t["value"]
+        print(f"target {key}: {t['target']}, value {value}, {'met' if t['met'] else 'NOT met'}")
+
+
 def vm_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

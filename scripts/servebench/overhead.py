@@ -20,7 +20,7 @@ from typing import Any
 from ernie_ops.benchmark import print_table, write_report
 from servebench import REPO
 from servebench.checkpoint import NEW_TOKENS, PROMPT_LEN, SEED, SERVED_NAME, prompts
-from servebench.measure import pct
+from servebench.measure import pct, print_targets
 from servebench.server import Server
 
 # ---------------------------------------------------------------------------------------------
@@ -366,8 +366,7 @@ def overhead_main(args: Any, env: dict[str, str]) -> int:
     rows, targets = overhead_table(res)
     print()
     print_table(rows)
-    for key, t in targets.items():
-        print(f"target {key}: {t['target']}, value {t['value']}, {'met' if t['met'] else 'NOT met'}")
+    print_targets(targets)
     total = time.perf_counter() - started
     print(
         f"\ntiny dense model, {PROMPT_LEN}-token prompts, {new_tokens} new tokens, greedy, EOS ignored, "

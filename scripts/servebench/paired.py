@@ -27,8 +27,18 @@ from typing import IO, Any
 from ernie_ops.benchmark import print_table, write_report
 from ernie_ops.proc import die_with_parent
 from servebench import SCRIPT
-from servebench.checkpoint import BATCH, NEW_TOKENS, PROMPT_LEN, SEED, build_model, gguf_file, prompts
+from servebench.checkpoint import (
+    BATCH,
+    NEW_TOKENS,
+    PROMPT_LEN,
+    SEED,
+    build_model,
+    gguf_file,
+    part_settings,
+    prompts,
+)
 from servebench.llamacpp import own_batch1, own_batched, own_benchmarks
+from servebench.measure import print_targets
 
 # a pair's shapes: the metric compared, the requests at once
 SHAPES = {"b1": ("b1_decode_tok_s", 1), "b8": ("b8_e2e_tok_s", BATCH)}
@@ -187,8 +197,7 @@ def paired_main(args: Any, env: dict[str, str]) -> int:
         for shape, (metric, _n) in SHAPES.items()
         if metric in summary
     }
-    for key, t in targets.items():
-        print(f"target {key}: {t['target']}, value {t['value']:.2f}, {'met' if t['met'] else 'NOT met'}")
+    print_targets(targets)
     total = time.perf_counter() - started
     print(
         f"\n{rounds} round(s) of pairs; {PROMPT_LEN}-token prompts, {new_tokens} new tokens, greedy; "
@@ -197,15 +206,7 @@ def paired_main(args: Any, env: dict[str, str]) -> int:
     )
     write_report(
         args.out,
-        settings={
-            "part": "paired",
-            "rounds": rounds,
-            "threads": args.threads,
-            "prompt_tokens": PROMPT_LEN,
-            "new_tokens": new_tokens,
-            "batch": BATCH,
-            "model_dir": str(model_dir),
-        },
+        settings=part_settings("paired", new_tokens, model_dir, rounds=rounds, threads=args.threads),
         load_average_before=load_before,
         load_average_after=load_after,
         pairs=pairs,
