@@ -453,6 +453,10 @@ class DenseForward:
         turns.real[:, :, 0], turns.imag[:, :, 0] = np.cos(angles), np.sin(angles)
         scaled = turns * self.scale  # the queries' turns carry the attention's 1 / sqrt(D)
         attend = self._attend_one if steps == 1 else self._attend
+        # every layer's queries and attention output in the same two arrays (fewer, steadier
+        # allocations: the heap keeps less after a prefill)
+        q = np.empty((rows, kv, heads // kv, steps, dim // 2), dtype=np.complex64)
+        attended = np.empty((rows, steps, heads * dim), dtype=np.float32)
         x = self.embed[ids]  # [B, S, hidden]
         for i, w in enumerate(self.layers):
             qkv = w.qkv(self._norm(x, w.ln1))
@@ -460,32 +464,39 @@ class DenseForward:
             keys, values = cache[2 * i], cache[2 * i + 1]
             # rotated straight into the layouts they are read in: the queries [B, kv, group, S, D]
             # (a head group's queries are the rows of one product), the keys the cache's columns
-            q = np.empty((rows, kv, heads // kv, steps, dim // 2), dtype=np.complex64)
             queries = qkv[:, :, :heads].reshape(rows, steps, kv, heads // kv, dim)
             self._rope(queries, scaled[:, :, None], out=q.transpose(0, 3, 1, 2, 4))
             new_keys = keys.view(np.complex64)[:, :, at:end].transpose(0, 2, 1, 3)
             self._rope(qkv[:, :, heads : heads + kv], turns, out=new_keys)
             values[:, :, at:end] = qkv[:, :, heads + kv :].transpose(0, 2, 1, 3)
-            out = attend(q.view(np.float32), keys[:, :, :end], values[:, :, :end], bias)
-            x += w.o(out)  # x is this forward's own array (the embedding lookup copies)
-            gate_up = w.up_gate(self._norm(x, w.ln2))
-            gate, up = gate_up[..., : self.inner], gate_up[..., self.inner :]
-            act = np.negative(gate)  # SwiGLU: silu(gate) * up = gate / (1 + e^-gate) * up
-            np.exp(act, out=act)
-            act += 1
-            np.divide(gate, act, out=act)
-            act *= up
-            x += w.down(act)
+            attend(q.view(np.float32), keys[:, :, :end], values[:, :, :end], bias, attended)
+            x += w.o(attended)  # x is this forward's own array (the embedding lookup copies)
+            x += w.down(self._swiglu(w.up_gate(self._norm(x, w.ln2))))
         return self._logits(self._norm(x[:, -1], self.norm))
+
+    def _swiglu(self, gate_up: np.ndarray) -> np.ndarray:
+        """silu(gate) * up = gate * up / (1 + e^-gate) of gate_up [..., 2 * inner] (the gate half,
+        then the up half), in gate_up's own halves where it may (Paddle's products come through
+        DLPack read-only): no [..., inner] array more at a prompt's peak of memory."""
+        gate, up = gate_up[..., : self.inner], gate_up[..., self.inner :]
+        writable = gate_up.flags.writeable
+        product = np.multiply(up, gate, out=up if writable else None)
+        act = gate if writable else np.empty_like(gate)
+        np.negative(gate, out=act)
+        np.exp(act, out=act)
+        act += 1
+        return np.divide(product, act, out=act)
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
         """x [B, hidden] @ the LM head -> [B, V]."""
         out = _matmul(x, self.head, self.head_tensor)
         return out if self.head_bias is None else out + self.head_bias
 
-    def _attend(self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    def _attend(
+        self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, bias: np.ndarray, out: np.ndarray
+    ) -> None:
         """Softmax attention with GQA: q [B, kv, group, S, D] (scaled by 1 / sqrt(D)), keys /
-        values [B, kv, L, D] -> [B, S, heads * D].
+        values [B, kv, L, D] -> OUT [B, S, heads * D].
 
         The query heads sharing a KV head are the rows of one matmul (no repeated keys; q is laid
         out so that they are without a copy). Prompts go in blocks of rows whose scores stay within
@@ -493,13 +504,11 @@ class DenseForward:
         row at a time), a long prompt also QUERIES queries at a time.
         """
         rows, kv, group, steps, dim = q.shape
-        out = np.empty((rows, steps, kv, group, dim), dtype=np.float32)
         # on this thread only: a prompt's blocks on the helpers too measured slower (8x64: MKL's
         # threads still spin on the cores after the products around it; with OpenBLAS's on an AMD
         # EPYC, 1.77 against 1.59 s for the whole prefill)
         with _blas_on_one_thread():
-            self._attend_blocks(q, keys, values, bias, out)
-        return out.reshape(rows, steps, kv * group * dim)
+            self._attend_blocks(q, keys, values, bias, out.reshape(rows, steps, kv, group, dim))
 
     def _attend_blocks(
         self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, bias: np.ndarray, out: np.ndarray
@@ -522,17 +531,17 @@ class DenseForward:
                 out[r : r + block, s : s + n] = mixed.reshape(-1, kv, group, n, dim).transpose(0, 3, 1, 2, 4)
 
     def _attend_one(
-        self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, bias: np.ndarray
-    ) -> np.ndarray:
-        """`_attend` for a decode step (S == 1): q [B, kv, group, 1, D] -> [B, 1, heads * D]. Every
-        row at once and no copies: with one query the result's heads lie as q's, [kv, group]."""
+        self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, bias: np.ndarray, out: np.ndarray
+    ) -> None:
+        """`_attend` for a decode step (S == 1): q [B, kv, group, 1, D] -> OUT [B, 1, heads * D].
+        Every row at once and no copies: with one query OUT's heads lie as q's, [kv, group]."""
         rows, kv, group, _, dim = q.shape
         scores = q.reshape(rows, kv, group, dim) @ keys.swapaxes(-1, -2)  # [B, kv, group, L]
         scores += bias[:, None]  # [B, 1, 1, L]
         scores -= scores.max(axis=-1, keepdims=True)  # every row has a valid column: finite
         np.exp(scores, out=scores)
         scores /= scores.sum(axis=-1, keepdims=True)
-        return (scores @ values).reshape(rows, 1, kv * group * dim)
+        np.matmul(scores, values, out=out.reshape(rows, kv, group, dim))
 
 
 class _Linear:
