@@ -294,3 +294,26 @@ def test_a_failing_task_is_raised_on_the_caller_and_the_crew_goes_on():
     done.clear()
     job()  # the crew serves the next job, and waits for all of it
     assert sorted(done) == list(range(12))
+
+
+def test_a_second_caller_works_alone_while_the_crew_is_busy():
+    import threading
+
+    from ernie_ops.serve.engine import forward
+
+    crew = forward._Crew(1)
+    started, release = threading.Event(), threading.Event()
+
+    def first() -> None:  # holds the crew (its helper and the calling thread) until released
+        started.set()
+        release.wait(timeout=30)
+
+    holder = threading.Thread(target=crew.run, args=(1, first))
+    holder.start()
+    assert started.wait(timeout=30)
+    ran_on: list[str] = []
+    crew.run(1, lambda: ran_on.append(threading.current_thread().name))
+    assert ran_on == [threading.current_thread().name]  # on this thread, once, not waiting
+    release.set()
+    holder.join(timeout=30)
+    assert not holder.is_alive()

@@ -289,6 +289,7 @@ class _Crew:
         self._done = [threading.Lock() for _ in range(helpers)]
         self._job: Callable[[], None] = lambda: None
         self._errors: list[BaseException] = []
+        self._busy = threading.Lock()  # one job at a time (two engines in a process share the crew)
         for wake, done in zip(self._wake, self._done, strict=True):
             wake.acquire()
             done.acquire()
@@ -305,7 +306,17 @@ class _Crew:
 
     def run(self, helpers: int, work: Callable[[], None]) -> None:
         """work() on this thread and on HELPERS of the crew's threads; back when all have returned
-        (a helper that has not woken up by then is not waited for: it is not woken at all)."""
+        (a helper that has not woken up by then is not waited for: it is not woken at all). While
+        another thread's job has the crew, work() on this thread alone."""
+        if not self._busy.acquire(blocking=False):
+            work()
+            return
+        try:
+            self._run(helpers, work)
+        finally:
+            self._busy.release()
+
+    def _run(self, helpers: int, work: Callable[[], None]) -> None:
         self._job, self._errors = work, []
         woken = self._wake[:helpers]
         for wake in woken:
@@ -324,8 +335,7 @@ def _in_parallel(tasks: int, run: Callable[[int], None]) -> None:
     """run(0) .. run(tasks - 1) on the caller's and the helper threads (`_helpers`), each taking the
     next task from a shared counter: a thread that another process holds off its core leaves its
     remaining tasks to the others instead of holding up the step. RUN must release the GIL for
-    most of its time (numpy's products and ufuncs over large arrays do). Not re-entrant: one
-    caller at a time (the engine's stepping thread)."""
+    most of its time (numpy's products and ufuncs over large arrays do)."""
     threads, crew = _helpers()
     taken = itertools.count()  # next() on it is atomic: each task is taken once
 
