@@ -14,8 +14,8 @@ decodes one token for every running row and retires the finished ones.
 Threading: `submit` / `cancel` may be called from any thread; `step` runs in one thread at a time
 (the engine thread started by `start()`, or the caller of `generate` / `stream` when none is running).
 numpy's BLAS uses OMP_NUM_THREADS / OPENBLAS_NUM_THREADS threads (default: every CPU), and Paddle's
-matmul and the batch's small products (the stepping thread and a pool, `forward._in_parallel`) as
-many (`forward.blas_threads`).
+matmul and the batch's small products (the stepping thread and helper threads woken a job at a time,
+`forward._in_parallel`) as many (`forward.blas_threads`).
 """
 
 from __future__ import annotations
