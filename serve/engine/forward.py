@@ -10,7 +10,11 @@ transposed as it is read), the tied LM head is the embedding table itself.
 Which kernel multiplies (`_matmul`), measured on 2 cores (Xeon, AVX-512; 0.3B shapes, float32):
 - one row (a lone stream decoding, memory-bound): numpy's OpenBLAS gemv down the [out, in] rows
   (dot products over contiguous memory). Over [in, out] (axpy form) it measured 0.7x in interleaved
-  engine runs, and MKL's held up worse than OpenBLAS's with other processes on the cores;
+  engine runs, and MKL's held up worse than OpenBLAS's with other processes on the cores. On an AMD
+  EPYC (2 threads, the 0.3B model's 73 products of a token, interleaved) it equals scipy's OpenBLAS
+  0.3.30 and BLIS (cython-blis, the rows split over 2 threads), and a hand-written AVX-512 C kernel
+  (4 rows at a time, 2 OpenMP threads) is 1.03x in slow bandwidth windows (~33 GB/s), 1.08x in fast
+  ones (~45 GB/s, where llama.cpp's f32 decode runs too);
 - a few rows (a batch decoding, 2 to SMALL_ROWS): OpenBLAS's small-matrix kernel, which works on
   the operands as they lie (no packing of the weight; a plain sgemm copies every weight into its
   panel layout first, so 8 rows cost 2.4x one row; here 1.45x). It takes products of at most
