@@ -81,6 +81,19 @@ def test_an_engine_worker_that_cannot_load_says_why(paired, tmp_path):
     assert "missing" in str(err.value)
 
 
+def test_an_engine_worker_that_stops_answering_is_killed(paired, tmp_path, monkeypatch):
+    """A worker that hangs (here: one that never answers) is killed after REPLY_TIMEOUT_S, not waited on."""
+    silent = tmp_path / "silent.py"
+    silent.write_text("import time\ntime.sleep(600)\n")
+    monkeypatch.setattr(paired, "SCRIPT", str(silent))
+    monkeypatch.setattr(paired, "REPLY_TIMEOUT_S", 1.0)
+    with (
+        tempfile.NamedTemporaryFile("w+") as log,
+        pytest.raises(RuntimeError, match="gave no answer within 1 s and was killed"),
+    ):
+        paired.EngineWorker(worker_args(tmp_path), dict(os.environ), 3, log)
+
+
 def test_paired_refuses_to_run_without_llama_cpps_own_benchmarks(repo_script_env, tmp_path):
     """Without llama-bench / llama-batched-bench there is nothing to pair with: exit 2 and how to get them."""
     import subprocess

@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,7 @@ from servebench.measure import print_targets
 # a pair's shapes: the metric compared, the requests at once
 SHAPES = {"b1": ("b1_decode_tok_s", 1), "b8": ("b8_e2e_tok_s", BATCH)}
 REPLY = "PAIRED "  # the worker's answer lines (libraries may print to stdout too)
+REPLY_TIMEOUT_S = 1800.0  # as --part compare's children: a worker that stops answering is killed
 
 
 def engine_worker(model_dir: Path, new_tokens: int) -> int:
@@ -86,13 +88,22 @@ class EngineWorker:
 
     def _reply(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.startswith(REPLY):
-                return dict(json.loads(line[len(REPLY) :]))
-        self.log.flush()
-        raise RuntimeError(
-            f"the engine worker exited with {self.proc.wait()}:\n{Path(self.log.name).read_text()[-3000:]}"
+        watchdog = threading.Timer(REPLY_TIMEOUT_S, self.proc.kill)
+        watchdog.start()
+        try:
+            for line in self.proc.stdout:
+                if line.startswith(REPLY):
+                    return dict(json.loads(line[len(REPLY) :]))
+        finally:
+            watchdog.cancel()
+        code = self.proc.wait()
+        why = (
+            f"gave no answer within {REPLY_TIMEOUT_S:g} s and was killed"
+            if code == -9
+            else f"exited with {code}"
         )
+        self.log.flush()
+        raise RuntimeError(f"the engine worker {why}:\n{Path(self.log.name).read_text()[-3000:]}")
 
     def measure(self, shape: str, seed: int) -> dict[str, float]:
         assert self.proc.stdin is not None
