@@ -317,3 +317,28 @@ def test_a_second_caller_works_alone_while_the_crew_is_busy():
     release.set()
     holder.join(timeout=30)
     assert not holder.is_alive()
+
+
+def test_one_blas_thread_is_left_by_the_last_user_with_the_count_the_first_found():
+    """Two engines in a process may overlap in a prompt's attention: whoever leaves first must not
+    restore the thread count while the other is inside, and the last one restores the original
+    count (each restoring what it saw on entry would leave numpy's OpenBLAS on 1 thread for good)."""
+    from ernie_ops.serve.engine import forward
+
+    openblas = forward._openblas_threads()
+    if openblas is None:
+        pytest.skip("numpy's BLAS is not an OpenBLAS in this process")
+    get, set_ = openblas
+    original = get()
+    set_(2)
+    try:
+        one = forward.ONE_BLAS_THREAD
+        one.__enter__()  # engine A
+        one.__enter__()  # engine B, while A is inside: it sees 1 thread
+        assert get() == 1
+        one.__exit__(None, None, None)  # A leaves first
+        assert get() == 1, "B is still inside"
+        one.__exit__(None, None, None)  # B leaves last
+        assert get() == 2
+    finally:
+        set_(original)

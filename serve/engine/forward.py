@@ -62,7 +62,6 @@ tests hold this forward to it within float tolerance.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import itertools
@@ -71,7 +70,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,22 +142,39 @@ def _openblas_threads() -> tuple[Callable[[], int], Callable[[int], None]] | Non
     return None
 
 
-@contextlib.contextmanager
-def _blas_on_one_thread() -> Iterator[None]:
-    """numpy's OpenBLAS on the calling thread only, within: a prompt's attention products
-    ([512, 128] @ [128, 64] a head group) measured 1.4-1.7x faster so than split over 2 threads,
-    and they do not wait for a core that another process holds."""
-    openblas = _openblas_threads()
-    if openblas is None:
-        yield
-        return
-    get, set_ = openblas
-    threads = get()
-    set_(1)
-    try:
-        yield
-    finally:
-        set_(threads)
+class _OneBlasThread:
+    """numpy's OpenBLAS on the calling thread only, within `with ONE_BLAS_THREAD:`: a prompt's
+    attention products ([512, 128] @ [128, 64] a head group) measured 1.4-1.7x faster so than
+    split over 2 threads, and they do not wait for a core that another process holds. The setting
+    is the process's: the first to enter saves the thread count and the last to leave restores it
+    (two engines in a process may overlap; each restoring what it saw would leave 1 for good)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._saved = 0
+
+    def __enter__(self) -> None:
+        openblas = _openblas_threads()
+        if openblas is None:
+            return
+        with self._lock:
+            if self._inside == 0:
+                self._saved = openblas[0]()
+                openblas[1](1)
+            self._inside += 1
+
+    def __exit__(self, *exc: object) -> None:
+        openblas = _openblas_threads()
+        if openblas is None:
+            return
+        with self._lock:
+            self._inside -= 1
+            if self._inside == 0:
+                openblas[1](self._saved)
+
+
+ONE_BLAS_THREAD = _OneBlasThread()
 
 
 def load_reference(path: Path) -> Any:
@@ -525,7 +541,7 @@ class DenseForward:
         # on this thread only: a prompt's blocks on the helpers too measured slower (8x64: MKL's
         # threads still spin on the cores after the products around it; with OpenBLAS's on an AMD
         # EPYC, 1.77 against 1.59 s for the whole prefill)
-        with _blas_on_one_thread():
+        with ONE_BLAS_THREAD:
             self._attend_blocks(q, keys, values, bias, out.reshape(rows, steps, kv, group, dim))
 
     def _attend_blocks(
