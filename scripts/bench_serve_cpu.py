@@ -39,7 +39,7 @@ A missed target is reported, not an exit status: the script fails only when some
     .venv/bin/python scripts/bench_serve_cpu.py --part engine-detail # long prompts, soak, PyTorch
     .venv/bin/python scripts/bench_serve_cpu.py --part server-overhead   # ~3 minutes, see below
     .venv/bin/python scripts/bench_serve_cpu.py --part llamacpp-serve    # ~10 minutes, see below
-    .venv/bin/python scripts/bench_serve_cpu.py --part paired --rounds 9  # ~8 minutes, see below
+    .venv/bin/python scripts/bench_serve_cpu.py --part paired --rounds 9  # ~3 minutes, see below
 
 --part paired (issue #21's engine-vs-llama.cpp-f32 figures on a host whose memory bandwidth comes
 and goes): the engine stays loaded in a child process, and each of its measurements (batch-1
@@ -180,6 +180,10 @@ def main() -> int:
         parser.error(f"--rounds must be at least 1, not {args.rounds}")
     if args.hogs < 0:
         parser.error(f"--hogs must be 0 or more, not {args.hogs}")
+    child = args.phase or args.torch_phase or args.engine_worker  # this script's own children
+    for dest, parts in PART_OPTIONS.items():
+        if not child and args.part not in parts and getattr(args, dest) != parser.get_default(dest):
+            parser.error(f"--{dest.replace('_', '-')} applies to --part {' / '.join(parts)}, not {args.part}")
     if args.part != "compare" and args.out == parser.get_default("out"):
         args.out = args.out.with_name(
             {
@@ -330,6 +334,17 @@ def main() -> int:
         total_s=total,
     )
     return 0
+
+
+# options that only some parts read: given to another part, they are refused rather than ignored
+PART_OPTIONS = {
+    "contenders": ("compare",),
+    "before": ("compare",),
+    "rounds": ("compare", "paired", "llamacpp-serve"),
+    "serve_threads": ("llamacpp-serve",),
+    "hogs": ("llamacpp-serve",),
+    "repeat": ("engine-detail", "server-overhead"),
+}
 
 
 def _interrupt(signum: int, frame: Any) -> None:

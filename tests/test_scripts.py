@@ -117,6 +117,22 @@ def test_bench_serve_cpu_finds_its_parts_from_any_directory(repo, tmp_path):
     assert bad.returncode == 2 and "unknown contender(s) nope" in bad.stderr
 
 
+def test_bench_serve_cpu_refuses_an_option_its_part_does_not_read(repo, tmp_path):
+    """--contenders is compare's, --hogs llamacpp-serve's, --repeat engine-detail's and
+    server-overhead's: given to another part they are refused, not ignored."""
+    script = [sys.executable, str(repo / "scripts" / "bench_serve_cpu.py")]
+    for args, says in (
+        (
+            ["--part", "paired", "--contenders", "engine"],
+            "--contenders applies to --part compare, not paired",
+        ),
+        (["--hogs", "1"], "--hogs applies to --part llamacpp-serve, not compare"),
+        (["--part", "paired", "--repeat", "3"], "--repeat applies to --part engine-detail / server-overhead"),
+    ):
+        result = subprocess.run([*script, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert result.returncode == 2 and says in result.stderr, (args, result.stderr)
+
+
 def test_bench_serve_cpu_takes_each_metrics_best_round(repo, monkeypatch):
     """Both comparisons take each metric's best round: the highest rate, the lowest time and memory
     (a noisy round only ever slows), so a ratio never pairs one side's quiet round with a busy one."""
