@@ -13,6 +13,7 @@ pair's ratio is reported, and their median is the comparison (issue #21: >= 1.0x
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -138,8 +139,7 @@ def paired_main(args: Any, env: dict[str, str]) -> int:
             file=sys.stderr,
         )
         return 2
-    model_dir = build_model(args.model_dir)
-    args.model_dir = model_dir
+    model_dir = build_model(args.model_dir)  # built once, at args.model_dir (the worker's too)
     path = gguf_file(model_dir, "f32")
     own: dict[str, Callable[[], dict[str, Any]]] = {
         "b1": lambda: own_batch1(binaries, path, args.threads, new_tokens),
@@ -151,12 +151,12 @@ def paired_main(args: Any, env: dict[str, str]) -> int:
         worker = EngineWorker(args, engine_env(env), new_tokens, log)
         try:
             for r in range(rounds):
-                for shape, (metric, _n) in SHAPES.items():
+                for k, (shape, (metric, _n)) in enumerate(SHAPES.items()):
                     sides: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-                        ("engine", lambda: worker.measure(shape, SEED + r)),  # noqa: B023  # called at once
+                        ("engine", functools.partial(worker.measure, shape, SEED + r)),
                         ("llamacpp-f32", own[shape]),
                     ]
-                    if (r + len(pairs)) % 2:  # alternate who goes first
+                    if (r + k) % 2:  # who goes first alternates, by round and by shape
                         sides.reverse()
                     pair: dict[str, Any] = {"round": r + 1, "shape": shape, "metric": metric}
                     pair["load_average_1m"] = os.getloadavg()[0]
