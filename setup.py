@@ -8,7 +8,7 @@ in site-packages.
 import re
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "ernie_ops" / "__init__.py").read_text()).group(1)
@@ -82,6 +82,18 @@ setup(
         # engine: llamacpp. Compiles llama.cpp at install (10-12 min on 2 cores); not in setup.sh
         "llamacpp": ["llama-cpp-python[server]>=0.3.16,<0.4"],
     },
+    # the embedded engine's batch-1 decode step (serve/engine/fused_decode.py): plain C, loaded with
+    # ctypes; optional, so an install without a C compiler still works (that step then runs in numpy)
+    ext_modules=[
+        Extension(
+            "ernie_ops.serve.engine._fused_decode",
+            sources=["serve/engine/fused_decode.c"],
+            extra_compile_args=["-O3", "-fno-math-errno", "-pthread", "-Wall"],
+            extra_link_args=["-pthread"],
+            libraries=["m"],
+            optional=True,
+        )
+    ],
     entry_points={"console_scripts": ["ernie-ops=ernie_ops.cli:entry"]},
     classifiers=[
         "Programming Language :: Python :: 3",

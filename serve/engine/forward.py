@@ -79,6 +79,7 @@ import numpy as np
 
 from ernie_ops.errors import UserError
 from ernie_ops.extras import optional_imports
+from ernie_ops.serve.engine.fused_decode import FusedDecode
 from ernie_ops.serve.engine.quantize import fake_quantize
 from ernie_ops.serve.engine.weights import FileWeights, ModelWeights, Weights
 
@@ -437,6 +438,7 @@ class DenseForward:
         self.head = self.embed if self.tied else weights.read_transposed("lm_head.weight")
         self.head_tensor = _tensor(self.head)
         self.head_bias = weights.read("lm_head.bias") if weights.has("lm_head.bias") else None
+        self.fused = FusedDecode.of(self)  # a lone sequence's decode step, compiled (None: numpy)
 
     @classmethod
     def load(cls, path: Path, config: Any, quantization: str | None = None) -> DenseForward:
@@ -479,6 +481,8 @@ class DenseForward:
         [B, S, at + S] (0 or -inf).
         """
         rows, steps = ids.shape
+        if rows == steps == 1 and self.fused is not None and self.fused.takes(cache):
+            return self.fused.step(int(ids[0, 0]), int(positions[0, 0]), cache, at, bias[0, 0])
         heads, kv, dim = self.heads, self.kv_heads, self.head_dim
         end = at + steps
         angles = positions[..., None].astype(np.float32) * self.inv_freq

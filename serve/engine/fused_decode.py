@@ -1,0 +1,183 @@
+"""A lone sequence's decode step as one compiled call (`fused_decode.c`, built at install).
+
+A batch-1 step reads every weight once (1.44 GB a token at the 0.3B shape) and is bound by memory
+bandwidth. In numpy (`DenseForward.forward`) ~6% of the step went to the small operations between
+the 73 products (norms, RoPE, attention, SwiGLU, Python), with the memory idle meanwhile, and each
+product cost a hand-off to OpenBLAS's threads. Compiled, the step is its products: a team of
+threads, spinning between products, takes 64-row tasks of each from a shared counter (a helper that
+another process holds off its core leaves its share to the caller, as `_in_parallel`'s do).
+
+The build is optional (`setup.py`): without a C compiler at install, or with a stale build, batch-1
+steps run in numpy as before and the engine logs it once. The tests hold the two paths together.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.machinery
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ABI = 1  # fused_decode.c's ABI: a build from other sources is not used
+LIBRARY = "_fused_decode"  # the extension's module name (setup.py), loaded with ctypes
+WEIGHTS_PER_LAYER = 6  # ln1, ln2, qkv, o, up_gate, down (fused_decode.c reads them in this order)
+
+
+class _Dims(ctypes.Structure):
+    _fields_ = [
+        *(
+            (name, ctypes.c_int32)
+            for name in ("layers", "hidden", "heads", "kv_heads", "head_dim", "inner", "vocab")
+        ),
+        ("eps", ctypes.c_float),
+        ("scale", ctypes.c_float),
+    ]
+
+
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    """The built library, or None and why it cannot be used (no threads started)."""
+    here = Path(__file__).parent
+    found = [
+        here / (LIBRARY + s)
+        for s in importlib.machinery.EXTENSION_SUFFIXES
+        if (here / (LIBRARY + s)).is_file()
+    ]
+    if not found:
+        return None, "not built (no C compiler at install?)"
+    try:
+        lib = ctypes.CDLL(str(found[0]))
+    except OSError as err:
+        return None, f"cannot be loaded ({err})"
+    lib.ernie_fused_abi.restype = ctypes.c_int
+    if lib.ernie_fused_abi() != ABI:
+        return None, f"stale ({found[0].name} is from other sources)"
+    return lib, ""
+
+
+def problem() -> str | None:
+    """Why the compiled step cannot be used here, or None (`ernie-ops doctor` reports it)."""
+    return _load()[1] or None
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled step, its helper threads started (as many as numpy's BLAS has, less the
+    caller); None, logged once, when it cannot be used."""
+    from ernie_ops.serve.engine.forward import blas_threads
+
+    lib, why = _load()
+    if lib is None:
+        log.warning(
+            "the compiled decode step is %s: a lone sequence decodes in numpy, ~10%% slower "
+            "(reinstall with a C compiler present: pip install -e .)",
+            why,
+        )
+        return None
+    lib.ernie_fused_start.argtypes, lib.ernie_fused_start.restype = [ctypes.c_int], ctypes.c_int
+    lib.ernie_fused_scratch.argtypes = [ctypes.POINTER(_Dims), ctypes.c_int]
+    lib.ernie_fused_scratch.restype = ctypes.c_long
+    pointer = ctypes.c_void_p
+    lib.ernie_fused_step.argtypes = [
+        ctypes.POINTER(_Dims),
+        *(pointer,) * 5,  # weights, norm, head, inv_freq, embedding
+        ctypes.c_float,  # position
+        pointer,  # keys
+        pointer,  # values
+        ctypes.c_int,  # capacity
+        ctypes.c_int,  # at
+        *(pointer,) * 3,  # bias, scratch, logits
+    ]
+    lib.ernie_fused_step.restype = ctypes.c_int
+    lib.ernie_fused_start(blas_threads() - 1)
+    return lib
+
+
+def _address(array: np.ndarray) -> int:
+    return int(array.__array_interface__["data"][0])
+
+
+def _addresses(arrays: Sequence[np.ndarray]) -> ctypes.Array[ctypes.c_void_p]:
+    return (ctypes.c_void_p * len(arrays))(*map(_address, arrays))
+
+
+def _plain(array: np.ndarray) -> bool:
+    return array.dtype == np.float32 and array.flags.c_contiguous
+
+
+class FusedDecode:
+    """The compiled batch-1 step over a `DenseForward`'s weights (the same arrays, not copies)."""
+
+    def __init__(self, lib: ctypes.CDLL, net: Any):
+        self._lib = lib
+        self._net = net  # keeps the weights the pointers point into alive
+        self.dims = _Dims(
+            len(net.layers),
+            net.embed.shape[1],
+            net.heads,
+            net.kv_heads,
+            net.head_dim,
+            net.inner,
+            net.head.shape[0],
+            float(net.eps),
+            float(net.scale),
+        )
+        self._weights = _addresses(
+            [a for w in net.layers for a in (w.ln1, w.ln2, w.qkv.rows, w.o.rows, w.up_gate.rows, w.down.rows)]
+        )
+
+    @classmethod
+    def of(cls, net: Any) -> FusedDecode | None:
+        """The compiled step for NET; None when it is not built or NET has what it does not compute
+        (linear or LM-head biases, weights not plain float32 rows)."""
+        arrays = [net.norm, net.head, net.embed, net.inv_freq]
+        arrays += [a for w in net.layers for a in (w.ln1, w.ln2)]
+        linears = [lin for w in net.layers for lin in (w.qkv, w.o, w.up_gate, w.down)]
+        if net.head_bias is not None or any(lin.bias is not None for lin in linears) or net.head_dim % 2:
+            return None
+        if not all(_plain(a) for a in arrays + [lin.rows for lin in linears]):
+            return None
+        lib = library()
+        return None if lib is None else cls(lib, net)
+
+    def takes(self, cache: list[np.ndarray]) -> bool:
+        """Whether CACHE (a lone row's) is laid out as the compiled step writes it."""
+        return all(len(c) == 1 and _plain(c) for c in cache)
+
+    def step(
+        self, token: int, position: int, cache: list[np.ndarray], at: int, bias: np.ndarray
+    ) -> np.ndarray:
+        """Logits [1, V] of TOKEN at POSITION, its key and value written into column AT of CACHE
+        (a lone row's, `DenseForward.new_cache(1, ...)`), attending to columns [0, AT] with the
+        additive BIAS [AT + 1]."""
+        net, capacity = self._net, cache[0].shape[2]
+        if not 0 <= token < net.embed.shape[0]:
+            raise IndexError(f"token id {token} is outside the vocabulary of {net.embed.shape[0]}")
+        if not 0 <= at < capacity or bias.shape != (at + 1,):
+            raise ValueError(f"column {at} of a {capacity}-column cache with a bias of {bias.shape}")
+        bias = np.ascontiguousarray(bias, dtype=np.float32)
+        scratch = np.empty(self._lib.ernie_fused_scratch(self.dims, capacity), dtype=np.float32)
+        logits = np.empty((1, self.dims.vocab), dtype=np.float32)
+        self._lib.ernie_fused_step(
+            self.dims,
+            self._weights,
+            _address(net.norm),
+            _address(net.head),
+            _address(net.inv_freq),
+            _address(net.embed) + token * net.embed.strides[0],
+            float(position),
+            _addresses(cache[0::2]),
+            _addresses(cache[1::2]),
+            capacity,
+            at,
+            _address(bias),
+            _address(scratch),
+            _address(logits),
+        )
+        return logits

@@ -1,0 +1,188 @@
+"""The compiled batch-1 decode step (serve/engine/fused_decode.c) against the numpy forward it
+replaces for a lone sequence: the same logits and the same keys and values written into the cache,
+at ERNIE 4.5's shapes and at odd ones (vector tails, row tails, a lone KV head), with padding in the
+cache, with two threads stepping at once, and the models it does not compute left to numpy."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from ernie_ops.serve.engine import fused_decode
+from ernie_ops.serve.engine.forward import LINEARS, DenseForward, load_checkpoint
+
+
+class ArrayWeights:
+    """Random weights by ERNIEKit's parameter names, in Paddle's layout ([in, out] linears)."""
+
+    def __init__(self, config: SimpleNamespace, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        hidden, inner = config.hidden_size, config.intermediate_size
+        width = (config.num_attention_heads + 2 * config.num_key_value_heads) * config.head_dim
+        shapes = {
+            "ernie.embed_tokens.weight": (config.vocab_size, hidden),
+            "ernie.norm.weight": (hidden,),
+            "lm_head.weight": (hidden, config.vocab_size),
+        }
+        for i in range(config.num_hidden_layers):
+            p = f"ernie.layers.{i}."
+            outs = (width, hidden, 2 * inner, hidden)
+            ins = (hidden, config.num_attention_heads * config.head_dim, hidden, inner)
+            shapes |= {p + f"{n}.weight": (i_, o) for n, i_, o in zip(LINEARS, ins, outs, strict=True)}
+            shapes |= {
+                p + "input_layernorm.weight": (hidden,),
+                p + "post_attention_layernorm.weight": (hidden,),
+            }
+        self.tensors = {
+            name: (rng.standard_normal(shape, dtype=np.float32) * (0.5 if len(shape) == 1 else 0.2))
+            for name, shape in shapes.items()
+        }
+
+    def has(self, name: str) -> bool:
+        return name in self.tensors
+
+    def read(self, name: str) -> np.ndarray:
+        return self.tensors[name].copy()
+
+    def read_transposed(self, name: str) -> np.ndarray:
+        return np.ascontiguousarray(self.tensors[name].T)
+
+
+def odd_config(**changes: object) -> SimpleNamespace:
+    """A dense config whose widths are not multiples of the kernels' 16 lanes or 4 rows."""
+    config = SimpleNamespace(
+        num_attention_heads=3,
+        num_key_value_heads=1,
+        head_dim=6,
+        hidden_size=37,
+        intermediate_size=29,
+        vocab_size=51,
+        num_hidden_layers=2,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        use_moe=False,
+        use_rmsnorm=True,
+        rope_3d=False,
+    )
+    vars(config).update(changes)
+    return config
+
+
+def steps_of(net: DenseForward, tokens: list[int], pads: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Logits of TOKENS fed a step at a time after PADS padding columns (as a row left-padded in a
+    batch that shrank to it), and the cache they leave."""
+    cache = net.new_cache(1, pads + len(tokens) + 2)
+    rng = np.random.default_rng(7)
+    for c in cache:  # padding columns hold garbage: the bias must hide it
+        c[:, :, :pads] = rng.standard_normal(c[:, :, :pads].shape, dtype=np.float32)
+    bias = np.full(pads + len(tokens), -np.inf, dtype=np.float32)
+    out = []
+    for i, token in enumerate(tokens):
+        at = pads + i
+        bias[at] = 0
+        out.append(
+            net.forward(np.array([[token]]), np.array([[i]]), bias[None, None, : at + 1], cache, at)[0]
+        )
+    return np.stack(out), cache
+
+
+def both_paths(net: DenseForward, tokens: list[int], pads: int = 0) -> None:
+    assert net.fused is not None
+    fused, fused_cache = steps_of(net, tokens, pads)
+    compiled, net.fused = net.fused, None
+    try:
+        numpy_, numpy_cache = steps_of(net, tokens, pads)
+    finally:
+        net.fused = compiled
+    np.testing.assert_allclose(fused, numpy_, atol=2e-5, rtol=1e-5)
+    for a, b in zip(fused_cache, numpy_cache, strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)
+
+
+def test_the_compiled_step_is_built_in_this_install():
+    """setup.py builds it optionally: a failed build would only log, so the suite checks it."""
+    assert fused_decode.library() is not None
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"tie_word_embeddings": True}, {"num_key_value_heads": 3}, {"hidden_size": 64, "head_dim": 32}],
+    ids=["odd", "tied", "no-gqa", "lanes"],
+)
+@pytest.mark.parametrize("pads", [0, 3])
+def test_the_compiled_step_equals_numpy(changes, pads):
+    config = odd_config(**changes)
+    net = DenseForward(config, ArrayWeights(config))
+    both_paths(net, [3, 50, 0, 17, 17, 9, 44], pads)
+
+
+def test_the_compiled_step_equals_numpy_on_the_tiny_model(tiny_dense):
+    config, _, _ = load_checkpoint(tiny_dense)
+    net = DenseForward.load(tiny_dense, config)
+    both_paths(net, [5, 17, 300, 42, 9, 88, 120, 7, 7, 64], pads=2)
+
+
+def test_two_threads_stepping_at_once_get_what_each_gets_alone():
+    """One step holds the helper team; the other runs on its own thread meanwhile (both correct)."""
+    config = odd_config(hidden_size=256, intermediate_size=512, vocab_size=4000)
+    net = DenseForward(config, ArrayWeights(config))
+    sequences = [[1, 2, 3, 4, 5, 6] * 4, [9, 8, 7, 6, 5, 4] * 4]
+    alone = [steps_of(net, s)[0] for s in sequences]
+    got: list[np.ndarray | None] = [None, None]
+
+    def step(i: int) -> None:
+        for _ in range(5):
+            got[i] = steps_of(net, sequences[i])[0]
+
+    threads = [threading.Thread(target=step, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for want, have in zip(alone, got, strict=True):
+        assert have is not None
+        np.testing.assert_array_equal(have, want)
+
+
+def test_what_it_does_not_compute_is_left_to_numpy():
+    config = odd_config()
+    weights = ArrayWeights(config)
+    weights.tensors["ernie.layers.1.mlp.down_proj.bias"] = np.ones(config.hidden_size, dtype=np.float32)
+    net = DenseForward(config, weights)
+    assert net.fused is None  # a linear bias: the compiled step has none
+    plain = DenseForward(config, ArrayWeights(config))
+    assert plain.fused is not None
+    assert not plain.fused.takes(plain.new_cache(2, 4))  # two rows: the batched numpy step
+
+
+def test_a_token_outside_the_vocabulary_is_refused():
+    config = odd_config()
+    net = DenseForward(config, ArrayWeights(config))
+    cache = net.new_cache(1, 4)
+    with pytest.raises(IndexError, match="outside the vocabulary"):
+        net.forward(
+            np.array([[config.vocab_size]]), np.array([[0]]), np.zeros((1, 1, 1), np.float32), cache, 0
+        )
+
+
+def test_without_the_build_numpy_steps_and_doctor_says_why(monkeypatch):
+    from ernie_ops import doctor
+
+    assert doctor.check_compiled_decode()[0].status == doctor.OK
+    monkeypatch.setattr(fused_decode, "LIBRARY", "_not_built_here")  # as an install without a compiler
+    (check,) = doctor.check_compiled_decode()
+    assert check.status == doctor.WARN and "not built" in check.detail and "pip install -e ." in check.fix
+    monkeypatch.setattr(fused_decode, "library", lambda: None)
+    config = odd_config()
+    net = DenseForward(config, ArrayWeights(config))
+    assert net.fused is None
+    assert net.forward(
+        np.array([[1]]), np.array([[0]]), np.zeros((1, 1, 1), np.float32), net.new_cache(1, 2), 0
+    ).shape == (
+        1,
+        config.vocab_size,
+    )
