@@ -72,35 +72,44 @@ def odd_config(**changes: object) -> SimpleNamespace:
     return config
 
 
-def steps_of(net: DenseForward, tokens: list[int], pads: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Logits of TOKENS fed a step at a time after PADS padding columns (as a row left-padded in a
-    batch that shrank to it), and the cache they leave."""
-    cache = net.new_cache(1, pads + len(tokens) + 2)
+def steps_of(
+    net: DenseForward, rows: list[list[int]], pads: list[int] | None = None
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Logits [steps, B, V] of the token ROWS fed a step at a time, all rows at once, after PADS
+    padding columns a row (as rows left-padded in a batch), and the cache they leave."""
+    pads = pads or [0] * len(rows)
+    width = max(pads)
+    cache = net.new_cache(len(rows), width + len(rows[0]) + 2)
     rng = np.random.default_rng(7)
     for c in cache:  # padding columns hold garbage: the bias must hide it
-        c[:, :, :pads] = rng.standard_normal(c[:, :, :pads].shape, dtype=np.float32)
-    bias = np.full(pads + len(tokens), -np.inf, dtype=np.float32)
+        c[:, :, :width] = rng.standard_normal(c[:, :, :width].shape, dtype=np.float32)
+    bias = np.full((len(rows), cache[0].shape[2]), -np.inf, dtype=np.float32)
+    for r, pad in enumerate(pads):
+        bias[r, pad:width] = 0  # earlier real tokens: the garbage stands in for their keys
     out = []
-    for i, token in enumerate(tokens):
-        at = pads + i
-        bias[at] = 0
-        out.append(
-            net.forward(np.array([[token]]), np.array([[i]]), bias[None, None, : at + 1], cache, at)[0]
-        )
+    for i in range(len(rows[0])):
+        at = width + i
+        bias[:, at] = 0
+        ids = np.array([[row[i]] for row in rows])
+        positions = np.array([[width - pad + i] for pad in pads])
+        out.append(net.forward(ids, positions, bias[:, None, : at + 1], cache, at))
     return np.stack(out), cache
 
 
-def both_paths(net: DenseForward, tokens: list[int], pads: int = 0) -> None:
-    assert net.fused is not None
-    fused, fused_cache = steps_of(net, tokens, pads)
+def both_paths(net: DenseForward, rows: list[list[int]], pads: list[int] | None = None) -> None:
+    assert net.fused is not None and net.fused.takes(net.new_cache(len(rows), 1))
+    fused, fused_cache = steps_of(net, rows, pads)
     compiled, net.fused = net.fused, None
     try:
-        numpy_, numpy_cache = steps_of(net, tokens, pads)
+        numpy_, numpy_cache = steps_of(net, rows, pads)
     finally:
         net.fused = compiled
     np.testing.assert_allclose(fused, numpy_, atol=2e-5, rtol=1e-5)
     for a, b in zip(fused_cache, numpy_cache, strict=True):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)
+
+
+TOKENS = [3, 50, 0, 17, 17, 9, 44]
 
 
 def test_the_compiled_step_is_built_in_this_install():
@@ -113,17 +122,27 @@ def test_the_compiled_step_is_built_in_this_install():
     [{}, {"tie_word_embeddings": True}, {"num_key_value_heads": 3}, {"hidden_size": 64, "head_dim": 32}],
     ids=["odd", "tied", "no-gqa", "lanes"],
 )
-@pytest.mark.parametrize("pads", [0, 3])
+@pytest.mark.parametrize("pads", [[0], [3]])
 def test_the_compiled_step_equals_numpy(changes, pads):
     config = odd_config(**changes)
     net = DenseForward(config, ArrayWeights(config))
-    both_paths(net, [3, 50, 0, 17, 17, 9, 44], pads)
+    both_paths(net, [TOKENS], pads)
+
+
+@pytest.mark.parametrize("batch", [2, 5, fused_decode.MAX_ROWS])
+def test_a_batched_compiled_step_equals_numpy(batch):
+    """Rows of x in tiles of 4 and the rest, each row with its own position and padding."""
+    config = odd_config(hidden_size=70, intermediate_size=45)
+    net = DenseForward(config, ArrayWeights(config))
+    rows = [[(t + 7 * r) % config.vocab_size for t in TOKENS] for r in range(batch)]
+    both_paths(net, rows, [(3 * r) % 5 for r in range(batch)])
 
 
 def test_the_compiled_step_equals_numpy_on_the_tiny_model(tiny_dense):
     config, _, _ = load_checkpoint(tiny_dense)
     net = DenseForward.load(tiny_dense, config)
-    both_paths(net, [5, 17, 300, 42, 9, 88, 120, 7, 7, 64], pads=2)
+    both_paths(net, [[5, 17, 300, 42, 9, 88, 120, 7, 7, 64]], [2])
+    both_paths(net, [[5, 17, 300, 42], [9, 88, 120, 7], [7, 64, 1, 2]], [0, 2, 1])
 
 
 def test_two_threads_stepping_at_once_get_what_each_gets_alone():
@@ -131,12 +150,12 @@ def test_two_threads_stepping_at_once_get_what_each_gets_alone():
     config = odd_config(hidden_size=256, intermediate_size=512, vocab_size=4000)
     net = DenseForward(config, ArrayWeights(config))
     sequences = [[1, 2, 3, 4, 5, 6] * 4, [9, 8, 7, 6, 5, 4] * 4]
-    alone = [steps_of(net, s)[0] for s in sequences]
+    alone = [steps_of(net, [s])[0] for s in sequences]
     got: list[np.ndarray | None] = [None, None]
 
     def step(i: int) -> None:
         for _ in range(5):
-            got[i] = steps_of(net, sequences[i])[0]
+            got[i] = steps_of(net, [sequences[i]])[0]
 
     threads = [threading.Thread(target=step, args=(i,)) for i in range(2)]
     for t in threads:
@@ -156,7 +175,8 @@ def test_what_it_does_not_compute_is_left_to_numpy():
     assert net.fused is None  # a linear bias: the compiled step has none
     plain = DenseForward(config, ArrayWeights(config))
     assert plain.fused is not None
-    assert not plain.fused.takes(plain.new_cache(2, 4))  # two rows: the batched numpy step
+    assert plain.fused.takes(plain.new_cache(fused_decode.MAX_ROWS, 4))
+    assert not plain.fused.takes(plain.new_cache(fused_decode.MAX_ROWS + 1, 4))  # numpy's batched step
 
 
 def test_a_token_outside_the_vocabulary_is_refused():

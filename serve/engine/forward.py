@@ -7,8 +7,13 @@ straight from the checkpoint's safetensors files (`weights.py`) a tensor at a ti
 the weights once. Linear weights are kept as [out, in] rows (Paddle stores [in, out]; each is
 transposed as it is read), the tied LM head is the embedding table itself.
 
+A lone sequence's decode step (one row, one new token) is one compiled call when the package was
+built with a C compiler (`fused_decode.py`: the same arithmetic, no small numpy operations between
+the products); the rest of this module is the forward for everything else and the fallback.
+
 Which kernel multiplies (`_matmul`), measured on 2 cores (Xeon, AVX-512; 0.3B shapes, float32):
-- one row (a lone stream decoding, memory-bound): numpy's OpenBLAS gemv down the [out, in] rows
+- one row (a lone stream decoding, memory-bound; without the compiled step): numpy's OpenBLAS gemv
+  down the [out, in] rows
   (dot products over contiguous memory). Over [in, out] (axpy form) it measured 0.7x in interleaved
   engine runs, and MKL's held up worse than OpenBLAS's with other processes on the cores. On an AMD
   EPYC (2 threads, the 0.3B model's 73 products of a token, interleaved) it equals scipy's OpenBLAS
@@ -481,8 +486,8 @@ class DenseForward:
         [B, S, at + S] (0 or -inf).
         """
         rows, steps = ids.shape
-        if rows == steps == 1 and self.fused is not None and self.fused.takes(cache):
-            return self.fused.step(int(ids[0, 0]), int(positions[0, 0]), cache, at, bias[0, 0])
+        if steps == 1 and self.fused is not None and self.fused.takes(cache):
+            return self.fused.step(ids[:, 0], positions[:, 0], cache, at, bias[:, 0])
         heads, kv, dim = self.heads, self.kv_heads, self.head_dim
         end = at + steps
         angles = positions[..., None].astype(np.float32) * self.inv_freq

@@ -25,9 +25,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-ABI = 1  # fused_decode.c's ABI: a build from other sources is not used
+ABI = 2  # fused_decode.c's ABI: a build from other sources is not used
 LIBRARY = "_fused_decode"  # the extension's module name (setup.py), loaded with ctypes
-WEIGHTS_PER_LAYER = 6  # ln1, ln2, qkv, o, up_gate, down (fused_decode.c reads them in this order)
+MAX_ROWS = 8  # a decode step of up to this many rows is compiled (more: numpy's batched step)
 
 
 class _Dims(ctypes.Structure):
@@ -66,6 +66,26 @@ def problem() -> str | None:
     return _load()[1] or None
 
 
+def _bind(lib: ctypes.CDLL) -> None:
+    """Declare the library's functions' arguments (ctypes converts and checks them so)."""
+    lib.ernie_fused_start.argtypes, lib.ernie_fused_start.restype = [ctypes.c_int], ctypes.c_int
+    lib.ernie_fused_scratch.argtypes = [ctypes.POINTER(_Dims), ctypes.c_int, ctypes.c_int]
+    lib.ernie_fused_scratch.restype = ctypes.c_long
+    pointer = ctypes.c_void_p
+    lib.ernie_fused_step.argtypes = [
+        ctypes.POINTER(_Dims),
+        *(pointer,) * 5,  # weights, norm, head, inv_freq, embed
+        ctypes.c_int,  # rows
+        *(pointer,) * 4,  # tokens, positions, keys, values
+        ctypes.c_int,  # capacity
+        ctypes.c_int,  # at
+        pointer,  # bias
+        ctypes.c_int,  # bias_stride
+        *(pointer,) * 2,  # scratch, logits
+    ]
+    lib.ernie_fused_step.restype = ctypes.c_int
+
+
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled step, its helper threads started (as many as numpy's BLAS has, less the
@@ -80,21 +100,7 @@ def library() -> ctypes.CDLL | None:
             why,
         )
         return None
-    lib.ernie_fused_start.argtypes, lib.ernie_fused_start.restype = [ctypes.c_int], ctypes.c_int
-    lib.ernie_fused_scratch.argtypes = [ctypes.POINTER(_Dims), ctypes.c_int]
-    lib.ernie_fused_scratch.restype = ctypes.c_long
-    pointer = ctypes.c_void_p
-    lib.ernie_fused_step.argtypes = [
-        ctypes.POINTER(_Dims),
-        *(pointer,) * 5,  # weights, norm, head, inv_freq, embedding
-        ctypes.c_float,  # position
-        pointer,  # keys
-        pointer,  # values
-        ctypes.c_int,  # capacity
-        ctypes.c_int,  # at
-        *(pointer,) * 3,  # bias, scratch, logits
-    ]
-    lib.ernie_fused_step.restype = ctypes.c_int
+    _bind(lib)
     lib.ernie_fused_start(blas_threads() - 1)
     return lib
 
@@ -147,36 +153,48 @@ class FusedDecode:
         return None if lib is None else cls(lib, net)
 
     def takes(self, cache: list[np.ndarray]) -> bool:
-        """Whether CACHE (a lone row's) is laid out as the compiled step writes it."""
-        return all(len(c) == 1 and _plain(c) for c in cache)
+        """Whether a step over CACHE (every row's) is the compiled step's: up to MAX_ROWS rows, laid
+        out as it writes them."""
+        return len(cache[0]) <= MAX_ROWS and all(_plain(c) for c in cache)
 
     def step(
-        self, token: int, position: int, cache: list[np.ndarray], at: int, bias: np.ndarray
+        self, tokens: np.ndarray, positions: np.ndarray, cache: list[np.ndarray], at: int, bias: np.ndarray
     ) -> np.ndarray:
-        """Logits [1, V] of TOKEN at POSITION, its key and value written into column AT of CACHE
-        (a lone row's, `DenseForward.new_cache(1, ...)`), attending to columns [0, AT] with the
-        additive BIAS [AT + 1]."""
-        net, capacity = self._net, cache[0].shape[2]
-        if not 0 <= token < net.embed.shape[0]:
-            raise IndexError(f"token id {token} is outside the vocabulary of {net.embed.shape[0]}")
-        if not 0 <= at < capacity or bias.shape != (at + 1,):
-            raise ValueError(f"column {at} of a {capacity}-column cache with a bias of {bias.shape}")
+        """Logits [B, V] of TOKENS [B] at POSITIONS [B], their keys and values written into column AT
+        of CACHE (`DenseForward.new_cache(B, ...)`), attending to columns [0, AT] with the additive
+        BIAS [B, AT + 1]."""
+        net, (rows, _, capacity, _) = self._net, cache[0].shape
+        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+        positions = np.ascontiguousarray(positions, dtype=np.int64)
         bias = np.ascontiguousarray(bias, dtype=np.float32)
-        scratch = np.empty(self._lib.ernie_fused_scratch(self.dims, capacity), dtype=np.float32)
-        logits = np.empty((1, self.dims.vocab), dtype=np.float32)
+        if tokens.shape != (rows,) or positions.shape != (rows,) or bias.shape != (rows, at + 1):
+            raise ValueError(
+                f"{rows} rows: tokens {tokens.shape}, positions {positions.shape}, bias {bias.shape}"
+            )
+        if not 0 <= at < capacity:
+            raise ValueError(f"column {at} of a {capacity}-column cache")
+        if rows and not 0 <= tokens.min() <= tokens.max() < self.dims.vocab:
+            raise IndexError(
+                f"a token id of {tokens.tolist()} is outside the vocabulary of {self.dims.vocab}"
+            )
+        scratch = np.empty(self._lib.ernie_fused_scratch(self.dims, rows, capacity), dtype=np.float32)
+        logits = np.empty((rows, self.dims.vocab), dtype=np.float32)
         self._lib.ernie_fused_step(
             self.dims,
             self._weights,
             _address(net.norm),
             _address(net.head),
             _address(net.inv_freq),
-            _address(net.embed) + token * net.embed.strides[0],
-            float(position),
+            _address(net.embed),
+            rows,
+            _address(tokens),
+            _address(positions),
             _addresses(cache[0::2]),
             _addresses(cache[1::2]),
             capacity,
             at,
             _address(bias),
+            at + 1,
             _address(scratch),
             _address(logits),
         )
