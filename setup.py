@@ -88,6 +88,7 @@ setup(
         Extension(
             "ernie_ops.serve.engine._fused_decode",
             sources=["serve/engine/fused_decode.c"],
+            depends=["serve/engine/fused_kernels.h"],
             extra_compile_args=["-O3", "-fno-math-errno", "-pthread", "-Wall"],
             extra_link_args=["-pthread"],
             libraries=["m"],

@@ -1,7 +1,8 @@
-"""The compiled batch-1 decode step (serve/engine/fused_decode.c) against the numpy forward it
-replaces for a lone sequence: the same logits and the same keys and values written into the cache,
-at ERNIE 4.5's shapes and at odd ones (vector tails, row tails, a lone KV head), with padding in the
-cache, with two threads stepping at once, and the models it does not compute left to numpy."""
+"""The compiled decode step (serve/engine/fused_decode.c) against the numpy forward it replaces for
+steps of up to MAX_ROWS rows: the same logits and the same keys and values written into the cache,
+with each set of kernels (AVX-512, AVX2, any CPU), at ERNIE 4.5's shapes and at odd ones (vector
+tails, row tails, a lone KV head), rows with their own padding and positions, two threads stepping at
+once, and what it does not compute (or where it would be slower) left to numpy."""
 
 from __future__ import annotations
 
@@ -112,9 +113,19 @@ def both_paths(net: DenseForward, rows: list[list[int]], pads: list[int] | None 
 TOKENS = [3, 50, 0, 17, 17, 9, 44]
 
 
+@pytest.fixture(params=[512, 256, 128], ids=["avx512", "avx2", "any-cpu"])
+def width(request):
+    """Each set of kernels this CPU runs (AVX-512, AVX2, the plain one every CPU runs)."""
+    if fused_decode.use_kernels(request.param) != request.param:
+        fused_decode.use_kernels(0)
+        pytest.skip(f"this CPU has no {request.param}-bit vectors")
+    yield request.param
+    fused_decode.use_kernels(0)
+
+
 def test_the_compiled_step_is_built_in_this_install():
     """setup.py builds it optionally: a failed build would only log, so the suite checks it."""
-    assert fused_decode.library() is not None
+    assert fused_decode.compiled() is not None
 
 
 @pytest.mark.parametrize(
@@ -123,14 +134,14 @@ def test_the_compiled_step_is_built_in_this_install():
     ids=["odd", "tied", "no-gqa", "lanes"],
 )
 @pytest.mark.parametrize("pads", [[0], [3]])
-def test_the_compiled_step_equals_numpy(changes, pads):
+def test_the_compiled_step_equals_numpy(changes, pads, width):
     config = odd_config(**changes)
     net = DenseForward(config, ArrayWeights(config))
     both_paths(net, [TOKENS], pads)
 
 
 @pytest.mark.parametrize("batch", [2, 5, fused_decode.MAX_ROWS])
-def test_a_batched_compiled_step_equals_numpy(batch):
+def test_a_batched_compiled_step_equals_numpy(batch, width):
     """Rows of x in tiles of 4 and the rest, each row with its own position and padding."""
     config = odd_config(hidden_size=70, intermediate_size=45)
     net = DenseForward(config, ArrayWeights(config))
@@ -196,8 +207,12 @@ def test_without_the_build_numpy_steps_and_doctor_says_why(monkeypatch):
     monkeypatch.setattr(fused_decode, "LIBRARY", "_not_built_here")  # as an install without a compiler
     (check,) = doctor.check_compiled_decode()
     assert check.status == doctor.WARN and "not built" in check.detail and "pip install -e ." in check.fix
-    monkeypatch.setattr(fused_decode, "library", lambda: None)
     config = odd_config()
+    built = fused_decode.compiled()
+    assert built is not None
+    monkeypatch.setattr(fused_decode, "compiled", lambda: fused_decode.Compiled(built.lib, 128))
+    assert DenseForward(config, ArrayWeights(config)).fused is None  # no AVX2: numpy's step is faster
+    monkeypatch.setattr(fused_decode, "compiled", lambda: None)
     net = DenseForward(config, ArrayWeights(config))
     assert net.fused is None
     assert net.forward(

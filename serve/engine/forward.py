@@ -7,21 +7,21 @@ straight from the checkpoint's safetensors files (`weights.py`) a tensor at a ti
 the weights once. Linear weights are kept as [out, in] rows (Paddle stores [in, out]; each is
 transposed as it is read), the tied LM head is the embedding table itself.
 
-A lone sequence's decode step (one row, one new token) is one compiled call when the package was
-built with a C compiler (`fused_decode.py`: the same arithmetic, no small numpy operations between
-the products); the rest of this module is the forward for everything else and the fallback.
+A decode step of up to 8 rows (one new token each) is one compiled call when the package was built
+with a C compiler on a CPU with AVX2 (`fused_decode.py`: the same arithmetic, 1.06x one row's step,
+1.18x 8 rows'); this module's forward runs prompts, larger batches, and everything without it.
 
 Which kernel multiplies (`_matmul`), measured on 2 cores (Xeon, AVX-512; 0.3B shapes, float32):
 - one row (a lone stream decoding, memory-bound; without the compiled step): numpy's OpenBLAS gemv
-  down the [out, in] rows
-  (dot products over contiguous memory). Over [in, out] (axpy form) it measured 0.7x in interleaved
-  engine runs, and MKL's held up worse than OpenBLAS's with other processes on the cores. On an AMD
+  down the [out, in] rows (dot products over contiguous memory). Over [in, out] (axpy form) it
+  measured 0.7x in interleaved engine runs, and MKL's held up worse than OpenBLAS's with other
+  processes on the cores. On an AMD
   EPYC (2 threads, the 0.3B model's 73 products of a token, interleaved) it equals scipy's OpenBLAS
   0.3.30 and BLIS (cython-blis, the rows split over 2 threads), and a hand-written AVX-512 C kernel
   (4 rows at a time, 2 OpenMP threads) is 1.03x in slow bandwidth windows (~33 GB/s), 1.08x in fast
   ones (~45 GB/s, where llama.cpp's f32 decode runs too);
-- a few rows (a batch decoding, 2 to SMALL_ROWS): OpenBLAS's small-matrix kernel, which works on
-  the operands as they lie (no packing of the weight; a plain sgemm copies every weight into its
+- a few rows (a batch decoding, 2 to SMALL_ROWS; up to 8 without the compiled step): OpenBLAS's
+  small-matrix kernel, which works on the operands as they lie (no packing of the weight; a plain sgemm copies every weight into its
   panel layout first, so 8 rows cost 2.4x one row; here 1.45x). It takes products of at most
   100^3 multiply-adds, so the weight goes in blocks of rows (`_small_matmul`), runs of blocks as
   batched numpy matmuls on as many threads as numpy's BLAS has. CPU time of the 18 layers'
@@ -443,7 +443,7 @@ class DenseForward:
         self.head = self.embed if self.tied else weights.read_transposed("lm_head.weight")
         self.head_tensor = _tensor(self.head)
         self.head_bias = weights.read("lm_head.bias") if weights.has("lm_head.bias") else None
-        self.fused = FusedDecode.of(self)  # a lone sequence's decode step, compiled (None: numpy)
+        self.fused = FusedDecode.of(self)  # decode steps of a few rows, compiled (None: numpy)
 
     @classmethod
     def load(cls, path: Path, config: Any, quantization: str | None = None) -> DenseForward:

@@ -1,17 +1,17 @@
-/* One decode step of dense ERNIE 4.5 for a lone sequence (batch 1), in float32, as one call:
+/* A decode step of dense ERNIE 4.5 for a few rows (one new token each), in float32, as one call:
  * RMSNorm, fused QKV, interleaved RoPE, GQA softmax attention over the KV cache, o-projection,
  * SwiGLU MLP, final norm and LM head, the weights' products split over a team of threads that
  * wait for the next product spinning (the gaps between products are microseconds).
  *
- * Why compiled (serve/engine/fused_decode.py has the figures): a lone sequence's step is bound by
- * memory bandwidth (every weight read once a token), and in numpy ~6% of it went to the small
- * operations between products (norms, RoPE, attention, SwiGLU, Python), with the memory idle,
- * and each product's thread hand-off cost microseconds more.
+ * Why compiled (fused_decode.py has the figures): a decode step reads every weight once, and in
+ * numpy the small operations between the products (norms, RoPE, attention, SwiGLU, Python) left the
+ * memory idle for ~6% of a lone row's step, and each product's thread hand-off cost microseconds.
  *
  * The arithmetic is forward.py's `DenseForward.forward` (the tests hold the two together); the
- * layouts are its arrays': linear weights as [out, in] rows, the KV cache [kv_heads, capacity,
- * head_dim] a layer, keys stored rotated. Only the C library and POSIX threads; plain C vectors
- * (GCC / Clang vector extensions) in clones for AVX-512, AVX2 and baseline x86-64 chosen at load.
+ * layouts are its arrays': linear weights as [out, in] rows, the KV cache [rows, kv_heads, capacity,
+ * head_dim] a layer, keys stored rotated. Only the C library and POSIX threads; the kernels
+ * (fused_kernels.h) in plain C vectors (GCC / Clang vector extensions), compiled for AVX-512, for
+ * AVX2 and for any CPU, the widest this CPU runs chosen at start (`ernie_fused_kernels`).
  */
 #include <math.h>
 #include <pthread.h>
@@ -20,21 +20,14 @@
 #include <stdint.h>
 #include <string.h>
 
-#define ABI 2 /* fused_decode.py checks it: a stale build is not used */
+#define ABI 3 /* fused_decode.py checks it: a stale build is not used */
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define RELAX() _mm_pause()
 #else
-#define CLONES
 #define RELAX() ((void)0)
 #endif
-
-#define LANES 16
-typedef float vec __attribute__((vector_size(LANES * sizeof(float))));
-typedef float vec_u __attribute__((vector_size(LANES * sizeof(float)), aligned(sizeof(float))));
-#define LOAD(p) (*(const vec_u *)(p))
 
 struct dims {
     int32_t layers, hidden, heads, kv_heads, head_dim, inner, vocab;
@@ -151,78 +144,68 @@ static void run(task_fn fn, const void *ctx, int tasks, int shared) {
     }
 }
 
-/* ---- kernels ---------------------------------------------------------------------------------- */
+/* ---- kernels (fused_kernels.h), one set per vector width ------------------------------------ */
 
-static inline float hsum(vec v) {
-    float s = 0;
-    for (int i = 0; i < LANES; i++) s += v[i];
-    return s;
-}
+struct kernels {
+    int width; /* bits a vector */
+    void (*product_rows)(const float *w, const float *x, int rows, int n, float *y, size_t ys, int lo, int hi);
+    float (*dot)(const float *a, const float *b, int n);
+    void (*axpy)(float p, const float *v, float *out, int n);
+};
 
-/* y[m * ys + j] = x[m * n ..] . w[j * n ..] for XS rows of x and R rows of the weight (both N
- * wide): each weight vector loaded once for all XS rows. Constant R and XS (`product_rows`) unroll
- * it into R x XS vector accumulators. NEXT (or NULL): 4 weight rows to prefetch into L2 meanwhile. */
-static inline __attribute__((always_inline)) void tile(const float *w, const float *x, int n, float *y,
-                                                       size_t ys, const int r, const int xs, const float *next) {
-    vec acc[4][4] = {{{0}}};
-    int k = 0;
-    for (; k + LANES <= n; k += LANES) {
-        vec wv[4];
-        for (int j = 0; j < r; j++) wv[j] = LOAD(w + (size_t)j * n + k);
-        if (next)
-            for (int j = 0; j < 4; j++) __builtin_prefetch(next + (size_t)j * n + k, 0, 2);
-        for (int m = 0; m < xs; m++) {
-            vec xv = LOAD(x + (size_t)m * n + k);
-            for (int j = 0; j < r; j++) acc[m][j] += wv[j] * xv;
+/* AVX-512: 16 lanes, 4 x 4 accumulators of its 32 registers; AVX2: 8 lanes, 4 x 2 of 16 (4 x 4
+ * spilled: 0.3x the 8-row step); both only where GCC compiles for a target by pragma */
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__) && !defined(__clang__)
+#define X86_SETS 1
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")
+#define LANES 16
+#define XTILE 4
+#define NAME(x) x##_avx512
+#include "fused_kernels.h"
+#undef LANES
+#undef XTILE
+#undef NAME
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define LANES 8
+#define XTILE 2
+#define NAME(x) x##_avx2
+#include "fused_kernels.h"
+#undef LANES
+#undef XTILE
+#undef NAME
+#pragma GCC pop_options
+#endif
+#define LANES 4
+#define XTILE 2
+#define NAME(x) x##_any
+#include "fused_kernels.h"
+#undef LANES
+#undef XTILE
+#undef NAME
+
+static const struct kernels *kernels = &kernels_any;
+
+/* Use the kernels for vectors of WIDTH bits (512, 256, 128), or 0: the widest this CPU runs; below
+ * 0: none other. Returns the width in use (unchanged when this CPU or build has none of WIDTH). */
+int ernie_fused_kernels(int width) {
+    if (width < 0) return kernels->width;
+    const struct kernels *sets[3] = {NULL, NULL, &kernels_any};
+#ifdef X86_SETS
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+        sets[0] = &kernels_avx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) sets[1] = &kernels_avx2;
+#endif
+    for (int i = 0; i < 3; i++)
+        if (sets[i] && (width == 0 || width == sets[i]->width)) {
+            kernels = sets[i];
+            break;
         }
-    }
-    for (int m = 0; m < xs; m++)
-        for (int j = 0; j < r; j++) {
-            float s = hsum(acc[m][j]);
-            for (int t = k; t < n; t++) s += w[(size_t)j * n + t] * x[(size_t)m * n + t];
-            y[m * ys + j] = s;
-        }
-}
-
-/* columns [LO, HI) of y [rows, ys] = x [rows, n] @ w [out, n].T: 4 weight rows at a time against up
- * to 4 rows of x. A weight row comes from memory once; for more rows of x it is read again from the
- * L1 / L2 cache, and those passes prefetch the next 4 weight rows into L2 (the memory would idle
- * through them otherwise: 8 rows' step 1.05-1.08x faster so, a lone row's unchanged). */
-CLONES static void product_rows(const float *w, const float *x, int rows, int n, float *y, size_t ys, int lo,
-                                int hi) {
-    for (int j = lo; j < hi;) {
-        int r = hi - j >= 4 ? 4 : 1;
-        for (int m = 0; m < rows; m += 4) {
-            const float *wj = w + (size_t)j * n, *xm = x + (size_t)m * n;
-            const float *next = j + 8 <= hi && m > 0 ? wj + 4 * (size_t)n : NULL;
-            float *out = y + (size_t)m * ys + j;
-            switch ((r == 4 ? 4 : 0) + (rows - m >= 4 ? 4 : rows - m)) {
-            case 8: tile(wj, xm, n, out, ys, 4, 4, next); break;
-            case 7: tile(wj, xm, n, out, ys, 4, 3, next); break;
-            case 6: tile(wj, xm, n, out, ys, 4, 2, next); break;
-            case 5: tile(wj, xm, n, out, ys, 4, 1, next); break;
-            case 4: tile(wj, xm, n, out, ys, 1, 4, next); break;
-            case 3: tile(wj, xm, n, out, ys, 1, 3, next); break;
-            case 2: tile(wj, xm, n, out, ys, 1, 2, next); break;
-            default: tile(wj, xm, n, out, ys, 1, 1, next); break;
-            }
-        }
-        j += r;
-    }
-}
-
-CLONES static float dot(const float *a, const float *b, int n) {
-    vec acc = {0};
-    int k = 0;
-    for (; k + LANES <= n; k += LANES) acc += LOAD(a + k) * LOAD(b + k);
-    float s = hsum(acc);
-    for (; k < n; k++) s += a[k] * b[k];
-    return s;
-}
-
-/* out += p * v over N */
-CLONES static void axpy(float p, const float *v, float *out, int n) {
-    for (int k = 0; k < n; k++) out[k] += p * v[k];
+    return kernels->width;
 }
 
 #define ROWS_PER_TASK 64 /* 256 KB of a 1024-wide weight: thousands of tasks in the LM head */
@@ -236,7 +219,7 @@ struct product {
 static void product_task(const void *ctx, int task) {
     const struct product *p = ctx;
     int lo = task * ROWS_PER_TASK, hi = lo + ROWS_PER_TASK < p->out ? lo + ROWS_PER_TASK : p->out;
-    product_rows(p->w, p->x, p->rows, p->in, p->y, p->out, lo, hi);
+    kernels->product_rows(p->w, p->x, p->rows, p->in, p->y, p->out, lo, hi);
 }
 
 /* y [rows, out] = x [rows, in] @ w [out, in].T */
@@ -247,7 +230,7 @@ static void product(const float *w, const float *x, int rows, float *y, int out,
 
 /* out = x / sqrt(mean(x^2) + eps) * weight */
 static void rms_norm(const float *x, const float *weight, float *out, int n, float eps) {
-    float variance = dot(x, x, n) / (float)n;
+    float variance = kernels->dot(x, x, n) / (float)n;
     float denominator = sqrtf(variance + eps);
     for (int i = 0; i < n; i++) out[i] = x[i] / denominator * weight[i];
 }
@@ -282,12 +265,12 @@ static void attention_task(const void *ctx, int task) {
     float *scores = a->scores + (size_t)task * a->capacity, *out = a->out + (size_t)task * dim;
     float top = -INFINITY, total = 0;
     for (int j = 0; j < a->length; j++) {
-        scores[j] = dot(q, keys + (size_t)j * dim, dim) + bias[j];
+        scores[j] = kernels->dot(q, keys + (size_t)j * dim, dim) + bias[j];
         top = scores[j] > top ? scores[j] : top;
     }
     for (int j = 0; j < a->length; j++) total += scores[j] = expf(scores[j] - top);
     memset(out, 0, dim * sizeof(float));
-    for (int j = 0; j < a->length; j++) axpy(scores[j] / total, values + (size_t)j * dim, out, dim);
+    for (int j = 0; j < a->length; j++) kernels->axpy(scores[j] / total, values + (size_t)j * dim, out, dim);
 }
 
 int ernie_fused_abi(void) { return ABI; }
