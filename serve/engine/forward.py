@@ -20,10 +20,10 @@ Which kernel multiplies (`_matmul`), measured on 2 cores (Xeon, AVX-512; 0.3B sh
   0.3.30 and BLIS (cython-blis, the rows split over 2 threads), and a hand-written AVX-512 C kernel
   (4 rows at a time, 2 OpenMP threads) is 1.03x in slow bandwidth windows (~33 GB/s), 1.08x in fast
   ones (~45 GB/s, where llama.cpp's f32 decode runs too);
-- a few rows (a batch decoding, 2 to SMALL_ROWS; up to 8 without the compiled step): OpenBLAS's
+- a few rows (a batch decoding, 2 to SMALL_ROWS; 9 and more beside the compiled step): OpenBLAS's
   small-matrix kernel, which works on the operands as they lie (no packing of the weight; a plain
-  sgemm copies every weight into its panel layout first, so 8 rows cost 2.4x one row; here 1.45x). It takes products of at most
-  100^3 multiply-adds, so the weight goes in blocks of rows (`_small_matmul`), runs of blocks as
+  sgemm copies every weight into its panel layout first, so 8 rows cost 2.4x one row; here 1.45x).
+  It takes products of at most 100^3 multiply-adds, so the weight goes in blocks of rows (`_small_matmul`), runs of blocks as
   batched numpy matmuls on as many threads as numpy's BLAS has. CPU time of the 18 layers'
   products at 8 rows on one thread: 92 ms against 142 ms for 1024-row OpenBLAS products and 178 ms
   for MKL's (Paddle, transpose_y on [out, in]); one row's gemv 65 ms. Past 24 rows MKL is as fast
