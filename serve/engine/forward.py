@@ -23,8 +23,8 @@ Which kernel multiplies (`_matmul`), measured on 2 cores (Xeon, AVX-512; 0.3B sh
 - a few rows (a batch decoding, 2 to SMALL_ROWS; 9 and more beside the compiled step): OpenBLAS's
   small-matrix kernel, which works on the operands as they lie (no packing of the weight; a plain
   sgemm copies every weight into its panel layout first, so 8 rows cost 2.4x one row; here 1.45x).
-  It takes products of at most 100^3 multiply-adds, so the weight goes in blocks of rows (`_small_matmul`), runs of blocks as
-  batched numpy matmuls on as many threads as numpy's BLAS has. CPU time of the 18 layers'
+  It takes products of at most 100^3 multiply-adds, so the weight goes in blocks of rows
+  (`_small_matmul`), runs of blocks as batched numpy matmuls on as many threads as numpy's BLAS has. CPU time of the 18 layers'
   products at 8 rows on one thread: 92 ms against 142 ms for 1024-row OpenBLAS products and 178 ms
   for MKL's (Paddle, transpose_y on [out, in]); one row's gemv 65 ms. Past 24 rows MKL is as fast
   (32 rows: 198 against 217 ms). On an AMD EPYC (Zen 4, 2 threads) an 8-row step takes ~74 ms and
