@@ -24,17 +24,18 @@ Which kernel multiplies (`_matmul`), measured on 2 cores (Xeon, AVX-512; 0.3B sh
   small-matrix kernel, which works on the operands as they lie (no packing of the weight; a plain
   sgemm copies every weight into its panel layout first, so 8 rows cost 2.4x one row; here 1.45x).
   It takes products of at most 100^3 multiply-adds, so the weight goes in blocks of rows
-  (`_small_matmul`), runs of blocks as batched numpy matmuls on as many threads as numpy's BLAS has. CPU time of the 18 layers'
-  products at 8 rows on one thread: 92 ms against 142 ms for 1024-row OpenBLAS products and 178 ms
-  for MKL's (Paddle, transpose_y on [out, in]); one row's gemv 65 ms. Past 24 rows MKL is as fast
-  (32 rows: 198 against 217 ms). On an AMD EPYC (Zen 4, 2 threads) an 8-row step takes ~74 ms and
-  one row ~46: a core does not overlap an 8-row product's arithmetic with its memory reads (from
-  memory it runs at about 1 / (1/compute + 1/memory) of the two rates). Tried there and not kept:
-  numba kernels reading each weight once into 6x4 register tiles (24 sums) reach the core's peak
-  in cache (24 GB/s of weights a core, OpenBLAS's kernel 19) but 13-14 from memory against 12.8,
-  0.97-0.99x the 8-row step on 2 threads (2-3 rows 0.8x; one row, a dot per weight row, 0.70x
-  with a busy neighbour, equal on a quiet machine); with software prefetch (LLVM IR, 1 to 48 KB
-  ahead) no faster. numba's LLVM also adds ~110 MiB of RSS (load peak 1.28x -> ~1.36x the weights);
+  (`_small_matmul`), runs of blocks as batched numpy matmuls on as many threads as numpy's BLAS has.
+  CPU time of the 18 layers' products at 8 rows on one thread: 92 ms against 142 ms for 1024-row
+  OpenBLAS products and 178 ms for MKL's (Paddle, transpose_y on [out, in]); one row's gemv 65 ms.
+  Past 24 rows MKL is as fast (32 rows: 198 against 217 ms). On an AMD EPYC (Zen 4, 2 threads) an
+  8-row step takes ~74 ms and one row ~46: a core does not overlap an 8-row product's arithmetic
+  with its memory reads (from memory it runs at about 1 / (1/compute + 1/memory) of the two rates).
+  Tried there and not kept: numba kernels reading each weight once into 6x4 register tiles (24 sums)
+  reach the core's peak in cache (24 GB/s of weights a core, OpenBLAS's kernel 19) but 13-14 from
+  memory against 12.8, 0.97-0.99x the 8-row step on 2 threads (2-3 rows 0.8x; one row, a dot per
+  weight row, 0.70x with a busy neighbour, equal on a quiet machine); with software prefetch (LLVM
+  IR, 1 to 48 KB ahead) no faster. numba's LLVM also adds ~110 MiB of RSS (load peak 1.28x -> ~1.36x
+  the weights);
 - a prompt (more rows), on an Intel CPU: Paddle's matmul (MKL) over the same memory (DLPack, no
   copy): 7.0 ms per layer against OpenBLAS's 13 ms at 64 rows (quiet machine, best of 5), close to
   the cores' peak. On other CPUs numpy's OpenBLAS (`_mkl_for_prompts`): Paddle's MKL takes slower
