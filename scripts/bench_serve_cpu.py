@@ -40,6 +40,7 @@ A missed target is reported, not an exit status: the script fails only when some
     .venv/bin/python scripts/bench_serve_cpu.py --part server-overhead   # ~3 minutes, see below
     .venv/bin/python scripts/bench_serve_cpu.py --part llamacpp-serve    # ~10 minutes, see below
     .venv/bin/python scripts/bench_serve_cpu.py --part paired --rounds 9  # ~3 minutes, see below
+    .venv/bin/python scripts/bench_serve_cpu.py --part decode-step --rounds 3  # ~2 minutes, see below
 
 --part paired (issue #21's engine-vs-llama.cpp-f32 figures on a host whose memory bandwidth comes
 and goes): the engine stays loaded in a child process, and each of its measurements (batch-1
@@ -47,6 +48,11 @@ decode, then 8 concurrent end-to-end) is paired with llama.cpp's own benchmark o
 on the f32 GGUF, run right before or after it (alternating), so both fall in the same bandwidth
 window; each pair's ratio, their median (the target: >= 1.0x), min and max, and in how many pairs
 the engine was ahead. Written to runs/bench/serve_cpu_paired.json.
+
+--part decode-step: one decode step of the engine's forward (1, 2, 4, 8, 12 rows at a 64-token
+context) through numpy and through the compiled step with each set of kernels the CPU runs, in
+turn, in this process; each path's best round, its ratio to numpy's, and one row's weight-read rate
+beside a plain copy's. Written to runs/bench/serve_cpu_decode_step.json.
 
 --part llamacpp-serve (issue #21's served-llama.cpp acceptance): llamacpp-q4_0 (llama.cpp's own
 benchmarks) and llamacpp-serve-q4_0 (`ernie-ops serve`, streaming clients) interleaved, --rounds
@@ -101,6 +107,7 @@ from servebench.checkpoint import (
     weight_bytes,
 )
 from servebench.compare import CONTENDERS, DEFAULT_CONTENDERS, compare_main, run_phase
+from servebench.decode_step import decode_step_main
 from servebench.engine import bench_engine
 from servebench.llamacpp_serve import llamacpp_serve_main
 from servebench.measure import copy_bandwidth
@@ -137,10 +144,11 @@ def main() -> int:
     parser.add_argument("--engine-worker", action="store_true", help=argparse_hidden())
     parser.add_argument(
         "--part",
-        choices=["compare", "paired", "engine-detail", "server-overhead", "llamacpp-serve"],
+        choices=["compare", "paired", "decode-step", "engine-detail", "server-overhead", "llamacpp-serve"],
         default="compare",
         help="compare (the default): the contenders of --contenders, interleaved, --rounds rounds; "
         "paired: the engine and llama.cpp f32 measured in pairs seconds apart, --rounds rounds (see above); "
+        "decode-step: one decode step of 1 to 12 rows, numpy's against the compiled one, --rounds rounds; "
         "engine-detail: the embedded engine's own checks (long prompt arriving, server soak, bandwidth "
         "floor) beside PyTorch, not interleaved; server-overhead: the server's added latency and threads, "
         f"the server before {OVERHEAD_REV} against this checkout (tiny model, ~3 min); llamacpp-serve: "
@@ -166,7 +174,10 @@ def main() -> int:
         f"(default {','.join(DEFAULT_CONTENDERS)})",
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="--part compare / paired: interleaved rounds (default 3)"
+        "--rounds",
+        type=int,
+        default=3,
+        help="--part compare / paired / decode-step: interleaved rounds (default 3)",
     )
     parser.add_argument(
         "--before",
@@ -190,6 +201,7 @@ def main() -> int:
                 "engine-detail": "serve_cpu_engine.json",
                 "llamacpp-serve": "serve_cpu_llamacpp.json",
                 "paired": "serve_cpu_paired.json",
+                "decode-step": "serve_cpu_decode_step.json",
             }.get(args.part, "serve_cpu_overhead.json")
         )
     new_tokens = args.new_tokens or (4 if args.quick else NEW_TOKENS)
@@ -220,6 +232,8 @@ def main() -> int:
         return llamacpp_serve_main(args, env)
     if args.part == "paired":
         return paired_main(args, env)
+    if args.part == "decode-step":
+        return decode_step_main(args)
     started = time.perf_counter()
     model_dir = build_model(args.model_dir)
     wbytes = weight_bytes(model_dir)
@@ -340,7 +354,7 @@ def main() -> int:
 PART_OPTIONS = {
     "contenders": ("compare",),
     "before": ("compare",),
-    "rounds": ("compare", "paired", "llamacpp-serve"),
+    "rounds": ("compare", "paired", "decode-step", "llamacpp-serve"),
     "serve_threads": ("llamacpp-serve",),
     "hogs": ("llamacpp-serve",),
     "repeat": ("engine-detail", "server-overhead"),

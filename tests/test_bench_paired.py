@@ -115,3 +115,25 @@ def repo_script_env():
     from ernie_ops.serve.backends import _llama_server
 
     return {**os.environ, _llama_server.BINARY_ENV: "off"}
+
+
+def test_decode_step_part_times_numpy_and_each_compiled_kernel_set(tiny_dense, monkeypatch, tmp_path, capsys):
+    """--part decode-step end to end on the tiny model (the 0.3B one is what it builds by default)."""
+    import json
+
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    from servebench import decode_step
+
+    monkeypatch.setattr(decode_step, "build_model", lambda _dir: tiny_dense)
+    monkeypatch.setattr(decode_step, "ROWS", (1, 3))
+    out = tmp_path / "step.json"
+    args = argparse.Namespace(model_dir=tiny_dense, quick=True, rounds=2, threads=2, out=out)
+    assert decode_step.decode_step_main(args) == 0
+    report = json.loads(out.read_text())
+    paths = report["results"]
+    assert "numpy" in paths and "compiled, AVX2" in paths  # every CI machine here has AVX2
+    for path in paths.values():
+        assert set(path["best_ms"]) == {"1", "3"} and all(ms > 0 for ms in path["best_ms"].values())
+        assert all(len(rounds) == 2 for rounds in path["rounds_ms"].values())
+    assert paths["numpy"]["vs_numpy"] == {"1": 1.0, "3": 1.0}
+    assert "step, ms (best round)" in capsys.readouterr().out

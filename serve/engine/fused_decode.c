@@ -103,9 +103,20 @@ static void *helper_main(void *arg) {
 }
 
 /* Start the helpers (once; later calls return the count started). */
+/* A forked child has none of the helpers, and may have copied a lock that one held: its steps run on
+ * the calling thread alone, over fresh locks. */
+static void forked_child(void) {
+    pthread_mutex_init(&team.lock, NULL);
+    pthread_cond_init(&team.wake, NULL);
+    pthread_mutex_init(&team.busy, NULL);
+    team.helpers = 0;
+}
+
 int ernie_fused_start(int helpers) {
     pthread_mutex_lock(&team.busy);
     if (team.helpers == 0) {
+        static int registered;
+        if (!registered) registered = pthread_atfork(NULL, NULL, forked_child) == 0;
         if (helpers > MAX_HELPERS) helpers = MAX_HELPERS;
         for (int i = 0; i < helpers; i++) {
             pthread_t thread;

@@ -1,0 +1,100 @@
+"""--part decode-step: one decode step of the embedded engine's forward, in numpy and compiled.
+
+The forward is loaded once, in this process; a step of ROWS rows (a 64-token context, then STEPS
+steps) is timed through numpy's forward and through the compiled step with each set of kernels this
+CPU runs (AVX-512, AVX2, the plain one), the paths taken in turn for --rounds rounds (the order
+reversed every other round). Each path's best round per row count, its ratio to numpy's, and the
+weights' bytes a one-row step read per second beside what plain reading reaches on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ernie_ops.benchmark import print_table, write_report
+from servebench.checkpoint import PROMPT_LEN, build_model, part_settings, weight_bytes
+from servebench.measure import copy_bandwidth
+
+ROWS = (1, 2, 4, 8, 12)
+STEPS = 12  # timed steps a round (4 with --quick)
+KERNELS = {512: "AVX-512", 256: "AVX2", 128: "plain"}
+
+
+def decode_step_main(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ernie_ops.serve.engine import fused_decode
+    from ernie_ops.serve.engine.forward import DenseForward, load_checkpoint
+
+    started = time.perf_counter()
+    model_dir = build_model(args.model_dir)
+    config, _, _ = load_checkpoint(model_dir)
+    net = DenseForward.load(model_dir, config)
+    compiled = net.fused
+    widths = [w for w in KERNELS if compiled is not None and fused_decode.use_kernels(w) == w]
+    fused_decode.use_kernels(0)
+    if compiled is None:
+        print(f"the compiled step is not in use here ({fused_decode.problem() or 'no AVX2'}): numpy only")
+    paths: list[int | None] = [None, *widths]  # None: numpy's forward
+    steps = 4 if args.quick else STEPS
+
+    def step_ms(rows: int) -> float:
+        cache = net.new_cache(rows, PROMPT_LEN + steps + 1)
+        bias = np.zeros((rows, 1, PROMPT_LEN + steps + 1), dtype=np.float32)
+        began = time.perf_counter()
+        for i in range(steps):
+            at = PROMPT_LEN + i
+            ids, positions = np.full((rows, 1), 5 + i), np.full((rows, 1), at)
+            net.forward(ids, positions, bias[:, :, : at + 1], cache, at)
+        return (time.perf_counter() - began) / steps * 1000
+
+    times: dict[tuple[int, int | None], list[float]] = {}
+    loads = []
+    for rnd in range(args.rounds):
+        for rows in ROWS:
+            for path in paths if rnd % 2 == 0 else paths[::-1]:
+                net.fused = None if path is None else compiled
+                if path is not None:
+                    fused_decode.use_kernels(path)
+                times.setdefault((rows, path), []).append(step_ms(rows))
+        loads.append(os.getloadavg()[0])
+        print(f"round {rnd + 1} of {args.rounds} (load {loads[-1]:.2f})", flush=True)
+    net.fused = compiled
+    fused_decode.use_kernels(0)
+
+    names: dict[int | None, str] = {None: "numpy"}
+    names.update({w: f"compiled, {KERNELS[w]}" for w in widths})
+    table = [["step, ms (best round)", *(f"{r} row{'s' * (r > 1)}" for r in ROWS)]]
+    results: dict[str, Any] = {}
+    for path in paths:
+        best = {r: min(times[(r, path)]) for r in ROWS}
+        ratio = {r: min(times[(r, None)]) / best[r] for r in ROWS}
+        table.append([names[path], *(f"{best[r]:.1f} ({ratio[r]:.2f}x)" for r in ROWS)])
+        results[names[path]] = {
+            "best_ms": best,
+            "vs_numpy": ratio,
+            "rounds_ms": {r: times[(r, path)] for r in ROWS},
+        }
+    print()
+    print_table(table)
+    wbytes = weight_bytes(model_dir)
+    reading = copy_bandwidth(args.threads, 256 if args.quick else 1024, 3) / 2  # a copy reads and writes
+    fastest = min(min(times[(1, p)]) for p in paths)
+    print(
+        f"\none row's step reads the weights ({wbytes / 1e9:.2f} GB) at {wbytes / fastest / 1e6:.1f} GB/s; "
+        f"a plain copy on {args.threads} threads reads at {reading:.1f} GB/s; ratios: numpy's time / the "
+        f"path's; load average {min(loads):.2f}-{max(loads):.2f}; total {time.perf_counter() - started:.0f} s"
+    )
+    write_report(
+        args.out,
+        settings=part_settings("decode-step", steps, Path(model_dir), rounds=args.rounds, rows=list(ROWS)),
+        results=results,
+        weight_read_gb_s=wbytes / fastest / 1e6,
+        copy_read_gb_s=reading,
+        load_average=[min(loads), max(loads)],
+    )
+    return 0
