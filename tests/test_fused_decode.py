@@ -114,11 +114,13 @@ TOKENS = [3, 50, 0, 17, 17, 9, 44]
 
 
 @pytest.fixture(params=[512, 256, 128], ids=["avx512", "avx2", "any-cpu"])
-def width(request):
-    """Each set of kernels this CPU runs (AVX-512, AVX2, the plain one every CPU runs)."""
+def width(request, monkeypatch):
+    """Each set of kernels this CPU runs (AVX-512, AVX2, the plain one every CPU runs), on steps of
+    up to 16 rows whatever the engine gives it."""
     if fused_decode.use_kernels(request.param) != request.param:
         fused_decode.use_kernels(0)
         pytest.skip(f"this CPU has no {request.param}-bit vectors")
+    monkeypatch.setitem(fused_decode.MAX_ROWS, request.param, 16)
     yield request.param
     fused_decode.use_kernels(0)
 
@@ -140,9 +142,10 @@ def test_the_compiled_step_equals_numpy(changes, pads, width):
     both_paths(net, [TOKENS], pads)
 
 
-@pytest.mark.parametrize("batch", [2, 5, fused_decode.MAX_ROWS])
-def test_a_batched_compiled_step_equals_numpy(batch, width):
-    """Rows of x in tiles of 4 and the rest, each row with its own position and padding."""
+@pytest.mark.parametrize("batch", [2, 5, 8, 16])
+def test_a_batched_compiled_step_equals_numpy(batch, width, monkeypatch):
+    """Rows of x in tiles of 4 (AVX2, plain: 2) and the rest, each row with its own position and padding."""
+    monkeypatch.setitem(fused_decode.MAX_ROWS, width, batch)  # every count through the compiled step
     config = odd_config(hidden_size=70, intermediate_size=45)
     net = DenseForward(config, ArrayWeights(config))
     rows = [[(t + 7 * r) % config.vocab_size for t in TOKENS] for r in range(batch)]
@@ -186,8 +189,9 @@ def test_what_it_does_not_compute_is_left_to_numpy():
     assert net.fused is None  # a linear bias: the compiled step has none
     plain = DenseForward(config, ArrayWeights(config))
     assert plain.fused is not None
-    assert plain.fused.takes(plain.new_cache(fused_decode.MAX_ROWS, 4))
-    assert not plain.fused.takes(plain.new_cache(fused_decode.MAX_ROWS + 1, 4))  # numpy's batched step
+    rows = fused_decode.MAX_ROWS[fused_decode.use_kernels(0)]
+    assert plain.fused.takes(plain.new_cache(rows, 4))
+    assert not plain.fused.takes(plain.new_cache(rows + 1, 4))  # numpy's batched step
 
 
 def test_a_token_outside_the_vocabulary_is_refused():

@@ -1,4 +1,4 @@
-"""A decode step of up to MAX_ROWS rows as one compiled call (`fused_decode.c`, built at install).
+"""A decode step of a few rows (MAX_ROWS) as one compiled call (`fused_decode.c`, built at install).
 
 A decode step reads every weight once (1.44 GB a token at the 0.3B shape). In numpy
 (`DenseForward.forward`) the small operations between the 73 products (norms, RoPE, attention,
@@ -8,16 +8,19 @@ step is its products: a team of threads, spinning between products, takes 64-row
 a shared counter (a helper that another process holds off its core leaves its share to the caller,
 as `_in_parallel`'s do), 4 weight rows against up to 4 rows of x at a time (`fused_kernels.h`).
 
-Measured in-process, interleaved, at the 0.3B shape (2-core Xeon with AVX-512, load ~1.2):
+Measured in-process, interleaved, at the 0.3B shape (`bench_serve_cpu.py --part decode-step`, 2-core
+Xeon with AVX-512, load 1.5-1.8; ms a step, best of 3 rounds; the compiled step here at every count):
 
-| step | numpy | AVX-512 kernels | AVX2 kernels | plain kernels |
-|---|---|---|---|---|
-| 1 row | 58.5 ms | 54.9 ms | 55.1 ms | 61.0 ms |
-| 8 rows | 97.1 ms | 82.0 ms | 93.0 ms | 120.1 ms |
+| step | 1 row | 2 rows | 4 rows | 8 rows | 12 rows | 16 rows |
+|---|---|---|---|---|---|---|
+| numpy | 61.8 | 88.8 | 81.0 | 100.3 | 118.2 | 136.7 |
+| compiled, AVX-512 | 57.1 | 60.8 | 67.7 | 84.3 | 108.2 | 122.7 |
+| compiled, AVX2 | 56.7 | 60.5 | 67.5 | 97.8 | 130.9 | 151.8 |
+| compiled, plain | 61.3 | 66.8 | 80.3 | 129.6 | 168.9 | 214.1 |
 
 One row's step then reads the weights at 25.7 GB/s, what two threads doing nothing but reading
-reach on that machine (25.6 GB/s), so it is as fast as the memory allows. Past 8 rows numpy's step
-is as fast (12 to 24 rows within 2%), and on a CPU without AVX2 it is faster (MIN_WIDTH). Tried and
+reach on that machine (25.6 GB/s), so it is as fast as the memory allows. Past MAX_ROWS numpy's
+step is faster, and on a CPU without AVX2 it is faster at any count (MIN_WIDTH). Tried and
 not kept: software prefetch in a one-row step (512 B to 32 KB ahead: no faster), 2 or 3 weight rows
 against all 8 rows of x at once (0.90x, 0.91x), x interleaved by vector (0.98x), 128- or 256-row
 tasks (within 2%); a prompt's attention and SwiGLU compiled (alone 102 against 108 ms and 40
@@ -47,7 +50,9 @@ log = logging.getLogger(__name__)
 ABI = 3  # fused_decode.c's ABI: a build from other sources is not used
 LIBRARY = "_fused_decode"  # the extension's module name (setup.py), loaded with ctypes
 MIN_WIDTH = 256  # without AVX2 numpy's step is faster than the plain kernels (61 against 58 ms a row)
-MAX_ROWS = 8  # a decode step of up to this many rows is compiled (more: numpy's batched step)
+# a decode step of up to this many rows is compiled, by the kernels' vector width (more: numpy's
+# batched step); measured: AVX-512 1.19x numpy's step at 8 rows, 1.11x at 16; AVX2 1.03x at 8, 0.90x at 12
+MAX_ROWS = {512: 16, 256: 8}
 
 
 class _Dims(ctypes.Structure):
@@ -189,9 +194,10 @@ class FusedDecode:
         return cls(built.lib, net)
 
     def takes(self, cache: list[np.ndarray]) -> bool:
-        """Whether a step over CACHE (every row's) is the compiled step's: up to MAX_ROWS rows, laid
-        out as it writes them."""
-        return len(cache[0]) <= MAX_ROWS and all(_plain(c) for c in cache)
+        """Whether a step over CACHE (every row's) is the compiled step's: up to MAX_ROWS rows for the
+        kernels in use, laid out as it writes them."""
+        width = self._lib.ernie_fused_kernels(-1)
+        return len(cache[0]) <= MAX_ROWS.get(width, 0) and all(_plain(c) for c in cache)
 
     def step(
         self, tokens: np.ndarray, positions: np.ndarray, cache: list[np.ndarray], at: int, bias: np.ndarray
