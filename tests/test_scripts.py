@@ -110,7 +110,7 @@ def test_bench_serve_cpu_finds_its_parts_from_any_directory(repo, tmp_path):
     script = [sys.executable, str(repo / "scripts" / "bench_serve_cpu.py")]
     result = subprocess.run([*script, "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "--part {compare,paired,engine-detail,server-overhead,llamacpp-serve}" in result.stdout
+    assert "--part {compare,paired,decode-step,engine-detail,server-overhead,llamacpp-serve}" in result.stdout
     bad = subprocess.run(
         [*script, "--contenders", "engine,nope"], capture_output=True, text=True, cwd=tmp_path, timeout=120
     )

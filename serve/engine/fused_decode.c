@@ -102,16 +102,20 @@ static void *helper_main(void *arg) {
     return NULL;
 }
 
-/* Start the helpers (once; later calls return the count started). */
-/* A forked child has none of the helpers, and may have copied a lock that one held: its steps run on
- * the calling thread alone, over fresh locks. */
+/* A forked child has none of the helpers, and may have copied a lock or a state that one held: its
+ * steps run on the calling thread alone, over fresh locks. */
 static void forked_child(void) {
     pthread_mutex_init(&team.lock, NULL);
     pthread_cond_init(&team.wake, NULL);
     pthread_mutex_init(&team.busy, NULL);
+    for (int h = 0; h < team.helpers; h++) {
+        atomic_store(&team.helper[h].state, IDLE);
+        team.helper[h].sleeping = 0;
+    }
     team.helpers = 0;
 }
 
+/* Start the helpers (once; later calls return the count started). */
 int ernie_fused_start(int helpers) {
     pthread_mutex_lock(&team.busy);
     if (team.helpers == 0) {

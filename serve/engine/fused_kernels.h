@@ -38,6 +38,19 @@ static inline __attribute__((always_inline)) void NAME(tile)(const float *w, con
         }
 }
 
+/* `tile` of R weight rows (a constant) against XS rows of x (1 to XTILE) */
+static inline __attribute__((always_inline)) void NAME(tiles)(const float *w, const float *x, int n, float *y,
+                                                              size_t ys, const int r, int xs, const float *next) {
+    switch (xs) {
+#if XTILE == 4
+    case 4: NAME(tile)(w, x, n, y, ys, r, 4, next); break;
+    case 3: NAME(tile)(w, x, n, y, ys, r, 3, next); break;
+#endif
+    case 2: NAME(tile)(w, x, n, y, ys, r, 2, next); break;
+    default: NAME(tile)(w, x, n, y, ys, r, 1, next); break;
+    }
+}
+
 /* columns [LO, HI) of y [rows, ys] = x [rows, n] @ w [out, n].T: 4 weight rows at a time against up
  * to XTILE rows of x. A weight row comes from memory once; for more rows of x it is read again from
  * the L1 / L2 cache, and those passes prefetch the next 4 weight rows into L2 (the memory would idle
@@ -45,33 +58,17 @@ static inline __attribute__((always_inline)) void NAME(tile)(const float *w, con
 static void NAME(product_rows)(const float *w, const float *x, int rows, int n, float *y, size_t ys, int lo,
                                int hi) {
     for (int j = lo; j < hi;) {
-        int r = hi - j >= 4 ? 4 : 1;
+        int four = hi - j >= 4;
         for (int m = 0; m < rows; m += XTILE) {
             const float *wj = w + (size_t)j * n, *xm = x + (size_t)m * n;
             const float *next = j + 8 <= hi && m > 0 ? wj + 4 * (size_t)n : NULL;
-            float *out = y + (size_t)m * ys + j;
             int xs = rows - m >= XTILE ? XTILE : rows - m;
-            if (r == 4) {
-                switch (xs) {
-#if XTILE == 4
-                case 4: NAME(tile)(wj, xm, n, out, ys, 4, 4, next); break;
-                case 3: NAME(tile)(wj, xm, n, out, ys, 4, 3, next); break;
-#endif
-                case 2: NAME(tile)(wj, xm, n, out, ys, 4, 2, next); break;
-                default: NAME(tile)(wj, xm, n, out, ys, 4, 1, next); break;
-                }
-            } else {
-                switch (xs) {
-#if XTILE == 4
-                case 4: NAME(tile)(wj, xm, n, out, ys, 1, 4, next); break;
-                case 3: NAME(tile)(wj, xm, n, out, ys, 1, 3, next); break;
-#endif
-                case 2: NAME(tile)(wj, xm, n, out, ys, 1, 2, next); break;
-                default: NAME(tile)(wj, xm, n, out, ys, 1, 1, next); break;
-                }
-            }
+            if (four)
+                NAME(tiles)(wj, xm, n, y + (size_t)m * ys + j, ys, 4, xs, next);
+            else
+                NAME(tiles)(wj, xm, n, y + (size_t)m * ys + j, ys, 1, xs, next);
         }
-        j += r;
+        j += four ? 4 : 1;
     }
 }
 
