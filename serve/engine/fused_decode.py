@@ -134,7 +134,10 @@ def compiled() -> Compiled | None:
         return None
     _bind(lib)
     lib.ernie_fused_start(blas_threads() - 1)
-    return Compiled(lib, lib.ernie_fused_kernels(0))
+    built = Compiled(lib, lib.ernie_fused_kernels(0))
+    if built.widest < MIN_WIDTH:
+        log.info("no AVX2 on this CPU: decode steps run in numpy (faster than the plain kernels)")
+    return built
 
 
 def use_kernels(width: int) -> int:
