@@ -225,3 +225,28 @@ def test_without_the_build_numpy_steps_and_doctor_says_why(monkeypatch):
         1,
         config.vocab_size,
     )
+
+
+def test_a_forked_child_steps_on_its_own():
+    """The helpers do not survive a fork: the child's steps run on its one thread, correctly."""
+    import os
+    import time
+
+    config = odd_config(hidden_size=64, intermediate_size=96)
+    net = DenseForward(config, ArrayWeights(config))
+    want = steps_of(net, [TOKENS, TOKENS[::-1]])[0]
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only for the same logits
+        code = 1
+        try:
+            code = 0 if np.array_equal(steps_of(net, [TOKENS, TOKENS[::-1]])[0], want) else 3
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 120
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:  # a child that hangs fails the test instead of the suite
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's step hung")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
