@@ -7,9 +7,9 @@ straight from the checkpoint's safetensors files (`weights.py`) a tensor at a ti
 the weights once. Linear weights are kept as [out, in] rows (Paddle stores [in, out]; each is
 transposed as it is read), the tied LM head is the embedding table itself.
 
-A decode step of up to 8 rows (one new token each) is one compiled call when the package was built
-with a C compiler on a CPU with AVX2 (`fused_decode.py`: the same arithmetic, 1.06x one row's step,
-1.18x 8 rows'); this module's forward runs prompts, larger batches, and everything without it.
+A decode step of a few rows (one new token each; up to 16 with AVX-512, 8 with AVX2) is one compiled
+call when the package was built with a C compiler (`fused_decode.py`: the same arithmetic, 1.08x one
+row's step, 1.19x 8 rows'); this module's forward runs prompts, larger batches, and all without it.
 
 Which kernel multiplies (`_matmul`), measured on 2 cores (Xeon, AVX-512; 0.3B shapes, float32):
 - one row (a lone stream decoding, memory-bound; without the compiled step): numpy's OpenBLAS gemv
@@ -20,7 +20,7 @@ Which kernel multiplies (`_matmul`), measured on 2 cores (Xeon, AVX-512; 0.3B sh
   0.3.30 and BLIS (cython-blis, the rows split over 2 threads), and a hand-written AVX-512 C kernel
   (4 rows at a time, 2 OpenMP threads) is 1.03x in slow bandwidth windows (~33 GB/s), 1.08x in fast
   ones (~45 GB/s, where llama.cpp's f32 decode runs too);
-- a few rows (a batch decoding, 2 to SMALL_ROWS; 9 and more beside the compiled step): OpenBLAS's
+- a few rows (a batch decoding, 2 to SMALL_ROWS; those past the compiled step's): OpenBLAS's
   small-matrix kernel, which works on the operands as they lie (no packing of the weight; a plain
   sgemm copies every weight into its panel layout first, so 8 rows cost 2.4x one row; here 1.45x).
   It takes products of at most 100^3 multiply-adds, so the weight goes in blocks of rows
