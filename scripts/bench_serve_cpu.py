@@ -49,10 +49,10 @@ on the f32 GGUF, run right before or after it (alternating), so both fall in the
 window; each pair's ratio, their median (the target: >= 1.0x), min and max, and in how many pairs
 the engine was ahead. Written to runs/bench/serve_cpu_paired.json.
 
---part decode-step: one decode step of the engine's forward (1, 2, 4, 8, 12 rows at a 64-token
-context) through numpy and through the compiled step with each set of kernels the CPU runs, in
-turn, in this process; each path's best round, its ratio to numpy's, and one row's weight-read rate
-beside a plain copy's. Written to runs/bench/serve_cpu_decode_step.json.
+--part decode-step: one decode step of the engine's forward (1 to 16 rows at a 64-token context,
+on --threads threads) through numpy and through the compiled step with each set of kernels the CPU
+runs, in turn, in this process; each path's best round, its ratio to numpy's, and one row's
+weight-read rate beside a numpy copy's. Written to runs/bench/serve_cpu_decode_step.json.
 
 --part llamacpp-serve (issue #21's served-llama.cpp acceptance): llamacpp-q4_0 (llama.cpp's own
 benchmarks) and llamacpp-serve-q4_0 (`ernie-ops serve`, streaming clients) interleaved, --rounds
@@ -148,7 +148,7 @@ def main() -> int:
         default="compare",
         help="compare (the default): the contenders of --contenders, interleaved, --rounds rounds; "
         "paired: the engine and llama.cpp f32 measured in pairs seconds apart, --rounds rounds (see above); "
-        "decode-step: one decode step of 1 to 12 rows, numpy's against the compiled one, --rounds rounds; "
+        "decode-step: one decode step of 1 to 16 rows, numpy's against the compiled one, --rounds rounds; "
         "engine-detail: the embedded engine's own checks (long prompt arriving, server soak, bandwidth "
         "floor) beside PyTorch, not interleaved; server-overhead: the server's added latency and threads, "
         f"the server before {OVERHEAD_REV} against this checkout (tiny model, ~3 min); llamacpp-serve: "

@@ -127,8 +127,12 @@ def test_decode_step_part_times_numpy_and_each_compiled_kernel_set(tiny_dense, m
     monkeypatch.setattr(decode_step, "build_model", lambda _dir: tiny_dense)
     monkeypatch.setattr(decode_step, "ROWS", (1, 3))
     out = tmp_path / "step.json"
-    args = argparse.Namespace(model_dir=tiny_dense, quick=True, rounds=2, threads=2, out=out)
+    from ernie_ops.serve.engine.forward import blas_threads
+
+    before = blas_threads()
+    args = argparse.Namespace(model_dir=tiny_dense, quick=True, rounds=2, threads=1, out=out)
     assert decode_step.decode_step_main(args) == 0
+    assert blas_threads() == before  # the thread count it found is restored
     report = json.loads(out.read_text())
     paths = report["results"]
     assert "numpy" in paths and "compiled, AVX2" in paths  # every CI machine here has AVX2
@@ -136,4 +140,5 @@ def test_decode_step_part_times_numpy_and_each_compiled_kernel_set(tiny_dense, m
         assert set(path["best_ms"]) == {"1", "3"} and all(ms > 0 for ms in path["best_ms"].values())
         assert all(len(rounds) == 2 for rounds in path["rounds_ms"].values())
     assert paths["numpy"]["vs_numpy"] == {"1": 1.0, "3": 1.0}
+    assert report["settings"]["threads"] == 1  # --threads is what numpy's steps ran on
     assert "step, ms (best round)" in capsys.readouterr().out

@@ -26,10 +26,25 @@ KERNELS = {512: "AVX-512", 256: "AVX2", 128: "plain"}
 
 
 def decode_step_main(args: argparse.Namespace) -> int:
+    """The part, on --threads threads of numpy's OpenBLAS (the count it had is restored after)."""
+    from ernie_ops.serve.engine.forward import _openblas_threads
+
+    openblas = _openblas_threads()
+    if openblas is None:
+        raise SystemExit("decode-step: numpy's BLAS is not an OpenBLAS here: --threads cannot be set")
+    saved = openblas[0]()
+    openblas[1](args.threads)  # numpy's steps' threads, and the compiled step's team (started below)
+    try:
+        return _measure(args)
+    finally:
+        openblas[1](saved)
+
+
+def _measure(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ernie_ops.serve.engine import fused_decode
-    from ernie_ops.serve.engine.forward import DenseForward, load_checkpoint
+    from ernie_ops.serve.engine.forward import DenseForward, blas_threads, load_checkpoint
 
     started = time.perf_counter()
     model_dir = build_model(args.model_dir)
@@ -57,17 +72,19 @@ def decode_step_main(args: argparse.Namespace) -> int:
     loads = []
     serving_rows = dict(fused_decode.MAX_ROWS)
     fused_decode.MAX_ROWS = dict.fromkeys(KERNELS, max(ROWS))  # every count compiled here
-    for rnd in range(args.rounds):
-        for rows in ROWS:
-            for path in paths if rnd % 2 == 0 else paths[::-1]:
-                net.fused = None if path is None else compiled
-                if path is not None:
-                    fused_decode.use_kernels(path)
-                times.setdefault((rows, path), []).append(step_ms(rows))
-        loads.append(os.getloadavg()[0])
-        print(f"round {rnd + 1} of {args.rounds} (load {loads[-1]:.2f})", flush=True)
-    net.fused, fused_decode.MAX_ROWS = compiled, serving_rows
-    fused_decode.use_kernels(0)
+    try:
+        for rnd in range(args.rounds):
+            for rows in ROWS:
+                for path in paths if rnd % 2 == 0 else paths[::-1]:
+                    net.fused = None if path is None else compiled
+                    if path is not None:
+                        fused_decode.use_kernels(path)
+                    times.setdefault((rows, path), []).append(step_ms(rows))
+            loads.append(os.getloadavg()[0])
+            print(f"round {rnd + 1} of {args.rounds} (load {loads[-1]:.2f})", flush=True)
+    finally:
+        net.fused, fused_decode.MAX_ROWS = compiled, serving_rows
+        fused_decode.use_kernels(0)
 
     names: dict[int | None, str] = {None: "numpy"}
     names.update({w: f"compiled, {KERNELS[w]}" for w in widths})
@@ -95,7 +112,9 @@ def decode_step_main(args: argparse.Namespace) -> int:
     )
     write_report(
         args.out,
-        settings=part_settings("decode-step", steps, Path(model_dir), rounds=args.rounds, rows=list(ROWS)),
+        settings=part_settings(
+            "decode-step", steps, Path(model_dir), rounds=args.rounds, rows=list(ROWS), threads=blas_threads()
+        ),
         results=results,
         weight_read_gb_s=wbytes / fastest / 1e6,
         copy_gb_s=copying,
